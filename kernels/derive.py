@@ -1,0 +1,154 @@
+"""Derived statistics for many state rows at once (numpy and scipy.special, vectorised).
+
+The batch version of `WindowReference.get`: same field names, same formulas,
+one array per field with one entry per row.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import special
+
+from kernels.layout import (
+    ABSTAIN,
+    ACT,
+    AUDIT_N,
+    AUDIT_W,
+    AUDIT_W2,
+    AUDIT_WY,
+    BRIER,
+    FB_ABSTAIN,
+    HOLD,
+    LIKE,
+    N_DEC,
+    N_FB,
+    OVERRIDE,
+    TAU_SUM,
+    W2_LAB,
+    YSTAR_W,
+    StateLayout,
+    w_kd,
+)
+from kernels.params import StatsParams
+from kernels.reference.calibration import TIE_TOLERANCE
+from kernels.reference.intervals import z_value
+
+
+def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a / b where b > 0, NaN elsewhere (an empty window has no rate)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.divide(a, b, out=np.full(np.broadcast(a, b).shape, np.nan), where=b > 0)
+
+
+def interval(p: np.ndarray, n: np.ndarray, params: StatsParams) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson or Jeffreys interval for proportions `p` on effective sizes `n`; [0, 1] when empty."""
+    empty = ~(n > 0) | np.isnan(p)
+    n_ = np.where(empty, 1.0, n)
+    p_ = np.where(empty, 0.5, p)
+    if params.interval == "wilson":
+        z = z_value(params.confidence)
+        z2n = z * z / n_
+        centre = (p_ + z2n / 2.0) / (1.0 + z2n)
+        half = z / (1.0 + z2n) * np.sqrt(p_ * (1.0 - p_) / n_ + z * z / (4.0 * n_ * n_))
+        lo, hi = np.maximum(0.0, centre - half), np.minimum(1.0, centre + half)
+    else:
+        alpha = 1.0 - params.confidence
+        x = p_ * n_
+        lo = special.betaincinv(x + 0.5, n_ - x + 0.5, alpha / 2.0)
+        hi = special.betaincinv(x + 0.5, n_ - x + 0.5, 1.0 - alpha / 2.0)
+    return np.where(empty, 0.0, lo), np.where(empty, 1.0, hi)
+
+
+def _tau_star(state: np.ndarray, layout: StateLayout, tau: np.ndarray, params: StatsParams):
+    b = layout.n_bins
+    neg = state[:, layout.hist_neg : layout.hist_neg + b]
+    pos = state[:, layout.hist_pos : layout.hist_pos + b]
+    zeros = np.zeros((state.shape[0], 1))
+    # cost at edge j: c_fp * (negatives in bins >= j) + c_fn * (positives in bins < j)
+    neg_above = np.concatenate([np.cumsum(neg[:, ::-1], axis=1)[:, ::-1], zeros], axis=1)
+    pos_below = np.concatenate([zeros, np.cumsum(pos, axis=1)], axis=1)
+    costs = params.c_fp * neg_above + params.c_fn * pos_below
+    total = neg.sum(axis=1) + pos.sum(axis=1)
+    best = costs.min(axis=1)
+    tol = TIE_TOLERANCE * (1.0 + (params.c_fp + params.c_fn) * total)
+    j_tau = np.clip(np.round(np.nan_to_num(tau) * b), 0, b).astype(np.int64)
+    edges = np.arange(b + 1)
+    distance = np.abs(edges[None, :] - j_tau[:, None]) * (b + 2) + edges[None, :]
+    j_star = np.argmin(np.where(costs <= (best + tol)[:, None], distance, np.iinfo(np.int64).max), axis=1)
+    rows = np.arange(state.shape[0])
+    saved = _div(costs[rows, j_tau] - costs[rows, j_star], total)
+    undefined = ~(total > 0) | np.isnan(tau)
+    return np.where(undefined, np.nan, j_star / b), np.where(undefined, np.nan, saved)
+
+
+def loss_bounds(state: np.ndarray, layout: StateLayout, params: StatsParams) -> dict:
+    """The few fields a mid-window rule needs (labels, loss, interval), cheaply."""
+    wy = state[:, w_kd(OVERRIDE, ACT)] + state[:, w_kd(OVERRIDE, HOLD)] + state[:, w_kd(OVERRIDE, ABSTAIN)]
+    w = wy + state[:, w_kd(LIKE, ACT)] + state[:, w_kd(LIKE, HOLD)] + state[:, w_kd(LIKE, ABSTAIN)]
+    loss = _div(wy, w)
+    n_eff = np.nan_to_num(_div(w * w, state[:, W2_LAB]))
+    lo, hi = interval(loss, n_eff, params)
+    return {"n_labels": state[:, N_FB + LIKE] + state[:, N_FB + OVERRIDE], "loss": loss, "loss_lo": lo, "loss_hi": hi}
+
+
+def derive(state: np.ndarray, layout: StateLayout, params: StatsParams, tau: np.ndarray | None = None) -> dict:
+    """Every statistic for every row of `state` (2-D), as a dict of 1-D arrays.
+
+    `tau` (per row) defaults to the mean threshold of the row's decisions.
+    """
+    if state.ndim != 2 or state.shape[1] != layout.width:
+        raise ValueError(f"state must have shape (rows, {layout.width}), got {state.shape}")
+    col = lambda c: state[:, c]  # noqa: E731
+    n_dec = state[:, N_DEC : N_DEC + 3].sum(axis=1)
+    n_fb = state[:, N_FB : N_FB + 3].sum(axis=1)
+    w_like = sum(col(w_kd(LIKE, d)) for d in (ACT, HOLD, ABSTAIN))
+    w_ov = {d: col(w_kd(OVERRIDE, d)) for d in (ACT, HOLD, ABSTAIN)}
+    wy = w_ov[ACT] + w_ov[HOLD] + w_ov[ABSTAIN]
+    w = w_like + wy
+    w2 = col(W2_LAB)
+    loss = _div(wy, w)
+    n_eff = _div(w * w, w2)
+    n_eff = np.where(np.isnan(n_eff), 0.0, n_eff)
+    lo, hi = interval(loss, n_eff, params)
+    x = np.where(w > 0, np.nan_to_num(loss) * n_eff, 0.0)
+    p_exceed = special.betainc(params.a0 + x, params.b0 + n_eff - x, params.l_budget)
+    audit_loss = _div(col(AUDIT_WY), col(AUDIT_W))
+    audit_neff = np.nan_to_num(_div(col(AUDIT_W) ** 2, col(AUDIT_W2)))
+    audit_lo, audit_hi = interval(audit_loss, audit_neff, params)
+    if tau is None:
+        tau = _div(col(TAU_SUM), n_dec)
+    tau = np.broadcast_to(np.asarray(tau, dtype=np.float64), (state.shape[0],))
+    tau_star, cost_saved = _tau_star(state, layout, tau, params)
+    b = layout.n_bins
+    pos = state[:, layout.hist_pos : layout.hist_pos + b]
+    ws = state[:, layout.hist_ws : layout.hist_ws + b]
+    return {
+        "n_decisions": n_dec,
+        "n_act": col(N_DEC + ACT),
+        "n_hold": col(N_DEC + HOLD),
+        "n_abstain_decisions": col(N_DEC + ABSTAIN),
+        "n_feedback": n_fb,
+        "n_like": col(N_FB + LIKE),
+        "n_override": col(N_FB + OVERRIDE),
+        "n_abstain_feedback": col(N_FB + FB_ABSTAIN),
+        "n_labels": col(N_FB + LIKE) + col(N_FB + OVERRIDE),
+        "weight_sum": w,
+        "override_weight": wy,
+        "loss": loss,
+        "loss_cost": _div(params.c_fp * w_ov[ACT] + params.c_fn * w_ov[HOLD], w),
+        "loss_lo": lo,
+        "loss_hi": hi,
+        "n_eff": n_eff,
+        "p_exceed": 1.0 - p_exceed,
+        "coverage": _div(n_fb, n_dec),
+        "abstention_rate": _div(col(N_FB + FB_ABSTAIN), n_fb),
+        "deferral_rate": _div(col(N_DEC + ABSTAIN), n_dec),
+        "brier": _div(col(BRIER), col(YSTAR_W)),
+        "ece": _div(np.abs(pos - ws).sum(axis=1), col(YSTAR_W)),
+        "tau": tau,
+        "tau_star": tau_star,
+        "cost_saved": cost_saved,
+        "audit_loss": audit_loss,
+        "audit_n": col(AUDIT_N),
+        "audit_lo": audit_lo,
+        "audit_hi": audit_hi,
+    }

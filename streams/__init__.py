@@ -1,0 +1,1 @@
+"""NPO stream: streaming continual-alignment monitoring (arXiv 2507.21131)."""

@@ -1,0 +1,164 @@
+"""Scenario definitions and their exact ground truth.
+
+A scenario is one monitored key (policy_id, segment).  Its model, human and
+feedback parameters are schedules of ``u`` = fraction of the simulated horizon
+elapsed (0..1, evaluated at each window's midpoint), so one scenario stretches
+over any ``n_windows``.
+
+Generating model (the generator samples it, ``ground_truth`` integrates it):
+
+* score ``s ~ Beta(*beta)``; decision ``act`` if ``s >= tau`` else ``hold``,
+  except that a decision with ``|s - tau| < abstain_band`` is deferred to a
+  person (``abstain``) with probability ``abstain_prob``.
+* the human's true preference ``y* ~ Bernoulli(p)``, ``p = sigmoid(k (s - c))``,
+  with ``c`` the human's indifference point.  Human/reviewer/llm_judge labels
+  are reported with error rate ``noise`` (y* flipped); audit labels never are.
+* feedback on an ``act``/``hold`` decision is ``override`` iff the reported
+  label disagrees with it, else ``like``.  On an ``abstain`` decision the
+  person endorses the deferral (``like``) with probability equal to their own
+  ambiguity ``1 - |2p - 1|``; otherwise they ``override`` with ``preferred`` =
+  their reported label.  So deferring near the human's indifference point is
+  right and deferring clear cases is an error.
+* each decision gets non-audit feedback with probability ``coverage``; that
+  feedback is kind ``abstain`` with probability ``abstention``.  Independently
+  an ``AUDIT_RATE`` sample gets an audit (never abstains, never noisy).
+
+Because coverage, abstention and audit sampling do not depend on the score,
+P(override | labelled) is an exact mixture of two integrals over the score
+density; no sampled events are counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+
+Schedule = Callable[[float], float]
+
+AUDIT_RATE = 0.02
+"""Fraction of decisions given a gold-standard audit review."""
+
+GRID = (np.arange(2001) + 0.5) / 2001
+"""Midpoints of 2001 equal cells on [0, 1]: the integration grid."""
+
+
+def const(value: float) -> Schedule:
+    return lambda u: value
+
+
+def stretch(base: float, level: float, start: float = 0.4, end: float = 0.7) -> Schedule:
+    """``level`` for start <= u < end, else ``base``: a temporary episode."""
+    return lambda u: level if start <= u < end else base
+
+
+def ramp(v0: float, v1: float, start: float, end: float) -> Schedule:
+    """Linear from v0 (u <= start) to v1 (u >= end)."""
+    return lambda u: v0 + (v1 - v0) * min(max((u - start) / (end - start), 0.0), 1.0)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    policy_id: str
+    segment: str
+    tau: Schedule
+    c: Schedule
+    coverage: Schedule = const(0.3)
+    abstention: Schedule = const(0.05)
+    noise: Schedule = const(0.02)
+    rate: Schedule = const(1.0)
+    """Multiplier of SimConfig.decisions_per_window."""
+    k: float = 80.0
+    beta: tuple[float, float] = (2.0, 2.0)
+    abstain_band: float = 0.02
+    abstain_prob: float = 0.5
+
+
+def sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x)))
+
+
+def _override_prob(sc: Scenario, s, tau: float, p, noise: float):
+    """P(override | score s) marginalised over the decision and the person,
+    given the human's preference p = P(y* = 1 | s)."""
+    q = noise + (1.0 - 2.0 * noise) * p
+    decided = np.where(s >= tau, 1.0 - q, q)
+    deferred = sc.abstain_prob * (np.abs(s - tau) < sc.abstain_band)
+    return (1.0 - deferred) * decided + deferred * np.abs(2.0 * p - 1.0)
+
+
+def _density(sc: Scenario):
+    f = GRID ** (sc.beta[0] - 1) * (1 - GRID) ** (sc.beta[1] - 1)
+    return f / f.sum()
+
+
+def _loss(sc: Scenario, f, tau: float, c, h: float, noise: float, audit_rate: float):
+    """Mixture of noisy (weight h) and audit (weight audit_rate) override rates;
+    c may be a column of candidates, giving one loss per row."""
+    p = sigmoid(sc.k * (GRID - c))
+    loss_noisy = _override_prob(sc, GRID, tau, p, noise) @ f
+    loss_audit = _override_prob(sc, GRID, tau, p, 0.0) @ f
+    return (h * loss_noisy + audit_rate * loss_audit) / (h + audit_rate) if h + audit_rate > 0 else loss_noisy
+
+
+def ground_truth(sc: Scenario, u: float, audit_rate: float = AUDIT_RATE) -> dict:
+    """Exact truth at horizon fraction u.
+
+    true_loss = (h * L_noisy + r * L_audit) / (h + r) with h = coverage *
+    (1 - abstention) and r = audit_rate the labelled feedback per decision,
+    and L = integral of _override_prob against the score density.
+    true_tau_star minimises the c_fp = c_fn = 1 cost
+    sum_{s<t} f p + sum_{s>=t} f (1 - p) over grid thresholds t.
+    coverage is P(a decision gets any feedback); abstention_rate is the
+    expected share of feedback events that are kind "abstain".
+    """
+    tau, c, cov, abst = sc.tau(u), sc.c(u), sc.coverage(u), sc.abstention(u)
+    f = _density(sc)
+    loss = _loss(sc, f, tau, c, cov * (1 - abst), sc.noise(u), audit_rate)
+    p = sigmoid(sc.k * (GRID - c))
+    cost = np.concatenate(([0.0], np.cumsum(f * p)[:-1])) + np.cumsum((f * (1 - p))[::-1])[::-1]
+    return {
+        "true_loss": float(loss),
+        "true_tau_star": float(GRID[np.argmin(cost)]),
+        "tau": float(tau),
+        "coverage": float(1 - (1 - cov) * (1 - audit_rate)),
+        "abstention_rate": float(cov * abst / (cov + audit_rate)) if cov + audit_rate > 0 else 0.0,
+    }
+
+
+def _calibrated(base: Scenario, target_loss: Schedule) -> Scenario:
+    """Set c(u) = tau + d where d gives true_loss == target_loss(u).
+
+    Targets are stated as losses because that is what the monitor measures;
+    the loss is increasing in d >= 0, so invert a table by interpolation
+    (computed at the base coverage/abstention, u = 0).
+    """
+    tau, h = base.tau(0.0), base.coverage(0.0) * (1 - base.abstention(0.0))
+    offsets = np.linspace(0.0, 0.45, 91)
+    losses = _loss(base, _density(base), tau, tau + offsets[:, None], h, base.noise(0.0), AUDIT_RATE)
+    return replace(base, c=lambda u: tau + float(np.interp(target_loss(u), losses, offsets)))
+
+
+def _key(name: str, segment: str, tau: float, **kw) -> Scenario:
+    return Scenario(name, "remediation-" + name.replace("_", "-"), segment, const(tau), const(tau), **kw)
+
+
+SCENARIOS: dict[str, Scenario] = {
+    sc.name: sc
+    for sc in (
+        _calibrated(_key("stationary", "dc-eu", 0.50), const(0.05)),
+        _calibrated(_key("step_drift", "dc-us", 0.55), stretch(0.05, 0.20, 0.4, 1.01)),
+        _calibrated(_key("gradual_drift", "dc-eu", 0.45), ramp(0.05, 0.25, 0.25, 0.75)),
+        replace(_key("miscalibrated_threshold", "dc-us", 0.70), c=const(0.50)),
+        _calibrated(_key("feedback_drought", "dc-eu", 0.50, coverage=stretch(0.3, 0.01)), const(0.05)),
+        _calibrated(_key("abstention_spike", "dc-us", 0.50, abstention=stretch(0.05, 0.5)), const(0.05)),
+    )
+}
+"""Step drift steps at u = 0.4; gradual drift ramps over u in [0.25, 0.75];
+drought (coverage 1%) and abstention spike (50%) last for u in [0.4, 0.7)."""
+
+
+def scenario_names() -> tuple[str, ...]:
+    return tuple(SCENARIOS)
