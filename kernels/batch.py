@@ -36,6 +36,16 @@ def _as(values, dtype) -> np.ndarray:
     return np.ascontiguousarray(values, dtype=dtype)
 
 
+def _as_code(name: str, values) -> np.ndarray:
+    """int8 codes, refusing values a cast would wrap (256 must not become code 0)."""
+    raw = np.asarray(values)
+    if raw.dtype != np.int8 and raw.size:
+        if not np.issubdtype(raw.dtype, np.integer):
+            raise BatchError(f"{name} codes must be integers, got dtype {raw.dtype}")
+        _first_bad(name, raw, (raw < -128) | (raw > 127), f"unknown {name} code")
+    return np.ascontiguousarray(raw, dtype=np.int8)
+
+
 @dataclass
 class ScoreBatch:
     """Decisions: the state row (slot) each goes to, its decision code and threshold."""
@@ -45,7 +55,7 @@ class ScoreBatch:
     tau: np.ndarray
 
     def __post_init__(self) -> None:
-        self.slot, self.decision, self.tau = _as(self.slot, np.int64), _as(self.decision, np.int8), _as(self.tau, np.float64)
+        self.slot, self.decision, self.tau = _as(self.slot, np.int64), _as_code("decision", self.decision), _as(self.tau, np.float64)
         _same_length(self)
 
     def check(self, n_slots: int) -> "ScoreBatch":
@@ -74,7 +84,7 @@ class FeedbackBatch:
     def __post_init__(self) -> None:
         self.slot = _as(self.slot, np.int64)
         for name in ("kind", "source", "decision", "preferred"):
-            setattr(self, name, _as(getattr(self, name), np.int8))
+            setattr(self, name, _as_code(name, getattr(self, name)))
         self.score, self.weight = _as(self.score, np.float64), _as(self.weight, np.float64)
         _same_length(self)
 

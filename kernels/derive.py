@@ -93,7 +93,8 @@ def loss_bounds(state: np.ndarray, layout: StateLayout, params: StatsParams) -> 
 def derive(state: np.ndarray, layout: StateLayout, params: StatsParams, tau: np.ndarray | None = None) -> dict:
     """Every statistic for every row of `state` (2-D), as a dict of 1-D arrays.
 
-    `tau` (per row) defaults to the mean threshold of the row's decisions.
+    `tau` (per row) defaults to the mean threshold of the row's decisions; NaN entries
+    of a given `tau` fall back to that default too (a threshold set for some keys only).
     """
     if state.ndim != 2 or state.shape[1] != layout.width:
         raise ValueError(f"state must have shape (rows, {layout.width}), got {state.shape}")
@@ -114,9 +115,9 @@ def derive(state: np.ndarray, layout: StateLayout, params: StatsParams, tau: np.
     audit_loss = _div(col(AUDIT_WY), col(AUDIT_W))
     audit_neff = np.nan_to_num(_div(col(AUDIT_W) ** 2, col(AUDIT_W2)))
     audit_lo, audit_hi = interval(audit_loss, audit_neff, params)
-    if tau is None:
-        tau = _div(col(TAU_SUM), n_dec)
-    tau = np.broadcast_to(np.asarray(tau, dtype=np.float64), (state.shape[0],))
+    mean_tau = _div(col(TAU_SUM), n_dec)
+    tau = mean_tau if tau is None else np.broadcast_to(np.asarray(tau, dtype=np.float64), (state.shape[0],))
+    tau = np.where(np.isnan(tau), mean_tau, tau)
     tau_star, cost_saved = _tau_star(state, layout, tau, params)
     b = layout.n_bins
     pos = state[:, layout.hist_pos : layout.hist_pos + b]

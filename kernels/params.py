@@ -1,6 +1,7 @@
 """Parameters of the derived statistics, shared by kernels and references."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -23,6 +24,9 @@ class StatsParams:
     c_fn: float = 1.0
 
     def __post_init__(self) -> None:
+        for name in ("l_budget", "confidence", "a0", "b0", "c_fp", "c_fn"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if not 0.0 < self.l_budget < 1.0:
             raise ValueError(f"l_budget must be in (0, 1), got {self.l_budget}")
         if not 0.0 < self.confidence < 1.0:

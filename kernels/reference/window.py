@@ -56,13 +56,13 @@ class WindowReference:
             getattr(self, name).merge(getattr(other, name))
 
     def get(self, params: StatsParams, tau: float | None = None) -> dict[str, float]:
-        """Statistics under `params`; `tau` defaults to the mean threshold of the decisions."""
+        """Statistics under `params`; `tau` (None or NaN) defaults to the mean threshold of the decisions."""
         dec, fb = self.rates.decisions, self.rates.feedback
         loss, n_eff = self.loss.get(), self.loss.n_eff
         interval = wilson_interval if params.interval == "wilson" else jeffreys_interval
         lo, hi = interval(loss, n_eff, params.confidence)
         self.hist.c_fp, self.hist.c_fn = params.c_fp, params.c_fn
-        tau = dec.mean_tau if tau is None else tau
+        tau = dec.mean_tau if tau is None or tau != tau else tau  # None or NaN: the decisions' mean
         tau_star, cost_saved = self.hist.get(tau)
         return {
             "n_decisions": dec.total,

@@ -1,0 +1,105 @@
+"""`npo`: the command line. Each subcommand is a thin shell over a module that does the work."""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+from pathlib import Path
+
+
+def _demo(args) -> int:
+    from streams.demo.demo import run_demo
+
+    summary = run_demo(seed=args.seed, out=args.out, progress=not args.quiet, ablations=not args.no_ablations)
+    h = summary["headline"]
+    print(f"npo demo: {summary['events']} events in {summary['seconds']} s -> {Path(args.out) / 'report.html'}")
+    print(f"  coverage {h['mean_coverage']:.3f}  false alarms {h['false_alarms']}  "
+          f"detection delay {h['detection_delay_windows']:.1f} windows  fidelity {h['fidelity']:.3f}")
+    print(f"  triggers: {json.dumps(h['triggers_by_rule'])}")
+    return 0
+
+
+def _replay(args) -> int:
+    from streams.demo.demo import run_replay
+
+    missing = [f for f in args.files if not Path(f).is_file()]
+    if missing:
+        print(f"npo replay: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    summary = run_replay(args.files, out=args.out, progress=not args.quiet)
+    print(f"npo replay: {summary['messages']} messages -> {Path(args.out) / 'report.html'}")
+    print(f"  triggers: {json.dumps(summary['triggers_by_rule'])}")
+    return 0
+
+
+def _bench_kernels(args) -> int:
+    from kernels.bench import bench_kernels
+
+    result = bench_kernels(n=args.events, keys=args.keys, repeats=args.repeats)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"kernel {result['events_per_s'] / 1e6:.1f} M events/s, numpy baseline "
+              f"{result['baseline_events_per_s'] / 1e6:.1f} M events/s ({result['speedup']:.1f}x)")
+    return 0
+
+
+def _validate(args) -> int:
+    from streams import codec
+
+    bad = 0
+    with open(args.file, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            decoded = codec.decode(line.rstrip(b"\r\n"))
+            for r in decoded.errors:
+                bad += 1
+                print(f"{args.file}:{lineno}: {r.reason}: {r.detail}")
+    print(f"{args.file}: {'ok' if not bad else f'{bad} invalid record(s)'}")
+    return 1 if bad else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="npo", description="NPO stream: continual alignment monitoring.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="run the paper's simulation in process (no Kafka) and write a report")
+    d.add_argument("--seed", type=int, default=7)
+    d.add_argument("--out", default="npo-demo", help="output directory (default: ./npo-demo)")
+    d.add_argument("--no-ablations", action="store_true", help="skip the ablation runs (faster)")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(run=_demo)
+
+    r = sub.add_parser("replay", help="run JSON-lines logs of score/feedback events in process")
+    r.add_argument("files", nargs="+")
+    r.add_argument("--out", default="npo-replay")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(run=_replay)
+
+    b = sub.add_parser("bench", help="benchmarks")
+    bsub = b.add_subparsers(dest="bench", required=True)
+    k = bsub.add_parser("kernels", help="batch kernel update vs the numpy baseline")
+    k.add_argument("--events", type=int, default=1_000_000)
+    k.add_argument("--keys", type=int, default=10_000)
+    k.add_argument("--repeats", type=int, default=5)
+    k.add_argument("--json", action="store_true", help="print one JSON object")
+    k.set_defaults(run=_bench_kernels)
+
+    v = sub.add_parser("validate", help="check a JSON-lines file against the event schemas")
+    v.add_argument("file")
+    v.set_defaults(run=_validate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # The pipeline allocates many short-lived objects per event; collecting the
+    # young generation less often saves a third of the time and changes nothing else.
+    gc.set_threshold(50_000, 20, 100)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

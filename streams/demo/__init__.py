@@ -1,0 +1,1 @@
+"""`npo demo` and `npo replay`: the pipeline in process, on simulated or recorded events."""

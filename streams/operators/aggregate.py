@@ -1,0 +1,157 @@
+"""Merge partition partials into final windows: tumbling, hopping and cumulative.
+
+A pane is final once every input partition's watermark has passed it. The
+aggregator keeps the last few merged panes per key in a ring (enough for one
+hopping window) and one cumulative row per key. Partials are summed, so the
+result does not depend on how keys' events were spread over partitions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kernels.derive import derive, loss_bounds
+from kernels.layout import N_DEC, N_FB, StateLayout
+from kernels.params import StatsParams
+from streams.operators.windows import KeyIndex, Partials, WindowSpec
+
+
+@dataclass
+class WindowResult:
+    """Statistics of one window kind for the keys that had data in it."""
+
+    kind: str  # "tumbling" | "hopping" | "cumulative" | "early"
+    start: float
+    end: float
+    keys: list
+    rows: np.ndarray
+    stats: dict
+    pane: int
+    panes: np.ndarray | None = None  # early results: the open pane of each row
+
+
+class Aggregator:
+    def __init__(self, spec: WindowSpec, layout: StateLayout, params: StatsParams, partitions: int = 1):
+        self.spec, self.layout, self.params = spec, layout, params
+        self.partitions = partitions
+        self.keys = KeyIndex()
+        self.ring_len = spec.hop_panes + spec.open_panes + 1
+        self.ring = layout.zeros(0)
+        self.ring_pane = np.zeros(0, np.int64)
+        self.cum = layout.zeros(0)
+        self.late_events = np.zeros(0)  # per key: events that reached only the cumulative view
+        self.closed_through: dict[int, int] = {}
+        self.final_through: int | None = None
+        self.first_pane: int | None = None
+        self.thresholds: dict[tuple[str, str], float] = {}  # threshold in force, where one was set
+        self._late_keys: set[int] = set()  # keys whose cumulative row took late data since last emitted
+        self._late_pending: dict[int, list] = {}  # pane -> late rows to fold in when it becomes final
+
+    def _ensure(self, n_keys: int) -> None:
+        if n_keys <= self.cum.shape[0]:
+            return
+        cap = max(n_keys, 2 * self.cum.shape[0], 16)
+        ring, cum = self.layout.zeros(cap * self.ring_len), self.layout.zeros(cap)
+        ring[: self.ring.shape[0]], cum[: self.cum.shape[0]] = self.ring, self.cum
+        ring_pane = np.full(cap * self.ring_len, np.iinfo(np.int64).min)
+        ring_pane[: self.ring_pane.shape[0]] = self.ring_pane
+        late_events = np.zeros(cap)
+        late_events[: self.late_events.shape[0]] = self.late_events
+        self.ring, self.cum, self.ring_pane, self.late_events = ring, cum, ring_pane, late_events
+
+    def add(self, partition: int, partials: Partials) -> list[WindowResult]:
+        """Fold one partition's partials in; return the windows that became final."""
+        if partials.early:
+            return [self._early(partials)]
+        ids = np.array([self.keys.id(k) for k in partials.keys], dtype=np.int64)
+        self._ensure(len(self.keys.keys))
+        late = partials.panes < 0
+        if late.any():
+            # late rows count from the pane at which their partition handed them on, so the
+            # cumulative view does not depend on how partitions' messages interleave
+            at = partials.closed_through
+            if self.final_through is not None and at < self.final_through:
+                self._apply_late(ids[late], partials.rows[late])
+            else:
+                self._late_pending.setdefault(at, []).append((ids[late], partials.rows[late]))
+        on_time = ~late
+        if on_time.any():
+            lowest = int(partials.panes[on_time].min())
+            self.first_pane = lowest if self.first_pane is None else min(self.first_pane, lowest)
+        rows = ids[on_time] * self.ring_len + partials.panes[on_time] % self.ring_len
+        stale = self.ring_pane[rows] != partials.panes[on_time]
+        self.ring[rows[stale]] = 0.0
+        self.ring_pane[rows] = partials.panes[on_time]
+        np.add.at(self.ring, rows, partials.rows[on_time])
+        previous = self.closed_through.get(partition)
+        self.closed_through[partition] = max(partials.closed_through, previous if previous is not None else -2**62)
+        if len(self.closed_through) < self.partitions:
+            return []
+        final = min(self.closed_through.values())
+        if self.final_through is None:
+            starts = [final, *self._late_pending] + ([self.first_pane] if self.first_pane is not None else [])
+            self.final_through = min(starts)
+        ready: list[tuple] = []
+        for pane in range(self.final_through, final):
+            self._finalise(pane, ready)
+        self.final_through = max(self.final_through, final)
+        return self._results(ready)
+
+    def _pane_rows(self, pane: int) -> tuple[np.ndarray, np.ndarray]:
+        key_ids = np.arange(len(self.keys.keys), dtype=np.int64)
+        rows = key_ids * self.ring_len + pane % self.ring_len
+        has = self.ring_pane[rows] == pane
+        return key_ids[has], rows[has]
+
+    def _results(self, ready: list[tuple]) -> list[WindowResult]:
+        """Derive the statistics of all windows that became final in one call, then split them."""
+        if not ready:
+            return []
+        tau = None
+        if self.thresholds:
+            tau = np.array([self.thresholds.get(self.keys.keys[k], np.nan) for *_, ids, _ in ready for k in ids])
+        stats = derive(np.concatenate([rows for *_, rows in ready]), self.layout, self.params, tau=tau)
+        size, out, at = self.spec.tumbling_s, [], 0
+        for kind, pane_lo, pane_hi, key_ids, rows in ready:
+            part = {name: col[at : at + len(rows)] for name, col in stats.items()}
+            part["late_events"] = self.late_events[key_ids] if kind == "cumulative" else np.zeros(len(rows))
+            at += len(rows)
+            out.append(WindowResult(kind, pane_lo * size, pane_hi * size, [self.keys.keys[k] for k in key_ids],
+                                    rows, part, pane_hi - 1))
+        return out
+
+    def _apply_late(self, ids: np.ndarray, rows: np.ndarray) -> None:
+        np.add.at(self.cum, ids, rows)
+        np.add.at(self.late_events, ids, rows[:, N_DEC:N_DEC + 3].sum(axis=1) + rows[:, N_FB:N_FB + 3].sum(axis=1))
+        self._late_keys.update(ids.tolist())
+
+    def _finalise(self, pane: int, ready: list[tuple]) -> None:
+        for ids, rows in self._late_pending.pop(pane, ()):
+            self._apply_late(ids, rows)
+        key_ids, rows = self._pane_rows(pane)
+        if len(key_ids):
+            ready.append(("tumbling", pane, pane + 1, key_ids, self.ring[rows]))
+            self.cum[key_ids] += self.ring[rows]
+        changed = np.union1d(key_ids, np.fromiter(self._late_keys, np.int64, len(self._late_keys)))
+        self._late_keys.clear()
+        if len(changed):
+            ready.append(("cumulative", 0, pane + 1, changed, self.cum[changed]))
+        if (pane + 1) % self.spec.advance_panes == 0:
+            first = pane + 1 - self.spec.hop_panes
+            total = self.layout.zeros(len(self.keys.keys))
+            seen = np.zeros(len(self.keys.keys), bool)
+            for p in range(first, pane + 1):
+                ids, ring_rows = self._pane_rows(p)
+                total[ids] += self.ring[ring_rows]
+                seen[ids] = True
+            ids = np.flatnonzero(seen)
+            if len(ids):
+                ready.append(("hopping", first, pane + 1, ids, total[ids]))
+
+    def _early(self, partials: Partials) -> WindowResult:
+        size = self.spec.tumbling_s
+        pane = int(partials.panes.min()) if len(partials.panes) else 0
+        stats = loss_bounds(partials.rows, self.layout, self.params)
+        return WindowResult("early", pane * size, (pane + 1) * size, partials.keys, partials.rows, stats, pane,
+                            panes=partials.panes)

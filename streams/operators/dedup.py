@@ -1,0 +1,70 @@
+"""Duplicate suppression: an event id counts once within a horizon, in bounded memory."""
+from __future__ import annotations
+
+from collections import deque
+
+
+class Deduplicator:
+    """Remembers event ids for `horizon_s` of event time, at most `max_ids` of them.
+
+    Ids are forgotten oldest-inserted first when the horizon passes or the cap is hit
+    (then `evicted` counts them: a duplicate arriving after that is counted
+    again, the price of bounded memory). Deterministic: depends only on the
+    order of the ids and their event times.
+
+    >>> d = Deduplicator(horizon_s=60, max_ids=10)
+    >>> [d.first_time(e, ts) for e, ts in [("a", 0), ("b", 1), ("a", 2), ("a", 100)]]
+    [True, True, False, True]
+    """
+
+    def __init__(self, horizon_s: float = 86_400.0, max_ids: int = 2_000_000) -> None:
+        if horizon_s <= 0 or max_ids < 1:
+            raise ValueError("horizon_s must be > 0 and max_ids >= 1")
+        self.horizon_s = horizon_s
+        self.max_ids = max_ids
+        self._seen: dict[str, float] = {}
+        self._order: deque[str] = deque()  # insertion order, for O(1) forgetting of the oldest
+        self._clock = float("-inf")
+        self._next_expiry = float("-inf")
+        self.duplicates = 0
+        self.evicted = 0
+
+    def first_time(self, event_id: str, ts: float) -> bool:
+        """True the first time `event_id` is seen within the horizon."""
+        if ts > self._clock:
+            self._clock = ts
+            if ts >= self._next_expiry:  # expire in steps of 1% of the horizon, not per event
+                self._expire()
+                self._next_expiry = ts + self.horizon_s / 100.0
+        seen = self._seen
+        if event_id in seen:
+            self.duplicates += 1
+            return False
+        seen[event_id] = ts
+        self._order.append(event_id)
+        if len(seen) > self.max_ids:
+            del seen[self._order.popleft()]
+            self.evicted += 1
+        return True
+
+    def _expire(self) -> None:
+        cutoff = self._clock - self.horizon_s
+        seen, order = self._seen, self._order
+        while order and seen[order[0]] < cutoff:
+            del seen[order.popleft()]
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def snapshot(self) -> dict:
+        """Plain data for a checkpoint (ids in insertion order with their times)."""
+        return {"ids": list(self._seen.keys()), "ts": list(self._seen.values()), "clock": self._clock,
+                "duplicates": self.duplicates, "evicted": self.evicted}
+
+    @classmethod
+    def restore(cls, snap: dict, horizon_s: float, max_ids: int) -> "Deduplicator":
+        d = cls(horizon_s, max_ids)
+        d._seen = dict(zip(snap["ids"], snap["ts"]))
+        d._order = deque(snap["ids"])
+        d._clock, d.duplicates, d.evicted = snap["clock"], snap["duplicates"], snap["evicted"]
+        return d

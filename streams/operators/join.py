@@ -1,0 +1,173 @@
+"""Join feedback that carries only a scenario_id to its score event, in either order.
+
+Scores wait for their feedback, and feedback waits for its score, for a
+horizon of event time (default 7 days), on disk in RocksDB (rocksdict in
+raw mode: bytes only, nothing stored is ever unpickled). Writes go in one
+atomic batch per call; the expiry index has one entry per batch, not per
+event. What outlives the horizon is counted: expired scores (never
+labelled) and unmatched feedback (returned, so the caller can dead-letter it).
+"""
+from __future__ import annotations
+
+import tempfile
+from typing import NamedTuple
+
+import msgspec
+from rocksdict import Options, Rdict, WriteBatch
+
+_SCORE, _FEEDBACK, _EXPIRY = b"s:", b"f:", b"x:"
+_encode, _decode = msgspec.msgpack.encode, msgspec.msgpack.decode
+
+
+class Context(NamedTuple):
+    """What a feedback event needs from its decision."""
+
+    policy_id: str
+    segment: str
+    score: float
+    tau: float
+    decision: str
+    ts: float
+
+
+class Pending(NamedTuple):
+    """A feedback event waiting for its score."""
+
+    scenario_id: str
+    event_id: str
+    ts: float
+    kind: str
+    source: str
+    preferred: str
+    weight: float
+
+
+def _ms(ts: float) -> bytes:
+    return b"%016d" % max(0, int(ts * 1000))
+
+
+class FeedbackJoin:
+    """Disk-backed two-way join with an event-time horizon, batch at a time."""
+
+    def __init__(self, path: str | None = None, horizon_s: float = 7 * 86_400.0, expire_every_s: float = 60.0):
+        if horizon_s <= 0:
+            raise ValueError("horizon_s must be > 0")
+        self.horizon_s, self.expire_every_s = horizon_s, expire_every_s
+        self._tmp = None if path else tempfile.TemporaryDirectory(prefix="npo-join-")
+        self.db = Rdict(path or self._tmp.name, options=Options(raw_mode=True))
+        self._waiting: dict[str, int] = {}  # scenario_id -> parked feedback count (small: the rare case)
+        self._seq = 0
+        self._clock = float("-inf")
+        self._last_expiry = float("-inf")
+        self.expired_scores = 0
+        self.unmatched_feedback = 0
+        for key in self._keys(_FEEDBACK):
+            sid = key[2:].split(b"\x00", 1)[0].decode()
+            self._waiting[sid] = self._waiting.get(sid, 0) + 1
+
+    def _keys(self, prefix: bytes):
+        for key in self.db.keys(from_key=prefix):
+            if not key.startswith(prefix):
+                return
+            yield key
+
+    def _index(self, wb: WriteBatch, max_ts: float, kind: bytes, refs: list[bytes]) -> None:
+        self._seq += 1
+        wb.put(_EXPIRY + _ms(max_ts) + b"%08d" % (self._seq % 10**8) + kind, b"\n".join(refs))
+
+    def add_scores(self, scenario_ids: list[str], contexts: list[Context]) -> None:
+        """Remember a batch of decisions."""
+        if not scenario_ids:
+            return
+        wb = WriteBatch(raw_mode=True)
+        refs = []
+        for sid, c in zip(scenario_ids, contexts):
+            ref = sid.encode()
+            refs.append(ref)
+            wb.put(_SCORE + ref, _encode((c.policy_id, c.segment, c.score, c.tau, c.decision, c.ts)))
+        max_ts = max(c.ts for c in contexts)
+        self._index(wb, max_ts, b"s", refs)
+        self.db.write(wb)
+        self._clock = max(self._clock, max_ts)
+
+    def lookup(self, scenario_ids: list[str]) -> list[Context | None]:
+        """Stored contexts for these scenarios (None where no score is known)."""
+        if not scenario_ids:
+            return []
+        raw = self.db[[_SCORE + sid.encode() for sid in scenario_ids]]
+        return [None if r is None else Context(*_decode(r)) for r in raw]
+
+    def park(self, pending: list[Pending]) -> None:
+        """Store feedback until its score arrives."""
+        if not pending:
+            return
+        wb = WriteBatch(raw_mode=True)
+        refs = []
+        for p in pending:
+            ref = p.scenario_id.encode() + b"\x00" + p.event_id.encode()
+            refs.append(ref)
+            wb.put(_FEEDBACK + ref, _encode((p.event_id, p.ts, p.kind, p.source, p.preferred, p.weight)))
+            self._waiting[p.scenario_id] = self._waiting.get(p.scenario_id, 0) + 1
+        max_ts = max(p.ts for p in pending)
+        self._index(wb, max_ts, b"f", refs)
+        self.db.write(wb)
+        self._clock = max(self._clock, max_ts)
+
+    @property
+    def has_waiting(self) -> bool:
+        return bool(self._waiting)
+
+    def is_waiting(self, scenario_id: str) -> bool:
+        return scenario_id in self._waiting
+
+    def release(self, scenario_id: str) -> list[Pending]:
+        """Remove and return the feedback parked for a scenario whose score just arrived."""
+        if self._waiting.pop(scenario_id, None) is None:
+            return []
+        prefix = _FEEDBACK + scenario_id.encode() + b"\x00"
+        keys = list(self._keys(prefix))
+        out = [Pending(scenario_id, *_decode(v)) for v in self.db[keys]]
+        wb = WriteBatch(raw_mode=True)
+        for k in keys:
+            wb.delete(k)
+        self.db.write(wb)
+        return out
+
+    def expire(self) -> list[Pending]:
+        """Forget what is older than the horizon; return feedback that never met its score."""
+        if self._clock - self._last_expiry < self.expire_every_s:
+            return []
+        self._last_expiry = self._clock
+        cutoff = _EXPIRY + _ms(self._clock - self.horizon_s)
+        unmatched: list[Pending] = []
+        wb = WriteBatch(raw_mode=True)
+        for key, refs in self.db.items(from_key=_EXPIRY):
+            if key >= cutoff or not key.startswith(_EXPIRY):
+                break
+            wb.delete(key)
+            prefix = _SCORE if key.endswith(b"s") else _FEEDBACK
+            keys = [prefix + r for r in refs.split(b"\n")]
+            for k, v in zip(keys, self.db[keys]):
+                if v is None:
+                    continue
+                wb.delete(k)
+                if prefix == _SCORE:
+                    self.expired_scores += 1
+                else:
+                    sid = k[2:].split(b"\x00", 1)[0].decode()
+                    unmatched.append(Pending(sid, *_decode(v)))
+                    left = self._waiting.pop(sid, 1) - 1
+                    if left > 0:
+                        self._waiting[sid] = left
+        self.db.write(wb)
+        self.unmatched_feedback += len(unmatched)
+        return unmatched
+
+    @property
+    def waiting_feedback(self) -> int:
+        return sum(self._waiting.values())
+
+    def close(self) -> None:
+        self.db.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()

@@ -1,0 +1,140 @@
+"""The in-process pipeline: order-only determinism, join in either order, duplicates, lateness, dead letters."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import orjson
+import pytest
+
+from kernels.reference.window import WindowReference
+from streams.config import MonitorConfig
+from streams.demo.runner import encode_messages, run_pipeline
+from streams.operators.windows import WindowSpec
+from streams.simulate import SimConfig, simulate
+
+T0 = 1_767_225_600.0
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return simulate(SimConfig(seed=3, n_windows=36, decisions_per_window=120))
+
+
+def _score(sid, ts, s=0.8, tau=0.5, decision=None, key=("p", "seg")):
+    decision = decision or ("act" if s >= tau else "hold")
+    return {"type": "score", "v": 1, "event_id": f"s-{sid}", "scenario_id": sid, "policy_id": key[0],
+            "segment": key[1], "score": s, "tau": tau, "decision": decision, "ts": ts}
+
+
+def _fb(sid, ts, kind="override", n=0, **extra):
+    return {"type": "feedback", "v": 1, "event_id": f"f-{sid}-{n}", "scenario_id": sid, "ts": ts, "kind": kind, **extra}
+
+
+def _run(events, config=MonitorConfig(), batch=1):
+    return run_pipeline([orjson.dumps(e) for e in events], config, batch=batch)
+
+
+def _tumbling(result):
+    return {(w["policy_id"], w["segment"], w["start"]): w for w in result.windows if w["kind"] == "tumbling"}
+
+
+def test_results_do_not_depend_on_batching_or_envelopes(sim):
+    config = MonitorConfig()
+    runs = [run_pipeline(encode_messages(sim.events, 1), config, batch=b) for b in (7, 997)]
+    runs.append(run_pipeline(encode_messages(sim.events, 500), config, batch=3))
+    ids = [sorted(t["trigger_id"] for t in r.triggers) for r in runs]
+    assert ids[0] == ids[1] == ids[2] and ids[0], "trigger ids must not depend on batching"
+    for other in runs[1:]:
+        assert len(other.windows) == len(runs[0].windows)
+        for a, b in zip(runs[0].windows, other.windows):
+            assert a.keys() == b.keys()
+            for k in a:
+                assert a[k] == b[k] or (isinstance(a[k], float) and math.isnan(a[k]) and math.isnan(b[k])), k
+
+
+def test_tumbling_windows_match_reference_fed_event_by_event():
+    rng = np.random.default_rng(5)
+    events, ref = [], {}
+    for i in range(400):
+        ts = T0 + i * 3.0  # in order: nothing late
+        s = float(rng.random())
+        events.append(_score(f"c{i}", ts, s=s))
+        pane = math.floor(ts / 300)
+        ref.setdefault(pane, WindowReference()).update_score("act" if s >= 0.5 else "hold", 0.5)
+        if i % 3 == 0:
+            kind = ["like", "override", "abstain"][i % 2]
+            events.append(_fb(f"c{i}", ts + 1.0, kind=kind, weight=0.5))
+            ref[pane].update_feedback(kind, "human", "act" if s >= 0.5 else "hold", "", s, 0.5)
+    config = MonitorConfig()
+    got = _tumbling(_run(events, config, batch=37))
+    assert len(got) == len(ref)
+    for pane, r in ref.items():
+        row = got[("p", "seg", pane * 300.0)]
+        expected = r.get(config.stats)
+        for k, v in expected.items():
+            assert row[k] == pytest.approx(v, nan_ok=True, rel=1e-9, abs=1e-12), k
+
+
+def test_feedback_joins_to_its_score_in_either_order_and_across_batches():
+    events = [
+        _fb("a", T0 + 10, "override"),  # before its score
+        _score("a", T0 + 5, s=0.9),
+        _score("b", T0 + 20, s=0.2),
+        _fb("b", T0 + 30, "like"),  # after its score
+        _fb("c", T0 + 31, "override", policy_id="p", segment="seg", score=0.7, tau=0.5, decision="act"),  # context
+    ]
+    for batch in (1, 2, 5):
+        result = _run(events, batch=batch)
+        w = _tumbling(result)[("p", "seg", math.floor(T0 / 300) * 300.0)]
+        assert (w["n_override"], w["n_like"], w["n_decisions"]) == (2, 1, 2)
+        assert result.counters.get("joined_late", 0) == (1 if batch >= 2 else 1)
+
+
+def test_duplicates_count_once_and_are_counted():
+    events = [_score("a", T0), _fb("a", T0 + 1), _fb("a", T0 + 1), _score("a", T0)]
+    result = _run(events)
+    w = next(iter(_tumbling(result).values()))
+    assert (w["n_decisions"], w["n_override"]) == (1, 1)
+    assert result.counters["duplicates"] == 2
+
+
+def test_late_events_reach_only_the_cumulative_view():
+    spec = WindowSpec(grace_s=60.0)
+    config = MonitorConfig(windows=spec)
+    events = [_score("a", T0 + 10), _score("b", T0 + 400), _score("late", T0 + 20)]  # watermark passed pane 0
+    result = _run(events, config)
+    tumbling = _tumbling(result)
+    first = tumbling[("p", "seg", T0)]
+    assert first["n_decisions"] == 1
+    assert result.counters["late_events"] == 1
+    cumulative = [w for w in result.windows if w["kind"] == "cumulative"]
+    assert cumulative[-1]["n_decisions"] == 3
+
+
+def test_bad_messages_go_to_dead_letters_and_good_ones_still_count():
+    good = orjson.dumps(_score("a", T0))
+    messages = [b"not json", good, b'{"type":"score","v":9}', orjson.dumps({**_score("b", T0), "score": 1.5})]
+    result = run_pipeline(messages, MonitorConfig(), batch=2)
+    reasons = sorted(d.reason for d in result.dead_letters)
+    assert reasons == ["bad_value", "not_json", "unknown_version"]
+    assert {(d.source.partition, d.source.offset) for d in result.dead_letters} == {(0, 0), (0, 2), (0, 3)}
+    assert next(iter(_tumbling(result).values()))["n_decisions"] == 1
+
+
+def test_unmatched_feedback_expires_to_a_dead_letter():
+    config = MonitorConfig(join_horizon_s=600.0)
+    events = [_fb("orphan", T0)] + [_score(f"s{i}", T0 + 100.0 * i) for i in range(1, 30)]
+    result = _run(events, config, batch=5)
+    assert [d.reason for d in result.dead_letters] == ["join_expired"]
+    assert result.counters["dead_letters/join_expired"] == 1
+
+
+def test_trigger_ids_are_deterministic_and_carry_the_config_version(sim):
+    a = run_pipeline(encode_messages(sim.events), MonitorConfig())
+    b = run_pipeline(encode_messages(sim.events), MonitorConfig())
+    assert [t["trigger_id"] for t in a.triggers] == [t["trigger_id"] for t in b.triggers]
+    other = MonitorConfig(n_bins=10)
+    c = run_pipeline(encode_messages(sim.events), other)
+    assert {t["config_version"] for t in c.triggers} == {other.version} != {MonitorConfig().version}
+    assert not {t["trigger_id"] for t in a.triggers} & {t["trigger_id"] for t in c.triggers}
