@@ -217,25 +217,35 @@ class Monitor:
 
 
 class InProcessPipeline:
-    """A partition stage and the monitor wired together for one ordered input stream."""
+    """Partition stages and the monitor wired together in one process.
 
-    def __init__(self, config: MonitorConfig, join_path: str | None = None) -> None:
+    With `partitions` > 1 the caller routes each message to its partition (as
+    Kafka would, by scenario_id); results then equal the Kafka worker's on the
+    same per-partition order.
+    """
+
+    def __init__(self, config: MonitorConfig, partitions: int = 1) -> None:
         self.counters: Counter = Counter()
-        self.stage = PartitionStage(config, join_path=join_path, counters=self.counters)
-        self.monitor = Monitor(config, counters=self.counters)
+        self.stages = [PartitionStage(config, partition=p, counters=self.counters) for p in range(partitions)]
+        self.monitor = Monitor(config, partitions=partitions, counters=self.counters)
 
-    def process(self, messages: list[bytes], first_offset: int = 0, now: float | None = None) -> Output:
-        out = self.stage.process(messages, first_offset, now)
-        out.extend(self.monitor.add(0, out.partials))
+    def process(self, messages: list[bytes], first_offset: int = 0, now: float | None = None,
+                partition: int = 0) -> Output:
+        out = self.stages[partition].process(messages, first_offset, now)
+        out.extend(self.monitor.add(partition, out.partials))
         out.partials = []
         return out
 
     def finish(self) -> Output:
         """End of input: every open window becomes final."""
-        out = self.stage.drain()
-        out.extend(self.monitor.add(0, out.partials))
+        out = Output()
+        for p, stage in enumerate(self.stages):
+            drained = stage.drain()
+            out.extend(drained)
+            out.extend(self.monitor.add(p, drained.partials))
         out.partials = []
         return out
 
     def close(self) -> None:
-        self.stage.close()
+        for stage in self.stages:
+            stage.close()

@@ -322,6 +322,15 @@ def test_out_of_range_code_is_not_silently_wrapped(column, bad):
     assert not state.any()
 
 
+@pytest.mark.parametrize("column", ["kind", "source", "decision", "preferred"])
+def test_non_integer_codes_are_not_truncated(column):
+    """1.7 must not silently become code 1."""
+    fb = good_feedback()
+    fb[column] = np.array([0.0, 1.7, 0.0])
+    with pytest.raises(BatchError, match=column):
+        FeedbackBatch(**fb)
+
+
 def test_bad_input_is_a_value_error():
     assert issubclass(BatchError, ValueError)
 

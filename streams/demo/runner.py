@@ -52,10 +52,16 @@ def run_pipeline(messages: list[bytes], config: MonitorConfig, batch: int = 50, 
     `emitted_at(trigger) -> float` stamps triggers; by default the end of the
     trigger's window, so runs are deterministic.
     """
-    pipe = InProcessPipeline(config)
+    return run_partitioned([messages], config, batch, progress, emitted_at)
+
+
+def run_partitioned(by_partition: list[list[bytes]], config: MonitorConfig, batch: int = 50,
+                    progress: str | None = None, emitted_at=None) -> RunResult:
+    """Messages already routed to partitions (each list in that partition's order), as the
+    Kafka worker sees them; partitions take turns, which does not change the results."""
+    pipe = InProcessPipeline(config, partitions=len(by_partition))
     result = RunResult()
-    stamp = emitted_at or (lambda t: t["window"]["end"])
-    bar = tqdm(total=len(messages), desc=progress, unit="msg", disable=progress is None, leave=False)
+    bar = tqdm(total=sum(map(len, by_partition)), desc=progress, unit="msg", disable=progress is None, leave=False)
 
     def collect(out: Output) -> None:
         result.results.extend(out.results)
@@ -65,14 +71,17 @@ def run_pipeline(messages: list[bytes], config: MonitorConfig, batch: int = 50, 
         result.dead_letters.extend(out.dead_letters)
 
     try:
-        for i in range(0, len(messages), batch):
-            collect(pipe.process(messages[i:i + batch], first_offset=i, now=0.0))
-            bar.update(min(batch, len(messages) - i))
+        longest = max((len(m) for m in by_partition), default=0)
+        for i in range(0, longest, batch):
+            for p, messages in enumerate(by_partition):
+                if i < len(messages):
+                    collect(pipe.process(messages[i:i + batch], first_offset=i, now=0.0, partition=p))
+                    bar.update(len(messages[i:i + batch]))
         collect(pipe.finish())
     finally:
         bar.close()
         pipe.close()
-    _stamp_all(result.triggers, stamp)
+    _stamp_all(result.triggers, emitted_at or (lambda t: t["window"]["end"]))
     result.counters = {"/".join(map(str, k)) if isinstance(k, tuple) else k: v for k, v in pipe.counters.items()}
     return result
 

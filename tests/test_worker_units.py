@@ -1,0 +1,78 @@
+"""Pure pieces of the Kafka worker: the partials wire format, the co-partition merge, output events."""
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numpy as np
+import pytest
+
+import schemas
+from kernels.layout import StateLayout
+from streams.config import MonitorConfig
+from streams.operators.aggregate import WindowResult
+from streams.operators.windows import Partials
+from streams.worker import partials as codec
+from streams.worker.merge import CoPartitionMerge
+from streams.worker.outputs import window_stats_events
+
+Rec = namedtuple("Rec", "topic timestamp offset")
+
+
+def test_partials_round_trip_and_row_selection():
+    width = StateLayout().width
+    rows = np.arange(3 * width, dtype=float).reshape(3, width)
+    p = Partials([("a", "x"), ("b", "y"), ("c", "z")], np.array([5, 5, -1]), rows, closed_through=6)
+    inp, seq, back = codec.decode(codec.encode(p, 2, 99, np.array([0, 2])), width)
+    assert (inp, seq, back.closed_through, back.early) == (2, 99, 6, False)
+    assert back.keys == [("a", "x"), ("c", "z")]
+    assert back.panes.tolist() == [5, -1]
+    assert np.array_equal(back.rows, rows[[0, 2]])
+    _, _, empty = codec.decode(codec.encode(p, 2, 100, np.array([], dtype=np.int64)), width)
+    assert empty.keys == [] and empty.rows.shape == (0, width) and empty.closed_through == 6
+
+
+@pytest.mark.parametrize("data", [b"", b"\x93\x01", b"not msgpack at all"])
+def test_malformed_partials_are_rejected(data):
+    with pytest.raises(ValueError):
+        codec.decode(data, StateLayout().width)
+
+
+def test_partials_with_wrong_width_are_rejected():
+    p = Partials([("a", "x")], np.array([1]), np.zeros((1, 10)), closed_through=2)
+    with pytest.raises(ValueError, match="shape"):
+        codec.decode(codec.encode(p, 0, 1), StateLayout().width)
+
+
+def test_merge_orders_by_timestamp_and_waits_for_the_other_topic():
+    m = CoPartitionMerge("s", "f")
+    m.add("s", 0, [Rec("s", 10, 0), Rec("s", 30, 1)])
+    m.add("f", 0, [Rec("f", 20, 0)])
+    first = m.pop_ready(0, {"s": False, "f": False})
+    assert [(r.topic, r.timestamp) for r in first] == [("s", 10), ("f", 20)]  # s@30 waits for f
+    assert m.pop_ready(0, {"s": False, "f": False}) == []
+    assert [(r.topic, r.timestamp) for r in m.pop_ready(0, {"s": False, "f": True})] == [("s", 30)]
+
+
+def test_merge_ties_go_to_scores_first():
+    m = CoPartitionMerge("s", "f")
+    m.add("f", 1, [Rec("f", 5, 0)])
+    m.add("s", 1, [Rec("s", 5, 0)])
+    assert [r.topic for r in m.pop_ready(1, {"s": True, "f": True})] == ["s", "f"]
+
+
+def test_window_stats_events_follow_the_schema():
+    config = MonitorConfig()
+    layout = config.layout
+    rows = layout.zeros(2)
+    rows[0, 0] = 3  # three act decisions
+    from kernels.derive import derive
+
+    stats = derive(rows, layout, config.stats)
+    stats["late_events"] = np.array([0.0, 2.0])
+    res = WindowResult("cumulative", 0.0, 600.0, [("p", "s"), ("q", "t")], rows, stats, 1)
+    validator = schemas.validator("window_stats")
+    events = window_stats_events(res, config.version)
+    for _, event in events:
+        validator.validate(event)
+    assert events[0][1]["stats"]["n_act"] == 3 and events[1][1]["late_events"] == 2
+    assert events[0][1]["stats"]["loss"] is None  # empty window: no loss, not NaN
