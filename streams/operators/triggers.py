@@ -138,8 +138,8 @@ class TriggerEvaluator:
             s, i = derive(res.rows[i : i + 1], self.layout, self.params), 0
         st = self.state[key]
         evidence = {
-            "n_decisions": float(s["n_decisions"][i]), "n_feedback": float(s["n_feedback"][i]),
-            "n_labels": float(s["n_labels"][i]), "loss": _num(s["loss"][i]), "loss_lo": _num(s["loss_lo"][i]),
+            "n_decisions": int(s["n_decisions"][i]), "n_feedback": int(s["n_feedback"][i]),
+            "n_labels": int(s["n_labels"][i]), "loss": _num(s["loss"][i]), "loss_lo": _num(s["loss_lo"][i]),
             "loss_hi": _num(s["loss_hi"][i]), "p_exceed": _num(s["p_exceed"][i]),
             "phi": _num(st.phi), "tau": _num(s["tau"][i]),
             "tau_star": _num(s["tau_star"][i]), "cost_saved": _num(s["cost_saved"][i]), "cusum": st.cusum,

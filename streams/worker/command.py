@@ -1,0 +1,71 @@
+"""`npo worker`: run the Kafka worker until SIGINT/SIGTERM."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from streams.config import monitor_config_from
+from streams.metrics import Metrics, setup_json_logging
+
+log = logging.getLogger("npo.worker")
+
+
+def add_command(subparsers, settings_args) -> None:
+    w = subparsers.add_parser("worker", help="run the streaming worker on Kafka (scale out: run more)")
+    w.add_argument("--budget", type=float, help="alignment-loss budget L_budget (default 0.10)")
+    w.add_argument("--group-id", dest="group_id", help="consumer group prefix (default: NPO_GROUP_ID or npo-worker)")
+    w.add_argument("--metrics-port", dest="metrics_port", type=int, help="Prometheus port (0: none; default 9108)")
+    w.add_argument("--no-redis", action="store_true", help="run without Redis (statistics only go to Kafka)")
+    w.add_argument("--log-level", default="INFO")
+    settings_args(w)
+    w.set_defaults(run=_run)
+
+
+def _monitor_section(config_file: str | None) -> dict | None:
+    if not config_file:
+        return None
+    from streams.settings import _read_file
+
+    data = _read_file(Path(config_file))
+    return data.get("monitor") if isinstance(data, dict) else None
+
+
+def _run(args) -> int:
+    from streams.kafka.commands import settings_from_args
+    from streams.worker.worker import Worker
+
+    setup_json_logging(args.log_level)
+    overrides = {k: getattr(args, k) for k in ("group_id", "metrics_port") if getattr(args, k) is not None}
+    settings = dataclasses.replace(settings_from_args(args), **overrides)
+    config = monitor_config_from(_monitor_section(args.config), l_budget=args.budget)
+    sink = None
+    if not args.no_redis:
+        from streams.state.redis_store import RedisSink, RedisStore
+
+        sink = RedisSink(lambda: RedisStore.from_url(settings.redis_url, password=settings.redis_password))
+        sink.start_background(2.0)
+    metrics = Metrics()
+    metrics.serve(settings.metrics_port)
+    worker = Worker(settings, config, sink=sink, metrics=metrics)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await worker.run(stop)
+
+    try:
+        asyncio.run(main())
+    except Exception as e:  # noqa: BLE001 - a clear one-line reason, the traceback in the log
+        log.exception("worker failed")
+        print(f"npo worker: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if sink is not None:
+            sink.stop()
+    return 0

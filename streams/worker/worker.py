@@ -1,0 +1,292 @@
+"""`npo worker`: the pipeline on Kafka, in two stages, with Redis beside it.
+
+Ingest (consumer group `<group>-ingest`): co-partitioned `scores` and `feedback`
+partitions, merged by timestamp, go through one `PartitionStage` each
+(decode, de-duplicate, join, windows, kernels). Bad records go to the
+dead-letter topic. Closed panes go to the internal `partials` topic, keyed by
+(policy_id, segment); every partials partition also hears each input
+partition's progress, so it knows when a pane is final everywhere.
+
+Aggregate (consumer group `<group>-aggregate`): each `partials` partition
+feeds one `Monitor`, which merges the input partitions' partials into final
+tumbling, hopping and cumulative windows, evaluates the rules, and publishes
+window statistics and triggers. The latest statistics and cool-downs go to
+Redis through a sink that never blocks this loop; thresholds set in Redis are
+polled every few seconds and used from the next evaluation on.
+
+Offsets are committed only after what they produced has been acknowledged
+by the broker (at-least-once); partials carry a per-partition sequence so a
+re-delivered partial is applied once.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+
+from kernels.derive import derive
+from streams import codec
+from streams.config import MonitorConfig
+from streams.kafka.producer import partition_for
+from streams.metrics import Metrics
+from streams.operators.aggregate import WindowResult
+from streams.pipeline import Monitor, PartitionStage
+from streams.settings import Settings
+from streams.worker import partials as partials_codec
+from streams.worker.merge import CoPartitionMerge
+from streams.worker.outputs import stats_key, window_stats_events
+
+log = logging.getLogger("npo.worker")
+
+
+class _Assignments(ConsumerRebalanceListener):
+    """Keeps per-partition state in step with the consumer group's assignment."""
+
+    def __init__(self, on_revoked, on_assigned) -> None:
+        self._revoked, self._assigned = on_revoked, on_assigned
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        self._revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        self._assigned(assigned)
+
+
+class Worker:
+    """One worker process; run several (same group) to share the partitions."""
+
+    def __init__(self, settings: Settings, config: MonitorConfig | None = None, sink=None,
+                 metrics: Metrics | None = None, early_every_s: float = 5.0) -> None:
+        self.settings, self.config = settings, config or MonitorConfig()
+        self.version = self.config.version
+        self.sink = sink
+        self.metrics = metrics or Metrics()
+        self.counters: Counter = Counter()
+        self.early_every_s = early_every_s
+        self.topics = {name: settings.topic(name) for name in ("scores", "feedback", "partials", "triggers",
+                                                                 "stats", "deadletters")}
+        self.stages: dict[int, PartitionStage] = {}
+        self.seq: dict[int, int] = {}
+        self.monitors: dict[int, Monitor] = {}
+        self.applied: dict[int, dict[int, int]] = {}
+        self.merge = CoPartitionMerge(self.topics["scores"], self.topics["feedback"])
+        self._early: dict[tuple, dict[int, np.ndarray]] = {}
+        self._last_early = 0.0
+        self._thresholds: dict = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        kw = self.settings.aiokafka()
+        common = dict(enable_auto_commit=False, auto_offset_reset="earliest",
+                      partition_assignment_strategy=(RangePartitionAssignor,), **kw)
+        self.ingest = AIOKafkaConsumer(group_id=self.settings.group_id + "-ingest", **common)
+        self.aggregate = AIOKafkaConsumer(group_id=self.settings.group_id + "-aggregate", **common)
+        self.producer = AIOKafkaProducer(acks="all", enable_idempotence=True, linger_ms=5,
+                                         compression_type="lz4", **kw)
+        await self.producer.start()
+        await self.ingest.start()
+        await self.aggregate.start()
+        meta = await self.producer.client.fetch_all_metadata()
+        self.partials_count = len(meta.partitions_for_topic(self.topics["partials"]) or ())
+        self.input_count = len(meta.partitions_for_topic(self.topics["scores"]) or ())
+        if not self.partials_count or not self.input_count:
+            raise RuntimeError(f"topics missing: run `npo topics create` first ({self.topics})")
+        self.ingest.subscribe([self.topics["scores"], self.topics["feedback"]],
+                              listener=_Assignments(self._ingest_revoked, self._ingest_assigned))
+        self.aggregate.subscribe([self.topics["partials"]],
+                                 listener=_Assignments(self._aggregate_revoked, self._aggregate_assigned))
+        log.info("worker started", extra={"topics": self.topics, "config_version": self.version})
+
+    async def stop(self) -> None:
+        for client in (self.ingest, self.aggregate, self.producer):
+            try:
+                await client.stop()
+            except Exception:  # noqa: BLE001 - stopping must not hide the original error
+                log.exception("error while stopping a Kafka client")
+        for stage in self.stages.values():
+            stage.close()
+        self.stages.clear()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Process until `stop` is set."""
+        await self.start()
+        try:
+            while not stop.is_set():
+                await self.step()
+        finally:
+            await self.stop()
+
+    async def step(self) -> None:
+        """One round: ingest what arrived, aggregate what the ingest stage produced."""
+        await self._ingest_round()
+        await self._aggregate_round()
+        self._poll_thresholds()
+        self.metrics.sync(self.counters)
+
+    # -- assignments -------------------------------------------------------------------------
+
+    def _ingest_revoked(self, tps) -> None:
+        for p in {tp.partition for tp in tps}:
+            stage = self.stages.pop(p, None)
+            if stage is not None:
+                stage.close()
+            self.merge.drop(p)
+
+    def _ingest_assigned(self, tps) -> None:
+        for p in {tp.partition for tp in tps}:
+            if p not in self.stages:
+                self.stages[p] = PartitionStage(self.config, topic=self.topics["scores"], partition=p,
+                                                counters=self.counters)
+                self.seq[p] = int(time.time() * 1000) * 1000  # later than anything sent before a restart
+
+    def _aggregate_revoked(self, tps) -> None:
+        for tp in tps:
+            self.monitors.pop(tp.partition, None)
+            self.applied.pop(tp.partition, None)
+
+    def _aggregate_assigned(self, tps) -> None:
+        for tp in tps:
+            if tp.partition not in self.monitors:
+                self.monitors[tp.partition] = Monitor(self.config, partitions=self.input_count,
+                                                      counters=self.counters)
+                self.monitors[tp.partition].aggregator.thresholds = self._thresholds
+                self.applied[tp.partition] = {}
+
+    # -- ingest --------------------------------------------------------------------------------
+
+    async def _ingest_round(self) -> None:
+        fetched = await self.ingest.getmany(timeout_ms=100, max_records=20_000)
+        for tp, records in fetched.items():
+            self.merge.add(tp.topic, tp.partition, records)
+        sends, commits = [], {}
+        for p, stage in list(self.stages.items()):
+            at_end = {}
+            for topic in self.merge.topics:
+                tp = TopicPartition(topic, p)
+                high = self.ingest.highwater(tp)
+                position = await self.ingest.position(tp)
+                at_end[topic] = high is not None and position >= high
+                if high is not None:
+                    lag = high - position + self.merge.pending_on(topic, p)
+                    self.metrics.consumer_lag.labels(topic, str(p)).set(lag)
+            records = self.merge.pop_ready(p, at_end)
+            if not records:
+                continue
+            started = time.perf_counter()
+            out = stage.process([r.value or b"" for r in records], sources=[(r.topic, r.offset) for r in records])
+            self.metrics.kernel_seconds.observe(time.perf_counter() - started)
+            for dl in out.dead_letters:
+                sends.append(await self.producer.send(self.topics["deadletters"], codec.encode(dl)))
+            for part in out.partials:
+                sends.extend(await self._send_partials(p, part))
+            for r in records:
+                commits[TopicPartition(r.topic, r.partition)] = r.offset + 1
+        if sends:
+            await asyncio.gather(*sends)
+        if commits:
+            await self.ingest.commit(commits)
+
+    async def _send_partials(self, p: int, part) -> list:
+        """Rows to the partials partition of their key; progress to every partials partition."""
+        by_partition: dict[int, list[int]] = {}
+        for i, key in enumerate(part.keys):
+            by_partition.setdefault(partition_for(stats_key(*key), self.partials_count), []).append(i)
+        futures = []
+        for q in range(self.partials_count):
+            self.seq[p] += 1
+            value = partials_codec.encode(part, p, self.seq[p], np.array(by_partition.get(q, []), dtype=np.int64))
+            futures.append(await self.producer.send(self.topics["partials"], value, partition=q))
+        return futures
+
+    # -- aggregate -----------------------------------------------------------------------------
+
+    async def _aggregate_round(self) -> None:
+        fetched = await self.aggregate.getmany(timeout_ms=10, max_records=5_000)
+        sends, commits = [], {}
+        for tp, records in fetched.items():
+            monitor, applied = self.monitors.get(tp.partition), self.applied.get(tp.partition)
+            if monitor is None:
+                continue
+            for r in records:
+                try:
+                    inp, seq, part = partials_codec.decode(r.value, self.config.layout.width)
+                except ValueError:
+                    log.exception("skipping a malformed partials message", extra={"offset": r.offset})
+                    continue
+                commits[tp] = r.offset + 1
+                if seq <= applied.get(inp, -1):
+                    continue  # a re-delivery: already applied
+                applied[inp] = seq
+                if part.early:
+                    self._remember_early(inp, part)
+                out = monitor.add(inp, [part])
+                sends.extend(await self._publish(out))
+        sends.extend(await self._publish_early())
+        if sends:
+            await asyncio.gather(*sends)
+        if commits:
+            await self.aggregate.commit(commits)
+        if self.sink is not None:
+            self.counters["redis_errors"] = self.sink.errors
+
+    async def _publish(self, out) -> list:
+        futures = []
+        for res in out.windows:
+            for key, event in window_stats_events(res, self.version):
+                futures.append(await self.producer.send(self.topics["stats"], orjson.dumps(event), key=key))
+                if self.sink is not None:
+                    self.sink.put_stats(event["policy_id"], event["segment"], res.kind,
+                                        {"window": event["window"], **event["stats"]})
+            for (policy_id, segment) in res.keys:
+                self._early.pop((policy_id, segment, res.pane), None)
+        for trig in out.triggers:
+            trig["emitted_at"] = time.time()
+            key = stats_key(trig["policy_id"], trig["segment"])
+            futures.append(await self.producer.send(self.topics["triggers"], orjson.dumps(trig), key=key))
+            if self.sink is not None:
+                self.sink.put_cooldown(trig["rule"], trig["policy_id"], trig["segment"], trig["window"]["end"])
+            log.info("trigger", extra={"rule": trig["rule"], "trigger_id": trig["trigger_id"],
+                                       "policy_id": trig["policy_id"], "segment": trig["segment"]})
+        return futures
+
+    def _remember_early(self, inp: int, part) -> None:
+        for key, pane, row in zip(part.keys, part.panes, part.rows):
+            self._early.setdefault((*key, int(pane)), {})[inp] = row
+
+    async def _publish_early(self) -> list:
+        """Early results for open windows: the latest snapshot of each input partition, summed."""
+        now = time.monotonic()
+        if not self._early or now - self._last_early < self.early_every_s:
+            return []
+        self._last_early = now
+        items = sorted(self._early.items())
+        rows = np.array([np.sum(list(parts.values()), axis=0) for _, parts in items])
+        stats = derive(rows, self.config.layout, self.config.stats)
+        stats["late_events"] = np.zeros(len(items))
+        size = self.config.windows.tumbling_s
+        futures = []
+        for i, ((policy_id, segment, pane), _) in enumerate(items):
+            res = WindowResult("tumbling", pane * size, (pane + 1) * size, [(policy_id, segment)], rows[i:i + 1],
+                               {k: v[i:i + 1] for k, v in stats.items()}, pane)
+            for key, event in window_stats_events(res, self.version, final=False):
+                futures.append(await self.producer.send(self.topics["stats"], orjson.dumps(event), key=key))
+        return futures
+
+    # -- Redis --------------------------------------------------------------------------------------
+
+    def _poll_thresholds(self) -> None:
+        if self.sink is None:
+            return
+        latest = self.sink.latest_thresholds()
+        if latest is not None and latest != self._thresholds:
+            self._thresholds.clear()
+            self._thresholds.update(latest)
+            log.info("thresholds changed", extra={"count": len(latest)})
+

@@ -1,0 +1,92 @@
+"""Running the real worker inside a test, and reading topics back."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+
+import orjson
+from confluent_kafka import Consumer, TopicPartition
+
+from streams.worker.worker import Worker
+
+
+class WorkerThread:
+    """A `Worker` on its own event loop in a background thread; `stop()` ends it cleanly."""
+
+    def __init__(self, settings, config, sink=None) -> None:
+        self.worker = Worker(settings, config, sink=sink, early_every_s=1.0)
+        self._stop = threading.Event()
+        self.error: BaseException | None = None
+        self.rounds = 0
+        self.thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        async def run() -> None:
+            await self.worker.start()
+            try:
+                while not self._stop.is_set():
+                    await self.worker.step()
+                    self.rounds += 1
+            finally:
+                await self.worker.stop()
+
+        try:
+            asyncio.run(run())
+        except BaseException as e:  # noqa: BLE001 - surfaced to the test
+            self.error = e
+
+    def start(self) -> "WorkerThread":
+        self.thread.start()
+        return self
+
+    def alive(self) -> bool:
+        return self.thread.is_alive() and self.error is None
+
+    def wait_idle(self, quiet_s: float = 4.0, timeout: float = 180.0) -> None:
+        """Until the worker's counters stop moving for `quiet_s` (all input processed)."""
+        deadline = time.monotonic() + timeout
+        last, since = None, time.monotonic()
+        while time.monotonic() < deadline:
+            if self.error is not None:
+                raise AssertionError(f"worker died: {self.error!r}") from self.error
+            now = dict(self.worker.counters), self.rounds > 0
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet_s and self.rounds > 0:
+                return
+            time.sleep(0.25)
+        raise AssertionError("worker did not go idle in time")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=60)
+        if self.error is not None:
+            raise AssertionError(f"worker failed: {self.error!r}") from self.error
+
+
+def read_topic(settings, role: str, idle_s: float = 2.0, timeout: float = 60.0) -> list:
+    """Every message of a topic, from the beginning, as confluent Message objects."""
+    topic = settings.topic(role)
+    consumer = Consumer({**settings.confluent(), "group.id": f"read-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    meta = consumer.list_topics(topic, timeout=10)
+    parts = [TopicPartition(topic, p) for p in meta.topics[topic].partitions]
+    ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in parts}
+    consumer.assign(parts)
+    out, deadline = [], time.monotonic() + timeout
+    done = {p: ends[p] == 0 for p in ends}
+    while not all(done.values()) and time.monotonic() < deadline:
+        msg = consumer.poll(idle_s)
+        if msg is None or msg.error():
+            continue
+        out.append(msg)
+        if msg.offset() + 1 >= ends[msg.partition()]:
+            done[msg.partition()] = True
+    consumer.close()
+    return out
+
+
+def json_values(messages) -> list[dict]:
+    return [orjson.loads(m.value()) for m in messages]
