@@ -1,0 +1,1 @@
+"""Kafka plumbing: admin, producer client, consumers; the only place Kafka clients are imported."""

@@ -1,0 +1,66 @@
+"""Creating the job's topics, so that a deployment (or a test) needs no Kafka tooling."""
+from __future__ import annotations
+
+import time
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streams.kafka.errors import ClientErrors, KafkaRequestError, auth_error, client_config, metadata
+from streams.settings import TOPICS, Settings
+
+_DENIED = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED}
+
+
+def create_topics(settings: Settings, partitions: int | None = None, replication: int | None = None,
+                  timeout: float = 30) -> dict[str, str]:
+    """Create every topic of ``TOPICS`` (prefixed) that does not exist yet, with its configs.
+
+    Returns ``{topic: "created" | "exists"}``; an existing topic with another partition
+    count is reported as ``"exists (N partitions)"`` and left alone, since changing it
+    would move keys between partitions under a running job. Returns only once the
+    created topics have leaders, so producing right after works.
+    """
+    partitions = partitions or settings.topic_partitions
+    replication = replication or settings.topic_replication
+    errors = ClientErrors()
+    admin = AdminClient(client_config(settings, errors))
+    existing = metadata(admin, errors, settings, timeout).topics
+    result = {settings.topic(role): _existing(existing[settings.topic(role)], partitions)
+              for role in TOPICS if settings.topic(role) in existing}
+    new = [NewTopic(settings.topic(role), num_partitions=partitions, replication_factor=replication,
+                    config=dict(config)) for role, config in TOPICS.items() if settings.topic(role) not in existing]
+    if new:
+        futures = admin.create_topics(new, operation_timeout=timeout, request_timeout=timeout)
+        for name, future in futures.items():
+            try:
+                future.result()
+                result[name] = "created"
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.code() == KafkaError.TOPIC_ALREADY_EXISTS:  # created concurrently
+                    result[name] = _existing(admin.list_topics(name, timeout=timeout).topics[name], partitions)
+                elif err.code() in _DENIED:
+                    raise auth_error(settings, err) from exc
+                else:
+                    raise KafkaRequestError(f"cannot create topic {name}: {err.str()}") from exc
+        _await_leaders(admin, [n for n, r in result.items() if r == "created"], timeout)
+    return {settings.topic(role): result[settings.topic(role)] for role in TOPICS}
+
+
+def _existing(topic_metadata, partitions: int) -> str:
+    count = len(topic_metadata.partitions)
+    return "exists" if count == partitions else f"exists ({count} partitions)"
+
+
+def _await_leaders(admin: AdminClient, names: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending = set(names)
+    while pending:
+        topics = admin.list_topics(timeout=timeout).topics
+        pending = {n for n in pending if n not in topics or topics[n].error is not None
+                   or not topics[n].partitions or any(p.leader < 0 for p in topics[n].partitions.values())}
+        if pending and time.monotonic() > deadline:
+            raise KafkaRequestError(f"topics created but without leaders after {timeout:g} s: {sorted(pending)}")
+        if pending:
+            time.sleep(0.1)
