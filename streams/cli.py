@@ -90,6 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a JSON-lines file against the event schemas")
     v.add_argument("file")
     v.set_defaults(run=_validate)
+
+    # Kafka, Redis and worker commands import their clients only when they run, so
+    # `pip install .` (without the kafka extra) is enough for demo, replay and bench.
+    from streams.kafka.commands import add_commands as kafka_commands, settings_args
+    from streams.state.commands import add_commands as state_commands
+    from streams.worker.command import add_command as worker_command
+
+    kafka_commands(sub, settings_args)
+    state_commands(sub, settings_args)
+    worker_command(sub, settings_args)
     return p
 
 

@@ -41,9 +41,10 @@ class TriggerConfig:
     l_hard: float = 0.40
     phi_min: float = 0.60
     phi_warmup: int = 12  # hopping windows observed before the fidelity check counts
-    c_min: float = 0.02
+    hour_min_labels: int = 100  # labels a hopping window needs to re-arm retrain or inform fidelity
+    c_min: float = 0.10
     a_max: float = 0.30
-    audit_min: int = 50
+    audit_min: int = 100
     audit_tolerance: float = 0.05
     threshold_tuning: bool = True
     use_audit: bool = True
@@ -92,6 +93,8 @@ class KeyState:
     retrain_after: int = -(2**62)
     adjust_after: int = -(2**62)
     degraded: bool = False
+    advised: tuple | None = None  # (tau in force, tau*) of the last threshold_adjust
+    first_start: float | None = None  # start of the key's first tumbling window
     audit_gap: str | None = None
     rollback_panes: tuple = ()
     phi: float = math.nan  # exponentially weighted posterior fidelity of recent windows
@@ -155,6 +158,8 @@ class TriggerEvaluator:
 
     def _tumbling(self, res: WindowResult, i: int, key, st: KeyState) -> list[dict]:
         c, s = self.config, res.stats
+        if st.first_start is None:
+            st.first_start = res.start
         wy, w = float(s["override_weight"][i]), float(s["weight_sum"][i])
         p_exceed, n_labels = float(s["p_exceed"][i]), float(s["n_labels"][i])
         out = []
@@ -197,33 +202,37 @@ class TriggerEvaluator:
         c, s = self.config, res.stats
         out = []
         n_labels = s["n_labels"][i]
-        if st.alarmed and n_labels >= c.n_min and s["p_exceed"][i] < c.p_rearm:
+        if st.alarmed and n_labels >= c.hour_min_labels and s["p_exceed"][i] < c.p_rearm:
             # re-arm on an hour of labels, not one noisy pane; the CUSUM starts afresh
             st.alarmed = False
             st.cusum = st.cusum_labels = 0.0
-        if n_labels >= c.n_min:
+        if n_labels >= c.hour_min_labels:
             # production fidelity: posterior probability that the decision held now is right
             st.observe_fidelity(decision_fidelity(s["p_exceed"][i], st.alarmed), self.phi_halflife)
         tau, tau_star, saved = s["tau"][i], s["tau_star"][i], s["cost_saved"][i]
-        if (c.threshold_tuning and n_labels >= c.n_min and res.pane >= st.adjust_after
+        new_advice = st.advised is None or abs(tau - st.advised[0]) > 1e-9 or abs(tau_star - st.advised[1]) > c.tau_eps
+        if (c.threshold_tuning and n_labels >= c.n_min and res.pane >= st.adjust_after and new_advice
                 and abs(tau_star - tau) > c.tau_eps and saved >= c.min_cost_saving):
+            # once per piece of advice: again only if the threshold in force or tau* moves
             st.adjust_after = res.pane + c.cooldown_panes
+            st.advised = (float(tau), float(tau_star))
             out.append(self._event("threshold_adjust", f"cost-optimal threshold {tau_star:.3f} vs {tau:.3f}",
                                    res, i, key))
-        reasons = self._degraded_reasons(s, i, st)
+        reasons = self._degraded_reasons(s, i, st, full=st.first_start is not None and res.start >= st.first_start)
         if reasons and not st.degraded:
             out.append(self._event("monitor_degraded", "; ".join(reasons), res, i, key))
         st.degraded = bool(reasons)
         return out
 
-    def _degraded_reasons(self, s: dict, i: int, st: KeyState) -> list[str]:
+    def _degraded_reasons(self, s: dict, i: int, st: KeyState, full: bool) -> list[str]:
+        """Why the monitor cannot be trusted now; rates count only on windows the key fully covers."""
         c = self.config
         reasons = []
         if st.phi_n >= c.phi_warmup and st.phi < c.phi_min:
             reasons.append(f"fidelity estimate {st.phi:.3f} below {c.phi_min}")
-        if s["n_decisions"][i] > 0 and s["coverage"][i] < c.c_min:
+        if full and s["n_decisions"][i] > 0 and s["coverage"][i] < c.c_min:
             reasons.append(f"coverage {s['coverage'][i]:.3f} below {c.c_min}")
-        if s["n_feedback"][i] >= c.n_min and s["abstention_rate"][i] > c.a_max:
+        if full and s["n_feedback"][i] >= c.n_min and s["abstention_rate"][i] > c.a_max:
             reasons.append(f"abstention rate {s['abstention_rate'][i]:.3f} above {c.a_max}")
         if c.use_audit and st.audit_gap is not None:
             reasons.append(st.audit_gap)
