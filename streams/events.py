@@ -133,6 +133,7 @@ class Evidence(Struct, kw_only=True, gc=False):
     p_exceed: float | None = None
     phi: float | None = None
     tau: float | None = None
+    tau: float | None = None
     tau_star: float | None = None
     cost_saved: float | None = None
     cusum: float | None = None

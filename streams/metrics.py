@@ -27,6 +27,9 @@ class Metrics:
         self.kernel_seconds = Histogram("npo_kernel_seconds", "Time per partition batch (decode to partials)",
                                         registry=r, buckets=(0.001, 0.005, 0.02, 0.05, 0.1, 0.5, 1, 5))
         self.redis_errors = Counter("npo_redis_errors", "Failed Redis flushes and threshold polls", registry=r)
+        self.joined_late = Counter("npo_joined_late", "Feedback joined to a score that arrived after it", registry=r)
+        self.waiting_for_score = Counter("npo_waiting_for_score", "Feedback parked on disk until its score",
+                                         registry=r)
         self.consumer_lag = Gauge("npo_consumer_lag", "High watermark minus position", ["topic", "partition"],
                                   registry=r)
         self._seen: dict = {}
@@ -52,10 +55,8 @@ class Metrics:
                 self.windows_closed.labels(kind=labels[0]).inc(delta)
             elif name == "triggers":
                 self.triggers.labels(rule=labels[0]).inc(delta)
-            elif name == "duplicates":
-                self.duplicates.inc(delta)
-            elif name == "late_events":
-                self.late_events.inc(delta)
+            elif name in ("duplicates", "late_events", "redis_errors", "joined_late", "waiting_for_score"):
+                getattr(self, name).inc(delta)
 
 
 class JsonFormatter(logging.Formatter):

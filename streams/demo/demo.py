@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import json
 import math
+import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -85,7 +86,8 @@ def run_demo(seed: int = 7, out: str | Path = "npo-demo", config: MonitorConfig 
     sim = sim or SimConfig(seed=seed, l_budget=config.stats.l_budget)
     pane_s, budget = config.windows.tumbling_s, config.stats.l_budget
     reruns = [(name, change) for name, change in ABLATIONS if change and not _rules_only(change)] if ablations else []
-    with ProcessPoolExecutor(max_workers=1) as pool:
+    # spawn, not fork: a forked child inherits RocksDB's and other libraries' threads mid-state and can hang
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {name: pool.submit(_rerun, sim, config, change) for name, change in reruns}
         run = simulate(sim)
         truth_w = window_truth(run.events, run.truth, pane_s)

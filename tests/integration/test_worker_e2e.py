@@ -3,12 +3,14 @@ in-process run, dead letters for every kind of bad input, a retraining consumer 
 trigger once."""
 from __future__ import annotations
 
-import math
+import base64
+from collections import Counter
 
 import orjson
 import pytest
 from confluent_kafka import Producer
 
+from streams.codec import MAX_ORIGINAL_BYTES
 from streams.config import MonitorConfig
 from streams.demo.runner import encode_messages, run_partitioned, run_pipeline
 from streams.kafka.admin import create_topics
@@ -160,19 +162,22 @@ def test_envelopes_on_four_partitions_give_the_same_statistics_as_in_process(clu
     assert _trigger_ids(published, cut) == _trigger_ids(reference.triggers, cut) != set()
 
 
-BAD_INPUT = {
-    "not_json": b"{this is not json",
-    "unknown_version": orjson.dumps({"type": "score", "v": 7, "event_id": "x"}),
-    "bad_value": b'{"type":"score","v":1,"event_id":"n","scenario_id":"n","policy_id":"p","score":NaN,'
-                 b'"tau":0.5,"decision":"act","ts":1767225600}',
-    "unknown_kind": orjson.dumps({"type": "feedback", "v": 1, "event_id": "k", "scenario_id": "k",
-                                  "ts": 1767225600.0, "kind": "shrug"}),
-    "schema": orjson.dumps({"type": "score", "v": 1, "event_id": "m"}),
-    "oversized": orjson.dumps({"type": "score", "v": 1, "event_id": "x" * 5000, "scenario_id": "s",
-                               "policy_id": "p", "score": 0.5, "tau": 0.5, "decision": "act", "ts": 1.0}),
-    "too_deep": b'{"type":"score","v":1,"x":' + b"[" * 40 + b"]" * 40 + b"}",
-    "unknown_type": orjson.dumps({"type": "recipe", "v": 1}),
-}
+BAD_INPUT = [  # (reason, raw message)
+    ("not_json", b"{this is not json"),
+    ("unknown_version", orjson.dumps({"type": "score", "v": 7, "event_id": "x"})),
+    ("bad_value", b'{"type":"score","v":1,"event_id":"n","scenario_id":"n","policy_id":"p","score":NaN,'
+                  b'"tau":0.5,"decision":"act","ts":1767225600}'),
+    ("bad_value", orjson.dumps({"type": "score", "v": 1, "event_id": "r", "scenario_id": "r", "policy_id": "p",
+                                "score": 1.5, "tau": 0.5, "decision": "act", "ts": 1767225600.0})),
+    ("unknown_kind", orjson.dumps({"type": "feedback", "v": 1, "event_id": "k", "scenario_id": "k",
+                                   "ts": 1767225600.0, "kind": "shrug"})),
+    ("schema", orjson.dumps({"type": "score", "v": 1, "event_id": "m"})),
+    ("oversized", orjson.dumps({"type": "score", "v": 1, "event_id": "x" * 5000, "scenario_id": "s",
+                                "policy_id": "p", "score": 0.5, "tau": 0.5, "decision": "act", "ts": 1.0})),
+    ("oversized", b'{"type":"envelope","v":1,"events":[' + b",".join([b"{}"] * 10_001) + b"]}"),
+    ("too_deep", b'{"type":"score","v":1,"x":' + b"[" * 40 + b"]" * 40 + b"}"),
+    ("unknown_type", orjson.dumps({"type": "recipe", "v": 1})),
+]
 
 
 def test_every_kind_of_bad_input_is_dead_lettered_and_the_worker_keeps_going(cluster):
@@ -183,7 +188,7 @@ def test_every_kind_of_bad_input_is_dead_lettered_and_the_worker_keeps_going(clu
     for i, e in enumerate(good):
         producer.produce(settings.topic("scores"), orjson.dumps(e), key=e["scenario_id"].encode())
         if i % 10 == 0:
-            for reason, raw in BAD_INPUT.items():
+            for reason, raw in BAD_INPUT:
                 producer.produce(settings.topic("feedback" if i % 20 else "scores"), raw, key=reason.encode())
     assert producer.flush(30) == 0
 
@@ -193,11 +198,14 @@ def test_every_kind_of_bad_input_is_dead_lettered_and_the_worker_keeps_going(clu
     worker.stop()
 
     dead = json_values(read_topic(settings, "deadletters"))
-    assert sorted({d["reason"] for d in dead}) == sorted(BAD_INPUT)
+    assert sorted({d["reason"] for d in dead}) == sorted({reason for reason, _ in BAD_INPUT})
+    assert Counter(d["reason"] for d in dead) == Counter(5 * [reason for reason, _ in BAD_INPUT])
     assert len(dead) == 5 * len(BAD_INPUT)
     for d in dead:
         assert d["source"]["topic"] in (settings.topic("scores"), settings.topic("feedback"))
         assert d["source"]["offset"] >= 0 and d["original_size"] > 0 and d["detail"]
+        kept = base64.b64decode(d["original_b64"])
+        assert len(kept) <= min(d["original_size"], MAX_ORIGINAL_BYTES)  # bounded, a prefix of the message
     counters = worker.worker.counters
     assert counters["events_in", "score"] == len(good)
     assert sum(v for k, v in counters.items() if isinstance(k, tuple) and k[0] == "dead_letters") == len(dead)
@@ -223,4 +231,3 @@ def test_a_retraining_job_reads_each_trigger_once(cluster, sim):
     seen = [t.trigger_id for t in iter_triggers(settings, group_id="retrainer", idle_timeout=5.0)]
     assert sorted(seen) == sorted({t["trigger_id"] for t in published})
     assert len(seen) == len(set(seen))
-    assert not math.isnan(len(seen))
