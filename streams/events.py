@@ -133,7 +133,6 @@ class Evidence(Struct, kw_only=True, gc=False):
     p_exceed: float | None = None
     phi: float | None = None
     tau: float | None = None
-    tau: float | None = None
     tau_star: float | None = None
     cost_saved: float | None = None
     cusum: float | None = None
@@ -181,6 +180,7 @@ class WindowStats(Struct, kw_only=True, gc=False):
     deferral_rate: float | None = None
     brier: float | None = None
     ece: float | None = None
+    tau: float | None = None
     tau_star: float | None = None
     cost_saved: float | None = None
     audit_loss: float | None = None

@@ -30,6 +30,8 @@ class Metrics:
         self.joined_late = Counter("npo_joined_late", "Feedback joined to a score that arrived after it", registry=r)
         self.waiting_for_score = Counter("npo_waiting_for_score", "Feedback parked on disk until its score",
                                          registry=r)
+        self.expired_scores = Counter("npo_expired_scores", "Scores forgotten by the join after the feedback horizon",
+                                      registry=r)
         self.consumer_lag = Gauge("npo_consumer_lag", "High watermark minus position", ["topic", "partition"],
                                   registry=r)
         self._seen: dict = {}
@@ -55,7 +57,8 @@ class Metrics:
                 self.windows_closed.labels(kind=labels[0]).inc(delta)
             elif name == "triggers":
                 self.triggers.labels(rule=labels[0]).inc(delta)
-            elif name in ("duplicates", "late_events", "redis_errors", "joined_late", "waiting_for_score"):
+            elif name in ("duplicates", "late_events", "redis_errors", "joined_late", "waiting_for_score",
+                          "expired_scores"):
                 getattr(self, name).inc(delta)
 
 

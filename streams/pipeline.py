@@ -77,9 +77,11 @@ class PartitionStage:
                     out.dead_letters.append(codec.dead_letter(rejected, topic, self.partition, offset, now))
             events.extend(decoded.events)
         self._ingest(events)
+        expired_before = self.join.expired_scores
         for p in self.join.expire():
             c["dead_letters", "join_expired"] += 1
             out.dead_letters.append(self._expired(p, now))
+        c["expired_scores"] += self.join.expired_scores - expired_before
         late_before = self.windows.late_events
         out.partials = self.windows.process(self._records.build())
         c["late_events"] += self.windows.late_events - late_before

@@ -35,6 +35,7 @@ class Settings:
     group_id: str = "npo-worker"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_password: str | None = None
+    redis_namespace: str = "npo:"  # key prefix, so several monitors can share one Redis
     metrics_port: int = 9108
     state_dir: str = "npo-state"
     envelope_max_events: int = 1000

@@ -11,18 +11,9 @@ yaml = pytest.importorskip("yaml")
 
 COMPOSE = Path(__file__).resolve().parents[1] / "docker-compose.yml"
 
-# Environment variables the application reads (TODO: take them from the config module).
-KNOWN_NPO_VARS = {
-    "NPO_KAFKA_BOOTSTRAP_SERVERS",
-    "NPO_REDIS_URL",
-    "NPO_TOPIC_PREFIX",
-    "NPO_METRICS_PORT",
-    "NPO_KAFKA_SECURITY_PROTOCOL",
-    "NPO_KAFKA_SASL_MECHANISM",
-    "NPO_KAFKA_SASL_USERNAME",
-    "NPO_KAFKA_SASL_PASSWORD",
-    "NPO_KAFKA_SSL_CAFILE",
-}
+from streams.settings import Settings, env_names
+
+KNOWN_NPO_VARS = set(env_names())
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +40,30 @@ def _env_names(service: dict) -> set[str]:
 
 
 def test_services_exist(compose):
-    assert {"kafka", "redis", "worker", "loadgen"} <= set(compose["services"])
+    assert {"kafka", "redis", "topics", "worker", "loadgen"} <= set(compose["services"])
+
+
+def test_commands_are_npo_subcommands(compose):
+    from streams.cli import build_parser
+
+    parser = build_parser()
+    for name, svc in compose["services"].items():
+        command = svc.get("command") or []
+        if command[:1] == ["npo"]:
+            args = parser.parse_args(command[1:])  # exits (fails the test) on an unknown command
+            assert callable(args.run), name
+
+
+def test_worker_waits_for_its_topics(compose):
+    assert compose["services"]["worker"]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+    assert compose["services"]["topics"]["command"] == ["npo", "topics", "create"]
+
+
+def test_ports_agree_with_the_defaults(compose):
+    defaults = Settings()
+    assert defaults.kafka_bootstrap_servers.endswith(":9092") and defaults.redis_url.startswith("redis://127.0.0.1:6379")
+    assert compose["services"]["worker"]["environment"]["NPO_METRICS_PORT"] == str(defaults.metrics_port)
+    assert compose["services"]["worker"]["expose"] == [str(defaults.metrics_port)]
 
 
 def test_images_are_pinned(compose):

@@ -20,15 +20,21 @@ class FakeStore:
         self.table: dict[str, object] = {}
         self.threshold_map = {("p", "s"): 0.5}
 
-    def write(self, updates: dict) -> None:
+    def write(self, updates: dict) -> bool:
         if self.down:
             raise StateUnavailable("Redis at fake did not answer")
+        intact = bool(self.table)
         self.writes.append(dict(updates))
         for key, update in updates.items():
             if "fields" in update:
                 self.table.setdefault(key, {}).update(update["fields"])
             else:
                 self.table[key] = update["value"]
+        return intact
+
+    def restore_thresholds(self, thresholds: dict) -> None:
+        for key, tau in thresholds.items():
+            self.threshold_map.setdefault(key, tau)
 
     def thresholds(self) -> dict:
         if self.down:
@@ -163,3 +169,24 @@ def test_background_thread_flushes_polls_and_stop_flushes_the_rest():
     sink.put_stats("p", "s", "tumbling", {"v": 2})
     sink.stop()
     assert sink.pending == 0 and _view(store, "p", "s", "tumbling") == {"v": 2}
+
+
+def test_a_redis_that_lost_its_data_gets_everything_back():
+    store = FakeStore()
+    sink = RedisSink(lambda: store)
+    for k in range(5):
+        sink.put_stats(f"p{k}", "s", "tumbling", {"window": {"end": k}})
+    sink.put_cooldown("retrain", "p0", "s", 99)
+    assert sink.flush(force=True) and sink.poll_thresholds() == {("p", "s"): 0.5}
+    assert sink.restores == 0
+
+    store.table.clear()  # restarted without persistence
+    store.threshold_map = {("q", "s"): 0.7}  # an operator set one after the restart: kept
+    sink.put_stats("p1", "s", "tumbling", {"window": {"end": 100}})
+    assert sink.flush(force=True)
+    assert sink.restores == 1
+    assert {k: _view(store, f"p{k}", "s", "tumbling")["window"]["end"] for k in range(5)} == \
+        {0: 0, 1: 100, 2: 2, 3: 3, 4: 4}
+    assert store.table[cooldown_key("retrain", "p0", "s")] == "99.0"
+    assert store.threshold_map == {("q", "s"): 0.7, ("p", "s"): 0.5}
+    assert sink.flush(force=True) and sink.restores == 1  # intact now: nothing restored again

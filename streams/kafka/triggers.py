@@ -50,7 +50,8 @@ def iter_triggers(settings: Settings, group_id: str, from_beginning: bool = True
     processing. Undecodable messages are skipped (and committed) with a warning on the
     ``npo.kafka.triggers`` logger, which reaches stderr unless logging is configured.
     ``from_beginning`` applies only when the group has no committed offset yet. Stops
-    after ``idle_timeout`` seconds of waiting without a message, or after ``limit``
+    after ``idle_timeout`` seconds of waiting without a message (counted from the group's
+    first assignment; none within ``timeout`` raises ``KafkaUnavailable``), or after ``limit``
     triggers (the last one committed). Close the generator (``contextlib.closing``) to
     leave the group at once rather than at garbage collection.
 
@@ -74,13 +75,19 @@ def iter_triggers(settings: Settings, group_id: str, from_beginning: bool = True
         topic = settings.topic("triggers")
         if topic not in metadata(consumer, errors, settings, timeout).topics:
             raise KafkaUnavailable(f"topic {topic} does not exist at {settings.kafka_bootstrap_servers}")
-        consumer.subscribe([topic])
-        yielded, last = 0, time.monotonic()
+        assigned: list[bool] = []  # idle time counts from the first assignment, not from joining
+        consumer.subscribe([topic], on_assign=lambda _c, _parts: assigned.append(True))
+        yielded, last, join_deadline = 0, time.monotonic(), time.monotonic() + timeout
         while limit is None or yielded < limit:
             wait = 1.0 if idle_timeout is None else min(1.0, last + idle_timeout - time.monotonic())
             msg = consumer.poll(max(wait, 0.0))
             if msg is None:
-                if idle_timeout is not None and time.monotonic() - last >= idle_timeout:
+                if not assigned:
+                    if time.monotonic() > join_deadline:
+                        raise KafkaUnavailable(f"group {group_id!r} got no assignment of {topic} "
+                                               f"within {timeout:g} s")
+                    last = time.monotonic()
+                elif idle_timeout is not None and time.monotonic() - last >= idle_timeout:
                     return
                 continue
             if msg.error():

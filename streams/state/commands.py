@@ -42,7 +42,8 @@ def _with_store(name: str):
 
             try:
                 settings = load(overrides={"redis_url": args.redis_url}, config_file=args.config)
-                store = RedisStore.from_url(settings.redis_url, password=settings.redis_password)
+                store = RedisStore.from_url(settings.redis_url, password=settings.redis_password,
+                                            namespace=settings.redis_namespace)
                 try:
                     return handler(args, store)
                 finally:

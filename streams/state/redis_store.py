@@ -3,7 +3,10 @@
 Redis is never on the per-event path. The worker hands :class:`RedisSink` the latest value per
 key; the sink keeps only that in memory and writes it in one pipeline every few seconds, from a
 background thread, so a slow or absent Redis costs the worker nothing but a growing error count.
-When Redis comes back, the next flush writes the latest values, which is all readers want.
+When Redis comes back, the next flush writes the latest values, which is all readers want. If it
+came back empty (restarted without persistence, failed over to an empty replica: a ``written``
+marker key tells), the sink also writes back the latest value of every key it has written and
+the thresholds it last read, so nothing a reader could see before the outage is lost.
 
 Keys (``ns`` is the namespace, ``"npo:"`` by default, prepended verbatim like the topic prefix):
 
@@ -45,6 +48,7 @@ log = logging.getLogger("npo.state")
 
 VIEWS = ("tumbling", "hopping", "cumulative")
 _SEP = "\x1f"
+_MARKER = "written"
 
 
 class StateError(RuntimeError):
@@ -148,18 +152,32 @@ class RedisStore:
             raw = self.client.hgetall(self.ns + "thresholds")
         return {tuple(field.decode().split(_SEP, 1)): float(value) for field, value in raw.items()}
 
-    def write(self, updates: dict[str, dict]) -> None:
+    def write(self, updates: dict[str, dict]) -> bool:
         """Apply updates in one pipeline round trip (not a transaction: each key stands alone).
 
         ``updates`` maps a key (relative to the namespace) to ``{"fields": {name: value}}``
-        (HSET those fields) or ``{"value": text, "ttl_s": seconds}`` (SET with expiry)."""
+        (HSET those fields) or ``{"value": text, "ttl_s": seconds}`` (SET with expiry).
+        Returns whether the namespace's ``written`` marker was there before: False means this
+        Redis never saw a write, or lost its data since (a restart without persistence, a
+        failover to an empty replica), and the caller should write everything it knows again."""
         with self._translated():
             pipe = self.client.pipeline(transaction=False)
+            pipe.exists(self.ns + _MARKER)
             for key, update in updates.items():
                 if "fields" in update:
                     pipe.hset(self.ns + key, mapping=update["fields"])
                 else:
                     pipe.set(self.ns + key, update["value"], ex=update["ttl_s"])
+            pipe.set(self.ns + _MARKER, "1")
+            return bool(pipe.execute()[0])
+
+    def restore_thresholds(self, thresholds: dict[tuple[str, str], float]) -> None:
+        """Put back thresholds a worker last saw, where none has been set since (never overwrites)."""
+        with self._translated():
+            pipe = self.client.pipeline(transaction=False)
+            for (policy_id, segment), tau in thresholds.items():
+                pipe.set(self.ns + threshold_key(policy_id, segment), repr(tau), nx=True)
+                pipe.hsetnx(self.ns + "thresholds", _threshold_field(policy_id, segment), repr(tau))
             pipe.execute()
 
     def close(self) -> None:
@@ -179,7 +197,8 @@ class RedisSink:
     ``put_*`` only update an in-memory ordered dict (never the network), so they are safe on the
     worker's event loop. At most ``max_pending_keys`` distinct keys are pending; beyond that the
     key least recently put is dropped and counted in ``dropped`` (its next put re-queues it), so a
-    long outage costs bounded memory. ``flush`` and ``poll_thresholds`` block on Redis for up to
+    long outage costs bounded memory. The same bound holds the latest value of every key written,
+    kept to restore a Redis that lost its data (``restores`` counts those). ``flush`` and ``poll_thresholds`` block on Redis for up to
     the store's timeout; run them with :meth:`start_background`, or call them where blocking is fine.
     """
 
@@ -191,13 +210,14 @@ class RedisSink:
         self.flush_every_s, self.max_pending_keys = flush_every_s, max_pending_keys
         self.cooldown_ttl_s = int(cooldown_ttl_s)
         self._pending: OrderedDict[str, dict] = OrderedDict()
+        self._latest: OrderedDict[str, dict] = OrderedDict()  # everything written, to restore a wiped Redis
         self._lock = threading.Lock()  # guards _pending: puts come from the worker, flushes from a thread
         self._io = threading.Lock()  # one flush or poll at a time, so an older batch never lands last
         self._last_flush = -math.inf
         self._thresholds: dict[tuple[str, str], float] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.errors = self.consecutive_errors = self.dropped = self.written = 0
+        self.errors = self.consecutive_errors = self.dropped = self.written = self.restores = 0
         self.last_error: str | None = None
 
     @property
@@ -220,11 +240,15 @@ class RedisSink:
         with self._lock:
             self._put_locked(key, update)
 
-    def _put_locked(self, key: str, update: dict) -> None:
+    def _put_locked(self, key: str, update: dict, mirror: bool = True) -> None:
         self._pending[key] = _merge(self._pending.pop(key, None), update)  # re-put keys move to the end
         while len(self._pending) > self.max_pending_keys:
             self._pending.popitem(last=False)
             self.dropped += 1
+        if mirror:
+            self._latest[key] = _merge(self._latest.pop(key, None), update)
+            while len(self._latest) > self.max_pending_keys:
+                self._latest.popitem(last=False)
 
     def flush(self, now: float | None = None, force: bool = False) -> bool:
         """Write everything pending if ``flush_every_s`` has passed (or ``force``).
@@ -241,17 +265,32 @@ class RedisSink:
             if not batch:
                 return True
             try:
-                self._get_store().write(batch)
+                store = self._get_store()
+                if not store.write(batch) and self.written:  # lost its data since our last write
+                    self._restore(store)
             except Exception as exc:  # noqa: BLE001 - the worker must outlive any Redis failure
                 with self._lock:
                     newer, self._pending = self._pending, OrderedDict()
                     for key, update in (*batch.items(), *newer.items()):
-                        self._put_locked(key, update)
+                        self._put_locked(key, update, mirror=False)
                 self._failed("flush", exc)
                 return False
             self.written += len(batch)
             self._succeeded()
             return True
+
+    def _restore(self, store: RedisStore) -> None:
+        """Redis lost its data (or is new): write back the latest value of every key and the
+        thresholds last polled, so readers see what they would have without the loss."""
+        with self._lock:
+            everything = dict(self._latest)
+        if everything:
+            store.write(everything)
+        if self._thresholds:
+            store.restore_thresholds(self._thresholds)
+        self.restores += 1
+        log.warning("Redis held none of this worker's keys; restored %d keys and %d thresholds",
+                    len(everything), len(self._thresholds or ()))
 
     def poll_thresholds(self) -> dict[tuple[str, str], float] | None:
         """All thresholds in force (one HGETALL), or None if Redis failed (counted)."""

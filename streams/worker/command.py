@@ -46,7 +46,8 @@ def _run(args) -> int:
     if not args.no_redis:
         from streams.state.redis_store import RedisSink, RedisStore
 
-        sink = RedisSink(lambda: RedisStore.from_url(settings.redis_url, password=settings.redis_password))
+        sink = RedisSink(lambda: RedisStore.from_url(settings.redis_url, password=settings.redis_password,
+                                                     namespace=settings.redis_namespace))
         sink.start_background(2.0)
     metrics = Metrics()
     metrics.serve(settings.metrics_port)

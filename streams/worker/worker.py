@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
+import tempfile
 import time
 from collections import Counter
 
@@ -79,6 +82,7 @@ class Worker:
         self._early: dict[tuple, dict[int, np.ndarray]] = {}
         self._last_early = 0.0
         self._thresholds: dict = {}
+        self._join_dirs: dict[int, str] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -110,9 +114,8 @@ class Worker:
                 await client.stop()
             except Exception:  # noqa: BLE001 - stopping must not hide the original error
                 log.exception("error while stopping a Kafka client")
-        for stage in self.stages.values():
-            stage.close()
-        self.stages.clear()
+        for p in list(self.stages):
+            self._close_stage(p)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process until `stop` is set."""
@@ -134,17 +137,27 @@ class Worker:
 
     def _ingest_revoked(self, tps) -> None:
         for p in {tp.partition for tp in tps}:
-            stage = self.stages.pop(p, None)
-            if stage is not None:
-                stage.close()
+            self._close_stage(p)
             self.merge.drop(p)
 
     def _ingest_assigned(self, tps) -> None:
         for p in {tp.partition for tp in tps}:
             if p not in self.stages:
+                # the join's pending scores live on disk under state_dir, not in RAM
+                os.makedirs(self.settings.state_dir, exist_ok=True)
+                join_path = tempfile.mkdtemp(prefix=f"join-p{p}-", dir=self.settings.state_dir)
                 self.stages[p] = PartitionStage(self.config, topic=self.topics["scores"], partition=p,
-                                                counters=self.counters)
+                                                join_path=join_path, counters=self.counters)
+                self._join_dirs[p] = join_path
                 self.seq[p] = int(time.time() * 1000) * 1000  # later than anything sent before a restart
+
+    def _close_stage(self, p: int) -> None:
+        stage = self.stages.pop(p, None)
+        if stage is not None:
+            stage.close()
+        path = self._join_dirs.pop(p, None)
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
 
     def _aggregate_revoked(self, tps) -> None:
         for tp in tps:

@@ -15,8 +15,8 @@ from streams.worker.worker import Worker
 class WorkerThread:
     """A `Worker` on its own event loop in a background thread; `stop()` ends it cleanly."""
 
-    def __init__(self, settings, config, sink=None) -> None:
-        self.worker = Worker(settings, config, sink=sink, early_every_s=1.0)
+    def __init__(self, settings, config, sink=None, metrics=None) -> None:
+        self.worker = Worker(settings, config, sink=sink, metrics=metrics, early_every_s=1.0)
         self._stop = threading.Event()
         self.error: BaseException | None = None
         self.rounds = 0
@@ -51,7 +51,8 @@ class WorkerThread:
         while time.monotonic() < deadline:
             if self.error is not None:
                 raise AssertionError(f"worker died: {self.error!r}") from self.error
-            now = dict(self.worker.counters), self.rounds > 0
+            # Redis errors keep counting while Redis is down; only the data counters tell progress
+            now = {k: v for k, v in self.worker.counters.items() if k != "redis_errors"}, self.rounds > 0
             if now != last:
                 last, since = now, time.monotonic()
             elif time.monotonic() - since >= quiet_s and self.rounds > 0:
