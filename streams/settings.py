@@ -37,6 +37,7 @@ class Settings:
     redis_password: str | None = None
     redis_namespace: str = "npo:"  # key prefix, so several monitors can share one Redis
     metrics_port: int = 9108
+    merge_idle_ms: float = 100.0  # how long a partition's records wait for its co-partition (see worker/merge.py)
     state_dir: str = "npo-state"
     envelope_max_events: int = 1000
     linger_ms: float = 20.0
@@ -53,6 +54,8 @@ class Settings:
             raise ValueError("topic_partitions and topic_replication must be >= 1")
         if not 1 <= self.envelope_max_events <= 10_000:
             raise ValueError("envelope_max_events must be in [1, 10000]")
+        if not 0 <= self.merge_idle_ms <= 60_000:
+            raise ValueError("merge_idle_ms must be in [0, 60000]")
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError("metrics_port must be a TCP port (0 disables the endpoint)")
 

@@ -44,20 +44,30 @@ def test_partials_with_wrong_width_are_rejected():
 
 
 def test_merge_orders_by_timestamp_and_waits_for_the_other_topic():
-    m = CoPartitionMerge("s", "f")
-    m.add("s", 0, [Rec("s", 10, 0), Rec("s", 30, 1)])
-    m.add("f", 0, [Rec("f", 20, 0)])
-    first = m.pop_ready(0, {"s": False, "f": False})
+    m = CoPartitionMerge("s", "f", idle_s=0.5)
+    m.add("s", 0, [Rec("s", 10, 0), Rec("s", 30, 1)], now=100.0)
+    m.add("f", 0, [Rec("f", 20, 0)], now=100.0)
+    first = m.pop_ready(0, {"s": False, "f": False}, now=100.0)
     assert [(r.topic, r.timestamp) for r in first] == [("s", 10), ("f", 20)]  # s@30 waits for f
-    assert m.pop_ready(0, {"s": False, "f": False}) == []
-    assert [(r.topic, r.timestamp) for r in m.pop_ready(0, {"s": False, "f": True})] == [("s", 30)]
+    assert m.pop_ready(0, {"s": False, "f": False}, now=100.0) == []
+    # f looks drained, but only as of the last fetch: s@30 waits idle_s for a late f record
+    assert m.pop_ready(0, {"s": False, "f": True}, now=100.4) == []
+    m.add("f", 0, [Rec("f", 25, 1)], now=100.45)
+    got = m.pop_ready(0, {"s": False, "f": True}, now=100.5)
+    assert [(r.topic, r.timestamp) for r in got] == [("f", 25), ("s", 30)]
+    assert m.pending_on("s", 0) == m.pending_on("f", 0) == 0 and not m.arrived[("s", 0)]
 
 
 def test_merge_ties_go_to_scores_first():
-    m = CoPartitionMerge("s", "f")
+    m = CoPartitionMerge("s", "f", idle_s=0.0)
     m.add("f", 1, [Rec("f", 5, 0)])
     m.add("s", 1, [Rec("s", 5, 0)])
     assert [r.topic for r in m.pop_ready(1, {"s": True, "f": True})] == ["s", "f"]
+
+
+def test_merge_rejects_a_negative_wait():
+    with pytest.raises(ValueError):
+        CoPartitionMerge("s", "f", idle_s=-1)
 
 
 def test_window_stats_events_follow_the_schema():

@@ -4,42 +4,66 @@ Partition i of `scores` and partition i of `feedback` hold the same scenario
 ids (both keyed by scenario_id). Their records are merged by message
 timestamp (ties: scores first, then offset), so the merged order, and with it
 every statistic, does not depend on how fetches happened to interleave. A
-record is released only when the other topic's buffer is non-empty or that
-partition is known to be at its end.
+record is released only when the other topic's buffer is non-empty, or that
+partition is at its end and the record has waited `idle_s` for it (Kafka
+Streams' `max.task.idle.ms`): "at its end" is only as fresh as the last fetch,
+and a producer writing both topics at once appends them at slightly different
+moments. The wait matters when event time runs faster than the clock (a
+backfill); live traffic is ordered to within the wait, far inside the grace.
 """
 from __future__ import annotations
 
+import time
 from collections import deque
 
 
 class CoPartitionMerge:
-    def __init__(self, scores_topic: str, feedback_topic: str) -> None:
+    def __init__(self, scores_topic: str, feedback_topic: str, idle_s: float = 0.1) -> None:
+        if idle_s < 0:
+            raise ValueError("idle_s must be >= 0")
         self.topics = (scores_topic, feedback_topic)
+        self.idle_s = idle_s
         self.buffers: dict[tuple[str, int], deque] = {}
+        self.arrived: dict[tuple[str, int], deque] = {}  # (monotonic time, count) per add
 
-    def add(self, topic: str, partition: int, records) -> None:
+    def add(self, topic: str, partition: int, records, now: float | None = None) -> None:
+        if not records:
+            return
         self.buffers.setdefault((topic, partition), deque()).extend(records)
+        self.arrived.setdefault((topic, partition), deque()).append(
+            [time.monotonic() if now is None else now, len(records)])
 
     def drop(self, partition: int) -> None:
         for t in self.topics:
             self.buffers.pop((t, partition), None)
+            self.arrived.pop((t, partition), None)
 
     def pending_on(self, topic: str, partition: int) -> int:
         """Records fetched but not yet released (they count as lag)."""
         return len(self.buffers.get((topic, partition), ()))
 
-    def pop_ready(self, partition: int, at_end: dict[str, bool]) -> list:
+    def pop_ready(self, partition: int, at_end: dict[str, bool], now: float | None = None) -> list:
         """Records of input partition `partition` in merged order, as far as is safe."""
-        a = self.buffers.setdefault((self.topics[0], partition), deque())
-        b = self.buffers.setdefault((self.topics[1], partition), deque())
+        now = time.monotonic() if now is None else now
+        ka, kb = (self.topics[0], partition), (self.topics[1], partition)
+        a = self.buffers.setdefault(ka, deque())
+        b = self.buffers.setdefault(kb, deque())
         out = []
         while a or b:
             if a and b:
-                out.append(a.popleft() if a[0].timestamp <= b[0].timestamp else b.popleft())
-            elif a and at_end.get(self.topics[1], False):
-                out.append(a.popleft())
-            elif b and at_end.get(self.topics[0], False):
-                out.append(b.popleft())
+                key = ka if a[0].timestamp <= b[0].timestamp else kb
+            elif a and at_end.get(self.topics[1], False) and self._waited(ka, now):
+                key = ka
+            elif b and at_end.get(self.topics[0], False) and self._waited(kb, now):
+                key = kb
             else:
                 break
+            out.append(self.buffers[key].popleft())
+            head = self.arrived[key][0]
+            head[1] -= 1
+            if not head[1]:
+                self.arrived[key].popleft()
         return out
+
+    def _waited(self, key: tuple[str, int], now: float) -> bool:
+        return now - self.arrived[key][0][0] >= self.idle_s

@@ -78,7 +78,8 @@ class Worker:
         self.seq: dict[int, int] = {}
         self.monitors: dict[int, Monitor] = {}
         self.applied: dict[int, dict[int, int]] = {}
-        self.merge = CoPartitionMerge(self.topics["scores"], self.topics["feedback"])
+        self.merge = CoPartitionMerge(self.topics["scores"], self.topics["feedback"],
+                                      idle_s=settings.merge_idle_ms / 1000)
         self._early: dict[tuple, dict[int, np.ndarray]] = {}
         self._last_early = 0.0
         self._thresholds: dict = {}

@@ -123,7 +123,7 @@ def test_sink_coalesces_puts_into_one_pipeline(store):
     assert sink.pending == 3
     assert sink.flush(force=True)
     assert len(pipelines) == 1 and not pipelines[0].transaction
-    assert _keys(store) == {"stats:p0:seg", "stats:p1:seg", "stats:p2:seg"}
+    assert _keys(store) == {"stats:p0:seg", "stats:p1:seg", "stats:p2:seg", "written"}
     assert [store.get_stats(f"p{k}", "seg")["tumbling"]["i"] for k in range(3)] == [999, 997, 998]
 
 
@@ -154,9 +154,11 @@ def test_sink_rides_out_a_redis_outage_and_catches_up(redis_service, redis_url, 
     assert sink.consecutive_errors == 0 and sink.pending == 0
     reader = RedisStore.from_url(redis_url, namespace=namespace)
     try:
-        # the restarted Redis keeps no data (no persistence): it holds exactly the outage's latest values
+        # the restarted Redis kept no data (no persistence); the sink noticed (no marker) and wrote
+        # back what was there before the outage too
         expected = {f"stats:p{k}:seg" for k in range(100)} | {f"cooldown:retrain:p{k}:seg" for k in range(100)}
-        assert _keys(reader) == expected
+        assert _keys(reader) == expected | {"stats:before:seg", "written"}
+        assert sink.restores == 1 and reader.get_stats("before", "seg")["tumbling"] == {"v": 0}
         for k in range(100):
             assert reader.get_stats(f"p{k}", "seg")["tumbling"] == {"v": 3000 + k}
             assert reader.client.get(f"{namespace}cooldown:retrain:p{k}:seg") == f"{2900 + k}.0".encode()

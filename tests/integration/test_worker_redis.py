@@ -119,7 +119,7 @@ def test_a_threshold_set_in_redis_changes_the_next_evaluation(settings):
     # is measured from the threshold in force
     same_a = [s["cost_saved"] for (p, _, _), s in sorted(after.items()) if p == "pol-a"]
     same_b = [s["cost_saved"] for (p, _, _), s in sorted(after.items()) if p == "pol-b"]
-    assert len(same_a) == len(same_b) and same_a != same_b, sorted(after.items())[:2]
+    assert len(same_a) == len(same_b) and same_a != same_b
     latest = _store(settings).get_stats("pol-a", "seg")
     assert latest["tumbling"]["tau"] == 0.9
 
@@ -186,9 +186,9 @@ def test_redis_stopped_and_restarted_mid_run_loses_nothing(settings, redis_servi
         for (policy_id, segment), stats in latest.items():
             held = store.get_stats(policy_id, segment)[kind]
             assert {k: v for k, v in held.items() if k != "window"} == stats, (kind, policy_id)
-    held = store.get_stats(*QUIET)
-    assert {k: held[k] for k in ("tumbling", "hopping", "cumulative")} == \
-        {k: quiet_before[k] for k in ("tumbling", "hopping", "cumulative")}
+    # its tumbling view was last written before the outage (hopping windows holding its panes
+    # kept closing during it): only the restore can have put it back
+    assert store.get_stats(*QUIET)["tumbling"] == quiet_before["tumbling"]
     client = redis.Redis.from_url(settings.redis_url)
     assert client.exists(settings.redis_namespace + "written")
     client.close()
