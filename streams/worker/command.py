@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 from streams.config import monitor_config_from
-from streams.metrics import Metrics, setup_json_logging
 
 log = logging.getLogger("npo.worker")
 
@@ -36,6 +35,7 @@ def _monitor_section(config_file: str | None) -> dict | None:
 
 def _run(args) -> int:
     from streams.kafka.commands import settings_from_args
+    from streams.metrics import Metrics, setup_json_logging
     from streams.worker.worker import Worker
 
     setup_json_logging(args.log_level)
