@@ -91,3 +91,21 @@ def test_each_input_case_is_handled_as_stated(settings):
     assert "within 1800 s" in dead[0]["detail"] and dead[0]["source"]["offset"] == -1
     original = orjson.loads(base64.b64decode(dead[0]["original_b64"]))
     assert (original["scenario_id"], original["event_id"], original["kind"]) == ("Z", "f-Z", "like")
+
+
+def test_early_results_for_an_open_window(settings):
+    events = [score(f"o{i}", 10 * i, "act", 0.7) for i in range(25)]  # T0 .. T0+240: pane 0 stays open
+    producer = Producer(settings.confluent())
+    for e in events:
+        producer.produce(settings.topic("scores"), orjson.dumps(e), key=e["scenario_id"].encode())
+    assert producer.flush(30) == 0
+
+    worker = WorkerThread(settings, CONFIG).start()
+    worker.wait_idle()
+    worker.stop()
+
+    stats = [e for e in json_values(read_topic(settings, "stats")) if e["policy_id"] == "pol"]
+    assert stats and all(e["final"] is False for e in stats)  # nothing final: the window is open
+    pane0 = [e for e in stats if e["window"] == {"kind": "tumbling", "start": T0, "end": T0 + 300}]
+    counts = [e["stats"]["n_decisions"] for e in pane0]
+    assert counts and counts == sorted(counts) and 0 < counts[-1] <= 25
