@@ -138,3 +138,39 @@ def test_trigger_ids_are_deterministic_and_carry_the_config_version(sim):
     c = run_pipeline(encode_messages(sim.events), other)
     assert {t["config_version"] for t in c.triggers} == {other.version} != {MonitorConfig().version}
     assert not {t["trigger_id"] for t in a.triggers} & {t["trigger_id"] for t in c.triggers}
+
+
+def test_a_partition_far_ahead_of_another_changes_nothing(sim):
+    """One input partition processed to the end before the other starts (a lagging consumer):
+    the aggregator keeps every pane that is not final yet, so the windows equal the run with
+    the partitions taking turns."""
+    from streams.demo.runner import run_partitioned
+    from streams.kafka.producer import partition_for
+    from streams.pipeline import InProcessPipeline
+    from streams.demo.runner import window_rows
+
+    config = MonitorConfig()
+    by_partition = [[], []]
+    for e in sim.events:
+        by_partition[partition_for(e["scenario_id"].encode(), 2)].append(orjson.dumps(e))
+    turns = run_partitioned(by_partition, config, batch=50)
+
+    pipe = InProcessPipeline(config, partitions=2)
+    windows = []
+    try:
+        for p in (0, 1):  # all of partition 0 (36 windows ahead), then all of partition 1
+            for i in range(0, len(by_partition[p]), 50):
+                out = pipe.process(by_partition[p][i:i + 50], first_offset=i, now=0.0, partition=p)
+                windows.extend(row for res in out.windows for row in window_rows(res))
+        windows.extend(row for res in pipe.finish().windows for row in window_rows(res))
+    finally:
+        pipe.close()
+
+    def final(rows):
+        return {(w["kind"], w["policy_id"], w["segment"], w["start"], w["end"]): w for w in rows if w["kind"] != "cumulative"}
+
+    want, got = final(turns.windows), final(windows)
+    assert len(want) > 300 and set(got) == set(want)
+    for key, w in want.items():
+        assert got[key]["n_decisions"] == w["n_decisions"] and got[key]["n_feedback"] == w["n_feedback"], key
+        assert got[key]["loss"] == w["loss"] or (math.isnan(got[key]["loss"]) and math.isnan(w["loss"])), key

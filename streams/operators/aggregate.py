@@ -1,8 +1,9 @@
 """Merge partition partials into final windows: tumbling, hopping and cumulative.
 
 A pane is final once every input partition's watermark has passed it. The
-aggregator keeps the last few merged panes per key in a ring (enough for one
-hopping window) and one cumulative row per key. Partials are summed, so the
+aggregator keeps the merged panes per key in a ring: the last hopping window's
+worth of final panes plus every pane not yet final (the ring grows when one
+input partition runs ahead of another), and one cumulative row per key. Partials are summed, so the
 result does not depend on how keys' events were spread over partitions.
 """
 from __future__ import annotations
@@ -79,6 +80,8 @@ class Aggregator:
         if on_time.any():
             lowest = int(partials.panes[on_time].min())
             self.first_pane = lowest if self.first_pane is None else min(self.first_pane, lowest)
+            oldest_kept = self.final_through if self.final_through is not None else self.first_pane
+            self._fit(oldest_kept - self.spec.hop_panes, int(partials.panes[on_time].max()))
         rows = ids[on_time] * self.ring_len + partials.panes[on_time] % self.ring_len
         stale = self.ring_pane[rows] != partials.panes[on_time]
         self.ring[rows[stale]] = 0.0
@@ -97,6 +100,18 @@ class Aggregator:
             self._finalise(pane, ready)
         self.final_through = max(self.final_through, final)
         return self._results(ready)
+
+    def _fit(self, low: int, high: int) -> None:
+        """Grow the ring so that panes low..high have a slot each (none overwrites another)."""
+        if high - low + 1 <= self.ring_len:
+            return
+        new_len = max(high - low + 1, 2 * self.ring_len)
+        cap = self.cum.shape[0]
+        ring, ring_pane = self.layout.zeros(cap * new_len), np.full(cap * new_len, np.iinfo(np.int64).min)
+        kept = np.flatnonzero(self.ring_pane >= low)
+        slots = (kept // self.ring_len) * new_len + self.ring_pane[kept] % new_len
+        ring[slots], ring_pane[slots] = self.ring[kept], self.ring_pane[kept]
+        self.ring, self.ring_pane, self.ring_len = ring, ring_pane, new_len
 
     def _pane_rows(self, pane: int) -> tuple[np.ndarray, np.ndarray]:
         key_ids = np.arange(len(self.keys.keys), dtype=np.int64)

@@ -136,13 +136,19 @@ class Worker:
 
     # -- assignments -------------------------------------------------------------------------
 
+    # A rebalance revokes every partition, then assigns. State of a partition that comes back to
+    # this worker is kept: its position restarts at the committed offset, which is where its
+    # state stands, and anything re-delivered beyond that is dropped as a duplicate.
+
     def _ingest_revoked(self, tps) -> None:
         for p in {tp.partition for tp in tps}:
-            self._close_stage(p)
-            self.merge.drop(p)
+            self.merge.drop(p)  # fetched but unprocessed (and uncommitted): fetched again
 
     def _ingest_assigned(self, tps) -> None:
-        for p in {tp.partition for tp in tps}:
+        assigned = {tp.partition for tp in tps}
+        for p in set(self.stages) - assigned:
+            self._close_stage(p)
+        for p in assigned:
             if p not in self.stages:
                 # the join's pending scores live on disk under state_dir, not in RAM
                 os.makedirs(self.settings.state_dir, exist_ok=True)
@@ -161,17 +167,18 @@ class Worker:
             shutil.rmtree(path, ignore_errors=True)
 
     def _aggregate_revoked(self, tps) -> None:
-        for tp in tps:
-            self.monitors.pop(tp.partition, None)
-            self.applied.pop(tp.partition, None)
+        pass  # kept until the assignment that follows says whether they come back
 
     def _aggregate_assigned(self, tps) -> None:
-        for tp in tps:
-            if tp.partition not in self.monitors:
-                self.monitors[tp.partition] = Monitor(self.config, partitions=self.input_count,
-                                                      counters=self.counters)
-                self.monitors[tp.partition].aggregator.thresholds = self._thresholds
-                self.applied[tp.partition] = {}
+        assigned = {tp.partition for tp in tps}
+        for q in set(self.monitors) - assigned:
+            self.monitors.pop(q)
+            self.applied.pop(q, None)
+        for q in assigned:
+            if q not in self.monitors:
+                self.monitors[q] = Monitor(self.config, partitions=self.input_count, counters=self.counters)
+                self.monitors[q].aggregator.thresholds = self._thresholds
+                self.applied[q] = {}
 
     # -- ingest --------------------------------------------------------------------------------
 
