@@ -153,11 +153,14 @@ def test_redis_stopped_and_restarted_mid_run_loses_nothing(settings, redis_servi
         assert quiet_before is not None
 
         redis_service.stop()  # the managed Redis keeps no data: it comes back empty
+        down_since = time.monotonic()
         _produce(settings, _windows(6, 11))
         worker.wait_idle()
         assert worker.alive()
         _until(lambda: sink.errors > 0, what="a failed flush")
         _until(lambda: _scrape(port).get("npo_redis_errors_total", 0) > 0, what="the error metric")
+        time.sleep(max(0.0, 30.0 - (time.monotonic() - down_since)))  # down for 30 s in all
+        assert worker.alive() and sink.consecutive_errors > 10
 
         redis_service.start()
         _until(lambda: sink.consecutive_errors == 0 and sink.pending == 0 and sink.restores == 1,
