@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     from streams.worker.command import add_command as worker_command
 
     kafka_commands(sub, settings_args)
+    from loadtest.commands import add_commands as loadtest_commands
+
+    loadtest_commands(sub, bsub, settings_args)
     state_commands(sub, settings_args)
     worker_command(sub, settings_args)
     return p

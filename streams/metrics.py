@@ -32,6 +32,8 @@ class Metrics:
                                          registry=r)
         self.expired_scores = Counter("npo_expired_scores", "Scores forgotten by the join after the feedback horizon",
                                       registry=r)
+        self.output_retries = Counter("npo_output_retries", "Output messages written again after a failure "
+                                      "(an output topic could not be written)", registry=r)
         self.consumer_lag = Gauge("npo_consumer_lag", "High watermark minus position", ["topic", "partition"],
                                   registry=r)
         self._seen: dict = {}
@@ -58,7 +60,7 @@ class Metrics:
             elif name == "triggers":
                 self.triggers.labels(rule=labels[0]).inc(delta)
             elif name in ("duplicates", "late_events", "redis_errors", "joined_late", "waiting_for_score",
-                          "expired_scores"):
+                          "expired_scores", "output_retries"):
                 getattr(self, name).inc(delta)
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from kernels.derive import derive
 from streams import codec
@@ -84,6 +85,7 @@ class Worker:
         self._last_early = 0.0
         self._thresholds: dict = {}
         self._join_dirs: dict[int, str] = {}
+        self._route: dict[tuple[str, str], int] = {}  # key -> partials partition
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -187,7 +189,10 @@ class Worker:
         for tp, records in fetched.items():
             self.merge.add(tp.topic, tp.partition, records)
         sends, commits = [], {}
+        assigned = self.ingest.assignment()
         for p, stage in list(self.stages.items()):
+            if TopicPartition(self.topics["scores"], p) not in assigned:
+                continue  # revoked during this round; the next assignment decides its fate
             at_end = {}
             for topic in self.merge.topics:
                 tp = TopicPartition(topic, p)
@@ -204,27 +209,29 @@ class Worker:
             out = stage.process([r.value or b"" for r in records], sources=[(r.topic, r.offset) for r in records])
             self.metrics.kernel_seconds.observe(time.perf_counter() - started)
             for dl in out.dead_letters:
-                sends.append(await self.producer.send(self.topics["deadletters"], codec.encode(dl)))
+                sends.append((self.topics["deadletters"], codec.encode(dl), None, None))
             for part in out.partials:
-                sends.extend(await self._send_partials(p, part))
+                sends.extend(self._partials_messages(p, part))
             for r in records:
                 commits[TopicPartition(r.topic, r.partition)] = r.offset + 1
-        if sends:
-            await asyncio.gather(*sends)
-        if commits:
-            await self.ingest.commit(commits)
+        await self._deliver(sends)
+        await self._commit(self.ingest, commits)
 
-    async def _send_partials(self, p: int, part) -> list:
+    def _partials_messages(self, p: int, part) -> list:
         """Rows to the partials partition of their key; progress to every partials partition."""
         by_partition: dict[int, list[int]] = {}
+        route = self._route
         for i, key in enumerate(part.keys):
-            by_partition.setdefault(partition_for(stats_key(*key), self.partials_count), []).append(i)
-        futures = []
+            q = route.get(key)
+            if q is None:  # murmur2 in Python is slow; keys are few, so remember each key's partition
+                q = route[key] = partition_for(stats_key(*key), self.partials_count)
+            by_partition.setdefault(q, []).append(i)
+        out = []
         for q in range(self.partials_count):
             self.seq[p] += 1
             value = partials_codec.encode(part, p, self.seq[p], np.array(by_partition.get(q, []), dtype=np.int64))
-            futures.append(await self.producer.send(self.topics["partials"], value, partition=q))
-        return futures
+            out.append((self.topics["partials"], value, None, q))
+        return out
 
     # -- aggregate -----------------------------------------------------------------------------
 
@@ -248,20 +255,18 @@ class Worker:
                 if part.early:
                     self._remember_early(inp, part)
                 out = monitor.add(inp, [part])
-                sends.extend(await self._publish(out))
-        sends.extend(await self._publish_early())
-        if sends:
-            await asyncio.gather(*sends)
-        if commits:
-            await self.aggregate.commit(commits)
+                sends.extend(self._publish(out))
+        sends.extend(self._publish_early())
+        await self._deliver(sends)
+        await self._commit(self.aggregate, commits)
         if self.sink is not None:
             self.counters["redis_errors"] = self.sink.errors
 
-    async def _publish(self, out) -> list:
-        futures = []
+    def _publish(self, out) -> list:
+        messages = []
         for res in out.windows:
             for key, event in window_stats_events(res, self.version):
-                futures.append(await self.producer.send(self.topics["stats"], orjson.dumps(event), key=key))
+                messages.append((self.topics["stats"], orjson.dumps(event), key, None))
                 if self.sink is not None:
                     self.sink.put_stats(event["policy_id"], event["segment"], res.kind,
                                         {"window": event["window"], **event["stats"]})
@@ -270,18 +275,18 @@ class Worker:
         for trig in out.triggers:
             trig["emitted_at"] = time.time()
             key = stats_key(trig["policy_id"], trig["segment"])
-            futures.append(await self.producer.send(self.topics["triggers"], orjson.dumps(trig), key=key))
+            messages.append((self.topics["triggers"], orjson.dumps(trig), key, None))
             if self.sink is not None:
                 self.sink.put_cooldown(trig["rule"], trig["policy_id"], trig["segment"], trig["window"]["end"])
             log.info("trigger", extra={"rule": trig["rule"], "trigger_id": trig["trigger_id"],
                                        "policy_id": trig["policy_id"], "segment": trig["segment"]})
-        return futures
+        return messages
 
     def _remember_early(self, inp: int, part) -> None:
         for key, pane, row in zip(part.keys, part.panes, part.rows):
             self._early.setdefault((*key, int(pane)), {})[inp] = row
 
-    async def _publish_early(self) -> list:
+    def _publish_early(self) -> list:
         """Early results for open windows: the latest snapshot of each input partition, summed."""
         now = time.monotonic()
         if not self._early or now - self._last_early < self.early_every_s:
@@ -292,13 +297,53 @@ class Worker:
         stats = derive(rows, self.config.layout, self.config.stats)
         stats["late_events"] = np.zeros(len(items))
         size = self.config.windows.tumbling_s
-        futures = []
+        messages = []
         for i, ((policy_id, segment, pane), _) in enumerate(items):
             res = WindowResult("tumbling", pane * size, (pane + 1) * size, [(policy_id, segment)], rows[i:i + 1],
                                {k: v[i:i + 1] for k, v in stats.items()}, pane)
             for key, event in window_stats_events(res, self.version, final=False):
-                futures.append(await self.producer.send(self.topics["stats"], orjson.dumps(event), key=key))
-        return futures
+                messages.append((self.topics["stats"], orjson.dumps(event), key, None))
+        return messages
+
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict) -> None:
+        """Commit what is still assigned; a commit lost to a rebalance only means re-delivery."""
+        offsets = {tp: o for tp, o in offsets.items() if tp in consumer.assignment()}
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            log.warning("offset commit lost to a rebalance (records will be re-delivered): %s", exc)
+
+    # -- output ---------------------------------------------------------------------------------
+
+    async def _deliver(self, messages: list[tuple]) -> None:
+        """Write (topic, value, key, partition) messages, retrying those that fail until all are
+        acknowledged. Nothing is consumed meanwhile and input offsets wait for this, so an
+        output topic that cannot be written holds the worker back (memory: one round's output)
+        and loses nothing."""
+        delay = 0.2
+        while messages:
+            results = []
+            for topic, value, key, partition in messages:
+                try:
+                    results.append(await self.producer.send(topic, value, key=key, partition=partition))
+                except Exception as exc:  # noqa: BLE001 - e.g. metadata for the topic timed out
+                    results.append(exc)
+            done = await asyncio.gather(*[r for r in results if not isinstance(r, BaseException)],
+                                        return_exceptions=True)
+            outcome, it = [], iter(done)
+            for r in results:
+                outcome.append(r if isinstance(r, BaseException) else next(it))
+            failed = [(m, r) for m, r in zip(messages, outcome) if isinstance(r, BaseException)]
+            if failed:
+                self.counters["output_retries"] += len(failed)
+                topics = sorted({m[0] for m, _ in failed})
+                log.warning("could not write %d message(s) to %s (%s); retrying in %.1f s",
+                            len(failed), topics, failed[0][1], delay)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 5.0)
+            messages = [m for m, _ in failed]
 
     # -- Redis --------------------------------------------------------------------------------------
 

@@ -1,0 +1,369 @@
+"""`npo bench pipeline`: every path measured in one run, on the same traffic and broker.
+
+Why one run: figures from different runs on a shared 2-core machine are not
+comparable; ratios measured minutes apart are. The run:
+
+1. fills fresh topics with the same N events twice, once as single events and once
+   as envelopes (flat out, before anything is timed);
+2. drains them, one spawned process at a time: the raw baseline (aiokafka + codec
+   decode), the worker on single events, the worker on envelopes, the Faust peer,
+   then two workers in one group sharing the single-event topics;
+3. runs the worker on fresh topics while the generator sends envelopes at half the
+   envelope path's rate, reading the trigger topic, for the trigger latency.
+
+A drained backlog gives the maximum sustained rate of a path (it never waits for
+input). Trigger latency runs from the moment the event that closed a trigger's window
+was due to be produced (the generator's timeline, including producer batching) to the
+moment the trigger was read from its topic.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import multiprocessing as mp
+import queue as queue_mod
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from loadtest.generator import GenConfig, generate, run_in_thread
+
+WARMUP_TRIGGERS_S = 5.0
+"""Triggers read in the first seconds after the first one are left out of the after-warm-up p99."""
+REQUIRED_KEYS = ("raw_events_per_s", "single_events_per_s", "envelope_events_per_s", "peer_events_per_s",
+                 "p50_trigger_latency_ms", "p99_trigger_latency_ms", "peak_rss_mb")
+
+
+def check_result(result: dict) -> list[str]:
+    """The required keys that are missing or not positive finite numbers (``peak_rss_mb``:
+    a mapping of process to MiB, each positive)."""
+    bad = []
+    for key in REQUIRED_KEYS:
+        value = result.get(key)
+        if key == "peak_rss_mb":
+            flat = [v for x in (value or {}).values() for v in (x if isinstance(x, list) else [x])]
+            ok = bool(flat) and all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in flat)
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+        if not ok:
+            bad.append(key)
+    return bad
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    events: int = 1_000_000
+    peer_events: int = 200_000
+    partitions: int = 4
+    latency_s: float = 30.0
+    latency_rate: float | None = None  # default: half the envelope path's rate
+    two_workers: bool = True
+    peer: bool = True
+    timeout_s: float = 900.0
+    traffic: dict = dataclasses.field(default_factory=dict)
+
+
+class Phase:
+    """One measured process (or several sharing a group) and what it reported."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.samples: list[tuple] = []  # (t, events, rss_mb, extra)
+        self.summaries: list[dict] = []
+
+    def rate(self, events: int | None = None) -> float:
+        firsts = [s["first"] for s in self.summaries if s.get("first")]
+        ends = [s["end"] for s in self.summaries if s.get("end")]
+        total = events if events is not None else sum(s["events"] for s in self.summaries)
+        if not firsts or not ends or max(ends) <= min(firsts):
+            return float("nan")
+        return total / (max(ends) - min(firsts))
+
+    def peak_rss(self) -> float | list[float]:
+        peaks = [round(s["peak_rss_mb"], 1) for s in self.summaries]
+        return peaks[0] if len(peaks) == 1 else peaks
+
+
+def _r(x: float, digits: int | None = None):
+    """Rounded, or None where the figure could not be measured."""
+    return round(x, digits) if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def _ctx():
+    return mp.get_context("spawn")
+
+
+def run_processes(name: str, targets: list[tuple], expected_total: int | None, timeout_s: float,
+                  until=None, on_sample=None) -> Phase:
+    """Start spawned processes ``(function, args[, kwargs])`` that report over a shared queue (see
+    :mod:`loadtest.procs`); stop them when their events sum to ``expected_total`` or
+    ``until()`` is true. Returns the phase with every sample and summary."""
+    ctx = _ctx()
+    q, stop = ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=t[0], args=t[1], kwargs={"queue": q, "stop": stop, **(t[2] if len(t) > 2 else {})},
+                         daemon=True) for t in targets]
+    for p in procs:
+        p.start()
+    phase = Phase(name)
+    latest: dict[str, int] = {}
+    ready: set[str] = set()
+    deadline = time.time() + timeout_s
+    try:
+        while len(phase.summaries) < len(procs):
+            if time.time() > deadline:
+                raise TimeoutError(f"{name}: not done after {timeout_s:g} s ({sum(latest.values())} events)")
+            try:
+                msg = q.get(timeout=0.5)
+            except queue_mod.Empty:
+                if not any(p.is_alive() for p in procs):
+                    raise RuntimeError(f"{name}: process exited without reporting")
+                continue
+            kind, who = msg[0], msg[1]
+            if kind == "error":
+                raise RuntimeError(f"{name} ({who}) failed: {msg[2]}")
+            if kind == "sample":
+                phase.samples.append((msg[2], msg[3], msg[4], msg[5], who))
+                latest[who] = msg[3]
+                ready.add(who)
+                if on_sample is not None:
+                    on_sample(who, msg)
+            elif kind == "done":
+                phase.summaries.append(msg[2])
+                latest[who] = msg[2]["events"]
+            if not stop.is_set() and ((expected_total is not None and sum(latest.values()) >= expected_total
+                                       and len(latest) == len(procs))
+                                      or (until is not None and until(ready))):
+                stop.set()
+    finally:
+        stop.set()
+        for p in procs:
+            p.join(20)
+            if p.is_alive():
+                p.terminate()
+    return phase
+
+
+def _settings_for(settings, root: str, name: str, state_dir: str | None = None):
+    """Topics ``<root><name>.*``, their own group, join stores under ``state_dir``."""
+    return dataclasses.replace(settings, topic_prefix=f"{root}{name}.", group_id=f"{root}{name}-g",
+                               state_dir=state_dir or settings.state_dir)
+
+
+def _fill(settings, cfg: BenchConfig, envelope: bool) -> dict:
+    from streams.kafka.admin import create_topics
+
+    create_topics(settings, partitions=cfg.partitions)
+    return generate(settings, GenConfig(max_events=cfg.events, envelope=envelope, traffic=cfg.traffic))
+
+
+def delete_prefixed(settings, root: str) -> None:
+    """Delete every topic whose name starts with ``root`` (ours, and the peer's internal ones)."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(settings.confluent())
+    names = [t for t in admin.list_topics(timeout=15).topics if t.startswith(root)]
+    if names:
+        for fut in admin.delete_topics(names, operation_timeout=30, request_timeout=30).values():
+            try:
+                fut.result(timeout=30)
+            except Exception:  # noqa: BLE001 - best effort
+                pass
+
+
+def trigger_latencies(timeline: list[tuple], triggers: list[tuple], grace_s: float) -> list[tuple]:
+    """(read time, latency s, rule) per trigger whose closing event is in ``timeline``.
+
+    A window [start, end) is final once every input partition's watermark (largest event
+    time minus ``grace_s``) reaches ``end``; the event that made that happen is, on each
+    partition, the first with event time >= end + grace, and the last of these across
+    partitions is the one that made the rule fire. ``timeline`` holds (due time,
+    partition, largest event time sent) per send; ``triggers`` (read time, trigger dict).
+    """
+    if not timeline:
+        return []
+    arr = np.array(timeline, dtype=np.float64)
+    parts = np.unique(arr[:, 1]).astype(int)
+    per = {}
+    for p in parts:
+        rows = arr[arr[:, 1] == p]
+        per[p] = (rows[:, 0], np.maximum.accumulate(rows[:, 2]))
+    out = []
+    for read_at, trig in triggers:
+        need = float(trig["window"]["end"]) + grace_s
+        causes = []
+        for t, ts in per.values():
+            i = int(np.searchsorted(ts, need, side="left"))
+            if i >= len(ts):
+                causes = None
+                break
+            causes.append(t[i])
+        if causes:
+            cause = max(causes)
+            if cause <= read_at:
+                out.append((read_at, read_at - cause, trig["rule"]))
+    return out
+
+
+class TriggerReader(threading.Thread):
+    """Reads the trigger topic from its start; records (read time, trigger) per message."""
+
+    def __init__(self, settings) -> None:
+        super().__init__(daemon=True)
+        import orjson
+        from confluent_kafka import Consumer, TopicPartition
+
+        self._loads = orjson.loads
+        self.consumer = Consumer({**settings.confluent(), "group.id": f"lt-read-{uuid.uuid4().hex}",
+                                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                                  "fetch.wait.max.ms": 10})
+        topic = settings.topic("triggers")
+        meta = self.consumer.list_topics(topic, timeout=15)
+        self.consumer.assign([TopicPartition(topic, p) for p in meta.topics[topic].partitions])
+        self.triggers: list[tuple] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            msg = self.consumer.poll(0.05)
+            if msg is None or msg.error():
+                continue
+            self.triggers.append((time.time(), self._loads(msg.value())))
+        self.consumer.close()
+
+
+def latency_run(settings, cfg: BenchConfig, rate: float, progress=None) -> tuple[dict, Phase, list, list]:
+    """Worker on fresh topics, generator at ``rate`` for ``cfg.latency_s``; trigger latencies."""
+    from loadtest.procs import worker_main
+    from streams.config import MonitorConfig
+    from streams.kafka.admin import create_topics
+
+    create_topics(settings, partitions=cfg.partitions)
+    reader = TriggerReader(settings)
+    reader.start()
+    timeline: list[tuple] = []
+    gen: dict = {}
+    produced: list[tuple] = []
+
+    def until(ready: set) -> bool:
+        if not ready:
+            return False
+        if "thread" not in gen:
+            gen["cfg"] = GenConfig(rate=rate, duration_s=cfg.latency_s, envelope=True, traffic=cfg.traffic)
+            gen["thread"], gen["result"], gen["sent"] = run_in_thread(settings, gen["cfg"], timeline)
+            gen["t0"] = time.time()
+        produced.append((time.time(), gen["sent"][0]))
+        if gen["thread"].is_alive():
+            return False
+        if "error" in gen["result"]:
+            raise RuntimeError(f"latency generator failed: {gen['result']['error']}")
+        gen.setdefault("ended", time.time())
+        return phase_events[0] >= gen["result"]["events"] or time.time() - gen["ended"] > 30
+
+    phase_events = [0]
+
+    def on_sample(who, msg) -> None:
+        phase_events[0] = msg[3]
+        if progress is not None:
+            progress(f"latency: {msg[3]:,} events processed")
+
+    phase = run_processes("latency", [(worker_main, (settings, None, "latency"))], None,
+                          cfg.latency_s + cfg.timeout_s, until=until, on_sample=on_sample)
+    time.sleep(1.0)  # triggers published at the end are read
+    reader.done.set()
+    reader.join(5)
+    grace = MonitorConfig().windows.grace_s
+    lat = trigger_latencies(timeline, reader.triggers, grace)
+    ms = np.array([x[1] * 1000 for x in lat]) if lat else np.array([math.nan])
+    res = gen.get("result", {})
+    out = {"latency_target_events_per_s": round(rate),
+           "latency_achieved_events_per_s": round(res.get("events", 0) / max(res.get("seconds", 1), 1e-9)),
+           "latency_triggers": len(reader.triggers), "latency_triggers_timed": len(lat),
+           "p50_trigger_latency_ms": float(np.nanpercentile(ms, 50)),
+           "p99_trigger_latency_ms": float(np.nanpercentile(ms, 99)),
+           "max_trigger_latency_ms": float(np.nanmax(ms))}
+    # the first windows close while the worker still loads its compiled kernels: shown apart
+    steady = [x[1] * 1000 for x in lat if x[0] - lat[0][0] >= WARMUP_TRIGGERS_S] if lat else []
+    out["p99_trigger_latency_after_warmup_ms"] = float(np.percentile(steady, 99)) if steady else math.nan
+    return out, phase, lat, produced
+
+
+def bench_pipeline(settings, cfg: BenchConfig, out_dir: str | Path | None = None, progress=print) -> dict:
+    """Run every phase; return the bench's JSON object (and write the report to ``out_dir``)."""
+    from loadtest.peer_faust import peer_main
+    from loadtest.procs import raw_main, rss_mb, worker_main
+
+    import shutil
+    import tempfile
+
+    root = f"{settings.topic_prefix}bench.{uuid.uuid4().hex[:8]}."
+    state = tempfile.mkdtemp(prefix="npo-bench-state-")
+    single = _settings_for(settings, root, "single", state)
+    env = _settings_for(settings, root, "env", state)
+    lat_settings = _settings_for(settings, root, "lat", state)
+    phases: dict[str, Phase] = {}
+    result: dict = {"events": cfg.events, "partitions": cfg.partitions, "topic_prefix": root}
+    started = time.time()
+    try:
+        progress(f"filling {single.topic_prefix}* and {env.topic_prefix}* with {cfg.events:,} events each")
+        filled_single = _fill(single, cfg, envelope=False)
+        filled_env = _fill(env, cfg, envelope=True)
+        result["fill_single_events_per_s"] = round(filled_single["events"] / filled_single["seconds"])
+        result["fill_envelope_events_per_s"] = round(filled_env["events"] / filled_env["seconds"])
+        result["envelope_messages"] = filled_env["messages"]
+        n = cfg.events
+
+        def measure(name, fn, s, expected, *extra):
+            progress(f"{name}: draining {expected:,} events")
+            phase = run_processes(name, [(fn, (s, expected, name, *extra))], expected, cfg.timeout_s)
+            phases[name] = phase
+            progress(f"{name}: {phase.rate():,.0f} events/s")
+            return phase
+
+        raw = measure("raw", raw_main, single, n)
+        one = measure("single", worker_main, single, n)
+        envp = measure("envelope", worker_main, env, n)
+        result.update(raw_events_per_s=_r(raw.rate()), single_events_per_s=_r(one.rate()),
+                      envelope_events_per_s=_r(envp.rate()))
+        result["single_counted"] = one.summaries[0]["events"]
+        result["envelope_counted"] = envp.summaries[0]["events"]
+        result["single_counters"] = one.summaries[0].get("counters", {})
+        if cfg.peer:
+            peer_n = min(cfg.peer_events, n)
+            peer = measure("peer", peer_main, single, peer_n)
+            result["peer_events_per_s"] = _r(peer.rate())
+            result["peer_events"] = peer_n
+        if cfg.two_workers:
+            two_settings = dataclasses.replace(single, group_id=f"{root}two-g")
+            progress(f"two workers: draining {n:,} events")
+            share = (2 * cfg.partitions // 2, cfg.partitions // 2)  # scores+feedback, partials
+            two = run_processes("two_workers", [(worker_main, (two_settings, None, f"w{i}"), {"settle": share})
+                                                for i in range(2)], n, cfg.timeout_s)
+            phases["two_workers"] = two
+            result["two_workers_events_per_s"] = _r(two.rate(n))
+            result["two_workers_counted"] = sum(s["events"] for s in two.summaries)
+            progress(f"two workers: {two.rate(n):,.0f} events/s combined")
+        rate = cfg.latency_rate or (result["envelope_events_per_s"] or 2_000) / 2
+        progress(f"latency: envelopes at {rate:,.0f} events/s for {cfg.latency_s:g} s")
+        lat_out, lat_phase, lat, produced = latency_run(lat_settings, cfg, rate)
+        phases["latency"] = lat_phase
+        result.update(lat_out)
+        result["peak_rss_mb"] = {name: ph.peak_rss() for name, ph in phases.items()}
+        result["peak_rss_mb"]["bench"] = round(rss_mb()[1], 1)
+        raw_rate = result["raw_events_per_s"] or math.nan
+        for path in ("envelope", "single", "peer", "two_workers"):
+            if f"{path}_events_per_s" in result:
+                result[f"{path}_vs_raw"] = _r((result[f"{path}_events_per_s"] or math.nan) / raw_rate, 3)
+        result["seconds"] = round(time.time() - started, 1)
+        # JSON has no NaN: a figure that could not be measured (e.g. no trigger late enough) is null
+        result = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in result.items()}
+        if out_dir is not None:
+            from loadtest.report import write_bench_report
+
+            result["report"] = str(write_bench_report(out_dir, result, phases, lat, produced))
+        return result
+    finally:
+        delete_prefixed(settings, root)
+        shutil.rmtree(state, ignore_errors=True)

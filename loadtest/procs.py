@@ -1,0 +1,173 @@
+"""The measured processes: the raw consumer baseline and the pipeline worker.
+
+Each runs in its own spawned process, so its peak RSS is its own, and reports over a
+queue: ``("sample", name, t, events, rss_mb, join_keys or None)`` every ``sample_s`` while it works, then
+``("done", name, summary)``. Events are counted the way each path sees them: the raw
+baseline counts decoded events, the worker counts events accepted plus duplicates
+suppressed (``counted(worker.counters)``), which is every event produced to its topics.
+A path's rate is its events over the time from the start of its first productive
+fetch to its last one.
+"""
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import time
+
+
+def rss_mb(pid: int | str = "self") -> tuple[float, float]:
+    """(current, peak) resident set size in MiB, from /proc (psutil is not a dependency)."""
+    cur = peak = 0.0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                cur = int(line.split()[1]) / 1024
+            elif line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) / 1024
+    return cur, peak
+
+
+def counted(counters) -> int:
+    """Events a worker has taken in: accepted (scores and each feedback kind), duplicates,
+    and dead-lettered records."""
+    return (sum(v for k, v in counters.items() if isinstance(k, tuple) and k[0] == "events_in")
+            + counters.get("duplicates", 0)
+            + sum(v for k, v in counters.items() if isinstance(k, tuple) and k[0] == "dead_letters"
+                  and k[1] != "join_expired"))
+
+
+class _Reporter:
+    def __init__(self, name: str, queue, sample_s: float) -> None:
+        self.name, self.queue, self.sample_s = name, queue, sample_s
+        self.last = 0.0
+        self.first = self.end = None
+        self.n = 0
+
+    def progress(self, t0: float, n: int, extra=None) -> None:
+        now = time.time()
+        if n != self.n:
+            if self.first is None:
+                self.first = t0
+            self.end, self.n = now, n
+        if now - self.last >= self.sample_s:
+            self.last = now
+            self.queue.put(("sample", self.name, now, n, rss_mb()[0], extra() if extra else None))
+
+    def done(self, **extra) -> None:
+        cur, peak = rss_mb()
+        self.queue.put(("sample", self.name, time.time(), self.n, cur, None))
+        self.queue.put(("done", self.name, {"events": self.n, "first": self.first, "end": self.end,
+                                            "rss_mb": cur, "peak_rss_mb": peak, "pid": os.getpid(), **extra}))
+
+
+def profile_self(name: str) -> None:
+    """With NPO_LOADTEST_PROFILE=DIR, record this process with py-spy into DIR/<name>.svg
+    (a flame graph; NPO_LOADTEST_PROFILE_FORMAT=raw gives collapsed stacks in .txt) until it
+    exits: the evidence for where a path spends its time."""
+    out = os.environ.get("NPO_LOADTEST_PROFILE")
+    if not out:
+        return
+    import shutil
+    import subprocess
+
+    if shutil.which("py-spy") is None:
+        return
+    os.makedirs(out, exist_ok=True)
+    fmt = os.environ.get("NPO_LOADTEST_PROFILE_FORMAT", "flamegraph")  # or raw (collapsed stacks), speedscope
+    ext = {"flamegraph": "svg", "raw": "txt", "speedscope": "json"}.get(fmt, "out")
+    subprocess.Popen(["py-spy", "record", "--pid", str(os.getpid()), "--rate", "200", "--nonblocking",
+                      "--format", fmt, "-o", os.path.join(out, f"{name}.{ext}")],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def worker_main(settings, expected: int | None, name: str, queue, stop, sample_s: float = 0.25,
+                join_stats: bool = False, settle: tuple[int, int] | None = None) -> None:
+    """The pipeline worker until it has counted ``expected`` events (None: until ``stop``).
+
+    ``settle`` = (input, partials) topic-partitions this worker should own once its group
+    is complete: it then waits for that assignment before its first step, so the timed
+    part of a multi-worker run is not a rebalance."""
+    gc.set_threshold(50_000, 20, 100)  # as `npo worker` runs (streams.cli.main)
+    profile_self(name)
+    from streams.config import MonitorConfig
+    from streams.worker.worker import Worker
+
+    worker = Worker(settings, MonitorConfig())
+    rep = _Reporter(name, queue, sample_s)
+
+    async def main() -> None:
+        await worker.start()
+        if settle is not None:
+            deadline = time.time() + 60
+            while time.time() < deadline and (len(worker.ingest.assignment()), len(worker.aggregate.assignment())) \
+                    != tuple(settle):
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)  # the other members see theirs too
+        try:
+            while not stop.is_set():
+                t0 = time.time()
+                await worker.step()
+                n = counted(worker.counters)
+                rep.progress(t0, n, (lambda: join_keys(worker)) if join_stats else None)
+                if expected is not None and n >= expected:
+                    break
+        finally:
+            counters = {"|".join(map(str, k)) if isinstance(k, tuple) else k: v for k, v in worker.counters.items()}
+            rep.done(counters=counters, join_keys=join_keys(worker))
+            await worker.stop()
+
+    try:
+        asyncio.run(main())
+    except BaseException as e:  # noqa: BLE001 - reported to the parent
+        queue.put(("error", name, repr(e)))
+
+
+def join_keys(worker) -> int:
+    """Scores held by the worker's join (RocksDB's key estimate over its partitions): the
+    pending scenarios, since a score is kept for the whole horizon."""
+    total = 0
+    for stage in list(worker.stages.values()):
+        try:
+            total += int(stage.join.db.property_int_value("rocksdb.estimate-num-keys") or 0)
+        except Exception:  # noqa: BLE001 - a closed store during a rebalance
+            pass
+    return total
+
+
+def raw_main(settings, expected: int, name: str, queue, stop, sample_s: float = 0.25) -> None:
+    """The baseline: aiokafka ``getmany`` as the worker fetches, plus ``streams.codec.decode``
+    of every message, nothing else."""
+    gc.set_threshold(50_000, 20, 100)
+    profile_self(name)
+    import uuid
+
+    from aiokafka import AIOKafkaConsumer
+
+    from streams import codec
+
+    rep = _Reporter(name, queue, sample_s)
+
+    async def main() -> None:
+        consumer = AIOKafkaConsumer(settings.topic("scores"), settings.topic("feedback"),
+                                    group_id=f"{settings.group_id}-raw-{uuid.uuid4().hex[:8]}",
+                                    enable_auto_commit=False, auto_offset_reset="earliest", **settings.aiokafka())
+        await consumer.start()
+        n = 0
+        decode = codec.decode
+        try:
+            while not stop.is_set() and n < expected:
+                t0 = time.time()
+                fetched = await consumer.getmany(timeout_ms=100, max_records=20_000)
+                for records in fetched.values():
+                    for r in records:
+                        n += len(decode(r.value).events)
+                rep.progress(t0, n)
+        finally:
+            rep.done()
+            await consumer.stop()
+
+    try:
+        asyncio.run(main())
+    except BaseException as e:  # noqa: BLE001
+        queue.put(("error", name, repr(e)))

@@ -1,0 +1,211 @@
+"""`npo loadtest --soak`: constant load for a set time over a large live join state, RSS sampled.
+
+Why: a leak or an unbounded structure shows only over time and only with realistic
+state. The soak first sends traffic flat out until the worker's join holds
+``warmup_pending`` scenarios (scores kept for their feedback, which may come days of
+event time later or never), waits for the worker to catch up, then sends at a constant
+rate for ``duration_s`` while the worker process reports its RSS and join size every
+second. ``join_scenarios`` adds a separate measurement: one process holding that many
+pending scenarios in the join store alone (the worker's RocksDB-backed
+:class:`streams.operators.join.FeedbackJoin`), for the 10-million-scenario target.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import multiprocessing as mp
+import queue as queue_mod
+import tempfile
+import time
+import uuid
+
+import numpy as np
+
+from loadtest.generator import GenConfig, generate, run_in_thread
+from loadtest.traffic import SCORE, Traffic
+
+
+@dataclasses.dataclass
+class SoakConfig:
+    rate: float = 20_000.0
+    duration_s: float = 600.0
+    warmup_pending: int = 1_000_000
+    partitions: int = 4
+    envelope: bool = True
+    join_scenarios: int = 0
+    sample_s: float = 1.0
+    catchup_timeout_s: float = 600.0
+    traffic: dict = dataclasses.field(default_factory=dict)
+
+
+def _median(values: list[float]) -> float:
+    return float(np.median(values)) if values else math.nan
+
+
+def run_soak(settings, cfg: SoakConfig, out_dir=None, progress=print) -> dict:
+    from loadtest.bench import delete_prefixed
+    from loadtest.procs import worker_main
+    from streams.kafka.admin import create_topics
+
+    say = progress or (lambda msg: None)
+    root = f"{settings.topic_prefix}soak.{uuid.uuid4().hex[:8]}."
+    s = dataclasses.replace(settings, topic_prefix=root, group_id=f"{root}g",
+                            state_dir=tempfile.mkdtemp(prefix="npo-soak-state-"))
+    ctx = mp.get_context("spawn")
+    q, stop = ctx.Queue(), ctx.Event()
+    samples: list[tuple] = []  # (t, events, rss_mb, join_keys, who)
+    produced: list[tuple] = []
+    summary: dict = {}
+    proc = None
+
+    def drain(block_s: float = 0.0) -> None:
+        deadline = time.time() + block_s
+        while True:
+            try:
+                msg = q.get(timeout=max(0.01, deadline - time.time()))
+            except queue_mod.Empty:
+                return
+            if msg[0] == "error":
+                raise RuntimeError(f"soak worker failed: {msg[2]}")
+            if msg[0] == "sample":
+                samples.append((msg[2], msg[3], msg[4], msg[5], msg[1]))
+            elif msg[0] == "done":
+                summary.update(msg[2])
+
+    def processed() -> int:
+        return samples[-1][1] if samples else 0
+
+    def wait_for(target: int, what: str) -> None:
+        deadline = time.time() + cfg.catchup_timeout_s
+        while processed() < target:
+            if time.time() > deadline or not proc.is_alive():
+                raise TimeoutError(f"soak: worker at {processed():,} of {target:,} events after {what}")
+            drain(1.0)
+
+    try:
+        create_topics(s, partitions=cfg.partitions)
+        proc = ctx.Process(target=worker_main, args=(s, None, "soak"),
+                           kwargs={"queue": q, "stop": stop, "sample_s": cfg.sample_s, "join_stats": True},
+                           daemon=True)
+        proc.start()
+        traffic = Traffic.cached(**cfg.traffic)
+        score_share = float(np.mean(traffic.role == SCORE))
+        warm_events = int(cfg.warmup_pending / score_share * 1.05) if cfg.warmup_pending else 0
+        t_start = time.time()
+        next_cycle = 0
+        if warm_events:
+            say(f"soak: warm-up, {warm_events:,} events flat out for {cfg.warmup_pending:,} pending scenarios")
+            warm = generate(s, GenConfig(max_events=warm_events, envelope=cfg.envelope, traffic=cfg.traffic))
+            next_cycle = warm["cycles"]
+            produced.append((time.time(), warm["events"]))
+            wait_for(warm["events"], "the warm-up")
+        sent_before = warm_events
+        t_warm = time.time()
+        drain(cfg.sample_s * 2)
+        say(f"soak: {cfg.rate:,.0f} events/s for {cfg.duration_s:g} s")
+        gen_cfg = GenConfig(rate=cfg.rate, duration_s=cfg.duration_s, envelope=cfg.envelope, first_cycle=next_cycle,
+                            traffic=cfg.traffic)
+        thread, result, sent = run_in_thread(s, gen_cfg)
+        last_say = time.time()
+        while thread.is_alive():
+            drain(1.0)
+            produced.append((time.time(), sent_before + sent[0]))
+            if time.time() - last_say >= 30 and samples:
+                last_say = time.time()
+                say(f"soak: {time.time() - t_warm:.0f} s, processed {processed():,}, lag "
+                    f"{sent_before + sent[0] - processed():,}, rss {samples[-1][2]:.0f} MiB, "
+                    f"join keys {samples[-1][3] or 0:,}")
+        if "error" in result:
+            raise RuntimeError(f"soak generator failed: {result['error']}")
+        t_end_send = time.time()
+        wait_for(sent_before + result["events"], "the soak")
+        stop.set()
+        deadline = time.time() + 30
+        while not summary and time.time() < deadline:
+            drain(0.5)
+        steady = [x for x in samples if t_warm <= x[0] <= t_end_send]
+        tenth = max(1, len(steady) // 10)
+        rss = [x[2] for x in steady]
+        base = _median(rss[:tenth])
+        lag = [p - np.interp(t, [x[0] for x in samples], [x[1] for x in samples]) for t, p in produced
+               if t >= t_warm]
+        joins = [x[3] for x in steady if x[3] is not None]
+        out = {
+            "rate_target_events_per_s": cfg.rate, "duration_s": cfg.duration_s,
+            "rate_achieved_events_per_s": round(result["events"] / max(result["seconds"], 1e-9)),
+            "warmup_events": sent_before, "warmup_s": round(t_warm - t_start, 1),
+            "warmup_end_s": round(t_warm - (samples[0][0] if samples else t_warm), 1),
+            "soak_events": result["events"], "events_processed": summary.get("events", processed()),
+            "join_keys_at_start": joins[0] if joins else None, "join_keys_at_end": joins[-1] if joins else None,
+            "rss_at_start_mb": round(base, 1), "rss_at_end_mb": round(_median(rss[-tenth:]), 1),
+            "rss_max_mb": round(max(rss), 1) if rss else None,
+            "rss_drift_pct": round(100 * (_median(rss[-tenth:]) - base) / base, 1) if rss else None,
+            "rss_max_over_start_pct": round(100 * (max(rss) - base) / base, 1) if rss else None,
+            "peak_rss_mb": round(summary.get("peak_rss_mb", math.nan), 1),
+            "max_lag_events": int(max(lag)) if lag else None,
+            "catch_up_s": round(time.time() - t_end_send, 1),
+        }
+        if cfg.join_scenarios:
+            say(f"soak: join store alone with {cfg.join_scenarios:,} pending scenarios")
+            out.update(join_rss(cfg.join_scenarios))
+        if out_dir is not None:
+            from loadtest.report import write_soak_report
+
+            out["report"] = str(write_soak_report(out_dir, out, samples, produced))
+        return out
+    finally:
+        stop.set()
+        if proc is not None:
+            proc.join(30)
+            if proc.is_alive():
+                proc.terminate()
+        delete_prefixed(settings, root)
+        import shutil
+
+        shutil.rmtree(s.state_dir, ignore_errors=True)
+
+
+def _join_main(n: int, batch: int, result) -> None:
+    import os
+    import shutil
+
+    from loadtest.procs import rss_mb
+    from streams.operators.join import Context, FeedbackJoin
+
+    path = tempfile.mkdtemp(prefix="npo-join-rss-")
+    join = FeedbackJoin(path)
+    rng = np.random.default_rng(1)
+    t0, ts, peak_seen = time.time(), 1767225600.0, 0.0
+    try:
+        for lo in range(0, n, batch):
+            k = min(batch, n - lo)
+            scores = rng.random(k).tolist()
+            ids = [f"stationary-7-{(lo + i) // 1000:06d}-{(lo + i) % 1000:05d}~000000" for i in range(k)]
+            ctxs = [Context("pol-stationary", f"seg-{i % 8}", sc, 0.5, "act" if sc >= 0.5 else "hold", ts + i * 1e-3)
+                    for i, sc in enumerate(scores)]
+            join.add_scores(ids, ctxs)
+            ts += k * 1e-3
+            peak_seen = max(peak_seen, rss_mb()[0])
+        keys = int(join.db.property_int_value("rocksdb.estimate-num-keys") or 0)
+        probe = join.lookup([f"stationary-7-{i // 1000:06d}-{i % 1000:05d}~000000" for i in range(0, n, max(1, n // 1000))])
+        cur, peak = rss_mb()
+        disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+        result.put({"join_scenarios": n, "join_keys": keys, "join_found": sum(c is not None for c in probe),
+                    "join_probe": len(probe), "join_rss_mb": round(cur, 1), "join_peak_rss_mb": round(peak, 1),
+                    "join_disk_mb": round(disk / 2**20, 1), "join_fill_s": round(time.time() - t0, 1)})
+    finally:
+        join.close()
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def join_rss(n: int, batch: int = 20_000) -> dict:
+    """RSS of a process whose join store holds ``n`` pending scenarios (written as the worker
+    writes them: one batch per call)."""
+    ctx = mp.get_context("spawn")
+    result = ctx.Queue()
+    p = ctx.Process(target=_join_main, args=(n, batch, result), daemon=True)
+    p.start()
+    try:
+        return result.get(timeout=max(600.0, n / 5_000))
+    finally:
+        p.join(30)

@@ -1,0 +1,79 @@
+"""The load-test tool on the real broker, at a small scale: `npo bench pipeline` reports every
+figure, `npo loadtest` sends exactly what the worker then counts, and a short soak runs."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from loadtest.bench import check_result
+from loadtest.procs import counted
+from streams.config import MonitorConfig
+from streams.kafka.admin import create_topics
+from streams.settings import TOPICS, load
+from tests.integration.harness import WorkerThread
+from tests.services import delete_topics, unique_prefix
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _npo(bootstrap: str, *args: str, timeout: float = 240) -> dict:
+    env = {**os.environ, "NPO_KAFKA_BOOTSTRAP_SERVERS": bootstrap}
+    proc = subprocess.run([sys.executable, "-m", "streams.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    return orjson.loads(proc.stdout.splitlines()[-1])
+
+
+def test_bench_pipeline_reports_every_figure(kafka_bootstrap, tmp_path):
+    n = 20_000
+    result = _npo(kafka_bootstrap, "bench", "pipeline", "--events", str(n), "--peer-events", "4000",
+                  "--latency-seconds", "4", "--timeout", "120", "--topic-prefix", unique_prefix("lt"),
+                  "--out", str(tmp_path), "--json")
+    assert check_result(result) == [], result
+    assert result["single_counted"] == n and result["envelope_counted"] == n
+    assert result["two_workers_counted"] >= n and result["two_workers_events_per_s"] > 0
+    assert result["latency_triggers_timed"] > 0
+    assert set(result["peak_rss_mb"]) >= {"raw", "single", "envelope", "peer", "two_workers", "latency"}
+    assert (tmp_path / "bench.png").stat().st_size > 0 and (tmp_path / "bench.html").is_file()
+
+
+def test_loadtest_sends_what_the_worker_counts(kafka_bootstrap, tmp_path):
+    prefix = unique_prefix("lt")
+    settings = load(overrides={"kafka_bootstrap_servers": kafka_bootstrap, "topic_prefix": prefix,
+                               "group_id": prefix + "g", "metrics_port": 0, "state_dir": str(tmp_path / "state")},
+                    env={})
+    create_topics(settings, partitions=4)
+    try:
+        single = _npo(kafka_bootstrap, "loadtest", "--events", "12000", "--single", "--processes", "2",
+                      "--no-progress", "--json", "--topic-prefix", prefix)
+        paced = _npo(kafka_bootstrap, "loadtest", "--events", "8000", "--rate", "8000", "--no-progress",
+                     "--json", "--topic-prefix", prefix)
+        assert single["events"] == 12_000 and single["messages"] == 12_000
+        assert paced["events"] == 8_000 and paced["messages"] < 8_000  # envelopes
+        worker = WorkerThread(settings, MonitorConfig()).start()
+        try:
+            worker.wait_idle(quiet_s=2.0, timeout=120)
+        finally:
+            worker.stop()
+        assert counted(worker.worker.counters) == 20_000
+        assert worker.worker.counters["dead_letters", "not_json"] == 0
+    finally:
+        delete_topics(kafka_bootstrap, [settings.topic(r) for r in TOPICS])
+
+
+def test_short_soak(kafka_bootstrap, tmp_path):
+    result = _npo(kafka_bootstrap, "loadtest", "--soak", "--duration", "4", "--rate", "3000",
+                  "--warmup-pending", "5000", "--join-scenarios", "20000", "--no-progress", "--json",
+                  "--topic-prefix", unique_prefix("lt"), "--out", str(tmp_path))
+    assert result["events_processed"] == result["warmup_events"] + result["soak_events"]
+    assert result["join_keys_at_end"] >= 5000
+    assert result["rss_at_start_mb"] > 0 and result["rss_max_mb"] > 0
+    assert result["join_found"] == result["join_probe"] and result["join_rss_mb"] > 0
+    assert (tmp_path / "soak.png").is_file()

@@ -1,0 +1,137 @@
+"""Load-test tool, pure logic: pacing, traffic shape, partitioning, envelopes, latency attribution, JSON keys."""
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+
+import orjson
+import pytest
+
+from loadtest.bench import REQUIRED_KEYS, check_result, trigger_latencies
+from loadtest.generator import GenConfig, RateLimiter
+from loadtest.traffic import FEEDBACK, SCORE, Traffic, envelopes, partitions_of
+from streams import codec
+from streams.kafka.producer import partition_for
+
+
+@pytest.fixture(scope="module")
+def traffic():
+    return Traffic(seed=3, n_windows=6, decisions_per_window=60, key_spread=3)
+
+
+def test_rate_limiter_paces_and_caps_bursts():
+    r = RateLimiter(1000.0, start=100.0, max_burst=50)
+    assert r.due(100.0, 0) == 0
+    assert r.due(100.01, 0) == 10
+    assert r.due(100.01, 10) == 0
+    assert r.due(105.0, 0) == 50  # far behind: catch up in bounded bursts
+    assert r.wait(100.0, 9) == pytest.approx(0.01)
+    assert r.due_time(500) == pytest.approx(100.5)
+    flat = RateLimiter(None, start=0.0, max_burst=7)
+    assert flat.due(0.0, 10**9) == 7 and flat.wait(0.0, 5) == 0.0
+    with pytest.raises(ValueError):
+        RateLimiter(0.0, start=0.0)
+
+
+def test_gen_config_needs_an_end():
+    with pytest.raises(ValueError):
+        GenConfig()
+    with pytest.raises(ValueError):
+        GenConfig(max_events=10, processes=0)
+    assert GenConfig(duration_s=1.0).envelope
+
+
+def test_numba_partitioner_matches_kafka_murmur2():
+    rng = random.Random(5)
+    keys = [bytes(rng.randrange(256) for _ in range(rng.randrange(0, 50))) for _ in range(2000)]
+    keys += [f"stationary-7-{i:04d}-00001~000012".encode() for i in range(200)]
+    for n in (1, 3, 4, 12):
+        assert partitions_of(keys, n).tolist() == [partition_for(k, n) for k in keys]
+
+
+def test_chunks_are_valid_realistic_events(traffic):
+    chunk = traffic.chunk(2, 4)
+    events = [orjson.loads(chunk.value(i)) for i in range(len(chunk))]
+    for i in range(0, len(chunk), 7):
+        assert codec.decode(chunk.value(i)).errors == []
+        assert chunk.key(i) == events[i]["scenario_id"].encode()
+        assert chunk.partition[i] == partition_for(chunk.key(i), 4)
+        assert events[i]["ts"] == pytest.approx(chunk.ts[i], abs=1e-3)
+    kinds = Counter(e.get("kind") for e in events if e["type"] == "feedback")
+    assert set(kinds) == {"like", "override", "abstain"}
+    assert {e["source"] for e in events if e["type"] == "feedback"} >= {"human", "reviewer"}
+    assert len({(e["policy_id"], e["segment"]) for e in events if e["type"] == "score"}) == 6 * 3
+    roles = chunk.role.tolist()
+    assert roles.count(SCORE) and roles.count(FEEDBACK)
+    assert sum(1 for e in events if e["type"] == "feedback" and "policy_id" not in e) > 0  # needs the join
+    ids = Counter(e["event_id"] for e in events)
+    assert any(n > 1 for n in ids.values())  # duplicates, as the simulator sends them
+    behind = [max(chunk.ts[:i + 1]) - chunk.ts[i] for i in range(len(chunk))]
+    assert max(behind) > 120  # some events arrive after their window's grace
+
+
+def test_cycles_move_time_and_never_reuse_ids(traffic):
+    a, b = traffic.chunk(5, 4), traffic.chunk(6, 4)
+    ids_a = {orjson.loads(a.value(i))["event_id"] for i in range(len(a))}
+    ids_b = {orjson.loads(b.value(i))["event_id"] for i in range(len(b))}
+    assert not ids_a & ids_b
+    assert b.ts.min() > a.ts.min() + 0.5 * traffic.span
+    assert len(traffic.chunk(0, 4)) <= len(a)  # cycle 0 has no feedback carried from earlier cycles
+    # a scenario's score and feedback share a partition, whatever cycle carried them
+    by_sid: dict = {}
+    for c in (a, b):
+        for i in range(len(c)):
+            by_sid.setdefault(c.key(i), set()).add(int(c.partition[i]))
+    assert all(len(p) == 1 for p in by_sid.values())
+
+
+def test_envelopes_keep_order_and_every_event(traffic):
+    chunk = traffic.chunk(1, 4)
+    seen = []
+    for role, part, value, n, max_ts in envelopes(chunk, 0, len(chunk), 40):
+        decoded = codec.decode(value)
+        assert decoded.errors == [] and len(decoded.events) == n <= 40
+        assert {type(e).__name__ for e in decoded.events} == {"ScoreEvent" if role == SCORE else "FeedbackEvent"}
+        assert {partition_for(e.scenario_id.encode(), 4) for e in decoded.events} == {part}
+        assert max(e.ts for e in decoded.events) == pytest.approx(max_ts, abs=1e-3)
+        seen += [(role, part, e.event_id) for e in decoded.events]
+    assert len(seen) == len(chunk)
+    original = [orjson.loads(chunk.value(i))["event_id"] for i in range(len(chunk))]
+    for key in {(r, p) for r, p, _ in seen}:
+        group = [eid for r, p, eid in seen if (r, p) == key]
+        expected = [eid for i, eid in enumerate(original)
+                    if (chunk.role[i], chunk.partition[i]) == key]
+        assert group == expected  # per topic-partition order is the traffic's order
+
+
+def test_trigger_latency_is_from_the_last_partition_to_pass_the_window():
+    grace = 120.0
+    timeline = [(10.0, 0, 1000.0), (10.0, 1, 1000.0), (11.0, 0, 1425.0), (12.0, 1, 1419.0), (13.0, 1, 1421.0)]
+    trig = {"rule": "retrain", "window": {"start": 1000.0, "end": 1300.0}}
+    # partition 0 passes 1300 + 120 at 11.0, partition 1 at 13.0: the trigger is caused at 13.0
+    assert trigger_latencies(timeline, [(13.25, trig)], grace) == [(13.25, pytest.approx(0.25), "retrain")]
+    never = {"rule": "rollback", "window": {"start": 1500.0, "end": 1800.0}}
+    assert trigger_latencies(timeline, [(20.0, never)], grace) == []
+
+
+def test_result_check_names_missing_and_bad_values():
+    good = {k: 1.0 for k in REQUIRED_KEYS}
+    good["peak_rss_mb"] = {"raw": 60.0, "two_workers": [200.0, 210.0]}
+    assert check_result(good) == []
+    bad = dict(good, raw_events_per_s=math.nan, peer_events_per_s=0, peak_rss_mb={"raw": -1})
+    del bad["p99_trigger_latency_ms"]
+    assert set(check_result(bad)) == {"raw_events_per_s", "peer_events_per_s", "peak_rss_mb",
+                                      "p99_trigger_latency_ms"}
+
+
+def test_cli_registers_the_commands():
+    from streams.cli import build_parser
+
+    p = build_parser()
+    a = p.parse_args(["bench", "pipeline", "--events", "1000", "--json", "--no-peer"])
+    assert a.events == 1000 and a.json and a.no_peer and callable(a.run)
+    a = p.parse_args(["loadtest", "--rate", "5000", "--duration", "3", "--single", "--processes", "2"])
+    assert a.rate == 5000 and a.single and a.processes == 2 and not a.soak
+    a = p.parse_args(["loadtest", "--soak", "--duration", "5", "--warmup-pending", "100"])
+    assert a.soak and a.warmup_pending == 100
