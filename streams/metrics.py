@@ -34,6 +34,7 @@ class Metrics:
                                       registry=r)
         self.output_retries = Counter("npo_output_retries", "Output messages written again after a failure "
                                       "(an output topic could not be written)", registry=r)
+        self.undelivered = Gauge("npo_undelivered", "Output messages waiting to be written again", registry=r)
         self.consumer_lag = Gauge("npo_consumer_lag", "High watermark minus position", ["topic", "partition"],
                                   registry=r)
         self._seen: dict = {}

@@ -18,6 +18,8 @@ managed by those scripts; restarts keep the same port and data directory.
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
 import time
 import uuid
@@ -361,3 +363,38 @@ def redis_service(redis_url: str) -> Iterator[ServiceControl]:
     yield ctl
     if ctl.stopped:
         start_redis()
+
+
+@pytest.fixture(scope="module")
+def password_redis():
+    """A redis-server with ``requirepass`` on a free port; yields (url without password, password)."""
+    import redis
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        _unavailable("redis-server not installed (tests/infra/redis.sh installs it)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    password = f"pw-{uuid.uuid4().hex}"
+    proc = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                             "--appendonly", "no", "--daemonize", "no", "--requirepass", password],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            client = redis.Redis.from_url(url, password=password, socket_connect_timeout=1, socket_timeout=1)
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError as exc:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    _unavailable(f"password Redis on port {port} did not start: {exc}")
+                time.sleep(0.05)
+            finally:
+                client.close()
+        yield url, password
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

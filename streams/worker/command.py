@@ -44,10 +44,23 @@ def _run(args) -> int:
     config = monitor_config_from(_monitor_section(args.config), l_budget=args.budget)
     sink = None
     if not args.no_redis:
-        from streams.state.redis_store import RedisSink, RedisStore
+        from streams.state.redis_store import RedisSink, RedisStore, StateAuthError, StateUnavailable
 
-        sink = RedisSink(lambda: RedisStore.from_url(settings.redis_url, password=settings.redis_password,
-                                                     namespace=settings.redis_namespace))
+        def store() -> RedisStore:
+            return RedisStore.from_url(settings.redis_url, password=settings.redis_password,
+                                       namespace=settings.redis_namespace)
+
+        probe = store()
+        try:  # wrong credentials never fix themselves: stop now; an absent Redis may come back
+            probe.thresholds()
+        except StateAuthError as exc:
+            print(f"npo worker: {exc}", file=sys.stderr)
+            return 2
+        except StateUnavailable as exc:
+            log.warning("Redis is not reachable yet; running without it until it is: %s", exc)
+        finally:
+            probe.close()
+        sink = RedisSink(store)
         sink.start_background(2.0)
     metrics = Metrics()
     metrics.serve(settings.metrics_port)

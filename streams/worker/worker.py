@@ -33,10 +33,12 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError
+from confluent_kafka.admin import AdminClient
 
 from kernels.derive import derive
 from streams import codec
 from streams.config import MonitorConfig
+from streams.kafka.errors import ClientErrors, client_config, metadata
 from streams.kafka.producer import partition_for
 from streams.metrics import Metrics
 from streams.operators.aggregate import WindowResult
@@ -86,10 +88,24 @@ class Worker:
         self._thresholds: dict = {}
         self._join_dirs: dict[int, str] = {}
         self._route: dict[tuple[str, str], int] = {}  # key -> partials partition
+        self.ingest = self.aggregate = self.producer = None
+        self.undelivered = 0  # output messages waiting for a retry
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Connect, check the topics, subscribe. A wrong address, password or CA fails here,
+        within seconds, with a message that names what was rejected (not the password)."""
+        errors = ClientErrors()
+        probe = AdminClient(client_config(self.settings, errors))
+        await asyncio.to_thread(metadata, probe, errors, self.settings, 30.0)
+        try:
+            await self._start_clients()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start_clients(self) -> None:
         kw = self.settings.aiokafka()
         common = dict(enable_auto_commit=False, auto_offset_reset="earliest",
                       partition_assignment_strategy=(RangePartitionAssignor,), **kw)
@@ -112,7 +128,7 @@ class Worker:
         log.info("worker started", extra={"topics": self.topics, "config_version": self.version})
 
     async def stop(self) -> None:
-        for client in (self.ingest, self.aggregate, self.producer):
+        for client in filter(None, (self.ingest, self.aggregate, self.producer)):
             try:
                 await client.stop()
             except Exception:  # noqa: BLE001 - stopping must not hide the original error
@@ -336,6 +352,8 @@ class Worker:
             for r in results:
                 outcome.append(r if isinstance(r, BaseException) else next(it))
             failed = [(m, r) for m, r in zip(messages, outcome) if isinstance(r, BaseException)]
+            self.undelivered = len(failed)
+            self.metrics.undelivered.set(len(failed))
             if failed:
                 self.counters["output_retries"] += len(failed)
                 topics = sorted({m[0] for m, _ in failed})

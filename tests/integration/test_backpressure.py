@@ -16,7 +16,7 @@ from streams.demo.runner import encode_messages, run_pipeline
 from tests.integration.harness import WorkerThread, json_values, read_topic
 from tests.integration.test_hostile_input import _rss_mb
 from tests.integration.test_worker_e2e import (
-    _assert_same_windows, _cut, _expected, _flush_events, _published, _trigger_ids, cluster, sim)  # noqa: F401
+    _assert_same_windows, _cut, _expected, _flush_events, _published, _trigger_ids)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -39,9 +39,11 @@ def test_unwritable_output_topics_hold_the_worker_back_and_lose_nothing(cluster,
     settings = cluster(1)
     events = sim.events + _flush_events(sim.events, 1)
     producer = Producer({**settings.confluent(), "linger.ms": 5})
+    # strictly increasing message timestamps near now (old ones would fall to the topics' retention)
+    base_ms = int(time.time() * 1000)
     for i, e in enumerate(events):
         topic = settings.topic("scores" if e["type"] == "score" else "feedback")
-        producer.produce(topic, orjson.dumps(e), key=e["scenario_id"].encode(), timestamp=1_700_000_000_000 + i)
+        producer.produce(topic, orjson.dumps(e), key=e["scenario_id"].encode(), timestamp=base_ms + i)
         if i % 5000 == 0:
             producer.poll(0)
     assert producer.flush(30) == 0

@@ -13,7 +13,7 @@ from streams.kafka.producer import EventProducer
 from streams.simulate import SimConfig, simulate
 from tests.integration.harness import WorkerThread, json_values, read_topic
 from tests.integration.test_worker_e2e import (
-    _assert_same_windows, _cut, _expected, _flush_events, _published, _trigger_ids, cluster)  # noqa: F401
+    _assert_same_windows, _cut, _expected, _flush_events, _published, _trigger_ids)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

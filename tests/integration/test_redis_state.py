@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import shutil
 import socket
 import subprocess
 import time
@@ -167,36 +166,6 @@ def test_sink_rides_out_a_redis_outage_and_catches_up(redis_service, redis_url, 
         sink.stop()
 
 
-@pytest.fixture
-def password_redis():
-    """A second redis-server on a free port with ``requirepass``; yields (url, password)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server not installed")
-    port, password = _free_port(), f"pw-{uuid.uuid4().hex}"
-    proc = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                             "--appendonly", "no", "--daemonize", "no", "--requirepass", password],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            client = redis.Redis.from_url(url, password=password, socket_connect_timeout=1, socket_timeout=1)
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-            finally:
-                client.close()
-        yield url, password
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 def test_password_right_works_wrong_or_missing_fails_fast(password_redis, capsys):
     url, password = password_redis
     good = RedisStore.from_url(url, password=password)
@@ -256,3 +225,17 @@ def test_cli_threshold_and_stats(redis_url, capsys):
                                                      "threshold:" + policy_id.replace(":", "%3A") + ":seg")))
         store.client.hdel(store.ns + "thresholds", f"{policy_id}\x1fseg")
         store.close()
+
+
+def test_npo_worker_refuses_a_wrong_redis_password_at_once(password_redis):
+    import os
+    import sys
+
+    url, password = password_redis
+    env = {**os.environ, "NPO_REDIS_URL": url, "NPO_REDIS_PASSWORD": "wrong-" + password,
+           "NPO_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9", "NPO_METRICS_PORT": "0"}
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "streams.cli", "worker"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and time.monotonic() - started < 20
+    assert "rejected the password" in proc.stderr and password not in proc.stderr

@@ -4,6 +4,7 @@ trigger once."""
 from __future__ import annotations
 
 import base64
+import time
 from collections import Counter
 
 import orjson
@@ -13,45 +14,15 @@ from confluent_kafka import Producer
 from streams.codec import MAX_ORIGINAL_BYTES
 from streams.config import MonitorConfig
 from streams.demo.runner import encode_messages, run_partitioned, run_pipeline
-from streams.kafka.admin import create_topics
 from streams.kafka.producer import EventProducer, partition_for
 from streams.kafka.triggers import iter_triggers
-from streams.settings import TOPICS, load
-from streams.simulate import SimConfig, simulate
 from streams.worker.outputs import window_stats_events
 from tests.integration.harness import WorkerThread, json_values, read_topic
-from tests.services import delete_topics, unique_prefix
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CONFIG = MonitorConfig()
 FLUSH_KEY = ("zz-flush", "flush")
-
-
-@pytest.fixture(scope="module")
-def sim():
-    return simulate(SimConfig(seed=5, n_windows=36, decisions_per_window=60))
-
-
-def _settings(bootstrap: str, partitions: int):
-    return load(overrides={"kafka_bootstrap_servers": bootstrap, "topic_prefix": unique_prefix("e2e"),
-                           "topic_partitions": partitions, "group_id": unique_prefix("g").rstrip("."),
-                           "metrics_port": 0}, env={})
-
-
-@pytest.fixture
-def cluster(kafka_bootstrap, request):
-    made = []
-
-    def make(partitions: int):
-        s = _settings(kafka_bootstrap, partitions)
-        create_topics(s)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        delete_topics(kafka_bootstrap, [s.topic(role) for role in TOPICS])
 
 
 def _flush_events(events: list[dict], partitions: int) -> list[dict]:
@@ -115,9 +86,11 @@ def test_single_events_give_exactly_the_demo_statistics_and_trigger_ids(cluster,
     settings = cluster(1)
     events = sim.events + _flush_events(sim.events, 1)
     producer = Producer({**settings.confluent(), "linger.ms": 5})
+    # strictly increasing message timestamps near now (old ones would fall to the topics' retention)
+    base_ms = int(time.time() * 1000)
     for i, e in enumerate(events):  # strictly increasing timestamps: the merged order is the arrival order
         topic = settings.topic("scores" if e["type"] == "score" else "feedback")
-        producer.produce(topic, orjson.dumps(e), key=e["scenario_id"].encode(), timestamp=1_700_000_000_000 + i)
+        producer.produce(topic, orjson.dumps(e), key=e["scenario_id"].encode(), timestamp=base_ms + i)
         if i % 5000 == 0:
             producer.poll(0)
     assert producer.flush(30) == 0

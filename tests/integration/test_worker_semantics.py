@@ -4,6 +4,7 @@ The expected numbers are worked out by hand from the events below."""
 from __future__ import annotations
 
 import base64
+import time
 
 import orjson
 import pytest
@@ -57,9 +58,11 @@ def settings(kafka_bootstrap, tmp_path):
 
 def test_each_input_case_is_handled_as_stated(settings):
     producer = Producer(settings.confluent())
+    # strictly increasing message timestamps near now (old ones would fall to the topics' retention)
+    base_ms = int(time.time() * 1000)
     for i, e in enumerate(ARRIVALS):
         topic = settings.topic("scores" if e["type"] == "score" else "feedback")
-        producer.produce(topic, orjson.dumps(e), key=e["scenario_id"].encode(), timestamp=1_700_000_000_000 + i)
+        producer.produce(topic, orjson.dumps(e), key=e["scenario_id"].encode(), timestamp=base_ms + i)
     assert producer.flush(30) == 0
 
     worker = WorkerThread(settings, CONFIG).start()
