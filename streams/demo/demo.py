@@ -87,7 +87,7 @@ def run_demo(seed: int = 7, out: str | Path = "npo-demo", config: MonitorConfig 
     pane_s, budget = config.windows.tumbling_s, config.stats.l_budget
     reruns = [(name, change) for name, change in ABLATIONS if change and not _rules_only(change)] if ablations else []
     # spawn, not fork: a forked child inherits RocksDB's and other libraries' threads mid-state and can hang
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {name: pool.submit(_rerun, sim, config, change) for name, change in reruns}
         run = simulate(sim)
         truth_w = window_truth(run.events, run.truth, pane_s)
