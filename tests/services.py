@@ -232,6 +232,13 @@ class ServiceControl:
 
 
 # --------------------------------------------------------------------------- topics
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def unique_prefix(base: str = "test") -> str:
     """A fresh topic prefix such as ``test.3f9c1a2b7d.`` (usable as NPO_TOPIC_PREFIX)."""
     return f"{base}.{uuid.uuid4().hex[:10]}."
@@ -373,9 +380,7 @@ def password_redis():
     binary = shutil.which("redis-server")
     if binary is None:
         _unavailable("redis-server not installed (tests/infra/redis.sh installs it)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     password = f"pw-{uuid.uuid4().hex}"
     proc = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
                              "--appendonly", "no", "--daemonize", "no", "--requirepass", password],

@@ -339,18 +339,16 @@ class Worker:
         output topic that cannot be written holds the worker back (memory: one round's output)
         and loses nothing."""
         delay = 0.2
+        loop = asyncio.get_running_loop()
         while messages:
-            results = []
+            futures = []  # sent one after another, so each partition keeps the messages' order
             for topic, value, key, partition in messages:
                 try:
-                    results.append(await self.producer.send(topic, value, key=key, partition=partition))
+                    futures.append(await self.producer.send(topic, value, key=key, partition=partition))
                 except Exception as exc:  # noqa: BLE001 - e.g. metadata for the topic timed out
-                    results.append(exc)
-            done = await asyncio.gather(*[r for r in results if not isinstance(r, BaseException)],
-                                        return_exceptions=True)
-            outcome, it = [], iter(done)
-            for r in results:
-                outcome.append(r if isinstance(r, BaseException) else next(it))
+                    futures.append(loop.create_future())
+                    futures[-1].set_exception(exc)
+            outcome = await asyncio.gather(*futures, return_exceptions=True)
             failed = [(m, r) for m, r in zip(messages, outcome) if isinstance(r, BaseException)]
             self.undelivered = len(failed)
             self.metrics.undelivered.set(len(failed))

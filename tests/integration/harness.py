@@ -91,5 +91,16 @@ def read_topic(settings, role: str, idle_s: float = 2.0, timeout: float = 60.0) 
     return out
 
 
+def merged_by_partition(settings, partitions: int) -> list[list[bytes]]:
+    """The input topics read back, per partition in the order the worker's merge takes them
+    (message timestamp, scores before feedback on a tie, then offset): the in-process reference."""
+    rank = {settings.topic("scores"): 0, settings.topic("feedback"): 1}
+    out = [[] for _ in range(partitions)]
+    messages = read_topic(settings, "scores") + read_topic(settings, "feedback")
+    for m in sorted(messages, key=lambda m: (m.partition(), m.timestamp()[1], rank[m.topic()], m.offset())):
+        out[m.partition()].append(m.value())
+    return out
+
+
 def json_values(messages) -> list[dict]:
     return [orjson.loads(m.value()) for m in messages]

@@ -11,23 +11,13 @@ from streams.config import MonitorConfig
 from streams.demo.runner import run_partitioned
 from streams.kafka.producer import EventProducer
 from streams.simulate import SimConfig, simulate
-from tests.integration.harness import WorkerThread, json_values, read_topic
+from tests.integration.harness import WorkerThread, json_values, merged_by_partition, read_topic
 from tests.integration.test_worker_e2e import (
     _assert_same_windows, _cut, _expected, _flush_events, _published, _trigger_ids)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CONFIG = MonitorConfig()
-
-
-def _by_partition(settings, partitions: int) -> list[list[bytes]]:
-    """The input as the worker's merge orders it: per partition, by timestamp, scores first."""
-    rank = {settings.topic("scores"): 0, settings.topic("feedback"): 1}
-    out = [[] for _ in range(partitions)]
-    messages = read_topic(settings, "scores") + read_topic(settings, "feedback")
-    for m in sorted(messages, key=lambda m: (m.partition(), m.timestamp()[1], rank[m.topic()], m.offset())):
-        out[m.partition()].append(m.value())
-    return out
 
 
 def test_a_broker_restart_mid_run_loses_and_doubles_nothing(cluster, kafka_service):
@@ -48,7 +38,7 @@ def test_a_broker_restart_mid_run_loses_and_doubles_nothing(cluster, kafka_servi
     assert worker.alive()
     worker.stop()
 
-    reference = run_partitioned(_by_partition(settings, 2), CONFIG)
+    reference = run_partitioned(merged_by_partition(settings, 2), CONFIG)
     cut = _cut(sim.events)
     want = _expected(reference.results, cut)
     assert len(want) > 100

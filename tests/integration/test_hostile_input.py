@@ -13,10 +13,7 @@ import pytest
 from confluent_kafka import Producer
 
 from streams.config import MonitorConfig
-from streams.kafka.admin import create_topics
-from streams.settings import TOPICS, load
 from tests.integration.harness import WorkerThread, json_values, read_topic
-from tests.services import delete_topics, unique_prefix
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -55,13 +52,8 @@ def _hostile(rnd: random.Random, i: int) -> tuple[bytes, str | None]:
 
 
 @pytest.fixture
-def settings(kafka_bootstrap, tmp_path):
-    s = load(overrides={"kafka_bootstrap_servers": kafka_bootstrap, "topic_prefix": unique_prefix("hostile"),
-                        "topic_partitions": 2, "group_id": unique_prefix("g").rstrip("."),
-                        "state_dir": str(tmp_path), "metrics_port": 0}, env={})
-    create_topics(s)
-    yield s
-    delete_topics(kafka_bootstrap, [s.topic(role) for role in TOPICS])
+def settings(cluster):
+    return cluster(2)  # fresh topics, deleted afterwards (tests/integration/conftest.py)
 
 
 def _rss_mb() -> float:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import socket
 import subprocess
 import time
 import uuid
@@ -16,6 +15,7 @@ import redis
 from streams.kafka.commands import settings_args
 from streams.state.commands import add_commands
 from streams.state.redis_store import RedisSink, RedisStore, StateAuthError, StateUnavailable
+from tests.services import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -45,12 +45,6 @@ def store(redis_url, namespace):
 
 def _keys(store: RedisStore) -> set[str]:
     return {k.decode()[len(store.ns):] for k in store.client.scan_iter(match=store.ns + "*")}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cli(*argv: str) -> int:
@@ -191,7 +185,7 @@ def test_password_right_works_wrong_or_missing_fails_fast(password_redis, capsys
 
 
 def test_unreachable_redis_fails_fast(capsys):
-    url = f"redis://127.0.0.1:{_free_port()}/0"
+    url = f"redis://127.0.0.1:{free_port()}/0"
     store = RedisStore.from_url(url)
     started = time.monotonic()
     with pytest.raises(StateUnavailable, match="did not answer"):

@@ -27,7 +27,7 @@ from streams.simulate import SimConfig, simulate
 from streams.state.redis_store import RedisSink, RedisStore
 from streams.worker.outputs import window_stats_events
 from streams.worker.worker import Worker
-from tests.integration.harness import WorkerThread, json_values, read_topic
+from tests.integration.harness import WorkerThread, json_values, merged_by_partition, read_topic
 from tests.integration.test_worker_e2e import FLUSH_KEY, _flush_events
 from tests.services import ServiceUnavailable, _parse_env, _script, _unavailable, unique_prefix
 
@@ -121,12 +121,7 @@ def test_the_whole_job_runs_on_sasl_ssl_and_password_redis_from_documented_setti
 
     # the reference: the in-process pipeline on the same messages, read back over SASL_SSL,
     # in the order the worker merges them (as test_worker_e2e does on the plaintext broker)
-    rank = {settings.topic("scores"): 0, settings.topic("feedback"): 1}
-    by_partition = [[] for _ in range(settings.topic_partitions)]
-    for m in sorted(read_topic(settings, "scores") + read_topic(settings, "feedback"),
-                    key=lambda m: (m.partition(), m.timestamp()[1], rank[m.topic()], m.offset())):
-        by_partition[m.partition()].append(m.value())
-    reference = run_partitioned(by_partition, CONFIG)
+    reference = run_partitioned(merged_by_partition(settings, settings.topic_partitions), CONFIG)
     events_in = {"/".join(k): v for k, v in worker.worker.counters.items()
                  if isinstance(k, tuple) and k[0] == "events_in"}
     assert events_in == {k: v for k, v in reference.counters.items() if k.startswith("events_in/")}

@@ -17,7 +17,7 @@ from streams.demo.runner import encode_messages, run_partitioned, run_pipeline
 from streams.kafka.producer import EventProducer, partition_for
 from streams.kafka.triggers import iter_triggers
 from streams.worker.outputs import window_stats_events
-from tests.integration.harness import WorkerThread, json_values, read_topic
+from tests.integration.harness import WorkerThread, json_values, merged_by_partition, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -121,11 +121,7 @@ def test_envelopes_on_four_partitions_give_the_same_statistics_as_in_process(clu
     worker.stop()
 
     # the in-process reference on the same messages in the order the worker merges them
-    rank = {settings.topic("scores"): 0, settings.topic("feedback"): 1}
-    by_partition = [[] for _ in range(4)]
-    messages = read_topic(settings, "scores") + read_topic(settings, "feedback")
-    for m in sorted(messages, key=lambda m: (m.partition(), m.timestamp()[1], rank[m.topic()], m.offset())):
-        by_partition[m.partition()].append(m.value())
+    by_partition = merged_by_partition(settings, 4)
     assert sum(map(len, by_partition)) < len(events) / 10, "envelopes carry many events each"
     reference = run_partitioned(by_partition, CONFIG)
     cut = _cut(sim.events)

@@ -3,7 +3,6 @@ changes the next evaluation; Redis stopped and restarted (empty) mid-run loses n
 Prometheus endpoint shows the counters moving."""
 from __future__ import annotations
 
-import socket
 import time
 import urllib.request
 import uuid
@@ -19,7 +18,7 @@ from streams.metrics import Metrics
 from streams.settings import TOPICS, load
 from streams.state.redis_store import RedisSink, RedisStore
 from tests.integration.harness import WorkerThread, json_values, read_topic
-from tests.services import delete_topics, unique_prefix
+from tests.services import delete_topics, free_port, unique_prefix
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -124,12 +123,6 @@ def test_a_threshold_set_in_redis_changes_the_next_evaluation(settings):
     assert latest["tumbling"]["tau"] == 0.9
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _scrape(port: int) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     out = {}
@@ -141,7 +134,7 @@ def _scrape(port: int) -> dict[str, float]:
 
 
 def test_redis_stopped_and_restarted_mid_run_loses_nothing(settings, redis_service):
-    metrics, port = Metrics(), _free_port()
+    metrics, port = Metrics(), free_port()
     metrics.serve(port)
     sink = _sink(settings)
     worker = WorkerThread(settings, CONFIG, sink=sink, metrics=metrics).start()
@@ -203,7 +196,7 @@ def test_npo_worker_command_serves_metrics_writes_redis_and_stops_on_sigterm(set
     import subprocess
     import sys
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "NPO_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
            "NPO_TOPIC_PREFIX": settings.topic_prefix, "NPO_GROUP_ID": settings.group_id,
            "NPO_REDIS_URL": settings.redis_url, "NPO_REDIS_NAMESPACE": settings.redis_namespace,

@@ -11,10 +11,7 @@ import pytest
 from confluent_kafka import Producer
 
 from streams.config import MonitorConfig
-from streams.kafka.admin import create_topics
-from streams.settings import TOPICS, load
 from tests.integration.harness import WorkerThread, json_values, read_topic
-from tests.services import delete_topics, unique_prefix
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -47,13 +44,8 @@ ARRIVALS = [  # in this order (Kafka timestamps increase along the list)
 
 
 @pytest.fixture
-def settings(kafka_bootstrap, tmp_path):
-    s = load(overrides={"kafka_bootstrap_servers": kafka_bootstrap, "topic_prefix": unique_prefix("sem"),
-                        "topic_partitions": 1, "group_id": unique_prefix("g").rstrip("."),
-                        "state_dir": str(tmp_path), "metrics_port": 0}, env={})
-    create_topics(s)
-    yield s
-    delete_topics(kafka_bootstrap, [s.topic(role) for role in TOPICS])
+def settings(cluster):
+    return cluster(1)  # fresh topics, deleted afterwards (tests/integration/conftest.py)
 
 
 def test_each_input_case_is_handled_as_stated(settings):
