@@ -339,16 +339,18 @@ class Worker:
         output topic that cannot be written holds the worker back (memory: one round's output)
         and loses nothing."""
         delay = 0.2
-        loop = asyncio.get_running_loop()
         while messages:
-            futures = []  # sent one after another, so each partition keeps the messages' order
+            results = []
             for topic, value, key, partition in messages:
                 try:
-                    futures.append(await self.producer.send(topic, value, key=key, partition=partition))
+                    results.append(await self.producer.send(topic, value, key=key, partition=partition))
                 except Exception as exc:  # noqa: BLE001 - e.g. metadata for the topic timed out
-                    futures.append(loop.create_future())
-                    futures[-1].set_exception(exc)
-            outcome = await asyncio.gather(*futures, return_exceptions=True)
+                    results.append(exc)
+            done = await asyncio.gather(*[r for r in results if not isinstance(r, BaseException)],
+                                        return_exceptions=True)
+            outcome, it = [], iter(done)
+            for r in results:
+                outcome.append(r if isinstance(r, BaseException) else next(it))
             failed = [(m, r) for m, r in zip(messages, outcome) if isinstance(r, BaseException)]
             self.undelivered = len(failed)
             self.metrics.undelivered.set(len(failed))
