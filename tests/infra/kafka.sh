@@ -146,7 +146,7 @@ start() {
   [[ "$p" == "$c" ]] && c=$(free_ports 1)
   write_config "$p" "$c"
   if [[ ! -f "$STATE/data/meta.properties" ]]; then
-    local cid; cid=$("$PY" -c 'import base64,uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
+    local cid; cid=$("$PY" "$HERE/kraft_cluster_id.py")
     log "formatting KRaft storage (cluster id $cid)"
     java -Dlog4j2.configurationFile="$STATE/log4j2.properties" -cp "$LIB/*" kafka.tools.StorageTool \
       format -t "$cid" -c "$STATE/server.properties" >>"$STATE/logs/format.log" 2>&1 \

@@ -156,7 +156,7 @@ ss=[socket.socket() for _ in range(3)]; [s.bind(("127.0.0.1",0)) for s in ss]
 print(" ".join(str(s.getsockname()[1]) for s in ss))'))
   write_config "${ports[@]}"
   if [[ ! -f "$STATE/data/meta.properties" ]]; then
-    local cid; cid=$("$PY" -c 'import base64,uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
+    local cid; cid=$("$PY" "$HERE/kraft_cluster_id.py")
     log "formatting KRaft storage with SCRAM user '$USER_NAME'"
     java -Dlog4j2.configurationFile="$STATE/log4j2.properties" -cp "$LIB/*" kafka.tools.StorageTool format \
       -t "$cid" -c "$STATE/server.properties" --add-scram "$MECH=[name=$USER_NAME,password=$(cat "$STATE/scram.password")]" \

@@ -7,7 +7,7 @@ import time
 import uuid
 
 import orjson
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streams.worker.worker import Worker
 
@@ -67,6 +67,13 @@ class WorkerThread:
         self.thread.join(timeout=60)
         if self.error is not None:
             raise AssertionError(f"worker failed: {self.error!r}") from self.error
+
+
+def ordered_producer(settings, **config) -> Producer:
+    """A producer whose retries cannot reorder a partition: idempotent, as the project's own
+    producers are. Without it a batch that fails on a just-created topic (leader not known yet)
+    is retried behind later batches, and the log no longer holds the order the test sent."""
+    return Producer({**settings.confluent(), "enable.idempotence": True, **config})
 
 
 def read_topic(settings, role: str, idle_s: float = 2.0, timeout: float = 60.0) -> list:

@@ -8,12 +8,11 @@ import time
 
 import orjson
 import pytest
-from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 from streams.config import MonitorConfig
 from streams.demo.runner import encode_messages, run_pipeline
-from tests.integration.harness import WorkerThread, json_values, read_topic
+from tests.integration.harness import WorkerThread, json_values, ordered_producer, read_topic
 from tests.integration.test_hostile_input import _rss_mb
 from tests.integration.test_worker_e2e import (
     _assert_same_windows, _cut, _expected, _flush_events, _published, _trigger_ids)
@@ -38,7 +37,7 @@ def _max_message_bytes(settings, roles, value: str | None) -> None:
 def test_unwritable_output_topics_hold_the_worker_back_and_lose_nothing(cluster, sim):
     settings = cluster(1)
     events = sim.events + _flush_events(sim.events, 1)
-    producer = Producer({**settings.confluent(), "linger.ms": 5})
+    producer = ordered_producer(settings, **{"linger.ms": 5})
     # strictly increasing message timestamps near now (old ones would fall to the topics' retention)
     base_ms = int(time.time() * 1000)
     for i, e in enumerate(events):

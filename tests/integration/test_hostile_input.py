@@ -10,10 +10,9 @@ from collections import Counter
 
 import orjson
 import pytest
-from confluent_kafka import Producer
 
 from streams.config import MonitorConfig
-from tests.integration.harness import WorkerThread, json_values, read_topic
+from tests.integration.harness import WorkerThread, json_values, ordered_producer, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -66,7 +65,7 @@ def _rss_mb() -> float:
 
 def test_a_running_worker_survives_hostile_input(settings):
     rnd = random.Random(20261128)
-    producer = Producer({**settings.confluent(), "message.max.bytes": 1_000_000})
+    producer = ordered_producer(settings, **{"message.max.bytes": 1_000_000})
     good_scores, expected_reasons, n_bad = 0, Counter(), 0
     worker = WorkerThread(settings, MonitorConfig()).start()
     rss_after_warmup = None

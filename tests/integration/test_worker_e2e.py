@@ -9,7 +9,6 @@ from collections import Counter
 
 import orjson
 import pytest
-from confluent_kafka import Producer
 
 from streams.codec import MAX_ORIGINAL_BYTES
 from streams.config import MonitorConfig
@@ -17,7 +16,7 @@ from streams.demo.runner import encode_messages, run_partitioned, run_pipeline
 from streams.kafka.producer import EventProducer, partition_for
 from streams.kafka.triggers import iter_triggers
 from streams.worker.outputs import window_stats_events
-from tests.integration.harness import WorkerThread, json_values, merged_by_partition, read_topic
+from tests.integration.harness import WorkerThread, json_values, merged_by_partition, ordered_producer, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -85,7 +84,7 @@ def _trigger_ids(triggers, cut: float) -> set[str]:
 def test_single_events_give_exactly_the_demo_statistics_and_trigger_ids(cluster, sim):
     settings = cluster(1)
     events = sim.events + _flush_events(sim.events, 1)
-    producer = Producer({**settings.confluent(), "linger.ms": 5})
+    producer = ordered_producer(settings, **{"linger.ms": 5})
     # strictly increasing message timestamps near now (old ones would fall to the topics' retention)
     base_ms = int(time.time() * 1000)
     for i, e in enumerate(events):  # strictly increasing timestamps: the merged order is the arrival order
@@ -94,6 +93,7 @@ def test_single_events_give_exactly_the_demo_statistics_and_trigger_ids(cluster,
         if i % 5000 == 0:
             producer.poll(0)
     assert producer.flush(30) == 0
+    assert merged_by_partition(settings, 1) == [[orjson.dumps(e) for e in events]], "the log holds the sent order"
 
     worker = WorkerThread(settings, CONFIG).start()
     worker.wait_idle()
@@ -153,7 +153,7 @@ def test_every_kind_of_bad_input_is_dead_lettered_and_the_worker_keeps_going(clu
     settings = cluster(2)
     good = [{"type": "score", "v": 1, "event_id": f"s{i}", "scenario_id": f"c{i}", "policy_id": "p",
              "segment": "s", "score": 0.7, "tau": 0.5, "decision": "act", "ts": 1767225600.0 + i} for i in range(50)]
-    producer = Producer(settings.confluent())
+    producer = ordered_producer(settings)
     for i, e in enumerate(good):
         producer.produce(settings.topic("scores"), orjson.dumps(e), key=e["scenario_id"].encode())
         if i % 10 == 0:
@@ -192,7 +192,7 @@ def test_a_retraining_job_reads_each_trigger_once(cluster, sim):
     published = json_values(read_topic(settings, "triggers"))
     assert published
     # the same triggers again, as a worker replaying after a crash would send them
-    producer = Producer(settings.confluent())
+    producer = ordered_producer(settings)
     for t in published:
         producer.produce(settings.topic("triggers"), orjson.dumps(t))
     producer.flush(30)

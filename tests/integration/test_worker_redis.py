@@ -10,14 +10,13 @@ import uuid
 import orjson
 import pytest
 import redis
-from confluent_kafka import Producer
 
 from streams.config import MonitorConfig
 from streams.kafka.admin import create_topics
 from streams.metrics import Metrics
 from streams.settings import TOPICS, load
 from streams.state.redis_store import RedisSink, RedisStore
-from tests.integration.harness import WorkerThread, json_values, read_topic
+from tests.integration.harness import WorkerThread, json_values, ordered_producer, read_topic
 from tests.services import delete_topics, free_port, unique_prefix
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -68,7 +67,7 @@ def _windows(first: int, last: int, keys=KEYS) -> list[dict]:
 
 
 def _produce(settings, events: list[dict]) -> None:
-    producer = Producer(settings.confluent())
+    producer = ordered_producer(settings)
     for e in events:
         topic = settings.topic("scores" if e["type"] == "score" else "feedback")
         producer.produce(topic, orjson.dumps(e), key=e["scenario_id"].encode())

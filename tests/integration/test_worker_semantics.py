@@ -8,10 +8,9 @@ import time
 
 import orjson
 import pytest
-from confluent_kafka import Producer
 
 from streams.config import MonitorConfig
-from tests.integration.harness import WorkerThread, json_values, read_topic
+from tests.integration.harness import WorkerThread, json_values, ordered_producer, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -49,7 +48,7 @@ def settings(cluster):
 
 
 def test_each_input_case_is_handled_as_stated(settings):
-    producer = Producer(settings.confluent())
+    producer = ordered_producer(settings)
     # strictly increasing message timestamps near now (old ones would fall to the topics' retention)
     base_ms = int(time.time() * 1000)
     for i, e in enumerate(ARRIVALS):
@@ -90,7 +89,7 @@ def test_each_input_case_is_handled_as_stated(settings):
 
 def test_early_results_for_an_open_window(settings):
     events = [score(f"o{i}", 10 * i, "act", 0.7) for i in range(25)]  # T0 .. T0+240: pane 0 stays open
-    producer = Producer(settings.confluent())
+    producer = ordered_producer(settings)
     for e in events:
         producer.produce(settings.topic("scores"), orjson.dumps(e), key=e["scenario_id"].encode())
     assert producer.flush(30) == 0
