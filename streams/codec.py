@@ -40,6 +40,7 @@ __all__ = [
     "Rejected",
     "dead_letter",
     "decode",
+    "decode_all_good",
     "decode_strict",
     "encode",
     "encode_envelope",
@@ -91,16 +92,57 @@ def decode(data: bytes) -> Decoded:
         message = _DECODER.decode(data)
     except (msgspec.DecodeError, RecursionError):
         return _slow(data)
-    if isinstance(message, Envelope):
-        events, known_depth, known_containers = message.events, 3, len(message.events) + 2
-    else:
-        events, known_depth, known_containers = [message], 1, 1
-    # Unknown fields were skipped unseen; each bracket beyond the known
-    # structure can add at most one level, so most messages need no scan.
-    extra = data.count(b"{") + data.count(b"[") - known_containers
-    if known_depth + extra > MAX_DEPTH and _depth(data) > MAX_DEPTH:
+    if _too_deep(data, message):
         return _rejected("too_deep", f"nested deeper than {MAX_DEPTH}", data)
-    return Decoded(events, [])
+    return Decoded(message.events if type(message) is Envelope else [message], [])
+
+
+def _too_deep(data: bytes, message: ScoreEvent | FeedbackEvent | Envelope) -> bool:
+    """Nested deeper than MAX_DEPTH. Unknown fields were skipped unseen; each bracket beyond
+    the known structure can add at most one level, so most messages need no scan."""
+    if type(message) is Envelope:
+        known_depth, known_containers = 3, len(message.events) + 2
+    else:
+        known_depth, known_containers = 1, 1
+    return known_depth + data.count(b"{") + data.count(b"[") - known_containers > MAX_DEPTH \
+        and _depth(data) > MAX_DEPTH
+
+
+def decode_all_good(messages: Sequence[bytes]) -> list[Event] | None:
+    """The events of `messages` in order, in one msgspec call, if every message is good;
+    None if any is not (then :func:`decode` each, to find which and why).
+
+    Single events cost little to decode but much to decode one call at a time. The messages
+    are joined as JSON lines: no message holds a newline byte, so each line is exactly one
+    message, and decoding lines is decoding each message on its own."""
+    n = len(messages)
+    if not n:
+        return []
+    if max(map(len, messages)) > MAX_MESSAGE_BYTES:
+        return None
+    joined = b"\n".join(messages)
+    if joined.count(b"\n") != n - 1:
+        return None
+    try:
+        decoded = _DECODER.decode_lines(joined)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    if len(decoded) != n:  # blank messages are skipped as blank lines
+        return None
+    events: list[Event] = []
+    known_depth, known_containers = 1, 0
+    for message in decoded:
+        if type(message) is Envelope:
+            events.extend(message.events)
+            known_depth, known_containers = 3, known_containers + len(message.events) + 2
+        else:
+            events.append(message)
+            known_containers += 1
+    # as in _too_deep, for all messages at once: the extra brackets of all bound those of each
+    if known_depth + joined.count(b"{") + joined.count(b"[") - known_containers > MAX_DEPTH:
+        if any(map(_too_deep, messages, decoded)):
+            return None
+    return events
 
 
 def decode_strict(data: bytes) -> list[Event]:

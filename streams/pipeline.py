@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,24 +59,27 @@ class PartitionStage:
         self._records = RecordBuilder()
 
     def process(self, messages: list[bytes], first_offset: int = 0, now: float | None = None,
-                sources: list[tuple[str, int]] | None = None) -> Output:
+                sources: Callable[[int], tuple[str, int]] | None = None) -> Output:
         """Decode and process messages in arrival order.
 
-        `sources` gives each message's (topic, offset) for dead letters; by default they come
-        from this stage's topic at consecutive offsets from `first_offset`.
+        `sources(i)` gives message i's (topic, offset) for dead letters (asked only for bad
+        messages); by default they come from this stage's topic at consecutive offsets from
+        `first_offset`.
         """
         now = time.time() if now is None else now
         out = Output()
         c = self.counters
-        events = []
-        for i, data in enumerate(messages):
-            decoded = codec.decode(data)
-            if decoded.errors:
-                topic, offset = sources[i] if sources else (self.topic, first_offset + i)
-                for rejected in decoded.errors:
-                    c["dead_letters", rejected.reason] += 1
-                    out.dead_letters.append(codec.dead_letter(rejected, topic, self.partition, offset, now))
-            events.extend(decoded.events)
+        events = codec.decode_all_good(messages)
+        if events is None:  # some message is bad: one at a time, to dead-letter each bad one
+            events = []
+            for i, data in enumerate(messages):
+                decoded = codec.decode(data)
+                if decoded.errors:
+                    topic, offset = sources(i) if sources else (self.topic, first_offset + i)
+                    for rejected in decoded.errors:
+                        c["dead_letters", rejected.reason] += 1
+                        out.dead_letters.append(codec.dead_letter(rejected, topic, self.partition, offset, now))
+                events.extend(decoded.events)
         self._ingest(events)
         expired_before = self.join.expired_scores
         for p in self.join.expire():
@@ -90,9 +94,9 @@ class PartitionStage:
     def _ingest(self, events: list) -> None:
         """De-duplicate, join and append records, keeping arrival order (released feedback
         takes the place of the score that released it)."""
-        c, first_time = self.counters, self.dedup.first_time
-        fresh = [ev for ev in events
-                 if first_time(("s:" if type(ev) is ScoreEvent else "f:") + ev.event_id, ev.ts)]
+        c = self.counters
+        ids = [("s:" if type(ev) is ScoreEvent else "f:") + ev.event_id for ev in events]
+        fresh = [events[i] for i in self.dedup.fresh(ids, [ev.ts for ev in events])]
         c["duplicates"] += len(events) - len(fresh)
         scores = {}  # scenario_id -> position, for scores of this batch
         for pos, ev in enumerate(fresh):

@@ -360,3 +360,46 @@ def test_envelope_keeps_good_events_and_rejects_each_bad_one(good, bad, rnd):
     decoded = codec.decode(js(envelope(*items)))
     assert decoded.events == [x for kind, x in slots if kind == "good"]
     assert sorted(r.reason for r in decoded.errors) == sorted(reason for _, reason in bad)
+
+
+# --------------------------------------------------------------------------- batches of messages
+
+def _one_at_a_time(messages: list[bytes]) -> tuple[list, list]:
+    events, errors = [], []
+    for m in messages:
+        d = codec.decode(m)
+        events += d.events
+        errors += d.errors
+    return events, errors
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from([data for _, data, _ in CASES] + [js(score()).replace(b",", b",\n", 1),
+                                                                   b"   ", b"\n", js(score()) + b"\n"]),
+                max_size=12))
+def test_a_batch_decodes_as_its_messages_do_or_not_at_all(messages):
+    events, errors = _one_at_a_time(messages)
+    batch = codec.decode_all_good(messages)
+    if errors:
+        assert batch is None  # a bad message is never decoded past: each gets its own dead letter
+    else:  # None only sends good messages one at a time (a newline, brackets in strings)
+        assert batch is None or batch == events
+
+
+def test_ordinary_good_messages_decode_in_one_call():
+    messages = [data for _, data, expected in CASES if expected == OK and b"\n" not in data][:12]
+    assert len(messages) >= 10
+    assert codec.decode_all_good(messages) == _one_at_a_time(messages)[0]
+
+
+def test_messages_that_make_valid_lines_only_when_joined_are_not_taken_as_a_batch():
+    # each message is bad alone; joined by newlines they would read as two good events
+    one, two = js(score()), js(score(event_id="e-2"))
+    assert codec.decode_all_good([one[:-1], b"}" + b"\n" + two]) is None
+    assert codec.decode_all_good([one + b"\n" + two, b""]) is None
+
+
+def test_a_batch_too_deep_or_too_large_goes_one_message_at_a_time():
+    assert codec.decode_all_good([js(score(x=nested(16)))]) is None
+    assert codec.decode_all_good([js(score()), b" " * (codec.MAX_MESSAGE_BYTES + 1)]) is None
+    assert codec.decode_all_good([js(score(x=nested(15)))]) == codec.decode(js(score(x=nested(15)))).events

@@ -48,22 +48,27 @@ class CoPartitionMerge:
         ka, kb = (self.topics[0], partition), (self.topics[1], partition)
         a = self.buffers.setdefault(ka, deque())
         b = self.buffers.setdefault(kb, deque())
-        out = []
-        while a or b:
-            if a and b:
-                key = ka if a[0].timestamp <= b[0].timestamp else kb
-            elif a and at_end.get(self.topics[1], False) and self._waited(ka, now):
-                key = ka
-            elif b and at_end.get(self.topics[0], False) and self._waited(kb, now):
-                key = kb
-            else:
-                break
-            out.append(self.buffers[key].popleft())
-            head = self.arrived[key][0]
-            head[1] -= 1
-            if not head[1]:
-                self.arrived[key].popleft()
+        out: list = []
+        take, pop_a, pop_b = out.append, a.popleft, b.popleft
+        n_a, n_b = len(a), len(b)
+        while a and b:  # both topics have a head: the older goes first (scores on a tie)
+            take(pop_a() if a[0].timestamp <= b[0].timestamp else pop_b())
+        self._consumed(ka, n_a - len(a))
+        self._consumed(kb, n_b - len(b))
+        for key, buf, other in ((ka, a, self.topics[1]), (kb, b, self.topics[0])):
+            if buf and at_end.get(other, False):  # the other looks drained: release what has waited
+                arrived = self.arrived[key]
+                while buf and now - arrived[0][0] >= self.idle_s:
+                    out.extend([buf.popleft() for _ in range(arrived.popleft()[1])])
         return out
 
-    def _waited(self, key: tuple[str, int], now: float) -> bool:
-        return now - self.arrived[key][0][0] >= self.idle_s
+    def _consumed(self, key: tuple[str, int], n: int) -> None:
+        """Forget the arrival of `n` records taken from the front of a buffer."""
+        arrived = self.arrived.get(key)
+        while n:
+            head = arrived[0]
+            k = min(n, head[1])
+            head[1] -= k
+            n -= k
+            if not head[1]:
+                arrived.popleft()

@@ -222,14 +222,19 @@ class Worker:
             if not records:
                 continue
             started = time.perf_counter()
-            out = stage.process([r.value or b"" for r in records], sources=[(r.topic, r.offset) for r in records])
+            values = [r.value for r in records]
+            if None in values:  # a tombstone is an empty message: dead-lettered as not JSON
+                values = [v or b"" for v in values]
+            out = stage.process(values, sources=lambda i, records=records: (records[i].topic, records[i].offset))
             self.metrics.kernel_seconds.observe(time.perf_counter() - started)
             for dl in out.dead_letters:
                 sends.append((self.topics["deadletters"], codec.encode(dl), None, None))
             for part in out.partials:
                 sends.extend(self._partials_messages(p, part))
-            for r in records:
-                commits[TopicPartition(r.topic, r.partition)] = r.offset + 1
+            for topic in self.merge.topics:  # records of a topic come in offset order: its last is its highest
+                last = next((r for r in reversed(records) if r.topic == topic), None)
+                if last is not None:
+                    commits[TopicPartition(topic, p)] = last.offset + 1
         await self._deliver(sends)
         await self._commit(self.ingest, commits)
 
