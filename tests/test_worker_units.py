@@ -86,3 +86,48 @@ def test_window_stats_events_follow_the_schema():
         validator.validate(event)
     assert events[0][1]["stats"]["n_act"] == 3 and events[1][1]["late_events"] == 2
     assert events[0][1]["stats"]["loss"] is None  # empty window: no loss, not NaN
+
+
+def _many_keys_stage_partials(config, partition: int, keys: range) -> list[Partials]:
+    """Partials of one partition whose panes close with many keys at once."""
+    import orjson
+
+    from streams.pipeline import PartitionStage
+
+    stage = PartitionStage(config, partition=partition)
+    events = [{"type": "score", "v": 1, "event_id": f"s{partition}-{k}-{t}", "scenario_id": f"c{k}-{t}",
+               "policy_id": f"policy-{k}", "segment": "s", "score": 0.6, "tau": 0.5, "decision": "act",
+               "ts": 1767225600.0 + 60.0 * t + k / 1000}
+              for t in range(30) for k in keys]
+    out = stage.process([orjson.dumps(e) for e in events]).partials + stage.drain().partials
+    stage.close()
+    return out
+
+
+def test_partials_split_into_bounded_messages_give_the_same_windows(monkeypatch):
+    """A pane closing with more keys than a message holds goes out in several messages; only
+    the last reports progress, so another partition's progress cannot finalise the pane
+    before all its rows have arrived."""
+    from streams.pipeline import Monitor
+
+    config = MonitorConfig()
+    monkeypatch.setattr(codec, "ROWS_PER_MESSAGE", 7)
+    parts = {p: _many_keys_stage_partials(config, p, range(p, 60, 2)) for p in (0, 1)}
+    assert max(len(x.keys) for x in parts[0]) > 3 * 7
+
+    whole = Monitor(config, partitions=2)
+    want = [r for p in (1, 0) for r in whole.add(p, parts[p]).windows]
+    split = Monitor(config, partitions=2)
+    got, seq = [], 0
+    for p in (1, 0):  # partition 1 far ahead: a chunk reporting progress too early would cut panes short
+        for part in parts[p]:
+            for rows, closed_through in codec.chunks(part, np.arange(len(part.keys))):
+                seq += 1
+                _, _, back = codec.decode(codec.encode(part, p, seq, rows, closed_through), config.layout.width)
+                assert len(back.keys) <= 7
+                got += split.add(p, [back]).windows
+
+    def table(results):
+        return sorted((r.kind, r.start, key, tuple(r.rows[i])) for r in results for i, key in enumerate(r.keys))
+
+    assert len(table(want)) > 500 and table(got) == table(want)

@@ -11,6 +11,10 @@ import numpy as np
 from streams.operators.windows import Partials
 
 MAX_ROWS = 1_000_000
+"""A message holding more rows is refused as malformed."""
+ROWS_PER_MESSAGE = 1_000
+"""Rows of one message at most (83 float64 each: about 660 KB), under the 1 MB that Kafka
+clients and brokers accept by default, however many keys close a pane together."""
 
 
 class PartialMessage(msgspec.Struct, array_like=True, gc=False):
@@ -28,11 +32,25 @@ _decoder = msgspec.msgpack.Decoder(PartialMessage)
 _encoder = msgspec.msgpack.Encoder()
 
 
-def encode(p: Partials, input_partition: int, seq: int, select: np.ndarray | None = None) -> bytes:
-    """One message with the rows `select` (all by default) of `p`."""
+def chunks(p: Partials, select: np.ndarray) -> list[tuple[np.ndarray, int]]:
+    """(rows, closed_through) of each message that carries rows `select` of `p`, at most
+    ROWS_PER_MESSAGE rows each. Only the last reports `p`'s progress: the others of a closed
+    pane report that pane as still open, so it is not taken for final before all its rows
+    have arrived (late rows and early snapshots report no progress of their own)."""
+    parts = [select[i:i + ROWS_PER_MESSAGE] for i in range(0, len(select), ROWS_PER_MESSAGE)] or [select]
+    on_time = not p.early and len(p.panes) and int(p.panes.min()) >= 0
+    before = int(p.panes.min()) if on_time else p.closed_through
+    return [(part, p.closed_through if i == len(parts) - 1 else before) for i, part in enumerate(parts)]
+
+
+def encode(p: Partials, input_partition: int, seq: int, select: np.ndarray | None = None,
+           closed_through: int | None = None) -> bytes:
+    """One message with the rows `select` (all by default) of `p`, reporting `closed_through`
+    (by default `p`'s)."""
     idx = np.arange(len(p.keys)) if select is None else select
     rows = np.ascontiguousarray(p.rows[idx], dtype="<f8")
-    return _encoder.encode(PartialMessage(input_partition, seq, p.closed_through, p.early,
+    progress = p.closed_through if closed_through is None else closed_through
+    return _encoder.encode(PartialMessage(input_partition, seq, progress, p.early,
                                           [p.keys[i] for i in idx], p.panes[idx].tolist(),
                                           p.rows.shape[1], rows.tobytes()))
 

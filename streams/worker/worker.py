@@ -239,7 +239,8 @@ class Worker:
         await self._commit(self.ingest, commits)
 
     def _partials_messages(self, p: int, part) -> list:
-        """Rows to the partials partition of their key; progress to every partials partition."""
+        """Rows to the partials partition of their key, in messages of bounded size; progress to
+        every partials partition."""
         by_partition: dict[int, list[int]] = {}
         route = self._route
         for i, key in enumerate(part.keys):
@@ -249,9 +250,11 @@ class Worker:
             by_partition.setdefault(q, []).append(i)
         out = []
         for q in range(self.partials_count):
-            self.seq[p] += 1
-            value = partials_codec.encode(part, p, self.seq[p], np.array(by_partition.get(q, []), dtype=np.int64))
-            out.append((self.topics["partials"], value, None, q))
+            select = np.array(by_partition.get(q, []), dtype=np.int64)
+            for rows, closed_through in partials_codec.chunks(part, select):
+                self.seq[p] += 1
+                value = partials_codec.encode(part, p, self.seq[p], rows, closed_through)
+                out.append((self.topics["partials"], value, None, q))
         return out
 
     # -- aggregate -----------------------------------------------------------------------------
