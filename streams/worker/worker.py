@@ -111,8 +111,11 @@ class Worker:
                       partition_assignment_strategy=(RangePartitionAssignor,), **kw)
         self.ingest = AIOKafkaConsumer(group_id=self.settings.group_id + "-ingest", **common)
         self.aggregate = AIOKafkaConsumer(group_id=self.settings.group_id + "-aggregate", **common)
+        # uncompressed: what the worker writes (partials it reads back itself, statistics,
+        # triggers) is small next to its input, and lz4 in this loop cost a tenth of the
+        # single-event path (py-spy, `npo bench pipeline --profile`)
         self.producer = AIOKafkaProducer(acks="all", enable_idempotence=True, linger_ms=5,
-                                         compression_type="lz4", **kw)
+                                         compression_type=None, **kw)
         await self.producer.start()
         await self.ingest.start()
         await self.aggregate.start()
