@@ -13,7 +13,7 @@ import tempfile
 from typing import NamedTuple
 
 import msgspec
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
 _SCORE, _FEEDBACK, _EXPIRY = b"s:", b"f:", b"x:"
 _encode, _decode = msgspec.msgpack.encode, msgspec.msgpack.decode
@@ -55,6 +55,10 @@ class FeedbackJoin:
         self.horizon_s, self.expire_every_s = horizon_s, expire_every_s
         self._tmp = None if path else tempfile.TemporaryDirectory(prefix="npo-join-")
         self.db = Rdict(path or self._tmp.name, options=Options(raw_mode=True))
+        # no write-ahead log: this store lives as long as its stage (the worker starts each one
+        # empty), so the log would only buy recovery that is never asked for
+        self._write = WriteOptions()
+        self._write.disable_wal = True
         self._waiting: dict[str, int] = {}  # scenario_id -> parked feedback count (small: the rare case)
         self._seq = 0
         self._clock = float("-inf")
@@ -87,7 +91,7 @@ class FeedbackJoin:
             wb.put(_SCORE + ref, _encode((c.policy_id, c.segment, c.score, c.tau, c.decision, c.ts)))
         max_ts = max(c.ts for c in contexts)
         self._index(wb, max_ts, b"s", refs)
-        self.db.write(wb)
+        self.db.write(wb, self._write)
         self._clock = max(self._clock, max_ts)
 
     def lookup(self, scenario_ids: list[str]) -> list[Context | None]:
@@ -110,7 +114,7 @@ class FeedbackJoin:
             self._waiting[p.scenario_id] = self._waiting.get(p.scenario_id, 0) + 1
         max_ts = max(p.ts for p in pending)
         self._index(wb, max_ts, b"f", refs)
-        self.db.write(wb)
+        self.db.write(wb, self._write)
         self._clock = max(self._clock, max_ts)
 
     @property
@@ -130,7 +134,7 @@ class FeedbackJoin:
         wb = WriteBatch(raw_mode=True)
         for k in keys:
             wb.delete(k)
-        self.db.write(wb)
+        self.db.write(wb, self._write)
         return out
 
     def expire(self) -> list[Pending]:
@@ -159,7 +163,7 @@ class FeedbackJoin:
                     left = self._waiting.pop(sid, 1) - 1
                     if left > 0:
                         self._waiting[sid] = left
-        self.db.write(wb)
+        self.db.write(wb, self._write)
         self.unmatched_feedback += len(unmatched)
         return unmatched
 
