@@ -41,6 +41,7 @@ __all__ = [
     "dead_letter",
     "decode",
     "decode_all_good",
+    "decode_batch",
     "decode_strict",
     "encode",
     "encode_envelope",
@@ -97,13 +98,15 @@ def decode(data: bytes) -> Decoded:
     return Decoded(message.events if type(message) is Envelope else [message], [])
 
 
+def _known_structure(message: ScoreEvent | FeedbackEvent | Envelope) -> tuple[int, int]:
+    """(depth, containers) of a decoded message's known fields."""
+    return (3, len(message.events) + 2) if type(message) is Envelope else (1, 1)
+
+
 def _too_deep(data: bytes, message: ScoreEvent | FeedbackEvent | Envelope) -> bool:
     """Nested deeper than MAX_DEPTH. Unknown fields were skipped unseen; each bracket beyond
     the known structure can add at most one level, so most messages need no scan."""
-    if type(message) is Envelope:
-        known_depth, known_containers = 3, len(message.events) + 2
-    else:
-        known_depth, known_containers = 1, 1
+    known_depth, known_containers = _known_structure(message)
     return known_depth + data.count(b"{") + data.count(b"[") - known_containers > MAX_DEPTH \
         and _depth(data) > MAX_DEPTH
 
@@ -132,17 +135,31 @@ def decode_all_good(messages: Sequence[bytes]) -> list[Event] | None:
     events: list[Event] = []
     known_depth, known_containers = 1, 0
     for message in decoded:
+        depth, containers = _known_structure(message)
+        known_depth, known_containers = max(known_depth, depth), known_containers + containers
         if type(message) is Envelope:
             events.extend(message.events)
-            known_depth, known_containers = 3, known_containers + len(message.events) + 2
         else:
             events.append(message)
-            known_containers += 1
     # as in _too_deep, for all messages at once: the extra brackets of all bound those of each
     if known_depth + joined.count(b"{") + joined.count(b"[") - known_containers > MAX_DEPTH:
         if any(map(_too_deep, messages, decoded)):
             return None
     return events
+
+
+def decode_batch(messages: Sequence[bytes]) -> tuple[list[Event], list[tuple[int, Rejected]]]:
+    """The events of `messages` in order, and (message index, rejection) for every problem:
+    one msgspec call when all are good (:func:`decode_all_good`), one per message otherwise."""
+    events = decode_all_good(messages)
+    if events is not None:
+        return events, []
+    events, rejected = [], []
+    for i, data in enumerate(messages):
+        decoded = decode(data)
+        events.extend(decoded.events)
+        rejected.extend((i, r) for r in decoded.errors)
+    return events, rejected
 
 
 def decode_strict(data: bytes) -> list[Event]:

@@ -69,17 +69,11 @@ class PartitionStage:
         now = time.time() if now is None else now
         out = Output()
         c = self.counters
-        events = codec.decode_all_good(messages)
-        if events is None:  # some message is bad: one at a time, to dead-letter each bad one
-            events = []
-            for i, data in enumerate(messages):
-                decoded = codec.decode(data)
-                if decoded.errors:
-                    topic, offset = sources(i) if sources else (self.topic, first_offset + i)
-                    for rejected in decoded.errors:
-                        c["dead_letters", rejected.reason] += 1
-                        out.dead_letters.append(codec.dead_letter(rejected, topic, self.partition, offset, now))
-                events.extend(decoded.events)
+        events, rejected = codec.decode_batch(messages)
+        for i, r in rejected:
+            topic, offset = sources(i) if sources else (self.topic, first_offset + i)
+            c["dead_letters", r.reason] += 1
+            out.dead_letters.append(codec.dead_letter(r, topic, self.partition, offset, now))
         self._ingest(events)
         expired_before = self.join.expired_scores
         for p in self.join.expire():

@@ -373,7 +373,7 @@ def _one_at_a_time(messages: list[bytes]) -> tuple[list, list]:
     return events, errors
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.sampled_from([data for _, data, _ in CASES] + [js(score()).replace(b",", b",\n", 1),
                                                                    b"   ", b"\n", js(score()) + b"\n"]),
                 max_size=12))
