@@ -174,6 +174,16 @@ class PartitionStage:
         """End of input: close every open pane."""
         return Output(partials=self.windows.drain())
 
+    def dump(self) -> dict:
+        """Everything later messages depend on, as plain values and arrays (a checkpoint's body)."""
+        return {"dedup": self.dedup.dump(), "join": self.join.dump(), "windows": self.windows.dump()}
+
+    def load(self, state: dict) -> None:
+        """Continue from a `dump` (on a new stage with the same configuration)."""
+        self.dedup.load(state["dedup"])
+        self.join.load(state["join"])
+        self.windows.load(state["windows"])
+
     def close(self) -> None:
         self.join.close()
 
@@ -201,6 +211,15 @@ class Monitor:
                     self.counters["triggers", trig["rule"]] += 1
                     out.triggers.append(trig)
         return out
+
+    def dump(self) -> dict:
+        """Open windows and the rules' memory, as plain values and arrays (a checkpoint's body)."""
+        return {"aggregator": self.aggregator.dump(), "rules": self.rules.dump()}
+
+    def load(self, state: dict) -> None:
+        """Continue from a `dump` (on a new monitor with the same configuration)."""
+        self.aggregator.load(state["aggregator"])
+        self.rules.load(state["rules"])
 
     def evaluate(self, res: WindowResult) -> list[dict]:
         """The rules on one window; tumbling results also get the monitor's decision D and phi."""

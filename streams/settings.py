@@ -39,6 +39,7 @@ class Settings:
     metrics_port: int = 9108
     merge_idle_ms: float = 100.0  # how long a partition's records wait for its co-partition (see worker/merge.py)
     state_dir: str = "npo-state"
+    checkpoint_interval_s: float = 30.0  # how often state and the offsets it covers are committed together
     envelope_max_events: int = 1000
     linger_ms: float = 20.0
 
@@ -56,11 +57,14 @@ class Settings:
             raise ValueError("envelope_max_events must be in [1, 10000]")
         if not 0 <= self.merge_idle_ms <= 60_000:
             raise ValueError("merge_idle_ms must be in [0, 60000]")
+        if not 0.05 <= self.checkpoint_interval_s <= 3600:
+            raise ValueError("checkpoint_interval_s must be in [0.05, 3600]")
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError("metrics_port must be a TCP port (0 disables the endpoint)")
 
     def topic(self, name: str) -> str:
-        """Full topic name for one of: scores, feedback, triggers, stats, deadletters, partials."""
+        """Full topic name for one of: scores, feedback, triggers, stats, deadletters, partials,
+        checkpoints."""
         if name not in TOPICS:
             raise KeyError(f"unknown topic {name!r}; known: {sorted(TOPICS)}")
         return self.topic_prefix + name
@@ -96,6 +100,8 @@ TOPICS = {
     "stats": {"cleanup.policy": "compact,delete", "retention.ms": str(7 * 86_400_000)},
     "deadletters": {"cleanup.policy": "delete", "retention.ms": str(14 * 86_400_000)},
     "partials": {"cleanup.policy": "delete", "retention.ms": str(2 * 86_400_000)},
+    # worker state; superseded checkpoints are tombstoned, compaction then frees them
+    "checkpoints": {"cleanup.policy": "compact", "segment.ms": str(3_600_000)},
 }
 
 ENV_PREFIX = "NPO_"

@@ -101,6 +101,32 @@ class Aggregator:
         self.final_through = max(self.final_through, final)
         return self._results(ready)
 
+    def dump(self) -> dict:
+        """Plain values and arrays (for a checkpoint) from which `load` rebuilds this state
+        (thresholds excepted: they come from Redis)."""
+        return {"keys": [list(k) for k in self.keys.keys], "ring_len": self.ring_len, "ring": self.ring,
+                "ring_pane": self.ring_pane, "cum": self.cum, "late_events": self.late_events,
+                "closed_through": [[p, c] for p, c in self.closed_through.items()],
+                "final_through": self.final_through, "first_pane": self.first_pane,
+                "late_keys": sorted(self._late_keys),
+                "late_pending": [[pane, [[ids, rows] for ids, rows in parts]]
+                                 for pane, parts in self._late_pending.items()]}
+
+    def load(self, state: dict) -> None:
+        """Take the state `dump` gave (on a new instance with the same spec and layout)."""
+        for key in state["keys"]:
+            self.keys.id(tuple(key))
+        ring_len, cap = int(state["ring_len"]), state["cum"].shape[0]
+        if (state["ring"].shape != (cap * ring_len, self.layout.width) or state["ring_pane"].shape != (cap * ring_len,)
+                or state["late_events"].shape != (cap,) or cap < len(self.keys.keys) or ring_len < 1):
+            raise ValueError("aggregator state: array shapes do not agree")
+        self.ring_len, self.ring, self.ring_pane = ring_len, state["ring"], state["ring_pane"]
+        self.cum, self.late_events = state["cum"], state["late_events"]
+        self.closed_through = {int(p): int(c) for p, c in state["closed_through"]}
+        self.final_through, self.first_pane = state["final_through"], state["first_pane"]
+        self._late_keys = set(state["late_keys"])
+        self._late_pending = {int(pane): [(ids, rows) for ids, rows in parts] for pane, parts in state["late_pending"]}
+
     def _fit(self, low: int, high: int) -> None:
         """Grow the ring so that panes low..high have a slot each (none overwrites another)."""
         if high - low + 1 <= self.ring_len:

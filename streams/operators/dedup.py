@@ -64,3 +64,17 @@ class Deduplicator:
 
     def __len__(self) -> int:
         return len(self._seen)
+
+    def dump(self) -> dict:
+        """Plain values (for a checkpoint) from which `load` rebuilds this exact state."""
+        return {"ids": list(self._order), "ts": [self._seen[i] for i in self._order], "clock": self._clock,
+                "next_expiry": self._next_expiry, "duplicates": self.duplicates, "evicted": self.evicted}
+
+    def load(self, state: dict) -> None:
+        """Take the state `dump` gave (on a new instance with the same horizon and cap)."""
+        if len(state["ids"]) != len(state["ts"]) or len(state["ids"]) > self.max_ids:
+            raise ValueError("deduplicator state: ids and times differ in length or exceed max_ids")
+        self._order = deque(state["ids"])
+        self._seen = dict(zip(state["ids"], state["ts"]))
+        self._clock, self._next_expiry = float(state["clock"]), float(state["next_expiry"])
+        self.duplicates, self.evicted = int(state["duplicates"]), int(state["evicted"])

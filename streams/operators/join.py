@@ -167,6 +167,26 @@ class FeedbackJoin:
         self.unmatched_feedback += len(unmatched)
         return unmatched
 
+    def dump(self) -> dict:
+        """Plain values (for a checkpoint): every stored entry and the counters."""
+        return {"items": [[k, v] for k, v in self.db.items()], "seq": self._seq, "clock": self._clock,
+                "last_expiry": self._last_expiry, "expired_scores": self.expired_scores,
+                "unmatched_feedback": self.unmatched_feedback}
+
+    def load(self, state: dict) -> None:
+        """Take the state `dump` gave, on an empty store."""
+        wb = WriteBatch(raw_mode=True)
+        for key, value in state["items"]:
+            if not (isinstance(key, bytes) and isinstance(value, bytes)):
+                raise ValueError("join state: keys and values must be bytes")
+            wb.put(key, value)
+            if key.startswith(_FEEDBACK):
+                sid = key[2:].split(b"\x00", 1)[0].decode()
+                self._waiting[sid] = self._waiting.get(sid, 0) + 1
+        self.db.write(wb, self._write)
+        self._seq, self._clock, self._last_expiry = int(state["seq"]), float(state["clock"]), float(state["last_expiry"])
+        self.expired_scores, self.unmatched_feedback = int(state["expired_scores"]), int(state["unmatched_feedback"])
+
     @property
     def waiting_feedback(self) -> int:
         return sum(self._waiting.values())

@@ -117,6 +117,18 @@ class TriggerEvaluator:
         self.up, self.down = llr_weights(config.l_budget, config.p1)
         self.state: dict[tuple[str, str], KeyState] = {}
 
+    def dump(self) -> dict:
+        """Plain values (for a checkpoint): every key's memory."""
+        return {"keys": [[*key, asdict(st)] for key, st in self.state.items()]}
+
+    def load(self, state: dict) -> None:
+        """Take the state `dump` gave."""
+        for policy_id, segment, fields in state["keys"]:
+            st = KeyState(**fields)
+            st.advised = None if st.advised is None else tuple(st.advised)
+            st.rollback_panes = tuple(st.rollback_panes)
+            self.state[(policy_id, segment)] = st
+
     def _key(self, key) -> KeyState:
         st = self.state.get(key)
         if st is None:

@@ -147,6 +147,23 @@ class PartitionWindows:
             start = end
         return out
 
+    def dump(self) -> dict:
+        """Plain values and arrays (for a checkpoint) from which `load` rebuilds this state."""
+        return {"keys": [list(k) for k in self.keys.keys], "state": self.state[: len(self.keys.keys) * self.stride],
+                "max_ts": self.max_ts, "closed": self.closed, "ticks": self.ticks, "late_events": self.late_events}
+
+    def load(self, state: dict) -> None:
+        """Take the state `dump` gave (on a new instance with the same spec and layout)."""
+        for key in state["keys"]:
+            self.keys.id(tuple(key))
+        rows = state["state"]
+        if rows.shape != (len(self.keys.keys) * self.stride, self.layout.width):
+            raise ValueError(f"window state: {rows.shape} rows do not fit {len(self.keys.keys)} keys")
+        self._ensure(len(self.keys.keys))
+        self.state[: len(rows)] = rows
+        self.max_ts, self.closed, self.ticks = float(state["max_ts"]), state["closed"], state["ticks"]
+        self.late_events = int(state["late_events"])
+
     def drain(self) -> list[Partials]:
         """End of input: close every open pane, as if the watermark had reached infinity."""
         if self.closed is None:

@@ -14,9 +14,16 @@ window statistics and triggers. The latest statistics and cool-downs go to
 Redis through a sink that never blocks this loop; thresholds set in Redis are
 polled every few seconds and used from the next evaluation on.
 
-Offsets are committed only after what they produced has been acknowledged
-by the broker (at-least-once); partials carry a per-partition sequence so a
-re-delivered partial is applied once.
+State and offsets are recovered together. Every `checkpoint_interval_s` each
+partition's state (a stage's de-duplication ids, join store and open panes; a
+monitor's open windows and rule memory) is written to the `checkpoints` topic,
+and the offsets it covers are committed with a pointer to it, only after
+everything those records produced has been acknowledged by the broker. A
+worker that takes a partition over (after a crash, a restart or a rebalance)
+loads the committed checkpoint and replays from its offsets. Replays are
+deterministic: the same records give the same partials with the same
+per-partition sequence numbers, which the monitor applies once; the same final
+windows give the same trigger ids.
 """
 from __future__ import annotations
 
@@ -38,13 +45,16 @@ from confluent_kafka.admin import AdminClient
 from kernels.derive import derive
 from streams import codec
 from streams.config import MonitorConfig
+from streams.kafka.checkpoints import CheckpointStore, committed
 from streams.kafka.errors import ClientErrors, client_config, metadata
 from streams.kafka.producer import partition_for
 from streams.metrics import Metrics
 from streams.operators.aggregate import WindowResult
 from streams.pipeline import Monitor, PartitionStage
 from streams.settings import Settings
+from streams.state import snapshot
 from streams.worker import partials as partials_codec
+from streams.worker.faults import crash_point
 from streams.worker.merge import CoPartitionMerge
 from streams.worker.outputs import stats_key, window_stats_events
 
@@ -76,11 +86,19 @@ class Worker:
         self.counters: Counter = Counter()
         self.early_every_s = early_every_s
         self.topics = {name: settings.topic(name) for name in ("scores", "feedback", "partials", "triggers",
-                                                                 "stats", "deadletters")}
+                                                                 "stats", "deadletters", "checkpoints")}
         self.stages: dict[int, PartitionStage] = {}
-        self.seq: dict[int, int] = {}
+        self.seq: dict[int, int] = {}  # input partition -> last partials sequence number sent
+        self.offsets: dict[int, dict[str, int]] = {}  # input partition -> next offset of each input topic
         self.monitors: dict[int, Monitor] = {}
         self.applied: dict[int, dict[int, int]] = {}
+        self.partials_offset: dict[int, int] = {}  # partials partition -> next offset
+        self._to_load: dict[str, set[int]] = {"ingest": set(), "aggregate": set()}  # assigned, not yet loaded
+        self._dirty: dict[str, set[int]] = {"ingest": set(), "aggregate": set()}  # moved since checkpoint
+        self._pointers: dict[str, str] = {}  # checkpoint name -> pointer this worker last committed
+        self._last_checkpoint = time.monotonic()
+        self.checkpoints: CheckpointStore | None = None
+        self.reader = None
         self.merge = CoPartitionMerge(self.topics["scores"], self.topics["feedback"],
                                       idle_s=settings.merge_idle_ms / 1000)
         self._early: dict[tuple, dict[int, np.ndarray]] = {}
@@ -116,14 +134,18 @@ class Worker:
         # single-event path (py-spy, `npo bench pipeline --profile`)
         self.producer = AIOKafkaProducer(acks="all", enable_idempotence=True, linger_ms=5,
                                          compression_type=None, **kw)
+        self.reader = AIOKafkaConsumer(enable_auto_commit=False, auto_offset_reset="earliest", **kw)
         await self.producer.start()
         await self.ingest.start()
         await self.aggregate.start()
+        await self.reader.start()
         meta = await self.producer.client.fetch_all_metadata()
         self.partials_count = len(meta.partitions_for_topic(self.topics["partials"]) or ())
         self.input_count = len(meta.partitions_for_topic(self.topics["scores"]) or ())
-        if not self.partials_count or not self.input_count:
+        checkpoint_count = len(meta.partitions_for_topic(self.topics["checkpoints"]) or ())
+        if not self.partials_count or not self.input_count or not checkpoint_count:
             raise RuntimeError(f"topics missing: run `npo topics create` first ({self.topics})")
+        self.checkpoints = CheckpointStore(self.producer, self.reader, self.topics["checkpoints"], checkpoint_count)
         self.ingest.subscribe([self.topics["scores"], self.topics["feedback"]],
                               listener=_Assignments(self._ingest_revoked, self._ingest_assigned))
         self.aggregate.subscribe([self.topics["partials"]],
@@ -131,7 +153,7 @@ class Worker:
         log.info("worker started", extra={"topics": self.topics, "config_version": self.version})
 
     async def stop(self) -> None:
-        for client in filter(None, (self.ingest, self.aggregate, self.producer)):
+        for client in filter(None, (self.ingest, self.aggregate, self.reader, self.producer)):
             try:
                 await client.stop()
             except Exception:  # noqa: BLE001 - stopping must not hide the original error
@@ -145,6 +167,7 @@ class Worker:
         try:
             while not stop.is_set():
                 await self.step()
+            await self.checkpoint()  # a clean stop leaves nothing to replay
         finally:
             await self.stop()
 
@@ -152,32 +175,100 @@ class Worker:
         """One round: ingest what arrived, aggregate what the ingest stage produced."""
         await self._ingest_round()
         await self._aggregate_round()
+        if time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s:
+            await self.checkpoint()
         self._poll_thresholds()
         self.metrics.sync(self.counters)
 
     # -- assignments -------------------------------------------------------------------------
 
-    # A rebalance revokes every partition, then assigns. State of a partition that comes back to
-    # this worker is kept: its position restarts at the committed offset, which is where its
-    # state stands, and anything re-delivered beyond that is dropped as a duplicate.
+    # A rebalance revokes every partition, then assigns. The listener only notes what was
+    # assigned; the next round loads it: a partition this worker kept, whose committed
+    # checkpoint is still its own, keeps its state and goes on from where it stood; any other
+    # is loaded from the committed checkpoint (or starts empty) and replays from its offsets.
 
     def _ingest_revoked(self, tps) -> None:
         for p in {tp.partition for tp in tps}:
-            self.merge.drop(p)  # fetched but unprocessed (and uncommitted): fetched again
+            self.merge.drop(p)  # fetched but unprocessed: fetched again
 
     def _ingest_assigned(self, tps) -> None:
         assigned = {tp.partition for tp in tps}
         for p in set(self.stages) - assigned:
             self._close_stage(p)
-        for p in assigned:
-            if p not in self.stages:
-                # the join's pending scores live on disk under state_dir, not in RAM
-                os.makedirs(self.settings.state_dir, exist_ok=True)
-                join_path = tempfile.mkdtemp(prefix=f"join-p{p}-", dir=self.settings.state_dir)
-                self.stages[p] = PartitionStage(self.config, topic=self.topics["scores"], partition=p,
-                                                join_path=join_path, counters=self.counters)
-                self._join_dirs[p] = join_path
-                self.seq[p] = int(time.time() * 1000) * 1000  # later than anything sent before a restart
+        self._to_load["ingest"] |= assigned
+
+    def _aggregate_revoked(self, tps) -> None:
+        pass  # kept until the assignment that follows says whether they come back
+
+    def _aggregate_assigned(self, tps) -> None:
+        assigned = {tp.partition for tp in tps}
+        for q in set(self.monitors) - assigned:
+            self._drop_monitor(q)
+        self._to_load["aggregate"] |= assigned
+
+    def _name(self, role: str, partition: int) -> str:
+        return f"{self.settings.group_id}-{role}/{partition}"
+
+    async def _load(self, role: str, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> tuple[dict, dict] | None:
+        """(state, next offsets) from the committed checkpoint of `tps`' partition; None when this
+        worker's own state is still the committed one (it then seeks back to where it stood)."""
+        p = tps[0].partition
+        name = self._name(role, p)
+        pointer = (await committed(consumer, tps[:1])).get(tps[0], (0, ""))[1]
+        if pointer == self._pointers.get(name) and p in (self.stages if role == "ingest" else self.monitors):
+            return None
+        self._pointers[name] = pointer
+        if not pointer:
+            start = await consumer.beginning_offsets(tps)
+            return {}, {tp.topic: start[tp] for tp in tps}
+        state = snapshot.decode(role, await self.checkpoints.read(name, pointer))
+        log.info("loaded checkpoint", extra={"checkpoint": name, "offsets": state["offsets"]})
+        return state, state["offsets"]
+
+    async def _load_assigned(self) -> None:
+        todo, self._to_load["ingest"] = self._to_load["ingest"], set()
+        assigned = self.ingest.assignment()
+        for p in sorted(todo):
+            tps = [TopicPartition(t, p) for t in self.merge.topics]
+            if not all(tp in assigned for tp in tps):
+                continue  # revoked again meanwhile
+            loaded = await self._load("ingest", self.ingest, tps)
+            self.merge.drop(p)
+            if loaded is not None:
+                self._close_stage(p)
+                state, self.offsets[p] = loaded
+                stage = self._new_stage(p)
+                if state:
+                    stage.load(state["stage"])
+                self.seq[p] = state.get("seq", 0)  # deterministic: a replay repeats the numbers
+            for tp in tps:
+                self.ingest.seek(tp, self.offsets[p][tp.topic])
+        todo, self._to_load["aggregate"] = self._to_load["aggregate"], set()
+        assigned = self.aggregate.assignment()
+        for q in sorted(todo):
+            tp = TopicPartition(self.topics["partials"], q)
+            if tp not in assigned:
+                continue
+            loaded = await self._load("aggregate", self.aggregate, [tp])
+            if loaded is not None:
+                self._drop_monitor(q)
+                state, offsets = loaded
+                monitor = self.monitors[q] = Monitor(self.config, partitions=self.input_count, counters=self.counters)
+                monitor.aggregator.thresholds = self._thresholds
+                if state:
+                    monitor.load(state["monitor"])
+                self.applied[q] = {int(inp): int(seq) for inp, seq in state.get("applied", [])}
+                self.partials_offset[q] = offsets[tp.topic]
+            self.aggregate.seek(tp, self.partials_offset[q])
+
+    def _new_stage(self, p: int) -> PartitionStage:
+        # the join's pending scores live on disk under state_dir, not in RAM
+        os.makedirs(self.settings.state_dir, exist_ok=True)
+        join_path = tempfile.mkdtemp(prefix=f"join-p{p}-", dir=self.settings.state_dir)
+        self.stages[p] = PartitionStage(self.config, topic=self.topics["scores"], partition=p,
+                                        join_path=join_path, counters=self.counters)
+        self._join_dirs[p] = join_path
+        return self.stages[p]
 
     def _close_stage(self, p: int) -> None:
         stage = self.stages.pop(p, None)
@@ -186,32 +277,70 @@ class Worker:
         path = self._join_dirs.pop(p, None)
         if path is not None:
             shutil.rmtree(path, ignore_errors=True)
+        self._dirty["ingest"].discard(p)
 
-    def _aggregate_revoked(self, tps) -> None:
-        pass  # kept until the assignment that follows says whether they come back
+    def _drop_monitor(self, q: int) -> None:
+        self.monitors.pop(q, None)
+        self.applied.pop(q, None)
+        self._dirty["aggregate"].discard(q)
 
-    def _aggregate_assigned(self, tps) -> None:
-        assigned = {tp.partition for tp in tps}
-        for q in set(self.monitors) - assigned:
-            self.monitors.pop(q)
-            self.applied.pop(q, None)
-        for q in assigned:
-            if q not in self.monitors:
-                self.monitors[q] = Monitor(self.config, partitions=self.input_count, counters=self.counters)
-                self.monitors[q].aggregator.thresholds = self._thresholds
-                self.applied[q] = {}
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    async def checkpoint(self) -> None:
+        """Checkpoint every partition that moved since its last checkpoint, and commit its offsets
+        with it. Called after a round's output was acknowledged, so the offsets never run ahead
+        of what was written."""
+        self._last_checkpoint = time.monotonic()
+        for p in sorted(self._dirty["ingest"]):
+            stage = self.stages.get(p)
+            if stage is None or p in self._to_load["ingest"]:
+                continue
+            offsets = dict(self.offsets[p])
+            blob = snapshot.encode("ingest", {"stage": stage.dump(), "seq": self.seq[p], "offsets": offsets})
+            commits = {TopicPartition(t, p): o for t, o in offsets.items()}
+            if await self._commit_checkpoint(self.ingest, "ingest", p, blob, commits,
+                                             still=lambda p=p, stage=stage: self.stages.get(p) is stage):
+                self._dirty["ingest"].discard(p)
+        for q in sorted(self._dirty["aggregate"]):
+            monitor = self.monitors.get(q)
+            if monitor is None or q in self._to_load["aggregate"]:
+                continue
+            tp = TopicPartition(self.topics["partials"], q)
+            offsets = {tp.topic: self.partials_offset[q]}
+            blob = snapshot.encode("aggregate", {"monitor": monitor.dump(), "offsets": offsets,
+                                                 "applied": [[i, s] for i, s in self.applied[q].items()]})
+            if await self._commit_checkpoint(self.aggregate, "aggregate", q, blob, {tp: offsets[tp.topic]},
+                                             still=lambda q=q, monitor=monitor: self.monitors.get(q) is monitor):
+                self._dirty["aggregate"].discard(q)
+
+    async def _commit_checkpoint(self, consumer, role: str, partition: int, blob: bytes, offsets: dict,
+                                 still) -> bool:
+        name = self._name(role, partition)
+        pointer = await self.checkpoints.write(name, blob)
+        crash_point("checkpoint")
+        if not still() or not await self._commit(consumer, {tp: (o, pointer) for tp, o in offsets.items()}):
+            await self.checkpoints.forget(name, pointer)  # never committed: never read
+            return False
+        previous, self._pointers[name] = self._pointers.get(name), pointer
+        if previous:
+            await self.checkpoints.forget(name, previous)
+        self.counters["checkpoints", role] += 1
+        return True
 
     # -- ingest --------------------------------------------------------------------------------
 
     async def _ingest_round(self) -> None:
+        await self._load_assigned()
         fetched = await self.ingest.getmany(timeout_ms=100, max_records=20_000)
+        if fetched:
+            crash_point("round")  # the last batch done, this one not begun
         for tp, records in fetched.items():
             self.merge.add(tp.topic, tp.partition, records)
-        sends, commits = [], {}
+        sends = []
         assigned = self.ingest.assignment()
         for p, stage in list(self.stages.items()):
-            if TopicPartition(self.topics["scores"], p) not in assigned:
-                continue  # revoked during this round; the next assignment decides its fate
+            if TopicPartition(self.topics["scores"], p) not in assigned or p in self._to_load["ingest"]:
+                continue  # reassigned during this round: loaded at the next
             at_end = {}
             for topic in self.merge.topics:
                 tp = TopicPartition(topic, p)
@@ -237,9 +366,10 @@ class Worker:
             for topic in self.merge.topics:  # records of a topic come in offset order: its last is its highest
                 last = next((r for r in reversed(records) if r.topic == topic), None)
                 if last is not None:
-                    commits[TopicPartition(topic, p)] = last.offset + 1
+                    self.offsets[p][topic] = last.offset + 1
+            self._dirty["ingest"].add(p)
+        crash_point("batch")
         await self._deliver(sends)
-        await self._commit(self.ingest, commits)
 
     def _partials_messages(self, p: int, part) -> list:
         """Rows to the partials partition of their key, in messages of bounded size; progress to
@@ -264,18 +394,20 @@ class Worker:
 
     async def _aggregate_round(self) -> None:
         fetched = await self.aggregate.getmany(timeout_ms=10, max_records=5_000)
-        sends, commits = [], {}
+        sends = []
         for tp, records in fetched.items():
-            monitor, applied = self.monitors.get(tp.partition), self.applied.get(tp.partition)
-            if monitor is None:
+            q = tp.partition
+            monitor, applied = self.monitors.get(q), self.applied.get(q)
+            if monitor is None or q in self._to_load["aggregate"]:
                 continue
             for r in records:
+                self.partials_offset[q] = r.offset + 1
+                self._dirty["aggregate"].add(q)
                 try:
                     inp, seq, part = partials_codec.decode(r.value, self.config.layout.width)
                 except ValueError:
                     log.exception("skipping a malformed partials message", extra={"offset": r.offset})
                     continue
-                commits[tp] = r.offset + 1
                 if seq <= applied.get(inp, -1):
                     continue  # a re-delivery: already applied
                 applied[inp] = seq
@@ -284,8 +416,9 @@ class Worker:
                 out = monitor.add(inp, [part])
                 sends.extend(self._publish(out))
         sends.extend(self._publish_early())
+        if any(m[0] == self.topics["stats"] for m in sends):
+            crash_point("window")
         await self._deliver(sends)
-        await self._commit(self.aggregate, commits)
         if self.sink is not None:
             self.counters["redis_errors"] = self.sink.errors
 
@@ -332,15 +465,16 @@ class Worker:
                 messages.append((self.topics["stats"], orjson.dumps(event), key, None))
         return messages
 
-    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict) -> None:
-        """Commit what is still assigned; a commit lost to a rebalance only means re-delivery."""
-        offsets = {tp: o for tp, o in offsets.items() if tp in consumer.assignment()}
-        if not offsets:
-            return
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict) -> bool:
+        """Commit, if all is still assigned; a commit lost to a rebalance only means a replay."""
+        if not offsets or not all(tp in consumer.assignment() for tp in offsets):
+            return False
         try:
             await consumer.commit(offsets)
+            return True
         except (CommitFailedError, IllegalStateError) as exc:
-            log.warning("offset commit lost to a rebalance (records will be re-delivered): %s", exc)
+            log.warning("offset commit lost to a rebalance (records will be replayed): %s", exc)
+            return False
 
     # -- output ---------------------------------------------------------------------------------
 

@@ -23,7 +23,8 @@ def cluster(kafka_bootstrap, tmp_path):
     def make(partitions: int):
         s = load(overrides={"kafka_bootstrap_servers": kafka_bootstrap, "topic_prefix": unique_prefix("e2e"),
                             "topic_partitions": partitions, "group_id": unique_prefix("g").rstrip("."),
-                            "state_dir": str(tmp_path / f"state-{len(made)}"), "metrics_port": 0}, env={})
+                            "state_dir": str(tmp_path / f"state-{len(made)}"), "metrics_port": 0,
+                            "checkpoint_interval_s": 1.0}, env={})
         create_topics(s)
         made.append(s)
         return s

@@ -7,7 +7,7 @@ import time
 import uuid
 
 import orjson
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from streams.worker.worker import Worker
 
@@ -82,7 +82,9 @@ def read_topic(settings, role: str, idle_s: float = 2.0, timeout: float = 60.0) 
     consumer = Consumer({**settings.confluent(), "group.id": f"read-{uuid.uuid4().hex}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     meta = consumer.list_topics(topic, timeout=10)
-    parts = [TopicPartition(topic, p) for p in meta.topics[topic].partitions]
+    # explicit start offsets: no committed offsets to ask for, so no wait on the group
+    # coordinator (which a freshly started broker may still be loading)
+    parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.topics[topic].partitions]
     ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in parts}
     consumer.assign(parts)
     out, deadline = [], time.monotonic() + timeout

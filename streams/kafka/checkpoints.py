@@ -1,0 +1,107 @@
+"""Checkpoints on Kafka: state bytes in the compacted `checkpoints` topic, found through the
+metadata of the very offset commit that covers them.
+
+A checkpoint is zstd-compressed and cut into chunks of at most `CHUNK_BYTES`, each
+keyed `<name>/<id>/<index>` (a fresh id per checkpoint, so no writer ever overwrites
+another's chunks). The consumer group's offset commit carries a pointer to it in its
+metadata: state and the offsets it covers are committed in one request, so a
+restart finds either both or neither. Once a newer checkpoint is committed, the
+older one's chunks are deleted with tombstones; a checkpoint written but never
+committed (the writer died in between) is simply never read.
+"""
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+import cramjam
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from streams.kafka.producer import partition_for
+
+CHUNK_BYTES = 512 * 1024
+"""Chunk size: under the 1 MB message limit brokers and clients use by default."""
+MAX_CHECKPOINT_BYTES = 4 << 30
+"""A pointer declaring a larger checkpoint is refused rather than read."""
+
+
+class CheckpointError(RuntimeError):
+    """A committed checkpoint that cannot be read back whole."""
+
+
+async def committed(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, tuple[int, str]]:
+    """The group's committed (offset, metadata) of `tps`. aiokafka's public `committed()`
+    drops the metadata, so this asks its coordinator, as `committed()` itself does."""
+    found = await consumer._coordinator.fetch_committed_offsets(tps)
+    return {tp: (om.offset, om.metadata or "") for tp, om in found.items() if om.offset >= 0}
+
+
+class CheckpointStore:
+    """Writes and reads checkpoints of one topic through the worker's producer and a reader."""
+
+    def __init__(self, producer: AIOKafkaProducer, reader: AIOKafkaConsumer, topic: str, partitions: int) -> None:
+        self.producer, self.reader, self.topic, self.partitions = producer, reader, topic, partitions
+
+    async def write(self, name: str, blob: bytes) -> str:
+        """Store `blob` under `name`; return the pointer to commit with the offsets it covers."""
+        data = bytes(cramjam.zstd.compress(blob))
+        ckid = uuid.uuid4().hex[:16]
+        partition = partition_for(name.encode(), self.partitions)
+        pieces = [data[i:i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
+        futures = [await self.producer.send(self.topic, piece, key=f"{name}/{ckid}/{i}".encode(), partition=partition)
+                   for i, piece in enumerate(pieces)]
+        offsets = [(await f).offset for f in futures]
+        return orjson.dumps({"v": 1, "id": ckid, "partition": partition, "first": min(offsets),
+                             "last": max(offsets), "chunks": len(pieces), "bytes": len(blob),
+                             "sha256": hashlib.sha256(data).hexdigest()}).decode()
+
+    async def read(self, name: str, pointer: str) -> bytes:
+        """The checkpoint `pointer` names, checked whole; CheckpointError otherwise."""
+        p = _parse(pointer)
+        tp = TopicPartition(self.topic, p["partition"])
+        prefix = f"{name}/{p['id']}/".encode()
+        chunks: dict[int, bytes] = {}
+        self.reader.assign([tp])
+        self.reader.seek(tp, p["first"])
+        position = p["first"]
+        while position <= p["last"]:
+            fetched = await self.reader.getmany(tp, timeout_ms=10_000)
+            records = fetched.get(tp, [])
+            if not records:
+                raise CheckpointError(f"checkpoint {p['id']} of {name}: offsets {position}..{p['last']} unreadable")
+            for r in records:
+                if r.offset <= p["last"] and r.key and r.key.startswith(prefix) and r.value is not None:
+                    chunks[int(r.key[len(prefix):])] = r.value
+                position = r.offset + 1
+        if sorted(chunks) != list(range(p["chunks"])):
+            raise CheckpointError(f"checkpoint {p['id']} of {name}: {len(chunks)} of {p['chunks']} chunks found")
+        data = b"".join(chunks[i] for i in range(p["chunks"]))
+        if hashlib.sha256(data).hexdigest() != p["sha256"]:
+            raise CheckpointError(f"checkpoint {p['id']} of {name}: checksum mismatch")
+        out = bytearray(p["bytes"])
+        try:
+            cramjam.zstd.decompress_into(data, out)
+        except cramjam.DecompressionError as e:
+            raise CheckpointError(f"checkpoint {p['id']} of {name}: {e}") from e
+        return bytes(out)
+
+    async def forget(self, name: str, pointer: str) -> None:
+        """Tombstones for a superseded checkpoint's chunks (compaction then drops them)."""
+        p = _parse(pointer)
+        for i in range(p["chunks"]):
+            await self.producer.send(self.topic, None, key=f"{name}/{p['id']}/{i}".encode(), partition=p["partition"])
+
+
+def _parse(pointer: str) -> dict:
+    try:
+        p = orjson.loads(pointer)
+        ok = (p["v"] == 1 and isinstance(p["id"], str) and p["id"].isalnum()
+              and all(isinstance(p[k], int) and p[k] >= 0 for k in ("partition", "first", "last", "chunks", "bytes"))
+              and p["first"] <= p["last"] and 0 < p["chunks"] <= p["last"] - p["first"] + 1
+              and p["bytes"] <= MAX_CHECKPOINT_BYTES and isinstance(p["sha256"], str))
+    except (orjson.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"not a checkpoint pointer: {pointer[:80]!r}") from e
+    if not ok:
+        raise CheckpointError(f"not a checkpoint pointer: {pointer[:80]!r}")
+    return p

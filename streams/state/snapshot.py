@@ -1,0 +1,64 @@
+"""A partition stage's or a monitor's state as bytes, and back: the body of a checkpoint.
+
+msgpack (msgspec) of the plain values the operators' `dump` methods return;
+numpy arrays travel as a msgpack extension holding dtype, shape and raw
+little-endian bytes, checked on the way back. Nothing is unpickled or
+evaluated, and a blob that does not decode to the expected shape is refused.
+"""
+from __future__ import annotations
+
+import math
+
+import msgspec
+import numpy as np
+
+FORMAT = 1
+_ARRAY_EXT = 1
+_DTYPES = {"<f8": np.float64, "<i8": np.int64}
+
+
+class SnapshotError(ValueError):
+    """A checkpoint that cannot be taken back."""
+
+
+def _enc_hook(obj):
+    if isinstance(obj, np.ndarray):
+        a = np.ascontiguousarray(obj)
+        dtype = a.dtype.newbyteorder("<").str
+        if dtype not in _DTYPES:
+            raise TypeError(f"arrays of {a.dtype} are not checkpointed")
+        return msgspec.msgpack.Ext(_ARRAY_EXT, msgspec.msgpack.encode([dtype, list(a.shape), a.astype(dtype).tobytes()]))
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    raise TypeError(f"cannot checkpoint {type(obj).__name__}")
+
+
+def _ext_hook(code: int, data: memoryview):
+    if code != _ARRAY_EXT:
+        raise SnapshotError(f"unknown extension type {code}")
+    dtype, shape, raw = msgspec.msgpack.decode(data, type=tuple[str, list[int], bytes])
+    if dtype not in _DTYPES or any(n < 0 for n in shape) or len(raw) != math.prod(shape) * 8:
+        raise SnapshotError(f"array of {dtype} {shape} does not match its {len(raw)} bytes")
+    return np.frombuffer(raw, dtype=dtype).astype(_DTYPES[dtype]).reshape(shape)
+
+
+_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+_decoder = msgspec.msgpack.Decoder(ext_hook=_ext_hook)
+
+
+def encode(kind: str, state: dict) -> bytes:
+    """`state` (a stage's or monitor's dump plus the worker's own fields) as bytes."""
+    return _encoder.encode({"format": FORMAT, "kind": kind, "state": state})
+
+
+def decode(kind: str, blob: bytes) -> dict:
+    """The state `encode` was given; SnapshotError if `blob` is not a `kind` checkpoint."""
+    try:
+        doc = _decoder.decode(blob)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise SnapshotError(f"undecodable checkpoint: {e}") from e
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("kind") != kind:
+        raise SnapshotError(f"not a format-{FORMAT} {kind} checkpoint")
+    return doc["state"]

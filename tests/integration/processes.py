@@ -1,0 +1,77 @@
+"""Workers as separate processes (so they can be SIGKILLed), and telling when a group is done."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+
+def spawn(settings, log_path, crash_at: str | None = None, **env) -> subprocess.Popen:
+    """`npo worker` on `settings` (passed through the documented NPO_* environment)."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("NPO_")}
+    environ.update({"NPO_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+                    "NPO_TOPIC_PREFIX": settings.topic_prefix, "NPO_GROUP_ID": settings.group_id,
+                    "NPO_STATE_DIR": settings.state_dir, "NPO_METRICS_PORT": "0",
+                    "NPO_CHECKPOINT_INTERVAL_S": str(settings.checkpoint_interval_s),
+                    "NPO_MERGE_IDLE_MS": str(settings.merge_idle_ms), **env})
+    if crash_at:
+        environ["NPO_CRASH_AT"] = crash_at
+    out = open(log_path, "ab")
+    return subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--no-redis", "--log-level", "WARNING"],
+                            env=environ, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _lag(settings, group: str, roles: list[str]) -> int:
+    """Records of `roles`' topics beyond what `group` has committed."""
+    consumer = Consumer({**settings.confluent(), "group.id": group, "enable.auto.commit": False})
+    try:
+        tps = [TopicPartition(settings.topic(r), p) for r in roles
+               for p in range(settings.topic_partitions)]
+        done = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(tps, timeout=10)}
+        lag = 0
+        for tp in tps:
+            end = consumer.get_watermark_offsets(tp, timeout=10)[1]
+            lag += end - max(done[(tp.topic, tp.partition)], 0)
+        return lag
+    finally:
+        consumer.close()
+
+
+def wait_caught_up(settings, procs, quiet_s: float = 3.0, timeout: float = 240.0) -> None:
+    """Until both consumer groups have committed everything there is, and it stays so."""
+    deadline, since = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        for proc in procs:
+            assert proc.poll() is None, f"a worker exited with {proc.returncode}"
+        lag = (_lag(settings, settings.group_id + "-ingest", ["scores", "feedback"])
+               + _lag(settings, settings.group_id + "-aggregate", ["partials"]))
+        if lag:
+            since = None
+        elif since is None:
+            since = time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(0.5)
+    raise AssertionError("the workers did not catch up in time")
+
+
+def owners(settings, group: str) -> dict[str, set[int]]:
+    """Member id -> partitions it holds, for one consumer group."""
+    admin = AdminClient(settings.confluent())
+    desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
+    return {m.member_id: {tp.partition for tp in m.assignment.topic_partitions} for m in desc.members}
+
+
+def stop(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGTERM, the way an orchestrator stops a worker; it must exit cleanly."""
+    proc.terminate()
+    assert proc.wait(timeout=timeout) == 0, f"worker exited with {proc.returncode}"
+
+
+def unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"

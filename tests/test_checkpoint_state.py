@@ -1,0 +1,100 @@
+"""Checkpointed state: a stage and a monitor written to bytes and taken back mid-run carry on
+exactly as if nothing had happened (what makes a restarted worker's results identical)."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import orjson
+import pytest
+
+from streams.config import MonitorConfig
+from streams.demo.runner import run_partitioned
+from streams.kafka.producer import partition_for
+from streams.operators.windows import Partials
+from streams.pipeline import Monitor, PartitionStage
+from streams.simulate import SimConfig, simulate
+from streams.state import snapshot
+
+CONFIG = MonitorConfig()
+
+
+@pytest.fixture(scope="module")
+def by_partition():
+    sim = simulate(SimConfig(seed=21, n_windows=30, decisions_per_window=80))
+    events = list(sim.events)
+    rng = random.Random(4)
+    events += [dict(e) for e in rng.sample(events, 200)]  # duplicates, late in the stream
+    out = [[], []]
+    for e in events:
+        out[partition_for(e["scenario_id"].encode(), 2)].append(orjson.dumps(e))
+    return out
+
+
+def _restored(obj, kind: str, make):
+    fresh = make()
+    fresh.load(snapshot.decode(kind, snapshot.encode(kind, obj.dump())))
+    return fresh
+
+
+def _run_with_restarts(by_partition, restart_every: int, batch: int = 37):
+    """The in-process run, but every `restart_every` batches each stage and the monitor are
+    replaced by new ones loaded from their checkpoint bytes."""
+    stages = [PartitionStage(CONFIG, partition=p) for p in range(len(by_partition))]
+    monitor = Monitor(CONFIG, partitions=len(by_partition))
+    windows, triggers = [], []
+
+    def collect(p, partials):
+        out = monitor.add(p, partials)
+        windows.extend((r.kind, r.start, r.end, tuple(r.keys), r.rows.tobytes()) for r in out.windows)
+        triggers.extend(t["trigger_id"] for t in out.triggers)
+
+    longest = max(map(len, by_partition))
+    for n, i in enumerate(range(0, longest, batch)):
+        for p, messages in enumerate(by_partition):
+            collect(p, stages[p].process(messages[i:i + batch], now=0.0).partials)
+        if n % restart_every == restart_every - 1:
+            for p, stage in enumerate(stages):
+                stages[p] = _restored(stage, "stage", lambda p=p: PartitionStage(CONFIG, partition=p))
+                stage.close()
+            monitor = _restored(monitor, "monitor", lambda: Monitor(CONFIG, partitions=len(by_partition)))
+    for p, stage in enumerate(stages):
+        collect(p, stage.drain().partials)
+        stage.close()
+    return windows, triggers
+
+
+@pytest.mark.parametrize("restart_every", [1, 7])
+def test_a_run_restarted_from_checkpoints_equals_the_uninterrupted_run(by_partition, restart_every):
+    straight = _run_with_restarts(by_partition, restart_every=10**9)
+    restarted = _run_with_restarts(by_partition, restart_every=restart_every)
+    assert len(straight[0]) > 100 and straight[1]
+    assert restarted == straight
+    reference = run_partitioned(by_partition, CONFIG)  # the independent path gives the same triggers
+    assert sorted(straight[1]) == sorted(t["trigger_id"] for t in reference.triggers)
+
+
+def test_checkpoint_bytes_that_do_not_fit_are_refused():
+    stage = PartitionStage(CONFIG)
+    blob = snapshot.encode("stage", stage.dump())
+    with pytest.raises(snapshot.SnapshotError):
+        snapshot.decode("monitor", blob)
+    with pytest.raises(snapshot.SnapshotError):
+        snapshot.decode("stage", blob[: len(blob) // 2])
+    with pytest.raises(snapshot.SnapshotError):
+        snapshot.decode("stage", b"\xc1garbage")
+    bad = snapshot._encoder.encode({"a": snapshot.msgspec.msgpack.Ext(1, snapshot.msgspec.msgpack.encode(
+        ["<f8", [1000], b"\x00" * 8]))})
+    with pytest.raises(snapshot.SnapshotError):
+        snapshot.decode("stage", bad)
+    windows = stage.windows.dump()
+    windows["state"] = np.zeros((3, 2))
+    with pytest.raises(ValueError):
+        PartitionStage(CONFIG).windows.load({**windows, "keys": [["p", "s"]]})
+
+
+def test_an_empty_partials_list_round_trips():
+    monitor = Monitor(CONFIG, partitions=2)
+    monitor.add(0, [Partials.empty(CONFIG.layout.width, 5)])
+    again = _restored(monitor, "monitor", lambda: Monitor(CONFIG, partitions=2))
+    assert again.aggregator.closed_through == {0: 5}
