@@ -24,6 +24,8 @@ class Metrics:
         self.late_events = Counter("npo_late_events", "Events that reached only the cumulative view", registry=r)
         self.windows_closed = Counter("npo_windows_closed", "Final windows, by kind", ["kind"], registry=r)
         self.triggers = Counter("npo_triggers", "Triggers emitted, by rule", ["rule"], registry=r)
+        self.checkpoints = Counter("npo_checkpoints", "Checkpoints committed with their offsets, by role "
+                                   "(ingest: input partitions, aggregate: partials partitions)", ["role"], registry=r)
         self.kernel_seconds = Histogram("npo_kernel_seconds", "Time per partition batch (decode to partials)",
                                         registry=r, buckets=(0.001, 0.005, 0.02, 0.05, 0.1, 0.5, 1, 5))
         self.redis_errors = Counter("npo_redis_errors", "Failed Redis flushes and threshold polls", registry=r)
@@ -60,6 +62,8 @@ class Metrics:
                 self.windows_closed.labels(kind=labels[0]).inc(delta)
             elif name == "triggers":
                 self.triggers.labels(rule=labels[0]).inc(delta)
+            elif name == "checkpoints":
+                self.checkpoints.labels(role=labels[0]).inc(delta)
             elif name in ("duplicates", "late_events", "redis_errors", "joined_late", "waiting_for_score",
                           "expired_scores", "output_retries"):
                 getattr(self, name).inc(delta)

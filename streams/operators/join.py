@@ -55,8 +55,8 @@ class FeedbackJoin:
         self.horizon_s, self.expire_every_s = horizon_s, expire_every_s
         self._tmp = None if path else tempfile.TemporaryDirectory(prefix="npo-join-")
         self.db = Rdict(path or self._tmp.name, options=Options(raw_mode=True))
-        # no write-ahead log: this store lives as long as its stage (the worker starts each one
-        # empty), so the log would only buy recovery that is never asked for
+        # no write-ahead log: this store lives as long as its stage; a restarted worker loads
+        # the stage from its checkpoint on Kafka, never from this directory
         self._write = WriteOptions()
         self._write.disable_wal = True
         self._waiting: dict[str, int] = {}  # scenario_id -> parked feedback count (small: the rare case)

@@ -33,8 +33,9 @@ class CoPartitionMerge:
         self.arrived.setdefault((topic, partition), deque()).append(
             [time.monotonic() if now is None else now, len(records)])
 
-    def drop(self, partition: int) -> None:
-        for t in self.topics:
+    def drop(self, partition: int, topics: tuple[str, ...] | None = None) -> None:
+        """Forget what was fetched for a partition (of `topics`, by default both)."""
+        for t in self.topics if topics is None else topics:
             self.buffers.pop((t, partition), None)
             self.arrived.pop((t, partition), None)
 

@@ -182,8 +182,8 @@ class Worker:
 
     # -- assignments -------------------------------------------------------------------------
 
-    # A rebalance revokes every partition, then assigns. The listener only notes what was
-    # assigned; the next round loads it: a partition this worker kept, whose committed
+    # A rebalance revokes every partition, then assigns. The listener pauses what was assigned
+    # and notes it; the next round loads it and resumes it: a partition this worker kept, whose committed
     # checkpoint is still its own, keeps its state and goes on from where it stood; any other
     # is loaded from the committed checkpoint (or starts empty) and replays from its offsets.
 
@@ -195,6 +195,7 @@ class Worker:
         assigned = {tp.partition for tp in tps}
         for p in set(self.stages) - assigned:
             self._close_stage(p)
+        self.ingest.pause(*tps)  # nothing is fetched past a position before the state is there
         self._to_load["ingest"] |= assigned
 
     def _aggregate_revoked(self, tps) -> None:
@@ -204,62 +205,75 @@ class Worker:
         assigned = {tp.partition for tp in tps}
         for q in set(self.monitors) - assigned:
             self._drop_monitor(q)
+        self.aggregate.pause(*tps)
         self._to_load["aggregate"] |= assigned
 
     def _name(self, role: str, partition: int) -> str:
         return f"{self.settings.group_id}-{role}/{partition}"
 
-    async def _load(self, role: str, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> tuple[dict, dict] | None:
-        """(state, next offsets) from the committed checkpoint of `tps`' partition; None when this
-        worker's own state is still the committed one (it then seeks back to where it stood)."""
+    async def _load(self, role: str, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> tuple | None:
+        """(pointer, state, next offsets) from the committed checkpoint of `tps`' partition; None
+        when this worker's own state is still the committed one (it then goes on from there)."""
         p = tps[0].partition
         name = self._name(role, p)
-        pointer = (await committed(consumer, tps[:1])).get(tps[0], (0, ""))[1]
+        # every offset committed with a checkpoint carries its pointer (one commit request)
+        pointer = next((meta for _, meta in (await committed(consumer, tps)).values() if meta), "")
         if pointer == self._pointers.get(name) and p in (self.stages if role == "ingest" else self.monitors):
             return None
-        self._pointers[name] = pointer
-        if not pointer:
-            start = await consumer.beginning_offsets(tps)
-            return {}, {tp.topic: start[tp] for tp in tps}
+        if not pointer:  # nothing checkpointed: the group's position (committed or earliest) stands
+            return pointer, {}, {}
         state = snapshot.decode(role, await self.checkpoints.read(name, pointer))
         log.info("loaded checkpoint", extra={"checkpoint": name, "offsets": state["offsets"]})
-        return state, state["offsets"]
+        return pointer, state, state["offsets"]
 
     async def _load_assigned(self) -> None:
+        """Load what the last assignments gave this worker, and seek each partition to where its
+        state stands. A partition revoked while it loads is skipped (if it comes back, the
+        assignment that brings it asks for another load)."""
         todo, self._to_load["ingest"] = self._to_load["ingest"], set()
-        assigned = self.ingest.assignment()
         for p in sorted(todo):
             tps = [TopicPartition(t, p) for t in self.merge.topics]
-            if not all(tp in assigned for tp in tps):
-                continue  # revoked again meanwhile
+            if not all(tp in self.ingest.assignment() for tp in tps):
+                continue
             loaded = await self._load("ingest", self.ingest, tps)
-            self.merge.drop(p)
+            if not all(tp in self.ingest.assignment() for tp in tps):
+                continue
             if loaded is not None:
                 self._close_stage(p)
-                state, self.offsets[p] = loaded
+                pointer, state, self.offsets[p] = loaded
+                self._pointers[self._name("ingest", p)] = pointer
                 stage = self._new_stage(p)
                 if state:
                     stage.load(state["stage"])
                 self.seq[p] = state.get("seq", 0)  # deterministic: a replay repeats the numbers
-            for tp in tps:
-                self.ingest.seek(tp, self.offsets[p][tp.topic])
+            for tp in tps:  # where the state stands; a topic it has not read yet stays where it is
+                if tp.topic in self.offsets[p]:
+                    self.merge.drop(p, (tp.topic,))
+                    self.ingest.seek(tp, self.offsets[p][tp.topic])
+            self.ingest.resume(*tps)
         todo, self._to_load["aggregate"] = self._to_load["aggregate"], set()
-        assigned = self.aggregate.assignment()
         for q in sorted(todo):
             tp = TopicPartition(self.topics["partials"], q)
-            if tp not in assigned:
+            if tp not in self.aggregate.assignment():
                 continue
             loaded = await self._load("aggregate", self.aggregate, [tp])
+            if tp not in self.aggregate.assignment():
+                continue
             if loaded is not None:
                 self._drop_monitor(q)
-                state, offsets = loaded
+                pointer, state, offsets = loaded
+                self._pointers[self._name("aggregate", q)] = pointer
                 monitor = self.monitors[q] = Monitor(self.config, partitions=self.input_count, counters=self.counters)
                 monitor.aggregator.thresholds = self._thresholds
                 if state:
                     monitor.load(state["monitor"])
                 self.applied[q] = {int(inp): int(seq) for inp, seq in state.get("applied", [])}
-                self.partials_offset[q] = offsets[tp.topic]
-            self.aggregate.seek(tp, self.partials_offset[q])
+                self.partials_offset.pop(q, None)
+                if offsets:
+                    self.partials_offset[q] = offsets[tp.topic]
+            if q in self.partials_offset:
+                self.aggregate.seek(tp, self.partials_offset[q])
+            self.aggregate.resume(tp)
 
     def _new_stage(self, p: int) -> PartitionStage:
         # the join's pending scores live on disk under state_dir, not in RAM
@@ -350,6 +364,8 @@ class Worker:
                 if high is not None:
                     lag = high - position + self.merge.pending_on(topic, p)
                     self.metrics.consumer_lag.labels(topic, str(p)).set(lag)
+            if self.stages.get(p) is not stage or p in self._to_load["ingest"]:
+                continue  # reassigned while the positions were asked for
             records = self.merge.pop_ready(p, at_end)
             if not records:
                 continue

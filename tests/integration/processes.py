@@ -21,9 +21,15 @@ def spawn(settings, log_path, crash_at: str | None = None, **env) -> subprocess.
                     "NPO_MERGE_IDLE_MS": str(settings.merge_idle_ms), **env})
     if crash_at:
         environ["NPO_CRASH_AT"] = crash_at
-    out = open(log_path, "ab")
-    return subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--no-redis", "--log-level", "WARNING"],
-                            env=environ, stdout=out, stderr=subprocess.STDOUT)
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--no-redis", "--log-level", "WARNING"],
+                                env=environ, stdout=out, stderr=subprocess.STDOUT)
+    proc.log_path = log_path
+    return proc
+
+
+def log_tail(proc: subprocess.Popen, chars: int = 3000) -> str:
+    return open(proc.log_path, errors="replace").read()[-chars:]
 
 
 def _lag(settings, group: str, roles: list[str]) -> int:
@@ -47,7 +53,7 @@ def wait_caught_up(settings, procs, quiet_s: float = 3.0, timeout: float = 240.0
     deadline, since = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
         for proc in procs:
-            assert proc.poll() is None, f"a worker exited with {proc.returncode}"
+            assert proc.poll() is None, f"a worker exited with {proc.returncode}: {log_tail(proc)}"
         lag = (_lag(settings, settings.group_id + "-ingest", ["scores", "feedback"])
                + _lag(settings, settings.group_id + "-aggregate", ["partials"]))
         if lag:
@@ -70,7 +76,7 @@ def owners(settings, group: str) -> dict[str, set[int]]:
 def stop(proc: subprocess.Popen, timeout: float = 60) -> None:
     """SIGTERM, the way an orchestrator stops a worker; it must exit cleanly."""
     proc.terminate()
-    assert proc.wait(timeout=timeout) == 0, f"worker exited with {proc.returncode}"
+    assert proc.wait(timeout=timeout) == 0, f"worker exited with {proc.returncode}: {log_tail(proc)}"
 
 
 def unique(name: str) -> str:
