@@ -9,18 +9,12 @@ import signal
 
 import pytest
 
-from streams.config import MonitorConfig
-from streams.demo.runner import run_partitioned
 from streams.kafka.producer import EventProducer
 from streams.simulate import SimConfig, simulate
-from tests.integration.harness import json_values, merged_by_partition, read_topic
 from tests.integration.processes import spawn, stop, wait_caught_up
-from tests.integration.test_worker_e2e import (
-    _assert_same_windows, _cut, _expected, _flush_events, _published, _trigger_ids)
+from tests.integration.test_worker_e2e import _flush_events, assert_same_as_in_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-CONFIG = MonitorConfig()
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +37,4 @@ def test_a_worker_killed_and_restarted_gives_the_crash_free_results(cluster, eve
     wait_caught_up(settings, [second])
     stop(second)
 
-    reference = run_partitioned(merged_by_partition(settings, 2), CONFIG)
-    cut = _cut(simulated)
-    want = _expected(reference.results, cut)
-    assert len(want) > 100
-    _assert_same_windows(_published(settings, cut), want)
-    published = json_values(read_topic(settings, "triggers"))
-    assert _trigger_ids(published, cut) == _trigger_ids(reference.triggers, cut) != set()
+    assert_same_as_in_process(settings, simulated, 2)
