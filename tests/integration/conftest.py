@@ -7,7 +7,14 @@ import pytest
 from streams.kafka.admin import create_topics
 from streams.settings import TOPICS, load
 from streams.simulate import SimConfig, simulate
+from tests.integration.processes import kill_leftovers
 from tests.services import delete_topics, unique_prefix
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_workers():
+    yield
+    kill_leftovers()
 
 
 @pytest.fixture(scope="module")

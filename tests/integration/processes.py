@@ -11,6 +11,19 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 
+_spawned: list[subprocess.Popen] = []
+
+
+def kill_leftovers() -> None:
+    """SIGKILL every worker a test started and did not stop (a failed test must not leave
+    workers running into the next ones)."""
+    while _spawned:
+        proc = _spawned.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
 def spawn(settings, log_path, crash_at: str | None = None, **env) -> subprocess.Popen:
     """`npo worker` on `settings` (passed through the documented NPO_* environment)."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("NPO_")}
@@ -25,6 +38,7 @@ def spawn(settings, log_path, crash_at: str | None = None, **env) -> subprocess.
         proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--no-redis", "--log-level", "WARNING"],
                                 env=environ, stdout=out, stderr=subprocess.STDOUT)
     proc.log_path = log_path
+    _spawned.append(proc)
     return proc
 
 
