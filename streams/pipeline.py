@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -176,7 +176,15 @@ class PartitionStage:
 
     def dump(self) -> dict:
         """Everything later messages depend on, as plain values and arrays (a checkpoint's body)."""
-        return {"dedup": self.dedup.dump(), "join": self.join.dump(), "windows": self.windows.dump()}
+        head, parts = self.dump_lazily()
+        head["join"]["parts"] = list(parts)
+        return head
+
+    def dump_lazily(self, slice_size: int = 50_000) -> tuple[dict, Iterator[bytes]]:
+        """`dump` as of now, but with the join's entries left to an iterator of parts (see
+        `FeedbackJoin.dump_lazily`): the caller puts them under ["join"]["parts"]."""
+        join, parts = self.join.dump_lazily(slice_size)
+        return {"dedup": self.dedup.dump(), "join": join, "windows": self.windows.dump()}, parts
 
     def load(self, state: dict) -> None:
         """Continue from a `dump` (on a new stage with the same configuration)."""

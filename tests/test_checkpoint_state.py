@@ -98,3 +98,22 @@ def test_an_empty_partials_list_round_trips():
     monitor.add(0, [Partials.empty(CONFIG.layout.width, 5)])
     again = _restored(monitor, "monitor", lambda: Monitor(CONFIG, partitions=2))
     assert again.aggregator.closed_through == {0: 5}
+
+
+def test_a_lazily_dumped_join_holds_the_entries_of_the_moment_it_was_asked_for():
+    from streams.operators.join import Context, FeedbackJoin
+
+    def ctx(ts):
+        return Context("p", "s", 0.5, 0.5, "act", ts)
+
+    join = FeedbackJoin(None)
+    join.add_scores([f"s{i}" for i in range(25)], [ctx(float(i)) for i in range(25)])
+    counters, parts = join.dump_lazily(slice_size=10)
+    first = next(parts)
+    join.add_scores(["late-1", "late-2"], [ctx(100.0), ctx(101.0)])  # written while the dump goes on
+    again = FeedbackJoin(None)
+    again.load({**counters, "parts": [first, *parts]})
+    assert again.lookup(["s0", "s24", "late-1"]) == [ctx(0.0), ctx(24.0), None]
+    assert join.lookup(["late-1"]) == [ctx(100.0)]
+    join.close()
+    again.close()

@@ -10,6 +10,8 @@ labelled) and unmatched feedback (returned, so the caller can dead-letter it).
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
+from itertools import islice
 from typing import NamedTuple
 
 import msgspec
@@ -167,22 +169,39 @@ class FeedbackJoin:
         self.unmatched_feedback += len(unmatched)
         return unmatched
 
+    def dump_lazily(self, slice_size: int = 50_000) -> tuple[dict, Iterator[bytes]]:
+        """(counters, parts): the entries as of this call, as msgpack-encoded lists of (key,
+        value) of `slice_size` entries each, produced one per `next` (a RocksDB iterator is a
+        point-in-time view, so writes after this call are not seen). A large store is then
+        written out a slice at a time, between batches, instead of in one long pause."""
+        entries = iter(self.db.items())  # the view is fixed here, not at the first `next`
+
+        def parts() -> Iterator[bytes]:
+            while chunk := list(islice(entries, slice_size)):
+                yield _encode(chunk)
+
+        counters = {"seq": self._seq, "clock": self._clock, "last_expiry": self._last_expiry,
+                    "expired_scores": self.expired_scores, "unmatched_feedback": self.unmatched_feedback}
+        return counters, parts()
+
     def dump(self) -> dict:
-        """Plain values (for a checkpoint): every stored entry and the counters."""
-        return {"items": [[k, v] for k, v in self.db.items()], "seq": self._seq, "clock": self._clock,
-                "last_expiry": self._last_expiry, "expired_scores": self.expired_scores,
-                "unmatched_feedback": self.unmatched_feedback}
+        """Plain values (for a checkpoint): the counters and every entry (in `parts`)."""
+        counters, parts = self.dump_lazily()
+        return {**counters, "parts": list(parts)}
 
     def load(self, state: dict) -> None:
         """Take the state `dump` gave, on an empty store."""
         wb = WriteBatch(raw_mode=True)
-        for key, value in state["items"]:
-            if not (isinstance(key, bytes) and isinstance(value, bytes)):
-                raise ValueError("join state: keys and values must be bytes")
-            wb.put(key, value)
-            if key.startswith(_FEEDBACK):
-                sid = key[2:].split(b"\x00", 1)[0].decode()
-                self._waiting[sid] = self._waiting.get(sid, 0) + 1
+        for part in state["parts"]:
+            try:
+                entries = _decode(part, type=list[tuple[bytes, bytes]])
+            except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as e:
+                raise ValueError(f"join state: {e}") from e
+            for key, value in entries:
+                wb.put(key, value)
+                if key.startswith(_FEEDBACK):
+                    sid = key[2:].split(b"\x00", 1)[0].decode()
+                    self._waiting[sid] = self._waiting.get(sid, 0) + 1
         self.db.write(wb, self._write)
         self._seq, self._clock, self._last_expiry = int(state["seq"]), float(state["clock"]), float(state["last_expiry"])
         self.expired_scores, self.unmatched_feedback = int(state["expired_scores"]), int(state["unmatched_feedback"])

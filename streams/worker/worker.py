@@ -34,6 +34,8 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
@@ -45,7 +47,7 @@ from confluent_kafka.admin import AdminClient
 from kernels.derive import derive
 from streams import codec
 from streams.config import MonitorConfig
-from streams.kafka.checkpoints import CheckpointStore, committed
+from streams.kafka.checkpoints import CheckpointStore, committed, pack_part, unpack_part
 from streams.kafka.errors import ClientErrors, client_config, metadata
 from streams.kafka.producer import partition_for
 from streams.metrics import Metrics
@@ -74,6 +76,20 @@ class _Assignments(ConsumerRebalanceListener):
         self._assigned(assigned)
 
 
+@dataclass
+class _Collecting:
+    """An ingest checkpoint being taken: a stage's state as of one moment, the join's entries
+    still to be written out a slice at a time."""
+
+    p: int
+    stage: PartitionStage
+    head: dict
+    parts: Iterator[bytes]
+    packed: list
+    seq: int
+    offsets: dict
+
+
 class Worker:
     """One worker process; run several (same group) to share the partitions."""
 
@@ -97,6 +113,8 @@ class Worker:
         self._dirty: dict[str, set[int]] = {"ingest": set(), "aggregate": set()}  # moved since checkpoint
         self._pointers: dict[str, str] = {}  # checkpoint name -> pointer this worker last committed
         self._last_checkpoint = time.monotonic()
+        self._queue: list[int] = []  # input partitions waiting for their checkpoint
+        self._collecting: _Collecting | None = None  # the one being taken
         self.checkpoints: CheckpointStore | None = None
         self.reader = None
         self.merge = CoPartitionMerge(self.topics["scores"], self.topics["feedback"],
@@ -175,8 +193,11 @@ class Worker:
         """One round: ingest what arrived, aggregate what the ingest stage produced."""
         await self._ingest_round()
         await self._aggregate_round()
-        if time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s:
-            await self.checkpoint()
+        if self._collecting is not None or self._queue:
+            await self._checkpoint_step()
+        elif time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s:
+            await self._checkpoint_monitors()
+            self._queue = sorted(self._dirty["ingest"])
         self._poll_thresholds()
         self.metrics.sync(self.counters)
 
@@ -244,6 +265,8 @@ class Worker:
                 self._pointers[self._name("ingest", p)] = pointer
                 stage = self._new_stage(p)
                 if state:
+                    join = state["stage"]["join"]
+                    join["parts"] = [unpack_part(part) for part in join["parts"]]
                     stage.load(state["stage"])
                 self.seq[p] = state.get("seq", 0)  # deterministic: a replay repeats the numbers
             for tp in tps:  # where the state stands; a topic it has not read yet stays where it is
@@ -286,6 +309,8 @@ class Worker:
 
     def _close_stage(self, p: int) -> None:
         stage = self.stages.pop(p, None)
+        if self._collecting is not None and self._collecting.stage is stage:
+            self._collecting = None  # its store iterator goes before the store does
         if stage is not None:
             stage.close()
         path = self._join_dirs.pop(p, None)
@@ -301,20 +326,15 @@ class Worker:
     # -- checkpoints ---------------------------------------------------------------------------
 
     async def checkpoint(self) -> None:
-        """Checkpoint every partition that moved since its last checkpoint, and commit its offsets
-        with it. Called after a round's output was acknowledged, so the offsets never run ahead
-        of what was written."""
+        """Checkpoint every partition that moved since its last checkpoint, now (a clean stop)."""
+        await self._checkpoint_monitors()
+        self._queue = sorted(set(self._queue) | self._dirty["ingest"])
+        while self._collecting is not None or self._queue:
+            await self._checkpoint_step()
+
+    async def _checkpoint_monitors(self) -> None:
+        """Monitors are small (open windows, rule memory): each is checkpointed at once."""
         self._last_checkpoint = time.monotonic()
-        for p in sorted(self._dirty["ingest"]):
-            stage = self.stages.get(p)
-            if stage is None or p in self._to_load["ingest"]:
-                continue
-            offsets = dict(self.offsets[p])
-            blob = snapshot.encode("ingest", {"stage": stage.dump(), "seq": self.seq[p], "offsets": offsets})
-            commits = {TopicPartition(t, p): o for t, o in offsets.items()}
-            if await self._commit_checkpoint(self.ingest, "ingest", p, blob, commits,
-                                             still=lambda p=p, stage=stage: self.stages.get(p) is stage):
-                self._dirty["ingest"].discard(p)
         for q in sorted(self._dirty["aggregate"]):
             monitor = self.monitors.get(q)
             if monitor is None or q in self._to_load["aggregate"]:
@@ -323,9 +343,39 @@ class Worker:
             offsets = {tp.topic: self.partials_offset[q]}
             blob = snapshot.encode("aggregate", {"monitor": monitor.dump(), "offsets": offsets,
                                                  "applied": [[i, s] for i, s in self.applied[q].items()]})
-            if await self._commit_checkpoint(self.aggregate, "aggregate", q, blob, {tp: offsets[tp.topic]},
-                                             still=lambda q=q, monitor=monitor: self.monitors.get(q) is monitor):
-                self._dirty["aggregate"].discard(q)
+            self._dirty["aggregate"].discard(q)
+            if not await self._commit_checkpoint(self.aggregate, "aggregate", q, blob, {tp: offsets[tp.topic]},
+                                                 still=lambda q=q, monitor=monitor: self.monitors.get(q) is monitor):
+                self._dirty["aggregate"].add(q)
+
+    async def _checkpoint_step(self) -> None:
+        """One step of the ingest checkpoints: capture a partition's state, or write out one
+        slice of its join store, or commit it. The state is that of the capture; the stage
+        goes on processing meanwhile, so a large join store never stalls the stream."""
+        c = self._collecting
+        if c is None:
+            self._collecting = self._capture(self._queue.pop(0))
+            return
+        part = next(c.parts, None)
+        if part is not None:
+            c.packed.append(pack_part(part))
+            return
+        self._collecting = None
+        c.head["join"]["parts"] = c.packed
+        blob = snapshot.encode("ingest", {"stage": c.head, "seq": c.seq, "offsets": c.offsets})
+        commits = {TopicPartition(t, c.p): o for t, o in c.offsets.items()}
+        if not await self._commit_checkpoint(self.ingest, "ingest", c.p, blob, commits,
+                                             still=lambda: self.stages.get(c.p) is c.stage):
+            if self.stages.get(c.p) is c.stage:
+                self._dirty["ingest"].add(c.p)
+
+    def _capture(self, p: int) -> _Collecting | None:
+        stage = self.stages.get(p)
+        if stage is None or p in self._to_load["ingest"]:
+            return None
+        head, parts = stage.dump_lazily()
+        self._dirty["ingest"].discard(p)
+        return _Collecting(p, stage, head, parts, [], self.seq[p], dict(self.offsets[p]))
 
     async def _commit_checkpoint(self, consumer, role: str, partition: int, blob: bytes, offsets: dict,
                                  still) -> bool:
