@@ -17,15 +17,14 @@ import numpy as np
 
 from streams import codec
 from streams.config import MonitorConfig
-from streams.events import FeedbackEvent, ScoreEvent
+from streams.events import FeedbackEvent
 from streams.operators.aggregate import Aggregator, WindowResult
 from streams.operators.dedup import Deduplicator
-from streams.operators.join import Context, FeedbackJoin, Pending
-from streams.operators.records import RecordBuilder
+from streams.operators.join import FeedbackJoin, Pending
+from streams.operators.ingest import ingest
+from streams.operators.records import Records
 from streams.operators.triggers import TriggerEvaluator
 from streams.operators.windows import Partials, PartitionWindows
-
-_new = tuple.__new__  # builds the NamedTuples below at C speed (their __new__ is Python)
 
 
 @dataclass
@@ -56,7 +55,6 @@ class PartitionStage:
         self.dedup = Deduplicator(config.dedup_horizon_s, config.dedup_max_ids)
         self.join = FeedbackJoin(join_path, config.join_horizon_s)
         self.windows = PartitionWindows(config.windows, config.layout)
-        self._records = RecordBuilder()
 
     def process(self, messages: list[bytes], first_offset: int = 0, now: float | None = None,
                 sources: Callable[[int], tuple[str, int]] | None = None) -> Output:
@@ -74,94 +72,28 @@ class PartitionStage:
             topic, offset = sources(i) if sources else (self.topic, first_offset + i)
             c["dead_letters", r.reason] += 1
             out.dead_letters.append(codec.dead_letter(r, topic, self.partition, offset, now))
-        self._ingest(events)
+        records = self._ingest(events)
         expired_before = self.join.expired_scores
         for p in self.join.expire():
             c["dead_letters", "join_expired"] += 1
             out.dead_letters.append(self._expired(p, now))
         c["expired_scores"] += self.join.expired_scores - expired_before
         late_before = self.windows.late_events
-        out.partials = self.windows.process(self._records.build())
+        out.partials = self.windows.process(records)
         c["late_events"] += self.windows.late_events - late_before
         return out
 
-    def _ingest(self, events: list) -> None:
-        """De-duplicate, join and append records, keeping arrival order (released feedback
-        takes the place of the score that released it)."""
+    def _ingest(self, events: list) -> Records:
+        """De-duplicated, joined records of `events`, with the counters moved."""
         c = self.counters
-        ids = [("s:" if type(ev) is ScoreEvent else "f:") + ev.event_id for ev in events]
-        fresh = [events[i] for i in self.dedup.fresh(ids, [ev.ts for ev in events])]
-        c["duplicates"] += len(events) - len(fresh)
-        scores = {}  # scenario_id -> position, for scores of this batch
-        for pos, ev in enumerate(fresh):
-            if type(ev) is ScoreEvent:
-                scores.setdefault(ev.scenario_id, pos)
-        # contexts of feedback without one, from this batch's scores or the store
-        bare = [ev for ev in fresh if type(ev) is not ScoreEvent and not ev.context_complete]
-        stored = self.join.lookup([ev.scenario_id for ev in bare if ev.scenario_id not in scores])
-        stored_iter = iter(stored)
-        contexts = {}
-        parked = []
-        for ev in bare:
-            if ev.scenario_id in scores:
-                continue
-            ctx = next(stored_iter)
-            if ctx is None:
-                parked.append(ev)
-            else:
-                contexts[ev.event_id] = ctx
-        parked_ids = {ev.event_id for ev in parked}
-        waiting_here: dict[str, list] = {}
-        records, join = self._records, self.join
-        new_scores, new_contexts = [], []
-        kinds: Counter = Counter()
-        joined_late = waiting = 0
-        add_score = records.score_event
-        for pos, ev in enumerate(fresh):
-            if type(ev) is ScoreEvent:
-                ctx = _new(Context, (ev.policy_id, ev.segment, ev.score, ev.tau, ev.decision, ev.ts))
-                add_score((ev.policy_id, ev.segment), ev.ts, ev.decision, ev.tau, ev.score)
-                new_scores.append(ev.scenario_id)
-                new_contexts.append(ctx)
-                if waiting_here or join.has_waiting:
-                    released = waiting_here.pop(ev.scenario_id, [])
-                    if join.is_waiting(ev.scenario_id):
-                        released = join.release(ev.scenario_id) + released
-                    joined_late += len(released)
-                    for p in released:
-                        self._feedback(p, ctx)
-                continue
-            kinds[ev.kind] += 1
-            pending = _new(Pending, (ev.scenario_id, ev.event_id, ev.ts, ev.kind, ev.source, ev.preferred or "",
-                                     ev.weight))
-            if ev.context_complete:
-                ctx = _new(Context, (ev.policy_id, ev.segment or "default", ev.score, ev.tau, ev.decision, ev.ts))
-            elif ev.event_id in parked_ids:
-                waiting += 1
-                continue
-            elif ev.scenario_id in scores and scores[ev.scenario_id] > pos:
-                waiting += 1
-                waiting_here.setdefault(ev.scenario_id, []).append(pending)
-                continue
-            elif ev.scenario_id in scores:
-                s = fresh[scores[ev.scenario_id]]
-                ctx = _new(Context, (s.policy_id, s.segment, s.score, s.tau, s.decision, s.ts))
-            else:
-                ctx = contexts[ev.event_id]
-            self._feedback(pending, ctx)
-        c["events_in", "score"] += len(new_scores)
-        for kind, n in kinds.items():
+        got = ingest(events, self.dedup, self.join, self.config.abstention_handling)
+        c["duplicates"] += got.duplicates
+        c["events_in", "score"] += got.scores
+        for kind, n in got.kinds.items():
             c["events_in", kind] += n
-        c["joined_late"] += joined_late
-        c["waiting_for_score"] += waiting
-        join.add_scores(new_scores, new_contexts)
-        join.park([Pending(ev.scenario_id, ev.event_id, ev.ts, ev.kind, ev.source, ev.preferred or "",
-                           ev.weight) for ev in parked])
-
-    def _feedback(self, p: Pending, ctx: Context) -> None:
-        kind = p.kind if self.config.abstention_handling or p.kind != "abstain" else "like"
-        self._records.feedback_event((ctx.policy_id, ctx.segment), p.ts, kind, p.source, ctx.decision,
-                                     p.preferred, ctx.score, p.weight)
+        c["joined_late"] += got.joined_late
+        c["waiting_for_score"] += got.waiting
+        return got.records
 
     def _expired(self, p: Pending, now: float):
         detail = f"no score event for scenario_id {p.scenario_id!r} within {self.config.join_horizon_s:.0f} s"

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from collections import deque
 
+import numpy as np
+
 
 class Deduplicator:
     """Remembers event ids for `horizon_s` of event time, at most `max_ids` of them.
@@ -37,9 +39,41 @@ class Deduplicator:
 
     def fresh(self, ids: list[str], times: list[float]) -> list[int]:
         """Positions of the ids seen for the first time within the horizon, in order: what
-        `first_time` says of each, in one call (per event, the call costs more than the check)."""
+        `first_time` says of each, in one call. Between the points where the horizon moves
+        (every 1% of it) and below the cap, a run of ids is checked with set operations."""
+        out: list[int] = []
+        start, n = 0, len(ids)
+        while start < n:
+            end = self._run_end(times, start)
+            if end > start and len(self._seen) + (end - start) <= self.max_ids:
+                out += self._fresh_run(ids, times, start, end)
+            else:
+                end = max(end, start + 1)
+                out += self._fresh_one_by_one(ids, times, start, end)
+            start = end
+        return out
+
+    def _run_end(self, times: list[float], start: int) -> int:
+        """End of the run from `start` in which no event moves the horizon (so forgets nothing)."""
+        t = np.asarray(times[start:], dtype=np.float64)
+        crossing = np.flatnonzero(t >= self._next_expiry)
+        return start + (int(crossing[0]) if len(crossing) else len(t))
+
+    def _fresh_run(self, ids: list[str], times: list[float], start: int, end: int) -> list[int]:
+        run = ids[start:end]
+        first = dict(zip(reversed(run), range(end - 1, start - 1, -1)))  # id -> its first position
+        positions = sorted(map(first.__getitem__, first.keys() - self._seen.keys()))
+        fresh_ids = list(map(ids.__getitem__, positions))
+        self._seen.update(zip(fresh_ids, map(times.__getitem__, positions)))
+        self._order.extend(fresh_ids)
+        self._clock = max(self._clock, max(times[start:end]))
+        self.duplicates += (end - start) - len(positions)
+        return positions
+
+    def _fresh_one_by_one(self, ids: list[str], times: list[float], start: int, end: int) -> list[int]:
         seen, order, out = self._seen, self._order, []
-        for pos, (event_id, ts) in enumerate(zip(ids, times)):
+        for pos in range(start, end):
+            event_id, ts = ids[pos], times[pos]
             if ts > self._clock:
                 self._clock = ts
                 if ts >= self._next_expiry:  # expire in steps of 1% of the horizon, not per event

@@ -10,8 +10,10 @@ labelled) and unmatched feedback (returned, so the caller can dead-letter it).
 from __future__ import annotations
 
 import tempfile
+from collections import deque
 from collections.abc import Iterator
 from itertools import islice
+from operator import itemgetter
 from typing import NamedTuple
 
 import msgspec
@@ -63,6 +65,7 @@ class FeedbackJoin:
         self._write.disable_wal = True
         self._waiting: dict[str, int] = {}  # scenario_id -> parked feedback count (small: the rare case)
         self._seq = 0
+        self._parked = 0  # feedback parked so far: numbers their keys, so release keeps arrival order
         self._clock = float("-inf")
         self._last_expiry = float("-inf")
         self.expired_scores = 0
@@ -81,17 +84,14 @@ class FeedbackJoin:
         self._seq += 1
         wb.put(_EXPIRY + _ms(max_ts) + b"%08d" % (self._seq % 10**8) + kind, b"\n".join(refs))
 
-    def add_scores(self, scenario_ids: list[str], contexts: list[Context]) -> None:
-        """Remember a batch of decisions."""
+    def add_scores(self, scenario_ids: list[str], contexts: list[tuple]) -> None:
+        """Remember a batch of decisions: (policy_id, segment, score, tau, decision, ts) each."""
         if not scenario_ids:
             return
         wb = WriteBatch(raw_mode=True)
-        refs = []
-        for sid, c in zip(scenario_ids, contexts):
-            ref = sid.encode()
-            refs.append(ref)
-            wb.put(_SCORE + ref, _encode((c.policy_id, c.segment, c.score, c.tau, c.decision, c.ts)))
-        max_ts = max(c.ts for c in contexts)
+        refs = list(map(str.encode, scenario_ids))
+        deque(map(wb.put, map(_SCORE.__add__, refs), map(_encode, contexts)), maxlen=0)  # C-level loop
+        max_ts = max(map(itemgetter(5), contexts))
         self._index(wb, max_ts, b"s", refs)
         self.db.write(wb, self._write)
         self._clock = max(self._clock, max_ts)
@@ -110,7 +110,8 @@ class FeedbackJoin:
         wb = WriteBatch(raw_mode=True)
         refs = []
         for p in pending:
-            ref = p.scenario_id.encode() + b"\x00" + p.event_id.encode()
+            self._parked += 1
+            ref = p.scenario_id.encode() + b"\x00%016d" % self._parked
             refs.append(ref)
             wb.put(_FEEDBACK + ref, _encode((p.event_id, p.ts, p.kind, p.source, p.preferred, p.weight)))
             self._waiting[p.scenario_id] = self._waiting.get(p.scenario_id, 0) + 1
@@ -123,11 +124,13 @@ class FeedbackJoin:
     def has_waiting(self) -> bool:
         return bool(self._waiting)
 
-    def is_waiting(self, scenario_id: str) -> bool:
-        return scenario_id in self._waiting
+    def waiting_among(self, scenario_ids) -> set[str]:
+        """Those of `scenario_ids` (a set or dict keys) with feedback parked."""
+        return self._waiting.keys() & scenario_ids
 
     def release(self, scenario_id: str) -> list[Pending]:
-        """Remove and return the feedback parked for a scenario whose score just arrived."""
+        """Remove and return the feedback parked for a scenario whose score just arrived, in the
+        order it was parked."""
         if self._waiting.pop(scenario_id, None) is None:
             return []
         prefix = _FEEDBACK + scenario_id.encode() + b"\x00"
@@ -180,7 +183,7 @@ class FeedbackJoin:
             while chunk := list(islice(entries, slice_size)):
                 yield _encode(chunk)
 
-        counters = {"seq": self._seq, "clock": self._clock, "last_expiry": self._last_expiry,
+        counters = {"seq": self._seq, "parked": self._parked, "clock": self._clock, "last_expiry": self._last_expiry,
                     "expired_scores": self.expired_scores, "unmatched_feedback": self.unmatched_feedback}
         return counters, parts()
 
@@ -203,7 +206,8 @@ class FeedbackJoin:
                     sid = key[2:].split(b"\x00", 1)[0].decode()
                     self._waiting[sid] = self._waiting.get(sid, 0) + 1
         self.db.write(wb, self._write)
-        self._seq, self._clock, self._last_expiry = int(state["seq"]), float(state["clock"]), float(state["last_expiry"])
+        self._seq, self._parked = int(state["seq"]), int(state["parked"])
+        self._clock, self._last_expiry = float(state["clock"]), float(state["last_expiry"])
         self.expired_scores, self.unmatched_feedback = int(state["expired_scores"]), int(state["unmatched_feedback"])
 
     @property

@@ -1,4 +1,5 @@
-"""Records: de-duplicated, joined events in arrival order, as columns for the kernels."""
+"""Records: de-duplicated, joined events in arrival order, as columns for the kernels
+(built by :mod:`streams.operators.ingest`), and the codes of their categorical fields."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,13 +7,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from kernels.batch import FeedbackBatch, ScoreBatch
-from kernels.layout import DECISIONS, FEEDBACK_EVENT, KINDS, PREFERRED, SCORE_EVENT, SOURCES
+from kernels.layout import DECISIONS, FEEDBACK_EVENT, KINDS, SCORE_EVENT, SOURCES
+from kernels.layout import PREFERRED as PREFERRED_NAMES
 
-_DECISION = {d: i for i, d in enumerate(DECISIONS)}
-_KIND = {k: i for i, k in enumerate(KINDS)}
-_SOURCE = {s: i for i, s in enumerate(SOURCES)}
-_PREFERRED = {p: i for i, p in enumerate(PREFERRED)}
-_PREFERRED[None] = 0
+DECISION = {d: i for i, d in enumerate(DECISIONS)}
+KIND = {k: i for i, k in enumerate(KINDS)}
+SOURCE = {s: i for i, s in enumerate(SOURCES)}
+PREFERRED: dict = {p: i for i, p in enumerate(PREFERRED_NAMES)}
+PREFERRED[None] = 0
 
 
 @dataclass
@@ -30,6 +32,11 @@ class Records:
     score: np.ndarray
     weight: np.ndarray
 
+    @classmethod
+    def empty(cls) -> "Records":
+        f8, i8 = np.empty(0), np.empty(0, np.int8)
+        return cls([], f8, i8, i8, f8, i8, i8, i8, f8, f8)
+
     def __len__(self) -> int:
         return len(self.keys)
 
@@ -42,35 +49,3 @@ class Records:
         feedback = FeedbackBatch(slot[f], cut(self.kind)[f], cut(self.source)[f], cut(self.decision)[f],
                                  cut(self.preferred)[f], cut(self.score)[f], cut(self.weight)[f])
         return scores, feedback
-
-
-class RecordBuilder:
-    """Appends events one at a time (after de-duplication and join), then builds columns."""
-
-    def __init__(self) -> None:
-        self._rows: list[tuple] = []
-
-    def score_event(self, key, ts: float, decision: str, tau: float, score: float,
-                    _decision=_DECISION) -> None:
-        self._rows.append((key, ts, SCORE_EVENT, _decision[decision], tau, 0, 0, 0, score, 1.0))
-
-    def feedback_event(self, key, ts: float, kind: str, source: str, decision: str, preferred, score: float,
-                       weight: float) -> None:
-        self._rows.append((key, ts, FEEDBACK_EVENT, _DECISION[decision], 0.0, _KIND[kind], _SOURCE[source],
-                           _PREFERRED[preferred or None], score, weight))
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def build(self) -> Records:
-        """Columns of everything appended so far; the builder starts empty again."""
-        rows, self._rows = self._rows, []
-        if not rows:
-            z = np.empty(0)
-            return Records([], z, z.astype(np.int8), z.astype(np.int8), z, z.astype(np.int8), z.astype(np.int8),
-                           z.astype(np.int8), z, z)
-        keys, ts, etype, decision, tau, kind, source, preferred, score, weight = zip(*rows)
-        i8 = lambda xs: np.array(xs, dtype=np.int8)  # noqa: E731
-        f8 = lambda xs: np.array(xs, dtype=np.float64)  # noqa: E731
-        return Records(list(keys), f8(ts), i8(etype), i8(decision), f8(tau), i8(kind), i8(source), i8(preferred),
-                       f8(score), f8(weight))

@@ -89,6 +89,13 @@ class KeyIndex:
             self.keys.append(key)
         return i
 
+    def ids_of(self, keys: list[tuple[str, str]]) -> np.ndarray:
+        """`id` of each key (keys are few and long-lived: nearly always all known already)."""
+        ids = list(map(self.ids.get, keys))
+        if None in ids:
+            ids = list(map(self.id, keys))
+        return np.array(ids, dtype=np.int64)
+
 
 class PartitionWindows:
     """Window assignment and kernel state of one input partition."""
@@ -114,7 +121,7 @@ class PartitionWindows:
         """Add one batch of records (arrival order); return closed panes and early snapshots."""
         if not len(records):
             return []
-        ids = np.fromiter((self.keys.id(k) for k in records.keys), dtype=np.int64, count=len(records))
+        ids = self.keys.ids_of(records.keys)
         self._ensure(len(self.keys.keys))
         ts = records.ts
         pane_s, grace, early_s = self.spec.tumbling_s, self.spec.grace_s, self.spec.early_s
