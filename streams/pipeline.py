@@ -17,11 +17,11 @@ import numpy as np
 
 from streams import codec
 from streams.config import MonitorConfig
-from streams.events import FeedbackEvent
+from streams.events import FeedbackEvent, ScoreEvent
 from streams.operators.aggregate import Aggregator, WindowResult
 from streams.operators.dedup import Deduplicator
-from streams.operators.join import FeedbackJoin, Pending
 from streams.operators.ingest import ingest
+from streams.operators.join import FeedbackJoin, Pending
 from streams.operators.records import Records
 from streams.operators.triggers import TriggerEvaluator
 from streams.operators.windows import Partials, PartitionWindows
@@ -208,3 +208,24 @@ class InProcessPipeline:
     def close(self) -> None:
         for stage in self.stages:
             stage.close()
+
+
+def warm_up(config: MonitorConfig) -> None:
+    """Take three events through every operator, to the end of their windows and the rules.
+
+    Numba loads its compiled kernels, and scipy its special functions, on first use: about
+    half a second that a worker spends here, at start, instead of inside its first batch.
+    """
+    t = 1_000_000_000.0
+    later = t + config.windows.hopping_s + config.windows.grace_s + config.windows.tumbling_s
+    score = dict(v=1, scenario_id="warm-up", policy_id="warm-up", score=0.9, tau=0.5, decision="act")
+    events = [ScoreEvent(event_id="s1", ts=t, **score),
+              FeedbackEvent(v=1, event_id="f1", scenario_id="warm-up", ts=t + 1.0, kind="override"),
+              ScoreEvent(event_id="s2", ts=later, **score)]
+    pipe = InProcessPipeline(config)
+    try:
+        pipe.process([codec.encode_envelope(events)], now=later)
+        pipe.finish()
+    finally:
+        pipe.close()
+

@@ -174,3 +174,15 @@ def test_a_partition_far_ahead_of_another_changes_nothing(sim):
     for key, w in want.items():
         assert got[key]["n_decisions"] == w["n_decisions"] and got[key]["n_feedback"] == w["n_feedback"], key
         assert got[key]["loss"] == w["loss"] or (math.isnan(got[key]["loss"]) and math.isnan(w["loss"])), key
+
+
+def test_warm_up_loads_the_kernel_and_scipy_before_the_first_batch():
+    """In a fresh interpreter (here, anything may have loaded them already)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom kernels import update\nfrom streams.config import MonitorConfig\n"
+            "from streams.pipeline import warm_up\nwarm_up(MonitorConfig())\n"
+            "print(len(update.update.signatures), 'scipy.special' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["1", "True"], out.stdout

@@ -52,7 +52,7 @@ from streams.kafka.errors import ClientErrors, client_config, metadata
 from streams.kafka.producer import partition_for
 from streams.metrics import Metrics
 from streams.operators.aggregate import WindowResult
-from streams.pipeline import Monitor, PartitionStage
+from streams.pipeline import Monitor, PartitionStage, warm_up
 from streams.settings import Settings
 from streams.state import snapshot
 from streams.worker import partials as partials_codec
@@ -135,6 +135,7 @@ class Worker:
         errors = ClientErrors()
         probe = AdminClient(client_config(self.settings, errors))
         await asyncio.to_thread(metadata, probe, errors, self.settings, 30.0)
+        warm_up(self.config)  # before joining the groups: the first batch then runs at full speed
         try:
             await self._start_clients()
         except BaseException:
