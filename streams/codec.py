@@ -132,15 +132,18 @@ def decode_all_good(messages: Sequence[bytes]) -> list[Event] | None:
         return None
     if len(decoded) != n:  # blank messages are skipped as blank lines
         return None
-    events: list[Event] = []
-    known_depth, known_containers = 1, 0
-    for message in decoded:
-        depth, containers = _known_structure(message)
-        known_depth, known_containers = max(known_depth, depth), known_containers + containers
-        if type(message) is Envelope:
-            events.extend(message.events)
-        else:
-            events.append(message)
+    if Envelope not in set(map(type, decoded)):  # single events: no per-message Python work
+        events, known_depth, known_containers = decoded, 1, n
+    else:
+        events = []
+        known_depth, known_containers = 1, 0
+        for message in decoded:
+            depth, containers = _known_structure(message)
+            known_depth, known_containers = max(known_depth, depth), known_containers + containers
+            if type(message) is Envelope:
+                events.extend(message.events)
+            else:
+                events.append(message)
     # as in _too_deep, for all messages at once: the extra brackets of all bound those of each
     if known_depth + joined.count(b"{") + joined.count(b"[") - known_containers > MAX_DEPTH:
         if any(map(_too_deep, messages, decoded)):

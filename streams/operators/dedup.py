@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import deque
+from itertools import filterfalse
 
 import numpy as np
 
@@ -62,7 +63,8 @@ class Deduplicator:
     def _fresh_run(self, ids: list[str], times: list[float], start: int, end: int) -> list[int]:
         run = ids[start:end]
         first = dict(zip(reversed(run), range(end - 1, start - 1, -1)))  # id -> its first position
-        positions = sorted(map(first.__getitem__, first.keys() - self._seen.keys()))
+        # not `first.keys() - seen.keys()`: that walks all of `seen` (millions of ids) every time
+        positions = sorted(map(first.__getitem__, filterfalse(self._seen.__contains__, first)))
         fresh_ids = list(map(ids.__getitem__, positions))
         self._seen.update(zip(fresh_ids, map(times.__getitem__, positions)))
         self._order.extend(fresh_ids)

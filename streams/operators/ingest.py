@@ -30,9 +30,7 @@ from streams.operators.join import FeedbackJoin, Pending
 from streams.operators.records import DECISION, KIND, PREFERRED, SOURCE, Records
 
 _SCORE_CONTEXT = attrgetter("policy_id", "segment", "score", "tau", "decision", "ts")
-_KEY = attrgetter("policy_id", "segment")
 _EVENT_ID, _SCENARIO_ID, _TS = attrgetter("event_id"), attrgetter("scenario_id"), attrgetter("ts")
-_DECISION, _TAU, _SCORE = attrgetter("decision"), attrgetter("tau"), attrgetter("score")
 _ID_PREFIX = ("f:", "s:")  # by "is a score": score and feedback ids are separate namespaces
 
 
@@ -137,7 +135,7 @@ def ingest(events: list, dedup: Deduplicator, join: FeedbackJoin, abstention_han
     out.scores = len(scores)
     join.add_scores(sids, contexts)
     join.park(parked)
-    out.records = _records(scores, score_pos, feedback)
+    out.records = _records(contexts, score_pos, feedback)
     return out
 
 
@@ -159,35 +157,28 @@ class _Feedback:
                           PREFERRED[p.preferred or None], ctx[2], p.weight))
 
 
-def _records(scores: list, score_pos: list[int], feedback: _Feedback) -> Records:
-    """Score and feedback rows merged into arrival order (released feedback right after its score)."""
-    n_s, n_f = len(scores), len(feedback.rows)
+def _records(contexts: list[tuple], score_pos: list[int], feedback: _Feedback) -> Records:
+    """Score rows (from their contexts) and feedback rows merged into arrival order, released
+    feedback right after its score."""
+    n_s, n_f = len(contexts), len(feedback.rows)
     if not n_s + n_f:
         return Records.empty()
-    f8 = lambda values, n: np.fromiter(values, np.float64, n)  # noqa: E731
-    i8 = lambda values, n: np.fromiter(values, np.int8, n)  # noqa: E731
-    keys = list(map(_KEY, scores))
-    ts, decision = f8(map(_TS, scores), n_s), i8(map(DECISION.__getitem__, map(_DECISION, scores)), n_s)
-    tau, score = f8(map(_TAU, scores), n_s), f8(map(_SCORE, scores), n_s)
-    order = np.asarray(score_pos, np.float64)
-    zeros_f = np.zeros(n_f, np.int8)
+    if n_s:
+        policy, segment, score, tau, decision, ts = zip(*contexts)  # one C-level pass
+        keys = list(zip(policy, segment))
+        decision = list(map(DECISION.__getitem__, decision))
+    else:
+        keys, score, tau, decision, ts = [], (), (), [], ()
+    order, kind, source, preferred, weight = score_pos, [0] * n_s, [0] * n_s, [0] * n_s, [1.0] * n_s
     if n_f:
         f_order, f_keys, f_ts, f_dec, f_kind, f_src, f_pref, f_score, f_weight = zip(*feedback.rows)
-        keys += f_keys
-        order = np.concatenate([order, f_order])
-        ts = np.concatenate([ts, f_ts])
-        decision = np.concatenate([decision, np.array(f_dec, np.int8)])
-        tau = np.concatenate([tau, np.zeros(n_f)])
-        score = np.concatenate([score, f_score])
-    else:
-        f_kind = f_src = f_pref = f_weight = ()
-    etype = np.concatenate([np.full(n_s, SCORE_EVENT, np.int8), np.full(n_f, FEEDBACK_EVENT, np.int8)])
-    zeros_s = np.zeros(n_s, np.int8)
-    kind = np.concatenate([zeros_s, np.array(f_kind, np.int8) if n_f else zeros_f])
-    source = np.concatenate([zeros_s, np.array(f_src, np.int8) if n_f else zeros_f])
-    preferred = np.concatenate([zeros_s, np.array(f_pref, np.int8) if n_f else zeros_f])
-    weight = np.concatenate([np.ones(n_s), np.array(f_weight, np.float64)])
-    arrival = np.argsort(order, kind="stable")
-    return Records(list(map(keys.__getitem__, arrival.tolist())), ts[arrival], etype[arrival], decision[arrival],
-                   tau[arrival], kind[arrival], source[arrival], preferred[arrival], score[arrival],
-                   weight[arrival])
+        order, keys, ts, decision, score = order + list(f_order), keys + list(f_keys), ts + f_ts, \
+            decision + list(f_dec), score + f_score
+        tau, kind, source, preferred, weight = tau + (0.0,) * n_f, kind + list(f_kind), source + list(f_src), \
+            preferred + list(f_pref), weight + list(f_weight)
+    etype = np.repeat(np.array([SCORE_EVENT, FEEDBACK_EVENT], np.int8), [n_s, n_f])
+    arrival = np.argsort(np.array(order, np.float64), kind="stable")
+    f8 = lambda values: np.array(values, np.float64)[arrival]  # noqa: E731
+    i8 = lambda values: np.array(values, np.int8)[arrival]  # noqa: E731
+    return Records(list(map(keys.__getitem__, arrival.tolist())), f8(ts), etype[arrival], i8(decision), f8(tau),
+                   i8(kind), i8(source), i8(preferred), f8(score), f8(weight))
