@@ -19,7 +19,8 @@ from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import compress
-from operator import attrgetter, not_
+from operator import attrgetter, itemgetter, not_
+from typing import NamedTuple
 
 import numpy as np
 
@@ -31,6 +32,10 @@ from streams.operators.records import DECISION, KIND, PREFERRED, SOURCE, Records
 
 _SCORE_CONTEXT = attrgetter("policy_id", "segment", "score", "tau", "decision", "ts")
 _EVENT_ID, _SCENARIO_ID, _TS = attrgetter("event_id"), attrgetter("scenario_id"), attrgetter("ts")
+_KIND = attrgetter("kind")
+_OWN_CONTEXT = attrgetter("policy_id", "score", "tau", "decision")  # all set: feedback needs no join
+_FEEDBACK_FIELDS = attrgetter("ts", "kind", "source", "preferred", "weight")
+_FIVE = itemgetter(0, 1, 2, 3, 4)  # a context's fields a record needs (stored ones have a sixth)
 _ID_PREFIX = ("f:", "s:")  # by "is a score": score and feedback ids are separate namespaces
 
 
@@ -92,7 +97,6 @@ def ingest(events: list, dedup: Deduplicator, join: FeedbackJoin, abstention_han
     sids = list(map(_SCENARIO_ID, scores))
     contexts = list(map(_SCORE_CONTEXT, scores))
     batch = _Scores(sids, score_pos)
-    feedback = _Feedback(abstention_handling)
 
     # feedback parked by earlier batches goes right after the first score of its scenario here
     released_from_store: dict[int, list[Pending]] = {}
@@ -101,13 +105,14 @@ def ingest(events: list, dedup: Deduplicator, join: FeedbackJoin, abstention_han
             released_from_store[batch.first[sid]] = join.release(sid)
     waiting_here: dict[int, list[tuple[int, Pending]]] = {}  # score index -> (position, feedback)
     parked: list[Pending] = []
+    feedback = _Feedback()
     fb_pos = list(compress(range(len(events)), map(not_, is_score)))
+    fbs = list(map(events.__getitem__, fb_pos))
+    out.kinds = Counter(map(_KIND, fbs))
     bare = []  # (position, event) of feedback without its context nor an earlier score here
-    for pos in fb_pos:
-        ev = events[pos]
-        out.kinds[ev.kind] += 1
-        if ev.policy_id is not None and ev.score is not None and ev.tau is not None and ev.decision is not None:
-            feedback.add(pos, ev, (ev.policy_id, ev.segment or "default", ev.score, ev.tau, ev.decision))
+    for pos, ev, own in zip(fb_pos, fbs, map(_OWN_CONTEXT, fbs)):
+        if None not in own:
+            feedback.add(pos, ev, (own[0], ev.segment or "default", own[1], own[2], own[3]))
             continue
         j = batch.before(ev.scenario_id, pos)
         if j is not None:
@@ -130,55 +135,67 @@ def ingest(events: list, dedup: Deduplicator, join: FeedbackJoin, abstention_han
         released = released_from_store.get(j, []) + [p for _, p in waiting_here.get(j, [])]
         out.joined_late += len(released)
         for p in released:
-            feedback.add_pending(score_pos[j] + 0.5, p, contexts[j])
+            feedback.add(score_pos[j] + 0.5, _Parked(p.ts, p.kind, p.source, p.preferred or None, p.weight),
+                         contexts[j])
 
     out.scores = len(scores)
     join.add_scores(sids, contexts)
     join.park(parked)
-    out.records = _records(contexts, score_pos, feedback)
+    out.records = _records(contexts, score_pos, feedback, abstention_handling)
     return out
 
 
+class _Parked(NamedTuple):
+    """A released feedback's own fields, as an event has them."""
+
+    ts: float
+    kind: str
+    source: str
+    preferred: str | None
+    weight: float
+
+
 class _Feedback:
-    """Feedback records, one row at a time (feedback is the smaller part of the traffic)."""
+    """Joined feedback: its place in arrival order, its own fields, and its decision's context."""
 
-    def __init__(self, abstention_handling: bool) -> None:
-        self.rows: list[tuple] = []
-        self.kind = dict(KIND)
-        if not abstention_handling:  # the ablation: an abstention counts as a like
-            self.kind["abstain"] = KIND["like"]
+    def __init__(self) -> None:
+        self.order: list[float] = []
+        self.own: list = []  # events, or _Parked
+        self.contexts: list[tuple] = []  # (policy_id, segment, score, tau, decision, ...)
 
-    def add(self, order: float, ev, ctx: tuple) -> None:
-        self.rows.append((order, (ctx[0], ctx[1]), ev.ts, DECISION[ctx[4]], self.kind[ev.kind], SOURCE[ev.source],
-                          PREFERRED[ev.preferred], ctx[2], ev.weight))
+    def add(self, order: float, own, ctx: tuple) -> None:
+        self.order.append(order)
+        self.own.append(own)
+        self.contexts.append(ctx)
 
-    def add_pending(self, order: float, p: Pending, ctx: tuple) -> None:
-        self.rows.append((order, (ctx[0], ctx[1]), p.ts, DECISION[ctx[4]], self.kind[p.kind], SOURCE[p.source],
-                          PREFERRED[p.preferred or None], ctx[2], p.weight))
+    def __len__(self) -> int:
+        return len(self.order)
 
 
-def _records(contexts: list[tuple], score_pos: list[int], feedback: _Feedback) -> Records:
+def _records(contexts: list[tuple], score_pos: list[int], feedback: _Feedback, abstention_handling: bool) -> Records:
     """Score rows (from their contexts) and feedback rows merged into arrival order, released
     feedback right after its score."""
-    n_s, n_f = len(contexts), len(feedback.rows)
+    n_s, n_f = len(contexts), len(feedback)
     if not n_s + n_f:
         return Records.empty()
+    keys, score, tau, decision, ts = [], (), (), (), ()
     if n_s:
         policy, segment, score, tau, decision, ts = zip(*contexts)  # one C-level pass
         keys = list(zip(policy, segment))
-        decision = list(map(DECISION.__getitem__, decision))
-    else:
-        keys, score, tau, decision, ts = [], (), (), [], ()
     order, kind, source, preferred, weight = score_pos, [0] * n_s, [0] * n_s, [0] * n_s, [1.0] * n_s
     if n_f:
-        f_order, f_keys, f_ts, f_dec, f_kind, f_src, f_pref, f_score, f_weight = zip(*feedback.rows)
-        order, keys, ts, decision, score = order + list(f_order), keys + list(f_keys), ts + f_ts, \
-            decision + list(f_dec), score + f_score
-        tau, kind, source, preferred, weight = tau + (0.0,) * n_f, kind + list(f_kind), source + list(f_src), \
-            preferred + list(f_pref), weight + list(f_weight)
+        f_policy, f_segment, f_score, _, f_decision = zip(*map(_FIVE, feedback.contexts))
+        f_ts, f_kind, f_source, f_preferred, f_weight = zip(*map(_FEEDBACK_FIELDS, feedback.own))
+        codes = KIND if abstention_handling else {**KIND, "abstain": KIND["like"]}  # the ablation
+        order, keys, ts, decision, score = order + feedback.order, keys + list(zip(f_policy, f_segment)), \
+            ts + f_ts, decision + f_decision, score + f_score
+        tau, kind, source, preferred, weight = tau + (0.0,) * n_f, kind + list(map(codes.__getitem__, f_kind)), \
+            source + list(map(SOURCE.__getitem__, f_source)), \
+            preferred + list(map(PREFERRED.__getitem__, f_preferred)), weight + list(f_weight)
     etype = np.repeat(np.array([SCORE_EVENT, FEEDBACK_EVENT], np.int8), [n_s, n_f])
     arrival = np.argsort(np.array(order, np.float64), kind="stable")
     f8 = lambda values: np.array(values, np.float64)[arrival]  # noqa: E731
     i8 = lambda values: np.array(values, np.int8)[arrival]  # noqa: E731
-    return Records(list(map(keys.__getitem__, arrival.tolist())), f8(ts), etype[arrival], i8(decision), f8(tau),
-                   i8(kind), i8(source), i8(preferred), f8(score), f8(weight))
+    return Records(list(map(keys.__getitem__, arrival.tolist())), f8(ts), etype[arrival],
+                   i8(list(map(DECISION.__getitem__, decision))), f8(tau), i8(kind), i8(source), i8(preferred),
+                   f8(score), f8(weight))
