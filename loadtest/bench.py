@@ -6,8 +6,9 @@ comparable; ratios measured minutes apart are. The run:
 1. fills fresh topics with the same N events twice, once as single events and once
    as envelopes (flat out, before anything is timed);
 2. drains them, one spawned process at a time: the raw baseline (aiokafka + codec
-   decode), the worker on single events, the worker on envelopes, the Faust peer,
-   then two workers in one group sharing the single-event topics;
+   decode), the worker on single events, the worker on envelopes, the worker's operators
+   in process on the same envelopes without Kafka (the ceiling of the envelope path), the
+   Faust peer, then two workers in one group sharing the single-event topics;
 3. runs the worker on fresh topics while the generator sends envelopes at half the
    envelope path's rate, reading the trigger topic, for the trigger latency.
 
@@ -293,7 +294,7 @@ def latency_run(settings, cfg: BenchConfig, rate: float, progress=None) -> tuple
 def bench_pipeline(settings, cfg: BenchConfig, out_dir: str | Path | None = None, progress=print) -> dict:
     """Run every phase; return the bench's JSON object (and write the report to ``out_dir``)."""
     from loadtest.peer_faust import peer_main
-    from loadtest.procs import raw_main, rss_mb, worker_main
+    from loadtest.procs import in_process_main, raw_main, rss_mb, worker_main
 
     import shutil
     import tempfile
@@ -327,6 +328,8 @@ def bench_pipeline(settings, cfg: BenchConfig, out_dir: str | Path | None = None
         envp = measure("envelope", worker_main, env, n)
         result.update(raw_events_per_s=_r(raw.rate()), single_events_per_s=_r(one.rate()),
                       envelope_events_per_s=_r(envp.rate()))
+        stage = measure("in_process", in_process_main, single, n, cfg.partitions, cfg.traffic)
+        result["in_process_events_per_s"] = _r(stage.rate())
         result["single_counted"] = one.summaries[0]["events"]
         result["envelope_counted"] = envp.summaries[0]["events"]
         result["single_counters"] = one.summaries[0].get("counters", {})
@@ -353,7 +356,7 @@ def bench_pipeline(settings, cfg: BenchConfig, out_dir: str | Path | None = None
         result["peak_rss_mb"] = {name: ph.peak_rss() for name, ph in phases.items()}
         result["peak_rss_mb"]["bench"] = round(rss_mb()[1], 1)
         raw_rate = result["raw_events_per_s"] or math.nan
-        for path in ("envelope", "single", "peer", "two_workers"):
+        for path in ("envelope", "single", "peer", "two_workers", "in_process"):
             if f"{path}_events_per_s" in result:
                 result[f"{path}_vs_raw"] = _r((result[f"{path}_events_per_s"] or math.nan) / raw_rate, 3)
         result["seconds"] = round(time.time() - started, 1)

@@ -3,7 +3,8 @@
 Why: a leak or an unbounded structure shows only over time and only with realistic
 state. The soak first sends traffic flat out until the worker's join holds
 ``warmup_pending`` scenarios (scores kept for their feedback, which may come days of
-event time later or never), waits for the worker to catch up, then sends at a constant
+event time later or never) and its de-duplication ids cover their horizon (24 h of event
+time, or the cap), waits for the worker to catch up, then sends at a constant
 rate for ``duration_s`` while the worker process reports its RSS and join size every
 second. ``join_scenarios`` adds a separate measurement: one process holding that many
 pending scenarios in the join store alone (the worker's RocksDB-backed
@@ -23,6 +24,7 @@ import numpy as np
 
 from loadtest.generator import GenConfig, generate, run_in_thread
 from loadtest.traffic import SCORE, Traffic
+from streams.config import MonitorConfig
 
 
 @dataclasses.dataclass
@@ -30,6 +32,7 @@ class SoakConfig:
     rate: float = 20_000.0
     duration_s: float = 600.0
     warmup_pending: int = 1_000_000
+    dedup_fill: bool = True  # warm up until the de-duplication horizon is full too
     partitions: int = 4
     envelope: bool = True
     join_scenarios: int = 0
@@ -40,6 +43,16 @@ class SoakConfig:
 
 def _median(values: list[float]) -> float:
     return float(np.median(values)) if values else math.nan
+
+
+def warmup_events(traffic: Traffic, pending: int, partitions: int, config: MonitorConfig | None) -> int:
+    """Events to send before the constant phase, 5% over: enough for ``pending`` scenarios in
+    the join and, with a ``config``, to fill its de-duplication horizon (or cap). The ids held
+    grow until then by design (about 200 bytes each), so RSS is flat only after it."""
+    for_join = pending / float(np.mean(traffic.role == SCORE))
+    for_dedup = 0.0 if config is None else \
+        min(config.dedup_horizon_s * len(traffic) / traffic.span, config.dedup_max_ids * partitions)
+    return int(max(for_join, for_dedup) * 1.05) if pending or for_dedup else 0
 
 
 def run_soak(settings, cfg: SoakConfig, out_dir=None, progress=print) -> dict:
@@ -89,12 +102,13 @@ def run_soak(settings, cfg: SoakConfig, out_dir=None, progress=print) -> dict:
                            daemon=True)
         proc.start()
         traffic = Traffic.cached(**cfg.traffic)
-        score_share = float(np.mean(traffic.role == SCORE))
-        warm_events = int(cfg.warmup_pending / score_share * 1.05) if cfg.warmup_pending else 0
+        warm_events = warmup_events(traffic, cfg.warmup_pending, cfg.partitions,
+                                    MonitorConfig() if cfg.dedup_fill else None)
         t_start = time.time()
         next_cycle = 0
         if warm_events:
-            say(f"soak: warm-up, {warm_events:,} events flat out for {cfg.warmup_pending:,} pending scenarios")
+            say(f"soak: warm-up, {warm_events:,} events flat out: {cfg.warmup_pending:,} pending scenarios"
+                + (", and the de-duplication horizon full" if cfg.dedup_fill else ""))
             warm = generate(s, GenConfig(max_events=warm_events, envelope=cfg.envelope, traffic=cfg.traffic))
             next_cycle = warm["cycles"]
             produced.append((time.time(), warm["events"]))

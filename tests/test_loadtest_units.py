@@ -135,3 +135,20 @@ def test_cli_registers_the_commands():
     assert a.rate == 5000 and a.single and a.processes == 2 and not a.soak
     a = p.parse_args(["loadtest", "--soak", "--duration", "5", "--warmup-pending", "100"])
     assert a.soak and a.warmup_pending == 100
+
+
+def test_soak_warm_up_covers_the_join_target_and_the_de_duplication_horizon():
+    from loadtest.soak import warmup_events
+    from loadtest.traffic import SCORE, Traffic
+    from streams.config import MonitorConfig
+
+    traffic = Traffic.cached()
+    per_event_second = len(traffic) / traffic.span
+    config = MonitorConfig()
+    horizon_events = config.dedup_horizon_s * per_event_second
+    assert warmup_events(traffic, 1000, 4, config) >= horizon_events  # the horizon dominates a small join
+    assert warmup_events(traffic, 1000, 4, None) < horizon_events / 100  # without it: the join's share only
+    scores = (traffic.role == SCORE).mean()
+    assert warmup_events(traffic, 10**7, 4, None) >= 10**7 / scores
+    capped = MonitorConfig(dedup_max_ids=1000)
+    assert warmup_events(traffic, 0, 4, capped) == int(4000 * 1.05)  # the cap fills first

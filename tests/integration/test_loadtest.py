@@ -40,7 +40,8 @@ def test_bench_pipeline_reports_every_figure(kafka_bootstrap, tmp_path):
     assert result["single_counted"] == n and result["envelope_counted"] == n
     assert result["two_workers_counted"] >= n and result["two_workers_events_per_s"] > 0
     assert result["latency_triggers_timed"] > 0
-    assert set(result["peak_rss_mb"]) >= {"raw", "single", "envelope", "peer", "two_workers", "latency"}
+    assert result["in_process_events_per_s"] > 0 and result["in_process_vs_raw"] > 0
+    assert set(result["peak_rss_mb"]) >= {"raw", "single", "envelope", "in_process", "peer", "two_workers", "latency"}
     assert (tmp_path / "bench.png").stat().st_size > 0 and (tmp_path / "bench.html").is_file()
 
 
@@ -70,7 +71,7 @@ def test_loadtest_sends_what_the_worker_counts(kafka_bootstrap, tmp_path):
 
 def test_short_soak(kafka_bootstrap, tmp_path):
     result = _npo(kafka_bootstrap, "loadtest", "--soak", "--duration", "4", "--rate", "3000",
-                  "--warmup-pending", "5000", "--join-scenarios", "20000", "--no-progress", "--json",
+                  "--warmup-pending", "5000", "--no-dedup-fill", "--join-scenarios", "20000", "--no-progress", "--json",
                   "--topic-prefix", unique_prefix("lt"), "--out", str(tmp_path))
     assert result["events_processed"] == result["warmup_events"] + result["soak_events"]
     assert result["join_keys_at_end"] >= 5000
