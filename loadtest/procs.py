@@ -174,43 +174,45 @@ def raw_main(settings, expected: int, name: str, queue, stop, sample_s: float = 
 def in_process_main(settings, expected: int, name: str, partitions: int, traffic: dict, queue, stop,
                     sample_s: float = 0.25) -> None:
     """The worker's own work without Kafka: the same envelopes the generator sends, through the
-    in-process pipeline (every partition's stage and the monitor), 20,000 events a round. The
+    in-process pipeline (every partition's stage and the monitor), 20,000 events a round, each
+    partition's envelopes in event-time order as the worker's merge would give them. The
     ceiling of the envelope path: what the worker adds to it is fetching, partials and output."""
     gc.set_threshold(50_000, 20, 100)
     profile_self(name)
-    from loadtest.traffic import Traffic, envelopes
-    from streams.config import MonitorConfig
-    from streams.pipeline import InProcessPipeline, warm_up
-
-    rounds, n, k = [], 0, 0
-    source = Traffic.cached(**traffic)
-    while n < expected:
-        chunk = source.chunk(k, partitions)
-        k += 1
-        for lo in range(0, len(chunk), 20_000):
-            by_partition: dict[int, list[bytes]] = {}
-            hi = min(lo + 20_000, len(chunk), lo + expected - n)
-            for _, p, value, count, _ in envelopes(chunk, lo, hi, 1000):
-                by_partition.setdefault(p, []).append(value)
-                n += count
-            rounds.extend(sorted(by_partition.items()))
-            if n >= expected:
-                break
-    config = MonitorConfig()
-    warm_up(config)
-    pipe = InProcessPipeline(config, partitions=partitions)
     rep = _Reporter(name, queue, sample_s)
-    done = 0
+    pipe = None
     try:
+        from loadtest.traffic import Traffic, envelopes
+        from streams.config import MonitorConfig
+        from streams.pipeline import InProcessPipeline, warm_up
+
+        rounds, n, k = [], 0, 0
+        source = Traffic.cached(**traffic)
+        while n < expected:
+            chunk = source.chunk(k, partitions)
+            k += 1
+            for lo in range(0, len(chunk), 20_000):
+                by_partition: dict[int, list[tuple[float, bytes]]] = {}
+                hi = min(lo + 20_000, len(chunk), lo + expected - n)
+                for _, p, value, count, max_ts in envelopes(chunk, lo, hi, 1000):
+                    by_partition.setdefault(p, []).append((max_ts, value))
+                    n += count
+                rounds.extend((p, [v for _, v in sorted(msgs, key=lambda m: m[0])])
+                              for p, msgs in sorted(by_partition.items()))
+                if n >= expected:
+                    break
+        config = MonitorConfig()
+        warm_up(config)
+        pipe = InProcessPipeline(config, partitions=partitions)
         for p, values in rounds:
             if stop.is_set():
                 break
             t0 = time.time()
             pipe.process(values, partition=p)
-            done = counted(pipe.counters)
-            rep.progress(t0, done)
-    except BaseException as e:  # noqa: BLE001
+            rep.progress(t0, counted(pipe.counters))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent
         queue.put(("error", name, repr(e)))
     finally:
         rep.done()
-        pipe.close()
+        if pipe is not None:
+            pipe.close()

@@ -8,6 +8,7 @@ two classes behind its consumers, so both paths give identical results.
 """
 from __future__ import annotations
 
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -210,11 +211,12 @@ class InProcessPipeline:
             stage.close()
 
 
-def warm_up(config: MonitorConfig) -> None:
+def warm_up(config: MonitorConfig, state_dir: str | None = None) -> None:
     """Take three events through every operator, to the end of their windows and the rules.
 
     Numba loads its compiled kernels, and scipy its special functions, on first use: about
     half a second that a worker spends here, at start, instead of inside its first batch.
+    Its join store is a temporary directory under `state_dir` (default: the system's).
     """
     t = 1_000_000_000.0
     later = t + config.windows.hopping_s + config.windows.grace_s + config.windows.tumbling_s
@@ -222,10 +224,10 @@ def warm_up(config: MonitorConfig) -> None:
     events = [ScoreEvent(event_id="s1", ts=t, **score),
               FeedbackEvent(v=1, event_id="f1", scenario_id="warm-up", ts=t + 1.0, kind="override"),
               ScoreEvent(event_id="s2", ts=later, **score)]
-    pipe = InProcessPipeline(config)
-    try:
-        pipe.process([codec.encode_envelope(events)], now=later)
-        pipe.finish()
-    finally:
-        pipe.close()
-
+    with tempfile.TemporaryDirectory(prefix="npo-warm-up-", dir=state_dir) as path:
+        stage, monitor = PartitionStage(config, join_path=path), Monitor(config)
+        try:
+            monitor.add(0, stage.process([codec.encode_envelope(events)], now=later).partials)
+            monitor.add(0, stage.drain().partials)
+        finally:
+            stage.close()

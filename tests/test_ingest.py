@@ -119,3 +119,55 @@ def test_released_feedback_comes_right_after_its_score_across_batches():
     assert out.records.ts.tolist() == [T0 + 9, T0 + 3, T0 + 1, T0 + 2, T0 + 10]
     assert np.array_equal(out.records.etype, [0, 1, 1, 1, 0])
     assert (out.waiting, out.joined_late) == (1, 3)  # waiting: counted in the batch it came
+
+
+def _pending(sid, eid, ts):
+    from streams.operators.join import Pending
+
+    return Pending(sid, eid, ts, "override", "human", "", 1.0)
+
+
+def test_a_checkpoint_from_before_parked_feedback_was_numbered_still_loads(tmp_path):
+    old = FeedbackJoin(str(tmp_path / "old"))
+    try:
+        old.park([_pending("x", "f1", T0)])
+        state = old.dump()
+    finally:
+        old.close()
+    del state["parked"]  # as written by the previous release
+    join = FeedbackJoin(str(tmp_path / "new"))
+    try:
+        join.load(state)
+        join.park([_pending("x", "f2", T0 + 1)])
+        assert [p.event_id for p in join.release("x")] == ["f1", "f2"]
+    finally:
+        join.close()
+
+
+def test_a_reopened_store_numbers_new_parked_feedback_after_the_old(tmp_path):
+    path = str(tmp_path / "join")
+    join = FeedbackJoin(path)
+    join.park([_pending("x", "f1", T0)])
+    join.close()
+    join = FeedbackJoin(path)
+    try:
+        join.park([_pending("x", "f2", T0 + 1)])
+        assert join.waiting_feedback == 2
+        assert [p.event_id for p in join.release("x")] == ["f1", "f2"]
+    finally:
+        join.close()
+
+
+def test_expiring_a_scenario_first_score_keeps_its_newer_one():
+    join = FeedbackJoin(horizon_s=100.0, expire_every_s=0.0)
+    try:
+        join.add_scores(["x"], [("p", "a", 0.9, 0.5, "act", T0)])
+        join.add_scores(["x"], [("p", "a", 0.2, 0.5, "hold", T0 + 90)])  # re-scored
+        join.add_scores(["y"], [("p", "a", 0.9, 0.5, "act", T0 + 120)])
+        join.expire()  # the first score's index entry is past the horizon, the newer score is not
+        assert join.lookup(["x"])[0].ts == T0 + 90
+        join.add_scores(["z"], [("p", "a", 0.9, 0.5, "act", T0 + 200)])
+        join.expire()
+        assert join.lookup(["x"]) == [None] and join.expired_scores == 1
+    finally:
+        join.close()

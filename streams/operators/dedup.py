@@ -44,8 +44,11 @@ class Deduplicator:
         (every 1% of it) and below the cap, a run of ids is checked with set operations."""
         out: list[int] = []
         start, n = 0, len(ids)
+        # every event taken so far is below the next expiry point (one that reached it moved
+        # it beyond itself), so the end of a run is a binary search in the running maximum
+        running_max = np.maximum.accumulate(np.asarray(times, dtype=np.float64)) if n else None
         while start < n:
-            end = self._run_end(times, start)
+            end = max(start, int(np.searchsorted(running_max, self._next_expiry, side="left")))
             if end > start and len(self._seen) + (end - start) <= self.max_ids:
                 out += self._fresh_run(ids, times, start, end)
             else:
@@ -53,12 +56,6 @@ class Deduplicator:
                 out += self._fresh_one_by_one(ids, times, start, end)
             start = end
         return out
-
-    def _run_end(self, times: list[float], start: int) -> int:
-        """End of the run from `start` in which no event moves the horizon (so forgets nothing)."""
-        t = np.asarray(times[start:], dtype=np.float64)
-        crossing = np.flatnonzero(t >= self._next_expiry)
-        return start + (int(crossing[0]) if len(crossing) else len(t))
 
     def _fresh_run(self, ids: list[str], times: list[float], start: int, end: int) -> list[int]:
         run = ids[start:end]

@@ -71,8 +71,14 @@ class FeedbackJoin:
         self.expired_scores = 0
         self.unmatched_feedback = 0
         for key in self._keys(_FEEDBACK):
-            sid = key[2:].split(b"\x00", 1)[0].decode()
-            self._waiting[sid] = self._waiting.get(sid, 0) + 1
+            self._note_parked(key)
+
+    def _note_parked(self, key: bytes) -> None:
+        """Count a parked feedback entry found in the store, and number new ones after it."""
+        sid, _, number = key[2:].partition(b"\x00")
+        self._waiting[sid.decode()] = self._waiting.get(sid.decode(), 0) + 1
+        if number.isdigit():  # keys written before they were numbered hold the event id here
+            self._parked = max(self._parked, int(number))
 
     def _keys(self, prefix: bytes):
         for key in self.db.keys(from_key=prefix):
@@ -159,15 +165,18 @@ class FeedbackJoin:
             for k, v in zip(keys, self.db[keys]):
                 if v is None:
                     continue
-                wb.delete(k)
                 if prefix == _SCORE:
+                    if _decode(v)[5] >= self._clock - self.horizon_s:
+                        continue  # re-scored since: the newer score's own entry expires it
+                    wb.delete(k)
                     self.expired_scores += 1
-                else:
-                    sid = k[2:].split(b"\x00", 1)[0].decode()
-                    unmatched.append(Pending(sid, *_decode(v)))
-                    left = self._waiting.pop(sid, 1) - 1
-                    if left > 0:
-                        self._waiting[sid] = left
+                    continue
+                wb.delete(k)
+                sid = k[2:].split(b"\x00", 1)[0].decode()
+                unmatched.append(Pending(sid, *_decode(v)))
+                left = self._waiting.pop(sid, 1) - 1
+                if left > 0:
+                    self._waiting[sid] = left
         self.db.write(wb, self._write)
         self.unmatched_feedback += len(unmatched)
         return unmatched
@@ -203,10 +212,10 @@ class FeedbackJoin:
             for key, value in entries:
                 wb.put(key, value)
                 if key.startswith(_FEEDBACK):
-                    sid = key[2:].split(b"\x00", 1)[0].decode()
-                    self._waiting[sid] = self._waiting.get(sid, 0) + 1
+                    self._note_parked(key)
         self.db.write(wb, self._write)
-        self._seq, self._parked = int(state["seq"]), int(state["parked"])
+        # checkpoints from before parked feedback was numbered have no "parked"
+        self._seq, self._parked = int(state["seq"]), max(self._parked, int(state.get("parked", 0)))
         self._clock, self._last_expiry = float(state["clock"]), float(state["last_expiry"])
         self.expired_scores, self.unmatched_feedback = int(state["expired_scores"]), int(state["unmatched_feedback"])
 

@@ -135,7 +135,8 @@ class Worker:
         errors = ClientErrors()
         probe = AdminClient(client_config(self.settings, errors))
         await asyncio.to_thread(metadata, probe, errors, self.settings, 30.0)
-        warm_up(self.config)  # before joining the groups: the first batch then runs at full speed
+        os.makedirs(self.settings.state_dir, exist_ok=True)
+        warm_up(self.config, self.settings.state_dir)  # before joining the groups: the first batch runs at full speed
         try:
             await self._start_clients()
         except BaseException:
