@@ -59,7 +59,7 @@ def streams_of_events(draw):
     n = draw(st.integers(1, 60))
     events = []
     for i in range(n):
-        sid = f"c{draw(st.integers(0, 5))}"
+        sid = draw(st.sampled_from(["c0", "c1", "c2", "c3", "c0\x00c1", "c1\x00", "c0\n"]))  # ids may hold any character
         ts = T0 + draw(st.integers(0, 50))
         eid = f"e{draw(st.integers(0, 3 * n))}"  # repeats: duplicates, and score/feedback sharing an id
         if draw(st.booleans()):
@@ -169,5 +169,35 @@ def test_expiring_a_scenario_first_score_keeps_its_newer_one():
         join.add_scores(["z"], [("p", "a", 0.9, 0.5, "act", T0 + 200)])
         join.expire()
         assert join.lookup(["x"]) == [None] and join.expired_scores == 1
+    finally:
+        join.close()
+
+
+def test_scenario_ids_with_nul_and_newline_expire_and_release_only_their_own():
+    join = FeedbackJoin(horizon_s=100.0, expire_every_s=0.0)
+    try:
+        join.park([_pending("a\x00b", "f1", T0)])
+        join.add_scores(["a"], [("p", "a", 0.9, 0.5, "act", T0)])
+        assert join.release("a") == [] and join.waiting_feedback == 1  # not a's: a\0b's
+        assert [p.scenario_id for p in join.release("a\x00b")] == ["a\x00b"]
+        join.add_scores(["x\ny", "x"], [("p", "a", 0.9, 0.5, "act", T0)] * 2)
+        join.add_scores(["z"], [("p", "a", 0.9, 0.5, "act", T0 + 500)])
+        join.expire()
+        assert join.lookup(["x\ny", "x", "a"]) == [None, None, None] and join.expired_scores == 3
+    finally:
+        join.close()
+
+
+def test_expiry_entries_of_an_older_store_still_expire_their_scores():
+    import msgspec
+
+    join = FeedbackJoin(horizon_s=100.0, expire_every_s=0.0)
+    try:
+        ctx = msgspec.msgpack.encode(("p", "a", 0.9, 0.5, "act", T0))
+        join.db[b"s:a"], join.db[b"s:b"] = ctx, ctx
+        join.db[b"x:" + b"%016d" % int(T0 * 1000) + b"00000001s"] = b"a\nb"  # as written before: newline-joined
+        join.add_scores(["z"], [("p", "a", 0.9, 0.5, "act", T0 + 500)])
+        join.expire()
+        assert join.lookup(["a", "b", "z"])[:2] == [None, None] and join.expired_scores == 2
     finally:
         join.close()

@@ -46,6 +46,16 @@ class Pending(NamedTuple):
     weight: float
 
 
+def _parked_key(key: bytes) -> tuple[bytes, int | None]:
+    """(scenario id, number) of a parked feedback key `f:<sid>\\0<16 digits>`. The number is
+    read from the end, as a scenario id may itself hold NUL bytes; keys written before
+    parked feedback was numbered end in `\\0<event id>` and give (up to the first NUL, None)."""
+    rest = key[2:]
+    if len(rest) >= 17 and rest[-17] == 0 and rest[-16:].isdigit():
+        return rest[:-17], int(rest[-16:])
+    return rest.partition(b"\x00")[0], None
+
+
 def _ms(ts: float) -> bytes:
     return b"%016d" % max(0, int(ts * 1000))
 
@@ -75,10 +85,10 @@ class FeedbackJoin:
 
     def _note_parked(self, key: bytes) -> None:
         """Count a parked feedback entry found in the store, and number new ones after it."""
-        sid, _, number = key[2:].partition(b"\x00")
+        sid, number = _parked_key(key)
         self._waiting[sid.decode()] = self._waiting.get(sid.decode(), 0) + 1
-        if number.isdigit():  # keys written before they were numbered hold the event id here
-            self._parked = max(self._parked, int(number))
+        if number is not None:
+            self._parked = max(self._parked, number)
 
     def _keys(self, prefix: bytes):
         for key in self.db.keys(from_key=prefix):
@@ -87,8 +97,11 @@ class FeedbackJoin:
             yield key
 
     def _index(self, wb: WriteBatch, max_ts: float, kind: bytes, refs: list[bytes]) -> None:
+        """One expiry entry for a batch's keys: kind S (scores) or F (feedback), the keys as a
+        msgpack list (ids may hold any character; entries of kind s/f from older stores are
+        newline-joined)."""
         self._seq += 1
-        wb.put(_EXPIRY + _ms(max_ts) + b"%08d" % (self._seq % 10**8) + kind, b"\n".join(refs))
+        wb.put(_EXPIRY + _ms(max_ts) + b"%08d" % (self._seq % 10**8) + kind, _encode(refs))
 
     def add_scores(self, scenario_ids: list[str], contexts: list[tuple]) -> None:
         """Remember a batch of decisions: (policy_id, segment, score, tau, decision, ts) each."""
@@ -98,7 +111,7 @@ class FeedbackJoin:
         refs = list(map(str.encode, scenario_ids))
         deque(map(wb.put, map(_SCORE.__add__, refs), map(_encode, contexts)), maxlen=0)  # C-level loop
         max_ts = max(map(itemgetter(5), contexts))
-        self._index(wb, max_ts, b"s", refs)
+        self._index(wb, max_ts, b"S", refs)
         self.db.write(wb, self._write)
         self._clock = max(self._clock, max_ts)
 
@@ -122,7 +135,7 @@ class FeedbackJoin:
             wb.put(_FEEDBACK + ref, _encode((p.event_id, p.ts, p.kind, p.source, p.preferred, p.weight)))
             self._waiting[p.scenario_id] = self._waiting.get(p.scenario_id, 0) + 1
         max_ts = max(p.ts for p in pending)
-        self._index(wb, max_ts, b"f", refs)
+        self._index(wb, max_ts, b"F", refs)
         self.db.write(wb, self._write)
         self._clock = max(self._clock, max_ts)
 
@@ -139,8 +152,8 @@ class FeedbackJoin:
         order it was parked."""
         if self._waiting.pop(scenario_id, None) is None:
             return []
-        prefix = _FEEDBACK + scenario_id.encode() + b"\x00"
-        keys = list(self._keys(prefix))
+        sid = scenario_id.encode()
+        keys = [k for k in self._keys(_FEEDBACK + sid + b"\x00") if _parked_key(k)[0] == sid]
         out = [Pending(scenario_id, *_decode(v)) for v in self.db[keys]]
         wb = WriteBatch(raw_mode=True)
         for k in keys:
@@ -160,8 +173,9 @@ class FeedbackJoin:
             if key >= cutoff or not key.startswith(_EXPIRY):
                 break
             wb.delete(key)
-            prefix = _SCORE if key.endswith(b"s") else _FEEDBACK
-            keys = [prefix + r for r in refs.split(b"\n")]
+            prefix = _SCORE if key[-1:] in (b"S", b"s") else _FEEDBACK
+            listed = _decode(refs, type=list[bytes]) if key[-1:] in (b"S", b"F") else refs.split(b"\n")
+            keys = [prefix + r for r in listed]
             for k, v in zip(keys, self.db[keys]):
                 if v is None:
                     continue
@@ -172,7 +186,7 @@ class FeedbackJoin:
                     self.expired_scores += 1
                     continue
                 wb.delete(k)
-                sid = k[2:].split(b"\x00", 1)[0].decode()
+                sid = _parked_key(k)[0].decode()
                 unmatched.append(Pending(sid, *_decode(v)))
                 left = self._waiting.pop(sid, 1) - 1
                 if left > 0:
