@@ -50,14 +50,14 @@ class Deduplicator:
         while start < n:
             end = max(start, int(np.searchsorted(running_max, self._next_expiry, side="left")))
             if end > start and len(self._seen) + (end - start) <= self.max_ids:
-                out += self._fresh_run(ids, times, start, end)
+                out += self._fresh_run(ids, times, start, end, float(running_max[end - 1]))
             else:
                 end = max(end, start + 1)
                 out += self._fresh_one_by_one(ids, times, start, end)
             start = end
         return out
 
-    def _fresh_run(self, ids: list[str], times: list[float], start: int, end: int) -> list[int]:
+    def _fresh_run(self, ids: list[str], times: list[float], start: int, end: int, latest: float) -> list[int]:
         run = ids[start:end]
         first = dict(zip(reversed(run), range(end - 1, start - 1, -1)))  # id -> its first position
         # not `first.keys() - seen.keys()`: that walks all of `seen` (millions of ids) every time
@@ -65,7 +65,7 @@ class Deduplicator:
         fresh_ids = list(map(ids.__getitem__, positions))
         self._seen.update(zip(fresh_ids, map(times.__getitem__, positions)))
         self._order.extend(fresh_ids)
-        self._clock = max(self._clock, max(times[start:end]))
+        self._clock = max(self._clock, latest)  # the batch's running maximum at the run's end
         self.duplicates += (end - start) - len(positions)
         return positions
 

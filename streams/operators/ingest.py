@@ -20,7 +20,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from itertools import compress
 from operator import attrgetter, itemgetter, not_
-from typing import NamedTuple
 
 import numpy as np
 
@@ -135,8 +134,7 @@ def ingest(events: list, dedup: Deduplicator, join: FeedbackJoin, abstention_han
         released = released_from_store.get(j, []) + [p for _, p in waiting_here.get(j, [])]
         out.joined_late += len(released)
         for p in released:
-            feedback.add(score_pos[j] + 0.5, _Parked(p.ts, p.kind, p.source, p.preferred or None, p.weight),
-                         contexts[j])
+            feedback.add(score_pos[j] + 0.5, p, contexts[j])
 
     out.scores = len(scores)
     join.add_scores(sids, contexts)
@@ -145,22 +143,12 @@ def ingest(events: list, dedup: Deduplicator, join: FeedbackJoin, abstention_han
     return out
 
 
-class _Parked(NamedTuple):
-    """A released feedback's own fields, as an event has them."""
-
-    ts: float
-    kind: str
-    source: str
-    preferred: str | None
-    weight: float
-
-
 class _Feedback:
     """Joined feedback: its place in arrival order, its own fields, and its decision's context."""
 
     def __init__(self) -> None:
         self.order: list[float] = []
-        self.own: list = []  # events, or _Parked
+        self.own: list = []  # events, or Pending (both have the fields of _FEEDBACK_FIELDS)
         self.contexts: list[tuple] = []  # (policy_id, segment, score, tau, decision, ...)
 
     def add(self, order: float, own, ctx: tuple) -> None:

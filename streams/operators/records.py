@@ -14,7 +14,7 @@ DECISION = {d: i for i, d in enumerate(DECISIONS)}
 KIND = {k: i for i, k in enumerate(KINDS)}
 SOURCE = {s: i for i, s in enumerate(SOURCES)}
 PREFERRED: dict = {p: i for i, p in enumerate(PREFERRED_NAMES)}
-PREFERRED[None] = 0
+PREFERRED[None] = PREFERRED[""] = 0  # none given (an event's None, a parked one's "")
 
 
 @dataclass
