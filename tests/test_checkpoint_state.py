@@ -117,3 +117,28 @@ def test_a_lazily_dumped_join_holds_the_entries_of_the_moment_it_was_asked_for()
     assert join.lookup(["late-1"]) == [ctx(100.0)]
     join.close()
     again.close()
+
+
+def test_a_stage_checkpoint_holds_its_state_as_of_the_capture_while_processing_goes_on(by_partition):
+    """The worker captures a stage, goes on processing while the join is written out, and
+    encodes the checkpoint afterwards: what it encodes must be the captured moment, or a
+    restart from it would apply the later messages twice."""
+    messages = by_partition[0]
+    stage = PartitionStage(CONFIG)
+    stage.process(messages[:400], now=0.0)
+    head, parts = stage.dump_lazily(slice_size=50)
+    frozen = snapshot.encode("stage", {**head, "join": {**head["join"], "parts": []}})
+    stage.process(messages[400:800], now=0.0)  # the stream goes on while the join's parts are written
+    head["join"]["parts"] = list(parts)
+    assert snapshot.encode("stage", {**head, "join": {**head["join"], "parts": []}}) == frozen
+
+    straight = PartitionStage(CONFIG)
+    straight.process(messages[:400], now=0.0)
+    restored = PartitionStage(CONFIG)
+    restored.load(snapshot.decode("stage", snapshot.encode("stage", head)))
+    a = straight.process(messages[400:1200], now=0.0)
+    b = restored.process(messages[400:1200], now=0.0)
+    assert [p.rows.tobytes() for p in a.partials] == [p.rows.tobytes() for p in b.partials]
+    assert a.partials and any(p.rows.any() for p in a.partials)
+    for s in (stage, straight, restored):
+        s.close()

@@ -155,8 +155,9 @@ class PartitionWindows:
         return out
 
     def dump(self) -> dict:
-        """Plain values and arrays (for a checkpoint) from which `load` rebuilds this state."""
-        return {"keys": [list(k) for k in self.keys.keys], "state": self.state[: len(self.keys.keys) * self.stride],
+        """Plain values and arrays (for a checkpoint) from which `load` rebuilds this state: a
+        copy, since the worker goes on processing before it encodes a checkpoint."""
+        return {"keys": [list(k) for k in self.keys.keys], "state": self.state[: len(self.keys.keys) * self.stride].copy(),
                 "max_ts": self.max_ts, "closed": self.closed, "ticks": self.ticks, "late_events": self.late_events}
 
     def load(self, state: dict) -> None:

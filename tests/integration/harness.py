@@ -62,11 +62,24 @@ class WorkerThread:
             time.sleep(0.25)
         raise AssertionError("worker did not go idle in time")
 
+    def wait_for(self, counter, at_least: int, timeout: float = 240.0) -> None:
+        """Until `counters[counter]` reaches `at_least` (every input event accepted): quiet
+        alone is not the end of a run that a broker restart paused for longer than the quiet."""
+        deadline = time.monotonic() + timeout
+        while self.worker.counters[counter] < at_least:
+            if self.error is not None:
+                raise AssertionError(f"worker died: {self.error!r}") from self.error
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{counter} reached {self.worker.counters[counter]} of {at_least} in "
+                                     f"{timeout:.0f} s; counters {dict(self.worker.counters)}")
+            time.sleep(0.25)
+
     def stop(self) -> None:
         self._stop.set()
         self.thread.join(timeout=60)
         if self.error is not None:
             raise AssertionError(f"worker failed: {self.error!r}") from self.error
+        assert not self.thread.is_alive(), "the worker did not stop within 60 s"
 
 
 def ordered_producer(settings, **config) -> Producer:

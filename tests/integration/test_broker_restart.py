@@ -10,7 +10,7 @@ import pytest
 from streams.config import MonitorConfig
 from streams.kafka.producer import EventProducer
 from streams.simulate import SimConfig, simulate
-from tests.integration.harness import WorkerThread
+from tests.integration.harness import WorkerThread, json_values, read_topic
 from tests.integration.test_worker_e2e import _flush_events, assert_same_as_in_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -32,9 +32,16 @@ def test_a_broker_restart_mid_run_loses_and_doubles_nothing(cluster, kafka_servi
         assert time.monotonic() < deadline and worker.alive(), "the worker never started consuming"
         time.sleep(0.05)
     kafka_service.restart(downtime=5.0)
+    scores = sum(e["type"] == "score" for e in events)
+    assert _scores_in_log(settings) == scores, "the broker lost acknowledged events"
+    worker.wait_for(("events_in", "score"), scores)
     worker.wait_idle(quiet_s=6.0, timeout=240)
     assert worker.alive()
     worker.stop()
 
     assert_same_as_in_process(settings, sim.events, 2)
-    assert worker.worker.counters["events_in", "score"] == sum(e["type"] == "score" for e in events)
+    assert worker.worker.counters["events_in", "score"] == scores
+
+
+def _scores_in_log(settings) -> int:
+    return sum(len(v["events"]) if "events" in v else 1 for v in json_values(read_topic(settings, "scores")))
