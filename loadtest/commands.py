@@ -80,6 +80,11 @@ def _bench_pipeline(args) -> int:
     from loadtest.bench import BenchConfig, bench_pipeline
 
     if args.profile:
+        import shutil
+
+        if shutil.which("py-spy") is None:  # else every path would run unrecorded, silently
+            print("npo bench pipeline: --profile needs py-spy on PATH (pip install py-spy)", file=sys.stderr)
+            return 2
         os.environ["NPO_LOADTEST_PROFILE"] = args.profile  # inherited by the spawned processes
 
     cfg = BenchConfig(events=args.events, peer_events=args.peer_events, partitions=args.partitions,

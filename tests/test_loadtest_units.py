@@ -152,3 +152,13 @@ def test_soak_warm_up_covers_the_join_target_and_the_de_duplication_horizon():
     assert warmup_events(traffic, 10**7, 4, None) >= 10**7 / scores
     capped = MonitorConfig(dedup_max_ids=1000)
     assert warmup_events(traffic, 0, 4, capped) == int(4000 * 1.05)  # the cap fills first
+
+
+def test_bench_profile_without_py_spy_fails_instead_of_recording_nothing(tmp_path, monkeypatch, capsys):
+    from streams.cli import main
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no py-spy here
+    monkeypatch.delenv("NPO_LOADTEST_PROFILE", raising=False)
+    assert main(["bench", "pipeline", "--events", "1000", "--profile", str(tmp_path / "prof")]) == 2
+    assert "needs py-spy" in capsys.readouterr().err
+    assert "NPO_LOADTEST_PROFILE" not in __import__("os").environ
