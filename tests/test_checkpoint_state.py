@@ -109,11 +109,12 @@ def test_a_lazily_dumped_join_holds_the_entries_of_the_moment_it_was_asked_for()
     join = FeedbackJoin(None)
     join.add_scores([f"s{i}" for i in range(25)], [ctx(float(i)) for i in range(25)])
     counters, parts = join.dump_lazily(slice_size=10)
+    join.add_scores(["early"], [ctx(99.0)])  # written before the first part is taken
     first = next(parts)
     join.add_scores(["late-1", "late-2"], [ctx(100.0), ctx(101.0)])  # written while the dump goes on
     again = FeedbackJoin(None)
     again.load({**counters, "parts": [first, *parts]})
-    assert again.lookup(["s0", "s24", "late-1"]) == [ctx(0.0), ctx(24.0), None]
+    assert again.lookup(["s0", "s24", "early", "late-1"]) == [ctx(0.0), ctx(24.0), None, None]
     assert join.lookup(["late-1"]) == [ctx(100.0)]
     join.close()
     again.close()
