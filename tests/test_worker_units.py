@@ -1,6 +1,7 @@
 """Pure pieces of the Kafka worker: the partials wire format, the co-partition merge, output events."""
 from __future__ import annotations
 
+import asyncio
 from collections import namedtuple
 
 import numpy as np
@@ -131,3 +132,118 @@ def test_partials_split_into_bounded_messages_give_the_same_windows(monkeypatch)
         return sorted((r.kind, r.start, key, tuple(r.rows[i])) for r in results for i, key in enumerate(r.keys))
 
     assert len(table(want)) > 500 and table(got) == table(want)
+
+
+class _Store:
+    """Checkpoint store bookkeeping only: which pointers were written and which deleted."""
+
+    def __init__(self) -> None:
+        self.written, self.forgotten = 0, []
+
+    async def write(self, name, blob):
+        self.written += 1
+        return f"ck{self.written}"
+
+    async def forget(self, name, pointer):
+        self.forgotten.append(pointer)
+
+
+def test_a_checkpoint_whose_commit_may_have_landed_is_kept_and_recognised_as_ours(monkeypatch):
+    """A retried commit refused after a rebalance may have landed: deleting that checkpoint
+    would leave the group pointing at chunks compaction then drops (takeover fails), and
+    not knowing it as ours would throw the live state away for a replay."""
+    import streams.worker.worker as worker_module
+    from aiokafka import TopicPartition
+
+    from streams.settings import load
+
+    w = worker_module.Worker(load(overrides={"topic_prefix": "u."}, env={}))
+    w.checkpoints = store = _Store()
+    outcomes = iter([True, None, True])
+
+    async def commit(consumer, offsets):
+        return next(outcomes)
+
+    monkeypatch.setattr(w, "_commit", commit)
+    name = w._name("ingest", 0)
+
+    async def run():
+        step = lambda: w._commit_checkpoint(None, "ingest", 0, b"", {TopicPartition("t", 0): 1}, lambda: True)
+        assert await step() is True  # ck1 committed
+        assert await step() is False  # ck2: refused after a rebalance, outcome unknown
+        assert store.forgotten == [] and w._unsure[name] == ["ck2"]
+
+        w.stages[0] = object()  # the live stage
+
+        async def committed(consumer, tps):
+            return {tps[0]: (1, "ck2")}  # the refused commit had landed
+
+        monkeypatch.setattr(worker_module, "committed", committed)
+        assert await w._load("ingest", None, [TopicPartition("t", 0)]) is None  # ours: the stage goes on
+
+        assert await step() is True  # ck3 supersedes both
+        assert sorted(store.forgotten) == ["ck1", "ck2"] and name not in w._unsure
+
+        w._unsure[name] = ["ck4", "ck5"]  # in doubt, then the group is found at ck5
+        await w._loaded("ingest", 0, "ck5")
+        assert store.forgotten[-1] == "ck4" and w._pointers[name] == "ck5" and name not in w._unsure
+
+    asyncio.run(run())
+
+
+def test_a_commit_never_tried_deletes_its_checkpoint(monkeypatch):
+    import streams.worker.worker as worker_module
+    from aiokafka import TopicPartition
+
+    from streams.settings import load
+
+    w = worker_module.Worker(load(overrides={"topic_prefix": "u."}, env={}))
+    w.checkpoints = store = _Store()
+
+    async def commit(consumer, offsets):
+        return False
+
+    monkeypatch.setattr(w, "_commit", commit)
+    tp = {TopicPartition("t", 0): 1}
+    assert asyncio.run(w._commit_checkpoint(None, "ingest", 0, b"", tp, lambda: True)) is False
+    assert asyncio.run(w._commit_checkpoint(None, "ingest", 0, b"", tp, lambda: False)) is False  # revoked
+    assert store.forgotten == ["ck1", "ck2"] and not w._unsure
+
+
+def test_a_partition_revoked_while_its_position_is_asked_for_is_skipped_not_fatal():
+    """Another worker joining can take a partition between two awaits of a round; aiokafka
+    then refuses `highwater`/`position` for it, which must not end the worker."""
+    import streams.worker.worker as worker_module
+    from aiokafka import TopicPartition
+    from aiokafka.errors import IllegalStateError
+
+    from streams.settings import load
+
+    w = worker_module.Worker(load(overrides={"topic_prefix": "u."}, env={}))
+    scores, feedback = (TopicPartition(t, 0) for t in w.merge.topics)
+
+    class Consumer:
+        assigned = {scores, feedback}
+
+        def assignment(self):
+            return set(self.assigned)
+
+        def highwater(self, tp):
+            assert tp in self.assigned, "Partition is not assigned"
+            return 10
+
+        async def position(self, tp):
+            self.assigned = set()  # the rebalance lands during this await
+            raise IllegalStateError(f"Partition {tp} is not assigned")
+
+    w.ingest = Consumer()
+    assert asyncio.run(w._at_end(0)) is None
+    w.ingest.assigned = {scores, feedback}
+
+    async def settled(tp):
+        return 10
+
+    w.ingest.position = settled
+    assert asyncio.run(w._at_end(0)) == {scores.topic: True, feedback.topic: True}
+    w.ingest.assigned = {scores}  # already gone before the round asks
+    assert asyncio.run(w._at_end(0)) is None

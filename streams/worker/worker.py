@@ -112,6 +112,9 @@ class Worker:
         self._to_load: dict[str, set[int]] = {"ingest": set(), "aggregate": set()}  # assigned, not yet loaded
         self._dirty: dict[str, set[int]] = {"ingest": set(), "aggregate": set()}  # moved since checkpoint
         self._pointers: dict[str, str] = {}  # checkpoint name -> pointer this worker last committed
+        # checkpoint name -> pointers whose commit failed in a way that may still have landed
+        # (a retried commit refused after a rebalance): kept until a later commit supersedes them
+        self._unsure: dict[str, list[str]] = {}
         self._last_checkpoint = time.monotonic()
         self._queue: list[int] = []  # input partitions waiting for their checkpoint
         self._collecting: _Collecting | None = None  # the one being taken
@@ -241,8 +244,9 @@ class Worker:
         name = self._name(role, p)
         # every offset committed with a checkpoint carries its pointer (one commit request)
         pointer = next((meta for _, meta in (await committed(consumer, tps)).values() if meta), "")
-        if pointer == self._pointers.get(name) and p in (self.stages if role == "ingest" else self.monitors):
-            return None
+        ours = [self._pointers.get(name), *self._unsure.get(name, ())]
+        if pointer in ours and p in (self.stages if role == "ingest" else self.monitors):
+            return None  # the live state is that checkpoint's or later: it goes on from where it stands
         if not pointer:  # nothing checkpointed: the group's position (committed or earliest) stands
             return pointer, {}, {}
         state = snapshot.decode(role, await self.checkpoints.read(name, pointer))
@@ -264,7 +268,7 @@ class Worker:
             if loaded is not None:
                 self._close_stage(p)
                 pointer, state, self.offsets[p] = loaded
-                self._pointers[self._name("ingest", p)] = pointer
+                await self._loaded("ingest", p, pointer)
                 stage = self._new_stage(p)
                 if state:
                     join = state["stage"]["join"]
@@ -287,7 +291,7 @@ class Worker:
             if loaded is not None:
                 self._drop_monitor(q)
                 pointer, state, offsets = loaded
-                self._pointers[self._name("aggregate", q)] = pointer
+                await self._loaded("aggregate", q, pointer)
                 monitor = self.monitors[q] = Monitor(self.config, partitions=self.input_count, counters=self.counters)
                 monitor.aggregator.thresholds = self._thresholds
                 if state:
@@ -299,6 +303,15 @@ class Worker:
             if q in self.partials_offset:
                 self.aggregate.seek(tp, self.partials_offset[q])
             self.aggregate.resume(tp)
+
+    async def _loaded(self, role: str, partition: int, pointer: str) -> None:
+        """`pointer` is what the group has committed: this worker's checkpoints whose commit
+        was in doubt and are not it were not committed, and go."""
+        name = self._name(role, partition)
+        self._pointers[name] = pointer
+        for old in self._unsure.pop(name, ()):
+            if old != pointer:
+                await self.checkpoints.forget(name, old)
 
     def _new_stage(self, p: int) -> PartitionStage:
         # the join's pending scores live on disk under state_dir, not in RAM
@@ -384,12 +397,17 @@ class Worker:
         name = self._name(role, partition)
         pointer = await self.checkpoints.write(name, blob)
         crash_point("checkpoint")
-        if not still() or not await self._commit(consumer, {tp: (o, pointer) for tp, o in offsets.items()}):
+        committed = await self._commit(consumer, {tp: (o, pointer) for tp, o in offsets.items()}) if still() else False
+        if committed is None:  # it may have landed: the group may point to it, so it stays
+            self._unsure.setdefault(name, []).append(pointer)
+            return False
+        if not committed:
             await self.checkpoints.forget(name, pointer)  # never committed: never read
             return False
-        previous, self._pointers[name] = self._pointers.get(name), pointer
-        if previous:
-            await self.checkpoints.forget(name, previous)
+        superseded = [self._pointers.get(name), *self._unsure.pop(name, ())]
+        self._pointers[name] = pointer
+        for old in filter(None, superseded):
+            await self.checkpoints.forget(name, old)
         self.counters["checkpoints", role] += 1
         return True
 
@@ -403,21 +421,10 @@ class Worker:
         for tp, records in fetched.items():
             self.merge.add(tp.topic, tp.partition, records)
         sends = []
-        assigned = self.ingest.assignment()
         for p, stage in list(self.stages.items()):
-            if TopicPartition(self.topics["scores"], p) not in assigned or p in self._to_load["ingest"]:
+            at_end = await self._at_end(p)
+            if at_end is None or self.stages.get(p) is not stage or p in self._to_load["ingest"]:
                 continue  # reassigned during this round: loaded at the next
-            at_end = {}
-            for topic in self.merge.topics:
-                tp = TopicPartition(topic, p)
-                high = self.ingest.highwater(tp)
-                position = await self.ingest.position(tp)
-                at_end[topic] = high is not None and position >= high
-                if high is not None:
-                    lag = high - position + self.merge.pending_on(topic, p)
-                    self.metrics.consumer_lag.labels(topic, str(p)).set(lag)
-            if self.stages.get(p) is not stage or p in self._to_load["ingest"]:
-                continue  # reassigned while the positions were asked for
             records = self.merge.pop_ready(p, at_end)
             if not records:
                 continue
@@ -438,6 +445,26 @@ class Worker:
             self._dirty["ingest"].add(p)
         crash_point("batch")
         await self._deliver(sends)
+
+    async def _at_end(self, p: int) -> dict[str, bool] | None:
+        """Whether each input topic of partition `p` looked drained at the last fetch (and its
+        lag, as a metric); None once `p` is no longer this worker's, which a rebalance can
+        make it between two awaits of this round."""
+        at_end = {}
+        for topic in self.merge.topics:
+            tp = TopicPartition(topic, p)
+            if tp not in self.ingest.assignment() or p in self._to_load["ingest"]:
+                return None
+            high = self.ingest.highwater(tp)
+            try:
+                position = await self.ingest.position(tp)
+            except IllegalStateError:  # revoked while the position was asked for
+                return None
+            at_end[topic] = high is not None and position >= high
+            if high is not None:
+                lag = high - position + self.merge.pending_on(topic, p)
+                self.metrics.consumer_lag.labels(topic, str(p)).set(lag)
+        return at_end
 
     def _partials_messages(self, p: int, part) -> list:
         """Rows to the partials partition of their key, in messages of bounded size; progress to
@@ -533,8 +560,11 @@ class Worker:
                 messages.append((self.topics["stats"], orjson.dumps(event), key, None))
         return messages
 
-    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict) -> bool:
-        """Commit, if all is still assigned; a commit lost to a rebalance only means a replay."""
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict) -> bool | None:
+        """Commit, if all is still assigned: True when committed, False when not tried, None
+        when refused after a rebalance (aiokafka retries a commit whose answer was lost, and
+        the retry is refused once the group has moved on: the first try may have landed). A
+        commit lost to a rebalance only means a replay."""
         if not offsets or not all(tp in consumer.assignment() for tp in offsets):
             return False
         try:
@@ -542,7 +572,7 @@ class Worker:
             return True
         except (CommitFailedError, IllegalStateError) as exc:
             log.warning("offset commit lost to a rebalance (records will be replayed): %s", exc)
-            return False
+            return None
 
     # -- output ---------------------------------------------------------------------------------
 

@@ -26,15 +26,19 @@ def test_a_broker_restart_mid_run_loses_and_doubles_nothing(cluster, kafka_servi
         for e in events:
             producer.send(e)
 
+    scores = sum(e["type"] == "score" for e in events)
+    assert _scores_in_log(settings) == scores, "acknowledged events are missing from the log"
+
     worker = WorkerThread(settings, CONFIG).start()
     deadline = time.monotonic() + 60
     while worker.worker.counters["events_in", "score"] == 0:
         assert time.monotonic() < deadline and worker.alive(), "the worker never started consuming"
         time.sleep(0.05)
     kafka_service.restart(downtime=5.0)
-    scores = sum(e["type"] == "score" for e in events)
-    assert _scores_in_log(settings) == scores, "the broker lost acknowledged events"
-    worker.wait_for(("events_in", "score"), scores)
+    try:
+        worker.wait_for(("events_in", "score"), scores)
+    except AssertionError as e:  # the worker's loss, or the broker's?
+        raise AssertionError(f"{e}; scores in the log now: {_scores_in_log(settings)} of {scores}") from e
     worker.wait_idle(quiet_s=6.0, timeout=240)
     assert worker.alive()
     worker.stop()
