@@ -56,6 +56,8 @@ def add_commands(subparsers, bench_subparsers, settings_args) -> None:
     bp.add_argument("--partitions", type=int, default=4)
     bp.add_argument("--latency-seconds", type=float, default=30.0, help="length of the latency run (default 30)")
     bp.add_argument("--latency-rate", type=float, help="events/s for the latency run (default: half the envelope rate)")
+    bp.add_argument("--raw-runs", type=int, default=3,
+                    help="drains of the raw baseline; its median is the baseline (default 3)")
     bp.add_argument("--no-peer", action="store_true")
     bp.add_argument("--no-two-workers", action="store_true")
     bp.add_argument("--timeout", type=float, default=900.0, help="seconds any one path may take (default 900)")
@@ -87,11 +89,12 @@ def _bench_pipeline(args) -> int:
             return 2
         os.environ["NPO_LOADTEST_PROFILE"] = args.profile  # inherited by the spawned processes
 
-    cfg = BenchConfig(events=args.events, peer_events=args.peer_events, partitions=args.partitions,
-                      latency_s=args.latency_seconds, latency_rate=args.latency_rate, peer=not args.no_peer,
-                      two_workers=not args.no_two_workers, timeout_s=args.timeout, traffic=_traffic(args))
     say = (lambda msg: print(f"npo bench pipeline: {msg}", file=sys.stderr)) if args.json else print
     try:
+        cfg = BenchConfig(events=args.events, peer_events=args.peer_events, partitions=args.partitions,
+                          latency_s=args.latency_seconds, latency_rate=args.latency_rate, peer=not args.no_peer,
+                          two_workers=not args.no_two_workers, timeout_s=args.timeout, traffic=_traffic(args),
+                          raw_runs=args.raw_runs)
         result = bench_pipeline(_settings(args), cfg, out_dir=args.out, progress=say)
     except (RuntimeError, TimeoutError, ValueError, OSError) as e:
         print(f"npo bench pipeline: {e}", file=sys.stderr)

@@ -162,3 +162,13 @@ def test_bench_profile_without_py_spy_fails_instead_of_recording_nothing(tmp_pat
     assert main(["bench", "pipeline", "--events", "1000", "--profile", str(tmp_path / "prof")]) == 2
     assert "needs py-spy" in capsys.readouterr().err
     assert "NPO_LOADTEST_PROFILE" not in __import__("os").environ
+
+
+@pytest.mark.parametrize("flags", [["--events", "0"], ["--raw-runs", "0"], ["--latency-seconds", "0"],
+                                   ["--latency-rate", "-5"], ["--timeout", "0"], ["--partitions", "0"]])
+def test_bench_refuses_settings_it_cannot_measure_with_a_clear_error(flags, capsys):
+    from streams.cli import main
+
+    assert main(["bench", "pipeline", *flags]) == 2
+    err = capsys.readouterr().err
+    assert "npo bench pipeline:" in err and "must be" in err

@@ -40,6 +40,8 @@ def test_bench_pipeline_reports_every_figure(kafka_bootstrap, tmp_path):
     assert result["single_counted"] == n and result["envelope_counted"] == n
     assert result["two_workers_counted"] >= n and result["two_workers_events_per_s"] > 0
     assert result["latency_triggers_timed"] > 0
+    runs = result["raw_runs_events_per_s"]
+    assert len(runs) == 3 and result["raw_events_per_s"] == sorted(runs)[1]  # the median drain
     assert result["in_process_events_per_s"] > 0 and result["in_process_vs_raw"] > 0
     assert set(result["peak_rss_mb"]) >= {"raw", "single", "envelope", "in_process", "peer", "two_workers", "latency"}
     assert (tmp_path / "bench.png").stat().st_size > 0 and (tmp_path / "bench.html").is_file()
