@@ -185,8 +185,8 @@ def test_a_checkpoint_whose_commit_may_have_landed_is_kept_and_recognised_as_our
         assert sorted(store.forgotten) == ["ck1", "ck2"] and name not in w._unsure
 
         w._unsure[name] = ["ck4", "ck5"]  # in doubt, then the group is found at ck5
-        await w._loaded("ingest", 0, "ck5")
-        assert store.forgotten[-1] == "ck4" and w._pointers[name] == "ck5" and name not in w._unsure
+        w._loaded("ingest", 0, "ck5")
+        assert w._to_forget == [(name, "ck4")] and w._pointers[name] == "ck5" and name not in w._unsure
 
     asyncio.run(run())
 

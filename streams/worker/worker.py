@@ -115,6 +115,7 @@ class Worker:
         # checkpoint name -> pointers whose commit failed in a way that may still have landed
         # (a retried commit refused after a rebalance): kept until a later commit supersedes them
         self._unsure: dict[str, list[str]] = {}
+        self._to_forget: list[tuple[str, str]] = []  # (name, pointer) found not committed
         self._last_checkpoint = time.monotonic()
         self._queue: list[int] = []  # input partitions waiting for their checkpoint
         self._collecting: _Collecting | None = None  # the one being taken
@@ -268,7 +269,7 @@ class Worker:
             if loaded is not None:
                 self._close_stage(p)
                 pointer, state, self.offsets[p] = loaded
-                await self._loaded("ingest", p, pointer)
+                self._loaded("ingest", p, pointer)
                 stage = self._new_stage(p)
                 if state:
                     join = state["stage"]["join"]
@@ -291,7 +292,7 @@ class Worker:
             if loaded is not None:
                 self._drop_monitor(q)
                 pointer, state, offsets = loaded
-                await self._loaded("aggregate", q, pointer)
+                self._loaded("aggregate", q, pointer)
                 monitor = self.monitors[q] = Monitor(self.config, partitions=self.input_count, counters=self.counters)
                 monitor.aggregator.thresholds = self._thresholds
                 if state:
@@ -303,15 +304,16 @@ class Worker:
             if q in self.partials_offset:
                 self.aggregate.seek(tp, self.partials_offset[q])
             self.aggregate.resume(tp)
+        while self._to_forget:
+            await self.checkpoints.forget(*self._to_forget.pop())
 
-    async def _loaded(self, role: str, partition: int, pointer: str) -> None:
+    def _loaded(self, role: str, partition: int, pointer: str) -> None:
         """`pointer` is what the group has committed: this worker's checkpoints whose commit
-        was in doubt and are not it were not committed, and go."""
+        was in doubt and are not it were not committed, and go (after the loads: no await
+        between checking an assignment and seeking in it)."""
         name = self._name(role, partition)
         self._pointers[name] = pointer
-        for old in self._unsure.pop(name, ()):
-            if old != pointer:
-                await self.checkpoints.forget(name, old)
+        self._to_forget.extend((name, old) for old in self._unsure.pop(name, ()) if old != pointer)
 
     def _new_stage(self, p: int) -> PartitionStage:
         # the join's pending scores live on disk under state_dir, not in RAM
