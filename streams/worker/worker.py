@@ -57,6 +57,7 @@ from streams.settings import Settings
 from streams.state import snapshot
 from streams.worker import partials as partials_codec
 from streams.worker.faults import crash_point
+from streams.worker.memory import trim_heap
 from streams.worker.merge import CoPartitionMerge
 from streams.worker.outputs import stats_key, window_stats_events
 
@@ -380,11 +381,14 @@ class Worker:
         self._collecting = None
         c.head["join"]["parts"] = c.packed
         blob = snapshot.encode("ingest", {"stage": c.head, "seq": c.seq, "offsets": c.offsets})
+        c.packed.clear()  # in the blob now: the parts' memory serves what follows
         commits = {TopicPartition(t, c.p): o for t, o in c.offsets.items()}
-        if not await self._commit_checkpoint(self.ingest, "ingest", c.p, blob, commits,
-                                             still=lambda: self.stages.get(c.p) is c.stage):
-            if self.stages.get(c.p) is c.stage:
-                self._dirty["ingest"].add(c.p)
+        committed = await self._commit_checkpoint(self.ingest, "ingest", c.p, blob, commits,
+                                                  still=lambda: self.stages.get(c.p) is c.stage)
+        del blob
+        trim_heap()
+        if not committed and self.stages.get(c.p) is c.stage:
+            self._dirty["ingest"].add(c.p)
 
     def _capture(self, p: int) -> _Collecting | None:
         stage = self.stages.get(p)
