@@ -134,6 +134,14 @@ def test_partials_split_into_bounded_messages_give_the_same_windows(monkeypatch)
     assert len(table(want)) > 500 and table(got) == table(want)
 
 
+def _worker():
+    """A Worker that is never started: its bookkeeping alone."""
+    from streams.settings import load
+    from streams.worker.worker import Worker
+
+    return Worker(load(overrides={"topic_prefix": "u."}, env={}))
+
+
 class _Store:
     """Checkpoint store bookkeeping only: which pointers were written and which deleted."""
 
@@ -155,9 +163,7 @@ def test_a_checkpoint_whose_commit_may_have_landed_is_kept_and_recognised_as_our
     import streams.worker.worker as worker_module
     from aiokafka import TopicPartition
 
-    from streams.settings import load
-
-    w = worker_module.Worker(load(overrides={"topic_prefix": "u."}, env={}))
+    w = _worker()
     w.checkpoints = store = _Store()
     outcomes = iter([True, None, True])
 
@@ -192,12 +198,9 @@ def test_a_checkpoint_whose_commit_may_have_landed_is_kept_and_recognised_as_our
 
 
 def test_a_commit_never_tried_deletes_its_checkpoint(monkeypatch):
-    import streams.worker.worker as worker_module
     from aiokafka import TopicPartition
 
-    from streams.settings import load
-
-    w = worker_module.Worker(load(overrides={"topic_prefix": "u."}, env={}))
+    w = _worker()
     w.checkpoints = store = _Store()
 
     async def commit(consumer, offsets):
@@ -213,13 +216,10 @@ def test_a_commit_never_tried_deletes_its_checkpoint(monkeypatch):
 def test_a_partition_revoked_while_its_position_is_asked_for_is_skipped_not_fatal():
     """Another worker joining can take a partition between two awaits of a round; aiokafka
     then refuses `highwater`/`position` for it, which must not end the worker."""
-    import streams.worker.worker as worker_module
     from aiokafka import TopicPartition
     from aiokafka.errors import IllegalStateError
 
-    from streams.settings import load
-
-    w = worker_module.Worker(load(overrides={"topic_prefix": "u."}, env={}))
+    w = _worker()
     scores, feedback = (TopicPartition(t, 0) for t in w.merge.topics)
 
     class Consumer:

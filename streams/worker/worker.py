@@ -383,11 +383,11 @@ class Worker:
         blob = snapshot.encode("ingest", {"stage": c.head, "seq": c.seq, "offsets": c.offsets})
         c.packed.clear()  # in the blob now: the parts' memory serves what follows
         commits = {TopicPartition(t, c.p): o for t, o in c.offsets.items()}
-        committed = await self._commit_checkpoint(self.ingest, "ingest", c.p, blob, commits,
-                                                  still=lambda: self.stages.get(c.p) is c.stage)
+        done = await self._commit_checkpoint(self.ingest, "ingest", c.p, blob, commits,
+                                             still=lambda: self.stages.get(c.p) is c.stage)
         del blob
         trim_heap()
-        if not committed and self.stages.get(c.p) is c.stage:
+        if not done and self.stages.get(c.p) is c.stage:
             self._dirty["ingest"].add(c.p)
 
     def _capture(self, p: int) -> _Collecting | None:
@@ -403,11 +403,11 @@ class Worker:
         name = self._name(role, partition)
         pointer = await self.checkpoints.write(name, blob)
         crash_point("checkpoint")
-        committed = await self._commit(consumer, {tp: (o, pointer) for tp, o in offsets.items()}) if still() else False
-        if committed is None:  # it may have landed: the group may point to it, so it stays
+        landed = await self._commit(consumer, {tp: (o, pointer) for tp, o in offsets.items()}) if still() else False
+        if landed is None:  # it may have landed: the group may point to it, so it stays
             self._unsure.setdefault(name, []).append(pointer)
             return False
-        if not committed:
+        if not landed:
             await self.checkpoints.forget(name, pointer)  # never committed: never read
             return False
         superseded = [self._pointers.get(name), *self._unsure.pop(name, ())]
@@ -459,7 +459,7 @@ class Worker:
         at_end = {}
         for topic in self.merge.topics:
             tp = TopicPartition(topic, p)
-            if tp not in self.ingest.assignment() or p in self._to_load["ingest"]:
+            if tp not in self.ingest.assignment():
                 return None
             high = self.ingest.highwater(tp)
             try:
