@@ -38,8 +38,11 @@ def add_commands(subparsers, bench_subparsers, settings_args) -> None:
                       help="run a worker on its own fresh topics under constant load and report RSS")
     soak.add_argument("--warmup-pending", type=int, default=1_000_000,
                       help="pending scenarios in the join before the timed soak starts (default 1,000,000)")
-    soak.add_argument("--no-dedup-fill", action="store_true",
-                      help="do not also warm up until the de-duplication ids cover their 24 h horizon (by "
+    soak.add_argument("--join-horizon-hours", type=float, default=24.0,
+                      help="the soak worker's join horizon in hours of event time (default 24; the monitor's "
+                           "own default, 168, makes the join grow for 210 traffic cycles)")
+    soak.add_argument("--no-horizon-fill", action="store_true",
+                      help="do not also warm up until the join and de-duplication horizons are full (by "
                            "default the warm-up does: RSS grows by design until then)")
     soak.add_argument("--partitions", type=int, default=4, help="soak topics' partitions (default 4)")
     soak.add_argument("--join-scenarios", type=int, default=0,
@@ -110,7 +113,8 @@ def _loadtest(args) -> int:
             from loadtest.soak import SoakConfig, run_soak
 
             cfg = SoakConfig(rate=args.rate or 20_000.0, duration_s=args.duration or 600.0,
-                             warmup_pending=args.warmup_pending, dedup_fill=not args.no_dedup_fill,
+                             warmup_pending=args.warmup_pending, fill_horizons=not args.no_horizon_fill,
+                             join_horizon_s=args.join_horizon_hours * 3600.0,
                              partitions=args.partitions,
                              envelope=not args.single, join_scenarios=args.join_scenarios, traffic=_traffic(args))
             say = (lambda msg: print(msg, file=sys.stderr if args.json else sys.stdout))

@@ -82,18 +82,19 @@ def profile_self(name: str) -> None:
 
 
 def worker_main(settings, expected: int | None, name: str, queue, stop, sample_s: float = 0.25,
-                join_stats: bool = False, settle: tuple[int, int] | None = None) -> None:
+                join_stats: bool = False, settle: tuple[int, int] | None = None, config=None) -> None:
     """The pipeline worker until it has counted ``expected`` events (None: until ``stop``).
 
     ``settle`` = (input, partials) topic-partitions this worker should own once its group
     is complete: it then waits for that assignment before its first step, so the timed
-    part of a multi-worker run is not a rebalance."""
+    part of a multi-worker run is not a rebalance. ``config``: the monitor's (default
+    ``MonitorConfig()``)."""
     gc.set_threshold(50_000, 20, 100)  # as `npo worker` runs (streams.cli.main)
     profile_self(name)
     from streams.config import MonitorConfig
     from streams.worker.worker import Worker
 
-    worker = Worker(settings, MonitorConfig())
+    worker = Worker(settings, config or MonitorConfig())
     rep = _Reporter(name, queue, sample_s)
 
     async def main() -> None:

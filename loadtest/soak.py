@@ -3,10 +3,15 @@
 Why: a leak or an unbounded structure shows only over time and only with realistic
 state. The soak first sends traffic flat out until the worker's join holds
 ``warmup_pending`` scenarios (scores kept for their feedback, which may come days of
-event time later or never) and its de-duplication ids cover their horizon (24 h of event
-time, or the cap), waits for the worker to catch up, then sends at a constant
-rate for ``duration_s`` while the worker process reports its RSS and join size every
-second. ``join_scenarios`` adds a separate measurement: one process holding that many
+event time later or never) and both horizons are full: the join's (``join_horizon_s`` of
+event time, 24 h by default here) and the de-duplication ids' (24 h, or the cap). From then
+on each state forgets as much as it takes in, so a flat RSS is the right expectation. It
+waits for the worker to catch up, then sends at a constant rate for ``duration_s`` while
+the worker process reports its RSS and join size every second.
+
+Why not the monitor's 7-day join horizon by default: at this traffic's pace of event time
+the join would then grow for 210 cycles to about 30 million pending scenarios, a warm-up
+of some 40 million events. ``join_horizon_s`` sets it for a soak that wants it. ``join_scenarios`` adds a separate measurement: one process holding that many
 pending scenarios in the join store alone (the worker's RocksDB-backed
 :class:`streams.operators.join.FeedbackJoin`), for the 10-million-scenario target.
 """
@@ -32,7 +37,8 @@ class SoakConfig:
     rate: float = 20_000.0
     duration_s: float = 600.0
     warmup_pending: int = 1_000_000
-    dedup_fill: bool = True  # warm up until the de-duplication horizon is full too
+    fill_horizons: bool = True  # warm up until the join and de-duplication horizons are full too
+    join_horizon_s: float = 86_400.0
     partitions: int = 4
     envelope: bool = True
     join_scenarios: int = 0
@@ -47,12 +53,15 @@ def _median(values: list[float]) -> float:
 
 def warmup_events(traffic: Traffic, pending: int, partitions: int, config: MonitorConfig | None) -> int:
     """Events to send before the constant phase, 5% over: enough for ``pending`` scenarios in
-    the join and, with a ``config``, to fill its de-duplication horizon (or cap). The ids held
-    grow until then by design (about 200 bytes each), so RSS is flat only after it."""
+    the join and, with a ``config``, to fill its join horizon and its de-duplication horizon
+    (or cap). Both states grow until then by design (the ids take up to 120 bytes each, the
+    scores live in RocksDB), so RSS is flat only after it."""
     for_join = pending / float(np.mean(traffic.role == SCORE))
-    for_dedup = 0.0 if config is None else \
-        min(config.dedup_horizon_s * len(traffic) / traffic.span, config.dedup_max_ids * partitions)
-    return int(max(for_join, for_dedup) * 1.05) if pending or for_dedup else 0
+    per_event_second = len(traffic) / traffic.span
+    for_horizons = 0.0 if config is None else \
+        max(min(config.dedup_horizon_s * per_event_second, config.dedup_max_ids * partitions),
+            config.join_horizon_s * per_event_second)
+    return int(max(for_join, for_horizons) * 1.05) if pending or for_horizons else 0
 
 
 def run_soak(settings, cfg: SoakConfig, out_dir=None, progress=print) -> dict:
@@ -70,6 +79,7 @@ def run_soak(settings, cfg: SoakConfig, out_dir=None, progress=print) -> dict:
     produced: list[tuple] = []
     summary: dict = {}
     proc = None
+    config = MonitorConfig(join_horizon_s=cfg.join_horizon_s)
 
     def drain(block_s: float = 0.0) -> None:
         deadline = time.time() + block_s
@@ -98,17 +108,19 @@ def run_soak(settings, cfg: SoakConfig, out_dir=None, progress=print) -> dict:
     try:
         create_topics(s, partitions=cfg.partitions)
         proc = ctx.Process(target=worker_main, args=(s, None, "soak"),
-                           kwargs={"queue": q, "stop": stop, "sample_s": cfg.sample_s, "join_stats": True},
+                           kwargs={"queue": q, "stop": stop, "sample_s": cfg.sample_s, "join_stats": True,
+                                   "config": config},
                            daemon=True)
         proc.start()
         traffic = Traffic.cached(**cfg.traffic)
         warm_events = warmup_events(traffic, cfg.warmup_pending, cfg.partitions,
-                                    MonitorConfig() if cfg.dedup_fill else None)
+                                    config if cfg.fill_horizons else None)
         t_start = time.time()
         next_cycle = 0
         if warm_events:
             say(f"soak: warm-up, {warm_events:,} events flat out: {cfg.warmup_pending:,} pending scenarios"
-                + (", and the de-duplication horizon full" if cfg.dedup_fill else ""))
+                + (f", and the join ({cfg.join_horizon_s / 3600:g} h) and de-duplication horizons full"
+                   if cfg.fill_horizons else ""))
             warm = generate(s, GenConfig(max_events=warm_events, envelope=cfg.envelope, traffic=cfg.traffic))
             next_cycle = warm["cycles"]
             produced.append((time.time(), warm["events"]))
@@ -146,6 +158,7 @@ def run_soak(settings, cfg: SoakConfig, out_dir=None, progress=print) -> dict:
         joins = [x[3] for x in steady if x[3] is not None]
         out = {
             "rate_target_events_per_s": cfg.rate, "duration_s": cfg.duration_s,
+            "join_horizon_s": cfg.join_horizon_s,
             "rate_achieved_events_per_s": round(result["events"] / max(result["seconds"], 1e-9)),
             "warmup_events": sent_before, "warmup_s": round(t_warm - t_start, 1),
             "warmup_end_s": round(t_warm - (samples[0][0] if samples else t_warm), 1),

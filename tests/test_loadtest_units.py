@@ -137,7 +137,7 @@ def test_cli_registers_the_commands():
     assert a.soak and a.warmup_pending == 100
 
 
-def test_soak_warm_up_covers_the_join_target_and_the_de_duplication_horizon():
+def test_soak_warm_up_covers_the_join_target_and_both_horizons():
     from loadtest.soak import warmup_events
     from loadtest.traffic import SCORE, Traffic
     from streams.config import MonitorConfig
@@ -150,8 +150,19 @@ def test_soak_warm_up_covers_the_join_target_and_the_de_duplication_horizon():
     assert warmup_events(traffic, 1000, 4, None) < horizon_events / 100  # without it: the join's share only
     scores = (traffic.role == SCORE).mean()
     assert warmup_events(traffic, 10**7, 4, None) >= 10**7 / scores
-    capped = MonitorConfig(dedup_max_ids=1000)
+    capped = MonitorConfig(dedup_max_ids=1000, join_horizon_s=1.0)
     assert warmup_events(traffic, 0, 4, capped) == int(4000 * 1.05)  # the cap fills first
+    long_join = MonitorConfig(join_horizon_s=7 * 86_400.0)
+    assert warmup_events(traffic, 1000, 4, long_join) >= 7 * horizon_events  # the join's horizon is longer
+
+
+def test_soak_flags_set_the_join_horizon_and_bad_values_fail_clearly(capsys):
+    from streams.cli import build_parser, main
+
+    a = build_parser().parse_args(["loadtest", "--soak", "--join-horizon-hours", "2", "--no-horizon-fill"])
+    assert a.join_horizon_hours == 2 and a.no_horizon_fill
+    assert main(["loadtest", "--soak", "--join-horizon-hours", "0", "--no-progress"]) == 2
+    assert "horizons must be > 0" in capsys.readouterr().err
 
 
 def test_bench_profile_without_py_spy_fails_instead_of_recording_nothing(tmp_path, monkeypatch, capsys):

@@ -73,7 +73,7 @@ def test_loadtest_sends_what_the_worker_counts(kafka_bootstrap, tmp_path):
 
 def test_short_soak(kafka_bootstrap, tmp_path):
     result = _npo(kafka_bootstrap, "loadtest", "--soak", "--duration", "4", "--rate", "3000",
-                  "--warmup-pending", "5000", "--no-dedup-fill", "--join-scenarios", "20000", "--no-progress", "--json",
+                  "--warmup-pending", "5000", "--no-horizon-fill", "--join-scenarios", "20000", "--no-progress", "--json",
                   "--topic-prefix", unique_prefix("lt"), "--out", str(tmp_path))
     assert result["events_processed"] == result["warmup_events"] + result["soak_events"]
     assert result["join_keys_at_end"] >= 5000
