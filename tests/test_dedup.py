@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+import pytest
+
 from streams.operators.dedup import Deduplicator
 
 
@@ -42,7 +45,7 @@ def _one_at_a_time(ids, times, horizon_s, max_ids):
             del seen[next(iter(seen))]
             evicted += 1
         firsts.append(pos)
-    return firsts, evicted, len(seen)
+    return firsts, evicted, seen
 
 
 def _expire(seen: dict, cutoff: float) -> dict:
@@ -59,7 +62,7 @@ def test_batches_of_any_size_decide_as_one_event_at_a_time():
     singly, evicted, size_left = _one_at_a_time(ids, times, 300, 500)  # both the horizon and the cap bite
     one = Deduplicator(horizon_s=300, max_ids=500)
     assert [pos for pos, (e, ts) in enumerate(zip(ids, times)) if one.first_time(e, ts)] == singly
-    assert (one.evicted, len(one)) == (evicted, size_left)
+    assert (one.evicted, len(one)) == (evicted, len(size_left))
     for size in (1, 7, 1000, 6000):
         d = Deduplicator(horizon_s=300, max_ids=500)
         batched = []
@@ -70,18 +73,49 @@ def test_batches_of_any_size_decide_as_one_event_at_a_time():
     assert one.evicted > 0 and len(singly) < len(ids)
 
 
-class _NoWalk(dict):
-    """A seen-ids dict that fails if anything walks all of it."""
+def test_memory_stays_put_once_the_ids_held_level_off():
+    """Steady churn (as many ids forgotten as taken in) keeps the table's arrays: the dict it
+    replaced grew its table long after its size had levelled off."""
+    d = Deduplicator(horizon_s=1000.0, max_ids=10**6)
+    t, sizes = 0.0, []
+    for turn in range(40):  # 1,000 s of event time per turn: the horizon
+        for lo in range(0, 5000, 500):
+            d.fresh([f"e{turn}-{i}" for i in range(lo, lo + 500)], [t + i * 0.2 for i in range(lo, lo + 500)])
+        t += 1000.0
+        sizes.append((len(d), d.nbytes))
+    held = [n for n, _ in sizes[5:]]
+    assert max(held) - min(held) < 200 and min(held) > 4000  # levelled off
+    assert len({nbytes for _, nbytes in sizes[5:]}) == 1
+    assert d.nbytes < 120 * max(held)  # the dict took about 240 bytes an id
 
-    def __iter__(self):
-        raise AssertionError("walked every remembered id")
 
-    def keys(self):
-        raise AssertionError("walked every remembered id")
+def test_a_checkpoint_continues_exactly_and_bad_ones_are_refused():
+    from streams.state import snapshot
 
+    ids, times = _stream(6000, 3)
+    whole = Deduplicator(horizon_s=300, max_ids=500)
+    expected = whole.fresh(ids, times)
+    first = Deduplicator(horizon_s=300, max_ids=500)
+    head = first.fresh(ids[:2500], times[:2500])
+    state = snapshot.decode("stage", snapshot.encode("stage", {"dedup": first.dump()}))["dedup"]
+    second = Deduplicator(horizon_s=300, max_ids=500)
+    second.load(state)
+    tail = [2500 + p for p in second.fresh(ids[2500:], times[2500:])]
+    assert head + tail == expected and len(tail) > 0
+    assert (second.duplicates, second.evicted, len(second)) == (whole.duplicates, whole.evicted, len(whole))
 
-def test_a_batch_costs_its_own_size_not_the_number_of_ids_remembered():
-    d = Deduplicator(horizon_s=1e9, max_ids=10**6)
-    d.fresh([f"old{i}" for i in range(1000)], [float(i) for i in range(1000)])
-    d._seen = _NoWalk(d._seen)
-    assert d.fresh(["old3", "new", "new"], [2000.0, 2001.0, 2002.0]) == [1]
+    _, _, held = _one_at_a_time(ids[:2500], times[:2500], 300, 500)
+    legacy = {**first.dump(), "ids": list(held), "ts": list(held.values())}  # before digests: the ids
+    del legacy["digests"]
+    third = Deduplicator(horizon_s=300, max_ids=500)
+    third.load(legacy)
+    assert [2500 + p for p in third.fresh(ids[2500:], times[2500:])] == tail
+
+    twice = first.dump()
+    twice["digests"] = np.concatenate([twice["digests"][:1], twice["digests"][:-1]])
+    with pytest.raises(ValueError, match="twice"):
+        Deduplicator(horizon_s=300, max_ids=500).load(twice)
+    with pytest.raises(ValueError, match="length"):
+        Deduplicator(horizon_s=300, max_ids=500).load({**first.dump(), "ts": first.dump()["ts"][:-1]})
+    with pytest.raises(ValueError, match="max_ids"):
+        Deduplicator(horizon_s=300, max_ids=5).load(first.dump())

@@ -14,7 +14,7 @@ import numpy as np
 
 FORMAT = 1
 _ARRAY_EXT = 1
-_DTYPES = {"<f8": np.float64, "<i8": np.int64}
+_DTYPES = {"<f8": np.float64, "<i8": np.int64, "<u8": np.uint64}
 
 
 class SnapshotError(ValueError):

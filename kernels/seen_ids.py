@@ -1,0 +1,150 @@
+"""The de-duplicator's kernel: a set of 128-bit id digests that forgets oldest-inserted first.
+
+Why: a Python dict of id strings cost about 240 bytes an id and, under steady churn,
+resized itself to a larger table long after its size had levelled off (a step of some
+60 MB a partition, well into a soak). Here an id costs 17 bytes a slot in an
+open-addressing table (linear probing, at most half full) and 24 in a ring of (digest,
+time) in insertion order, both sized in powers of two: 58 to 116 bytes an id; a steady number of ids keeps the arrays' sizes, since deleted slots
+are reclaimed by rebuilding the table in place from the ring.
+
+The arrays live in :class:`Table`; :func:`fresh` takes a batch one id at a time,
+exactly as the reference (``tests/test_dedup.py``) does. Scalars travel in ``meta``:
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+HEAD, TAIL, LIVE, DEAD, DUPLICATES, EVICTED = range(6)  # meta (int64): ring positions are absolute
+CLOCK, NEXT_EXPIRY = range(2)  # times (float64)
+_EMPTY, _FULL, _DELETED = 0, 1, 2
+
+
+class Table:
+    """The arrays :func:`fresh` works on, and their growth (done here, between batches)."""
+
+    def __init__(self, slots: int = 1024, ring: int = 512) -> None:
+        self.keys = np.zeros((slots, 2), np.uint64)
+        self.state = np.zeros(slots, np.uint8)
+        self.ring_keys = np.zeros((ring, 2), np.uint64)
+        self.ring_ts = np.zeros(ring, np.float64)
+        self.meta = np.zeros(6, np.int64)
+        self.times = np.array([-np.inf, -np.inf])
+
+    def reserve(self, held: int) -> None:
+        """Room for `held` ids at once: the table at most half full, the ring holding them all."""
+        if held > self.ring_ts.shape[0]:
+            self._resize_ring(_pow2(held))
+        if 2 * held > self.state.shape[0]:
+            self.keys = np.zeros((_pow2(2 * held), 2), np.uint64)
+            self.state = np.zeros(self.keys.shape[0], np.uint8)
+            rebuild(self.keys, self.state, self.ring_keys, self.meta)
+
+    def _resize_ring(self, size: int) -> None:
+        head, tail = int(self.meta[HEAD]), int(self.meta[TAIL])
+        at = np.arange(head, tail)
+        keys, ts = np.zeros((size, 2), np.uint64), np.zeros(size, np.float64)
+        keys[at % size], ts[at % size] = self.ring_keys[at % self.ring_ts.shape[0]], \
+            self.ring_ts[at % self.ring_ts.shape[0]]
+        self.ring_keys, self.ring_ts = keys, ts
+
+    def in_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """(digests, times) of the ids held, oldest first."""
+        at = np.arange(int(self.meta[HEAD]), int(self.meta[TAIL])) % self.ring_ts.shape[0]
+        return self.ring_keys[at], self.ring_ts[at]
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.state.nbytes + self.ring_keys.nbytes + self.ring_ts.nbytes
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(1, int(n) - 1).bit_length()
+
+
+@numba.njit(cache=True, nogil=True)
+def _find(keys, state, hi, lo):
+    """Slot of digest (hi, lo), or -1-(first free slot on its probe path) when absent."""
+    mask = state.shape[0] - 1
+    i = np.int64(hi & np.uint64(mask))
+    free = np.int64(-1)
+    while True:
+        s = state[i]
+        if s == _EMPTY:
+            return -1 - (i if free < 0 else free)
+        if s == _FULL and keys[i, 0] == hi and keys[i, 1] == lo:
+            return i
+        if s == _DELETED and free < 0:
+            free = i
+        i = (i + 1) & mask
+
+
+@numba.njit(cache=True, nogil=True)
+def rebuild(keys, state, ring_keys, meta):
+    """Refill the table from the ring: deleted slots become free again. Returns how many ring
+    entries repeat an earlier one (none, unless the ring came from a corrupt checkpoint)."""
+    state[:] = _EMPTY
+    rc = ring_keys.shape[0]
+    repeats = 0
+    for p in range(meta[HEAD], meta[TAIL]):
+        hi, lo = ring_keys[p % rc, 0], ring_keys[p % rc, 1]
+        slot = _find(keys, state, hi, lo)
+        if slot >= 0:
+            repeats += 1
+            continue
+        keys[-1 - slot, 0], keys[-1 - slot, 1] = hi, lo
+        state[-1 - slot] = _FULL
+    meta[DEAD] = 0
+    return repeats
+
+
+@numba.njit(cache=True, nogil=True)
+def _forget_oldest(keys, state, ring_keys, meta):
+    rc = ring_keys.shape[0]
+    p = meta[HEAD] % rc
+    state[_find(keys, state, ring_keys[p, 0], ring_keys[p, 1])] = _DELETED
+    meta[HEAD] += 1
+    meta[LIVE] -= 1
+    meta[DEAD] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def fresh(digests, ts, keys, state, ring_keys, ring_ts, meta, times, horizon_s, max_ids, out):
+    """Positions of the ids seen for the first time within the horizon, into `out`; their
+    number is returned. Each event moves the event-time clock; each 1% of the horizon the
+    ids older than it are forgotten (oldest-inserted first, stopping at the first that is
+    not), and beyond `max_ids` the oldest is evicted."""
+    rc = ring_ts.shape[0]
+    n_out = 0
+    for pos in range(digests.shape[0]):
+        t = ts[pos]
+        if t > times[CLOCK]:
+            times[CLOCK] = t
+            if t >= times[NEXT_EXPIRY]:
+                cutoff = t - horizon_s
+                while meta[LIVE] > 0 and ring_ts[meta[HEAD] % rc] < cutoff:
+                    _forget_oldest(keys, state, ring_keys, meta)
+                times[NEXT_EXPIRY] = t + horizon_s / 100.0
+        hi, lo = digests[pos, 0], digests[pos, 1]
+        slot = _find(keys, state, hi, lo)
+        if slot >= 0:
+            meta[DUPLICATES] += 1
+            continue
+        slot = -1 - slot
+        if state[slot] == _DELETED:
+            meta[DEAD] -= 1
+        keys[slot, 0], keys[slot, 1] = hi, lo
+        state[slot] = _FULL
+        p = meta[TAIL] % rc
+        ring_keys[p, 0], ring_keys[p, 1] = hi, lo
+        ring_ts[p] = t
+        meta[TAIL] += 1
+        meta[LIVE] += 1
+        if meta[LIVE] > max_ids:
+            _forget_oldest(keys, state, ring_keys, meta)
+            meta[EVICTED] += 1
+        if 4 * (meta[LIVE] + meta[DEAD]) > 3 * state.shape[0]:
+            rebuild(keys, state, ring_keys, meta)
+        out[n_out] = pos
+        n_out += 1
+    return n_out
