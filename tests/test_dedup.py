@@ -1,10 +1,13 @@
 """Duplicate suppression against brute force, and the batch call against the per-event one."""
 from __future__ import annotations
 
+import itertools
 import random
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.operators.dedup import Deduplicator
 
@@ -119,3 +122,20 @@ def test_a_checkpoint_continues_exactly_and_bad_ones_are_refused():
         Deduplicator(horizon_s=300, max_ids=500).load({**first.dump(), "ts": first.dump()["ts"][:-1]})
     with pytest.raises(ValueError, match="max_ids"):
         Deduplicator(horizon_s=300, max_ids=5).load(first.dump())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10**6), st.integers(1, 3000), st.floats(1.0, 1000.0), st.lists(st.integers(1, 900), min_size=1))
+def test_any_stream_cap_horizon_and_batching_decide_as_the_reference(seed, max_ids, horizon_s, sizes):
+    """Random streams through the compiled table's growth, wrap-around, eviction and rebuilds."""
+    ids, times = _stream(3000, seed)
+    singly, evicted, held = _one_at_a_time(ids, times, horizon_s, max_ids)
+    d, batched, lo = Deduplicator(horizon_s=horizon_s, max_ids=max_ids), [], 0
+    for size in itertools.cycle(sizes):
+        if lo >= len(ids):
+            break
+        batched += [lo + p for p in d.fresh(ids[lo:lo + size], times[lo:lo + size])]
+        lo += size
+    assert batched == singly
+    assert (d.evicted, len(d)) == (evicted, len(held))
+    assert d.duplicates == len(ids) - len(singly)
