@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from typing import NamedTuple
 
 import cramjam
 import orjson
@@ -24,6 +25,9 @@ from streams.kafka.producer import partition_for
 
 CHUNK_BYTES = 512 * 1024
 """Chunk size: under the 1 MB message limit brokers and clients use by default."""
+IN_FLIGHT_CHUNKS = 8
+"""Chunks handed to the producer before the first of them must be acknowledged: the
+producer then holds a few megabytes of a checkpoint, not a copy of all of it."""
 MAX_CHECKPOINT_BYTES = 4 << 30
 """A pointer declaring a larger checkpoint is refused rather than read."""
 
@@ -63,23 +67,42 @@ def unpack_part(part) -> bytes:
     return bytes(out)
 
 
+class Packed(NamedTuple):
+    """A checkpoint ready to write: zstd-compressed, with its uncompressed size."""
+
+    data: bytes
+    size: int
+
+
+def pack(blob: bytes) -> Packed:
+    """Compress a checkpoint. Call it on the encoded blob directly (``pack(encode(...))``): the
+    uncompressed blob is then freed before the write, instead of living as long as it."""
+    return Packed(bytes(cramjam.zstd.compress(blob)), len(blob))
+
+
 class CheckpointStore:
     """Writes and reads checkpoints of one topic through the worker's producer and a reader."""
 
     def __init__(self, producer: AIOKafkaProducer, reader: AIOKafkaConsumer, topic: str, partitions: int) -> None:
         self.producer, self.reader, self.topic, self.partitions = producer, reader, topic, partitions
 
-    async def write(self, name: str, blob: bytes) -> str:
-        """Store `blob` under `name`; return the pointer to commit with the offsets it covers."""
-        data = bytes(cramjam.zstd.compress(blob))
+    async def write(self, name: str, packed: Packed) -> str:
+        """Store a packed checkpoint under `name`; return the pointer to commit with the
+        offsets it covers. Chunks are cut as they are sent, at most IN_FLIGHT_CHUNKS unacknowledged."""
+        data = packed.data
         ckid = uuid.uuid4().hex[:16]
         partition = partition_for(name.encode(), self.partitions)
-        pieces = [data[i:i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
-        futures = [await self.producer.send(self.topic, piece, key=f"{name}/{ckid}/{i}".encode(), partition=partition)
-                   for i, piece in enumerate(pieces)]
-        offsets = [(await f).offset for f in futures]
+        chunks = max(1, -(-len(data) // CHUNK_BYTES))
+        futures, offsets = [], []
+        for i in range(chunks):
+            piece = data[i * CHUNK_BYTES:(i + 1) * CHUNK_BYTES]
+            futures.append(await self.producer.send(self.topic, piece, key=f"{name}/{ckid}/{i}".encode(),
+                                                    partition=partition))
+            if len(futures) >= IN_FLIGHT_CHUNKS:
+                offsets.append((await futures.pop(0)).offset)
+        offsets += [(await f).offset for f in futures]
         return orjson.dumps({"v": 1, "id": ckid, "partition": partition, "first": min(offsets),
-                             "last": max(offsets), "chunks": len(pieces), "bytes": len(blob),
+                             "last": max(offsets), "chunks": chunks, "bytes": packed.size,
                              "sha256": hashlib.sha256(data).hexdigest()}).decode()
 
     async def read(self, name: str, pointer: str) -> bytes:

@@ -47,7 +47,7 @@ from confluent_kafka.admin import AdminClient
 from kernels.derive import derive
 from streams import codec
 from streams.config import MonitorConfig
-from streams.kafka.checkpoints import CheckpointStore, committed, pack_part, unpack_part
+from streams.kafka.checkpoints import CheckpointStore, Packed, committed, pack, pack_part, unpack_part
 from streams.kafka.errors import ClientErrors, client_config, metadata
 from streams.kafka.producer import partition_for
 from streams.metrics import Metrics
@@ -359,10 +359,10 @@ class Worker:
                 continue
             tp = TopicPartition(self.topics["partials"], q)
             offsets = {tp.topic: self.partials_offset[q]}
-            blob = snapshot.encode("aggregate", {"monitor": monitor.dump(), "offsets": offsets,
-                                                 "applied": [[i, s] for i, s in self.applied[q].items()]})
+            packed = pack(snapshot.encode("aggregate", {"monitor": monitor.dump(), "offsets": offsets,
+                                                        "applied": [[i, s] for i, s in self.applied[q].items()]}))
             self._dirty["aggregate"].discard(q)
-            if not await self._commit_checkpoint(self.aggregate, "aggregate", q, blob, {tp: offsets[tp.topic]},
+            if not await self._commit_checkpoint(self.aggregate, "aggregate", q, packed, {tp: offsets[tp.topic]},
                                                  still=lambda q=q, monitor=monitor: self.monitors.get(q) is monitor):
                 self._dirty["aggregate"].add(q)
 
@@ -380,12 +380,12 @@ class Worker:
             return
         self._collecting = None
         c.head["join"]["parts"] = c.packed
-        blob = snapshot.encode("ingest", {"stage": c.head, "seq": c.seq, "offsets": c.offsets})
-        c.packed.clear()  # in the blob now: the parts' memory serves what follows
+        packed = pack(snapshot.encode("ingest", {"stage": c.head, "seq": c.seq, "offsets": c.offsets}))
+        c.packed.clear()  # in the checkpoint now: the parts' memory serves what follows
         commits = {TopicPartition(t, c.p): o for t, o in c.offsets.items()}
-        done = await self._commit_checkpoint(self.ingest, "ingest", c.p, blob, commits,
+        done = await self._commit_checkpoint(self.ingest, "ingest", c.p, packed, commits,
                                              still=lambda: self.stages.get(c.p) is c.stage)
-        del blob
+        del packed
         trim_heap()
         if not done and self.stages.get(c.p) is c.stage:
             self._dirty["ingest"].add(c.p)
@@ -398,10 +398,10 @@ class Worker:
         self._dirty["ingest"].discard(p)
         return _Collecting(p, stage, head, parts, [], self.seq[p], dict(self.offsets[p]))
 
-    async def _commit_checkpoint(self, consumer, role: str, partition: int, blob: bytes, offsets: dict,
+    async def _commit_checkpoint(self, consumer, role: str, partition: int, packed: Packed, offsets: dict,
                                  still) -> bool:
         name = self._name(role, partition)
-        pointer = await self.checkpoints.write(name, blob)
+        pointer = await self.checkpoints.write(name, packed)
         crash_point("checkpoint")
         landed = await self._commit(consumer, {tp: (o, pointer) for tp, o in offsets.items()}) if still() else False
         if landed is None:  # it may have landed: the group may point to it, so it stays

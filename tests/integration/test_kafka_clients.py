@@ -298,3 +298,46 @@ def test_commands_end_to_end(settings, tmp_path, capsys):
     assert args.run(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("npo topics create: ") and err.count("\n") == 1 and "pw-s3cr3t" not in err
+
+
+def test_a_checkpoint_of_many_chunks_reads_back_whole_and_the_producer_holds_only_a_few(topics):
+    """CheckpointStore on the broker: more chunks than may be in flight at once, read back
+    byte for byte."""
+    import os
+
+    from aiokafka import AIOKafkaProducer
+
+    from streams.kafka.checkpoints import CHUNK_BYTES, IN_FLIGHT_CHUNKS, CheckpointStore, pack
+
+    blob = os.urandom(CHUNK_BYTES * (IN_FLIGHT_CHUNKS + 3) + 123)  # incompressible: as many chunks
+
+    async def go():
+        kw = topics.aiokafka()
+        producer = AIOKafkaProducer(acks="all", enable_idempotence=True, **kw)
+        reader = AIOKafkaConsumer(enable_auto_commit=False, auto_offset_reset="earliest", **kw)
+        await producer.start()
+        await reader.start()
+        try:
+            store = CheckpointStore(producer, reader, topics.topic("checkpoints"), PARTITIONS)
+            most = 0
+            send = producer.send
+
+            async def counting_send(*args, **kwargs):  # the real send, watching what is unacknowledged
+                nonlocal most
+                future = await send(*args, **kwargs)
+                pending.append(future)
+                most = max(most, sum(not f.done() for f in pending))
+                return future
+
+            pending: list = []
+            producer.send = counting_send
+            pointer = await store.write("ingest-0", pack(blob))
+            producer.send = send
+            assert orjson.loads(pointer)["chunks"] == IN_FLIGHT_CHUNKS + 4
+            assert 1 <= most <= IN_FLIGHT_CHUNKS
+            assert await store.read("ingest-0", pointer) == blob
+        finally:
+            await producer.stop()
+            await reader.stop()
+
+    asyncio.run(go())
