@@ -12,6 +12,8 @@ exactly as the reference (``tests/test_dedup.py``) does. Scalars travel in ``met
 """
 from __future__ import annotations
 
+import secrets
+
 import numba
 import numpy as np
 
@@ -30,6 +32,9 @@ class Table:
         self.ring_ts = np.zeros(ring, np.float64)
         self.meta = np.zeros(6, np.int64)
         self.times = np.array([-np.inf, -np.inf])
+        # where a digest sits depends on a secret: crafted ids cannot pile onto one probe path
+        # (the table is rebuilt from the ring on load, so the salt need not persist)
+        self.salt = np.uint64(secrets.randbits(64))
 
     def reserve(self, held: int) -> None:
         """Room for `held` ids at once: the table at most half full, the ring holding them all."""
@@ -38,7 +43,7 @@ class Table:
         if 2 * held > self.state.shape[0]:
             self.keys = np.zeros((_pow2(2 * held), 2), np.uint64)
             self.state = np.zeros(self.keys.shape[0], np.uint8)
-            rebuild(self.keys, self.state, self.ring_keys, self.meta)
+            rebuild(self.keys, self.state, self.ring_keys, self.meta, self.salt)
 
     def _resize_ring(self, size: int) -> None:
         head, tail = int(self.meta[HEAD]), int(self.meta[TAIL])
@@ -63,10 +68,20 @@ def _pow2(n: int) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def _find(keys, state, hi, lo):
+def _home(hi, salt, mask):
+    """A digest's first slot: splitmix64's finalizer of its high half xor the table's salt."""
+    z = hi ^ salt
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return np.int64(z & np.uint64(mask))
+
+
+@numba.njit(cache=True, nogil=True)
+def _find(keys, state, hi, lo, salt):
     """Slot of digest (hi, lo), or -1-(first free slot on its probe path) when absent."""
     mask = state.shape[0] - 1
-    i = np.int64(hi & np.uint64(mask))
+    i = _home(hi, salt, mask)
     free = np.int64(-1)
     while True:
         s = state[i]
@@ -80,7 +95,7 @@ def _find(keys, state, hi, lo):
 
 
 @numba.njit(cache=True, nogil=True)
-def rebuild(keys, state, ring_keys, meta):
+def rebuild(keys, state, ring_keys, meta, salt):
     """Refill the table from the ring: deleted slots become free again. Returns how many ring
     entries repeat an earlier one (none, unless the ring came from a corrupt checkpoint)."""
     state[:] = _EMPTY
@@ -88,7 +103,7 @@ def rebuild(keys, state, ring_keys, meta):
     repeats = 0
     for p in range(meta[HEAD], meta[TAIL]):
         hi, lo = ring_keys[p % rc, 0], ring_keys[p % rc, 1]
-        slot = _find(keys, state, hi, lo)
+        slot = _find(keys, state, hi, lo, salt)
         if slot >= 0:
             repeats += 1
             continue
@@ -99,17 +114,17 @@ def rebuild(keys, state, ring_keys, meta):
 
 
 @numba.njit(cache=True, nogil=True)
-def _forget_oldest(keys, state, ring_keys, meta):
+def _forget_oldest(keys, state, ring_keys, meta, salt):
     rc = ring_keys.shape[0]
     p = meta[HEAD] % rc
-    state[_find(keys, state, ring_keys[p, 0], ring_keys[p, 1])] = _DELETED
+    state[_find(keys, state, ring_keys[p, 0], ring_keys[p, 1], salt)] = _DELETED
     meta[HEAD] += 1
     meta[LIVE] -= 1
     meta[DEAD] += 1
 
 
 @numba.njit(cache=True, nogil=True)
-def fresh(digests, ts, keys, state, ring_keys, ring_ts, meta, times, horizon_s, max_ids, out):
+def fresh(digests, ts, keys, state, ring_keys, ring_ts, meta, times, salt, horizon_s, max_ids, out):
     """Positions of the ids seen for the first time within the horizon, into `out`; their
     number is returned. Each event moves the event-time clock; each 1% of the horizon the
     ids older than it are forgotten (oldest-inserted first, stopping at the first that is
@@ -123,10 +138,10 @@ def fresh(digests, ts, keys, state, ring_keys, ring_ts, meta, times, horizon_s, 
             if t >= times[NEXT_EXPIRY]:
                 cutoff = t - horizon_s
                 while meta[LIVE] > 0 and ring_ts[meta[HEAD] % rc] < cutoff:
-                    _forget_oldest(keys, state, ring_keys, meta)
+                    _forget_oldest(keys, state, ring_keys, meta, salt)
                 times[NEXT_EXPIRY] = t + horizon_s / 100.0
         hi, lo = digests[pos, 0], digests[pos, 1]
-        slot = _find(keys, state, hi, lo)
+        slot = _find(keys, state, hi, lo, salt)
         if slot >= 0:
             meta[DUPLICATES] += 1
             continue
@@ -141,10 +156,10 @@ def fresh(digests, ts, keys, state, ring_keys, ring_ts, meta, times, horizon_s, 
         meta[TAIL] += 1
         meta[LIVE] += 1
         if meta[LIVE] > max_ids:
-            _forget_oldest(keys, state, ring_keys, meta)
+            _forget_oldest(keys, state, ring_keys, meta, salt)
             meta[EVICTED] += 1
         if 4 * (meta[LIVE] + meta[DEAD]) > 3 * state.shape[0]:
-            rebuild(keys, state, ring_keys, meta)
+            rebuild(keys, state, ring_keys, meta, salt)
         out[n_out] = pos
         n_out += 1
     return n_out

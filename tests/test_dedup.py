@@ -118,10 +118,24 @@ def test_a_checkpoint_continues_exactly_and_bad_ones_are_refused():
     twice["digests"] = np.concatenate([twice["digests"][:1], twice["digests"][:-1]])
     with pytest.raises(ValueError, match="twice"):
         Deduplicator(horizon_s=300, max_ids=500).load(twice)
-    with pytest.raises(ValueError, match="length"):
-        Deduplicator(horizon_s=300, max_ids=500).load({**first.dump(), "ts": first.dump()["ts"][:-1]})
+    good = first.dump()
+    corrupt = [{"ts": good["ts"][:-1]}, {"digests": good["digests"].astype(np.float64)},
+               {"digests": good["digests"].view(np.int64)}, {"digests": good["digests"].reshape(-1)},
+               {"digests": good["digests"].reshape(-1, 4)}, {"digests": None}, {"clock": None},
+               {"clock": float("nan")}, {"duplicates": 2**64}, {"evicted": -1}, {"duplicates": 1.5},
+               {"ids": [1, 2]}, {"ids": ["\ud800"], "ts": [1.0]}]
+    for change in corrupt:
+        with pytest.raises(ValueError, match="deduplicator state"):
+            Deduplicator(horizon_s=300, max_ids=500).load({**good, **change})
+    for missing in ("ts", "digests", "clock", "evicted"):
+        with pytest.raises(ValueError, match="deduplicator state"):
+            Deduplicator(horizon_s=300, max_ids=500).load({k: v for k, v in good.items() if k != missing})
     with pytest.raises(ValueError, match="max_ids"):
         Deduplicator(horizon_s=300, max_ids=5).load(first.dump())
+    with pytest.raises(ValueError, match="max_ids"):
+        Deduplicator(max_ids=2**63)
+    with pytest.raises(UnicodeEncodeError):  # not a crash of the process
+        Deduplicator().fresh(["\ud800"], [1.0])
 
 
 @settings(max_examples=60, deadline=None)

@@ -12,8 +12,9 @@ def digests(ids: list[str]) -> np.ndarray:
     """128-bit MurmurHash3 (x64) of each id's UTF-8 bytes, as (n, 2) uint64. Two distinct ids
     share a digest with odds of about n^2 / 2^129; murmur3 is not cryptographic, so someone
     able to write to the input topics, and to predict another producer's event id, could craft
-    an id that makes it count as a duplicate."""
-    return np.frombuffer(b"".join(map(mmh3.hash_bytes, ids)), np.uint64).reshape(-1, 2)
+    an id that makes it count as a duplicate. Ids are encoded here, not by mmh3: a string no
+    UTF-8 can hold then raises UnicodeEncodeError (mmh3 5.3 crashed the process on one)."""
+    return np.frombuffer(b"".join(map(mmh3.hash_bytes, map(str.encode, ids))), "<u8").reshape(-1, 2)
 
 
 class Deduplicator:
@@ -33,8 +34,8 @@ class Deduplicator:
     """
 
     def __init__(self, horizon_s: float = 86_400.0, max_ids: int = 2_000_000) -> None:
-        if not horizon_s > 0 or max_ids < 1:
-            raise ValueError("horizon_s must be > 0 and max_ids >= 1")
+        if not horizon_s > 0 or not 1 <= max_ids < 2**40:
+            raise ValueError("horizon_s must be > 0 and max_ids in [1, 2^40)")
         self.horizon_s = float(horizon_s)
         self.max_ids = int(max_ids)
         self._table = Table()
@@ -67,7 +68,7 @@ class Deduplicator:
         t.reserve(min(int(t.meta[LIVE]) + len(ids), self.max_ids + 1))
         out = np.empty(len(ids), np.int64)
         n = seen_ids.fresh(digests(ids), np.asarray(times, np.float64), t.keys, t.state, t.ring_keys, t.ring_ts,
-                           t.meta, t.times, self.horizon_s, self.max_ids, out)
+                           t.meta, t.times, t.salt, self.horizon_s, self.max_ids, out)
         return out[:n].tolist()
 
     def __len__(self) -> int:
@@ -82,18 +83,44 @@ class Deduplicator:
 
     def load(self, state: dict) -> None:
         """Take the state `dump` gave (on a new instance with the same horizon and cap). A
-        checkpoint from before digests (the ids themselves, under "ids") is taken too."""
-        keys = digests(state["ids"]) if "ids" in state else np.asarray(state["digests"], np.uint64).reshape(-1, 2)
-        ts = np.asarray(state["ts"], np.float64)
-        if len(keys) != len(ts) or len(keys) > self.max_ids:
-            raise ValueError("deduplicator state: ids and times differ in length or exceed max_ids")
+        checkpoint from before digests (the ids themselves, under "ids") is taken too.
+        ValueError if the state is not one `dump` could have given."""
+        try:
+            keys, ts, counters, times = _checked(state)
+        except (KeyError, TypeError, UnicodeEncodeError, OverflowError) as e:
+            raise ValueError(f"deduplicator state: {e!r}") from e
+        if len(keys) > self.max_ids:
+            raise ValueError("deduplicator state: more ids than max_ids")
         t = Table()
         t.reserve(len(keys))
         n = len(keys)
         t.ring_keys[:n], t.ring_ts[:n] = keys, ts
         t.meta[seen_ids.TAIL], t.meta[LIVE] = n, n
-        t.meta[DUPLICATES], t.meta[EVICTED] = int(state["duplicates"]), int(state["evicted"])
-        t.times[:] = float(state["clock"]), float(state["next_expiry"])
-        if seen_ids.rebuild(t.keys, t.state, t.ring_keys, t.meta):
+        t.meta[DUPLICATES], t.meta[EVICTED] = counters
+        t.times[:] = times
+        if seen_ids.rebuild(t.keys, t.state, t.ring_keys, t.meta, t.salt):
             raise ValueError("deduplicator state: an id is listed twice")
         self._table = t
+
+
+def _checked(state: dict) -> tuple[np.ndarray, np.ndarray, tuple[int, int], tuple[float, float]]:
+    """(digests, times, (duplicates, evicted), (clock, next_expiry)) of a dumped state, checked."""
+    if "ids" in state:
+        if not isinstance(state["ids"], list) or not all(type(i) is str for i in state["ids"]):
+            raise ValueError("deduplicator state: ids must be a list of strings")
+        keys = digests(state["ids"])
+    else:
+        keys = state["digests"]
+        if not (isinstance(keys, np.ndarray) and keys.dtype == np.uint64 and keys.ndim == 2 and keys.shape[1] == 2):
+            raise ValueError("deduplicator state: digests must be an (n, 2) array of uint64")
+    ts = state["ts"]
+    ts = np.asarray(ts, np.float64) if isinstance(ts, list) else ts
+    if not (isinstance(ts, np.ndarray) and ts.dtype == np.float64 and ts.shape == (len(keys),)):
+        raise ValueError("deduplicator state: ts must be one float per id")
+    counters = state["duplicates"], state["evicted"]
+    if not all(type(c) is int and 0 <= c < 2**63 for c in counters):
+        raise ValueError("deduplicator state: counters must be non-negative integers")
+    times = float(state["clock"]), float(state["next_expiry"])
+    if any(np.isnan(times)):
+        raise ValueError("deduplicator state: clock is not a number")
+    return keys, ts, counters, times
