@@ -148,7 +148,7 @@ class _Store:
     def __init__(self) -> None:
         self.written, self.forgotten = 0, []
 
-    async def write(self, name, blob):
+    async def write(self, name, packed):
         self.written += 1
         return f"ck{self.written}"
 
@@ -247,3 +247,26 @@ def test_a_partition_revoked_while_its_position_is_asked_for_is_skipped_not_fata
     assert asyncio.run(w._at_end(0)) == {scores.topic: True, feedback.topic: True}
     w.ingest.assigned = {scores}  # already gone before the round asks
     assert asyncio.run(w._at_end(0)) is None
+
+
+def test_a_step_trims_the_heap_every_few_seconds(monkeypatch):
+    """Freed memory (flushed RocksDB memtables, finished batches) goes back to the OS while the
+    worker runs, not only after checkpoints."""
+    import streams.worker.worker as worker_module
+    from streams.worker.memory import TRIM_EVERY_S
+
+    w = _worker()
+    trims = []
+    monkeypatch.setattr(worker_module, "trim_heap", lambda: trims.append(1))
+
+    async def nothing():
+        return None
+
+    monkeypatch.setattr(w, "_ingest_round", nothing)
+    monkeypatch.setattr(w, "_aggregate_round", nothing)
+    asyncio.run(w.step())
+    assert trims == []  # not yet due
+    w._last_trim -= TRIM_EVERY_S
+    asyncio.run(w.step())
+    asyncio.run(w.step())
+    assert trims == [1]  # once per period

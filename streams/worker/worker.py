@@ -57,7 +57,7 @@ from streams.settings import Settings
 from streams.state import snapshot
 from streams.worker import partials as partials_codec
 from streams.worker.faults import crash_point
-from streams.worker.memory import trim_heap
+from streams.worker.memory import TRIM_EVERY_S, trim_heap
 from streams.worker.merge import CoPartitionMerge
 from streams.worker.outputs import stats_key, window_stats_events
 
@@ -117,7 +117,7 @@ class Worker:
         # (a retried commit refused after a rebalance): kept until a later commit supersedes them
         self._unsure: dict[str, list[str]] = {}
         self._to_forget: list[tuple[str, str]] = []  # (name, pointer) found not committed
-        self._last_checkpoint = time.monotonic()
+        self._last_checkpoint = self._last_trim = time.monotonic()
         self._queue: list[int] = []  # input partitions waiting for their checkpoint
         self._collecting: _Collecting | None = None  # the one being taken
         self.checkpoints: CheckpointStore | None = None
@@ -207,6 +207,9 @@ class Worker:
             self._queue = sorted(self._dirty["ingest"])
         self._poll_thresholds()
         self.metrics.sync(self.counters)
+        if time.monotonic() - self._last_trim >= TRIM_EVERY_S:
+            self._last_trim = time.monotonic()
+            trim_heap()
 
     # -- assignments -------------------------------------------------------------------------
 
