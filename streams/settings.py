@@ -40,6 +40,7 @@ class Settings:
     merge_idle_ms: float = 100.0  # how long a partition's records wait for its co-partition (see worker/merge.py)
     state_dir: str = "npo-state"
     checkpoint_interval_s: float = 30.0  # how often state and the offsets it covers are committed together
+    join_memtable_mb: int = 128  # RAM for the memtables of all of a worker's join stores together
     envelope_max_events: int = 1000
     linger_ms: float = 20.0
 
@@ -59,6 +60,8 @@ class Settings:
             raise ValueError("merge_idle_ms must be in [0, 60000]")
         if not 0.05 <= self.checkpoint_interval_s <= 3600:
             raise ValueError("checkpoint_interval_s must be in [0.05, 3600]")
+        if not 8 <= self.join_memtable_mb <= 65_536:
+            raise ValueError("join_memtable_mb must be in [8, 65536]")
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError("metrics_port must be a TCP port (0 disables the endpoint)")
 

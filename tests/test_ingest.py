@@ -201,3 +201,31 @@ def test_expiry_entries_of_an_older_store_still_expire_their_scores():
         assert join.lookup(["a", "b", "z"])[:2] == [None, None] and join.expired_scores == 2
     finally:
         join.close()
+
+
+def test_join_stores_sharing_a_write_buffer_budget_keep_their_memtables_within_it():
+    """A worker's partitions share one memtable budget: without it each store may hold two
+    64 MB memtables, so a worker's RAM grew with the partitions it owned. RocksDB's limit is
+    soft (memtables being flushed still count for a while), hence the slack."""
+    from rocksdict import WriteBufferManager
+
+    budget = 8 << 20
+    shared = WriteBufferManager(budget, False)
+    stores = [FeedbackJoin(write_buffers=shared) for _ in range(4)]
+    alone = FeedbackJoin()
+    memtables = lambda store: store.db.property_int_value("rocksdb.cur-size-all-mem-tables")  # noqa: E731
+    try:
+        ctx = ("pol", "seg", 0.5, 0.5, "act", 1000.0)
+        most_shared = most_usage = 0
+        for r in range(20):
+            for store in [*stores, alone]:
+                store.add_scores([f"scn-{r}-{i:06d}-{'x' * 40}" for i in range(20_000)], [ctx] * 20_000)
+            most_shared = max(most_shared, sum(map(memtables, stores)))
+            most_usage = max(most_usage, shared.get_usage())
+        assert 20 * 20_000 * 60 > 2 * budget  # each store alone took in more than the budget
+        assert most_shared <= 1.5 * budget and most_usage <= 2.5 * budget
+        assert memtables(alone) > 2 * budget  # one store without it holds more than the four with it
+        assert stores[0].lookup(["scn-0-000001-" + "x" * 40]) == [ctx]  # flushed, not lost
+    finally:
+        for store in [*stores, alone]:
+            store.close()

@@ -270,3 +270,22 @@ def test_a_step_trims_the_heap_every_few_seconds(monkeypatch):
     asyncio.run(w.step())
     asyncio.run(w.step())
     assert trims == [1]  # once per period
+
+
+def test_every_partition_s_join_store_shares_the_worker_s_memtable_budget(tmp_path):
+    import pytest
+
+    from streams.settings import load
+    from streams.worker.worker import Worker
+
+    w = Worker(load(overrides={"topic_prefix": "u.", "state_dir": str(tmp_path), "join_memtable_mb": 32}, env={}))
+    try:
+        stages = [w._new_stage(p) for p in range(3)]
+        assert all(s.join.write_buffers is w._write_buffers for s in stages)
+        assert w._write_buffers.get_buffer_size() == 32 << 20
+    finally:
+        for p in range(3):
+            w._close_stage(p)
+    with pytest.raises(ValueError, match="join_memtable_mb"):
+        load(overrides={"join_memtable_mb": 4}, env={})
+    assert load(env={"NPO_JOIN_MEMTABLE_MB": "256"}).join_memtable_mb == 256

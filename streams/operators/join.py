@@ -17,7 +17,7 @@ from operator import itemgetter
 from typing import NamedTuple
 
 import msgspec
-from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import Options, Rdict, WriteBatch, WriteBufferManager, WriteOptions
 
 _SCORE, _FEEDBACK, _EXPIRY = b"s:", b"f:", b"x:"
 _encode, _decode = msgspec.msgpack.encode, msgspec.msgpack.decode
@@ -63,12 +63,20 @@ def _ms(ts: float) -> bytes:
 class FeedbackJoin:
     """Disk-backed two-way join with an event-time horizon, batch at a time."""
 
-    def __init__(self, path: str | None = None, horizon_s: float = 7 * 86_400.0, expire_every_s: float = 60.0):
+    def __init__(self, path: str | None = None, horizon_s: float = 7 * 86_400.0, expire_every_s: float = 60.0,
+                 write_buffers: WriteBufferManager | None = None):
+        """`write_buffers`: a memtable budget shared with other stores (a worker's partitions);
+        without one each store may hold two 64 MB memtables, so RAM would grow with partitions."""
         if horizon_s <= 0:
             raise ValueError("horizon_s must be > 0")
         self.horizon_s, self.expire_every_s = horizon_s, expire_every_s
+        self.write_buffers = write_buffers
         self._tmp = None if path else tempfile.TemporaryDirectory(prefix="npo-join-")
-        self.db = Rdict(path or self._tmp.name, options=Options(raw_mode=True))
+        options = Options(raw_mode=True)
+        if write_buffers is not None:  # memtables a quarter of the budget: four stores fit it
+            options.set_write_buffer_manager(write_buffers)
+            options.set_write_buffer_size(min(64 << 20, max(1 << 20, write_buffers.get_buffer_size() // 4)))
+        self.db = Rdict(path or self._tmp.name, options=options)
         # no write-ahead log: this store lives as long as its stage; a restarted worker loads
         # the stage from its checkpoint on Kafka, never from this directory
         self._write = WriteOptions()

@@ -43,6 +43,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from confluent_kafka.admin import AdminClient
+from rocksdict import WriteBufferManager
 
 from kernels.derive import derive
 from streams import codec
@@ -105,6 +106,8 @@ class Worker:
         self.topics = {name: settings.topic(name) for name in ("scores", "feedback", "partials", "triggers",
                                                                  "stats", "deadletters", "checkpoints")}
         self.stages: dict[int, PartitionStage] = {}
+        # one memtable budget for every partition's join store: RAM does not grow with partitions
+        self._write_buffers = WriteBufferManager(settings.join_memtable_mb << 20, False)
         self.seq: dict[int, int] = {}  # input partition -> last partials sequence number sent
         self.offsets: dict[int, dict[str, int]] = {}  # input partition -> next offset of each input topic
         self.monitors: dict[int, Monitor] = {}
@@ -324,7 +327,8 @@ class Worker:
         os.makedirs(self.settings.state_dir, exist_ok=True)
         join_path = tempfile.mkdtemp(prefix=f"join-p{p}-", dir=self.settings.state_dir)
         self.stages[p] = PartitionStage(self.config, topic=self.topics["scores"], partition=p,
-                                        join_path=join_path, counters=self.counters)
+                                        join_path=join_path, counters=self.counters,
+                                        write_buffers=self._write_buffers)
         self._join_dirs[p] = join_path
         return self.stages[p]
 
