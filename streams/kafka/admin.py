@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import time
 
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from streams.kafka.errors import ClientErrors, KafkaRequestError, auth_error, client_config, metadata
 from streams.settings import TOPICS, Settings
@@ -18,8 +18,11 @@ def create_topics(settings: Settings, partitions: int | None = None, replication
 
     Returns ``{topic: "created" | "exists"}``; an existing topic with another partition
     count is reported as ``"exists (N partitions)"`` and left alone, since changing it
-    would move keys between partitions under a running job. Returns only once the
-    created topics have leaders, so producing right after works.
+    would move keys between partitions under a running job. Returns only once every
+    partition of the created topics answers on its leader, so producing right after is
+    safe: on brokers before Kafka 4.5 (KAFKA-15591) an idempotent producer's first request
+    to a partition its leader has not taken up yet could be lost without an error, when a
+    later request of the same producer landed first.
     """
     partitions = partitions or settings.topic_partitions
     replication = replication or settings.topic_replication
@@ -44,7 +47,9 @@ def create_topics(settings: Settings, partitions: int | None = None, replication
                     raise auth_error(settings, err) from exc
                 else:
                     raise KafkaRequestError(f"cannot create topic {name}: {err.str()}") from exc
-        _await_leaders(admin, [n for n, r in result.items() if r == "created"], timeout)
+        created = [n for n, r in result.items() if r == "created"]
+        _await_leaders(admin, created, timeout)
+        _await_writable(admin, created, timeout)
     return {settings.topic(role): result[settings.topic(role)] for role in TOPICS}
 
 
@@ -62,5 +67,29 @@ def _await_leaders(admin: AdminClient, names: list[str], timeout: float) -> None
                    or not topics[n].partitions or any(p.leader < 0 for p in topics[n].partitions.values())}
         if pending and time.monotonic() > deadline:
             raise KafkaRequestError(f"topics created but without leaders after {timeout:g} s: {sorted(pending)}")
+        if pending:
+            time.sleep(0.1)
+
+
+def _await_writable(admin: AdminClient, names: list[str], timeout: float) -> None:
+    """Until every partition's leader answers a ListOffsets for it: the leader has taken the
+    partition up (metadata can name a leader a moment before it has), so a produce lands.
+    A principal not allowed to describe the topics cannot ask; it is not held up."""
+    deadline = time.monotonic() + timeout
+    topics = admin.list_topics(timeout=timeout).topics
+    pending = [TopicPartition(n, p) for n in names for p in topics[n].partitions]
+    while pending:
+        futures = admin.list_offsets({tp: OffsetSpec.latest() for tp in pending}, request_timeout=timeout)
+        failed = []
+        for tp, future in futures.items():
+            try:
+                future.result()
+            except KafkaException as exc:
+                if exc.args[0].code() not in _DENIED:
+                    failed.append(tp)
+        pending = failed
+        if pending and time.monotonic() > deadline:
+            raise KafkaRequestError(f"topics created but not writable after {timeout:g} s: "
+                                    f"{sorted({tp.topic for tp in pending})}")
         if pending:
             time.sleep(0.1)
