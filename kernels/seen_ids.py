@@ -4,11 +4,13 @@ Why: a Python dict of id strings cost about 240 bytes an id and, under steady ch
 resized itself to a larger table long after its size had levelled off (a step of some
 60 MB a partition, well into a soak). Here an id costs 17 bytes a slot in an
 open-addressing table (linear probing, at most half full) and 24 in a ring of (digest,
-time) in insertion order, both sized in powers of two: 58 to 116 bytes an id; a steady number of ids keeps the arrays' sizes, since deleted slots
-are reclaimed by rebuilding the table in place from the ring.
+time) in insertion order, both sized in powers of two: 58 to 116 bytes an id. A steady
+number of ids keeps the arrays' sizes, since deleted slots are reclaimed by rebuilding
+the table in place from the ring.
 
-The arrays live in :class:`Table`; :func:`fresh` takes a batch one id at a time,
-exactly as the reference (``tests/test_dedup.py``) does. Scalars travel in ``meta``:
+:class:`Table` owns the arrays and grows them between batches; :func:`fresh` takes a
+batch one id at a time, exactly as the reference (``tests/test_dedup.py``) does. Scalars
+travel in two small arrays, ``meta`` and ``times``, indexed by the names below.
 """
 from __future__ import annotations
 
@@ -35,6 +37,31 @@ class Table:
         # where a digest sits depends on a secret: crafted ids cannot pile onto one probe path
         # (the table is rebuilt from the ring on load, so the salt need not persist)
         self.salt = np.uint64(secrets.randbits(64))
+
+    @classmethod
+    def holding(cls, keys: np.ndarray, ts: np.ndarray, counters: tuple[int, int],
+                times: tuple[float, float]) -> "Table":
+        """A table holding `keys` (oldest first) with their times, counters (duplicates,
+        evicted) and (clock, next expiry): what :meth:`in_order` and the scalars gave.
+        ValueError if a key is listed twice."""
+        t, n = cls(), len(keys)
+        t.reserve(n)
+        t.ring_keys[:n], t.ring_ts[:n] = keys, ts
+        t.meta[TAIL], t.meta[LIVE] = n, n
+        t.meta[DUPLICATES], t.meta[EVICTED] = counters
+        t.times[:] = times
+        if rebuild(t.keys, t.state, t.ring_keys, t.meta, t.salt):
+            raise ValueError("an id is listed twice")
+        return t
+
+    def take(self, digests: np.ndarray, ts: np.ndarray, horizon_s: float, max_ids: int) -> np.ndarray:
+        """Positions of the batch's ids seen for the first time (:func:`fresh`), after making
+        room for them."""
+        self.reserve(min(int(self.meta[LIVE]) + len(digests), max_ids + 1))
+        out = np.empty(len(digests), np.int64)
+        n = fresh(digests, ts, self.keys, self.state, self.ring_keys, self.ring_ts, self.meta, self.times,
+                  self.salt, horizon_s, max_ids, out)
+        return out[:n]
 
     def reserve(self, held: int) -> None:
         """Room for `held` ids at once: the table at most half full, the ring holding them all."""

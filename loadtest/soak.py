@@ -11,8 +11,10 @@ the worker process reports its RSS and join size every second.
 
 Why not the monitor's 7-day join horizon by default: at this traffic's pace of event time
 the join would then grow for 210 cycles to about 30 million pending scenarios, a warm-up
-of some 40 million events. ``join_horizon_s`` sets it for a soak that wants it. ``join_scenarios`` adds a separate measurement: one process holding that many
-pending scenarios in the join store alone (the worker's RocksDB-backed
+of some 40 million events. ``join_horizon_s`` sets it for a soak that wants it.
+
+``join_scenarios`` adds a separate measurement: one process holding that many pending
+scenarios in the join store alone (the worker's RocksDB-backed
 :class:`streams.operators.join.FeedbackJoin`), for the 10-million-scenario target.
 """
 from __future__ import annotations

@@ -58,27 +58,31 @@ def _existing(topic_metadata, partitions: int) -> str:
     return "exists" if count == partitions else f"exists ({count} partitions)"
 
 
-def _await_leaders(admin: AdminClient, names: list[str], timeout: float) -> None:
+def _await(still_pending, pending: list, timeout: float, what: str) -> None:
+    """Ask `still_pending(pending)` every 0.1 s until it returns nothing; KafkaRequestError
+    naming the topics left after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    pending = set(names)
-    while pending:
+    while pending and (pending := still_pending(pending)):
+        if time.monotonic() > deadline:
+            names = sorted({p if isinstance(p, str) else p.topic for p in pending})
+            raise KafkaRequestError(f"topics created but {what} after {timeout:g} s: {names}")
+        time.sleep(0.1)
+
+
+def _await_leaders(admin: AdminClient, names: list[str], timeout: float) -> None:
+    def without_leaders(pending: list[str]) -> list[str]:
         topics = admin.list_topics(timeout=timeout).topics
-        pending = {n for n in pending if n not in topics or topics[n].error is not None
-                   or not topics[n].partitions or any(p.leader < 0 for p in topics[n].partitions.values())}
-        if pending and time.monotonic() > deadline:
-            raise KafkaRequestError(f"topics created but without leaders after {timeout:g} s: {sorted(pending)}")
-        if pending:
-            time.sleep(0.1)
+        return [n for n in pending if n not in topics or topics[n].error is not None
+                or not topics[n].partitions or any(p.leader < 0 for p in topics[n].partitions.values())]
+
+    _await(without_leaders, names, timeout, "without leaders")
 
 
 def _await_writable(admin: AdminClient, names: list[str], timeout: float) -> None:
     """Until every partition's leader answers a ListOffsets for it: the leader has taken the
     partition up (metadata can name a leader a moment before it has), so a produce lands.
     A principal not allowed to describe the topics cannot ask; it is not held up."""
-    deadline = time.monotonic() + timeout
-    topics = admin.list_topics(timeout=timeout).topics
-    pending = [TopicPartition(n, p) for n in names for p in topics[n].partitions]
-    while pending:
+    def unanswered(pending: list[TopicPartition]) -> list[TopicPartition]:
         futures = admin.list_offsets({tp: OffsetSpec.latest() for tp in pending}, request_timeout=timeout)
         failed = []
         for tp, future in futures.items():
@@ -87,9 +91,7 @@ def _await_writable(admin: AdminClient, names: list[str], timeout: float) -> Non
             except KafkaException as exc:
                 if exc.args[0].code() not in _DENIED:
                     failed.append(tp)
-        pending = failed
-        if pending and time.monotonic() > deadline:
-            raise KafkaRequestError(f"topics created but not writable after {timeout:g} s: "
-                                    f"{sorted({tp.topic for tp in pending})}")
-        if pending:
-            time.sleep(0.1)
+        return failed
+
+    topics = admin.list_topics(timeout=timeout).topics
+    _await(unanswered, [TopicPartition(n, p) for n in names for p in topics[n].partitions], timeout, "not writable")

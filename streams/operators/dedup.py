@@ -4,7 +4,6 @@ from __future__ import annotations
 import mmh3
 import numpy as np
 
-from kernels import seen_ids
 from kernels.seen_ids import CLOCK, DUPLICATES, EVICTED, LIVE, NEXT_EXPIRY, Table
 
 
@@ -64,12 +63,7 @@ class Deduplicator:
             raise ValueError("ids and times differ in length")
         if not ids:
             return []
-        t = self._table
-        t.reserve(min(int(t.meta[LIVE]) + len(ids), self.max_ids + 1))
-        out = np.empty(len(ids), np.int64)
-        n = seen_ids.fresh(digests(ids), np.asarray(times, np.float64), t.keys, t.state, t.ring_keys, t.ring_ts,
-                           t.meta, t.times, t.salt, self.horizon_s, self.max_ids, out)
-        return out[:n].tolist()
+        return self._table.take(digests(ids), np.asarray(times, np.float64), self.horizon_s, self.max_ids).tolist()
 
     def __len__(self) -> int:
         return int(self._table.meta[LIVE])
@@ -91,16 +85,10 @@ class Deduplicator:
             raise ValueError(f"deduplicator state: {e!r}") from e
         if len(keys) > self.max_ids:
             raise ValueError("deduplicator state: more ids than max_ids")
-        t = Table()
-        t.reserve(len(keys))
-        n = len(keys)
-        t.ring_keys[:n], t.ring_ts[:n] = keys, ts
-        t.meta[seen_ids.TAIL], t.meta[LIVE] = n, n
-        t.meta[DUPLICATES], t.meta[EVICTED] = counters
-        t.times[:] = times
-        if seen_ids.rebuild(t.keys, t.state, t.ring_keys, t.meta, t.salt):
-            raise ValueError("deduplicator state: an id is listed twice")
-        self._table = t
+        try:
+            self._table = Table.holding(keys, ts, counters, times)
+        except ValueError as e:
+            raise ValueError(f"deduplicator state: {e}") from e
 
 
 def _checked(state: dict) -> tuple[np.ndarray, np.ndarray, tuple[int, int], tuple[float, float]]:
