@@ -80,10 +80,13 @@ class FeedbackBatch:
     preferred: np.ndarray
     score: np.ndarray
     weight: np.ndarray
+    pair: np.ndarray | None = None  # audit-pair codes (kernels.layout.PAIR_*); None: no pairs
 
     def __post_init__(self) -> None:
         self.slot = _as(self.slot, np.int64)
-        for name in ("kind", "source", "decision", "preferred"):
+        if self.pair is None:
+            self.pair = np.full(len(self.slot), -1, np.int8)
+        for name in ("kind", "source", "decision", "preferred", "pair"):
             setattr(self, name, _as_code(name, getattr(self, name)))
         self.score, self.weight = _as(self.score, np.float64), _as(self.weight, np.float64)
         _same_length(self)
@@ -94,6 +97,7 @@ class FeedbackBatch:
         _codes("source", self.source, SOURCES)
         _codes("decision", self.decision, DECISIONS)
         _codes("preferred", self.preferred, PREFERRED)
+        _first_bad("pair", self.pair, (self.pair < -1) | (self.pair > 2), "unknown audit-pair code (-1 to 2)")
         _first_bad("score", self.score, ~((self.score >= 0.0) & (self.score <= 1.0)), "must be a finite number in [0, 1]")
         _first_bad("weight", self.weight, ~((self.weight > 0.0) & np.isfinite(self.weight)), "must be finite and > 0")
         return self
@@ -116,4 +120,5 @@ def apply(state: np.ndarray, scores: ScoreBatch, feedback: FeedbackBatch) -> Non
     scores.check(n)
     feedback.check(n)
     f = feedback
-    update(state, scores.slot, scores.decision, scores.tau, f.slot, f.kind, f.source, f.decision, f.preferred, f.score, f.weight)
+    update(state, scores.slot, scores.decision, scores.tau, f.slot, f.kind, f.source, f.decision, f.preferred, f.score, f.weight,
+           f.pair)

@@ -23,9 +23,16 @@ from kernels.layout import (
     N_FB,
     N_SCALARS,
     OVERRIDE,
+    PAIR_AUDIT_OVERRIDES,
+    PAIR_B,
+    PAIR_C,
+    PAIR_CHANNEL_OVERRIDES,
+    PAIR_N,
     TAU_SUM,
     W2_LAB,
+    W_CAP,
     W_KD,
+    WY_CAP,
     YSTAR_W,
     StateLayout,
 )
@@ -46,6 +53,7 @@ def make_events(n: int, keys: int, seed: int = 0, feedback_share: float = 0.25):
         rng.integers(0, 3, nf).astype(np.int8),
         rng.random(nf),
         np.ones(nf),
+        rng.choice(4, nf, p=[0.97, 0.02, 0.007, 0.003]).astype(np.int8) - 1,
     )
     return scores, feedback
 
@@ -55,7 +63,7 @@ def numpy_update(state: np.ndarray, scores, feedback) -> None:
     rows, width = state.shape
     n_bins = (width - N_SCALARS) // 3
     s_slot, s_dec, s_tau = scores
-    f_slot, kind, source, dec, pref, score, w = feedback
+    f_slot, kind, source, dec, pref, score, w, pair = feedback
 
     def add(col, idx, weights=None):
         state[:, col] += np.bincount(idx, weights, minlength=rows)[:rows]
@@ -69,6 +77,13 @@ def numpy_update(state: np.ndarray, scores, feedback) -> None:
     state[:, N_FB:N_FB + 3] += np.bincount(f_slot * 3 + kind, minlength=rows * 3).reshape(rows, 3)
     lab = kind != FB_ABSTAIN
     add(W2_LAB, f_slot[lab], (w * w)[lab])
+    wc = np.minimum(w, 1.0)
+    add(W_CAP, f_slot[lab], wc[lab])
+    ov = kind == OVERRIDE
+    add(WY_CAP, f_slot[ov], wc[ov])
+    add(PAIR_N, f_slot[pair >= 0])
+    add(PAIR_B, f_slot[pair == PAIR_AUDIT_OVERRIDES])
+    add(PAIR_C, f_slot[pair == PAIR_CHANNEL_OVERRIDES])
     aud = lab & (source == AUDIT)
     add(AUDIT_N, f_slot[aud])
     add(AUDIT_W, f_slot[aud], w[aud])

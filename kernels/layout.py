@@ -21,6 +21,8 @@ AUDIT = SOURCES.index("audit")
 PREFERRED = ("", "act", "hold")  # code 0: no preference given
 PREF_NONE, PREF_ACT, PREF_HOLD = 0, 1, 2
 SCORE_EVENT, FEEDBACK_EVENT = 0, 1
+# Audit-pair codes of a feedback event: no pair completed, or the pair it completed.
+PAIR_NONE, PAIR_AGREE, PAIR_AUDIT_OVERRIDES, PAIR_CHANNEL_OVERRIDES = -1, 0, 1, 2
 
 # Scalar accumulator columns.
 N_DEC = 0  # 3 columns: decisions by decision code (unweighted)
@@ -34,7 +36,16 @@ AUDIT_W2 = 19
 AUDIT_N = 20  # audit labelled: count
 YSTAR_W = 21  # sum w over feedback with a defined human-implied label y*
 BRIER = 22  # sum w * (s - y*)^2
-N_SCALARS = 23
+# Labelled feedback with each weight capped at 1: a label counts as at most one
+# Bernoulli observation in the sequential rules, whose guarantees need that cap.
+W_CAP = 23  # sum min(w, 1)
+WY_CAP = 24  # sum min(w, 1) * y
+# Audit pairs: a decision labelled by an audit and by another channel (`pair` code of
+# the feedback that completed the pair). Unweighted counts for the channel-bias test.
+PAIR_N = 25  # pairs
+PAIR_B = 26  # audit override, channel like (the channel under-reports overrides)
+PAIR_C = 27  # audit like, channel override (the channel over-reports overrides)
+N_SCALARS = 28
 
 
 @dataclass(frozen=True)

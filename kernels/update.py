@@ -27,10 +27,17 @@ from kernels.layout import (
     N_FB,
     N_SCALARS,
     OVERRIDE,
+    PAIR_AUDIT_OVERRIDES,
+    PAIR_B,
+    PAIR_C,
+    PAIR_CHANNEL_OVERRIDES,
+    PAIR_N,
     PREFERRED,
     TAU_SUM,
     W2_LAB,
+    W_CAP,
     W_KD,
+    WY_CAP,
     YSTAR_W,
     human_label,
 )
@@ -43,7 +50,8 @@ LABELS = np.array(
 
 
 @njit(nogil=True, cache=True)
-def update(state, s_slot, s_decision, s_tau, f_slot, f_kind, f_source, f_decision, f_preferred, f_score, f_weight):
+def update(state, s_slot, s_decision, s_tau, f_slot, f_kind, f_source, f_decision, f_preferred, f_score, f_weight,
+           f_pair):
     """Add score events (s_*) and feedback events (f_*) to `state` in place.
 
     Column arrays of equal length per event type, codes of `kernels.layout`,
@@ -64,12 +72,23 @@ def update(state, s_slot, s_decision, s_tau, f_slot, f_kind, f_source, f_decisio
         state[r, W_KD + 3 * k + d] += w
         if k != FB_ABSTAIN:
             state[r, W2_LAB] += w * w
+            wc = min(w, 1.0)
+            state[r, W_CAP] += wc
+            if k == OVERRIDE:
+                state[r, WY_CAP] += wc
             if f_source[i] == AUDIT:
                 state[r, AUDIT_N] += 1.0
                 state[r, AUDIT_W] += w
                 state[r, AUDIT_W2] += w * w
                 if k == OVERRIDE:
                     state[r, AUDIT_WY] += w
+        p = f_pair[i]
+        if p >= 0:
+            state[r, PAIR_N] += 1.0
+            if p == PAIR_AUDIT_OVERRIDES:
+                state[r, PAIR_B] += 1.0
+            elif p == PAIR_CHANNEL_OVERRIDES:
+                state[r, PAIR_C] += 1.0
         y = LABELS[k, d, f_preferred[i]]
         if y >= 0:
             s = f_score[i]

@@ -10,13 +10,18 @@ class AlignmentLoss:
     Also keeps the override weight per decision for the cost-weighted loss
     `L_c = (c_fp * W_override(act) + c_fn * W_override(hold)) / sum(w)`
     (overriding an abstention costs nothing: a person decided), and
-    `sum(w^2)` for the effective sample size `(sum w)^2 / sum w^2`.
+    `sum(w^2)` for the effective sample size `(sum w)^2 / sum w^2`, and the
+    sums with each weight capped at 1 (`w_cap`, `wy_cap`) that the sequential
+    rules read: a label is at most one Bernoulli observation there, whatever its weight.
 
     >>> m = AlignmentLoss()
     >>> for y, d in [(1, "act"), (0, "act"), (0, "hold"), (1, "hold")]:
     ...     m.update(y, d)
     >>> m.get(), m.cost_weighted(c_fp=3.0, c_fn=1.0), m.n_eff
     (0.5, 1.0, 4.0)
+    >>> m.update(1, "act", weight=2.5)
+    >>> m.w, m.w_cap, m.wy_cap
+    (6.5, 5.0, 3.0)
     """
 
     def __init__(self) -> None:
@@ -24,14 +29,18 @@ class AlignmentLoss:
         self.w = 0.0
         self.wy = 0.0
         self.w2 = 0.0
+        self.w_cap = 0.0
+        self.wy_cap = 0.0
         self.wy_by_decision = {"act": 0.0, "hold": 0.0, "abstain": 0.0}
 
     def update(self, y: int, decision: str, weight: float = 1.0) -> None:
         self.n += 1
         self.w += weight
         self.w2 += weight * weight
+        self.w_cap += min(weight, 1.0)
         if y:
             self.wy += weight
+            self.wy_cap += min(weight, 1.0)
             self.wy_by_decision[decision] += weight
 
     def merge(self, other: "AlignmentLoss") -> None:
@@ -39,6 +48,8 @@ class AlignmentLoss:
         self.w += other.w
         self.wy += other.wy
         self.w2 += other.w2
+        self.w_cap += other.w_cap
+        self.wy_cap += other.wy_cap
         for d, v in other.wy_by_decision.items():
             self.wy_by_decision[d] += v
 

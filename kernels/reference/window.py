@@ -10,6 +10,7 @@ from kernels.params import StatsParams
 from kernels.reference.calibration import BrierScore, CostOptimalThreshold, ExpectedCalibrationError
 from kernels.reference.intervals import exceedance, jeffreys_interval, wilson_interval
 from kernels.reference.loss import AlignmentLoss
+from kernels.reference.pairs import AuditPairs
 from kernels.reference.rates import MonitorRates
 
 
@@ -32,14 +33,17 @@ class WindowReference:
         self.brier = BrierScore()
         self.ece = ExpectedCalibrationError(n_bins)
         self.hist = CostOptimalThreshold(n_bins)
+        self.pairs = AuditPairs()
 
     def update_score(self, decision: str, tau: float) -> None:
         self.rates.update_decision(decision, tau)
 
     def update_feedback(
-        self, kind: str, source: str, decision: str, preferred: str, score: float, weight: float = 1.0
+        self, kind: str, source: str, decision: str, preferred: str, score: float, weight: float = 1.0,
+        pair: int = -1,
     ) -> None:
         self.rates.update_feedback(kind, decision, weight)
+        self.pairs.update(pair)
         if kind in ("like", "override"):
             y = int(kind == "override")
             self.loss.update(y, decision, weight)
@@ -52,7 +56,7 @@ class WindowReference:
             self.hist.update(score, y_star, weight)
 
     def merge(self, other: "WindowReference") -> None:
-        for name in ("rates", "loss", "audit", "brier", "ece", "hist"):
+        for name in ("rates", "loss", "audit", "brier", "ece", "hist", "pairs"):
             getattr(self, name).merge(getattr(other, name))
 
     def get(self, params: StatsParams, tau: float | None = None) -> dict[str, float]:
@@ -76,6 +80,8 @@ class WindowReference:
             "n_labels": self.loss.n,
             "weight_sum": self.loss.w,
             "override_weight": self.loss.wy,
+            "weight_capped": self.loss.w_cap,
+            "override_weight_capped": self.loss.wy_cap,
             "loss": loss,
             "loss_cost": self.loss.cost_weighted(params.c_fp, params.c_fn),
             "loss_lo": lo,
@@ -92,5 +98,6 @@ class WindowReference:
             "audit_n": self.audit.n,
             "audit_lo": interval(self.audit.get(), self.audit.n_eff, params.confidence)[0],
             "audit_hi": interval(self.audit.get(), self.audit.n_eff, params.confidence)[1],
+            **self.pairs.get(),
         }
 

@@ -31,6 +31,11 @@ class Records:
     preferred: np.ndarray
     score: np.ndarray
     weight: np.ndarray
+    pair: np.ndarray | None = None  # audit-pair code a feedback completed (kernels.layout.PAIR_*)
+
+    def __post_init__(self) -> None:
+        if self.pair is None:
+            self.pair = np.full(len(self.keys), -1, np.int8)
 
     @classmethod
     def empty(cls) -> "Records":
@@ -47,5 +52,6 @@ class Records:
         cut = lambda col: col[lo:hi]  # noqa: E731
         scores = ScoreBatch(slot[s], cut(self.decision)[s], cut(self.tau)[s])
         feedback = FeedbackBatch(slot[f], cut(self.kind)[f], cut(self.source)[f], cut(self.decision)[f],
-                                 cut(self.preferred)[f], cut(self.score)[f], cut(self.weight)[f])
+                                 cut(self.preferred)[f], cut(self.score)[f], cut(self.weight)[f],
+                                 cut(self.pair)[f])
         return scores, feedback
