@@ -38,6 +38,8 @@ class Aggregator:
         self.partitions = partitions
         self.keys = KeyIndex()
         self.ring_len = spec.hop_panes + spec.open_panes + 1
+        self.max_ring_len = 2 * self.ring_len
+        self._ahead: dict[int, list] = {}  # pane -> [(key ids, rows)] too far ahead for the ring
         self.ring = layout.zeros(0)
         self.ring_pane = np.zeros(0, np.int64)
         self.cum = layout.zeros(0)
@@ -81,12 +83,15 @@ class Aggregator:
             lowest = int(partials.panes[on_time].min())
             self.first_pane = lowest if self.first_pane is None else min(self.first_pane, lowest)
             oldest_kept = self.final_through if self.final_through is not None else self.first_pane
-            self._fit(oldest_kept - self.spec.hop_panes, int(partials.panes[on_time].max()))
-        rows = ids[on_time] * self.ring_len + partials.panes[on_time] % self.ring_len
-        stale = self.ring_pane[rows] != partials.panes[on_time]
-        self.ring[rows[stale]] = 0.0
-        self.ring_pane[rows] = partials.panes[on_time]
-        np.add.at(self.ring, rows, partials.rows[on_time])
+            low = oldest_kept - self.spec.hop_panes
+            ahead = on_time & (partials.panes >= low + self.max_ring_len)
+            for pane in np.unique(partials.panes[ahead]).tolist():
+                at = partials.panes == pane
+                self._ahead.setdefault(pane, []).append((ids[at], partials.rows[at]))
+            on_time &= ~ahead
+            if on_time.any():
+                self._fit(low, int(partials.panes[on_time].max()))
+        self._put(ids[on_time], partials.panes[on_time], partials.rows[on_time])
         previous = self.closed_through.get(partition)
         self.closed_through[partition] = max(partials.closed_through, previous if previous is not None else -2**62)
         if len(self.closed_through) < self.partitions:
@@ -96,10 +101,28 @@ class Aggregator:
             starts = [final, *self._late_pending] + ([self.first_pane] if self.first_pane is not None else [])
             self.final_through = min(starts)
         ready: list[tuple] = []
-        for pane in range(self.final_through, final):
+        pane = self.final_through
+        while pane < final:
+            self._admit(pane)
             self._finalise(pane, ready)
+            pane = self._next_to_finalise(pane + 1, final)
         self.final_through = max(self.final_through, final)
         return self._results(ready)
+
+    def _next_to_finalise(self, pane: int, final: int) -> int:
+        """`pane`, or the first later pane whose finalising can emit something.
+
+        A pane emits a tumbling window if it has data, a cumulative view if late rows
+        wait for it, and a hopping window if one of the `hop_panes` before it has data.
+        After a gap in event time the panes in between emit nothing and are skipped,
+        so a jump of years costs what a jump of one pane does.
+        """
+        held = self.ring_pane[self.ring_pane >= pane - self.spec.hop_panes + 1]
+        if len(held) and int(held.min()) < pane or self._late_keys:
+            return pane  # a hopping window ending here still covers data, or late rows wait
+        later = [int(held.min())] if len(held) else []
+        later += [p for p in self._late_pending if p >= pane] + list(self._ahead)
+        return max(pane, min([final, *later]))
 
     def dump(self) -> dict:
         """Plain values and arrays (for a checkpoint) from which `load` rebuilds this state
@@ -110,7 +133,8 @@ class Aggregator:
                 "final_through": self.final_through, "first_pane": self.first_pane,
                 "late_keys": sorted(self._late_keys),
                 "late_pending": [[pane, [[ids, rows] for ids, rows in parts]]
-                                 for pane, parts in self._late_pending.items()]}
+                                 for pane, parts in self._late_pending.items()],
+                "ahead": [[pane, [[ids, rows] for ids, rows in parts]] for pane, parts in self._ahead.items()]}
 
     def load(self, state: dict) -> None:
         """Take the state `dump` gave (on a new instance with the same spec and layout)."""
@@ -126,6 +150,28 @@ class Aggregator:
         self.final_through, self.first_pane = state["final_through"], state["first_pane"]
         self._late_keys = set(state["late_keys"])
         self._late_pending = {int(pane): [(ids, rows) for ids, rows in parts] for pane, parts in state["late_pending"]}
+        self._ahead = {int(pane): [(ids, rows) for ids, rows in parts] for pane, parts in state["ahead"]}
+
+    def _put(self, ids: np.ndarray, panes: np.ndarray, rows: np.ndarray) -> None:
+        """Add pane rows into the ring (the ring has a slot for each of these panes)."""
+        slots = ids * self.ring_len + panes % self.ring_len
+        stale = self.ring_pane[slots] != panes
+        self.ring[slots[stale]] = 0.0
+        self.ring_pane[slots] = panes
+        np.add.at(self.ring, slots, rows)
+
+    def _admit(self, pane: int) -> None:
+        """Move panes held aside into the ring once they are within its reach of `pane`.
+
+        A partition far ahead of the others (a backfill, a jump in event time) would
+        otherwise stretch the ring over every pane in between, for every key.
+        """
+        low = pane + 1 - self.spec.hop_panes
+        near = sorted(p for p in self._ahead if p < low + self.max_ring_len)
+        for p in near:
+            for ids, rows in self._ahead.pop(p):
+                self._fit(low, p)
+                self._put(ids, np.full(len(ids), p, np.int64), rows)
 
     def _fit(self, low: int, high: int) -> None:
         """Grow the ring so that panes low..high have a slot each (none overwrites another)."""

@@ -22,6 +22,10 @@ from kernels.layout import StateLayout
 from streams.operators.records import Records
 
 
+#: The pane index a drained partition reports as closed: every pane before it is final.
+END_OF_INPUT = 2**62
+
+
 @dataclass(frozen=True)
 class WindowSpec:
     """Tumbling pane size, hopping window size and advance, grace (allowed lateness), seconds.
@@ -132,27 +136,38 @@ class PartitionWindows:
         closed_after = np.maximum(np.floor(wm / pane_s).astype(np.int64), self.closed)
         ticks_after = np.maximum(np.floor(wm / early_s).astype(np.int64), self.ticks)
         out: list[Partials] = []
-        start = 0
-        while start < len(ts):
-            # a segment ends where the watermark closes a pane or passes an early-result tick
+        start, n = 0, len(ts)
+        while start < n:
+            # Events up to the next one that moves the watermark past a pane end or an
+            # early-result tick are judged against the watermark as it stands. That event
+            # goes into the next segment, after the close: its own pane may reuse the ring
+            # slot of a pane it closes.
             c0, t0 = self.closed, self.ticks
             change = np.flatnonzero((closed_after[start:] > c0) | (ticks_after[start:] > t0))
-            end = start + int(change[0]) + 1 if len(change) else len(ts)
-            panes = np.floor(ts[start:end] / pane_s).astype(np.int64)
-            late = panes < c0
-            self.late_events += int(late.sum())
-            ring = self.stride - 1
-            slot = ids[start:end] * self.stride + np.where(late, ring, panes % ring)
-            apply(self.state, *records.split(start, end, slot))
-            self.max_ts = max(self.max_ts, float(ts[start:end].max()))
-            new_closed, new_ticks = int(closed_after[end - 1]), int(ticks_after[end - 1])
+            end = start + int(change[0]) if len(change) else n
+            if end > start:
+                self._add(records, ids, start, end, c0)
+            if end == n:
+                break
+            new_closed, new_ticks = int(closed_after[end]), int(ticks_after[end])
             if new_closed > c0:
                 out.extend(self._close(c0, new_closed))
-            elif new_ticks > t0:
-                out.append(self._early(new_closed))
+            else:
+                out.append(self._early(c0))
             self.closed, self.ticks = new_closed, new_ticks
             start = end
         return out
+
+    def _add(self, records: Records, ids: np.ndarray, start: int, end: int, closed: int) -> None:
+        """Records [start, end) into their open panes, or the late row where their pane is closed."""
+        ts = records.ts[start:end]
+        panes = np.floor(ts / self.spec.tumbling_s).astype(np.int64)
+        late = panes < closed
+        self.late_events += int(late.sum())
+        ring = self.stride - 1
+        slot = ids[start:end] * self.stride + np.where(late, ring, panes % ring)
+        apply(self.state, *records.split(start, end, slot))
+        self.max_ts = max(self.max_ts, float(ts.max()))
 
     def dump(self) -> dict:
         """Plain values and arrays (for a checkpoint) from which `load` rebuilds this state: a
@@ -173,12 +188,13 @@ class PartitionWindows:
         self.late_events = int(state["late_events"])
 
     def drain(self) -> list[Partials]:
-        """End of input: close every open pane, as if the watermark had reached infinity."""
+        """End of input: the watermark reaches infinity, so every pane closes (a partition
+        that saw no event says so too, or it would hold the others' windows open)."""
         if self.closed is None:
-            return []
-        last = math.floor(self.max_ts / self.spec.tumbling_s) + 1
-        out = self._close(self.closed, max(last, self.closed))
-        self.closed = max(last, self.closed)
+            self.closed = END_OF_INPUT
+            return [Partials.empty(self.layout.width, END_OF_INPUT)]
+        out = self._close(self.closed, END_OF_INPUT)
+        self.closed = END_OF_INPUT
         return out
 
     def _rows_with_data(self, rows: np.ndarray) -> np.ndarray:
@@ -189,7 +205,12 @@ class PartitionWindows:
         return Partials(keys, panes, self.state[rows].copy(), early=early, closed_through=closed_through)
 
     def _close(self, first: int, last: int) -> list[Partials]:
-        """Hand on the late rows, then close panes [first, last) in order."""
+        """Hand on the late rows, then close panes [first, last) in order.
+
+        Only the ring's panes can hold data (at most `stride - 1` consecutive ones from
+        `first`); the panes after them are empty and close together, so a gap of days or
+        years in event time costs no more than one of minutes.
+        """
         n_keys = len(self.keys.keys)
         base = np.arange(n_keys, dtype=np.int64) * self.stride
         out = []
@@ -197,7 +218,7 @@ class PartitionWindows:
         if len(late_rows):
             out.append(self._emit(late_rows, np.full(len(late_rows), -1, np.int64), first))
             self.state[late_rows] = 0.0
-        for pane in range(first, last):
+        for pane in range(first, min(last, first + self.stride - 1)):
             rows = self._rows_with_data(base + pane % (self.stride - 1))
             if len(rows):
                 out.append(self._emit(rows, np.full(len(rows), pane, np.int64), pane + 1))
