@@ -171,8 +171,8 @@ class FeedbackJoin:
 
     def expire(self) -> list[Pending]:
         """Forget what is older than the horizon; return feedback that never met its score."""
-        if self._clock - self._last_expiry < self.expire_every_s:
-            return []
+        if self._clock == float("-inf") or self._clock - self._last_expiry < self.expire_every_s:
+            return []  # no event time yet (only feedback that carried its context), or expired lately
         self._last_expiry = self._clock
         cutoff = _EXPIRY + _ms(self._clock - self.horizon_s)
         unmatched: list[Pending] = []
