@@ -36,7 +36,7 @@ from kernels.layout import (
     YSTAR_W,
     StateLayout,
 )
-from kernels.update import LABELS, update
+from kernels.update import LABELS, W2_SCALE, update
 
 
 def make_events(n: int, keys: int, seed: int = 0, feedback_share: float = 0.25):
@@ -76,7 +76,8 @@ def numpy_update(state: np.ndarray, scores, feedback) -> None:
     state[:, W_KD:W_KD + 9] += flat
     state[:, N_FB:N_FB + 3] += np.bincount(f_slot * 3 + kind, minlength=rows * 3).reshape(rows, 3)
     lab = kind != FB_ABSTAIN
-    add(W2_LAB, f_slot[lab], (w * w)[lab])
+    ws = w * W2_SCALE
+    add(W2_LAB, f_slot[lab], (ws * ws)[lab])
     wc = np.minimum(w, 1.0)
     add(W_CAP, f_slot[lab], wc[lab])
     ov = kind == OVERRIDE
@@ -87,7 +88,7 @@ def numpy_update(state: np.ndarray, scores, feedback) -> None:
     aud = lab & (source == AUDIT)
     add(AUDIT_N, f_slot[aud])
     add(AUDIT_W, f_slot[aud], w[aud])
-    add(AUDIT_W2, f_slot[aud], (w * w)[aud])
+    add(AUDIT_W2, f_slot[aud], (ws * ws)[aud])
     aud_ov = aud & (kind == OVERRIDE)
     add(AUDIT_WY, f_slot[aud_ov], w[aud_ov])
     y = LABELS[kind, dec, pref]

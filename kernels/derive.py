@@ -35,7 +35,7 @@ from kernels.layout import (
 )
 from kernels.params import StatsParams
 from kernels.reference.calibration import TIE_TOLERANCE
-from kernels.reference.intervals import z_value
+from kernels.reference.intervals import W2_SHIFT, z_lower, z_value
 
 
 def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -63,26 +63,58 @@ def interval(p: np.ndarray, n: np.ndarray, params: StatsParams) -> tuple[np.ndar
     return np.where(empty, 0.0, lo), np.where(empty, 1.0, hi)
 
 
+def effective_size(w: np.ndarray, w2: np.ndarray) -> np.ndarray:
+    """`intervals.effective_size` per row: n_eff from sum w and the sum of scaled squares."""
+    ws = np.ldexp(np.asarray(w, np.float64), W2_SHIFT)
+    normal = w2 >= np.finfo(np.float64).tiny
+    m, e = np.frexp(ws)
+    exact = m * m / np.ldexp(np.where(normal, w2, 1.0), np.where(normal, -2 * e, 0))
+    lower = np.where(w > 0, np.maximum(1.0, np.ldexp(np.where(normal, 0.0, ws), 511)), 0.0)
+    return np.where(normal, exact, lower)
+
+
 def _tau_star(state: np.ndarray, layout: StateLayout, tau: np.ndarray, params: StatsParams):
+    """tau*, the saving per labelled decision and its lower bound (`CostOptimalThreshold.get`)."""
     b = layout.n_bins
     neg = state[:, layout.hist_neg : layout.hist_neg + b]
     pos = state[:, layout.hist_pos : layout.hist_pos + b]
     zeros = np.zeros((state.shape[0], 1))
-    # cost at edge j: c_fp * (negatives in bins >= j) + c_fn * (positives in bins < j)
-    neg_above = np.concatenate([np.cumsum(neg[:, ::-1], axis=1)[:, ::-1], zeros], axis=1)
-    pos_below = np.concatenate([zeros, np.cumsum(pos, axis=1)], axis=1)
+    # cost at edge j < B: c_fp * (negatives in bins >= j) + c_fn * (positives in bins < j)
+    neg_above = np.cumsum(neg[:, ::-1], axis=1)[:, ::-1]
+    pos_below = np.concatenate([zeros, np.cumsum(pos[:, :-1], axis=1)], axis=1)
     costs = params.c_fp * neg_above + params.c_fn * pos_below
-    total = neg.sum(axis=1) + pos.sum(axis=1)
+    neg_total, pos_total = neg.sum(axis=1), pos.sum(axis=1)
+    total = neg_total + pos_total
+    # the decisions taken: overrides of act and of hold; deferrals cost nothing
+    now = params.c_fp * state[:, w_kd(OVERRIDE, ACT)] + params.c_fn * state[:, w_kd(OVERRIDE, HOLD)]
     best = costs.min(axis=1)
     tol = TIE_TOLERANCE * (1.0 + (params.c_fp + params.c_fn) * total)
-    j_tau = np.clip(np.round(np.nan_to_num(tau) * b), 0, b).astype(np.int64)
-    edges = np.arange(b + 1)
-    distance = np.abs(edges[None, :] - j_tau[:, None]) * (b + 2) + edges[None, :]
-    j_star = np.argmin(np.where(costs <= (best + tol)[:, None], distance, np.iinfo(np.int64).max), axis=1)
+    moved = best < now - tol
+    x = np.nan_to_num(tau) * b  # tau in edge units
+    edges = np.arange(b)
+    distance = np.where(costs <= (best + tol)[:, None], np.abs(edges[None, :] - x[:, None]), np.inf)
+    j_star = np.argmin(distance, axis=1)  # the first of equal distances: the lower edge
     rows = np.arange(state.shape[0])
-    saved = _div(costs[rows, j_tau] - costs[rows, j_star], total)
+    saved = np.where(moved, _div(now - costs[rows, j_star], total), 0.0)
+    # second moment of the per-label saving: labels in the bins between tau and tau* and
+    # deferred labels (histogram labels not on act or hold) as a full +-c
+    up = j_star > x
+    lo = np.where(up, np.floor(x), j_star)
+    hi = np.where(up, j_star, np.ceil(x))
+    band = (edges[None, :] >= lo[:, None]) & (edges[None, :] < hi[:, None])
+    abstained_neg = neg_total - state[:, w_kd(OVERRIDE, ACT)] - state[:, w_kd(LIKE, HOLD)]
+    abstained_pos = pos_total - state[:, w_kd(LIKE, ACT)] - state[:, w_kd(OVERRIDE, HOLD)]
+    abstained_neg = np.where(abstained_neg > TIE_TOLERANCE * total, abstained_neg, 0.0)
+    abstained_pos = np.where(abstained_pos > TIE_TOLERANCE * total, abstained_pos, 0.0)
+    m2 = _div(params.c_fp**2 * ((neg * band).sum(axis=1) + abstained_neg)
+              + params.c_fn**2 * ((pos * band).sum(axis=1) + abstained_pos), total)
+    var = m2 - saved * saved
+    var = np.where(var > TIE_TOLERANCE * m2, var, 0.0)
+    n_eff = effective_size(total, state[:, W2_LAB])  # a lower bound: W2_LAB holds every label
+    saved_lo = np.where(moved, saved - z_lower(params.confidence, b) * np.sqrt(_div(var, n_eff)), 0.0)
     undefined = ~(total > 0) | np.isnan(tau)
-    return np.where(undefined, np.nan, j_star / b), np.where(undefined, np.nan, saved)
+    tau_star = np.where(moved, j_star / b, tau)
+    return tuple(np.where(undefined, np.nan, v) for v in (tau_star, saved, saved_lo))
 
 
 def loss_bounds(state: np.ndarray, layout: StateLayout, params: StatsParams) -> dict:
@@ -90,7 +122,7 @@ def loss_bounds(state: np.ndarray, layout: StateLayout, params: StatsParams) -> 
     wy = state[:, w_kd(OVERRIDE, ACT)] + state[:, w_kd(OVERRIDE, HOLD)] + state[:, w_kd(OVERRIDE, ABSTAIN)]
     w = wy + state[:, w_kd(LIKE, ACT)] + state[:, w_kd(LIKE, HOLD)] + state[:, w_kd(LIKE, ABSTAIN)]
     loss = _div(wy, w)
-    n_eff = np.nan_to_num(_div(w * w, state[:, W2_LAB]))
+    n_eff = effective_size(w, state[:, W2_LAB])
     lo, hi = interval(loss, n_eff, params)
     return {"n_labels": state[:, N_FB + LIKE] + state[:, N_FB + OVERRIDE], "loss": loss, "loss_lo": lo, "loss_hi": hi}
 
@@ -110,20 +142,18 @@ def derive(state: np.ndarray, layout: StateLayout, params: StatsParams, tau: np.
     w_ov = {d: col(w_kd(OVERRIDE, d)) for d in (ACT, HOLD, ABSTAIN)}
     wy = w_ov[ACT] + w_ov[HOLD] + w_ov[ABSTAIN]
     w = w_like + wy
-    w2 = col(W2_LAB)
     loss = _div(wy, w)
-    n_eff = _div(w * w, w2)
-    n_eff = np.where(np.isnan(n_eff), 0.0, n_eff)
+    n_eff = effective_size(w, col(W2_LAB))
     lo, hi = interval(loss, n_eff, params)
     x = np.where(w > 0, np.nan_to_num(loss) * n_eff, 0.0)
     p_exceed = special.betainc(params.a0 + x, params.b0 + n_eff - x, params.l_budget)
     audit_loss = _div(col(AUDIT_WY), col(AUDIT_W))
-    audit_neff = np.nan_to_num(_div(col(AUDIT_W) ** 2, col(AUDIT_W2)))
+    audit_neff = effective_size(col(AUDIT_W), col(AUDIT_W2))
     audit_lo, audit_hi = interval(audit_loss, audit_neff, params)
     mean_tau = _div(col(TAU_SUM), n_dec)
     tau = mean_tau if tau is None else np.broadcast_to(np.asarray(tau, dtype=np.float64), (state.shape[0],))
     tau = np.where(np.isnan(tau), mean_tau, tau)
-    tau_star, cost_saved = _tau_star(state, layout, tau, params)
+    tau_star, cost_saved, cost_saved_lo = _tau_star(state, layout, tau, params)
     b = layout.n_bins
     pos = state[:, layout.hist_pos : layout.hist_pos + b]
     ws = state[:, layout.hist_ws : layout.hist_ws + b]
@@ -155,6 +185,7 @@ def derive(state: np.ndarray, layout: StateLayout, params: StatsParams, tau: np.
         "tau": tau,
         "tau_star": tau_star,
         "cost_saved": cost_saved,
+        "cost_saved_lo": cost_saved_lo,
         "audit_loss": audit_loss,
         "audit_n": col(AUDIT_N),
         "audit_lo": audit_lo,

@@ -41,6 +41,10 @@ from kernels.layout import (
     YSTAR_W,
     human_label,
 )
+from kernels.reference.intervals import W2_SHIFT
+
+#: Squares of weights are summed scaled by 2**(2 * W2_SHIFT) (exact), so none underflows.
+W2_SCALE = 2.0**W2_SHIFT
 
 #: y* for every (kind, decision, preferred) code triple, -1 where undefined.
 LABELS = np.array(
@@ -71,7 +75,8 @@ def update(state, s_slot, s_decision, s_tau, f_slot, f_kind, f_source, f_decisio
         state[r, N_FB + k] += 1.0
         state[r, W_KD + 3 * k + d] += w
         if k != FB_ABSTAIN:
-            state[r, W2_LAB] += w * w
+            ws = w * W2_SCALE
+            state[r, W2_LAB] += ws * ws
             wc = min(w, 1.0)
             state[r, W_CAP] += wc
             if k == OVERRIDE:
@@ -79,7 +84,7 @@ def update(state, s_slot, s_decision, s_tau, f_slot, f_kind, f_source, f_decisio
             if f_source[i] == AUDIT:
                 state[r, AUDIT_N] += 1.0
                 state[r, AUDIT_W] += w
-                state[r, AUDIT_W2] += w * w
+                state[r, AUDIT_W2] += ws * ws
                 if k == OVERRIDE:
                     state[r, AUDIT_WY] += w
         p = f_pair[i]

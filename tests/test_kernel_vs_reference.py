@@ -363,3 +363,21 @@ def test_known_small_window(interval):
     assert got["audit_n"][0] == 1 and got["audit_loss"][0] == 0.0
     assert got["brier"][0] == pytest.approx((0.8**2 + 0.2**2 + 2 * 0.6**2) / 4.0)
     assert_matches_reference(state, layout, StatsParams(interval=interval), reference_windows(layout, 1, events))
+
+
+# Log-uniform over every weight the schema accepts, (0, 1000]: n_eff and the advice must agree
+# (Brier and ECE are left out: their subnormal products round differently, see `weights`).
+any_accepted_weight = st.floats(math.log(5e-324), math.log(1000.0)).map(lambda u: min(1000.0, max(5e-324, math.exp(u))))
+
+
+@settings(CI, max_examples=60)
+@given(scn=scenario(max_slots=4), params=stats_params(), data=st.data())
+def test_kernel_equals_reference_for_any_accepted_weight(scn, params, data):
+    n_slots, layout, events = scn
+    events = [e if e[0] == "score" else e[:7] + (data.draw(any_accepted_weight, label="weight"),) for e in events]
+    got = derive(kernel_state(layout, n_slots, events), layout, params)
+    for k, ref in enumerate(reference_windows(layout, n_slots, events)):
+        want = ref.get(params)
+        for field in ("n_eff", "loss", "loss_lo", "loss_hi", "p_exceed", "audit_lo", "audit_hi",
+                      "tau_star", "cost_saved", "cost_saved_lo"):
+            assert_same(got[field][k], want[field], f"slot {k} field {field!r}")

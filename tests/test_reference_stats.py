@@ -285,7 +285,28 @@ def costs(draw, quarter=False):
     return c_fp, c_fn
 
 
-@settings(CI, max_examples=100)
+def decisions_under(draw, s, tau):
+    """The decision each label was taken with: mostly by `tau`, sometimes another tau, sometimes deferred."""
+    out = []
+    for si in s:
+        t = draw(st.one_of(st.just(tau), st.just(tau), st.floats(0.0, 1.0)))
+        out.append(draw(st.sampled_from(["abstain"]) | st.just("act" if si >= t else "hold")))
+    return np.array(out)
+
+
+def threshold_from(triples, decisions, n_bins, c_fp, c_fn):
+    t = CostOptimalThreshold(n_bins, c_fp, c_fn)
+    for (si, yi, wi), d in zip(triples, decisions):
+        t.update(si, int(yi), wi, decision=d)
+    return t
+
+
+def cost_now(y, w, d, c_fp, c_fn):
+    """Cost of the decisions taken: acted y* = 0, held y* = 1; deferrals cost nothing."""
+    return c_fp * w[(d == "act") & (y == 0)].sum() + c_fn * w[(d == "hold") & (y == 1)].sum()
+
+
+@settings(CI, max_examples=150)
 @given(
     n_bins=st.sampled_from([2, 4, 5, 10, 20]),
     c=costs(),
@@ -296,24 +317,29 @@ def test_cost_optimal_threshold_matches_brute_force(n_bins, c, tau, data):
     c_fp, c_fn = c
     triples = data.draw(off_edge_labels(n_bins))
     s, y, w = (np.array(col, dtype=np.float64) for col in zip(*triples))
-    t = CostOptimalThreshold(n_bins, c_fp, c_fn)
-    for si, yi, wi in triples:
-        t.update(si, int(yi), wi)
-    edges = np.arange(n_bins + 1) / n_bins
+    d = decisions_under(data.draw, s, tau)
+    t = threshold_from(triples, d, n_bins, c_fp, c_fn)
+    edges = np.arange(n_bins) / n_bins  # edge 1 is no candidate
     brute = brute_force_costs(s, y, w, edges, c_fp, c_fn)
     assert np.allclose(t.costs(), brute, rtol=1e-10, atol=1e-10)
-    tau_star, saved = t.get(tau)
-    best = brute.min()
+    now = cost_now(y, w, d, c_fp, c_fn)
+    tau_star, saved, lo = t.get(tau, n_eff=w.sum() ** 2 / (w**2).sum())
     tol = 1e-9 * (1.0 + (c_fp + c_fn) * w.sum())
-    j_star = int(round(tau_star * n_bins))
-    assert tau_star == j_star / n_bins
-    assert brute[j_star] <= best + tol + 1e-10, "tau* does not achieve the minimal cost"
-    j_tau = min(n_bins, max(0, round(tau * n_bins)))
-    assert saved == pytest.approx((brute[j_tau] - brute[j_star]) / w.sum(), rel=1e-9, abs=1e-10)
-    assert saved >= -1e-12
+    if tau_star == tau and saved == 0.0:
+        assert brute.min() >= now - tol - 1e-10, "an edge beats the decisions taken, but tau* stays"
+        assert lo == 0.0
+        return
+    j_star = round(tau_star * n_bins)
+    assert tau_star == j_star / n_bins and 0 <= j_star < n_bins
+    assert brute[j_star] <= brute.min() + tol + 1e-10, "tau* does not achieve the minimal cost"
+    assert saved == pytest.approx((now - brute[j_star]) / w.sum(), rel=1e-9, abs=1e-10)
+    assert saved > 0 and lo <= saved
+    # advice changes a decision: some label taken on act/hold is decided otherwise at tau*
+    taken = d != "abstain"
+    assert np.any((s[taken] >= tau_star) != (d[taken] == "act"))
 
 
-@settings(CI, max_examples=100)
+@settings(CI, max_examples=150)
 @given(
     n_bins=st.sampled_from([2, 4, 5, 10, 20]),
     c=costs(quarter=True),
@@ -321,30 +347,44 @@ def test_cost_optimal_threshold_matches_brute_force(n_bins, c, tau, data):
     data=st.data(),
 )
 def test_cost_optimal_threshold_tie_rule(n_bins, c, tau, data):
-    """With exactly representable weights and costs, ties are exact: among the edges of
-    minimal cost tau* is the one nearest the edge of `tau`, then the lower one."""
+    """With exactly representable weights and costs, ties are exact: tau* moves only if an edge
+    costs less than the decisions taken, and among the edges of minimal cost it is the one
+    nearest tau, then the lower one."""
     c_fp, c_fn = c
     triples = data.draw(off_edge_labels(n_bins, quarter_weights=True, max_size=30))
     s, y, w = (np.array(col, dtype=np.float64) for col in zip(*triples))
-    t = CostOptimalThreshold(n_bins, c_fp, c_fn)
-    for si, yi, wi in triples:
-        t.update(si, int(yi), wi)
-    brute = brute_force_costs(s, y, w, np.arange(n_bins + 1) / n_bins, c_fp, c_fn)
-    j_tau = min(n_bins, max(0, round(tau * n_bins)))
+    d = decisions_under(data.draw, s, tau)
+    t = threshold_from(triples, d, n_bins, c_fp, c_fn)
+    brute = brute_force_costs(s, y, w, np.arange(n_bins) / n_bins, c_fp, c_fn)
+    now = cost_now(y, w, d, c_fp, c_fn)
+    tau_star, saved, _ = t.get(tau, n_eff=1.0)
+    if not brute.min() < now:
+        assert (tau_star, saved) == (tau, 0.0), "must not move when no edge beats the decisions taken"
+        return
     ties = np.flatnonzero(brute == brute.min())
-    expected = min(ties, key=lambda j: (abs(j - j_tau), j))
-    tau_star, saved = t.get(tau)
+    expected = min(ties, key=lambda j: (abs(j - tau * n_bins), j))
     assert tau_star == expected / n_bins
-    assert saved == (brute[j_tau] - brute[expected]) / w.sum()
-    if j_tau in ties:
-        assert saved == 0.0, "must not move away from a threshold that is already optimal"
+    assert saved == (now - brute[expected]) / w.sum()
+
+
+def test_cost_saved_lo_by_hand():
+    """Ten labels at 0.59, eight wanting hold, all acted on at tau = 0.58: moving to 0.6 saves
+    0.6 per label; the bound is 0.6 - z * sqrt(var / n) with z one-sided at 0.95 over 20 edges."""
+    t = CostOptimalThreshold(20)
+    for k in range(10):
+        t.update(0.59, int(k < 2), decision="act")
+    tau_star, saved, lo = t.get(0.58, n_eff=10.0, confidence=0.95)
+    z = stats.norm.ppf(1 - 0.05 / 20)
+    var = (8 * 1.0 + 2 * 1.0) / 10 - 0.6**2
+    assert (tau_star, saved) == (0.6, pytest.approx(0.6))
+    assert lo == pytest.approx(0.6 - z * math.sqrt(var / 10), rel=1e-12)
 
 
 def test_cost_optimal_threshold_undefined_without_labels():
     t = CostOptimalThreshold(10)
-    assert all(math.isnan(v) for v in t.get(0.5))
-    t.update(0.3, 1)
-    assert all(math.isnan(v) for v in t.get(math.nan))
+    assert all(math.isnan(v) for v in t.get(0.5, n_eff=0.0))
+    t.update(0.3, 1, decision="hold")
+    assert all(math.isnan(v) for v in t.get(math.nan, n_eff=1.0))
 
 
 def test_tie_tolerance_is_small():

@@ -7,7 +7,35 @@ Pure Python on purpose: an independent check of the scipy-based batch code.
 from __future__ import annotations
 
 import math
+import sys
 from statistics import NormalDist
+
+#: Squares of weights are summed as (w * 2**W2_SHIFT)**2, because a plain w**2 underflows for
+#: w below ~1e-162 (and the schema accepts any w in (0, 1000]). The shift is exact, so the sums
+#: stay additive; it keeps squares normal for w >= 2**-991 while 2**44 labels of weight 1000
+#: still sum below the float64 maximum.
+W2_SHIFT = 480
+
+
+def scaled_square(weight: float) -> float:
+    """The term a label adds to a sum of squared weights."""
+    return math.ldexp(weight, W2_SHIFT) ** 2
+
+
+def effective_size(w: float, w2: float) -> float:
+    """n_eff = (sum w)^2 / sum w^2 from `w` = sum w and `w2` = sum of `scaled_square`s.
+
+    If `w2` is not a normal float every weight was below 2**-991 and the squares are lost to
+    underflow; then sum w^2 < sum w * 2**-991, and n_eff is the lower bound this gives,
+    max(1, sum w * 2**991): exact for one label, never more than the count.
+
+    >>> effective_size(3.0, 3 * scaled_square(1.0)), effective_size(1e-300, scaled_square(1e-300))
+    (3.0, 1.0)
+    """
+    if w2 >= sys.float_info.min:
+        m, e = math.frexp(math.ldexp(w, W2_SHIFT))  # (m * 2**e)**2 could overflow, m * m cannot
+        return m * m / math.ldexp(w2, -2 * e)
+    return max(1.0, math.ldexp(w, 511 + W2_SHIFT)) if w > 0 else 0.0
 
 
 def z_value(confidence: float) -> float:
@@ -15,6 +43,18 @@ def z_value(confidence: float) -> float:
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     return NormalDist().inv_cdf(0.5 + confidence / 2.0)
+
+
+def z_lower(confidence: float, k: int = 1) -> float:
+    """One-sided standard-normal quantile for lower bounds that hold for `k` candidates at
+    once (Bonferroni), e.g. 1.645 for 0.95 and k = 1.
+
+    >>> round(z_lower(0.95), 3), round(z_lower(0.95, 20), 3)
+    (1.645, 2.807)
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    return NormalDist().inv_cdf(1.0 - (1.0 - confidence) / k)
 
 
 def wilson_interval(p: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
@@ -121,7 +161,7 @@ class ExceedanceProbability:
     def update(self, y: int, weight: float = 1.0) -> None:
         self.w += weight
         self.wy += weight * y
-        self.w2 += weight * weight
+        self.w2 += scaled_square(weight)
 
     def merge(self, other: "ExceedanceProbability") -> None:
         self.w += other.w
@@ -133,7 +173,8 @@ class ExceedanceProbability:
 
 
 def exceedance(wy: float, w: float, w2: float, budget: float, a0: float = 1.0, b0: float = 1.0) -> float:
-    """Posterior exceedance from weighted sums (shared by the composite reference)."""
-    n_eff = w * w / w2 if w2 > 0 else 0.0
+    """Posterior exceedance from weighted sums (shared by the composite reference); `w2` is a
+    sum of `scaled_square`s."""
+    n_eff = effective_size(w, w2)
     x = wy / w * n_eff if w > 0 else 0.0
     return 1.0 - beta_cdf(budget, a0 + x, b0 + n_eff - x)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+from kernels.reference.intervals import effective_size, scaled_square
+
 
 class AlignmentLoss:
     """`L = sum(w*y) / sum(w)` over like (y=0) and override (y=1) feedback.
@@ -10,7 +12,8 @@ class AlignmentLoss:
     Also keeps the override weight per decision for the cost-weighted loss
     `L_c = (c_fp * W_override(act) + c_fn * W_override(hold)) / sum(w)`
     (overriding an abstention costs nothing: a person decided), and
-    `sum(w^2)` for the effective sample size `(sum w)^2 / sum w^2`, and the
+    `sum(w^2)` for the effective sample size `(sum w)^2 / sum w^2` (as a sum of
+    `scaled_square`s, so no accepted weight underflows to 0), and the
     sums with each weight capped at 1 (`w_cap`, `wy_cap`) that the sequential
     rules read: a label is at most one Bernoulli observation there, whatever its weight.
 
@@ -36,7 +39,7 @@ class AlignmentLoss:
     def update(self, y: int, decision: str, weight: float = 1.0) -> None:
         self.n += 1
         self.w += weight
-        self.w2 += weight * weight
+        self.w2 += scaled_square(weight)
         self.w_cap += min(weight, 1.0)
         if y:
             self.wy += weight
@@ -55,7 +58,7 @@ class AlignmentLoss:
 
     @property
     def n_eff(self) -> float:
-        return self.w * self.w / self.w2 if self.w2 > 0 else 0.0
+        return effective_size(self.w, self.w2)
 
     def get(self) -> float:
         return self.wy / self.w if self.w > 0 else math.nan

@@ -8,7 +8,7 @@ from __future__ import annotations
 from kernels.layout import DECISIONS, KINDS, PREFERRED, human_label
 from kernels.params import StatsParams
 from kernels.reference.calibration import BrierScore, CostOptimalThreshold, ExpectedCalibrationError
-from kernels.reference.intervals import exceedance, jeffreys_interval, wilson_interval
+from kernels.reference.intervals import effective_size, exceedance, jeffreys_interval, wilson_interval
 from kernels.reference.loss import AlignmentLoss
 from kernels.reference.pairs import AuditPairs
 from kernels.reference.rates import MonitorRates
@@ -53,7 +53,7 @@ class WindowReference:
         if y_star >= 0:
             self.brier.update(score, y_star, weight)
             self.ece.update(score, y_star, weight)
-            self.hist.update(score, y_star, weight)
+            self.hist.update(score, y_star, weight, decision=decision)
 
     def merge(self, other: "WindowReference") -> None:
         for name in ("rates", "loss", "audit", "brier", "ece", "hist", "pairs"):
@@ -67,7 +67,10 @@ class WindowReference:
         lo, hi = interval(loss, n_eff, params.confidence)
         self.hist.c_fp, self.hist.c_fn = params.c_fp, params.c_fn
         tau = dec.mean_tau if tau is None or tau != tau else tau  # None or NaN: the decisions' mean
-        tau_star, cost_saved = self.hist.get(tau)
+        # the histogram's labels are a subset of the labels, so their weight over the squares
+        # of all labels bounds their n_eff from below
+        hist_neff = effective_size(self.hist.total, self.loss.w2)
+        tau_star, cost_saved, cost_saved_lo = self.hist.get(tau, hist_neff, params.confidence)
         return {
             "n_decisions": dec.total,
             "n_act": dec.counts["act"],
@@ -94,6 +97,7 @@ class WindowReference:
             "tau": tau,
             "tau_star": tau_star,
             "cost_saved": cost_saved,
+            "cost_saved_lo": cost_saved_lo,
             "audit_loss": self.audit.get(),
             "audit_n": self.audit.n,
             "audit_lo": interval(self.audit.get(), self.audit.n_eff, params.confidence)[0],

@@ -12,6 +12,7 @@ import numpy as np
 from kernels.derive import derive
 from kernels.layout import ACT, LIKE, N_FB, OVERRIDE, W2_LAB, StateLayout, w_kd
 from kernels.params import StatsParams
+from kernels.reference.intervals import scaled_square
 
 N_GRID = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
@@ -29,7 +30,7 @@ def convergence(seed: int, params: StatsParams, reps: int = 4000, n_grid=N_GRID,
         state[:, w_kd(LIKE, ACT)] = n - overrides
         state[:, N_FB + OVERRIDE] = overrides
         state[:, N_FB + LIKE] = n - overrides
-        state[:, W2_LAB] = n  # unit weights
+        state[:, W2_LAB] = n * scaled_square(1.0)  # unit weights
         stats = derive(state, layout, params, tau=np.full(reps, 0.5))
         err = np.abs(stats["loss"] - true)
         decided = stats["p_exceed"] >= 0.5
