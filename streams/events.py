@@ -2,9 +2,9 @@
 
 The constraints here mirror ``schemas/*.schema.json`` field for field, so the
 fast typed decode in :mod:`streams.codec` accepts what the published schemas
-accept (``tests/test_codec.py`` checks the two agree; the one exception is
-``"v": 1.0``, which JSON Schema cannot tell from 1 and msgspec rejects).  Unknown fields
-are ignored, never rejected: minor versions may only add optional fields, so a
+accept (``tests/test_codec.py`` checks the two agree; ``"v": 1.0``, which JSON
+Schema cannot tell from 1, fails the typed decode and is accepted by the
+codec's slower path).  Unknown fields are ignored, never rejected: minor versions may only add optional fields, so a
 v1 consumer must read messages from a newer v1 producer.  ``v`` is a
 ``Literal[1]`` so that a future major version fails the typed decode and is
 then classified as ``unknown_version`` by the codec.
@@ -43,11 +43,16 @@ Reason = Literal[
     "unknown_version",
     "bad_value",
     "oversized",
+    "id_too_long",
     "unknown_kind",
+    "bad_decision",
+    "bad_source",
+    "bad_preferred",
     "unknown_type",
     "too_deep",
     "join_expired",
 ]
+"""Why a message or event was dead-lettered; README.md says what each means."""
 
 _TAGGED = {"tag_field": "type", "kw_only": True, "omit_defaults": True, "gc": False}
 

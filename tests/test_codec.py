@@ -10,6 +10,7 @@ rule JSON Schema cannot state.
 
 import base64
 import json
+import math
 
 import msgspec
 import pytest
@@ -104,6 +105,13 @@ CASES = [
     ("envelope_mixed", js(envelope(score(), feedback(), score(event_id="e-2"))), OK),
     ("envelope_producer_extras", js(envelope(feedback(), producer="sim", batch={"n": 1})), OK),
     ("envelope_depth_16", js(envelope(score(x=nested(13)))), OK),
+    ("score_v_1.0", js(score(v=1.0)), OK),
+    ("feedback_v_1.0", js(feedback(v=1.0)), OK),
+    ("envelope_v_1.0", js(envelope(score(v=1.0), feedback(), v=1.0)), OK),
+    ("score_exactly_0_and_1", js(score(score=0.0, tau=1)), OK),
+    ("weight_bounds", js(envelope(feedback(weight=1e-300), feedback(weight=1000), feedback(weight=5e-324))), OK),
+    ("ts_just_below_year_10000", js(score(ts=253402300799.99997)), OK),
+    ("unicode_ids", js(score(event_id="\u00e9\u4e2d\U0001f600", segment="\u0301", policy_id=" ")), OK),
     # not_json
     ("truncated", b'{"type":"score","v":1', ["not_json"]),
     ("empty", b"", ["not_json"]),
@@ -119,12 +127,19 @@ CASES = [
     ("type_not_string", js(score(type=["score"])), ["unknown_type"]),
     # unknown_version
     ("score_v2", js(score(v=2, score="renamed")), ["unknown_version"]),
+    ("score_v_2.0", js(score(v=2.0)), ["unknown_version"]),
     ("feedback_v0", js(feedback(v=0)), ["unknown_version"]),
     ("envelope_v2", js(envelope(score(), v=2)), ["unknown_version"]),
     # schema
     ("missing_field", js(score(scenario_id=DROP)), ["schema"]),
     ("missing_v", js(score(v=DROP)), ["schema"]),
     ("v_string", js(score(v="1")), ["schema"]),
+    ("v_1.5", js(score(v=1.5)), ["schema"]),
+    ("v_true", js(feedback(v=True)), ["schema"]),
+    ("v_null", js(score(v=None)), ["schema"]),
+    ("envelope_v_1.5", js(envelope(score(), v=1.5)), ["schema"]),
+    ("envelope_v_true", js(envelope(score(), v=True)), ["schema"]),
+    ("envelope_v_string", js(envelope(score(), v="1")), ["schema"]),
     ("score_string", js(score(score="0.5")), ["schema"]),
     ("score_bool", js(score(score=True)), ["schema"]),
     ("decision_number", js(score(decision=1)), ["schema"]),
@@ -133,11 +148,12 @@ CASES = [
     ("envelope_empty", js(envelope()), ["schema"]),
     ("envelope_events_object", js(envelope(events={"0": score()})), ["schema"]),
     ("envelope_no_events", js(envelope(events=DROP)), ["schema"]),
-    # unknown_kind
+    # unknown_kind and the other enums' own reasons
     ("feedback_kind", js(feedback(kind="dislike")), ["unknown_kind"]),
-    ("feedback_source", js(feedback(source="crowd")), ["unknown_kind"]),
-    ("feedback_preferred", js(feedback(kind="override", preferred="abstain")), ["unknown_kind"]),
-    ("score_decision", js(score(decision="maybe")), ["unknown_kind"]),
+    ("feedback_source", js(feedback(source="crowd")), ["bad_source"]),
+    ("feedback_preferred", js(feedback(kind="override", preferred="abstain")), ["bad_preferred"]),
+    ("score_decision", js(score(decision="maybe")), ["bad_decision"]),
+    ("feedback_decision", js(feedback(decision="Act")), ["bad_decision"]),
     # bad_value
     ("score_above_1", js(score(score=1.5)), ["bad_value"]),
     ("score_below_0", js(score(score=-0.1)), ["bad_value"]),
@@ -155,15 +171,18 @@ CASES = [
     ("extra_nan", js(score(x=[float("nan")])), ["bad_value"]),
     ("envelope_header_nan", js(envelope(score(), x=float("nan"))), ["bad_value"]),
     ("envelope_producer_empty", js(envelope(score(), producer="")), ["bad_value"]),
+    # id_too_long
+    ("id_257_chars", js(score(event_id="e" * 257)), ["id_too_long"]),
+    ("unicode_id_257_chars", js(feedback(scenario_id="\U0001f600" * 257)), ["id_too_long"]),
+    ("huge_string", js(score(policy_id="p" * (1 << 20))), ["id_too_long"]),
+    ("producer_257_chars", js(envelope(score(), producer="p" * 257)), ["id_too_long"]),
     # oversized
-    ("id_257_chars", js(score(event_id="e" * 257)), ["oversized"]),
-    ("huge_string", js(score(policy_id="p" * (1 << 20))), ["oversized"]),
-    ("producer_257_chars", js(envelope(score(), producer="p" * 257)), ["oversized"]),
     ("envelope_10001", js(envelope(*[score(event_id=f"e{i}") for i in range(10_001)])), ["oversized"]),
     ("message_over_8MiB", js(score()) + b" " * codec.MAX_MESSAGE_BYTES, ["oversized"]),
     # too_deep
     ("score_depth_17", js(score(x=nested(16))), ["too_deep"]),
     ("envelope_depth_17", js(envelope(score(x=nested(14)))), ["too_deep"]),
+    ("envelope_header_depth_17", js(envelope(score(), x=nested(16))), ["too_deep"]),
     ("bare_depth_17", js(nested(17)), ["too_deep"]),
     ("depth_100000", b"[" * 100_000 + b"]" * 100_000, ["too_deep"]),
     ("unclosed_depth_100000", b'{"x":' + b"[" * 100_000, ["too_deep"]),
@@ -176,6 +195,30 @@ CASES = [
      ["bad_value", "bad_value"]),
     ("envelope_many_bad", js(envelope(feedback(kind="x"), 7, score(v=3), score(ts=DROP), feedback())),
      ["schema", "unknown_kind", "unknown_type", "unknown_version"]),
+    ("envelope_deep_event", js(envelope(score(), score(x=nested(14)), feedback())), ["too_deep"]),
+    ("envelope_enum_reasons", js(envelope(score(decision="x"), feedback(source="x"), feedback(preferred="x"),
+                                          score(event_id="e" * 257), score())),
+     ["bad_decision", "bad_preferred", "bad_source", "id_too_long"]),
+    # an envelope that is not JSON is rejected whole, whichever part breaks it
+    ("envelope_event_truncated", js(envelope(score(), feedback())).replace(b', {"type": "feedback"', b', {"type"'),
+     ["not_json"]),
+    ("envelope_trailing_comma", js(envelope(score())).replace(b"}]", b"},]"), ["not_json"]),
+    ("envelope_garbage_between_events", js(envelope(score(), score())).replace(b"}, {", b"} x, {"), ["not_json"]),
+    ("envelope_unclosed_string", js(envelope(score(), score(x="a"))).replace(b'"a"}', b'"a}'), ["not_json"]),
+    ("envelope_bom", b"\xef\xbb\xbf" + js(envelope(score(), score(score=2))), ["not_json"]),
+    # what finds an envelope's events reads JSON as any parser does
+    ("envelope_escaped_events_key", js(envelope(score(), score(score=2))).replace(b'"events"', b'"\\u0065vents"'),
+     ["bad_value"]),
+    ("envelope_escaped_type", js(envelope(score(), score(score=2))).replace(b'"envelope"', b'"envelop\\u0065"'),
+     ["bad_value"]),
+    ("envelope_type_last", js({"v": 1, "events": [score(), score(score=2)], "type": "envelope"}), ["bad_value"]),
+    ("envelope_strings_like_structure", js(envelope(score(x='],{"[\\'), score(score=2, y='\\"]'), producer='"],')),
+     ["bad_value"]),
+    ("envelope_repeated_events_last_wins",
+     js(envelope(score(score=2)))[:-1] + b', "events": [' + js(feedback()) + b"]}", OK),
+    ("envelope_repeated_events_last_not_array", js(envelope(score(), score(score=2)))[:-1] + b', "events": 5}',
+     ["schema"]),
+    ("envelope_events_object_with_a_bad_one", js(envelope(events={"0": score(), "1": score(score=2)})), ["schema"]),
 ]
 
 
@@ -218,7 +261,36 @@ def test_nan_event_is_dead_lettered_as_written():
     data = js_raw(envelope(score(event_id="a", x="@"), score(score=float("nan"))), b"1e999")
     decoded = codec.decode(data)
     assert [e.event_id for e in decoded.events] == ["a"]
-    assert b'"score":NaN' in decoded.errors[0].raw
+    assert decoded.errors[0].raw == js(score(score=float("nan")))
+
+
+def test_a_deep_event_costs_only_itself_and_keeps_its_own_bytes():
+    """A 14-deep junk field makes its event 15 deep, the envelope 17: the event is
+    too deep, its siblings are not, and its dead letter holds its bytes, not the
+    envelope's first 4 KiB."""
+    goods = [score(event_id=f"g{i}") for i in range(100)]
+    bad = score(event_id="bad", junk={"a": [nested(12)]})
+    data = js(envelope(*goods[:60], bad, *goods[60:]))
+    assert data.index(js(bad)) > codec.MAX_ORIGINAL_BYTES
+    decoded = codec.decode(data)
+    assert [e.event_id for e in decoded.events] == [g["event_id"] for g in goods]
+    (rejected,) = decoded.errors
+    assert (rejected.reason, rejected.raw, rejected.size) == ("too_deep", js(bad), len(js(bad)))
+
+
+def test_an_event_too_deep_for_any_parser_costs_only_itself():
+    deep = b'{"type":"score","v":1,"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    data = b'{"type":"envelope","v":1,"events":[' + js(score(event_id="a")) + b", " + deep + b",\n" \
+        + js(feedback(event_id="b")) + b"]}"
+    decoded = codec.decode(data)
+    assert [e.event_id for e in decoded.events] == ["a", "b"]
+    (rejected,) = decoded.errors
+    assert (rejected.reason, rejected.raw, rejected.size) == ("too_deep", deep[:codec.MAX_ORIGINAL_BYTES], len(deep))
+
+
+def test_an_unbalanced_deep_envelope_is_rejected_whole():
+    data = b'{"type":"envelope","v":1,"events":[' + js(score()) + b"," + b"[" * 100_000 + b"]}"
+    assert [(r.reason, r.raw) for r in codec.decode(data).errors] == [("too_deep", data)]
 
 
 def test_envelope_at_max_events_is_accepted():
@@ -231,7 +303,7 @@ def test_envelope_at_max_events_is_accepted():
 def test_bad_event_raw_is_bounded():
     decoded = codec.decode(js(envelope(score(), score(event_id="e" * 100_000))))
     (rejected,) = decoded.errors
-    assert rejected.reason == "oversized"
+    assert rejected.reason == "id_too_long"
     assert len(rejected.raw) == 4096 and rejected.size > 100_000
 
 
@@ -247,7 +319,7 @@ def test_dead_letter_record_matches_schema():
     record = codec.dead_letter(rejected, "npo.scores", 3, 1088, now=1732773700.0)
     encoded = json.loads(codec.encode(record))
     schemas.validator("dead_letter").validate(encoded)
-    assert encoded["reason"] == "oversized" and encoded["original_size"] == len(data)
+    assert encoded["reason"] == "id_too_long" and encoded["original_size"] == len(data)
     assert base64.b64decode(encoded["original_b64"]) == data[:4096]
     assert msgspec.json.decode(codec.encode(record), type=type(record)) == record
 
@@ -277,11 +349,13 @@ def test_encode_accepts_numpy_scalars():
     assert codec.decode_strict(codec.encode(event))[0].ts == 7.0
 
 
-def test_v_must_be_the_integer_1():
-    """The one known disagreement: JSON Schema cannot tell 1.0 from 1, the
-    codec insists on the integer the contract names."""
-    data = js(score(v=1.0))
-    assert [r.reason for r in codec.decode(data).errors] == ["schema"] and contract_accepts(data)
+def test_v_1_0_is_version_1_and_other_non_integers_say_so():
+    """JSON Schema's const 1 accepts 1.0; the decoded event is the same as for 1."""
+    (s,) = codec.decode_strict(js(score(v=1.0)))
+    assert s == codec.decode_strict(js(score()))[0] and type(s.v) is int
+    for v in (1.5, True, "1", None):
+        (rejected,) = codec.decode(js(envelope(score(), v=v))).errors
+        assert rejected.reason == "schema" and "v must be the integer 1" in rejected.detail, rejected
 
 
 # --- properties ------------------------------------------------------------
@@ -309,10 +383,19 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
     max_leaves=8,
 )
-BAD_EVENTS = [
-    (score(score=1.5), "bad_value"), (score(tau=float("nan")), "bad_value"), (score(v=2), "unknown_version"),
-    (feedback(kind="dislike"), "unknown_kind"), (feedback(event_id=DROP), "schema"), (42, "unknown_type"),
-    (envelope(score()), "unknown_type"), (score(policy_id="p" * 300), "oversized"),
+BAD_EVENTS = [  # (an event's bytes inside an envelope, its reason)
+    (js(score(score=1.5)), "bad_value"), (js(score(tau=float("nan"))), "bad_value"),
+    (js_raw(feedback(weight="@"), b"1e999"), "bad_value"), (js(feedback(weight=0)), "bad_value"),
+    (js(score(v=2)), "unknown_version"), (js(feedback(v=0.0)), "unknown_version"),
+    (js(feedback(event_id=DROP)), "schema"), (js(score(score="0.5")), "schema"), (js(score(v=1.5)), "schema"),
+    (js(feedback(v=True)), "schema"), (js(score(decision=None)), "schema"),
+    (js(feedback(kind="dislike")), "unknown_kind"), (js(score(decision="maybe")), "bad_decision"),
+    (js(feedback(source="crowd")), "bad_source"), (js(feedback(preferred="abstain")), "bad_preferred"),
+    (js(score(policy_id="p" * 300)), "id_too_long"), (js(feedback(scenario_id="s" * 100_000)), "id_too_long"),
+    (b"42", "unknown_type"), (b'"score"', "unknown_type"), (js(envelope(score())), "unknown_type"),
+    (js(score(type="trigger")), "unknown_type"), (js(score(x=nested(14))), "too_deep"),
+    (js(feedback(x={"y": nested(13)})), "too_deep"),
+    (b'{"type":"score","x":' + b"[" * 5000 + b"]" * 5000 + b"}", "too_deep"),
 ]
 
 
@@ -336,7 +419,6 @@ def test_arbitrary_json_never_raises(value):
     value=json_values | st.just(DROP),
 )
 def test_mutated_events_agree_with_schema(base, key, value):
-    assume(not (key == "v" and type(value) is float and value == 1))  # see test_v_must_be_the_integer_1
     data = js(_with(base, {key: value}))
     decoded = codec.decode(data)
     assert contract_accepts(data) == (not decoded.errors), decoded.errors
@@ -350,16 +432,148 @@ def test_round_trip_is_identity(event):
     assert contract_accepts(data)
 
 
-@settings(deadline=None)
-@given(st.lists(events, min_size=1, max_size=6), st.lists(st.sampled_from(BAD_EVENTS), min_size=1, max_size=4),
-       st.randoms(use_true_random=False))
-def test_envelope_keeps_good_events_and_rejects_each_bad_one(good, bad, rnd):
-    slots = [("good", e) for e in good] + [("bad", b) for b in bad]
+def test_bad_events_cover_every_reason_an_event_can_have():
+    """not_json and oversized concern the whole message, join_expired no message."""
+    assert {reason for _, reason in BAD_EVENTS} == REASONS - {"not_json", "oversized", "join_expired"}
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(events, st.sampled_from([b'"v":1,', b'"v":1.0,', b'"v":1e0,', b'"v":1,"x":[[{}]],'])),
+                max_size=8),
+       st.lists(st.sampled_from(BAD_EVENTS), max_size=8),
+       st.randoms(use_true_random=False), st.sampled_from([b",", b", ", b" ,\n\t", b"\r\n,"]))
+def test_envelope_keeps_good_events_and_rejects_each_bad_one(good, bad, rnd, comma):
+    """Good events, written in any way the schema allows, each come out once and in order;
+    each bad one is dead-lettered once, in order, with its reason and its own bytes."""
+    assume(good or bad)
+    slots = [(codec.encode(e).replace(b'"v":1,', v, 1), e, None) for e, v in good]
+    slots += [(data, None, reason) for data, reason in bad]
     rnd.shuffle(slots)
-    items = [json.loads(codec.encode(x)) if kind == "good" else x[0] for kind, x in slots]
-    decoded = codec.decode(js(envelope(*items)))
-    assert decoded.events == [x for kind, x in slots if kind == "good"]
-    assert sorted(r.reason for r in decoded.errors) == sorted(reason for _, reason in bad)
+    data = b'{"type":"envelope", "v":1, "events":[ ' + comma.join(raw for raw, _, _ in slots) + b" ]}"
+    decoded = codec.decode(data)
+    assert decoded.events == [event for _, event, reason in slots if reason is None]
+    bad_slots = [(raw, reason) for raw, _, reason in slots if reason is not None]
+    assert [(r.reason, r.raw, r.size) for r in decoded.errors] \
+        == [(reason, raw[:codec.MAX_ORIGINAL_BYTES], len(raw)) for raw, reason in bad_slots]
+
+
+# --- the schemas' whole domain ----------------------------------------------
+# Values for every field, drawn across what the schemas accept, their edges, and what lies just
+# past them; each generated message is judged by the codec and by jsonschema on the same bytes.
+
+ULP = math.ulp
+WRONG_TYPES = [None, True, 0, 1.5, "1", [], {}, ["a"], {"a": 1}]
+
+
+def mostly(valid, *invalid):
+    """A field's value: from ``valid`` nine times in ten, else from ``invalid`` or of a wrong JSON type."""
+    return st.sampled_from([True] * 9 + [False]).flatmap(
+        lambda ok: valid if ok else st.one_of(*invalid, st.sampled_from(WRONG_TYPES)))
+
+
+nearly_always = st.sampled_from([True] * 15 + [False])
+any_ids = mostly(
+    st.text(min_size=1, max_size=256) | st.integers(1, 256).map(lambda n: "\U0001f600" * n)
+    | st.sampled_from([" ", "\u0301", "\x00", "x" * 256, "\u00e9" * 256]),
+    st.sampled_from(["", "x" * 257, "\U0001f600" * 257, "y" * 10_000]),
+)
+any_units = mostly(
+    st.floats(0, 1) | st.sampled_from([0, 1, 0.0, 1.0, -0.0, 5e-324, 1 - ULP(1) / 2]),
+    st.floats(allow_nan=True).filter(lambda x: not 0 <= x <= 1),
+    st.sampled_from([-5e-324, 1 + ULP(1), 2, -1, 2**64, 10**400]),
+)
+any_times = mostly(
+    st.floats(0, MAX_EPOCH_S, exclude_max=True) | st.integers(0, 253402300799)
+    | st.sampled_from([0, -0.0, 5e-324, MAX_EPOCH_S - ULP(MAX_EPOCH_S)]),
+    st.sampled_from([MAX_EPOCH_S, 253402300800, -5e-324, -1, 2**64, 10**400, float("inf"), float("nan")]),
+)
+any_weights = mostly(
+    st.floats(0, 1000, exclude_min=True) | st.integers(1, 1000) | st.sampled_from([1e-300, 5e-324, 1000, 1000.0]),
+    st.sampled_from([0, 0.0, -0.0, -5e-324, 1000 + ULP(1000), 1001, -1, 2**64, float("inf")]),
+)
+any_versions = mostly(st.sampled_from([1, 1.0]),
+                      st.sampled_from([2, 2.0, 0, -1, 1.5, 1 - ULP(1) / 2, 1 + ULP(1), 10**400]))
+
+
+def enum(*values: str):
+    return mostly(st.sampled_from(values), st.sampled_from(["", "x", values[0].upper()]))
+
+
+def optional(values):
+    return st.none() | values
+
+
+def _nest(depth: int, shapes: list[bool], leaf):
+    """A value exactly ``depth`` deep (a scalar when 0), lists and objects mixed."""
+    value = leaf
+    for is_list in shapes[:depth]:
+        value = [value] if is_list else {"k": value}
+    return value
+
+
+scalars = (
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=8)
+    | st.sampled_from(['"', "\\", '\\"', "[{", "]}", ",", '"events":[', "\u2028"])
+)
+extra_values = st.builds(_nest, st.integers(0, 17), st.lists(st.booleans(), min_size=17, max_size=17), scalars)
+KNOWN = set(SCORE) | set(FEEDBACK) | {"weight", "source", "preferred", "segment", "model_version", "producer", "events"}
+extras = st.dictionaries(st.text(max_size=6).filter(lambda k: k not in KNOWN), extra_values, max_size=2)
+
+
+@st.composite
+def fields(draw, required: dict, optionals: dict):
+    """An object with each required field nearly always, each optional one half the time, and unknown fields."""
+    out = draw(extras)
+    for name, values in required.items():
+        if draw(nearly_always):
+            out[name] = draw(values)
+    for name, values in optionals.items():
+        if draw(st.booleans()):
+            out[name] = draw(values)
+    return out
+
+
+schema_scores = fields(
+    {"type": st.just("score"), "v": any_versions, "event_id": any_ids, "scenario_id": any_ids,
+     "policy_id": any_ids, "score": any_units, "tau": any_units, "decision": enum("act", "hold", "abstain"),
+     "ts": any_times},
+    {"segment": any_ids, "model_version": optional(any_ids)},
+)
+schema_feedback = fields(
+    {"type": st.just("feedback"), "v": any_versions, "event_id": any_ids, "scenario_id": any_ids,
+     "ts": any_times, "kind": enum("like", "override", "abstain")},
+    {"source": enum("human", "reviewer", "audit", "llm_judge"), "preferred": optional(enum("act", "hold")),
+     "weight": any_weights, "policy_id": optional(any_ids), "segment": optional(any_ids),
+     "score": optional(any_units), "tau": optional(any_units), "decision": optional(enum("act", "hold", "abstain"))},
+)
+schema_events = schema_scores | schema_feedback
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(schema_events)
+def test_events_from_the_schemas_domain_get_the_schemas_verdict(event):
+    data = js(event)
+    decoded = codec.decode(data)
+    assert contract_accepts(data) == (not decoded.errors), decoded.errors
+    assert len(decoded.events) + len(decoded.errors) == 1
+    assert all(r.reason in REASONS for r in decoded.errors)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(schema_events, max_size=5), fields({"type": st.just("envelope"), "v": any_versions},
+                                                   {"producer": optional(any_ids)}))
+def test_envelopes_from_the_schemas_domain_get_the_schemas_verdict_event_by_event(items, header):
+    """The whole envelope's verdict is the schema's; when only events are bad,
+    exactly the events the schema accepts inside an envelope come out, in order."""
+    data = js({**header, "events": items})
+    decoded = codec.decode(data)
+    assert contract_accepts(data) == (not decoded.errors), decoded.errors
+    if contract_accepts(js({**header, "events": [SCORE]})) and items:
+        one_by_one = [codec.decode(js(item)).events for item in items if contract_accepts(js(envelope(item)))]
+        assert decoded.events == [e for events in one_by_one for e in events]
+        assert len(decoded.errors) == len(items) - len(one_by_one)
+    else:
+        assert not decoded.events and len(decoded.errors) == 1
 
 
 # --------------------------------------------------------------------------- batches of messages

@@ -2,7 +2,10 @@
 codec's bounds and Structs on their own examples."""
 
 import json
+import re
+import typing
 from importlib import resources
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -108,3 +111,13 @@ def test_depth_bound_is_exact():
     validator = schemas.validator("common")
     assert validator.is_valid(json.loads("[" * 16 + "]" * 16))
     assert not validator.is_valid(json.loads("[" * 17 + "]" * 17))
+
+
+def test_dead_letter_reasons_are_the_codecs_and_each_is_documented():
+    """One list of reasons in three places: the Reason type, the published
+    schema and the README's table of what each means."""
+    reasons = list(typing.get_args(events.Reason))
+    assert schemas.load("dead_letter")["properties"]["reason"]["enum"] == reasons
+    readme = (Path(__file__).parents[1] / "README.md").read_text("utf-8")
+    table = re.search(r"\n((?:\|.*\n)+)", readme.split("**Dead-letter reasons.**")[1])[1]
+    assert re.findall(r"^\| `(\w+)` \|", table, re.M) == reasons
