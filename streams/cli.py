@@ -45,6 +45,16 @@ def _bench_kernels(args) -> int:
     return 0
 
 
+def _guarantees(args) -> int:
+    from streams.simulate.guarantees import measure, table
+
+    if args.runs < 10 or args.partitions < 1 or args.looks < 1:
+        raise SystemExit("npo guarantees: need --runs >= 10, --partitions >= 1, --looks >= 1")
+    rows = measure(runs=args.runs, seed=args.seed, partitions=args.partitions, looks=args.looks)
+    print(json.dumps(rows) if args.json else table(rows))
+    return 0
+
+
 def _validate(args) -> int:
     from streams import codec
 
@@ -86,6 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--repeats", type=int, default=5)
     k.add_argument("--json", action="store_true", help="print one JSON object")
     k.set_defaults(run=_bench_kernels)
+
+    g = sub.add_parser("guarantees", help="simulate every trigger rule: false alarms at the worst in-control "
+                                          "case over the horizon, and detection delays")
+    g.add_argument("--runs", type=int, default=400, help="simulated runs a row (Monte-Carlo error ~ 1/sqrt(runs))")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--partitions", type=int, default=1, help="input partitions sending mid-window looks")
+    g.add_argument("--looks", type=int, default=5, help="looks at each window as it fills (rollback)")
+    g.add_argument("--json", action="store_true", help="print the rows as JSON")
+    g.set_defaults(run=_guarantees)
 
     v = sub.add_parser("validate", help="check a JSON-lines file against the event schemas")
     v.add_argument("file")

@@ -140,10 +140,14 @@ class Evidence(Struct, kw_only=True, gc=False):
     tau: float | None = None
     tau_star: float | None = None
     cost_saved: float | None = None
-    cusum: float | None = None
+    cost_saved_lo: float | None = None
+    log_r: float | None = None
     coverage: float | None = None
     abstention_rate: float | None = None
     audit_loss: float | None = None
+    audit_pairs: Count | None = None
+    audit_pairs_b: Count | None = None
+    audit_pairs_c: Count | None = None
 
 
 class TriggerEvent(Struct, tag="trigger", **_TAGGED):
@@ -188,8 +192,12 @@ class WindowStats(Struct, kw_only=True, gc=False):
     tau: float | None = None
     tau_star: float | None = None
     cost_saved: float | None = None
+    cost_saved_lo: float | None = None
     audit_loss: float | None = None
     audit_n: Count | None = None
+    audit_pairs: Count | None = None
+    audit_pairs_b: Count | None = None
+    audit_pairs_c: Count | None = None
 
 
 class WindowStatsEvent(Struct, tag="window_stats", **_TAGGED):

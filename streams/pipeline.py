@@ -138,7 +138,7 @@ class Monitor:
         self.counters = counters if counters is not None else Counter()
         self.aggregator = Aggregator(config.windows, config.layout, config.stats, partitions)
         self.rules = TriggerEvaluator(config.triggers, self.version, config.windows.tumbling_s, config.layout,
-                                      config.stats)
+                                      config.stats, partitions=partitions)
 
     def add(self, partition: int, partials: list[Partials]) -> Output:
         out = Output()

@@ -40,7 +40,7 @@ def _hostile(rnd: random.Random, i: int) -> tuple[bytes, str | None]:
         depth = rnd.choice([50, 1000, 100_000])
         return b'{"type":"score","v":1,"x":' + b"[" * depth + b"]" * depth + b"}", "too_deep"
     if kind == 3:
-        return orjson.dumps({**_score(0), "event_id": "x" * rnd.randint(300, 900_000)}), "oversized"
+        return orjson.dumps({**_score(0), "event_id": "x" * rnd.randint(300, 900_000)}), "id_too_long"
     if kind == 4:
         return orjson.dumps({**_score(0), "score": rnd.choice(["high", None, [], {}, True])}), None
     if kind == 5:

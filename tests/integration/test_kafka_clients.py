@@ -173,7 +173,7 @@ def test_invalid_events_raise_and_nothing_is_sent(topics):
     good = score(1, "a")
     bad = [(dict(good, score=1.5), "bad_value"), (dict(good, v=2), "unknown_version"),
            ({k: v for k, v in good.items() if k != "tau"}, "schema"),
-           ({"type": "envelope", "v": 1, "events": [good, dict(good, decision="maybe")]}, "unknown_kind")]
+           ({"type": "envelope", "v": 1, "events": [good, dict(good, decision="maybe")]}, "bad_decision")]
     with EventProducer(topics) as producer:
         for event, reason in bad:
             with pytest.raises(ValueError, match=reason):

@@ -146,7 +146,7 @@ BAD_INPUT = [  # (reason, raw message)
     ("unknown_kind", orjson.dumps({"type": "feedback", "v": 1, "event_id": "k", "scenario_id": "k",
                                    "ts": 1767225600.0, "kind": "shrug"})),
     ("schema", orjson.dumps({"type": "score", "v": 1, "event_id": "m"})),
-    ("oversized", orjson.dumps({"type": "score", "v": 1, "event_id": "x" * 5000, "scenario_id": "s",
+    ("id_too_long", orjson.dumps({"type": "score", "v": 1, "event_id": "x" * 5000, "scenario_id": "s",
                                 "policy_id": "p", "score": 0.5, "tau": 0.5, "decision": "act", "ts": 1.0})),
     ("oversized", b'{"type":"envelope","v":1,"events":[' + b",".join([b"{}"] * 10_001) + b"]}"),
     ("too_deep", b'{"type":"score","v":1,"x":' + b"[" * 40 + b"]" * 40 + b"}"),

@@ -1,0 +1,179 @@
+"""Each trigger rule on hand-made windows: when it fires, when it must not, and once only."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kernels.batch import FeedbackBatch, ScoreBatch, apply
+from kernels.derive import derive, loss_bounds
+from kernels.layout import PAIR_AUDIT_OVERRIDES, PAIR_CHANNEL_OVERRIDES, StateLayout
+from kernels.params import StatsParams
+from streams.operators.aggregate import WindowResult
+from streams.operators.triggers import TriggerConfig, TriggerEvaluator
+
+KEY = ("credit", "eu")
+LAYOUT = StateLayout()
+PARAMS = StatsParams()
+
+
+def row(overrides=0, likes=0, weight=1.0, decisions=None, tau=0.5, abstains=0, pair_b=0, pair_c=0,
+        scores=None) -> np.ndarray:
+    """One state row: `decisions` act decisions at `tau`, then feedback on act decisions."""
+    state = LAYOUT.zeros(1)
+    n_dec = overrides + likes + abstains if decisions is None else decisions
+    kinds = [1] * overrides + [0] * likes + [2] * abstains
+    n = len(kinds)
+    pair = [PAIR_AUDIT_OVERRIDES] * pair_b + [PAIR_CHANNEL_OVERRIDES] * pair_c
+    pair = np.array(pair + [-1] * (n - len(pair)), np.int8)[:n] if n else np.empty(0, np.int8)
+    z = np.zeros(n, np.int8)
+    s = np.full(n, 0.8) if scores is None else np.asarray(scores, float)
+    apply(state, ScoreBatch(np.zeros(n_dec, np.int64), np.zeros(n_dec, np.int8), np.full(n_dec, tau)),
+          FeedbackBatch(np.zeros(n, np.int64), np.array(kinds, np.int8), z, z, z, s, np.full(n, weight), pair))
+    return state
+
+
+def result(kind, pane, state, panes=None) -> WindowResult:
+    stats = loss_bounds(state, LAYOUT, PARAMS) if kind == "early" else derive(state, LAYOUT, PARAMS)
+    start = (pane + 1 - (12 if kind == "hopping" else 1)) * 300.0
+    return WindowResult(kind, start, (pane + 1) * 300.0, [KEY] * len(state), state, stats, pane,
+                        panes=None if panes is None else np.asarray(panes, np.int64))
+
+
+def evaluator(**config) -> TriggerEvaluator:
+    return TriggerEvaluator(TriggerConfig(**config), "test", 300.0, LAYOUT, PARAMS)
+
+
+def rules(triggers) -> list[str]:
+    return [t["rule"] for t in triggers]
+
+
+def test_retrain_fires_on_a_sustained_excess_once_and_re_arms_on_a_healthy_hour():
+    ev = evaluator()
+    for pane in range(200):  # exactly at the budget: never
+        assert "retrain" not in rules(ev.evaluate(result("tumbling", pane, row(10, 90))))
+    fired = [pane for pane in range(200, 210) if "retrain" in rules(ev.evaluate(result("tumbling", pane, row(30, 70))))]
+    assert fired == [200], "loss 0.3 is detected in its first window, once"
+    assert ev.state[KEY].alarmed
+    ev.evaluate(result("hopping", 220, row(5, 195)))  # after the 12-pane cooldown
+    assert not ev.state[KEY].alarmed
+    later = [p for p in range(221, 240) if "retrain" in rules(ev.evaluate(result("tumbling", p, row(30, 70))))]
+    assert later, "re-armed: a new excess alarms again"
+
+
+def test_heavy_weights_count_as_one_label_each():
+    """Labels of weight 1000 at exactly the budget: no retrain in 2,000 windows (a detector
+    that multiplied the evidence by the weight would alarm within a few)."""
+    ev = evaluator()
+    rng = np.random.default_rng(1)
+    for pane in range(2000):
+        x = int(rng.binomial(100, 0.10))
+        assert "retrain" not in rules(ev.evaluate(result("tumbling", pane, row(x, 100 - x, weight=1000.0))))
+
+
+def test_rollback_looks_mid_window_fires_once_per_pane_and_not_again_at_its_close():
+    ev = evaluator()
+    for pane in range(20):
+        ev.evaluate(result("tumbling", pane, row(10, 90)))
+    first = ev.evaluate(result("early", 20, row(45, 5), panes=[20]))
+    assert rules(first) == ["rollback"]
+    assert first[0]["window"] == {"kind": "tumbling", "start": 20 * 300.0, "end": 21 * 300.0}
+    assert ev.evaluate(result("early", 20, row(90, 10), panes=[20])) == []
+    assert "rollback" not in rules(ev.evaluate(result("tumbling", 20, row(90, 10))))
+
+
+def test_rollback_stays_quiet_below_the_ceiling():
+    ev = evaluator()
+    rng = np.random.default_rng(2)
+    for pane in range(3000):
+        x = int(rng.binomial(100, 0.353))
+        assert "rollback" not in rules(ev.evaluate(result("early", pane, row(x // 2, 50 - x // 2), panes=[pane])))
+        assert "rollback" not in rules(ev.evaluate(result("tumbling", pane, row(x, 100 - x))))
+
+
+def test_degraded_never_fires_on_a_healthy_key_near_the_budget():
+    ev = evaluator()
+    rng = np.random.default_rng(3)
+    fired = []
+    for pane in range(3000):
+        x = int(rng.binomial(100, 0.095))
+        fired += rules(ev.evaluate(result("tumbling", pane, row(x, 100 - x, decisions=250))))
+        if pane % 12 == 11:
+            fired += rules(ev.evaluate(result("hopping", pane, row(12 * x, 12 * (100 - x), decisions=3000))))
+    assert "monitor_degraded" not in fired
+
+
+def test_feedback_drought_fires_once_per_episode():
+    ev = evaluator()
+    for pane in range(24):
+        assert ev.evaluate(result("tumbling", pane, row(10, 90, decisions=250))) == []
+    out = []
+    for pane in range(24, 40):
+        out += ev.evaluate(result("tumbling", pane, row(0, 0, decisions=250)))
+    assert rules(out) == ["monitor_degraded"] and "coverage" in out[0]["reason"]
+    ev.evaluate(result("hopping", 40, row(120, 1080, decisions=3000)))  # coverage back: episode over
+    again = []
+    for pane in range(41, 60):
+        again += ev.evaluate(result("tumbling", pane, row(0, 0, decisions=250)))
+    assert rules(again) == ["monitor_degraded"]
+
+
+def test_abstention_spike_fires():
+    ev = evaluator()
+    out = []
+    for pane in range(10):
+        out += ev.evaluate(result("tumbling", pane, row(5, 45, abstains=50, decisions=250)))
+    assert rules(out) == ["monitor_degraded"] and "abstention" in out[0]["reason"]
+
+
+@pytest.mark.parametrize("b, c, side", [(2, 0, "likes where audits override"), (0, 2, "overrides where audits like")])
+def test_a_channel_that_disagrees_with_audits_on_the_same_decisions_fires(b, c, side):
+    ev = evaluator()
+    out = []
+    for pane in range(60):
+        out += ev.evaluate(result("tumbling", pane, row(10, 90, decisions=250, pair_b=b, pair_c=c)))
+    assert rules(out) == ["monitor_degraded"] and side in out[0]["reason"]
+    assert evaluator(use_audit=False).evaluate(result("tumbling", 0, row(10, 90, pair_b=b, pair_c=c))) == []
+
+
+def _advice_row(tau=0.5):
+    """Acted on scores in [0.5, 0.6) and overridden; liked at 0.8: tau* = 0.6 saves cost."""
+    scores = [0.55] * 150 + [0.8] * 250
+    return row(150, 250, tau=tau, scores=scores, decisions=400)
+
+
+def test_threshold_adjust_advises_once_with_a_confident_saving():
+    ev = evaluator()
+    out = ev.evaluate(result("hopping", 11, _advice_row()))
+    assert rules(out) == ["threshold_adjust"]
+    e = out[0]["evidence"]
+    assert e["tau_star"] == pytest.approx(0.6) and e["cost_saved_lo"] >= 0.02
+    assert ev.evaluate(result("hopping", 40, _advice_row())) == []  # the same advice again: no
+
+
+def test_threshold_adjust_needs_a_confident_saving_not_a_point():
+    few = row(3, 2, scores=[0.55] * 3 + [0.8] * 2, decisions=5)
+    s = derive(few, LAYOUT, PARAMS)
+    assert s["cost_saved"][0] > 0.02 > s["cost_saved_lo"][0]
+    assert evaluator(n_min=1).evaluate(result("hopping", 11, few)) == []
+
+
+def test_threshold_adjust_ignores_float_noise_in_the_mean_threshold():
+    """tau* 0.5 against a mean tau of 0.44999999999999835 is a move of tau_eps = 0.05, not more."""
+    scores = [0.47] * 150 + [0.8] * 250
+    noisy = row(0, 250, tau=0.44999999999999835, decisions=400, scores=[0.8] * 250)
+    noisy += row(150, 0, tau=0.44999999999999835, decisions=0, scores=scores[:150])
+    s = derive(noisy, LAYOUT, PARAMS)
+    assert s["tau_star"][0] == 0.5
+    assert evaluator(tau_eps=0.05).evaluate(result("hopping", 11, noisy)) == []
+
+
+def test_rule_memory_survives_dump_and_load():
+    ev = evaluator()
+    for pane in range(5):
+        ev.evaluate(result("tumbling", pane, row(20, 80)))
+    again = evaluator()
+    again.load(ev.dump())
+    assert again.detectors[KEY].retrain.log_r == ev.detectors[KEY].retrain.log_r
+    a = ev.evaluate(result("tumbling", 5, row(40, 60)))
+    b = again.evaluate(result("tumbling", 5, row(40, 60)))
+    assert [t["trigger_id"] for t in a] == [t["trigger_id"] for t in b]
