@@ -130,7 +130,9 @@ GAPS = st.one_of(
     st.floats(0, 30), st.floats(0, 900), st.floats(0, 3 * DAY), st.sampled_from([0.0, 119.999, 120.0, 300.0, 481.0]),
     st.floats(0, 400 * 365 * DAY),
 )
-WEIGHTS = st.one_of(st.floats(1e-9, 1000.0), st.sampled_from([1e-9, 1.0, 2.5, 1000.0]))
+# Normal floats only: below 2.2e-308 a weight's products underflow in the calibration sums
+# (Brier, ECE), whatever the windowing; the statistics' own tests cover those weights.
+WEIGHTS = st.one_of(st.floats(1e-290, 1000.0), st.sampled_from([1e-290, 1e-200, 1.0, 2.5, 1000.0]))
 
 
 @st.composite
@@ -162,7 +164,7 @@ SPECS = st.sampled_from([
 ])
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(events=streams_of_events(), spec=SPECS, batch=st.integers(1, 70), partitions=st.integers(1, 3),
        seed=st.integers(0, 2**32 - 1))
 def test_windows_match_one_event_at_a_time_reference(events, spec, batch, partitions, seed):
