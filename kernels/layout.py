@@ -1,6 +1,6 @@
 """Dense state layout: one row of additive float64 accumulators per (key, window slot).
 
-Every statistic of DESIGN section 2 is a function of sums, so a row can be
+Every statistic of a window is a function of sums, so a row can be
 updated one event at a time, merged by addition (partitions, restarts,
 panes into hopping windows) and checkpointed as a plain numpy array.
 Event fields arrive as small integer codes, defined here once.
@@ -29,8 +29,8 @@ N_DEC = 0  # 3 columns: decisions by decision code (unweighted)
 TAU_SUM = 3  # sum of tau over decisions: the threshold in force, on average
 N_FB = 4  # 3 columns: feedback events by kind (unweighted)
 W_KD = 7  # 9 columns: weight by (kind, decision), index W_KD + 3*kind + decision
-W2_LAB = 16  # sum of w^2 over labelled (like/override) feedback
-AUDIT_W = 17  # audit labelled (like/override): sum w, sum w*y, sum w^2
+W2_LAB = 16  # sum of (w * 2**W2_SHIFT)^2 over labelled (like/override) feedback (kernels.reference.intervals)
+AUDIT_W = 17  # audit labelled (like/override): sum w, sum w*y, sum of scaled w^2 (as W2_LAB)
 AUDIT_WY = 18
 AUDIT_W2 = 19
 AUDIT_N = 20  # audit labelled: count

@@ -15,7 +15,7 @@ from kernels.reference.rates import MonitorRates
 
 
 class WindowReference:
-    """Score and feedback events in, every DESIGN section 2 statistic out.
+    """Score and feedback events in, every per-window statistic out.
 
     >>> w = WindowReference(n_bins=10)
     >>> w.update_score("act", tau=0.5)
