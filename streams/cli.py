@@ -46,12 +46,13 @@ def _bench_kernels(args) -> int:
 
 
 def _guarantees(args) -> int:
-    from streams.simulate.guarantees import measure, table
+    from streams.simulate.guarantees import advice_table, measure, table, threshold_advice
 
     if args.runs < 10 or args.partitions < 1 or args.looks < 1:
         raise SystemExit("npo guarantees: need --runs >= 10, --partitions >= 1, --looks >= 1")
     rows = measure(runs=args.runs, seed=args.seed, partitions=args.partitions, looks=args.looks)
-    print(json.dumps(rows) if args.json else table(rows))
+    advice = threshold_advice(runs=max(1, args.runs // 100), seed=args.seed)
+    print(json.dumps({"alarms": rows, "advice": advice}) if args.json else table(rows) + "\n\n" + advice_table(advice))
     return 0
 
 

@@ -50,6 +50,7 @@ class TriggerConfig:
     p_rearm: float = 0.5
     hour_min_labels: int = 100  # labels a hopping window needs to re-arm retrain or inform fidelity
     cooldown_panes: int = 12
+    readvise_panes: int = 288  # with the same tau in force, advice again at most once a day
     tau_eps: float = 0.05
     min_cost_saving: float = 0.02
     l_hard: float = 0.40
@@ -64,8 +65,8 @@ class TriggerConfig:
             raise ValueError(f"retrain_rule must be 'sequential' or 'naive', got {self.retrain_rule!r}")
         if not 0 < self.p_rearm < self.p_fire < 1:
             raise ValueError("need 0 < p_rearm < p_fire < 1")
-        if self.n_min < 1 or self.cooldown_panes < 0 or self.hour_min_labels < 1:
-            raise ValueError("n_min and hour_min_labels must be >= 1, cooldown_panes >= 0")
+        if self.n_min < 1 or self.cooldown_panes < 0 or self.hour_min_labels < 1 or self.readvise_panes < 0:
+            raise ValueError("n_min and hour_min_labels must be >= 1, cooldown_panes and readvise_panes >= 0")
         if not (self.horizon_days > 0 and 0 < self.alpha < 1):
             raise ValueError("need horizon_days > 0 and 0 < alpha < 1")
         for name in ("l_budget", "l_hard", "c_min", "a_max"):
@@ -339,7 +340,10 @@ class TriggerEvaluator:
             # production fidelity: posterior probability that the decision held now is right
             st.observe_fidelity(decision_fidelity(s["p_exceed"][i], st.alarmed), self.phi_halflife)
         tau, tau_star, saved_lo = s["tau"][i], s["tau_star"][i], s["cost_saved_lo"][i]
-        new_advice = st.advised is None or abs(tau - st.advised[0]) > 1e-9 or abs(tau_star - st.advised[1]) > 1e-9
+        # new advice: the threshold in force changed, or (at most once per readvise_panes) tau* moved
+        new_advice = (st.advised is None or abs(tau - st.advised[0]) > TAU_NOISE
+                      or (abs(tau_star - st.advised[1]) > c.tau_eps + TAU_NOISE
+                          and res.pane >= st.adjust_after - c.cooldown_panes + c.readvise_panes))
         if (c.threshold_tuning and n_labels >= c.n_min and res.pane >= st.adjust_after and new_advice
                 and abs(tau_star - tau) > c.tau_eps + TAU_NOISE and saved_lo >= c.min_cost_saving):
             # once per piece of advice: again only if the threshold in force or tau* moves
