@@ -4,11 +4,17 @@ Good traffic costs one typed msgspec decode straight into Structs.  Only a
 failed decode pays for the slow path, which works out *why* it failed, so the
 dead-letter topic carries a reason an operator can act on, and which salvages
 the good events of an envelope whose own fields are fine.
+
+Messages framed by a Confluent Schema Registry serializer (magic byte 0, a
+4-byte big-endian schema id, then the JSON) are read too.  Plain JSON cannot
+start with byte 0, so it never pays for this: a framed message fails the fast
+decode at its first byte and is unwrapped on the way to the slow path.
 """
 
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
@@ -36,6 +42,7 @@ __all__ = [
     "MAX_EVENT_DEPTH",
     "MAX_ID_LEN",
     "MAX_MESSAGE_BYTES",
+    "MAX_SCHEMA_IDS",
     "DecodeError",
     "Decoded",
     "Event",
@@ -47,6 +54,7 @@ __all__ = [
     "decode_strict",
     "encode",
     "encode_envelope",
+    "schema_ids",
 ]
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -56,6 +64,14 @@ MAX_DEPTH = 16
 MAX_EVENT_DEPTH = MAX_DEPTH - 2
 """Deepest nesting of one event of an envelope: the envelope and its events
 array take two levels of the message's MAX_DEPTH."""
+MAX_SCHEMA_IDS = 1024
+"""Most distinct schema ids :data:`schema_ids` keeps apart, so hostile frames
+cannot grow it without bound; later new ids are counted under -1."""
+
+schema_ids: Counter[int] = Counter()
+"""Messages read in this process per Schema Registry schema id, whether or not
+the JSON in their frames was good (a message over MAX_MESSAGE_BYTES is not read),
+for a metric to export."""
 
 Event = ScoreEvent | FeedbackEvent
 
@@ -91,14 +107,15 @@ _EVENT_TYPES = {"score": ScoreEvent, "feedback": FeedbackEvent}
 
 
 def decode(data: bytes) -> Decoded:
-    """Decode one score/feedback event or an envelope of them.  Never raises:
+    """Decode one score/feedback event or an envelope of them, bare or in a
+    Schema Registry frame (its id counted in :data:`schema_ids`).  Never raises:
     every problem comes back as a :class:`Rejected` in ``errors``."""
     if len(data) > MAX_MESSAGE_BYTES:
         return _rejected("oversized", f"{len(data)} bytes > {MAX_MESSAGE_BYTES}", data)
     try:
         message = _DECODER.decode(data)
     except (msgspec.DecodeError, RecursionError):
-        return _slow(data)
+        return _not_plain_json(data)
     if _too_deep(data, message):
         return _slow(data)
     return Decoded(message.events if type(message) is Envelope else [message], [])
@@ -123,7 +140,31 @@ def decode_all_good(messages: Sequence[bytes]) -> list[Event] | None:
 
     Single events cost little to decode but much to decode one call at a time. The messages
     are joined as JSON lines: no message holds a newline byte, so each line is exactly one
-    message, and decoding lines is decoding each message on its own."""
+    message, and decoding lines is decoding each message on its own. Schema Registry frames
+    make the first try fail; their JSON is then tried the same way, and their ids counted
+    if it is good."""
+    events = _all_good(messages)
+    if events is None and any(m[:1] == b"\0" for m in messages):
+        return _all_good_framed(messages)
+    return events
+
+
+def _all_good_framed(messages: Sequence[bytes]) -> list[Event] | None:
+    """:func:`_all_good` of the JSON of the framed messages and the others as they are."""
+    if max(map(len, messages)) > MAX_MESSAGE_BYTES:
+        return None
+    headers = [m[:_FRAME] for m in messages if m[:1] == b"\0"]
+    if min(map(len, headers)) < _FRAME:
+        return None
+    events = _all_good([m[_FRAME:] if m[:1] == b"\0" else m for m in messages])
+    if events is not None:
+        for header, n in Counter(headers).items():
+            _count_schema_id(header, n)
+    return events
+
+
+def _all_good(messages: Sequence[bytes]) -> list[Event] | None:
+    """:func:`decode_all_good` for plain JSON messages."""
     n = len(messages)
     if not n:
         return []
@@ -220,6 +261,51 @@ def dead_letter(rejected: Rejected, topic: str, partition: int, offset: int, now
 
 
 # --- slow path: only failed decodes get here -------------------------------
+
+
+_FRAME = 5
+"""Bytes of a Schema Registry frame's header: magic byte 0, 4-byte schema id."""
+_JSON_START = frozenset(b' \t\n\r{["-0123456789tfn')
+"""The bytes a JSON text can start with (RFC 8259); byte 0 is none of them."""
+
+
+def _starts_json(data: bytes) -> bool:
+    return not data or data[0] in _JSON_START
+
+
+def _not_plain_json(data: bytes) -> Decoded:
+    """A message that failed the fast decode: unwrapped if it is a Schema Registry frame,
+    rejected as unknown_magic_byte if no JSON can start with its first byte, else judged
+    by the slow path."""
+    if _starts_json(data):
+        return _slow(data)
+    if data[0] == 0:
+        return _framed(data)
+    return _rejected("unknown_magic_byte", f"first byte 0x{data[0]:02x} starts neither JSON nor a Schema "
+                     "Registry frame (0x00)", data)
+
+
+def _count_schema_id(data: bytes, n: int = 1) -> None:
+    """Counts ``n`` messages of the schema id in the frame header ``data`` starts with."""
+    schema_id = int.from_bytes(data[1:_FRAME], "big")
+    if schema_id not in schema_ids and len(schema_ids) >= MAX_SCHEMA_IDS:
+        schema_id = -1
+    schema_ids[schema_id] += n
+
+
+def _framed(data: bytes) -> Decoded:
+    """A message in a Schema Registry frame: its schema id is counted and its JSON decoded
+    (a frame inside a frame is no JSON).  A rejection of the whole message keeps the whole
+    frame, so the dead letter holds the bytes as sent."""
+    if len(data) < _FRAME:
+        return _rejected("truncated_frame", f"{len(data)} bytes; a Schema Registry frame has a "
+                         f"{_FRAME}-byte header (magic byte 0, 4-byte schema id)", data)
+    _count_schema_id(data)
+    payload = data[_FRAME:]
+    decoded = decode(payload) if _starts_json(payload) else _slow(payload)
+    if not decoded.errors:
+        return decoded
+    return Decoded(decoded.events, [r if r.size is not None else r._replace(raw=data) for r in decoded.errors])
 
 
 def _rejected(reason: Reason, detail: str, data: bytes) -> Decoded:

@@ -50,6 +50,8 @@ Reason = Literal[
     "bad_preferred",
     "unknown_type",
     "too_deep",
+    "unknown_magic_byte",
+    "truncated_frame",
     "join_expired",
 ]
 """Why a message or event was dead-lettered; README.md says what each means."""

@@ -69,6 +69,11 @@ def envelope(*events, **changes) -> dict:
     return _with({"type": "envelope", "v": 1, "events": list(events)}, changes)
 
 
+def frame(data: bytes, schema_id: int) -> bytes:
+    """``data`` as a Confluent Schema Registry serializer frames it."""
+    return b"\x00" + schema_id.to_bytes(4, "big") + data
+
+
 def js(value) -> bytes:
     """Like a careless Python producer: NaN/Infinity are written as literals."""
     return json.dumps(value).encode()
@@ -115,10 +120,14 @@ CASES = [
     # not_json
     ("truncated", b'{"type":"score","v":1', ["not_json"]),
     ("empty", b"", ["not_json"]),
-    ("binary", b"\xff\xfe\x00{", ["not_json"]),
+    ("binary", b"\xff\xfe\x00{", ["unknown_magic_byte"]),
     ("trailing_garbage", js(score()) + b"}", ["not_json"]),
     ("single_quotes", b"{'type': 'score'}", ["not_json"]),
     ("lone_surrogate", js_raw(score(policy_id="@"), rb'"\ud800"'), ["not_json"]),
+    # neither JSON nor a Schema Registry frame (magic byte 0, 4-byte schema id, JSON)
+    ("avro_frame_magic_1", b"\x01\x00\x00\x00\x07" + js(score()), ["unknown_magic_byte"]),
+    ("frame_magic_byte_only", b"\x00", ["truncated_frame"]),
+    ("frame_header_cut", b"\x00\x00\x00\x07", ["truncated_frame"]),
     # unknown_type
     ("top_level_array", js([score()]), ["unknown_type"]),
     ("top_level_string", b'"score"', ["unknown_type"]),
@@ -205,7 +214,7 @@ CASES = [
     ("envelope_trailing_comma", js(envelope(score())).replace(b"}]", b"},]"), ["not_json"]),
     ("envelope_garbage_between_events", js(envelope(score(), score())).replace(b"}, {", b"} x, {"), ["not_json"]),
     ("envelope_unclosed_string", js(envelope(score(), score(x="a"))).replace(b'"a"}', b'"a}'), ["not_json"]),
-    ("envelope_bom", b"\xef\xbb\xbf" + js(envelope(score(), score(score=2))), ["not_json"]),
+    ("envelope_bom", b"\xef\xbb\xbf" + js(envelope(score(), score(score=2))), ["unknown_magic_byte"]),
     # what finds an envelope's events reads JSON as any parser does
     ("envelope_escaped_events_key", js(envelope(score(), score(score=2))).replace(b'"events"', b'"\\u0065vents"'),
      ["bad_value"]),
@@ -433,8 +442,9 @@ def test_round_trip_is_identity(event):
 
 
 def test_bad_events_cover_every_reason_an_event_can_have():
-    """not_json and oversized concern the whole message, join_expired no message."""
-    assert {reason for _, reason in BAD_EVENTS} == REASONS - {"not_json", "oversized", "join_expired"}
+    """not_json, oversized and the framing reasons concern the whole message, join_expired no message."""
+    assert {reason for _, reason in BAD_EVENTS} \
+        == REASONS - {"not_json", "oversized", "unknown_magic_byte", "truncated_frame", "join_expired"}
 
 
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -589,7 +599,8 @@ def _one_at_a_time(messages: list[bytes]) -> tuple[list, list]:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.sampled_from([data for _, data, _ in CASES] + [js(score()).replace(b",", b",\n", 1),
-                                                                   b"   ", b"\n", js(score()) + b"\n"]),
+                                                                   b"   ", b"\n", js(score()) + b"\n"]
+                                 + [frame(data, 10) for _, data, _ in CASES[::7]]),
                 max_size=12))
 def test_a_batch_decodes_as_its_messages_do_or_not_at_all(messages):
     events, errors = _one_at_a_time(messages)
@@ -617,3 +628,98 @@ def test_a_batch_too_deep_or_too_large_goes_one_message_at_a_time():
     assert codec.decode_all_good([js(score(x=nested(16)))]) is None
     assert codec.decode_all_good([js(score()), b" " * (codec.MAX_MESSAGE_BYTES + 1)]) is None
     assert codec.decode_all_good([js(score(x=nested(15)))]) == codec.decode(js(score(x=nested(15)))).events
+
+
+# --------------------------------------------------------------------------- Schema Registry frames
+
+FRAMING_REASONS = {"unknown_magic_byte": "not_json", "truncated_frame": "not_json"}
+"""Inside a frame, bytes that start no JSON are simply not JSON."""
+
+
+@pytest.mark.parametrize(("data", "expected"), [pytest.param(d, e, id=i) for i, d, e in CASES])
+def test_a_framed_message_decodes_as_its_json_and_its_schema_id_is_counted(data, expected):
+    """Same events and reasons as the bare JSON; a whole-message rejection keeps the whole frame,
+    an envelope's bad event its own bytes. Every frame's id is counted, good or bad, unless the
+    message is too large to be read at all."""
+    framed, schema_id = frame(data, 0x01020304), 0x01020304
+    before = codec.schema_ids[schema_id]
+    decoded, bare = codec.decode(framed), codec.decode(data)
+    assert decoded.events == bare.events
+    assert sorted(r.reason for r in decoded.errors) == sorted(FRAMING_REASONS.get(r, r) for r in expected)
+    for got, want in zip(decoded.errors, bare.errors):
+        assert got.raw == (framed if got.size is None else want.raw)
+    oversized = len(framed) > codec.MAX_MESSAGE_BYTES
+    assert codec.schema_ids[schema_id] - before == (0 if oversized else 1)
+
+
+def test_every_first_byte_is_json_a_frame_or_an_unknown_magic_byte():
+    for byte in range(256):
+        data = bytes([byte]) + js(score())
+        reasons = [r.reason for r in codec.decode(data).errors]
+        if byte in b" \t\n\r":
+            assert reasons == [], byte
+        elif byte == 0:  # a frame of id '{"ty' around 'pe": "score", ...', which is not JSON
+            assert reasons == ["not_json"], byte
+        elif byte in b'{["-0123456789tfn':
+            assert reasons == ["not_json"], byte
+        else:
+            assert reasons == ["unknown_magic_byte"], byte
+
+
+def test_framed_envelope_keeps_its_good_events_and_counts_once():
+    before = codec.schema_ids[42]
+    data = frame(js(envelope(score(event_id="a"), score(event_id="b", score=2), feedback(event_id="c"))), 42)
+    decoded = codec.decode(data)
+    assert [e.event_id for e in decoded.events] == ["a", "c"]
+    (rejected,) = decoded.errors
+    assert (rejected.reason, json.loads(rejected.raw)) == ("bad_value", score(event_id="b", score=2))
+    assert codec.schema_ids[42] - before == 1
+
+
+def test_a_batch_of_frames_decodes_in_one_call_and_counts_each_id_once(monkeypatch):
+    """Ids whose bytes hold a newline or a bracket do not disturb the batch; plain JSON may
+    sit between frames; a batch with a bad frame counts nothing itself (its caller decodes
+    each message, which counts)."""
+    monkeypatch.setattr(codec, "schema_ids", codec.Counter())
+    good = [frame(js(score(event_id="a")), 10), js(feedback(event_id="b")),
+            frame(js(envelope(score(event_id="c"), feedback(event_id="d"))), 0x5B7B0A00)]
+    monkeypatch.setattr(codec, "decode", None)  # one call: never one message at a time
+    assert [e.event_id for e in codec.decode_all_good(good)] == ["a", "b", "c", "d"]
+    assert codec.schema_ids == {10: 1, 0x5B7B0A00: 1}
+    assert codec.decode_all_good([*good, frame(js(score(score=2)), 10)]) is None
+    assert codec.decode_all_good([*good, b"\x00\x00"]) is None
+    assert codec.decode_all_good([frame(frame(js(score()), 10), 10)]) is None
+    assert codec.decode_all_good([frame(js(score()) + b" " * (codec.MAX_MESSAGE_BYTES - len(js(score()))), 1)]) \
+        is None
+    assert codec.schema_ids == {10: 1, 0x5B7B0A00: 1}
+
+
+def test_batches_count_as_messages_decoded_one_at_a_time(monkeypatch):
+    messages = [frame(js(score()), 1), frame(js(score(score=2)), 2), frame(js(feedback()), 1), b"\x00\x00"]
+    monkeypatch.setattr(codec, "schema_ids", codec.Counter())
+    events, rejected = codec.decode_batch(messages)
+    assert len(events) == 2 and [(i, r.reason) for i, r in rejected] == [(1, "bad_value"), (3, "truncated_frame")]
+    assert codec.schema_ids == {1: 2, 2: 1}
+
+
+def test_distinct_schema_ids_are_bounded(monkeypatch):
+    """Hostile frames with ever new ids cannot grow the counter: past the bound they count as -1."""
+    monkeypatch.setattr(codec, "schema_ids", codec.Counter())
+    monkeypatch.setattr(codec, "MAX_SCHEMA_IDS", 3)
+    for schema_id in (1, 2, 3, 4, 5, 1):
+        codec.decode(frame(js(score()), schema_id))
+    assert codec.schema_ids == {1: 2, 2: 1, 3: 1, -1: 2}
+
+
+def test_plain_json_never_reaches_the_frame_code(monkeypatch):
+    """The fast paths for plain JSON are as before: the framing code runs only after a
+    decode failed."""
+    def unreachable(*_):
+        raise AssertionError("frame code on the fast path")
+
+    for name in ("_not_plain_json", "_framed", "_all_good_framed", "_count_schema_id"):
+        monkeypatch.setattr(codec, name, unreachable)
+    assert len(codec.decode(js(score())).events) == 1
+    assert len(codec.decode(js(envelope(score(), feedback()))).events) == 2
+    assert len(codec.decode_all_good([js(score()), js(envelope(score(), feedback()))])) == 3
+    assert codec.decode_all_good([js(score()), b"{"]) is None
