@@ -114,10 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     # Kafka, Redis and worker commands import their clients only when they run, so
     # `pip install .` (without the kafka extra) is enough for demo, replay and bench.
     from streams.kafka.commands import add_commands as kafka_commands, settings_args
+    from streams.kafka.registry import add_command as registry_command
     from streams.state.commands import add_commands as state_commands
     from streams.worker.command import add_command as worker_command
 
     kafka_commands(sub, settings_args)
+    registry_command(sub, settings_args)
     from loadtest.commands import add_commands as loadtest_commands
 
     loadtest_commands(sub, bsub, settings_args)
