@@ -98,10 +98,9 @@ def test_registered_ids_frame_messages_the_worker_reads(registry_url, cluster, c
 
 
 def test_confluents_json_serializer_frames_what_the_codec_reads(registry_url, cluster, capsys):
-    """Confluent's own serializer (the confluent-kafka[schemaregistry,json] extra; skipped without
-    it), looking the schema up as producers do: it validates with the registered document and
-    frames with its id."""
-    pytest.importorskip("confluent_kafka.schema_registry.json_schema")
+    """Confluent's own serializer (the confluent-kafka[schemaregistry,json] extra, a test
+    dependency), looking the schema up as producers do: it validates with the registered
+    document and frames with its id."""
     from confluent_kafka.schema_registry import SchemaRegistryClient
     from confluent_kafka.schema_registry.json_schema import JSONSerializer
     from confluent_kafka.serialization import MessageField, SerializationContext
