@@ -1,22 +1,91 @@
-"""Prometheus metrics and structured JSON logs for the worker.
+"""Prometheus metrics, health probes and structured JSON logs for the worker.
 
 Every counter the pipeline keeps in its plain `Counter` is mirrored here, so
-operators see the same numbers the tests assert on.
+operators see the same numbers the tests assert on. The metrics port also answers
+`/healthz` and `/readyz` for orchestrators, from a thread of its own: the worker's
+loop only records a heartbeat per turn, never per event.
 """
 from __future__ import annotations
 
 import json
 import logging
 import sys
+import threading
 import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+#: Seconds without a turn of the worker's loop after which /healthz answers 503.
+LIVENESS_TIMEOUT_S = 60.0
+
+
+class Health:
+    """What /healthz and /readyz answer. The worker's loop calls `beat` once a turn; the
+    probes only read, from the HTTP server's threads."""
+
+    def __init__(self, liveness_timeout_s: float | None = None) -> None:
+        self.liveness_timeout_s = liveness_timeout_s or LIVENESS_TIMEOUT_S
+        self._beat = time.monotonic()  # process start counts as a turn: starting takes seconds
+        self._not_ready: str | None = "starting"
+        self.broker_reachable: Callable[[], bool] | None = None
+
+    def beat(self, not_ready: str | None = None) -> None:
+        """A turn of the loop; `not_ready` says why the worker cannot serve yet (None: it can)."""
+        self._beat = time.monotonic()
+        self._not_ready = not_ready
+
+    def live(self) -> tuple[bool, str]:
+        idle = time.monotonic() - self._beat
+        if idle > self.liveness_timeout_s:
+            return False, f"no turn of the worker loop for {idle:.0f} s (limit {self.liveness_timeout_s:g} s)"
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        live, why = self.live()
+        if not live:
+            return False, why
+        if self._not_ready is not None:
+            return False, self._not_ready
+        if self.broker_reachable is not None and not self.broker_reachable():
+            return False, "no Kafka broker answers"
+        return True, "ok"
+
+
+class BrokerProbe:
+    """Whether a broker answers a metadata request for one topic, through a client of its own
+    (the worker's aiokafka clients belong to its event loop). Asked at most every `every_s`
+    seconds, however often the orchestrator probes."""
+
+    def __init__(self, settings, topic: str, timeout_s: float = 3.0, every_s: float = 5.0) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        from streams.kafka.errors import ClientErrors, client_config
+
+        self._admin = AdminClient(client_config(settings, ClientErrors()))
+        self.topic, self.timeout_s, self.every_s = topic, timeout_s, every_s
+        self._lock = threading.Lock()
+        self._at, self._ok = float("-inf"), False
+
+    def __call__(self) -> bool:
+        from confluent_kafka import KafkaException
+
+        with self._lock:
+            if time.monotonic() - self._at >= self.every_s:
+                try:
+                    self._ok = bool(self._admin.list_topics(self.topic, timeout=self.timeout_s).brokers)
+                except KafkaException:
+                    self._ok = False
+                self._at = time.monotonic()
+            return self._ok
 
 
 class Metrics:
     """The worker's metrics in their own registry (several workers can run in one test process)."""
 
-    def __init__(self) -> None:
+    def __init__(self, liveness_timeout_s: float | None = None) -> None:
+        self.health = Health(liveness_timeout_s)
         r = self.registry = CollectorRegistry()
         self.events_in = Counter("npo_events_in", "Events accepted, by topic and kind", ["topic", "kind"], registry=r)
         self.dead_letters = Counter("npo_dead_letters", "Records dead-lettered, by reason", ["reason"], registry=r)
@@ -41,10 +110,13 @@ class Metrics:
                                   registry=r)
         self._seen: dict = {}
 
-    def serve(self, port: int) -> None:
-        """Expose /metrics on `port` (0: do not serve)."""
-        if port:
-            start_http_server(port, registry=self.registry)
+    def serve(self, port: int, host: str = "") -> ThreadingHTTPServer | None:
+        """Serve /metrics, /healthz and /readyz on `port` (0: do not serve) from a daemon thread."""
+        if not port:
+            return None
+        server = ThreadingHTTPServer((host, port), _handler(self))
+        threading.Thread(target=server.serve_forever, name="npo-metrics", daemon=True).start()
+        return server
 
     def sync(self, counters) -> None:
         """Bring the Prometheus counters up to the pipeline's plain counters (which only grow)."""
@@ -67,6 +139,32 @@ class Metrics:
             elif name in ("duplicates", "late_events", "redis_errors", "joined_late", "waiting_for_score",
                           "expired_scores", "output_retries"):
                 getattr(self, name).inc(delta)
+
+
+def _handler(metrics: Metrics) -> type[BaseHTTPRequestHandler]:
+    """A request handler class bound to `metrics` (http.server makes one instance per request)."""
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server name
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
+            elif path in ("/healthz", "/readyz"):
+                ok, why = (metrics.health.live if path == "/healthz" else metrics.health.ready)()
+                self._send(200 if ok else 503, why.encode() + b"\n", "text/plain; charset=utf-8")
+            else:
+                self._send(404, b"not found: try /metrics, /healthz or /readyz\n", "text/plain; charset=utf-8")
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format, *args) -> None:  # noqa: A002 - probes every few seconds: no log line each
+            pass
+
+    return Handler
 
 
 class JsonFormatter(logging.Formatter):

@@ -18,6 +18,8 @@ def add_command(subparsers, settings_args) -> None:
     w.add_argument("--budget", type=float, help="alignment-loss budget L_budget (default 0.10)")
     w.add_argument("--group-id", dest="group_id", help="consumer group prefix (default: NPO_GROUP_ID or npo-worker)")
     w.add_argument("--metrics-port", dest="metrics_port", type=int, help="Prometheus port (0: none; default 9108)")
+    w.add_argument("--liveness-timeout-s", dest="liveness_timeout_s", type=float,
+                   help="/healthz fails after this many seconds without a turn of the worker's loop (default 60)")
     w.add_argument("--no-redis", action="store_true", help="run without Redis (statistics only go to Kafka)")
     w.add_argument("--log-level", default="INFO")
     settings_args(w)
@@ -35,7 +37,7 @@ def _monitor_section(config_file: str | None) -> dict | None:
 
 def _run(args) -> int:
     from streams.kafka.commands import settings_from_args
-    from streams.metrics import Metrics, setup_json_logging
+    from streams.metrics import BrokerProbe, Metrics, setup_json_logging
     from streams.worker.worker import Worker
 
     setup_json_logging(args.log_level)
@@ -62,7 +64,9 @@ def _run(args) -> int:
             probe.close()
         sink = RedisSink(store)
         sink.start_background(2.0)
-    metrics = Metrics()
+    metrics = Metrics(liveness_timeout_s=args.liveness_timeout_s)
+    if settings.metrics_port:
+        metrics.health.broker_reachable = BrokerProbe(settings, settings.topic("scores"))
     metrics.serve(settings.metrics_port)
     worker = Worker(settings, config, sink=sink, metrics=metrics)
 

@@ -114,6 +114,7 @@ class Worker:
         self.applied: dict[int, dict[int, int]] = {}
         self.partials_offset: dict[int, int] = {}  # partials partition -> next offset
         self._to_load: dict[str, set[int]] = {"ingest": set(), "aggregate": set()}  # assigned, not yet loaded
+        self._joined: set[str] = set()  # groups whose assignment (possibly empty) has arrived
         self._dirty: dict[str, set[int]] = {"ingest": set(), "aggregate": set()}  # moved since checkpoint
         self._pointers: dict[str, str] = {}  # checkpoint name -> pointer this worker last committed
         # checkpoint name -> pointers whose commit failed in a way that may still have landed
@@ -210,6 +211,7 @@ class Worker:
             self._queue = sorted(self._dirty["ingest"])
         self._poll_thresholds()
         self.metrics.sync(self.counters)
+        self.metrics.health.beat(self._not_ready())
         if time.monotonic() - self._last_trim >= TRIM_EVERY_S:
             self._last_trim = time.monotonic()
             trim_heap()
@@ -221,11 +223,22 @@ class Worker:
     # checkpoint is still its own, keeps its state and goes on from where it stood; any other
     # is loaded from the committed checkpoint (or starts empty) and replays from its offsets.
 
+    def _not_ready(self) -> str | None:
+        """Why /readyz fails: a group not joined yet, or assigned partitions not yet loaded
+        from their checkpoints (None: ready)."""
+        waiting = [g for g in ("ingest", "aggregate") if g not in self._joined]
+        if waiting:
+            return f"waiting for a partition assignment ({', '.join(waiting)})"
+        loading = sorted(g for g, todo in self._to_load.items() if todo)
+        return f"loading checkpoints ({', '.join(loading)})" if loading else None
+
     def _ingest_revoked(self, tps) -> None:
+        self._joined.discard("ingest")
         for p in {tp.partition for tp in tps}:
             self.merge.drop(p)  # fetched but unprocessed: fetched again
 
     def _ingest_assigned(self, tps) -> None:
+        self._joined.add("ingest")
         assigned = {tp.partition for tp in tps}
         for p in set(self.stages) - assigned:
             self._close_stage(p)
@@ -233,9 +246,10 @@ class Worker:
         self._to_load["ingest"] |= assigned
 
     def _aggregate_revoked(self, tps) -> None:
-        pass  # kept until the assignment that follows says whether they come back
+        self._joined.discard("aggregate")  # monitors stay until the assignment that follows says whether they come back
 
     def _aggregate_assigned(self, tps) -> None:
+        self._joined.add("aggregate")
         assigned = {tp.partition for tp in tps}
         for q in set(self.monitors) - assigned:
             self._drop_monitor(q)
@@ -615,6 +629,8 @@ class Worker:
                 topics = sorted({m[0] for m, _ in failed})
                 log.warning("could not write %d message(s) to %s (%s); retrying in %.1f s",
                             len(failed), topics, failed[0][1], delay)
+                # alive (a restart would not help), but holding back: not ready
+                self.metrics.health.beat(f"output to {', '.join(topics)} refused; retrying")
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, 5.0)
             messages = [m for m, _ in failed]
