@@ -123,7 +123,8 @@ def test_the_dashboard_queries_only_metrics_a_worker_exposes(cluster, sim, tmp_p
     exposed, sampled = exposed_names(text)
     # the run reached every kind of metric the dashboard plots, so most are real samples
     assert {"npo_events_in_total", "npo_dead_letters_total", "npo_windows_closed_total", "npo_consumer_lag",
-            "npo_checkpoints_total", "npo_kernel_seconds_bucket", "npo_redis_errors_total"} <= sampled
+            "npo_checkpoints_total", "npo_kernel_seconds_bucket", "npo_redis_errors_total",
+            "npo_triggers_total"} <= sampled
 
     dashboard = json.loads(DASHBOARD.read_text())
     titles = [p["title"] for p in dashboard["panels"]]
