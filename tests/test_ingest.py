@@ -1,10 +1,13 @@
 """The column-at-a-time ingest against a brute-force, one-event-at-a-time reference.
 
 The reference is the join's contract written as plainly as possible: an id counts once,
-feedback with its context is scored with it, other feedback takes the latest earlier score
-of its scenario or waits for the next one and then comes right after it. Hypothesis draws
-adversarial streams: few scenarios (re-scored scenarios, feedback on both sides of its
-score, several feedback per scenario), repeated ids, and any cut into batches.
+feedback with its context is scored with it, other feedback takes, of the scores of its
+scenario received before it, the latest at or before its event time (else the earliest), or
+waits for the next one and then comes right after it; the first audit label and the first
+other-channel label of a scenario make its one audit pair, whose code the second of them
+carries. Hypothesis draws adversarial streams: few scenarios (re-scored scenarios out of
+event-time order, feedback on both sides of its score, several feedback per scenario, every
+source), repeated ids, and any cut into batches.
 """
 from __future__ import annotations
 
@@ -16,19 +19,44 @@ from streams.events import FeedbackEvent, ScoreEvent
 from streams.operators.dedup import Deduplicator
 from streams.operators.ingest import ingest
 from streams.operators.join import FeedbackJoin
+from kernels.layout import PAIR_AGREE, PAIR_AUDIT_OVERRIDES, PAIR_CHANNEL_OVERRIDES
 from streams.operators.records import DECISION, KIND, PREFERRED, SOURCE
 
 T0 = 1_767_225_600.0
 
 
 def reference(events, abstention_handling=True) -> list[tuple]:
-    """Rows (key, ts, etype, decision, tau, kind, source, preferred, score, weight), one event at a time."""
-    seen, latest, waiting, rows = set(), {}, {}, []
+    """Rows (key, ts, etype, decision, tau, kind, source, preferred, score, weight, pair), one event at a time."""
+    seen, scores, waiting, rows = set(), {}, {}, []
+    first_label = {}  # (scenario, is audit) -> first label
 
-    def feedback_row(fb, ctx):
-        kind = "like" if fb.kind == "abstain" and not abstention_handling else fb.kind
-        return ((ctx[0], ctx[1]), fb.ts, 1, DECISION[ctx[4]], 0.0, KIND[kind], SOURCE[fb.source],
-                PREFERRED[fb.preferred], ctx[2], fb.weight)
+    def kind_of(fb):
+        return "like" if fb.kind == "abstain" and not abstention_handling else fb.kind
+
+    def pair_code(fb):
+        """The pair this feedback completes on arrival, if any (-1)."""
+        kind, audit = kind_of(fb), fb.source == "audit"
+        if kind not in ("like", "override") or (fb.scenario_id, audit) in first_label:
+            return -1
+        first_label[fb.scenario_id, audit] = kind
+        other = first_label.get((fb.scenario_id, not audit))
+        if other is None:
+            return -1
+        audit_kind, channel_kind = (kind, other) if audit else (other, kind)
+        if audit_kind == channel_kind:
+            return PAIR_AGREE
+        return PAIR_AUDIT_OVERRIDES if audit_kind == "override" else PAIR_CHANNEL_OVERRIDES
+
+    def joined(fb):
+        """Of the scores received, the latest at or before the feedback, else the earliest
+        (equal event times: the later received counts as later)."""
+        received = scores[fb.scenario_id]
+        before = [(ts, i) for i, (ts, _) in enumerate(received) if ts <= fb.ts]
+        return received[max(before)[1] if before else min((ts, i) for i, (ts, _) in enumerate(received))[1]][1]
+
+    def feedback_row(fb, pair, ctx):
+        return ((ctx[0], ctx[1]), fb.ts, 1, DECISION[ctx[4]], 0.0, KIND[kind_of(fb)], SOURCE[fb.source],
+                PREFERRED[fb.preferred], ctx[2], fb.weight, pair)
 
     for ev in events:
         if (type(ev), ev.event_id) in seen:
@@ -36,21 +64,23 @@ def reference(events, abstention_handling=True) -> list[tuple]:
         seen.add((type(ev), ev.event_id))
         if type(ev) is ScoreEvent:
             ctx = (ev.policy_id, ev.segment, ev.score, ev.tau, ev.decision)
-            rows.append(((ev.policy_id, ev.segment), ev.ts, 0, DECISION[ev.decision], ev.tau, 0, 0, 0, ev.score, 1.0))
-            latest[ev.scenario_id] = ctx
-            rows += [feedback_row(fb, ctx) for fb in waiting.pop(ev.scenario_id, [])]
-        elif None not in (ev.policy_id, ev.score, ev.tau, ev.decision):
-            rows.append(feedback_row(ev, (ev.policy_id, ev.segment or "default", ev.score, ev.tau, ev.decision)))
-        elif ev.scenario_id in latest:
-            rows.append(feedback_row(ev, latest[ev.scenario_id]))
+            rows.append(((ev.policy_id, ev.segment), ev.ts, 0, DECISION[ev.decision], ev.tau, 0, 0, 0, ev.score, 1.0, -1))
+            scores.setdefault(ev.scenario_id, []).append((ev.ts, ctx))
+            rows += [feedback_row(fb, pair, ctx) for fb, pair in waiting.pop(ev.scenario_id, [])]
+            continue
+        pair = pair_code(ev)
+        if None not in (ev.policy_id, ev.score, ev.tau, ev.decision):
+            rows.append(feedback_row(ev, pair, (ev.policy_id, ev.segment or "default", ev.score, ev.tau, ev.decision)))
+        elif ev.scenario_id in scores:
+            rows.append(feedback_row(ev, pair, joined(ev)))
         else:
-            waiting.setdefault(ev.scenario_id, []).append(ev)
+            waiting.setdefault(ev.scenario_id, []).append((ev, pair))
     return rows
 
 
 def _rows(records) -> list[tuple]:
     cols = [records.ts, records.etype, records.decision, records.tau, records.kind, records.source,
-            records.preferred, records.score, records.weight]
+            records.preferred, records.score, records.weight, records.pair]
     return [(k, *(c.item() for c in vals)) for k, *vals in zip(records.keys, *cols)]
 
 
@@ -74,7 +104,7 @@ def streams_of_events(draw):
                                decision="hold")
             events.append(FeedbackEvent(v=1, event_id=eid, scenario_id=sid, ts=ts,
                                         kind=draw(st.sampled_from(["like", "override", "abstain"])),
-                                        source=draw(st.sampled_from(["human", "audit"])),
+                                        source=draw(st.sampled_from(["human", "reviewer", "llm_judge", "audit"])),
                                         preferred=draw(st.sampled_from([None, "act"])),
                                         weight=draw(st.sampled_from([1.0, 2.5])), **context))
     cuts = sorted(draw(st.lists(st.integers(0, n), max_size=6)))
@@ -82,13 +112,22 @@ def streams_of_events(draw):
 
 
 @settings(max_examples=300, deadline=None)
-@given(streams_of_events(), st.booleans())
-def test_ingest_equals_one_event_at_a_time(drawn, abstention_handling):
+@given(streams_of_events(), st.booleans(), st.booleans())
+def test_ingest_equals_one_event_at_a_time(drawn, abstention_handling, restart):
+    """`restart`: the join and de-duplication state go through their checkpoint at every cut."""
     events, cuts = drawn
     dedup, join = Deduplicator(horizon_s=86_400.0), FeedbackJoin(horizon_s=86_400.0)
     try:
         got, counts = [], {"duplicates": 0, "waiting": 0, "joined_late": 0}
         for lo, hi in zip(cuts, cuts[1:]):
+            if restart:
+                again = FeedbackJoin(horizon_s=86_400.0)
+                again.load(join.dump())
+                join.close()
+                join = again
+                dedup_again = Deduplicator(horizon_s=86_400.0)
+                dedup_again.load(dedup.dump())
+                dedup = dedup_again
             out = ingest(events[lo:hi], dedup, join, abstention_handling)
             got += _rows(out.records)
             for k in counts:
@@ -166,9 +205,10 @@ def test_expiring_a_scenario_first_score_keeps_its_newer_one():
         join.add_scores(["y"], [("p", "a", 0.9, 0.5, "act", T0 + 120)])
         join.expire()  # the first score's index entry is past the horizon, the newer score is not
         assert join.lookup(["x"])[0].ts == T0 + 90
+        assert join.expired_scores == 1
         join.add_scores(["z"], [("p", "a", 0.9, 0.5, "act", T0 + 200)])
         join.expire()
-        assert join.lookup(["x"]) == [None] and join.expired_scores == 1
+        assert join.lookup(["x"]) == [None] and join.expired_scores == 2  # every score expires on its own
     finally:
         join.close()
 
@@ -217,15 +257,55 @@ def test_join_stores_sharing_a_write_buffer_budget_keep_their_memtables_within_i
     try:
         ctx = ("pol", "seg", 0.5, 0.5, "act", 1000.0)
         most_shared = most_usage = 0
-        for r in range(20):
+        for r in range(12):  # alone: more than the budget, less than one default memtable
             for store in [*stores, alone]:
                 store.add_scores([f"scn-{r}-{i:06d}-{'x' * 40}" for i in range(20_000)], [ctx] * 20_000)
             most_shared = max(most_shared, sum(map(memtables, stores)))
             most_usage = max(most_usage, shared.get_usage())
-        assert 20 * 20_000 * 60 > 2 * budget  # each store alone took in more than the budget
+        assert 12 * 20_000 * 100 > 2 * budget  # each store alone took in more than the budget (a score: over 100 bytes)
         assert most_shared <= 1.5 * budget and most_usage <= 2.5 * budget
         assert memtables(alone) > 2 * budget  # one store without it holds more than the four with it
         assert stores[0].lookup(["scn-0-000001-" + "x" * 40]) == [ctx]  # flushed, not lost
     finally:
         for store in [*stores, alone]:
             store.close()
+
+
+def _rescored(ts_order):
+    return [ScoreEvent(v=1, event_id=f"s{t}", scenario_id="x", policy_id="p", segment=f"at{t}", score=0.5, tau=0.5,
+                       decision="act", ts=T0 + t) for t in ts_order]
+
+
+def test_feedback_on_a_rescored_scenario_joins_by_event_time_not_delivery_order():
+    """Scores at +20 and +10 delivered in that order: feedback at +30 takes +20 (the latest at
+    or before it), at +15 takes +10, at +5 (before both) the earliest, +10, whichever the
+    delivery order and batch cuts."""
+    fbs = [FeedbackEvent(v=1, event_id=f"f{t}", scenario_id="x", ts=T0 + t, kind="like") for t in (30, 15, 5)]
+    for order in ((20, 10), (10, 20)):
+        for cut in (1, 2, 3):
+            events = _rescored(order) + fbs
+            dedup, join = Deduplicator(), FeedbackJoin()
+            try:
+                got = ingest(events[:cut], dedup, join).records.keys + ingest(events[cut:], dedup, join).records.keys
+            finally:
+                join.close()
+            assert got[2:] == [("p", "at20"), ("p", "at10"), ("p", "at10")], (order, cut)
+
+
+def test_audit_pair_state_survives_a_reopen_and_ends_with_the_horizon(tmp_path):
+    """An unpaired audit is remembered on disk (a reopened store pairs it), a scenario pairs
+    once, and past the horizon its pair state is forgotten like its scores."""
+    path = str(tmp_path / "join")
+    join = FeedbackJoin(path, horizon_s=100.0, expire_every_s=0.0)
+    assert join.audit_pairs(["x", "x", "y"], [True, True, False], [1, 0, 0], [T0, T0 + 1, T0 + 2]) == [-1, -1, -1]
+    join.close()
+    join = FeedbackJoin(path, horizon_s=100.0, expire_every_s=0.0)
+    try:
+        # x: first audit said override, channel like; y: channel like first, audit like
+        assert join.audit_pairs(["x", "y", "x", "y"], [False, True, False, True], [0, 0, 1, 1],
+                                [T0 + 3] * 4) == [PAIR_AUDIT_OVERRIDES, PAIR_AGREE, -1, -1]
+        join.add_scores(["z"], [("p", "a", 0.9, 0.5, "act", T0 + 500)])
+        join.expire()
+        assert join.audit_pairs(["x", "x"], [True, False], [0, 1], [T0 + 501] * 2) == [-1, PAIR_CHANNEL_OVERRIDES]
+    finally:
+        join.close()

@@ -4,10 +4,14 @@ The result is exactly what taking the events one at a time would give:
 
 - an event id counts once (per event type) within the de-duplication horizon;
 - feedback that carries its decision's context is scored with it;
-- other feedback joins the latest score of its scenario that arrived before it (in this
-  batch, or an earlier one through the join store); with none, it waits for the next score
-  of its scenario (in this batch, or parked in the store), and its record then comes right
-  after that score's.
+- other feedback joins, of the scores of its scenario that arrived before it (in this batch,
+  or an earlier one through the join store), the one with the latest event time at or before
+  its own, else the earliest (:func:`streams.operators.join.pick`); with none, it waits for
+  the next score of its scenario (in this batch, or parked in the store), and its record then
+  comes right after that score's;
+- labelled feedback that completes its scenario's audit pair on arrival (the first audit
+  label and the first label of another channel) carries the pair's code in its record,
+  wherever that record lands (:meth:`streams.operators.join.FeedbackJoin.audit_pairs`).
 
 Why column at a time: a Python loop over every event cost about 5 µs an event, most of the
 envelope path. Here scores (most events) are handled by C-level `map`s and numpy; only
@@ -23,15 +27,17 @@ from operator import attrgetter, itemgetter, not_
 
 import numpy as np
 
-from kernels.layout import FEEDBACK_EVENT, SCORE_EVENT
+from kernels.layout import FEEDBACK_EVENT, LIKE, OVERRIDE, SCORE_EVENT
 from streams.events import ScoreEvent
 from streams.operators.dedup import Deduplicator
-from streams.operators.join import FeedbackJoin, Pending
+from streams.operators.join import FeedbackJoin, Pending, pick
 from streams.operators.records import DECISION, KIND, PREFERRED, SOURCE, Records
 
 _SCORE_CONTEXT = attrgetter("policy_id", "segment", "score", "tau", "decision", "ts")
 _EVENT_ID, _SCENARIO_ID, _TS = attrgetter("event_id"), attrgetter("scenario_id"), attrgetter("ts")
-_KIND = attrgetter("kind")
+_KIND, _SOURCE = attrgetter("kind"), attrgetter("source")
+_LABELLED = {LIKE, OVERRIDE}.__contains__
+_ABLATION = {**KIND, "abstain": KIND["like"]}  # without abstention handling an abstain counts as a like
 _OWN_CONTEXT = attrgetter("policy_id", "score", "tau", "decision")  # all set: feedback needs no join
 _FEEDBACK_FIELDS = attrgetter("ts", "kind", "source", "preferred", "weight")
 _FIVE = itemgetter(0, 1, 2, 3, 4)  # a context's fields a record needs (stored ones have a sixth)
@@ -51,7 +57,7 @@ class Ingested:
 
 
 class _Scores:
-    """Where each scenario's scores are in the batch, for "the latest before" and "the first after"."""
+    """Where each scenario's scores are in the batch, for "those before" and "the first after"."""
 
     def __init__(self, sids: list[str], positions: list[int]) -> None:
         self.positions = positions
@@ -63,14 +69,13 @@ class _Scores:
                 seen.setdefault(sid, []).append(j)
             self.many = {sid: js for sid, js in seen.items() if len(js) > 1}
 
-    def before(self, sid: str, pos: int) -> int | None:
-        """Index of the latest score of `sid` before position `pos`."""
+    def before(self, sid: str, pos: int) -> list[int]:
+        """Indexes of the scores of `sid` before position `pos`, in arrival order."""
         js = self.many.get(sid)
         if js is None:
             j = self.first.get(sid)
-            return j if j is not None and self.positions[j] < pos else None
-        k = bisect_left([self.positions[j] for j in js], pos)
-        return js[k - 1] if k else None
+            return [j] if j is not None and self.positions[j] < pos else []
+        return js[:bisect_left([self.positions[j] for j in js], pos)]
 
     def after(self, sid: str, pos: int) -> int | None:
         """Index of the first score of `sid` after position `pos`."""
@@ -108,24 +113,26 @@ def ingest(events: list, dedup: Deduplicator, join: FeedbackJoin, abstention_han
     fb_pos = list(compress(range(len(events)), map(not_, is_score)))
     fbs = list(map(events.__getitem__, fb_pos))
     out.kinds = Counter(map(_KIND, fbs))
-    bare = []  # (position, event) of feedback without its context nor an earlier score here
-    for pos, ev, own in zip(fb_pos, fbs, map(_OWN_CONTEXT, fbs)):
+    kinds = KIND if abstention_handling else _ABLATION
+    bare = []  # (position, event, pair code) of feedback without its context
+    for pos, ev, pair, own in zip(fb_pos, fbs, _pairs(fbs, join, kinds), map(_OWN_CONTEXT, fbs)):
         if None not in own:
-            feedback.add(pos, ev, (own[0], ev.segment or "default", own[1], own[2], own[3]))
-            continue
-        j = batch.before(ev.scenario_id, pos)
-        if j is not None:
-            feedback.add(pos, ev, contexts[j])
+            feedback.add(pos, ev, pair, (own[0], ev.segment or "default", own[1], own[2], own[3]))
         else:
-            bare.append((pos, ev))
-    stored = join.lookup([ev.scenario_id for _, ev in bare])
-    for (pos, ev), ctx in zip(bare, stored):
-        if ctx is not None:
-            feedback.add(pos, ev, ctx)
+            bare.append((pos, ev, pair))
+    stored = join.scores_of([ev.scenario_id for _, ev, _ in bare])
+    for pos, ev, pair in bare:
+        sid = ev.scenario_id
+        candidates = stored.get(sid, [])
+        here = batch.before(sid, pos)
+        if here:
+            candidates = candidates + list(map(contexts.__getitem__, here))
+        if candidates:
+            feedback.add(pos, ev, pair, pick(candidates, ev.ts))
             continue
         out.waiting += 1
-        pending = Pending(ev.scenario_id, ev.event_id, ev.ts, ev.kind, ev.source, ev.preferred or "", ev.weight)
-        j = batch.after(ev.scenario_id, pos)
+        pending = Pending(sid, ev.event_id, ev.ts, ev.kind, ev.source, ev.preferred or "", ev.weight, pair)
+        j = batch.after(sid, pos)
         if j is None:
             parked.append(pending)
         else:
@@ -134,13 +141,27 @@ def ingest(events: list, dedup: Deduplicator, join: FeedbackJoin, abstention_han
         released = released_from_store.get(j, []) + [p for _, p in waiting_here.get(j, [])]
         out.joined_late += len(released)
         for p in released:
-            feedback.add(score_pos[j] + 0.5, p, contexts[j])
+            feedback.add(score_pos[j] + 0.5, p, p.pair, contexts[j])
 
     out.scores = len(scores)
     join.add_scores(sids, contexts)
     join.park(parked)
-    out.records = _records(contexts, score_pos, feedback, abstention_handling)
+    out.records = _records(contexts, score_pos, feedback, kinds)
     return out
+
+
+def _pairs(fbs: list, join: FeedbackJoin, kinds: dict) -> list[int]:
+    """The audit-pair code each feedback event (in log order) completes on arrival, -1 for none."""
+    labels = list(map(kinds.__getitem__, map(_KIND, fbs)))
+    labelled = list(compress(range(len(fbs)), map(_LABELLED, labels)))
+    codes = [-1] * len(fbs)
+    if labelled:
+        events = list(map(fbs.__getitem__, labelled))
+        got = join.audit_pairs(list(map(_SCENARIO_ID, events)), list(map("audit".__eq__, map(_SOURCE, events))),
+                               list(map(labels.__getitem__, labelled)), list(map(_TS, events)))
+        for i, code in zip(labelled, got):
+            codes[i] = code
+    return codes
 
 
 class _Feedback:
@@ -149,18 +170,20 @@ class _Feedback:
     def __init__(self) -> None:
         self.order: list[float] = []
         self.own: list = []  # events, or Pending (both have the fields of _FEEDBACK_FIELDS)
+        self.pair: list[int] = []
         self.contexts: list[tuple] = []  # (policy_id, segment, score, tau, decision, ...)
 
-    def add(self, order: float, own, ctx: tuple) -> None:
+    def add(self, order: float, own, pair: int, ctx: tuple) -> None:
         self.order.append(order)
         self.own.append(own)
+        self.pair.append(pair)
         self.contexts.append(ctx)
 
     def __len__(self) -> int:
         return len(self.order)
 
 
-def _records(contexts: list[tuple], score_pos: list[int], feedback: _Feedback, abstention_handling: bool) -> Records:
+def _records(contexts: list[tuple], score_pos: list[int], feedback: _Feedback, kinds: dict) -> Records:
     """Score rows (from their contexts) and feedback rows merged into arrival order, released
     feedback right after its score."""
     n_s, n_f = len(contexts), len(feedback)
@@ -170,20 +193,20 @@ def _records(contexts: list[tuple], score_pos: list[int], feedback: _Feedback, a
     if n_s:
         policy, segment, score, tau, decision, ts = zip(*contexts)  # one C-level pass
         keys = list(zip(policy, segment))
-    order, kind, source, preferred, weight = score_pos, [0] * n_s, [0] * n_s, [0] * n_s, [1.0] * n_s
+    order, kind, source, preferred, weight, pair = score_pos, [0] * n_s, [0] * n_s, [0] * n_s, [1.0] * n_s, [-1] * n_s
     if n_f:
         f_policy, f_segment, f_score, _, f_decision = zip(*map(_FIVE, feedback.contexts))
         f_ts, f_kind, f_source, f_preferred, f_weight = zip(*map(_FEEDBACK_FIELDS, feedback.own))
-        codes = KIND if abstention_handling else {**KIND, "abstain": KIND["like"]}  # the ablation
         order, keys, ts, decision, score = order + feedback.order, keys + list(zip(f_policy, f_segment)), \
             ts + f_ts, decision + f_decision, score + f_score
-        tau, kind, source, preferred, weight = tau + (0.0,) * n_f, kind + list(map(codes.__getitem__, f_kind)), \
+        tau, kind, source, preferred, weight = tau + (0.0,) * n_f, kind + list(map(kinds.__getitem__, f_kind)), \
             source + list(map(SOURCE.__getitem__, f_source)), \
             preferred + list(map(PREFERRED.__getitem__, f_preferred)), weight + list(f_weight)
+        pair += feedback.pair
     etype = np.repeat(np.array([SCORE_EVENT, FEEDBACK_EVENT], np.int8), [n_s, n_f])
     arrival = np.argsort(np.array(order, np.float64), kind="stable")
     f8 = lambda values: np.array(values, np.float64)[arrival]  # noqa: E731
     i8 = lambda values: np.array(values, np.int8)[arrival]  # noqa: E731
     return Records(list(map(keys.__getitem__, arrival.tolist())), f8(ts), etype[arrival],
                    i8(list(map(DECISION.__getitem__, decision))), f8(tau), i8(kind), i8(source), i8(preferred),
-                   f8(score), f8(weight))
+                   f8(score), f8(weight), i8(pair))

@@ -4,23 +4,37 @@ Scores wait for their feedback, and feedback waits for its score, for a
 horizon of event time (default 7 days), on disk in RocksDB (rocksdict in
 raw mode: bytes only, nothing stored is ever unpickled). Writes go in one
 atomic batch per call; the expiry index has one entry per batch, not per
-event. What outlives the horizon is counted: expired scores (never
-labelled) and unmatched feedback (returned, so the caller can dead-letter it).
+event. What outlives the horizon is counted: expired scores and unmatched
+feedback (returned, so the caller can dead-letter it).
+
+Every score is kept under its own key (`s:<sid>\0<serial>`), so a re-scored
+scenario keeps all its scores and feedback can take the one its event time
+asks for (:func:`pick`). The same store remembers, per scenario, the first
+labels of the audit pairs (:meth:`FeedbackJoin.audit_pairs`).
 """
 from __future__ import annotations
 
 import tempfile
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
-from itertools import islice
+from itertools import islice, repeat
 from operator import itemgetter
 from typing import NamedTuple
 
 import msgspec
 from rocksdict import Options, Rdict, WriteBatch, WriteBufferManager, WriteOptions
 
+from kernels.layout import PAIR_AGREE, PAIR_AUDIT_OVERRIDES, PAIR_CHANNEL_OVERRIDES
+
 _SCORE, _FEEDBACK, _EXPIRY = b"s:", b"f:", b"x:"
+_CHANNEL, _AUDIT = b"c:", b"a:"  # audit pairs: first channel labels, audit state
+_SERIAL = b"m:serial"  # last number given to a score or channel-label key
+# what the expiry index's entries list, by kind (S, s and f: from older stores, s and f newline-joined)
+_INDEXED = {b"N": _SCORE, b"S": _SCORE, b"s": _SCORE, b"F": _FEEDBACK, b"f": _FEEDBACK, b"C": _CHANNEL, b"A": _AUDIT}
+_PAIRED = -1  # audit state of a scenario whose pair is complete (else: the first audit's label)
 _encode, _decode = msgspec.msgpack.encode, msgspec.msgpack.decode
+# pair code of (audit label, channel label), labels LIKE = 0 / OVERRIDE = 1
+_PAIR_CODE = ((PAIR_AGREE, PAIR_CHANNEL_OVERRIDES), (PAIR_AUDIT_OVERRIDES, PAIR_AGREE))
 
 
 class Context(NamedTuple):
@@ -44,6 +58,20 @@ class Pending(NamedTuple):
     source: str
     preferred: str
     weight: float
+    pair: int = -1  # audit-pair code this feedback completed on arrival (kernels.layout.PAIR_*)
+
+
+def pick(contexts: list, ts: float):
+    """The score feedback at event time `ts` joins, of its scenario's `contexts` (in arrival
+    order, event time at index 5): the latest at or before `ts`, else the earliest; equal
+    event times count in arrival order. Event time, not delivery order, so a re-scored
+    scenario's feedback gets the same score however the scores were delivered."""
+    if len(contexts) == 1:
+        return contexts[0]
+    before = [c for c in contexts if c[5] <= ts]
+    if before:
+        return max(reversed(before), key=itemgetter(5))  # max keeps the first: the last to arrive
+    return min(contexts, key=itemgetter(5))
 
 
 def _parked_key(key: bytes) -> tuple[bytes, int | None]:
@@ -54,6 +82,26 @@ def _parked_key(key: bytes) -> tuple[bytes, int | None]:
     if len(rest) >= 17 and rest[-17] == 0 and rest[-16:].isdigit():
         return rest[:-17], int(rest[-16:])
     return rest.partition(b"\x00")[0], None
+
+
+def _numbered(first: int, ids: list[bytes]) -> tuple[list[bytes], int]:
+    """(keys without prefix `<id>\\0<16 digits>`, last number used) for a batch's ids: an id's
+    n-th occurrence in the batch gets number `first + n`, so one id's keys sort in arrival
+    order, and a batch without repeats (almost all) shares one suffix."""
+    if len(set(ids)) == len(ids):
+        return list(map(bytes.__add__, ids, repeat(b"\x00%016d" % first))), first
+    seen: Counter = Counter()
+    numbers = []
+    for i in ids:
+        numbers.append(first + seen[i])
+        seen[i] += 1
+    return list(map(b"%s\x00%016d".__mod__, zip(ids, numbers))), max(numbers)
+
+
+def _is_numbered(key: bytes, prefix: bytes) -> bool:
+    """Whether `key` is `prefix` followed by exactly a 16-digit number (a key of this scenario,
+    not of one whose id continues after a NUL)."""
+    return len(key) == len(prefix) + 16 and key.startswith(prefix) and key[-16:].isdigit()
 
 
 def _ms(ts: float) -> bytes:
@@ -82,14 +130,30 @@ class FeedbackJoin:
         self._write = WriteOptions()
         self._write.disable_wal = True
         self._waiting: dict[str, int] = {}  # scenario_id -> parked feedback count (small: the rare case)
+        # scenario_id -> label of its first audit, while no channel label has paired it (audits
+        # are a sample: small); mirrors the store's unpaired a: entries
+        self._audits: dict[str, int] = {}
         self._seq = 0
         self._parked = 0  # feedback parked so far: numbers their keys, so release keeps arrival order
+        self._serial = 0  # numbers score and channel-label keys (kept in the store: `_SERIAL`)
         self._clock = float("-inf")
         self._last_expiry = float("-inf")
         self.expired_scores = 0
         self.unmatched_feedback = 0
+        self._note_stored()
+
+    def _note_stored(self) -> None:
+        """Take the in-memory mirrors and the key serial from the store's entries."""
+        self._waiting, self._audits = {}, {}
         for key in self._keys(_FEEDBACK):
             self._note_parked(key)
+        for key, value in self.db.items(from_key=_AUDIT):
+            if not key.startswith(_AUDIT):
+                break
+            state = _decode(value)[0]
+            if state != _PAIRED:
+                self._audits[key[2:].decode()] = state
+        self._serial = int(self.db.get(_SERIAL) or 0)
 
     def _note_parked(self, key: bytes) -> None:
         """Count a parked feedback entry found in the store, and number new ones after it."""
@@ -104,31 +168,61 @@ class FeedbackJoin:
                 return
             yield key
 
-    def _index(self, wb: WriteBatch, max_ts: float, kind: bytes, refs: list[bytes]) -> None:
-        """One expiry entry for a batch's keys: kind S (scores) or F (feedback), the keys as a
-        msgpack list (ids may hold any character; entries of kind s/f from older stores are
-        newline-joined)."""
+    def _index(self, wb: WriteBatch, max_ts: float, kind: bytes, refs: list) -> None:
+        """One expiry entry for a batch's keys: a kind of `_INDEXED` (N scores, F feedback, C
+        channel labels, A audit states), the keys without prefix as a msgpack list (ids may hold
+        any character); for N, [first number, scenario ids] (:func:`_numbered`)."""
         self._seq += 1
         wb.put(_EXPIRY + _ms(max_ts) + b"%08d" % (self._seq % 10**8) + kind, _encode(refs))
+
+    def _numbered_refs(self, ids: list[bytes]) -> tuple[int, list[bytes]]:
+        """(first number, keys without prefix) of new numbered keys for `ids` (:func:`_numbered`)."""
+        first = self._serial + 1
+        refs, self._serial = _numbered(first, ids)
+        return first, refs
 
     def add_scores(self, scenario_ids: list[str], contexts: list[tuple]) -> None:
         """Remember a batch of decisions: (policy_id, segment, score, tau, decision, ts) each."""
         if not scenario_ids:
             return
         wb = WriteBatch(raw_mode=True)
-        refs = list(map(str.encode, scenario_ids))
+        ids = list(map(str.encode, scenario_ids))
+        first, refs = self._numbered_refs(ids)
         deque(map(wb.put, map(_SCORE.__add__, refs), map(_encode, contexts)), maxlen=0)  # C-level loop
+        wb.put(_SERIAL, b"%d" % self._serial)
         max_ts = max(map(itemgetter(5), contexts))
-        self._index(wb, max_ts, b"S", refs)
+        self._index(wb, max_ts, b"N", [first, ids])
         self.db.write(wb, self._write)
         self._clock = max(self._clock, max_ts)
 
-    def lookup(self, scenario_ids: list[str]) -> list[Context | None]:
-        """Stored contexts for these scenarios (None where no score is known)."""
+    def scores_of(self, scenario_ids) -> dict[str, list[Context]]:
+        """Every stored score of these scenarios, in arrival order (scenarios without one left out)."""
+        out: dict[str, list[Context]] = {}
         if not scenario_ids:
-            return []
-        raw = self.db[[_SCORE + sid.encode() for sid in scenario_ids]]
-        return [None if r is None else Context(*_decode(r)) for r in raw]
+            return out
+        it = self.db.iter()
+        for sid in sorted(set(scenario_ids)):
+            exact = _SCORE + sid.encode()
+            own = exact + b"\x00"
+            it.seek(exact)
+            found = []
+            while it.valid():
+                key = it.key()
+                if key == exact or _is_numbered(key, own):  # exact: one score per scenario, of an older store
+                    found.append(Context(*_decode(it.value())))
+                elif not key.startswith(own):
+                    break  # past this scenario's keys (others with `sid\0...` ids lie among them)
+                it.next()
+            if found:
+                out[sid] = found
+        return out
+
+    def lookup(self, scenario_ids: list[str], at: list[float] | None = None) -> list[Context | None]:
+        """The stored score feedback at event times `at` (default: any time after every score)
+        joins, per scenario (:func:`pick`; None where no score is known)."""
+        stored = self.scores_of(scenario_ids)
+        at = at or [float("inf")] * len(scenario_ids)
+        return [pick(stored[sid], ts) if sid in stored else None for sid, ts in zip(scenario_ids, at)]
 
     def park(self, pending: list[Pending]) -> None:
         """Store feedback until its score arrives."""
@@ -140,7 +234,7 @@ class FeedbackJoin:
             self._parked += 1
             ref = p.scenario_id.encode() + b"\x00%016d" % self._parked
             refs.append(ref)
-            wb.put(_FEEDBACK + ref, _encode((p.event_id, p.ts, p.kind, p.source, p.preferred, p.weight)))
+            wb.put(_FEEDBACK + ref, _encode((p.event_id, p.ts, p.kind, p.source, p.preferred, p.weight, p.pair)))
             self._waiting[p.scenario_id] = self._waiting.get(p.scenario_id, 0) + 1
         max_ts = max(p.ts for p in pending)
         self._index(wb, max_ts, b"F", refs)
@@ -169,6 +263,87 @@ class FeedbackJoin:
         self.db.write(wb, self._write)
         return out
 
+    def audit_pairs(self, scenario_ids: list[str], audit: list[bool], labels: list[int], ts: list[float]) -> list[int]:
+        """Pair codes (kernels.layout.PAIR_*, -1 for none) of labelled feedback in log order:
+        scenario, whether from an audit, label (LIKE 0 / OVERRIDE 1), event time each.
+
+        A scenario pairs its first audit label with its first label from any other channel;
+        the feedback that brings the second of the two gets the code, and a scenario pairs once
+        (within the horizon). Channel labels, by far the most, cost no read: the first of a
+        scenario in a batch is written under its own numbered key (the first key is the first
+        label), and unpaired audits are mirrored in memory. Only an audit reads the store."""
+        unpaired = self._audits
+        if not any(audit) and unpaired.keys().isdisjoint(scenario_ids):  # no pair completes: C-level
+            first = dict(zip(reversed(scenario_ids), reversed(labels)))
+            self._store_pair_state(first, {}, max(ts))
+            return [-1] * len(scenario_ids)
+        asked = {sid for sid, a in zip(scenario_ids, audit) if a}.difference(unpaired)
+        paired, channel = self._pair_state(asked)
+        first: dict[str, int] = {}  # scenario -> its first channel label in this batch
+        changed: dict[str, tuple[int, float]] = {}  # scenario -> (audit state, event time) to store
+        codes = []
+        for sid, is_audit, label, t in zip(scenario_ids, audit, labels, ts):
+            code = -1
+            if not is_audit:
+                first_audit = unpaired.pop(sid, None)
+                if first_audit is not None:
+                    code = _PAIR_CODE[first_audit][label]
+                    paired.add(sid)
+                    changed[sid] = (_PAIRED, t)
+                elif sid not in first:
+                    first[sid] = label
+            elif sid not in unpaired and sid not in paired:
+                first_channel = channel.get(sid, first.get(sid))
+                if first_channel is None:
+                    unpaired[sid] = label
+                    changed[sid] = (label, t)
+                else:
+                    code = _PAIR_CODE[label][first_channel]
+                    paired.add(sid)
+                    changed[sid] = (_PAIRED, t)
+            codes.append(code)
+        self._store_pair_state(first, changed, max(ts, default=float("-inf")))
+        return codes
+
+    def _pair_state(self, scenario_ids: set[str]) -> tuple[set[str], dict[str, int]]:
+        """(those paired, their first channel label) among scenarios without an unpaired audit."""
+        paired: set[str] = set()
+        channel: dict[str, int] = {}
+        if not scenario_ids:
+            return paired, channel
+        sids = sorted(scenario_ids)
+        for sid, value in zip(sids, self.db[[_AUDIT + sid.encode() for sid in sids]]):
+            if value is not None:  # an audit state that is not in memory: paired
+                paired.add(sid)
+        it = self.db.iter()
+        for sid in sids:
+            own = _CHANNEL + sid.encode() + b"\x00"
+            it.seek(own)
+            while it.valid() and it.key().startswith(own):
+                if _is_numbered(it.key(), own):
+                    channel[sid] = int(it.value())
+                    break
+                it.next()
+        return paired, channel
+
+    def _store_pair_state(self, first: dict[str, int], changed: dict[str, tuple[int, float]], max_ts: float) -> None:
+        """Write a batch's first channel labels and changed audit states, with their expiry entries."""
+        if not first and not changed:
+            return
+        wb = WriteBatch(raw_mode=True)
+        if first:
+            _, refs = self._numbered_refs(list(map(str.encode, first)))
+            deque(map(wb.put, map(_CHANNEL.__add__, refs), map(b"%d".__mod__, first.values())), maxlen=0)
+            wb.put(_SERIAL, b"%d" % self._serial)
+            self._index(wb, max_ts, b"C", refs)
+        if changed:
+            refs = [sid.encode() for sid in changed]
+            for ref, state in zip(refs, changed.values()):
+                wb.put(_AUDIT + ref, _encode(state))
+            self._index(wb, max_ts, b"A", refs)
+        self.db.write(wb, self._write)
+        self._clock = max(self._clock, max_ts)
+
     def expire(self) -> list[Pending]:
         """Forget what is older than the horizon; return feedback that never met its score."""
         if self._clock == float("-inf") or self._clock - self._last_expiry < self.expire_every_s:
@@ -181,17 +356,31 @@ class FeedbackJoin:
             if key >= cutoff or not key.startswith(_EXPIRY):
                 break
             wb.delete(key)
-            prefix = _SCORE if key[-1:] in (b"S", b"s") else _FEEDBACK
-            listed = _decode(refs, type=list[bytes]) if key[-1:] in (b"S", b"F") else refs.split(b"\n")
+            kind = key[-1:]
+            prefix = _INDEXED[kind]
+            if kind == b"N":
+                listed = _numbered(*_decode(refs, type=tuple[int, list[bytes]]))[0]
+            else:
+                listed = refs.split(b"\n") if kind in (b"s", b"f") else _decode(refs, type=list[bytes])
             keys = [prefix + r for r in listed]
+            if prefix == _CHANNEL:
+                deque(map(wb.delete, keys), maxlen=0)
+                continue
             for k, v in zip(keys, self.db[keys]):
                 if v is None:
                     continue
                 if prefix == _SCORE:
                     if _decode(v)[5] >= self._clock - self.horizon_s:
-                        continue  # re-scored since: the newer score's own entry expires it
+                        continue  # an older store's one key per scenario, re-scored since: a newer entry expires it
                     wb.delete(k)
                     self.expired_scores += 1
+                    continue
+                if prefix == _AUDIT:
+                    state, ts = _decode(v)
+                    if ts >= self._clock - self.horizon_s:
+                        continue  # written again since: the newer write's entry expires it
+                    wb.delete(k)
+                    self._audits.pop(k[2:].decode(), None)
                     continue
                 wb.delete(k)
                 sid = _parked_key(k)[0].decode()
@@ -233,9 +422,8 @@ class FeedbackJoin:
                 raise ValueError(f"join state: {e}") from e
             for key, value in entries:
                 wb.put(key, value)
-                if key.startswith(_FEEDBACK):
-                    self._note_parked(key)
         self.db.write(wb, self._write)
+        self._note_stored()
         # checkpoints from before parked feedback was numbered have no "parked"
         self._seq, self._parked = int(state["seq"]), max(self._parked, int(state.get("parked", 0)))
         self._clock, self._last_expiry = float(state["clock"]), float(state["last_expiry"])
