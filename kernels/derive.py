@@ -94,13 +94,31 @@ def _tau_star(state: np.ndarray, layout: StateLayout, tau: np.ndarray, params: S
     edges = np.arange(b)
     distance = np.where(costs <= (best + tol)[:, None], np.abs(edges[None, :] - x[:, None]), np.inf)
     j_star = np.argmin(distance, axis=1)  # the first of equal distances: the lower edge
-    rows = np.arange(state.shape[0])
-    saved = np.where(moved, _div(now - costs[rows, j_star], total), 0.0)
-    # second moment of the per-label saving: labels in the bins between tau and tau* and
+    saved, saved_lo = _saving(state, layout, params, j_star, x, b)
+    saved, saved_lo = np.where(moved, saved, 0.0), np.where(moved, saved_lo, 0.0)
+    undefined = ~(total > 0) | np.isnan(tau)
+    tau_star = np.where(moved, j_star / b, tau)
+    return tuple(np.where(undefined, np.nan, v) for v in (tau_star, saved, saved_lo))
+
+
+def _saving(state: np.ndarray, layout: StateLayout, params: StatsParams, j: np.ndarray, x: np.ndarray, k: int):
+    """Saving per labelled decision of acting from edge j (per row) instead of the decisions
+    taken, and its lower bound, z one-sided for `k` candidates at once (Bonferroni)."""
+    b = layout.n_bins
+    neg = state[:, layout.hist_neg : layout.hist_neg + b]
+    pos = state[:, layout.hist_pos : layout.hist_pos + b]
+    edges = np.arange(b)
+    acted = edges[None, :] >= j[:, None]
+    cost = params.c_fp * (neg * acted).sum(axis=1) + params.c_fn * (pos * ~acted).sum(axis=1)
+    neg_total, pos_total = neg.sum(axis=1), pos.sum(axis=1)
+    total = neg_total + pos_total
+    now = params.c_fp * state[:, w_kd(OVERRIDE, ACT)] + params.c_fn * state[:, w_kd(OVERRIDE, HOLD)]
+    saved = _div(now - cost, total)
+    # second moment of the per-label saving: labels in the bins between tau and the edge and
     # deferred labels (histogram labels not on act or hold) as a full +-c
-    up = j_star > x
-    lo = np.where(up, np.floor(x), j_star)
-    hi = np.where(up, j_star, np.ceil(x))
+    up = j > x
+    lo = np.where(up, np.floor(x), j)
+    hi = np.where(up, j, np.ceil(x))
     band = (edges[None, :] >= lo[:, None]) & (edges[None, :] < hi[:, None])
     abstained_neg = neg_total - state[:, w_kd(OVERRIDE, ACT)] - state[:, w_kd(LIKE, HOLD)]
     abstained_pos = pos_total - state[:, w_kd(LIKE, ACT)] - state[:, w_kd(OVERRIDE, HOLD)]
@@ -111,10 +129,23 @@ def _tau_star(state: np.ndarray, layout: StateLayout, tau: np.ndarray, params: S
     var = m2 - saved * saved
     var = np.where(var > TIE_TOLERANCE * m2, var, 0.0)
     n_eff = effective_size(total, state[:, W2_LAB])  # a lower bound: W2_LAB holds every label
-    saved_lo = np.where(moved, saved - z_lower(params.confidence, b) * np.sqrt(_div(var, n_eff)), 0.0)
-    undefined = ~(total > 0) | np.isnan(tau)
-    tau_star = np.where(moved, j_star / b, tau)
-    return tuple(np.where(undefined, np.nan, v) for v in (tau_star, saved, saved_lo))
+    return saved, saved - z_lower(params.confidence, k) * np.sqrt(_div(var, n_eff))
+
+
+def held_out_saving(state: np.ndarray, layout: StateLayout, params: StatsParams, tau_new: np.ndarray,
+                    tau: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`CostOptimalThreshold.saving_of` per row: what acting from the edge `tau_new` would have
+    saved on these labels, with a lower bound that assumes `tau_new` was chosen on others."""
+    b = layout.n_bins
+    tau_new, tau = np.asarray(tau_new, np.float64), np.asarray(tau, np.float64)
+    j = np.clip(np.round(np.nan_to_num(tau_new) * b), 0, b - 1).astype(np.int64)
+    saved, lo = _saving(state, layout, params, j, np.nan_to_num(tau) * b, 1)
+    undefined = np.isnan(tau_new) | np.isnan(tau) | ~(_hist_total(state, layout) > 0)
+    return np.where(undefined, np.nan, saved), np.where(undefined, np.nan, lo)
+
+
+def _hist_total(state: np.ndarray, layout: StateLayout) -> np.ndarray:
+    return state[:, layout.hist_neg : layout.hist_neg + 2 * layout.n_bins].sum(axis=1)
 
 
 def loss_bounds(state: np.ndarray, layout: StateLayout, params: StatsParams) -> dict:

@@ -161,6 +161,23 @@ class CostOptimalThreshold(LabelHistogram):
         return j_star / self.n_bins, saved, saved - z_lower(confidence, self.n_bins) * math.sqrt(var / n_eff)
 
 
+    def saving_of(self, tau_new: float, tau: float, n_eff: float, confidence: float = 0.95) -> tuple[float, float]:
+        """Saving per labelled decision of acting from the edge `tau_new` instead of the decisions
+        taken, and its lower bound: for validating a threshold chosen on other labels, so with
+        no correction for a search (`tau_new` must be an edge j/B, j < B)."""
+        n = self.total
+        if n <= 0 or math.isnan(tau) or math.isnan(tau_new):
+            return math.nan, math.nan
+        j = round(tau_new * self.n_bins)
+        saved = (self.cost_now() - self.costs()[j]) / n
+        x = tau * self.n_bins
+        lo, hi = (math.floor(x), j) if j > x else (j, math.ceil(x))
+        m2 = (self.c_fp**2 * (sum(self.neg[lo:hi]) + abstained(self.taken["abstain"][0], n))
+              + self.c_fn**2 * (sum(self.pos[lo:hi]) + abstained(self.taken["abstain"][1], n)))
+        var = saved_variance(m2 / n, saved)
+        return saved, saved - z_lower(confidence) * math.sqrt(var / n_eff)
+
+
 def abstained(w: float, total: float) -> float:
     """Weight of deferred labels, 0 within the tie tolerance of the total (rounding noise)."""
     return w if w > TIE_TOLERANCE * total else 0.0

@@ -30,6 +30,7 @@ class WindowResult:
     stats: dict
     pane: int
     panes: np.ndarray | None = None  # early results: the open pane of each row
+    halves: np.ndarray | None = None  # hopping: rows of its even and of its odd panes, (keys, 2, width)
 
 
 class Aggregator:
@@ -84,6 +85,7 @@ class Aggregator:
             self.first_pane = lowest if self.first_pane is None else min(self.first_pane, lowest)
             oldest_kept = self.final_through if self.final_through is not None else self.first_pane
             low = oldest_kept - self.spec.hop_panes
+            self._set_aside(low + self.max_ring_len)
             ahead = on_time & (partials.panes >= low + self.max_ring_len)
             for pane in np.unique(partials.panes[ahead]).tolist():
                 at = partials.panes == pane
@@ -173,8 +175,23 @@ class Aggregator:
                 self._fit(low, p)
                 self._put(ids, np.full(len(ids), p, np.int64), rows)
 
+    def _set_aside(self, reach: int) -> None:
+        """Move panes from `reach` on out of the ring: before any pane is final, a partition
+        starting earlier than the others lowers the ring's oldest pane, and a pane it already
+        held that far ahead would share a slot with an older one."""
+        slots = np.flatnonzero(self.ring_pane >= reach)
+        for pane in np.unique(self.ring_pane[slots]).tolist():
+            at = slots[self.ring_pane[slots] == pane]
+            self._ahead.setdefault(pane, []).append((at // self.ring_len, self.ring[at].copy()))
+        self.ring[slots] = 0.0
+        self.ring_pane[slots] = np.iinfo(np.int64).min
+
     def _fit(self, low: int, high: int) -> None:
-        """Grow the ring so that panes low..high have a slot each (none overwrites another)."""
+        """Grow the ring so that panes low..high, and every pane it holds from low on, have a
+        slot each (none overwrites another)."""
+        held = self.ring_pane[self.ring_pane >= low]
+        if len(held):
+            high = max(high, int(held.max()))
         if high - low + 1 <= self.ring_len:
             return
         new_len = max(high - low + 1, 2 * self.ring_len)
@@ -197,15 +214,15 @@ class Aggregator:
             return []
         tau = None
         if self.thresholds:
-            tau = np.array([self.thresholds.get(self.keys.keys[k], np.nan) for *_, ids, _ in ready for k in ids])
-        stats = derive(np.concatenate([rows for *_, rows in ready]), self.layout, self.params, tau=tau)
+            tau = np.array([self.thresholds.get(self.keys.keys[k], np.nan) for _, _, _, ids, *_ in ready for k in ids])
+        stats = derive(np.concatenate([item[4] for item in ready]), self.layout, self.params, tau=tau)
         size, out, at = self.spec.tumbling_s, [], 0
-        for kind, pane_lo, pane_hi, key_ids, rows in ready:
+        for kind, pane_lo, pane_hi, key_ids, rows, *halves in ready:
             part = {name: col[at : at + len(rows)] for name, col in stats.items()}
             part["late_events"] = self.late_events[key_ids] if kind == "cumulative" else np.zeros(len(rows))
             at += len(rows)
             out.append(WindowResult(kind, pane_lo * size, pane_hi * size, [self.keys.keys[k] for k in key_ids],
-                                    rows, part, pane_hi - 1))
+                                    rows, part, pane_hi - 1, halves=halves[0] if halves else None))
         return out
 
     def _apply_late(self, ids: np.ndarray, rows: np.ndarray) -> None:
@@ -226,15 +243,15 @@ class Aggregator:
             ready.append(("cumulative", 0, pane + 1, changed, self.cum[changed]))
         if (pane + 1) % self.spec.advance_panes == 0:
             first = pane + 1 - self.spec.hop_panes
-            total = self.layout.zeros(len(self.keys.keys))
+            halves = np.zeros((len(self.keys.keys), 2, self.layout.width))
             seen = np.zeros(len(self.keys.keys), bool)
             for p in range(first, pane + 1):
                 ids, ring_rows = self._pane_rows(p)
-                total[ids] += self.ring[ring_rows]
+                halves[ids, p % 2] += self.ring[ring_rows]
                 seen[ids] = True
             ids = np.flatnonzero(seen)
             if len(ids):
-                ready.append(("hopping", first, pane + 1, ids, total[ids]))
+                ready.append(("hopping", first, pane + 1, ids, halves[ids].sum(axis=1), halves[ids]))
 
     def _early(self, partials: Partials) -> WindowResult:
         size = self.spec.tumbling_s
