@@ -132,14 +132,20 @@ def _saving(state: np.ndarray, layout: StateLayout, params: StatsParams, j: np.n
     return saved, saved - z_lower(params.confidence, k) * np.sqrt(_div(var, n_eff))
 
 
+def tau_star(state: np.ndarray, layout: StateLayout, params: StatsParams, tau: np.ndarray) -> np.ndarray:
+    """Only `derive(...)["tau_star"]`, for a rule that tunes on part of a window."""
+    return _tau_star(state, layout, np.asarray(tau, np.float64), params)[0]
+
+
 def held_out_saving(state: np.ndarray, layout: StateLayout, params: StatsParams, tau_new: np.ndarray,
-                    tau: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                    tau: np.ndarray, candidates: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """`CostOptimalThreshold.saving_of` per row: what acting from the edge `tau_new` would have
-    saved on these labels, with a lower bound that assumes `tau_new` was chosen on others."""
+    saved on these labels, with a lower bound for `tau_new` chosen on other labels (z one-sided,
+    Bonferroni over `candidates` bounds read at once)."""
     b = layout.n_bins
     tau_new, tau = np.asarray(tau_new, np.float64), np.asarray(tau, np.float64)
     j = np.clip(np.round(np.nan_to_num(tau_new) * b), 0, b - 1).astype(np.int64)
-    saved, lo = _saving(state, layout, params, j, np.nan_to_num(tau) * b, 1)
+    saved, lo = _saving(state, layout, params, j, np.nan_to_num(tau) * b, candidates)
     undefined = np.isnan(tau_new) | np.isnan(tau) | ~(_hist_total(state, layout) > 0)
     return np.where(undefined, np.nan, saved), np.where(undefined, np.nan, lo)
 

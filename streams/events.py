@@ -143,6 +143,9 @@ class Evidence(Struct, kw_only=True, gc=False):
     tau_star: float | None = None
     cost_saved: float | None = None
     cost_saved_lo: float | None = None
+    heldout_saving: float | None = None
+    heldout_saving_lo: float | None = None
+    heldout_labels: Count | None = None
     log_r: float | None = None
     coverage: float | None = None
     abstention_rate: float | None = None

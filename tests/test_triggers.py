@@ -32,11 +32,15 @@ def row(overrides=0, likes=0, weight=1.0, decisions=None, tau=0.5, abstains=0, p
     return state
 
 
-def result(kind, pane, state, panes=None) -> WindowResult:
+def result(kind, pane, state, panes=None, halves=None) -> WindowResult:
+    """A window result of `state` rows; a hopping one of two halves (even panes, odd panes) if given."""
+    if halves is not None:
+        halves = np.stack(halves, axis=1)
+        state = halves.sum(axis=1)
     stats = loss_bounds(state, LAYOUT, PARAMS) if kind == "early" else derive(state, LAYOUT, PARAMS)
     start = (pane + 1 - (12 if kind == "hopping" else 1)) * 300.0
     return WindowResult(kind, start, (pane + 1) * 300.0, [KEY] * len(state), state, stats, pane,
-                        panes=None if panes is None else np.asarray(panes, np.int64))
+                        panes=None if panes is None else np.asarray(panes, np.int64), halves=halves)
 
 
 def evaluator(**config) -> TriggerEvaluator:
@@ -141,20 +145,34 @@ def _advice_row(tau=0.5):
     return row(150, 250, tau=tau, scores=scores, decisions=400)
 
 
-def test_threshold_adjust_advises_once_with_a_confident_saving():
+def test_threshold_adjust_advises_once_with_a_saving_validated_on_held_out_labels():
     ev = evaluator()
-    out = ev.evaluate(result("hopping", 11, _advice_row()))
+    out = ev.evaluate(result("hopping", 11, None, halves=[_advice_row(), _advice_row()]))
     assert rules(out) == ["threshold_adjust"]
     e = out[0]["evidence"]
-    assert e["tau_star"] == pytest.approx(0.6) and e["cost_saved_lo"] >= 0.02
-    assert ev.evaluate(result("hopping", 40, _advice_row())) == []  # the same advice again: no
+    assert e["tau_star"] == pytest.approx(0.6) and e["heldout_saving_lo"] >= 0.02 and e["heldout_labels"] == 400
+    assert ev.evaluate(result("hopping", 40, None, halves=[_advice_row(), _advice_row()])) == []  # again: no
+
+
+def test_advice_that_held_out_labels_do_not_bear_out_is_withheld():
+    """The even panes say move to 0.6; the odd panes, on which it was not tuned, show that
+    acting from 0.6 would lose the likes at 0.55: no advice, unless validation is off."""
+    odd = row(0, 310, scores=[0.55] * 60 + [0.8] * 250, decisions=310)
+    halves = [_advice_row(), odd]
+    assert evaluator().evaluate(result("hopping", 11, None, halves=halves)) == []
+    unvalidated = evaluator(validate_advice=False).evaluate(result("hopping", 11, None, halves=halves))
+    assert rules(unvalidated) == ["threshold_adjust"]
+
+
+def test_no_advice_without_held_out_labels():
+    assert evaluator().evaluate(result("hopping", 11, _advice_row())) == []
 
 
 def test_threshold_adjust_needs_a_confident_saving_not_a_point():
     few = row(3, 2, scores=[0.55] * 3 + [0.8] * 2, decisions=5)
     s = derive(few, LAYOUT, PARAMS)
     assert s["cost_saved"][0] > 0.02 > s["cost_saved_lo"][0]
-    assert evaluator(n_min=1).evaluate(result("hopping", 11, few)) == []
+    assert evaluator(n_min=1).evaluate(result("hopping", 11, None, halves=[few, few])) == []
 
 
 def test_threshold_adjust_ignores_float_noise_in_the_mean_threshold():
@@ -164,7 +182,7 @@ def test_threshold_adjust_ignores_float_noise_in_the_mean_threshold():
     noisy += row(150, 0, tau=0.44999999999999835, decisions=0, scores=scores[:150])
     s = derive(noisy, LAYOUT, PARAMS)
     assert s["tau_star"][0] == 0.5
-    assert evaluator(tau_eps=0.05).evaluate(result("hopping", 11, noisy)) == []
+    assert evaluator(tau_eps=0.05).evaluate(result("hopping", 11, None, halves=[noisy, noisy])) == []
 
 
 def test_rule_memory_survives_dump_and_load():

@@ -161,10 +161,11 @@ class CostOptimalThreshold(LabelHistogram):
         return j_star / self.n_bins, saved, saved - z_lower(confidence, self.n_bins) * math.sqrt(var / n_eff)
 
 
-    def saving_of(self, tau_new: float, tau: float, n_eff: float, confidence: float = 0.95) -> tuple[float, float]:
-        """Saving per labelled decision of acting from the edge `tau_new` instead of the decisions
-        taken, and its lower bound: for validating a threshold chosen on other labels, so with
-        no correction for a search (`tau_new` must be an edge j/B, j < B)."""
+    def saving_of(self, tau_new: float, tau: float, n_eff: float, confidence: float = 0.95,
+                  candidates: int = 1) -> tuple[float, float]:
+        """Saving per labelled decision of acting from the edge `tau_new` (j/B, j < B) instead of
+        the decisions taken, and its lower bound, for a threshold chosen on other labels: no
+        correction for the search, only Bonferroni over `candidates` bounds read at once."""
         n = self.total
         if n <= 0 or math.isnan(tau) or math.isnan(tau_new):
             return math.nan, math.nan
@@ -175,7 +176,7 @@ class CostOptimalThreshold(LabelHistogram):
         m2 = (self.c_fp**2 * (sum(self.neg[lo:hi]) + abstained(self.taken["abstain"][0], n))
               + self.c_fn**2 * (sum(self.pos[lo:hi]) + abstained(self.taken["abstain"][1], n)))
         var = saved_variance(m2 / n, saved)
-        return saved, saved - z_lower(confidence) * math.sqrt(var / n_eff)
+        return saved, saved - z_lower(confidence, candidates) * math.sqrt(var / n_eff)
 
 
 def abstained(w: float, total: float) -> float:

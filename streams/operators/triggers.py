@@ -19,8 +19,11 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
-from kernels.derive import derive
-from kernels.layout import PAIR_B, PAIR_C, W_CAP, WY_CAP, StateLayout
+import numpy as np
+
+from kernels.derive import derive, held_out_saving
+from kernels.derive import tau_star as tau_star_of
+from kernels.layout import LIKE, N_FB, OVERRIDE, PAIR_B, PAIR_C, W_CAP, WY_CAP, StateLayout
 from kernels.params import StatsParams
 from kernels.reference.fidelity import decision_fidelity
 from kernels.reference.sequential import MixtureSR, sr_threshold
@@ -58,6 +61,7 @@ class TriggerConfig:
     coverage_warmup_panes: int = 12  # panes after a key's first before its coverage counts
     a_max: float = 0.30
     threshold_tuning: bool = True
+    validate_advice: bool = True  # False (ablation): advice on the window's own point saving
     use_audit: bool = True
 
     def __post_init__(self) -> None:
@@ -339,21 +343,48 @@ class TriggerEvaluator:
         if n_labels >= c.hour_min_labels:
             # production fidelity: posterior probability that the decision held now is right
             st.observe_fidelity(decision_fidelity(s["p_exceed"][i], st.alarmed), self.phi_halflife)
-        tau, tau_star, saved_lo = s["tau"][i], s["tau_star"][i], s["cost_saved_lo"][i]
+        out.extend(self._advice(res, i, key, st))
+        st.degraded = [name for name in st.degraded if not self._healthy(name, s, i)]
+        return out
+
+    def _advice(self, res: WindowResult, i: int, key, st: KeyState) -> list[dict]:
+        """threshold_adjust: tau* chosen on the hour's even panes and validated on its odd ones.
+
+        The saving's lower bound is computed on labels tau* was not tuned on, so it needs no
+        correction for the search; with `validate_advice` off (an ablation) the hour's own
+        point saving decides.
+        """
+        c, s = self.config, res.stats
+        tau, n_labels = float(s["tau"][i]), float(s["n_labels"][i])
+        if not c.threshold_tuning or n_labels < c.n_min or res.pane < st.adjust_after:
+            return []
+        extra = {}
+        if c.validate_advice:
+            if res.halves is None:
+                return []  # nothing held out to validate on
+            tune, held_out = res.halves[i, 0:1], res.halves[i, 1:2]
+            tau_star = float(tau_star_of(tune, self.layout, self.params, np.array([tau]))[0])
+            # as strict as the in-sample bound (Bonferroni over the candidate edges): the rule
+            # reads an overlapping hour every pane, so a plain 95% bound would err too often
+            saved, bound = held_out_saving(held_out, self.layout, self.params, np.array([tau_star]), np.array([tau]),
+                                           candidates=self.layout.n_bins)
+            saved, bound = float(saved[0]), float(bound[0])
+            extra = {"tau_star": _num(tau_star), "heldout_saving": _num(saved), "heldout_saving_lo": _num(bound),
+                     "heldout_labels": int(held_out[0, N_FB + LIKE] + held_out[0, N_FB + OVERRIDE])}
+        else:
+            tau_star, saved = float(s["tau_star"][i]), float(s["cost_saved"][i])
+            bound = saved
         # new advice: the threshold in force changed, or (at most once per readvise_panes) tau* moved
         new_advice = (st.advised is None or abs(tau - st.advised[0]) > TAU_NOISE
                       or (abs(tau_star - st.advised[1]) > c.tau_eps + TAU_NOISE
                           and res.pane >= st.adjust_after - c.cooldown_panes + c.readvise_panes))
-        if (c.threshold_tuning and n_labels >= c.n_min and res.pane >= st.adjust_after and new_advice
-                and abs(tau_star - tau) > c.tau_eps + TAU_NOISE and saved_lo >= c.min_cost_saving):
-            # once per piece of advice: again only if the threshold in force or tau* moves
-            st.adjust_after = res.pane + c.cooldown_panes
-            st.advised = (float(tau), float(tau_star))
-            out.append(self._event("threshold_adjust",
-                                   f"cost-optimal threshold {tau_star:.3f} vs {tau:.3f}: saving at least "
-                                   f"{saved_lo:.3f} a labelled decision", res, i, key))
-        st.degraded = [name for name in st.degraded if not self._healthy(name, s, i)]
-        return out
+        if not (new_advice and abs(tau_star - tau) > c.tau_eps + TAU_NOISE and bound >= c.min_cost_saving):
+            return []
+        st.adjust_after = res.pane + c.cooldown_panes
+        st.advised = (tau, tau_star)
+        how = "on held-out labels" if extra else "in the window (not validated)"
+        return [self._event("threshold_adjust", f"cost-optimal threshold {tau_star:.3f} vs {tau:.3f}: saving at "
+                            f"least {bound:.3f} a labelled decision {how}", res, i, key, **extra)]
 
     def _healthy(self, reason: str, s: dict, i: int) -> bool:
         """Whether a hopping window shows a degraded reason gone (its episode over)."""

@@ -141,7 +141,7 @@ def threshold_advice(config: MonitorConfig = MonitorConfig(), days: int = 30, ru
             rng = np.random.default_rng([seed, run, int(tau * 100)])
             ev = TriggerEvaluator(config.triggers, "advice", spec.tumbling_s, layout, params)
             panes = layout.zeros(spec.hop_panes)
-            first = None
+            first_advice = None
             for pane in range(days * 86_400 // int(spec.tumbling_s)):
                 s = rng.random(labels)
                 wants_act = rng.random(labels) < s
@@ -154,13 +154,18 @@ def threshold_advice(config: MonitorConfig = MonitorConfig(), days: int = 30, ru
                       FeedbackBatch(z, kind, z, np.where(acted, 0, 1), z, s, np.ones(labels)))
                 if (pane + 1) % spec.advance_panes or pane + 1 < spec.hop_panes:
                     continue
-                hop = panes.sum(axis=0)[None, :]
-                res = WindowResult("hopping", 0.0, 0.0, [("p", "s")], hop, derive(hop, layout, params), pane)
+                first = pane + 1 - spec.hop_panes
+                halves = np.zeros((1, 2, layout.width))
+                for p in range(first, pane + 1):
+                    halves[0, p % 2] += panes[p % spec.hop_panes]
+                hop = halves.sum(axis=1)
+                res = WindowResult("hopping", 0.0, 0.0, [("p", "s")], hop, derive(hop, layout, params), pane,
+                                   halves=halves)
                 fired = [t for t in ev.evaluate(res) if t["rule"] == "threshold_adjust"]
                 advice += len(fired)
-                if fired and first is None:
-                    first = pane + 1
-            firsts.append(first)
+                if fired and first_advice is None:
+                    first_advice = pane + 1
+            firsts.append(first_advice)
         detected = [f for f in firsts if f is not None]
         rows.append({"rule": "threshold_adjust", "tau": tau, "true_saving": saving, "runs": runs, "days": days,
                      "advice_per_day": advice / (runs * days),
