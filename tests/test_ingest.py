@@ -11,6 +11,8 @@ source), repeated ids, and any cut into batches.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -254,12 +256,23 @@ def test_join_stores_sharing_a_write_buffer_budget_keep_their_memtables_within_i
     stores = [FeedbackJoin(write_buffers=shared) for _ in range(4)]
     alone = FeedbackJoin()
     memtables = lambda store: store.db.property_int_value("rocksdb.cur-size-all-mem-tables")  # noqa: E731
+
+    def settled(stores, timeout_s=30.0):
+        """Wait until no flush is pending or running: a memtable being flushed still counts, and
+        how long that takes depends on the machine's load, not on the budget."""
+        deadline = time.monotonic() + timeout_s
+        busy = ("rocksdb.mem-table-flush-pending", "rocksdb.num-running-flushes")
+        while any(st.db.property_int_value(prop) for st in stores for prop in busy):
+            assert time.monotonic() < deadline, "flushes did not finish"
+            time.sleep(0.01)
+
     try:
         ctx = ("pol", "seg", 0.5, 0.5, "act", 1000.0)
         most_shared = most_usage = 0
         for r in range(12):  # alone: more than the budget, less than one default memtable
             for store in [*stores, alone]:
                 store.add_scores([f"scn-{r}-{i:06d}-{'x' * 40}" for i in range(20_000)], [ctx] * 20_000)
+            settled([*stores, alone])
             most_shared = max(most_shared, sum(map(memtables, stores)))
             most_usage = max(most_usage, shared.get_usage())
         assert 12 * 20_000 * 100 > 2 * budget  # each store alone took in more than the budget (a score: over 100 bytes)
