@@ -186,3 +186,15 @@ def test_warm_up_loads_the_kernel_and_scipy_before_the_first_batch():
             "print(len(update.update.signatures), 'scipy.special' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.split() == ["1", "True"], out.stdout
+
+
+def test_a_biased_feedback_channel_is_caught_end_to_end_and_a_healthy_key_is_left_alone():
+    """Reviewers who label like on half the decisions they should override, audited on the same
+    decisions: the pipeline pairs the labels and monitor_degraded names the channel; the
+    stationary key, fed the same way, gets no monitor_degraded."""
+    run = simulate(SimConfig(seed=5, n_windows=288, scenarios=("stationary", "biased_channel")))
+    result = run_pipeline(encode_messages(run.events, 1000), MonitorConfig(), batch=20)
+    degraded = [t for t in result.triggers if t["rule"] == "monitor_degraded"]
+    assert degraded and all("biased" in t["policy_id"] for t in degraded)
+    assert "the channel likes where audits override" in degraded[0]["reason"]
+    assert degraded[0]["evidence"]["audit_pairs_b"] > degraded[0]["evidence"]["audit_pairs_c"]

@@ -14,7 +14,7 @@ PANE = 300.0
 EVIL_POLICY = "<script>alert('x')</script>$a$"
 KEYS = [("policy-a", "seg-1"), (EVIL_POLICY, "seg-&-2")]
 VARIANTS = ["full monitor (sequential CUSUM)", "naive per-window trigger", "without audit feedback"]
-SECTIONS = ["Run", "Headline", "Sequential retrain rule", "Plots", "Triggers", "Counters"]
+SECTIONS = ["Run", "Headline", "Sequential alarm rules", "Plots", "Triggers", "Counters"]
 PNGS = ["loss.png", "fidelity.png", "coverage.png"]
 
 

@@ -25,6 +25,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.transforms import blended_transform_factory
 
+from streams.operators.triggers import TriggerEvaluator
+
 DPI = 100
 MAX_PANELS = 12  # keys drawn per figure; a replay may have hundreds
 MAX_TRIGGER_ROWS = 200
@@ -319,11 +321,12 @@ def _mark_triggers(ax, triggers: list[dict], frame: Frame) -> None:
             ax.plot([x], [y], marker=marker, color=colour, markersize=5, linestyle="none", transform=top)
 
 
-def plot_fidelity(path: Path, by_key: dict, keys: list, budget: float, phi_min: float, frame: Frame) -> None:
+def plot_fidelity(path: Path, by_key: dict, keys: list, budget: float, frame: Frame) -> None:
     """The monitor's own fidelity estimate phi next to, in the demo, the realised agreement of D with truth.
 
     phi is what production sees; the realised agreement is what it is meant to
-    estimate. A gap between the two lines is the estimate's error.
+    estimate. A gap between the two lines is the estimate's error. phi is
+    reported, not alarmed on, so no threshold is drawn.
     """
     if not keys:
         _save(_empty_figure("no tumbling windows"), path)
@@ -341,14 +344,12 @@ def plot_fidelity(path: Path, by_key: dict, keys: list, budget: float, phi_min: 
         if np.isfinite(truth).any():
             has_truth = True
             ax.plot(x, realised, color="black", linestyle="--", linewidth=1.2)
-        ax.axhline(phi_min, color="tab:red", linewidth=1.0, linestyle=":")
         ax.set_ylim(-0.02, 1.05)
         _panel(ax, key, frame, "fidelity")
     handles = [Line2D([], [], color="tab:blue", label="phi (monitor's estimate)")]
     if has_truth:
         handles.append(Line2D([], [], color="black", linestyle="--",
                               label=f"realised P(D = T), rolling {ROLLING_WINDOWS} windows"))
-    handles.append(Line2D([], [], color="tab:red", linestyle=":", label=f"phi_min {phi_min:g}"))
     if frame.shaded:
         handles.append(_late_handle())
     _legend(fig, handles, ncols=len(handles))
@@ -466,7 +467,7 @@ def _facts_section(summary: dict, config, budget: float, n_windows: int, n_trigg
     return "<h2>Run</h2>" + _table(["", "value"], rows)
 
 
-def _headline_section(summary: dict, triggers: list[dict], pane_s: float) -> str:
+def _headline_section(summary: dict, triggers: list[dict], pane_s: float, p_fire: float) -> str:
     """The demo's scored headline, or for a replay (no truth) just the triggers by rule."""
     headline = summary.get("headline")
     if not headline:
@@ -485,30 +486,84 @@ def _headline_section(summary: dict, triggers: list[dict], pane_s: float) -> str
         ["mean detection delay (minutes)", delay * pane_s / 60.0],
         ["detection delay by key (windows)",
          ", ".join(f"{k}: {_fmt(v)}" for k, v in (headline.get("delay_by_key") or {}).items()) or "–"],
-        ["fidelity P(D = T), realised", headline.get("fidelity")],
         ["triggers by rule", _rules_text(headline.get("triggers_by_rule", {}))],
+        ["tumbling windows inside the simulated horizon (fidelity is scored on these)",
+         headline.get("windows_scored")],
+        ["fidelity P(D = T), realised: the monitor", headline.get("fidelity")],
+        ["fidelity, baseline: never alarm (D = 0)", headline.get("fidelity_never_alarm")],
+        [f"fidelity, baseline: per-window rule D = 1[p_exceed ≥ {p_fire:g}]", headline.get("fidelity_per_window")],
     ]
-    return "<h2>Headline</h2>" + _table(["measure", "value"], rows, {1})
+    return ("<h2>Headline</h2>" + _table(["measure", "value"], rows, {1})
+            + "<p class=\"note\">T = 1[true loss &gt; budget] per tumbling window; windows after the simulated "
+            "end hold only late feedback and are not scored. The per-window rule has no memory: each window "
+            "decides alone.</p>")
 
 
 def _sequential_section(config) -> str:
-    """The retrain rule and its false-alarm guarantee, stated with this run's numbers."""
-    t = config.triggers
-    horizon_days = t.cusum_horizon_windows * config.windows.tumbling_s / 86_400.0
-    used = ("This run used it." if t.retrain_rule == "cusum" else
-            f"<strong>This run used the naive per-window rule instead</strong> (fire when p_exceed ≥ {t.p_fire:g}), "
-            "which carries no such guarantee.")
+    """The alarm rules and their false-alarm guarantee, stated with this run's numbers."""
+    t, pane_s = config.triggers, config.windows.tumbling_s
+    thresholds = TriggerEvaluator(t, config.version, pane_s, config.layout, config.stats).thresholds
+    horizon = math.ceil(t.horizon_days * 86_400.0 / pane_s)
+
+    def log_a(name: str) -> str:  # log(H·m/α) as configured: m statistics or looks share α
+        return f"log({round(math.exp(thresholds[name]) * t.alpha)}/{_fmt(t.alpha)}) = {thresholds[name]:.2f}"
+
+    rows = [
+        ["retrain", f"loss above the budget p₀ = {_fmt(t.l_budget)}", log_a("retrain")],
+        ["rollback", f"loss above the hard ceiling p₀ = {_fmt(t.l_hard)}, also at each mid-window look "
+                     "(one statistic per partition's looks plus the final windows)", log_a("rollback")],
+        ["monitor_degraded", f"coverage below c_min = {_fmt(t.c_min)} (Poisson ratio); abstention above a_max = "
+                             f"{_fmt(t.a_max)}; on decisions labelled by an audit and by another channel, the "
+                             "share of disagreements where the channel likes what the audit overrides above ½, "
+                             "or the reverse (four statistics share α)", log_a("degraded")],
+    ]
+    used = ("This run used the sequential retrain rule." if t.retrain_rule == "sequential" else
+            f"<strong>This run used the naive per-window retrain rule instead</strong> (fire when p_exceed ≥ "
+            f"{t.p_fire:g} with at least {t.n_min} labels), which carries no such guarantee.")
     return (
-        "<h2>Sequential retrain rule</h2><p>"
-        f"Each key runs a Bernoulli CUSUM on its labelled feedback, testing override rate p<sub>0</sub> = "
-        f"{_esc(_fmt(t.l_budget))} (the budget) against p<sub>1</sub> = {_esc(_fmt(t.p1))}. Every window adds the "
-        "log-likelihood ratio of its overrides and likes, and the statistic is floored at zero. A retrain trigger "
-        f"fires when it reaches h = log(H/α) = log({t.cusum_horizon_windows}/{_esc(_fmt(t.cusum_alpha))}) = "
-        f"{_esc(_fmt(t.cusum_h))} with at least {t.n_min} labels behind it, where H = {t.cusum_horizon_windows} "
-        f"windows ({horizon_days:.3g} days of {config.windows.tumbling_s:g} s windows). While the loss stays within "
-        f"budget, P(false alarm within H windows) ≤ α = {_esc(_fmt(t.cusum_alpha))}. After firing, the key stays "
-        f"alarmed until an hour of labels gives p_exceed &lt; {t.p_rearm:g}; retrain triggers are at least "
-        f"{t.cooldown_panes} windows apart. {used}</p>")
+        "<h2>Sequential alarm rules</h2><p>"
+        "Every alarm rule is a mixture Shiryaev–Roberts detector. For each alternative rate p<sub>j</sub> (the "
+        "odds of p<sub>0</sub> times 1.1 to 8, equal weights) a key keeps R<sub>j</sub> ← (1 + R<sub>j</sub>) · "
+        "LR<sub>j</sub> once per final tumbling window, LR<sub>j</sub> being the likelihood ratio of the window's "
+        "labels under p<sub>j</sub> against p<sub>0</sub>; the rule alarms when the log of the mixture R reaches "
+        "log A, and then restarts. Each label counts with weight min(w, 1): a heavy weight counts as one label, "
+        "never as many. While the key is in control R<sub>n</sub> − n is a supermartingale, so by Ville's "
+        f"inequality P(false alarm within H windows) ≤ α = {_esc(_fmt(t.alpha))} for any number of looks, with "
+        f"H = {horizon} windows ({_esc(f'{t.horizon_days:g}')} days of {pane_s:g} s windows) and A = H/α, "
+        "times the number of statistics or looks that share α.</p>"
+        + _table(["rule", "tests", "threshold log A"], rows)
+        + f"<p>After a retrain the key stays alarmed until a hopping window with at least {t.hour_min_labels} "
+        f"labels gives p_exceed &lt; {t.p_rearm:g}; retrain triggers are at least {t.cooldown_panes} windows "
+        "apart. The fidelity φ is estimated and reported, but no rule alarms on it. "
+        f"{used}</p>")
+
+
+def _scenarios_section(summary: dict) -> str:
+    """Per scenario: what its truth calls for against what fired, and fidelity against the baselines."""
+    rows = summary.get("by_scenario") or []
+    if not rows:
+        return ""
+    by_key = (summary.get("headline") or {}).get("fidelity_by_key") or {}
+    biased = (" In biased_channel the reviewers report like on half the decisions they would override, so the "
+              "labels put the loss under budget while the true loss is over it: the audits of the same decisions "
+              "are the only evidence, and monitor_degraded is the answer its truth calls for."
+              if any(r["scenario"] == "biased_channel" for r in rows) else "")
+    table = []
+    for r in rows:
+        fired = ", ".join(f"{rule} ×{n} (first {_fmt(r['first_hours'][rule], 1)} h)"
+                          for rule, n in r["triggers"].items() if n) or "none"
+        fid = by_key.get(r["key"], {})
+        table.append([r["scenario"], ", ".join(r["expected"]) or "none", fired,
+                      ", ".join(r["missing"]) or "–", ", ".join(r["unexpected"]) or "–",
+                      f"{r['audit_pairs']} ({r['audit_pairs_b']} / {r['audit_pairs_c']})",
+                      fid.get("monitor"), fid.get("never_alarm"), fid.get("per_window")])
+    return ("<h2>Scenarios</h2><p>The rules each scenario's ground truth calls for (retrain: true loss over budget; "
+            "rollback: over the hard ceiling; threshold_adjust: the true cost-optimal threshold more than τ_ε "
+            "from the one in force; monitor_degraded: coverage under c_min, abstention over a_max, or a channel "
+            "that under-reports overrides) against the rules that fired. Audit pairs: decisions labelled by an "
+            f"audit and by another channel (audit overrides where the channel likes / the reverse).{biased}</p>"
+            + _table(["scenario", "expected", "fired", "missing", "unexpected", "audit pairs (b / c)",
+                      "fidelity", "never alarm", "per-window rule"], table, {6, 7, 8}))
 
 
 def _ablation_section(summary: dict, pane_s: float) -> str:
@@ -582,13 +637,12 @@ def _plots_section(has_truth: bool, has_convergence: bool, shown: int, total: in
                 "exponentially weighted over hopping windows)"
                 + (f" and the realised agreement of D with T = 1[true loss &gt; budget], a rolling mean over "
                    f"{ROLLING_WINDOWS} windows (dashed)" if has_truth else "")
-                + f". Below φ<sub>min</sub> = {_esc(_fmt(t.phi_min))} (dotted) the monitor reports itself "
-                f"degraded.{subset}"),
+                + f". φ is reported, not alarmed on.{subset}"),
         _figure("coverage.png",
                 f"Share of decisions with feedback (coverage) and share of feedback that abstains, per tumbling "
-                f"window, with the monitor_degraded thresholds c<sub>min</sub> = {_esc(_fmt(t.c_min))} and "
-                f"a<sub>max</sub> = {_esc(_fmt(t.a_max))} (dotted; the rule reads "
-                f"{config.windows.hopping_s / 60:g}-minute hopping windows).{subset}"),
+                f"window, with the levels c<sub>min</sub> = {_esc(_fmt(t.c_min))} and a<sub>max</sub> = "
+                f"{_esc(_fmt(t.a_max))} (dotted) that monitor_degraded's sequential detectors test these counts "
+                f"against.{subset}"),
     ]
     if has_convergence:
         parts.append(_figure(
@@ -643,7 +697,7 @@ def write_report(out: Path, windows: list[dict], triggers: list[dict], summary: 
     convergence = summary.get("convergence") or []
 
     plot_loss(out / "loss.png", by_key, keys, triggers, budget, config.triggers.n_min, frame)
-    plot_fidelity(out / "fidelity.png", by_key, keys, budget, config.triggers.phi_min, frame)
+    plot_fidelity(out / "fidelity.png", by_key, keys, budget, frame)
     plot_coverage(out / "coverage.png", by_key, keys, config.triggers.c_min, config.triggers.a_max, frame)
     if convergence:
         plot_convergence(out / "convergence.png", convergence)
@@ -654,7 +708,8 @@ def write_report(out: Path, windows: list[dict], triggers: list[dict], summary: 
         f"<p class=\"note\">Data from {_esc(_iso(frame.t0))} (first tumbling window) · "
         f"{len(by_key)} keys · configuration {_esc(summary.get('config_version', config.version))}</p>",
         _facts_section(summary, config, budget, len(windows), len(triggers)),
-        _headline_section(summary, triggers, pane_s),
+        _headline_section(summary, triggers, pane_s, config.triggers.p_fire),
+        _scenarios_section(summary),
         _sequential_section(config),
         _ablation_section(summary, pane_s),
         _convergence_section(summary),

@@ -10,7 +10,8 @@ Timing model (all times in seconds):
 * feedback delay (event ts = decision ts + delay) is a heavy-tailed lognormal
   mixture: 85% median 3 min, 15% median 4 h (sigma 1.2 each), clipped to
   [5 s, 7 d]: median ~4 min, ~43% more than 5 min, ~14% more than 1 h and
-  ~1% more than a day after the decision.  Audits: median 8 h, sigma 0.8.
+  ~1% more than a day after the decision.  Audits: median 8 h, sigma 0.8, so
+  an audit of a decision that also got other feedback mostly comes hours later.
 * transport jitter (arrival = ts + jitter): Exp(1 s) for every event (so
   sub-second reordering is common), plus U(10, 120) s for 5% (out of order by
   up to a couple of minutes) and U(300, 900) s for 0.5% ("late" events beyond
@@ -24,12 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .scenarios import AUDIT_RATE, SCENARIOS, Scenario, ground_truth, scenario_names, sigmoid
+from .scenarios import AUDIT_RATE, REVIEWER, SCENARIOS, Scenario, ground_truth, scenario_names, sigmoid
 
 DECISIONS = np.array(["act", "hold", "abstain"], dtype=object)
 SOURCES = np.array(["human", "reviewer", "llm_judge", "audit"], dtype=object)
-SOURCE_P = (0.75, 0.22, 0.03)
-"""Split of non-audit feedback between human, reviewer and llm_judge."""
 ACT, HOLD, ABSTAIN = 0, 1, 2
 AUDIT = 3
 
@@ -81,7 +80,8 @@ def _key_events(rng: np.random.Generator, sc: Scenario, cfg: SimConfig, audit_ra
     """Return (events, arrival times, truth rows) for one key."""
     w_n = cfg.n_windows
     u = (np.arange(w_n) + 0.5) / w_n
-    par = {k: np.array([getattr(sc, k)(x) for x in u]) for k in ("tau", "c", "coverage", "abstention", "noise", "rate")}
+    par = {k: np.array([getattr(sc, k)(x) for x in u])
+           for k in ("tau", "c", "coverage", "abstention", "noise", "rate", "under_report")}
     truth, cache = [], {}  # most windows repeat a neighbour's parameters
     for w, x in enumerate(u):
         key = tuple(v[w] for v in par.values())
@@ -107,14 +107,19 @@ def _key_events(rng: np.random.Generator, sc: Scenario, cfg: SimConfig, audit_ra
 
     # Non-audit feedback, then audits; `fi` indexes the decision each one is about.
     fh = np.flatnonzero(rng.random(n) < p_["coverage"])
-    fa = np.flatnonzero(rng.random(n) < audit_rate)
+    if sc.paired_audit_rate > 0 and audit_rate > 0:  # audits of decisions the channel labelled
+        fa = fh[rng.random(fh.size) < sc.paired_audit_rate]
+    else:
+        fa = np.flatnonzero(rng.random(n) < audit_rate)
     fi = np.concatenate([fh, fa])
     m = fi.size
-    source = np.concatenate([rng.choice(3, fh.size, p=SOURCE_P), np.full(fa.size, AUDIT)])
+    source = np.concatenate([rng.choice(3, fh.size, p=sc.sources), np.full(fa.size, AUDIT)])
     flip = np.concatenate([rng.random(fh.size) < p_["noise"][fh], np.zeros(fa.size, bool)])
     label = wants_act[fi] ^ flip
     override = _override(decision[fi], label, unsure[fi])
     fb_abstain = np.concatenate([rng.random(fh.size) < p_["abstention"][fh], np.zeros(fa.size, bool)])
+    if p_["under_report"].any():  # drawn only here, so honest keys keep their random stream
+        override &= ~((source == REVIEWER) & (rng.random(m) < p_["under_report"][fi]))
     kind = np.where(fb_abstain, "abstain", np.where(override, "override", "like"))
     preferred = np.where(label, "act", "hold")
     has_pref = override & ~fb_abstain & (decision[fi] == ABSTAIN)

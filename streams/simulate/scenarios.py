@@ -19,13 +19,19 @@ Generating model (the generator samples it, ``ground_truth`` integrates it):
   ambiguity ``1 - |2p - 1|``; otherwise they ``override`` with ``preferred`` =
   their reported label.  So deferring near the human's indifference point is
   right and deferring clear cases is an error.
-* each decision gets non-audit feedback with probability ``coverage``; that
-  feedback is kind ``abstain`` with probability ``abstention``.  Independently
-  an ``AUDIT_RATE`` sample gets an audit (never abstains, never noisy).
+* each decision gets non-audit feedback with probability ``coverage``, from
+  human, reviewer or llm_judge in the split ``sources``; that feedback is kind
+  ``abstain`` with probability ``abstention``.  Independently an
+  ``AUDIT_RATE`` sample gets an audit (never abstains, never noisy); with
+  ``paired_audit_rate`` the audits instead sample the decisions that got
+  non-audit feedback, so each audited decision is labelled twice.
+* a reviewer reports ``like`` on a share ``under_report`` of the decisions
+  they would override (a biased channel); the audits of the same decisions
+  still show the truth.
 
-Because coverage, abstention and audit sampling do not depend on the score,
-P(override | labelled) is an exact mixture of two integrals over the score
-density; no sampled events are counted.
+Because coverage, abstention, audit sampling and under-reporting do not depend
+on the score, P(override | labelled) is an exact mixture of two integrals over
+the score density; no sampled events are counted.
 """
 
 from __future__ import annotations
@@ -39,6 +45,10 @@ Schedule = Callable[[float], float]
 
 AUDIT_RATE = 0.02
 """Fraction of decisions given a gold-standard audit review."""
+
+SOURCE_P = (0.75, 0.22, 0.03)
+"""Default split of non-audit feedback between human, reviewer and llm_judge."""
+REVIEWER = 1
 
 GRID = (np.arange(2001) + 0.5) / 2001
 """Midpoints of 2001 equal cells on [0, 1]: the integration grid."""
@@ -70,6 +80,11 @@ class Scenario:
     noise: Schedule = const(0.02)
     rate: Schedule = const(1.0)
     """Multiplier of SimConfig.decisions_per_window."""
+    under_report: Schedule = const(0.0)
+    """Share of the overrides a reviewer reports as ``like``."""
+    sources: tuple[float, float, float] = SOURCE_P
+    paired_audit_rate: float = 0.0
+    """If > 0: audits sample the decisions with non-audit feedback at this rate (not AUDIT_RATE of all)."""
     k: float = 80.0
     beta: tuple[float, float] = (2.0, 2.0)
     abstain_band: float = 0.02
@@ -94,11 +109,19 @@ def _density(sc: Scenario):
     return f / f.sum()
 
 
-def _loss(sc: Scenario, f, tau: float, c, h: float, noise: float, audit_rate: float):
-    """Mixture of noisy (weight h) and audit (weight audit_rate) override rates;
-    c may be a column of candidates, giving one loss per row."""
+def _audits(sc: Scenario, cov: float, audit_rate: float) -> tuple[float, float]:
+    """(audits per decision, P(a decision gets any feedback)); audit_rate 0 means no audits at all."""
+    if audit_rate > 0 and sc.paired_audit_rate > 0:
+        return cov * sc.paired_audit_rate, cov
+    return audit_rate, 1 - (1 - cov) * (1 - audit_rate)
+
+
+def _loss(sc: Scenario, f, tau: float, c, h: float, noise: float, audit_rate: float, hidden: float = 0.0):
+    """Mixture of noisy (weight h) and audit (weight audit_rate) override rates, the noisy
+    ones with a share `hidden` reported as likes; c may be a column of candidates, giving
+    one loss per row."""
     p = sigmoid(sc.k * (GRID - c))
-    loss_noisy = _override_prob(sc, GRID, tau, p, noise) @ f
+    loss_noisy = (1.0 - hidden) * (_override_prob(sc, GRID, tau, p, noise) @ f)
     loss_audit = _override_prob(sc, GRID, tau, p, 0.0) @ f
     return (h * loss_noisy + audit_rate * loss_audit) / (h + audit_rate) if h + audit_rate > 0 else loss_noisy
 
@@ -107,8 +130,11 @@ def ground_truth(sc: Scenario, u: float, audit_rate: float = AUDIT_RATE) -> dict
     """Exact truth at horizon fraction u.
 
     true_loss = (h * L_noisy + r * L_audit) / (h + r) with h = coverage *
-    (1 - abstention) and r = audit_rate the labelled feedback per decision,
-    and L = integral of _override_prob against the score density.
+    (1 - abstention) and r the audits, both labelled feedback per decision,
+    and L = integral of _override_prob against the score density: what the
+    labels measure when every source reports honestly.  apparent_loss is what
+    they measure with the reviewers' under-reporting (L_noisy scaled by
+    1 - under_report * reviewer share); the two differ only on a biased channel.
     true_tau_star minimises the c_fp = c_fn = 1 cost
     sum_{s<t} f p + sum_{s>=t} f (1 - p) over grid thresholds t.
     coverage is P(a decision gets any feedback); abstention_rate is the
@@ -116,15 +142,20 @@ def ground_truth(sc: Scenario, u: float, audit_rate: float = AUDIT_RATE) -> dict
     """
     tau, c, cov, abst = sc.tau(u), sc.c(u), sc.coverage(u), sc.abstention(u)
     f = _density(sc)
-    loss = _loss(sc, f, tau, c, cov * (1 - abst), sc.noise(u), audit_rate)
+    r, any_feedback = _audits(sc, cov, audit_rate)
+    loss = _loss(sc, f, tau, c, cov * (1 - abst), sc.noise(u), r)
+    hidden = sc.under_report(u) * sc.sources[REVIEWER]
+    apparent = _loss(sc, f, tau, c, cov * (1 - abst), sc.noise(u), r, hidden) if hidden else loss
     p = sigmoid(sc.k * (GRID - c))
     cost = np.concatenate(([0.0], np.cumsum(f * p)[:-1])) + np.cumsum((f * (1 - p))[::-1])[::-1]
     return {
         "true_loss": float(loss),
+        "apparent_loss": float(apparent),
+        "under_report": float(sc.under_report(u)),
         "true_tau_star": float(GRID[np.argmin(cost)]),
         "tau": float(tau),
-        "coverage": float(1 - (1 - cov) * (1 - audit_rate)),
-        "abstention_rate": float(cov * abst / (cov + audit_rate)) if cov + audit_rate > 0 else 0.0,
+        "coverage": float(any_feedback),
+        "abstention_rate": float(cov * abst / (cov + r)) if cov + r > 0 else 0.0,
     }
 
 
@@ -137,7 +168,8 @@ def _calibrated(base: Scenario, target_loss: Schedule) -> Scenario:
     """
     tau, h = base.tau(0.0), base.coverage(0.0) * (1 - base.abstention(0.0))
     offsets = np.linspace(0.0, 0.45, 91)
-    losses = _loss(base, _density(base), tau, tau + offsets[:, None], h, base.noise(0.0), AUDIT_RATE)
+    r, _ = _audits(base, base.coverage(0.0), AUDIT_RATE)
+    losses = _loss(base, _density(base), tau, tau + offsets[:, None], h, base.noise(0.0), r)
     return replace(base, c=lambda u: tau + float(np.interp(target_loss(u), losses, offsets)))
 
 
@@ -154,10 +186,16 @@ SCENARIOS: dict[str, Scenario] = {
         replace(_key("miscalibrated_threshold", "dc-us", 0.70), c=const(0.50)),
         _calibrated(_key("feedback_drought", "dc-eu", 0.50, coverage=stretch(0.3, 0.01)), const(0.05)),
         _calibrated(_key("abstention_spike", "dc-us", 0.50, abstention=stretch(0.05, 0.5)), const(0.05)),
+        _calibrated(_key("biased_channel", "dc-eu", 0.50, under_report=const(0.5), sources=(0.0, 1.0, 0.0),
+                         paired_audit_rate=0.1), const(0.15)),
     )
 }
 """Step drift steps at u = 0.4; gradual drift ramps over u in [0.25, 0.75];
-drought (coverage 1%) and abstention spike (50%) last for u in [0.4, 0.7)."""
+drought (coverage 1%) and abstention spike (50%) last for u in [0.4, 0.7).
+Biased channel: all non-audit feedback comes from reviewers, who report like on
+half the decisions they would override, throughout; a tenth of the decisions
+they label are audited too. Its true loss (0.15) is over budget while the
+labels' apparent loss is under it, so only the audits can show it."""
 
 
 def scenario_names() -> tuple[str, ...]:
