@@ -244,3 +244,40 @@ class DeadLetter(Struct, tag="dead_letter", **_TAGGED):
     )
     original_size: Count
     at: EpochSeconds
+
+
+Hex32 = Annotated[str, Meta(pattern="^[0-9a-f]{32}$")]
+ActionDecision = Literal["applied", "advised", "skipped", "reverted", "kept"]
+SkipReason = Literal["not_validated", "probation", "cooldown", "stale", "no_change"]
+
+
+class ActionEvent(Struct, tag="action", **_TAGGED):
+    """A decision of ``npo actuator`` on a threshold_adjust trigger, or the verdict of a change's
+    probation. ``action_id`` hashes the trigger id and the decision, so a consumer de-duplicates
+    republished actions by it; ``tau_after`` is the threshold in force after the action."""
+
+    v: Literal[1]
+    action_id: Hex32
+    decision: ActionDecision
+    skip_reason: SkipReason | None = None
+    reason: Id
+    policy_id: Id
+    segment: Id
+    trigger_id: Hex32
+    change_id: Hex32 | None = None
+    rollback_trigger_id: Hex32 | None = None
+    event_time: EpochSeconds
+    tau_before: Unit | None = None
+    tau_after: Unit | None = None
+    tau_target: Unit | None = None
+    tau_star: Unit | None = None
+    heldout_saving_lo: float | None = None
+    probation_end: EpochSeconds | None = None
+    loss_before: float | None = None
+    loss_after: float | None = None
+    n_eff_before: float | None = None
+    n_eff_after: float | None = None
+    z: float | None = None
+    advisory: bool
+    config_version: Id
+    emitted_at: EpochSeconds

@@ -66,8 +66,8 @@ class Settings:
             raise ValueError("metrics_port must be a TCP port (0 disables the endpoint)")
 
     def topic(self, name: str) -> str:
-        """Full topic name for one of: scores, feedback, triggers, stats, deadletters, partials,
-        checkpoints."""
+        """Full topic name for one of: scores, feedback, triggers, actions, stats, deadletters,
+        partials, checkpoints."""
         if name not in TOPICS:
             raise KeyError(f"unknown topic {name!r}; known: {sorted(TOPICS)}")
         return self.topic_prefix + name
@@ -100,6 +100,7 @@ TOPICS = {
     "scores": {"cleanup.policy": "delete", "retention.ms": str(7 * 86_400_000)},
     "feedback": {"cleanup.policy": "delete", "retention.ms": str(14 * 86_400_000)},
     "triggers": {"cleanup.policy": "delete", "retention.ms": str(30 * 86_400_000)},
+    "actions": {"cleanup.policy": "delete", "retention.ms": str(30 * 86_400_000)},  # `npo actuator` decisions
     "stats": {"cleanup.policy": "compact,delete", "retention.ms": str(7 * 86_400_000)},
     "deadletters": {"cleanup.policy": "delete", "retention.ms": str(14 * 86_400_000)},
     "partials": {"cleanup.policy": "delete", "retention.ms": str(2 * 86_400_000)},

@@ -22,6 +22,7 @@ STRUCTS = {
     "trigger": events.TriggerEvent,
     "window_stats": events.WindowStatsEvent,
     "dead_letter": events.DeadLetter,
+    "action": events.ActionEvent,
 }
 
 
@@ -35,7 +36,7 @@ def all_examples():
 
 def test_names_cover_every_event_type():
     assert schemas.names() == [
-        "common", "dead_letter", "envelope", "feedback", "score", "trigger", "window", "window_stats",
+        "action", "common", "dead_letter", "envelope", "feedback", "score", "trigger", "window", "window_stats",
     ]
 
 

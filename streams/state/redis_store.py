@@ -17,6 +17,7 @@ Keys (``ns`` is the namespace, ``"npo:"`` by default, prepended verbatim like th
   ``{ns}thresholds`` (hash): ``"policy_id\\x1fsegment"`` -> tau, so all are read in one HGETALL.
 - ``{ns}cooldown:{rule}:{policy_id}:{segment}`` (string): until when the rule cools down (the
   window end the worker passes), expiring after ``cooldown_ttl_s`` so quiet keys do not pile up.
+- ``{ns}actuator:…``: the state of ``npo actuator`` (``streams/actuator/store.py`` lists its keys).
 
 Ids are used verbatim except that ``%`` and ``:`` are percent-encoded (:func:`key_part`), so
 ``("a:b", "c")`` and ``("a", "b:c")`` name different keys. The ``thresholds`` hash joins the
@@ -129,17 +130,23 @@ class RedisStore:
             out["updated_at"] = float(raw[b"updated_at"])
         return out
 
-    def set_threshold(self, policy_id: str, segment: str, tau: float) -> None:
-        """Put ``tau`` in force for the key (both the key's string and the listing hash, atomically)."""
+    def set_threshold(self, policy_id: str, segment: str, tau: float, pipe=None) -> None:
+        """Put ``tau`` in force for the key (both the key's string and the listing hash, atomically).
+
+        With ``pipe`` (a pipeline in MULTI), the two writes are only queued on it, so a caller
+        can make them part of its own transaction (the actuator records its decision with them)."""
         tau = float(tau)
         if not (math.isfinite(tau) and 0.0 <= tau <= 1.0):
             raise ValueError(f"tau must be a finite number in [0, 1], got {tau!r}")
         field, text = _threshold_field(policy_id, segment), repr(tau)
+        own = pipe is None
         with self._translated():
-            pipe = self.client.pipeline(transaction=True)
+            if own:
+                pipe = self.client.pipeline(transaction=True)
             pipe.set(self.ns + threshold_key(policy_id, segment), text)
             pipe.hset(self.ns + "thresholds", field, text)
-            pipe.execute()
+            if own:
+                pipe.execute()
 
     def get_threshold(self, policy_id: str, segment: str) -> float | None:
         with self._translated():
