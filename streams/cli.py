@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     from streams.kafka.commands import add_commands as kafka_commands, settings_args
     from streams.kafka.registry import add_command as registry_command
     from streams.state.commands import add_commands as state_commands
+    from streams.actuator.command import add_command as actuator_command
     from streams.worker.command import add_command as worker_command
 
     kafka_commands(sub, settings_args)
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     loadtest_commands(sub, bsub, settings_args)
     state_commands(sub, settings_args)
     worker_command(sub, settings_args)
+    actuator_command(sub, settings_args)
     return p
 
 
