@@ -12,10 +12,16 @@ A crash before 1 redelivers the message and it is decided then; after 1, the red
 trigger finds its decision recorded and is not decided again, and the outbox is published at
 the next start (at worst twice, with the same ``action_id``/``trigger_id``). Window statistics
 are stored by window start, so a redelivered one changes nothing.
+
+For the crash tests, ``NPO_ACTUATOR_CRASH_AT=<point>:<n>`` makes the process SIGKILL itself the
+n-th time it passes ``recorded`` (after 1) or ``published`` (after 2), as the worker's
+``NPO_CRASH_AT`` does; unset, as in production, a point costs one comparison.
 """
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time
 
@@ -25,16 +31,58 @@ from confluent_kafka import Consumer, KafkaException, Producer
 
 from streams.actuator.decide import ActuatorConfig, decide_adjust
 from streams.actuator.store import ActuatorStore
-from streams.events import TriggerEvent, WindowStatsEvent
+from streams.events import TriggerEvent, Window
 from streams.kafka.errors import ClientErrors, KafkaRequestError, KafkaUnavailable, client_config, metadata
 from streams.settings import Settings
 from streams.state.redis_store import RedisStore, StateUnavailable
 
 log = logging.getLogger("npo.actuator")
 _TRIGGER = msgspec.json.Decoder(TriggerEvent)
-_STATS = msgspec.json.Decoder(WindowStatsEvent)
-#: window statistics the probation test reads (all present in every window_stats event)
-_KEPT = ("loss", "weight_sum", "n_eff", "n_labels", "n_decisions", "n_feedback")
+
+
+class _Stats(msgspec.Struct):
+    """The window statistics the probation test reads; counts as numbers, since the worker
+    writes some of the other counts (the audit pairs) as 0.0, which WindowStats refuses."""
+
+    weight_sum: float
+    n_labels: float
+    n_decisions: float
+    n_feedback: float
+    loss: float | None = None
+    n_eff: float | None = None
+
+
+class _StatsEvent(msgspec.Struct):
+    policy_id: str
+    segment: str
+    window: Window
+    final: bool
+    stats: _Stats
+
+
+_STATS = msgspec.json.Decoder(_StatsEvent)
+_CRASH_POINTS = ("recorded", "published")
+
+
+def _crash_target() -> tuple[str, int] | None:
+    raw = os.environ.get("NPO_ACTUATOR_CRASH_AT")
+    if not raw:
+        return None
+    point, _, n = raw.partition(":")
+    if point not in _CRASH_POINTS or not n.isdigit() or int(n) < 1:
+        raise ValueError(f"NPO_ACTUATOR_CRASH_AT must be <point>:<n>, point in {_CRASH_POINTS}, got {raw!r}")
+    return point, int(n)
+
+
+_CRASH = _crash_target()
+_passed = dict.fromkeys(_CRASH_POINTS, 0)
+
+
+def _crash_point(point: str) -> None:
+    if _CRASH is not None and point == _CRASH[0]:
+        _passed[point] += 1
+        if _passed[point] == _CRASH[1]:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Actuator:
@@ -83,7 +131,9 @@ class Actuator:
                 acted = (self._on_trigger(msg.value()) if msg.topic() == self.topics["triggers"]
                          else self._on_stats(msg.value()))
                 if acted:
+                    _crash_point("recorded")
                     self._flush_outbox()
+                    _crash_point("published")
                 break
             except StateUnavailable as exc:
                 log.warning("Redis unavailable, retrying in 1 s: %s", exc)
@@ -125,7 +175,7 @@ class Actuator:
         if not event.final or event.window.kind != "tumbling":
             return False
         w = event.window
-        stats = {name: getattr(event.stats, name) for name in _KEPT}
+        stats = msgspec.to_builtins(event.stats)
         keep = 2 * self.config.probation_s + (w.end - w.start)
         self.state.add_window(event.policy_id, event.segment, w.start, {**stats, "end": w.end}, keep_s=keep)
         return self._decided(self.state.settle_probation(event.policy_id, event.segment, self.config))
