@@ -13,6 +13,7 @@ from loadtest.generator import GenConfig, RateLimiter
 from loadtest.traffic import FEEDBACK, SCORE, Traffic, envelopes, partitions_of
 from streams import codec
 from streams.kafka.producer import partition_for
+from streams.simulate.scenarios import scenario_names
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def test_chunks_are_valid_realistic_events(traffic):
     kinds = Counter(e.get("kind") for e in events if e["type"] == "feedback")
     assert set(kinds) == {"like", "override", "abstain"}
     assert {e["source"] for e in events if e["type"] == "feedback"} >= {"human", "reviewer"}
-    assert len({(e["policy_id"], e["segment"]) for e in events if e["type"] == "score"}) == 6 * 3
+    assert len({(e["policy_id"], e["segment"]) for e in events if e["type"] == "score"}) == len(scenario_names()) * 3
     roles = chunk.role.tolist()
     assert roles.count(SCORE) and roles.count(FEEDBACK)
     assert sum(1 for e in events if e["type"] == "feedback" and "policy_id" not in e) > 0  # needs the join
