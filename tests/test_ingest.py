@@ -263,7 +263,7 @@ def test_join_stores_sharing_a_write_buffer_budget_keep_their_memtables_within_i
         deadline = time.monotonic() + timeout_s
         busy = ("rocksdb.mem-table-flush-pending", "rocksdb.num-running-flushes")
         while any(st.db.property_int_value(prop) for st in stores for prop in busy):
-            assert time.monotonic() < deadline, "flushes did not finish"
+            assert time.monotonic() < deadline, "flushes did not finish"  # fail-fast bound, not a speed check
             time.sleep(0.01)
 
     try:
