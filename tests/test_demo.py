@@ -11,6 +11,7 @@ import pytest
 
 import schemas
 from streams.demo.demo import run_demo
+from streams.demo.evaluate import score_run
 from streams.events import TriggerEvent
 from streams.simulate import SimConfig
 
@@ -49,8 +50,33 @@ def test_demo_triggers_follow_the_trigger_schema_and_the_report_has_its_parts(de
     html = (a / "report.html").read_text()
     for variant in variants:
         assert variant in html
+    head = summary["headline"]
+    horizon = len(SMALL.scenarios) * SMALL.n_windows  # windows with labels inside it (a drought may have none)
+    assert 0.95 * horizon < head["windows_scored"] <= horizon
+    for name in ("fidelity", "fidelity_never_alarm", "fidelity_per_window"):
+        assert 0.0 <= head[name] <= 1.0
+    assert "never alarm" in html and "per-window rule" in html and "phi_min" not in html
+    biased = next(r for r in summary["by_scenario"] if r["scenario"] == "biased_channel")
+    assert "monitor_degraded" in biased["expected"] and biased["audit_pairs_b"] > biased["audit_pairs_c"]
     for png in ("loss.png", "fidelity.png", "convergence.png"):
         assert (a / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_fidelity_is_scored_inside_the_horizon_beside_both_baselines():
+    """T = 1[L > budget] per window; windows ending after `end` (the drain) are not scored."""
+    def row(pane, alarmed, p_exceed):
+        return {"kind": "tumbling", "policy_id": "p", "segment": "s", "start": pane * 300.0,
+                "end": (pane + 1) * 300.0, "coverage": 0.3, "alarmed": alarmed, "p_exceed": p_exceed}
+
+    truth = {("p", "s", 0): 0.05, ("p", "s", 1): 0.05, ("p", "s", 2): 0.2, ("p", "s", 3): 0.2, ("p", "s", 4): 0.05}
+    windows = [row(0, 0.0, 0.1), row(1, 0.0, 0.97), row(2, 0.0, 0.99), row(3, 1.0, 0.6),
+               row(4, 1.0, 0.99)]  # pane 4 ends after the horizon: its (wrong) D does not count
+    got = score_run(windows, [], truth, 0.10, 300.0, end=4 * 300.0, p_fire=0.95)
+    assert got["windows_scored"] == 4
+    assert got["fidelity"] == 3 / 4  # wrong only at pane 2, before the alarm
+    assert got["fidelity_never_alarm"] == 2 / 4
+    assert got["fidelity_per_window"] == 2 / 4  # wrong at panes 1 (false) and 3 (missed)
+    assert got["fidelity_by_key"]["p/s"] == {"windows": 4, "monitor": 0.75, "never_alarm": 0.5, "per_window": 0.5}
 
 
 def _npo(*args, cwd):

@@ -13,7 +13,7 @@ T0 = 1767225600.0
 PANE = 300.0
 EVIL_POLICY = "<script>alert('x')</script>$a$"
 KEYS = [("policy-a", "seg-1"), (EVIL_POLICY, "seg-&-2")]
-VARIANTS = ["full monitor (sequential CUSUM)", "naive per-window trigger", "without audit feedback"]
+VARIANTS = ["full monitor (sequential rules)", "naive per-window trigger", "without audit feedback"]
 SECTIONS = ["Run", "Headline", "Sequential alarm rules", "Plots", "Triggers", "Counters"]
 PNGS = ["loss.png", "fidelity.png", "coverage.png"]
 
@@ -58,7 +58,7 @@ def _trigger(rule: str, key: tuple[str, str], pane: int, kind: str = "tumbling",
 
 def _triggers() -> list[dict]:
     return [
-        _trigger("retrain", KEYS[1], 18, reason="cusum alarm <b>bold</b>"),
+        _trigger("retrain", KEYS[1], 18, reason="sequential alarm <b>bold</b>"),
         _trigger("threshold_adjust", KEYS[1], 10, kind="hopping"),
         _trigger("monitor_degraded", KEYS[0], 2, kind="hopping", reason="fidelity <0.6"),
         _trigger("rollback", KEYS[1], 20),

@@ -195,6 +195,28 @@ def test_abstention_spike_rate_rises(run, scores, feedback):
     assert rate[True] > 0.4 and rate[False] < 0.1
 
 
+def test_biased_channel_reviewers_hide_overrides_that_audits_of_the_same_decisions_show(run, scores, feedback):
+    rows = truth_by(run, "biased_channel")
+    assert all(t["apparent_loss"] < CFG.l_budget < t["true_loss"] for t in rows)
+    labels, ts = defaultdict(dict), defaultdict(dict)
+    for e in feedback:
+        if scores[e["scenario_id"]]["policy_id"] == rows[0]["policy_id"]:
+            labels[e["scenario_id"]][e["source"]] = e["kind"]
+            ts[e["scenario_id"]][e["source"]] = e["ts"]
+    assert {src for d in labels.values() for src in d} == {"reviewer", "audit"}
+    assert all("reviewer" in d for d in labels.values())  # every audit is of a reviewed decision
+    both = [sid for sid, d in labels.items() if len(d) == 2 and d["reviewer"] != "abstain"]
+    assert len(both) > 200
+    overridden = [labels[sid]["reviewer"] for sid in both if labels[sid]["audit"] == "override"]
+    hidden = overridden.count("like") / len(overridden)
+    assert 0.35 < hidden < 0.7  # half of the overrides, plus the reviewers' label noise
+    over_reported = sum(labels[sid] == {"reviewer": "override", "audit": "like"} for sid in both)
+    assert overridden.count("like") > 3 * over_reported
+    assert np.median([ts[sid]["audit"] - ts[sid]["reviewer"] for sid in both]) > 3600  # audits come hours later
+    for name in ("stationary", "step_drift"):  # honest channels elsewhere
+        assert all(t["apparent_loss"] == t["true_loss"] for t in truth_by(run, name))
+
+
 def test_random_weights_option():
     run = simulate(SimConfig(n_windows=4, random_weights=True, scenarios=("stationary",)))
     w = {e["source"]: [] for e in run.events if e["type"] == "feedback"}
