@@ -72,8 +72,19 @@ def _validate(args) -> int:
     return 1 if bad else 0
 
 
+def _version() -> str:
+    """The installed distribution's version: the one a bug report needs."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("npo-stream")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (npo-stream is not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="npo", description="NPO stream: continual alignment monitoring.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="run the paper's simulation in process (no Kafka) and write a report")

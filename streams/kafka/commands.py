@@ -24,18 +24,30 @@ _CHOICES = {"--security-protocol": SECURITY_PROTOCOLS, "--sasl-mechanism": SASL_
 _HELP = {"--sasl-password": "prefer NPO_KAFKA_SASL_PASSWORD: command lines are visible to other users"}
 
 
+def _property(text: str) -> tuple[str, str]:
+    """One ``-X PROPERTY=VALUE``. The error never repeats the text, which may hold a secret."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError("expected PROPERTY=VALUE, e.g. -X client.id=npo-worker-1")
+    return name.strip(), value
+
+
 def settings_args(parser: argparse.ArgumentParser) -> None:
-    """Add the connection flags (and ``--config``) to a subcommand's parser."""
+    """Add the connection flags (and ``--config``, ``-X``) to a subcommand's parser."""
     group = parser.add_argument_group("connection (flags override NPO_* variables and --config)")
     group.add_argument("--config", help="JSON or TOML settings file (default: NPO_CONFIG_FILE)")
     for flag, field in _FLAGS.items():
         group.add_argument(flag, dest=field, choices=_CHOICES.get(flag), help=_HELP.get(flag))
+    group.add_argument("-X", dest="kafka_extra", metavar="PROPERTY=VALUE", type=_property, action="append",
+                       help="a librdkafka client property, passed through (repeatable; also NPO_KAFKA_X_<PROPERTY> "
+                            "and the kafka_extra table); mapped to aiokafka where it has an equivalent")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from defaults, the config file, the environment and the flags, in that order."""
-    return load(overrides={field: getattr(args, field, None) for field in _FLAGS.values()},
-                config_file=getattr(args, "config", None))
+    overrides = {field: getattr(args, field, None) for field in _FLAGS.values()}
+    overrides["kafka_extra"] = dict(getattr(args, "kafka_extra", None) or ())
+    return load(overrides=overrides, config_file=getattr(args, "config", None))
 
 
 def add_commands(subparsers, settings_args=settings_args) -> None:

@@ -153,17 +153,18 @@ class Worker:
             raise
 
     async def _start_clients(self) -> None:
-        kw = self.settings.aiokafka()
-        common = dict(enable_auto_commit=False, auto_offset_reset="earliest",
-                      partition_assignment_strategy=(RangePartitionAssignor,), **kw)
-        self.ingest = AIOKafkaConsumer(group_id=self.settings.group_id + "-ingest", **common)
-        self.aggregate = AIOKafkaConsumer(group_id=self.settings.group_id + "-aggregate", **common)
+        # the settings' client keywords first, then the job's own, which pass-through cannot
+        # change: offsets are committed with checkpoints, output is idempotent
+        reader = {**self.settings.aiokafka("consumer"), "enable_auto_commit": False, "auto_offset_reset": "earliest"}
+        common = {**reader, "partition_assignment_strategy": (RangePartitionAssignor,)}
+        self.ingest = AIOKafkaConsumer(**{**common, "group_id": self.settings.group_id + "-ingest"})
+        self.aggregate = AIOKafkaConsumer(**{**common, "group_id": self.settings.group_id + "-aggregate"})
         # uncompressed: what the worker writes (partials it reads back itself, statistics,
         # triggers) is small next to its input, and lz4 in this loop cost a tenth of the
         # single-event path (py-spy, `npo bench pipeline --profile`)
-        self.producer = AIOKafkaProducer(acks="all", enable_idempotence=True, linger_ms=5,
-                                         compression_type=None, **kw)
-        self.reader = AIOKafkaConsumer(enable_auto_commit=False, auto_offset_reset="earliest", **kw)
+        self.producer = AIOKafkaProducer(**{**self.settings.aiokafka("producer"), "acks": "all",
+                                            "enable_idempotence": True, "linger_ms": 5, "compression_type": None})
+        self.reader = AIOKafkaConsumer(**reader)
         await self.producer.start()
         await self.ingest.start()
         await self.aggregate.start()
