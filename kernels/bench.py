@@ -54,6 +54,7 @@ def make_events(n: int, keys: int, seed: int = 0, feedback_share: float = 0.25):
         rng.random(nf),
         np.ones(nf),
         rng.choice(4, nf, p=[0.97, 0.02, 0.007, 0.003]).astype(np.int8) - 1,
+        rng.random(nf) < 0.03,  # repeats: second labels of a decision
     )
     return scores, feedback
 
@@ -63,7 +64,7 @@ def numpy_update(state: np.ndarray, scores, feedback) -> None:
     rows, width = state.shape
     n_bins = (width - N_SCALARS) // 3
     s_slot, s_dec, s_tau = scores
-    f_slot, kind, source, dec, pref, score, w, pair = feedback
+    f_slot, kind, source, dec, pref, score, w, pair, repeat = feedback
 
     def add(col, idx, weights=None):
         state[:, col] += np.bincount(idx, weights, minlength=rows)[:rows]
@@ -79,8 +80,9 @@ def numpy_update(state: np.ndarray, scores, feedback) -> None:
     ws = w * W2_SCALE
     add(W2_LAB, f_slot[lab], (ws * ws)[lab])
     wc = np.minimum(w, 1.0)
-    add(W_CAP, f_slot[lab], wc[lab])
-    ov = kind == OVERRIDE
+    first = lab & ~repeat
+    add(W_CAP, f_slot[first], wc[first])
+    ov = first & (kind == OVERRIDE)
     add(WY_CAP, f_slot[ov], wc[ov])
     add(PAIR_N, f_slot[pair >= 0])
     add(PAIR_B, f_slot[pair == PAIR_AUDIT_OVERRIDES])

@@ -36,8 +36,9 @@ AUDIT_W2 = 19
 AUDIT_N = 20  # audit labelled: count
 YSTAR_W = 21  # sum w over feedback with a defined human-implied label y*
 BRIER = 22  # sum w * (s - y*)^2
-# Labelled feedback with each weight capped at 1: a label counts as at most one
-# Bernoulli observation in the sequential rules, whose guarantees need that cap.
+# A decision's first label, its weight capped at 1: a label counts as at most one
+# Bernoulli observation in the sequential rules, whose guarantees need that cap, and a
+# second look at the same decision (a repeat) counts not at all.
 W_CAP = 23  # sum min(w, 1)
 WY_CAP = 24  # sum min(w, 1) * y
 # Audit pairs: a decision labelled by an audit and by another channel (`pair` code of

@@ -55,11 +55,13 @@ LABELS = np.array(
 
 @njit(nogil=True, cache=True)
 def update(state, s_slot, s_decision, s_tau, f_slot, f_kind, f_source, f_decision, f_preferred, f_score, f_weight,
-           f_pair):
+           f_pair, f_repeat):
     """Add score events (s_*) and feedback events (f_*) to `state` in place.
 
     Column arrays of equal length per event type, codes of `kernels.layout`,
-    already validated (`kernels.validate`). A slot of -1 skips the event.
+    already validated (`kernels.validate`). A slot of -1 skips the event. A repeat (a
+    label on a decision labelled before) counts everywhere but in the capped sums, which
+    count one label a decision.
     """
     n_bins = (state.shape[1] - N_SCALARS) // 3
     for i in range(s_slot.shape[0]):
@@ -77,10 +79,11 @@ def update(state, s_slot, s_decision, s_tau, f_slot, f_kind, f_source, f_decisio
         if k != FB_ABSTAIN:
             ws = w * W2_SCALE
             state[r, W2_LAB] += ws * ws
-            wc = min(w, 1.0)
-            state[r, W_CAP] += wc
-            if k == OVERRIDE:
-                state[r, WY_CAP] += wc
+            if not f_repeat[i]:
+                wc = min(w, 1.0)
+                state[r, W_CAP] += wc
+                if k == OVERRIDE:
+                    state[r, WY_CAP] += wc
             if f_source[i] == AUDIT:
                 state[r, AUDIT_N] += 1.0
                 state[r, AUDIT_W] += w

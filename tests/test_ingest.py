@@ -5,7 +5,7 @@ feedback with its context is scored with it, other feedback takes, of the scores
 scenario received before it, the latest at or before its event time (else the earliest), or
 waits for the next one and then comes right after it; the first audit label and the first
 other-channel label of a scenario make its one audit pair, whose code the second of them
-carries. Hypothesis draws adversarial streams: few scenarios (re-scored scenarios out of
+carries; every label of a scenario after its first is a repeat. Hypothesis draws adversarial streams: few scenarios (re-scored scenarios out of
 event-time order, feedback on both sides of its score, several feedback per scenario, every
 source), repeated ids, and any cut into batches.
 """
@@ -28,9 +28,19 @@ T0 = 1_767_225_600.0
 
 
 def reference(events, abstention_handling=True) -> list[tuple]:
-    """Rows (key, ts, etype, decision, tau, kind, source, preferred, score, weight, pair), one event at a time."""
+    """Rows (key, ts, etype, decision, tau, kind, source, preferred, score, weight, (pair, repeat)),
+    one event at a time."""
     seen, scores, waiting, rows = set(), {}, {}, []
     first_label = {}  # (scenario, is audit) -> first label
+    labelled = set()  # scenarios labelled so far
+
+    def label_of(fb):
+        """(the pair this feedback completes on arrival, if any (-1), whether a label came before)."""
+        if kind_of(fb) not in ("like", "override"):
+            return -1, False
+        repeat = fb.scenario_id in labelled
+        labelled.add(fb.scenario_id)
+        return pair_code(fb), repeat
 
     def kind_of(fb):
         return "like" if fb.kind == "abstain" and not abstention_handling else fb.kind
@@ -58,7 +68,7 @@ def reference(events, abstention_handling=True) -> list[tuple]:
 
     def feedback_row(fb, pair, ctx):
         return ((ctx[0], ctx[1]), fb.ts, 1, DECISION[ctx[4]], 0.0, KIND[kind_of(fb)], SOURCE[fb.source],
-                PREFERRED[fb.preferred], ctx[2], fb.weight, pair)
+                PREFERRED[fb.preferred], ctx[2], fb.weight, *pair)
 
     for ev in events:
         if (type(ev), ev.event_id) in seen:
@@ -66,11 +76,12 @@ def reference(events, abstention_handling=True) -> list[tuple]:
         seen.add((type(ev), ev.event_id))
         if type(ev) is ScoreEvent:
             ctx = (ev.policy_id, ev.segment, ev.score, ev.tau, ev.decision)
-            rows.append(((ev.policy_id, ev.segment), ev.ts, 0, DECISION[ev.decision], ev.tau, 0, 0, 0, ev.score, 1.0, -1))
+            rows.append(((ev.policy_id, ev.segment), ev.ts, 0, DECISION[ev.decision], ev.tau, 0, 0, 0, ev.score, 1.0, -1,
+                         False))
             scores.setdefault(ev.scenario_id, []).append((ev.ts, ctx))
             rows += [feedback_row(fb, pair, ctx) for fb, pair in waiting.pop(ev.scenario_id, [])]
             continue
-        pair = pair_code(ev)
+        pair = label_of(ev)
         if None not in (ev.policy_id, ev.score, ev.tau, ev.decision):
             rows.append(feedback_row(ev, pair, (ev.policy_id, ev.segment or "default", ev.score, ev.tau, ev.decision)))
         elif ev.scenario_id in scores:
@@ -82,7 +93,7 @@ def reference(events, abstention_handling=True) -> list[tuple]:
 
 def _rows(records) -> list[tuple]:
     cols = [records.ts, records.etype, records.decision, records.tau, records.kind, records.source,
-            records.preferred, records.score, records.weight, records.pair]
+            records.preferred, records.score, records.weight, records.pair, records.repeat]
     return [(k, *(c.item() for c in vals)) for k, *vals in zip(records.keys, *cols)]
 
 
@@ -305,20 +316,23 @@ def test_feedback_on_a_rescored_scenario_joins_by_event_time_not_delivery_order(
             assert got[2:] == [("p", "at20"), ("p", "at10"), ("p", "at10")], (order, cut)
 
 
-def test_audit_pair_state_survives_a_reopen_and_ends_with_the_horizon(tmp_path):
+def test_label_state_survives_a_reopen_and_ends_with_the_horizon(tmp_path):
     """An unpaired audit is remembered on disk (a reopened store pairs it), a scenario pairs
-    once, and past the horizon its pair state is forgotten like its scores."""
+    once, every label after a scenario's first is a repeat, and past the horizon its label
+    state is forgotten like its scores."""
     path = str(tmp_path / "join")
     join = FeedbackJoin(path, horizon_s=100.0, expire_every_s=0.0)
-    assert join.audit_pairs(["x", "x", "y"], [True, True, False], [1, 0, 0], [T0, T0 + 1, T0 + 2]) == [-1, -1, -1]
+    assert join.labels(["x", "x", "y"], [True, True, False], [1, 0, 0], [T0, T0 + 1, T0 + 2]) == \
+        ([-1, -1, -1], [False, True, False])
     join.close()
     join = FeedbackJoin(path, horizon_s=100.0, expire_every_s=0.0)
     try:
         # x: first audit said override, channel like; y: channel like first, audit like
-        assert join.audit_pairs(["x", "y", "x", "y"], [False, True, False, True], [0, 0, 1, 1],
-                                [T0 + 3] * 4) == [PAIR_AUDIT_OVERRIDES, PAIR_AGREE, -1, -1]
+        assert join.labels(["x", "y", "x", "y", "w"], [False, True, False, True, False], [0, 0, 1, 1, 0],
+                           [T0 + 3] * 5) == ([PAIR_AUDIT_OVERRIDES, PAIR_AGREE, -1, -1, -1], [True] * 4 + [False])
         join.add_scores(["z"], [("p", "a", 0.9, 0.5, "act", T0 + 500)])
         join.expire()
-        assert join.audit_pairs(["x", "x"], [True, False], [0, 1], [T0 + 501] * 2) == [-1, PAIR_CHANNEL_OVERRIDES]
+        assert join.labels(["x", "x"], [True, False], [0, 1], [T0 + 501] * 2) == \
+            ([-1, PAIR_CHANNEL_OVERRIDES], [False, True])
     finally:
         join.close()

@@ -65,6 +65,7 @@ def feedback_event(n_slots: int):
         st.integers(0, len(PREFERRED) - 1),  # code 0 is "" (no preference)
         unit_scores,
         weights,
+        st.booleans(),  # a repeat: a second label of its decision
     )
 
 
@@ -113,6 +114,7 @@ def batches(events, slot_map=None):
         *(np.array([e[i] for e in fb], dtype=np.int8) for i in (2, 3, 4, 5)),
         np.array([e[6] for e in fb], dtype=np.float64),
         np.array([e[7] for e in fb], dtype=np.float64),
+        repeat=np.array([len(e) > 8 and e[8] for e in fb], dtype=np.bool_),
     )
     return s, f
 
@@ -135,8 +137,8 @@ def reference_windows(layout, n_slots, events, slot_map=None):
         if e[0] == "score":
             refs[slot].update_score(DECISIONS[e[2]], e[3])
         else:
-            _, _, k, src, d, p, s, w = e
-            refs[slot].update_feedback(KINDS[k], SOURCES[src], DECISIONS[d], PREFERRED[p], s, w)
+            _, _, k, src, d, p, s, w, *repeat = e
+            refs[slot].update_feedback(KINDS[k], SOURCES[src], DECISIONS[d], PREFERRED[p], s, w, repeat=any(repeat))
     return refs
 
 

@@ -198,3 +198,49 @@ def test_a_biased_feedback_channel_is_caught_end_to_end_and_a_healthy_key_is_lef
     assert degraded and all("biased" in t["policy_id"] for t in degraded)
     assert "the channel likes where audits override" in degraded[0]["reason"]
     assert degraded[0]["evidence"]["audit_pairs_b"] > degraded[0]["evidence"]["audit_pairs_c"]
+
+
+def _with_second_looks(events: list[dict]) -> list[dict]:
+    """The stream plus, for every like/override, an audit of the same decision an hour later
+    that agrees with it, and for every third one a second reviewer's agreeing label too."""
+    extra = []  # (arrival index of the original, event time, event)
+    labels = [(i, e) for i, e in enumerate(events) if e["type"] == "feedback" and e["kind"] != "abstain"]
+    for n, (i, e) in enumerate(labels):
+        extra.append((i, e["ts"] + 3600.0, {**e, "source": "audit", "event_id": e["event_id"] + "-audit",
+                                            "ts": e["ts"] + 3600.0}))
+        if n % 3 == 0:
+            extra.append((i, e["ts"] + 60.0, {**e, "source": "reviewer", "event_id": e["event_id"] + "-rev",
+                                              "ts": e["ts"] + 60.0}))
+    # each goes in after its original, before the first event of the stream (kept in its arrival
+    # order) that shows a later event time, so it arrives on time as the rest do
+    reached = np.maximum.accumulate([e["ts"] for e in events])
+    at = np.searchsorted(reached, [ts for _, ts, _ in extra], side="right")
+    merged = [(i, 0, e) for i, e in enumerate(events)] + [(max(int(j), i + 1), 1, e)
+                                                          for j, (i, _, e) in zip(at, extra)]
+    merged.sort(key=lambda item: item[:2])
+    return [e for *_, e in merged]
+
+
+def test_the_sequential_rules_count_one_label_a_decision():
+    """Agreeing second looks at a decision (an audit, a second reviewer) are not independent
+    observations: they count in the loss, but the capped sums the retrain and rollback tests
+    read, and so those triggers, are exactly those of the stream without them."""
+    run = simulate(SimConfig(seed=11, n_windows=48, decisions_per_window=200, scenarios=("stationary", "step_drift"),
+                             duplicate_rate=0.0))
+    once = run_pipeline(encode_messages(run.events, 200), MonitorConfig())
+    looked = _with_second_looks(run.events)
+    assert len(looked) > len(run.events) * 1.2
+    twice = run_pipeline(encode_messages(looked, 200), MonitorConfig())
+    a, b = _tumbling(once), _tumbling(twice)
+    assert a.keys() <= b.keys()
+    for k in b:  # windows only the late audits reach hold repeats alone
+        assert a.get(k, {}).get("weight_capped", 0.0) == b[k]["weight_capped"], k
+        assert a.get(k, {}).get("override_weight_capped", 0.0) == b[k]["override_weight_capped"], k
+    more = [k for k in a if b[k]["n_labels"] > a[k]["n_labels"]]
+    assert len(more) > len(a) // 2  # the second looks do count as labels
+    alarms = {r: [(t["policy_id"], t["window"]["start"]) for t in once.triggers if t["rule"] == r]
+              for r in ("retrain", "rollback")}
+    first = {r: [(t["policy_id"], t["window"]["start"]) for t in twice.triggers if t["rule"] == r]
+             for r in ("retrain", "rollback")}
+    assert alarms["retrain"], "the step drift must raise a retrain"
+    assert first["retrain"][:1] == alarms["retrain"][:1] and first["rollback"][:1] == alarms["rollback"][:1]

@@ -15,7 +15,9 @@ class AlignmentLoss:
     `sum(w^2)` for the effective sample size `(sum w)^2 / sum w^2` (as a sum of
     `scaled_square`s, so no accepted weight underflows to 0), and the
     sums with each weight capped at 1 (`w_cap`, `wy_cap`) that the sequential
-    rules read: a label is at most one Bernoulli observation there, whatever its weight.
+    rules read: a label is at most one Bernoulli observation there, whatever its weight,
+    and only a decision's first label counts (a `repeat` is a second look at the same
+    decision, so not an independent observation).
 
     >>> m = AlignmentLoss()
     >>> for y, d in [(1, "act"), (0, "act"), (0, "hold"), (1, "hold")]:
@@ -23,8 +25,9 @@ class AlignmentLoss:
     >>> m.get(), m.cost_weighted(c_fp=3.0, c_fn=1.0), m.n_eff
     (0.5, 1.0, 4.0)
     >>> m.update(1, "act", weight=2.5)
+    >>> m.update(1, "act", repeat=True)
     >>> m.w, m.w_cap, m.wy_cap
-    (6.5, 5.0, 3.0)
+    (7.5, 5.0, 3.0)
     """
 
     def __init__(self) -> None:
@@ -36,14 +39,15 @@ class AlignmentLoss:
         self.wy_cap = 0.0
         self.wy_by_decision = {"act": 0.0, "hold": 0.0, "abstain": 0.0}
 
-    def update(self, y: int, decision: str, weight: float = 1.0) -> None:
+    def update(self, y: int, decision: str, weight: float = 1.0, repeat: bool = False) -> None:
         self.n += 1
         self.w += weight
         self.w2 += scaled_square(weight)
-        self.w_cap += min(weight, 1.0)
+        capped = 0.0 if repeat else min(weight, 1.0)
+        self.w_cap += capped
         if y:
             self.wy += weight
-            self.wy_cap += min(weight, 1.0)
+            self.wy_cap += capped
             self.wy_by_decision[decision] += weight
 
     def merge(self, other: "AlignmentLoss") -> None:

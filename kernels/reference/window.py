@@ -40,13 +40,14 @@ class WindowReference:
 
     def update_feedback(
         self, kind: str, source: str, decision: str, preferred: str, score: float, weight: float = 1.0,
-        pair: int = -1,
+        pair: int = -1, repeat: bool = False,
     ) -> None:
+        """`pair`: the audit-pair code it completed; `repeat`: its decision was labelled before."""
         self.rates.update_feedback(kind, decision, weight)
         self.pairs.update(pair)
         if kind in ("like", "override"):
             y = int(kind == "override")
-            self.loss.update(y, decision, weight)
+            self.loss.update(y, decision, weight, repeat)
             if source == "audit":
                 self.audit.update(y, decision, weight)
         y_star = human_label(KINDS.index(kind), DECISIONS.index(decision), PREFERRED.index(preferred))

@@ -10,8 +10,9 @@ The result is exactly what taking the events one at a time would give:
   the next score of its scenario (in this batch, or parked in the store), and its record then
   comes right after that score's;
 - labelled feedback that completes its scenario's audit pair on arrival (the first audit
-  label and the first label of another channel) carries the pair's code in its record,
-  wherever that record lands (:meth:`streams.operators.join.FeedbackJoin.audit_pairs`).
+  label and the first label of another channel) carries the pair's code in its record, and
+  labelled feedback on a scenario labelled before is marked a repeat, wherever that record
+  lands (:meth:`streams.operators.join.FeedbackJoin.labels`).
 
 Why column at a time: a Python loop over every event cost about 5 µs an event, most of the
 envelope path. Here scores (most events) are handled by C-level `map`s and numpy; only
@@ -41,6 +42,7 @@ _ABLATION = {**KIND, "abstain": KIND["like"]}  # without abstention handling an 
 _OWN_CONTEXT = attrgetter("policy_id", "score", "tau", "decision")  # all set: feedback needs no join
 _FEEDBACK_FIELDS = attrgetter("ts", "kind", "source", "preferred", "weight")
 _FIVE = itemgetter(0, 1, 2, 3, 4)  # a context's fields a record needs (stored ones have a sixth)
+_UNLABELLED = (-1, False)
 _ID_PREFIX = ("f:", "s:")  # by "is a score": score and feedback ids are separate namespaces
 
 
@@ -114,24 +116,24 @@ def ingest(events: list, dedup: Deduplicator, join: FeedbackJoin, abstention_han
     fbs = list(map(events.__getitem__, fb_pos))
     out.kinds = Counter(map(_KIND, fbs))
     kinds = KIND if abstention_handling else _ABLATION
-    bare = []  # (position, event, pair code) of feedback without its context
-    for pos, ev, pair, own in zip(fb_pos, fbs, _pairs(fbs, join, kinds), map(_OWN_CONTEXT, fbs)):
+    bare = []  # (position, event, (pair code, repeat)) of feedback without its context
+    for pos, ev, label, own in zip(fb_pos, fbs, _labels(fbs, join, kinds), map(_OWN_CONTEXT, fbs)):
         if None not in own:
-            feedback.add(pos, ev, pair, (own[0], ev.segment or "default", own[1], own[2], own[3]))
+            feedback.add(pos, ev, label, (own[0], ev.segment or "default", own[1], own[2], own[3]))
         else:
-            bare.append((pos, ev, pair))
+            bare.append((pos, ev, label))
     stored = join.scores_of([ev.scenario_id for _, ev, _ in bare])
-    for pos, ev, pair in bare:
+    for pos, ev, label in bare:
         sid = ev.scenario_id
         candidates = stored.get(sid, [])
         here = batch.before(sid, pos)
         if here:
             candidates = candidates + list(map(contexts.__getitem__, here))
         if candidates:
-            feedback.add(pos, ev, pair, pick(candidates, ev.ts))
+            feedback.add(pos, ev, label, pick(candidates, ev.ts))
             continue
         out.waiting += 1
-        pending = Pending(sid, ev.event_id, ev.ts, ev.kind, ev.source, ev.preferred or "", ev.weight, pair)
+        pending = Pending(sid, ev.event_id, ev.ts, ev.kind, ev.source, ev.preferred or "", ev.weight, *label)
         j = batch.after(sid, pos)
         if j is None:
             parked.append(pending)
@@ -141,7 +143,7 @@ def ingest(events: list, dedup: Deduplicator, join: FeedbackJoin, abstention_han
         released = released_from_store.get(j, []) + [p for _, p in waiting_here.get(j, [])]
         out.joined_late += len(released)
         for p in released:
-            feedback.add(score_pos[j] + 0.5, p, p.pair, contexts[j])
+            feedback.add(score_pos[j] + 0.5, p, (p.pair, p.repeat), contexts[j])
 
     out.scores = len(scores)
     join.add_scores(sids, contexts)
@@ -150,18 +152,19 @@ def ingest(events: list, dedup: Deduplicator, join: FeedbackJoin, abstention_han
     return out
 
 
-def _pairs(fbs: list, join: FeedbackJoin, kinds: dict) -> list[int]:
-    """The audit-pair code each feedback event (in log order) completes on arrival, -1 for none."""
+def _labels(fbs: list, join: FeedbackJoin, kinds: dict) -> list[tuple[int, bool]]:
+    """(audit-pair code it completes on arrival or -1, whether its scenario was labelled
+    before) of each feedback event, in log order; (-1, False) for an abstention."""
     labels = list(map(kinds.__getitem__, map(_KIND, fbs)))
     labelled = list(compress(range(len(fbs)), map(_LABELLED, labels)))
-    codes = [-1] * len(fbs)
+    out = [_UNLABELLED] * len(fbs)
     if labelled:
         events = list(map(fbs.__getitem__, labelled))
-        got = join.audit_pairs(list(map(_SCENARIO_ID, events)), list(map("audit".__eq__, map(_SOURCE, events))),
-                               list(map(labels.__getitem__, labelled)), list(map(_TS, events)))
-        for i, code in zip(labelled, got):
-            codes[i] = code
-    return codes
+        codes, repeats = join.labels(list(map(_SCENARIO_ID, events)), list(map("audit".__eq__, map(_SOURCE, events))),
+                                     list(map(labels.__getitem__, labelled)), list(map(_TS, events)))
+        for i, code, repeat in zip(labelled, codes, repeats):
+            out[i] = (code, repeat)
+    return out
 
 
 class _Feedback:
@@ -171,12 +174,14 @@ class _Feedback:
         self.order: list[float] = []
         self.own: list = []  # events, or Pending (both have the fields of _FEEDBACK_FIELDS)
         self.pair: list[int] = []
+        self.repeat: list[bool] = []
         self.contexts: list[tuple] = []  # (policy_id, segment, score, tau, decision, ...)
 
-    def add(self, order: float, own, pair: int, ctx: tuple) -> None:
+    def add(self, order: float, own, label: tuple[int, bool], ctx: tuple) -> None:
         self.order.append(order)
         self.own.append(own)
-        self.pair.append(pair)
+        self.pair.append(label[0])
+        self.repeat.append(label[1])
         self.contexts.append(ctx)
 
     def __len__(self) -> int:
@@ -193,7 +198,8 @@ def _records(contexts: list[tuple], score_pos: list[int], feedback: _Feedback, k
     if n_s:
         policy, segment, score, tau, decision, ts = zip(*contexts)  # one C-level pass
         keys = list(zip(policy, segment))
-    order, kind, source, preferred, weight, pair = score_pos, [0] * n_s, [0] * n_s, [0] * n_s, [1.0] * n_s, [-1] * n_s
+    order, kind, source, preferred, weight = score_pos, [0] * n_s, [0] * n_s, [0] * n_s, [1.0] * n_s
+    pair, repeat = [-1] * n_s, [False] * n_s
     if n_f:
         f_policy, f_segment, f_score, _, f_decision = zip(*map(_FIVE, feedback.contexts))
         f_ts, f_kind, f_source, f_preferred, f_weight = zip(*map(_FEEDBACK_FIELDS, feedback.own))
@@ -202,11 +208,11 @@ def _records(contexts: list[tuple], score_pos: list[int], feedback: _Feedback, k
         tau, kind, source, preferred, weight = tau + (0.0,) * n_f, kind + list(map(kinds.__getitem__, f_kind)), \
             source + list(map(SOURCE.__getitem__, f_source)), \
             preferred + list(map(PREFERRED.__getitem__, f_preferred)), weight + list(f_weight)
-        pair += feedback.pair
+        pair, repeat = pair + feedback.pair, repeat + feedback.repeat
     etype = np.repeat(np.array([SCORE_EVENT, FEEDBACK_EVENT], np.int8), [n_s, n_f])
     arrival = np.argsort(np.array(order, np.float64), kind="stable")
     f8 = lambda values: np.array(values, np.float64)[arrival]  # noqa: E731
     i8 = lambda values: np.array(values, np.int8)[arrival]  # noqa: E731
     return Records(list(map(keys.__getitem__, arrival.tolist())), f8(ts), etype[arrival],
                    i8(list(map(DECISION.__getitem__, decision))), f8(tau), i8(kind), i8(source), i8(preferred),
-                   f8(score), f8(weight), i8(pair))
+                   f8(score), f8(weight), i8(pair), np.array(repeat, np.bool_)[arrival])

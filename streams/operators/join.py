@@ -9,8 +9,9 @@ feedback (returned, so the caller can dead-letter it).
 
 Every score is kept under its own key (`s:<sid>\0<serial>`), so a re-scored
 scenario keeps all its scores and feedback can take the one its event time
-asks for (:func:`pick`). The same store remembers, per scenario, the first
-labels of the audit pairs (:meth:`FeedbackJoin.audit_pairs`).
+asks for (:func:`pick`). The same store remembers, per labelled scenario,
+whether it was labelled before and the first labels of its audit pair
+(:meth:`FeedbackJoin.labels`).
 """
 from __future__ import annotations
 
@@ -27,11 +28,12 @@ from rocksdict import Options, Rdict, WriteBatch, WriteBufferManager, WriteOptio
 from kernels.layout import PAIR_AGREE, PAIR_AUDIT_OVERRIDES, PAIR_CHANNEL_OVERRIDES
 
 _SCORE, _FEEDBACK, _EXPIRY = b"s:", b"f:", b"x:"
-_CHANNEL, _AUDIT = b"c:", b"a:"  # audit pairs: first channel labels, audit state
-_SERIAL = b"m:serial"  # last number given to a score or channel-label key
+_LABELS = b"l:"  # per labelled scenario: (first channel label, audit state, event time written)
+_SERIAL = b"m:serial"  # last number given to a score key
 # what the expiry index's entries list, by kind (S, s and f: from older stores, s and f newline-joined)
-_INDEXED = {b"N": _SCORE, b"S": _SCORE, b"s": _SCORE, b"F": _FEEDBACK, b"f": _FEEDBACK, b"C": _CHANNEL, b"A": _AUDIT}
-_PAIRED = -1  # audit state of a scenario whose pair is complete (else: the first audit's label)
+_INDEXED = {b"N": _SCORE, b"S": _SCORE, b"s": _SCORE, b"F": _FEEDBACK, b"f": _FEEDBACK, b"L": _LABELS}
+# a label state's fields: none yet, or (audit state) the pair is complete; else a label
+_NONE, _PAIRED = -1, 2
 _encode, _decode = msgspec.msgpack.encode, msgspec.msgpack.decode
 # pair code of (audit label, channel label), labels LIKE = 0 / OVERRIDE = 1
 _PAIR_CODE = ((PAIR_AGREE, PAIR_CHANNEL_OVERRIDES), (PAIR_AUDIT_OVERRIDES, PAIR_AGREE))
@@ -59,6 +61,7 @@ class Pending(NamedTuple):
     preferred: str
     weight: float
     pair: int = -1  # audit-pair code this feedback completed on arrival (kernels.layout.PAIR_*)
+    repeat: bool = False  # its scenario was labelled before (FeedbackJoin.labels)
 
 
 def pick(contexts: list, ts: float):
@@ -130,12 +133,9 @@ class FeedbackJoin:
         self._write = WriteOptions()
         self._write.disable_wal = True
         self._waiting: dict[str, int] = {}  # scenario_id -> parked feedback count (small: the rare case)
-        # scenario_id -> label of its first audit, while no channel label has paired it (audits
-        # are a sample: small); mirrors the store's unpaired a: entries
-        self._audits: dict[str, int] = {}
         self._seq = 0
         self._parked = 0  # feedback parked so far: numbers their keys, so release keeps arrival order
-        self._serial = 0  # numbers score and channel-label keys (kept in the store: `_SERIAL`)
+        self._serial = 0  # numbers score keys (kept in the store: `_SERIAL`)
         self._clock = float("-inf")
         self._last_expiry = float("-inf")
         self.expired_scores = 0
@@ -143,16 +143,10 @@ class FeedbackJoin:
         self._note_stored()
 
     def _note_stored(self) -> None:
-        """Take the in-memory mirrors and the key serial from the store's entries."""
-        self._waiting, self._audits = {}, {}
+        """Take the parked-feedback counts and the key serial from the store's entries."""
+        self._waiting = {}
         for key in self._keys(_FEEDBACK):
             self._note_parked(key)
-        for key, value in self.db.items(from_key=_AUDIT):
-            if not key.startswith(_AUDIT):
-                break
-            state = _decode(value)[0]
-            if state != _PAIRED:
-                self._audits[key[2:].decode()] = state
         self._serial = int(self.db.get(_SERIAL) or 0)
 
     def _note_parked(self, key: bytes) -> None:
@@ -169,8 +163,8 @@ class FeedbackJoin:
             yield key
 
     def _index(self, wb: WriteBatch, max_ts: float, kind: bytes, refs: list) -> None:
-        """One expiry entry for a batch's keys: a kind of `_INDEXED` (N scores, F feedback, C
-        channel labels, A audit states), the keys without prefix as a msgpack list (ids may hold
+        """One expiry entry for a batch's keys: a kind of `_INDEXED` (N scores, F feedback, L
+        label states), the keys without prefix as a msgpack list (ids may hold
         any character); for N, [first number, scenario ids] (:func:`_numbered`)."""
         self._seq += 1
         wb.put(_EXPIRY + _ms(max_ts) + b"%08d" % (self._seq % 10**8) + kind, _encode(refs))
@@ -234,7 +228,7 @@ class FeedbackJoin:
             self._parked += 1
             ref = p.scenario_id.encode() + b"\x00%016d" % self._parked
             refs.append(ref)
-            wb.put(_FEEDBACK + ref, _encode((p.event_id, p.ts, p.kind, p.source, p.preferred, p.weight, p.pair)))
+            wb.put(_FEEDBACK + ref, _encode(p[1:]))
             self._waiting[p.scenario_id] = self._waiting.get(p.scenario_id, 0) + 1
         max_ts = max(p.ts for p in pending)
         self._index(wb, max_ts, b"F", refs)
@@ -263,84 +257,54 @@ class FeedbackJoin:
         self.db.write(wb, self._write)
         return out
 
-    def audit_pairs(self, scenario_ids: list[str], audit: list[bool], labels: list[int], ts: list[float]) -> list[int]:
-        """Pair codes (kernels.layout.PAIR_*, -1 for none) of labelled feedback in log order:
-        scenario, whether from an audit, label (LIKE 0 / OVERRIDE 1), event time each.
+    def labels(self, scenario_ids: list[str], audit: list[bool], labels: list[int],
+               ts: list[float]) -> tuple[list[int], list[bool]]:
+        """(pair codes, repeats) of labelled feedback in log order: scenario, whether from an
+        audit, label (LIKE 0 / OVERRIDE 1), event time each.
 
-        A scenario pairs its first audit label with its first label from any other channel;
-        the feedback that brings the second of the two gets the code, and a scenario pairs once
-        (within the horizon). Channel labels, by far the most, cost no read: the first of a
-        scenario in a batch is written under its own numbered key (the first key is the first
-        label), and unpaired audits are mirrored in memory. Only an audit reads the store."""
-        unpaired = self._audits
-        if not any(audit) and unpaired.keys().isdisjoint(scenario_ids):  # no pair completes: C-level
-            first = dict(zip(reversed(scenario_ids), reversed(labels)))
-            self._store_pair_state(first, {}, max(ts))
-            return [-1] * len(scenario_ids)
-        asked = {sid for sid, a in zip(scenario_ids, audit) if a}.difference(unpaired)
-        paired, channel = self._pair_state(asked)
-        first: dict[str, int] = {}  # scenario -> its first channel label in this batch
-        changed: dict[str, tuple[int, float]] = {}  # scenario -> (audit state, event time) to store
-        codes = []
+        Pair code (kernels.layout.PAIR_*, -1 for none): a scenario pairs its first audit label
+        with its first label from any other channel; the feedback that brings the second of the
+        two gets the code, and a scenario pairs once. Repeat: the scenario was labelled before,
+        so this label is a second look at the same decision (the sequential rules count one
+        label a decision). Both within the horizon: a scenario's label state is forgotten a
+        horizon after it last changed. One batched read of the store per call."""
+        distinct = sorted(set(scenario_ids))
+        state: dict[str, list] = {}  # scenario -> [first channel label, audit state, changed]
+        for sid, value in zip(distinct, self.db[[_LABELS + sid.encode() for sid in distinct]]):
+            if value is not None:
+                channel, audit_state, _ = _decode(value)
+                state[sid] = [channel, audit_state, False]
+        codes, repeats = [], []
         for sid, is_audit, label, t in zip(scenario_ids, audit, labels, ts):
+            known = state.get(sid)
+            repeats.append(known is not None)
+            if known is None:
+                known = state[sid] = [_NONE, _NONE, True]
+            channel, audit_state = known[0], known[1]
             code = -1
-            if not is_audit:
-                first_audit = unpaired.pop(sid, None)
-                if first_audit is not None:
-                    code = _PAIR_CODE[first_audit][label]
-                    paired.add(sid)
-                    changed[sid] = (_PAIRED, t)
-                elif sid not in first:
-                    first[sid] = label
-            elif sid not in unpaired and sid not in paired:
-                first_channel = channel.get(sid, first.get(sid))
-                if first_channel is None:
-                    unpaired[sid] = label
-                    changed[sid] = (label, t)
+            if not is_audit and channel == _NONE:
+                known[0], known[2] = label, True
+                if audit_state not in (_NONE, _PAIRED):
+                    code, known[1] = _PAIR_CODE[audit_state][label], _PAIRED
+            elif is_audit and audit_state == _NONE:
+                known[2] = True
+                if channel == _NONE:
+                    known[1] = label
                 else:
-                    code = _PAIR_CODE[label][first_channel]
-                    paired.add(sid)
-                    changed[sid] = (_PAIRED, t)
+                    code, known[1] = _PAIR_CODE[label][channel], _PAIRED
             codes.append(code)
-        self._store_pair_state(first, changed, max(ts, default=float("-inf")))
-        return codes
+        self._store_labels({sid: v for sid, v in state.items() if v[2]}, max(ts, default=float("-inf")))
+        return codes, repeats
 
-    def _pair_state(self, scenario_ids: set[str]) -> tuple[set[str], dict[str, int]]:
-        """(those paired, their first channel label) among scenarios without an unpaired audit."""
-        paired: set[str] = set()
-        channel: dict[str, int] = {}
-        if not scenario_ids:
-            return paired, channel
-        sids = sorted(scenario_ids)
-        for sid, value in zip(sids, self.db[[_AUDIT + sid.encode() for sid in sids]]):
-            if value is not None:  # an audit state that is not in memory: paired
-                paired.add(sid)
-        it = self.db.iter()
-        for sid in sids:
-            own = _CHANNEL + sid.encode() + b"\x00"
-            it.seek(own)
-            while it.valid() and it.key().startswith(own):
-                if _is_numbered(it.key(), own):
-                    channel[sid] = int(it.value())
-                    break
-                it.next()
-        return paired, channel
-
-    def _store_pair_state(self, first: dict[str, int], changed: dict[str, tuple[int, float]], max_ts: float) -> None:
-        """Write a batch's first channel labels and changed audit states, with their expiry entries."""
-        if not first and not changed:
+    def _store_labels(self, changed: dict[str, list], max_ts: float) -> None:
+        """Write the scenarios' changed label states, with one expiry entry for them."""
+        if not changed:
             return
         wb = WriteBatch(raw_mode=True)
-        if first:
-            _, refs = self._numbered_refs(list(map(str.encode, first)))
-            deque(map(wb.put, map(_CHANNEL.__add__, refs), map(b"%d".__mod__, first.values())), maxlen=0)
-            wb.put(_SERIAL, b"%d" % self._serial)
-            self._index(wb, max_ts, b"C", refs)
-        if changed:
-            refs = [sid.encode() for sid in changed]
-            for ref, state in zip(refs, changed.values()):
-                wb.put(_AUDIT + ref, _encode(state))
-            self._index(wb, max_ts, b"A", refs)
+        refs = [sid.encode() for sid in changed]
+        for ref, (channel, audit_state, _) in zip(refs, changed.values()):
+            wb.put(_LABELS + ref, _encode((channel, audit_state, max_ts)))
+        self._index(wb, max_ts, b"L", refs)
         self.db.write(wb, self._write)
         self._clock = max(self._clock, max_ts)
 
@@ -363,9 +327,6 @@ class FeedbackJoin:
             else:
                 listed = refs.split(b"\n") if kind in (b"s", b"f") else _decode(refs, type=list[bytes])
             keys = [prefix + r for r in listed]
-            if prefix == _CHANNEL:
-                deque(map(wb.delete, keys), maxlen=0)
-                continue
             for k, v in zip(keys, self.db[keys]):
                 if v is None:
                     continue
@@ -375,12 +336,9 @@ class FeedbackJoin:
                     wb.delete(k)
                     self.expired_scores += 1
                     continue
-                if prefix == _AUDIT:
-                    state, ts = _decode(v)
-                    if ts >= self._clock - self.horizon_s:
-                        continue  # written again since: the newer write's entry expires it
-                    wb.delete(k)
-                    self._audits.pop(k[2:].decode(), None)
+                if prefix == _LABELS:
+                    if _decode(v)[2] < self._clock - self.horizon_s:  # else written again since:
+                        wb.delete(k)  # the newer write's entry expires it
                     continue
                 wb.delete(k)
                 sid = _parked_key(k)[0].decode()

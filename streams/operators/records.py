@@ -32,10 +32,13 @@ class Records:
     score: np.ndarray
     weight: np.ndarray
     pair: np.ndarray | None = None  # audit-pair code a feedback completed (kernels.layout.PAIR_*)
+    repeat: np.ndarray | None = None  # a label on a decision labelled before
 
     def __post_init__(self) -> None:
         if self.pair is None:
             self.pair = np.full(len(self.keys), -1, np.int8)
+        if self.repeat is None:
+            self.repeat = np.zeros(len(self.keys), np.bool_)
 
     @classmethod
     def empty(cls) -> "Records":
@@ -53,5 +56,5 @@ class Records:
         scores = ScoreBatch(slot[s], cut(self.decision)[s], cut(self.tau)[s])
         feedback = FeedbackBatch(slot[f], cut(self.kind)[f], cut(self.source)[f], cut(self.decision)[f],
                                  cut(self.preferred)[f], cut(self.score)[f], cut(self.weight)[f],
-                                 cut(self.pair)[f])
+                                 cut(self.pair)[f], cut(self.repeat)[f])
         return scores, feedback
