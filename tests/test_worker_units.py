@@ -4,12 +4,14 @@ from __future__ import annotations
 import asyncio
 from collections import namedtuple
 
+import msgspec
 import numpy as np
 import pytest
 
 import schemas
-from kernels.layout import StateLayout
+from kernels.layout import PAIR_B, PAIR_N, StateLayout
 from streams.config import MonitorConfig
+from streams.events import WindowStatsEvent
 from streams.operators.aggregate import WindowResult
 from streams.operators.windows import Partials
 from streams.worker import partials as codec
@@ -76,6 +78,7 @@ def test_window_stats_events_follow_the_schema():
     layout = config.layout
     rows = layout.zeros(2)
     rows[0, 0] = 3  # three act decisions
+    rows[0, PAIR_N], rows[0, PAIR_B] = 2, 1  # the kernels count audit pairs as floats too
     from kernels.derive import derive
 
     stats = derive(rows, layout, config.stats)
@@ -85,6 +88,8 @@ def test_window_stats_events_follow_the_schema():
     events = window_stats_events(res, config.version)
     for _, event in events:
         validator.validate(event)
+        msgspec.json.decode(msgspec.json.encode(event), type=WindowStatsEvent, strict=True)  # counts as ints
+    assert events[0][1]["stats"]["audit_pairs"] == 2 and type(events[0][1]["stats"]["audit_pairs_b"]) is int
     assert events[0][1]["stats"]["n_act"] == 3 and events[1][1]["late_events"] == 2
     assert events[0][1]["stats"]["loss"] is None  # empty window: no loss, not NaN
 

@@ -9,8 +9,18 @@ from streams.events import WindowStats
 from streams.operators.aggregate import WindowResult
 
 _FIELDS = set(WindowStats.__struct_fields__)
-_COUNTS = {"n_decisions", "n_act", "n_hold", "n_abstain_decisions", "n_feedback", "n_like", "n_override",
-           "n_abstain_feedback", "n_labels", "audit_n"}
+
+
+def _integer_fields(struct) -> set[str]:
+    """Fields the schema types as integers (counts): written as ints, since the kernels sum
+    them as floats and a strict reader refuses 3.0 for an integer."""
+    def integer(t) -> bool:
+        return isinstance(t, msgspec.inspect.IntType) or (
+            isinstance(t, msgspec.inspect.UnionType) and any(map(integer, t.types)))
+    return {f.name for f in msgspec.inspect.type_info(struct).fields if integer(f.type)}
+
+
+_COUNTS = _integer_fields(WindowStats)
 
 
 def _value(name: str, v: float):
