@@ -28,6 +28,7 @@ TOPIC_SCHEMAS = {
     "scores": ("score", "envelope"),
     "feedback": ("feedback", "envelope"),
     "triggers": ("trigger",),
+    "actions": ("action",),
     "stats": ("window_stats",),
     "deadletters": ("dead_letter",),
 }
