@@ -173,3 +173,23 @@ def test_windows_match_one_event_at_a_time_reference(events, spec, batch, partit
     for e in events:
         by_partition[int(rng.integers(partitions))].append(e)
     check_against_reference(by_partition, MonitorConfig(windows=spec), batch)
+
+
+@pytest.mark.parametrize("bad", [
+    {"tumbling_s": 1e-9, "hopping_s": 1e-9, "advance_s": 1e-9},  # pane numbers past int64 for late dates
+    {"early_s": 0.001},
+    {"grace_s": 1e9},  # a ring of millions of open panes per key
+    {"grace_s": float("inf")},
+    {"tumbling_s": float("nan")},
+    {"hopping_s": 450.0},  # not whole panes
+])
+def test_window_specs_whose_panes_or_ring_would_not_fit_are_refused(bad):
+    with pytest.raises(ValueError):
+        WindowSpec(**bad)
+
+
+def test_the_smallest_panes_number_the_latest_event_time_inside_int64():
+    from streams.events import MAX_EPOCH_S
+    spec = WindowSpec(tumbling_s=WindowSpec.MIN_STEP_S, hopping_s=WindowSpec.MIN_STEP_S,
+                      advance_s=WindowSpec.MIN_STEP_S, early_s=WindowSpec.MIN_STEP_S)
+    assert MAX_EPOCH_S / spec.tumbling_s < 2**40 and spec.open_panes <= WindowSpec.MAX_OPEN_PANES

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -30,8 +31,14 @@ END_OF_INPUT = 2**62
 class WindowSpec:
     """Tumbling pane size, hopping window size and advance, grace (allowed lateness), seconds.
 
-    The hopping size and advance must be whole numbers of panes.
+    The hopping size and advance must be whole numbers of panes. Panes and early-result
+    ticks are at least `MIN_STEP_S`, so every accepted event time has a pane number far
+    inside int64, and grace spans at most `MAX_OPEN_PANES` panes, the ring a partition
+    keeps open per key.
     """
+
+    MIN_STEP_S: ClassVar[float] = 1.0
+    MAX_OPEN_PANES: ClassVar[int] = 10_000
 
     tumbling_s: float = 300.0
     hopping_s: float = 3600.0
@@ -40,8 +47,12 @@ class WindowSpec:
     early_s: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.tumbling_s <= 0 or self.grace_s < 0 or self.early_s <= 0:
-            raise ValueError("tumbling_s and early_s must be > 0, grace_s >= 0")
+        if not (self.tumbling_s >= self.MIN_STEP_S and self.early_s >= self.MIN_STEP_S and self.grace_s >= 0):
+            raise ValueError(f"tumbling_s and early_s must be >= {self.MIN_STEP_S} s, grace_s >= 0")
+        if not all(map(math.isfinite, (self.tumbling_s, self.hopping_s, self.advance_s, self.grace_s, self.early_s))):
+            raise ValueError("window sizes must be finite")
+        if self.open_panes > self.MAX_OPEN_PANES:
+            raise ValueError(f"grace_s spans {self.open_panes} panes of tumbling_s; at most {self.MAX_OPEN_PANES}")
         for name in ("hopping_s", "advance_s"):
             ratio = getattr(self, name) / self.tumbling_s
             if ratio < 1 or abs(ratio - round(ratio)) > 1e-9:
