@@ -13,6 +13,7 @@ from streams.actuator.decide import (
     probation_due,
     probation_verdict,
     rollback_trigger,
+    settle,
     verdict_action,
 )
 from streams.events import ActionEvent, TriggerEvent
@@ -121,6 +122,21 @@ def test_a_worse_loss_is_reverted_with_a_rollback_trigger():
     assert rb["trigger_id"] == action["rollback_trigger_id"] and "reverted change " + "c" * 32 in rb["reason"]
     schemas.validator("trigger").validate({**rb, "emitted_at": END})
     msgspec.convert({**rb, "emitted_at": END}, TriggerEvent)
+
+
+def test_settle_reverts_a_worse_change_once_due_and_leaves_a_replaced_threshold_alone():
+    state = KeyState(last_change_at=END, probation=PROB)
+    assert settle(windows([0.10] * 12, [0.14] * 11), state, 0.6, "pol", "seg", CONFIG) is None  # not due yet
+    worse = windows([0.10] * 12, [0.14] * 12)
+    done = settle(worse, state, 0.6, "pol", "seg", CONFIG)
+    assert done.action["decision"] == "reverted" and done.write_tau == 0.5
+    assert done.state == KeyState(last_change_at=PROB.end, probation=None)
+    assert done.rollback["trigger_id"] == done.action["rollback_trigger_id"]
+    replaced = settle(worse, state, 0.55, "pol", "seg", CONFIG)  # someone else set 0.55 meanwhile
+    assert replaced.action["decision"] == "kept" and "left alone" in replaced.action["reason"]
+    assert (replaced.write_tau, replaced.rollback) == (None, None)
+    assert replaced.state == KeyState(last_change_at=END, probation=None)
+    assert settle(worse, KeyState(last_change_at=END), 0.6, "pol", "seg", CONFIG) is None  # nothing on probation
 
 
 @pytest.mark.parametrize("after", [[0.10] * 12, [0.105] * 12, [0.05] * 12])

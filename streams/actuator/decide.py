@@ -256,6 +256,38 @@ def probation_verdict(windows: dict[float, dict], probation: Probation, config: 
     return Verdict("kept", before, after, z, why)
 
 
+@dataclass
+class Settled:
+    """A probation's outcome: the verdict's action event, the key's state after it, the
+    threshold to write back (a revert, else None) and the rollback trigger announcing it."""
+
+    action: dict
+    state: KeyState
+    write_tau: float | None = None
+    rollback: dict | None = None
+
+
+def settle(windows: dict[float, dict], state: KeyState, tau_in_force: float | None, policy_id: str, segment: str,
+           config: ActuatorConfig) -> Settled | None:
+    """Decide the key's probation once a final window has reached its end (None: nothing to
+    decide yet). A revert writes the previous threshold back, unless someone else replaced
+    the change's threshold meanwhile: then the change is left alone (kept)."""
+    prob = state.probation
+    if prob is None or not probation_due(windows, prob):
+        return None
+    verdict = probation_verdict(windows, prob, config)
+    revert = verdict.decision == "reverted" and tau_in_force == prob.tau_after
+    if verdict.decision == "reverted" and not revert:
+        verdict.decision = "kept"
+        verdict.reason = (f"{verdict.reason}, but the threshold in force ({tau_in_force}) is no longer the "
+                          f"change's: left alone")
+    after = KeyState(last_change_at=prob.end if revert else state.last_change_at, probation=None)
+    action = verdict_action(verdict, prob, policy_id, segment, config)
+    if not revert:
+        return Settled(action, after)
+    return Settled(action, after, prob.tau_before, rollback_trigger(verdict, prob, policy_id, segment, config))
+
+
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 

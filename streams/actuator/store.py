@@ -29,15 +29,7 @@ import msgspec
 import orjson
 import redis
 
-from streams.actuator.decide import (
-    ActuatorConfig,
-    Decision,
-    KeyState,
-    probation_due,
-    probation_verdict,
-    rollback_trigger,
-    verdict_action,
-)
+from streams.actuator.decide import ActuatorConfig, Decision, KeyState, settle
 from streams.events import ActionEvent, TriggerEvent
 from streams.state.redis_store import RedisStore, key_part, threshold_key
 
@@ -137,29 +129,19 @@ class ActuatorStore:
 
         def body(pipe):
             state = KeyState.from_dict(orjson.loads(pipe.get(state_key) or b"null"))
-            prob = state.probation
-            if prob is None:
+            if state.probation is None:
                 return None
-            windows = self.windows(policy_id, segment, pipe)
-            if not probation_due(windows, prob):
-                return None
-            verdict = probation_verdict(windows, prob, config)
             raw_tau = pipe.get(tau_key)
-            in_force = None if raw_tau is None else float(raw_tau)
-            revert = verdict.decision == "reverted" and in_force == prob.tau_after
-            if verdict.decision == "reverted" and not revert:
-                verdict.decision = "kept"
-                verdict.reason = (f"{verdict.reason}, but the threshold in force ({in_force}) is no longer the "
-                                  f"change's: left alone")
-            action = {**verdict_action(verdict, prob, policy_id, segment, config),
-                      "emitted_at": time.time() if now is None else now}
+            settled = settle(self.windows(policy_id, segment, pipe), state,
+                             None if raw_tau is None else float(raw_tau), policy_id, segment, config)
+            if settled is None:
+                return None
+            action = {**settled.action, "emitted_at": time.time() if now is None else now}
             pipe.multi()
-            pipe.set(state_key, orjson.dumps(KeyState(
-                last_change_at=prob.end if revert else state.last_change_at, probation=None).dump()))
-            if revert:
-                self._write_threshold(pipe, action, prob.tau_before)
-                trigger = {**rollback_trigger(verdict, prob, policy_id, segment, config),
-                           "emitted_at": action["emitted_at"]}
+            pipe.set(state_key, orjson.dumps(settled.state.dump()))
+            if settled.write_tau is not None:
+                self._write_threshold(pipe, action, settled.write_tau)
+                trigger = {**settled.rollback, "emitted_at": action["emitted_at"]}
                 pipe.rpush(self._k("actuator:outbox"), outgoing("triggers", trigger, TriggerEvent))
             pipe.rpush(self._k("actuator:outbox"), outgoing("actions", action, ActionEvent))
             pipe.execute()
