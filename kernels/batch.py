@@ -82,12 +82,14 @@ class FeedbackBatch:
     weight: np.ndarray
     pair: np.ndarray | None = None  # audit-pair codes (kernels.layout.PAIR_*); None: no pairs
     repeat: np.ndarray | None = None  # labels on decisions labelled before; None: none is
+    lag: np.ndarray | None = None  # panes from the decision's pane to this one; None: 0 (the same pane)
 
     def __post_init__(self) -> None:
         self.slot = _as(self.slot, np.int64)
         if self.pair is None:
             self.pair = np.full(len(self.slot), -1, np.int8)
         self.repeat = np.zeros(len(self.slot), np.bool_) if self.repeat is None else _as(self.repeat, np.bool_)
+        self.lag = np.zeros(len(self.slot), np.int64) if self.lag is None else _as(self.lag, np.int64)
         for name in ("kind", "source", "decision", "preferred", "pair"):
             setattr(self, name, _as_code(name, getattr(self, name)))
         self.score, self.weight = _as(self.score, np.float64), _as(self.weight, np.float64)
@@ -123,4 +125,4 @@ def apply(state: np.ndarray, scores: ScoreBatch, feedback: FeedbackBatch) -> Non
     feedback.check(n)
     f = feedback
     update(state, scores.slot, scores.decision, scores.tau, f.slot, f.kind, f.source, f.decision, f.preferred, f.score, f.weight,
-           f.pair, f.repeat)
+           f.pair, f.repeat, f.lag)

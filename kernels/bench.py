@@ -19,6 +19,8 @@ from kernels.layout import (
     AUDIT_WY,
     BRIER,
     FB_ABSTAIN,
+    FB_LAG,
+    LAG_PANES,
     N_DEC,
     N_FB,
     N_SCALARS,
@@ -55,6 +57,7 @@ def make_events(n: int, keys: int, seed: int = 0, feedback_share: float = 0.25):
         np.ones(nf),
         rng.choice(4, nf, p=[0.97, 0.02, 0.007, 0.003]).astype(np.int8) - 1,
         rng.random(nf) < 0.03,  # repeats: second labels of a decision
+        np.minimum(rng.geometric(0.5, nf) - 1, 20),  # panes after the decision's
     )
     return scores, feedback
 
@@ -64,7 +67,7 @@ def numpy_update(state: np.ndarray, scores, feedback) -> None:
     rows, width = state.shape
     n_bins = (width - N_SCALARS) // 3
     s_slot, s_dec, s_tau = scores
-    f_slot, kind, source, dec, pref, score, w, pair, repeat = feedback
+    f_slot, kind, source, dec, pref, score, w, pair, repeat, lag = feedback
 
     def add(col, idx, weights=None):
         state[:, col] += np.bincount(idx, weights, minlength=rows)[:rows]
@@ -76,6 +79,9 @@ def numpy_update(state: np.ndarray, scores, feedback) -> None:
     flat = np.bincount(f_slot * 9 + kd, w, minlength=rows * 9).reshape(rows, 9)
     state[:, W_KD:W_KD + 9] += flat
     state[:, N_FB:N_FB + 3] += np.bincount(f_slot * 3 + kind, minlength=rows * 3).reshape(rows, 3)
+    near = (lag >= 0) & (lag < LAG_PANES)
+    state[:, FB_LAG:FB_LAG + LAG_PANES] += np.bincount(f_slot[near] * LAG_PANES + lag[near],
+                                                       minlength=rows * LAG_PANES).reshape(rows, LAG_PANES)
     lab = kind != FB_ABSTAIN
     ws = w * W2_SCALE
     add(W2_LAB, f_slot[lab], (ws * ws)[lab])

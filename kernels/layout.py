@@ -46,7 +46,14 @@ WY_CAP = 24  # sum min(w, 1) * y
 PAIR_N = 25  # pairs
 PAIR_B = 26  # audit override, channel like (the channel under-reports overrides)
 PAIR_C = 27  # audit like, channel override (the channel over-reports overrides)
-N_SCALARS = 28
+# Feedback by how many panes after its decision's pane it arrived: column FB_LAG + d counts
+# the feedback of this pane whose decision was d panes earlier, d < LAG_PANES (later or
+# before the decision: not counted here). Summed along the diagonal of LAG_PANES
+# consecutive panes it is the feedback a decision pane drew within LAG_PANES panes, which
+# the coverage test compares with that pane's decisions, however bursty they are.
+FB_LAG = 28
+LAG_PANES = 12
+N_SCALARS = FB_LAG + LAG_PANES
 
 
 @dataclass(frozen=True)

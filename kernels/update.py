@@ -22,7 +22,9 @@ from kernels.layout import (
     BRIER,
     DECISIONS,
     FB_ABSTAIN,
+    FB_LAG,
     KINDS,
+    LAG_PANES,
     N_DEC,
     N_FB,
     N_SCALARS,
@@ -55,13 +57,14 @@ LABELS = np.array(
 
 @njit(nogil=True, cache=True)
 def update(state, s_slot, s_decision, s_tau, f_slot, f_kind, f_source, f_decision, f_preferred, f_score, f_weight,
-           f_pair, f_repeat):
+           f_pair, f_repeat, f_lag):
     """Add score events (s_*) and feedback events (f_*) to `state` in place.
 
     Column arrays of equal length per event type, codes of `kernels.layout`,
     already validated (`kernels.validate`). A slot of -1 skips the event. A repeat (a
     label on a decision labelled before) counts everywhere but in the capped sums, which
-    count one label a decision.
+    count one label a decision. `f_lag`: panes between the feedback's decision and its own
+    pane (counted where 0 <= lag < LAG_PANES).
     """
     n_bins = (state.shape[1] - N_SCALARS) // 3
     for i in range(s_slot.shape[0]):
@@ -75,6 +78,9 @@ def update(state, s_slot, s_decision, s_tau, f_slot, f_kind, f_source, f_decisio
             continue
         k, d, w = f_kind[i], f_decision[i], f_weight[i]
         state[r, N_FB + k] += 1.0
+        lag = f_lag[i]
+        if 0 <= lag < LAG_PANES:
+            state[r, FB_LAG + lag] += 1.0
         state[r, W_KD + 3 * k + d] += w
         if k != FB_ABSTAIN:
             ws = w * W2_SCALE

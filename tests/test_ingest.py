@@ -28,8 +28,8 @@ T0 = 1_767_225_600.0
 
 
 def reference(events, abstention_handling=True) -> list[tuple]:
-    """Rows (key, ts, etype, decision, tau, kind, source, preferred, score, weight, (pair, repeat)),
-    one event at a time."""
+    """Rows (key, ts, etype, decision, tau, kind, source, preferred, score, weight, (pair, repeat),
+    decision's event time (None: unknown)), one event at a time."""
     seen, scores, waiting, rows = set(), {}, {}, []
     first_label = {}  # (scenario, is audit) -> first label
     labelled = set()  # scenarios labelled so far
@@ -64,11 +64,11 @@ def reference(events, abstention_handling=True) -> list[tuple]:
         (equal event times: the later received counts as later)."""
         received = scores[fb.scenario_id]
         before = [(ts, i) for i, (ts, _) in enumerate(received) if ts <= fb.ts]
-        return received[max(before)[1] if before else min((ts, i) for i, (ts, _) in enumerate(received))[1]][1]
+        return received[max(before)[1] if before else min((ts, i) for i, (ts, _) in enumerate(received))[1]]
 
-    def feedback_row(fb, pair, ctx):
+    def feedback_row(fb, pair, decided, ctx):
         return ((ctx[0], ctx[1]), fb.ts, 1, DECISION[ctx[4]], 0.0, KIND[kind_of(fb)], SOURCE[fb.source],
-                PREFERRED[fb.preferred], ctx[2], fb.weight, *pair)
+                PREFERRED[fb.preferred], ctx[2], fb.weight, *pair, decided)
 
     for ev in events:
         if (type(ev), ev.event_id) in seen:
@@ -77,15 +77,17 @@ def reference(events, abstention_handling=True) -> list[tuple]:
         if type(ev) is ScoreEvent:
             ctx = (ev.policy_id, ev.segment, ev.score, ev.tau, ev.decision)
             rows.append(((ev.policy_id, ev.segment), ev.ts, 0, DECISION[ev.decision], ev.tau, 0, 0, 0, ev.score, 1.0, -1,
-                         False))
+                         False, ev.ts))
             scores.setdefault(ev.scenario_id, []).append((ev.ts, ctx))
-            rows += [feedback_row(fb, pair, ctx) for fb, pair in waiting.pop(ev.scenario_id, [])]
+            rows += [feedback_row(fb, pair, ev.ts, ctx) for fb, pair in waiting.pop(ev.scenario_id, [])]
             continue
         pair = label_of(ev)
         if None not in (ev.policy_id, ev.score, ev.tau, ev.decision):
-            rows.append(feedback_row(ev, pair, (ev.policy_id, ev.segment or "default", ev.score, ev.tau, ev.decision)))
+            decided = joined(ev)[0] if ev.scenario_id in scores else None
+            rows.append(feedback_row(ev, pair, decided, (ev.policy_id, ev.segment or "default", ev.score, ev.tau,
+                                                         ev.decision)))
         elif ev.scenario_id in scores:
-            rows.append(feedback_row(ev, pair, joined(ev)))
+            rows.append(feedback_row(ev, pair, *joined(ev)))
         else:
             waiting.setdefault(ev.scenario_id, []).append((ev, pair))
     return rows
@@ -93,8 +95,9 @@ def reference(events, abstention_handling=True) -> list[tuple]:
 
 def _rows(records) -> list[tuple]:
     cols = [records.ts, records.etype, records.decision, records.tau, records.kind, records.source,
-            records.preferred, records.score, records.weight, records.pair, records.repeat]
-    return [(k, *(c.item() for c in vals)) for k, *vals in zip(records.keys, *cols)]
+            records.preferred, records.score, records.weight, records.pair, records.repeat, records.decided]
+    return [(k, *(c.item() for c in vals[:-1]), None if np.isnan(vals[-1]) else vals[-1].item())
+            for k, *vals in zip(records.keys, *cols)]
 
 
 @st.composite

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from kernels.batch import FeedbackBatch, ScoreBatch, apply
 from kernels.derive import derive
-from kernels.layout import DECISIONS, KINDS, PREFERRED, SOURCES, StateLayout
+from kernels.layout import DECISIONS, FB_LAG, KINDS, LAG_PANES, PREFERRED, SOURCES, StateLayout
 from kernels.params import StatsParams
 from kernels.reference.window import WindowReference
 from kernels.update import merge_rows, sum_rows
@@ -66,6 +66,7 @@ def feedback_event(n_slots: int):
         unit_scores,
         weights,
         st.booleans(),  # a repeat: a second label of its decision
+        st.integers(-1, LAG_PANES + 2),  # panes since its decision's (-1: unknown)
     )
 
 
@@ -115,6 +116,7 @@ def batches(events, slot_map=None):
         np.array([e[6] for e in fb], dtype=np.float64),
         np.array([e[7] for e in fb], dtype=np.float64),
         repeat=np.array([len(e) > 8 and e[8] for e in fb], dtype=np.bool_),
+        lag=np.array([e[9] if len(e) > 9 else -1 for e in fb], dtype=np.int64),
     )
     return s, f
 
@@ -137,8 +139,9 @@ def reference_windows(layout, n_slots, events, slot_map=None):
         if e[0] == "score":
             refs[slot].update_score(DECISIONS[e[2]], e[3])
         else:
-            _, _, k, src, d, p, s, w, *repeat = e
-            refs[slot].update_feedback(KINDS[k], SOURCES[src], DECISIONS[d], PREFERRED[p], s, w, repeat=any(repeat))
+            _, _, k, src, d, p, s, w, *rest = e
+            repeat, lag = (rest + [False, -1])[:2]
+            refs[slot].update_feedback(KINDS[k], SOURCES[src], DECISIONS[d], PREFERRED[p], s, w, repeat=repeat, lag=lag)
     return refs
 
 
@@ -154,6 +157,7 @@ def assert_matches_reference(state, layout, params, refs, tau=None):
     got = derive(state, layout, params, tau=tau)
     assert len(refs) == state.shape[0]
     for k, ref in enumerate(refs):
+        assert state[k, FB_LAG:FB_LAG + LAG_PANES].tolist() == ref.lags.get(), f"slot {k} feedback by lag"
         # a NaN entry of an explicit `tau` means "no threshold set": both fall back to the mean
         want = ref.get(params, tau=None if tau is None else float(tau[k]))
         assert set(got) == set(want), set(got) ^ set(want)

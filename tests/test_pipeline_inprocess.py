@@ -244,3 +244,35 @@ def test_the_sequential_rules_count_one_label_a_decision():
              for r in ("retrain", "rollback")}
     assert alarms["retrain"], "the step drift must raise a retrain"
     assert first["retrain"][:1] == alarms["retrain"][:1] and first["rollback"][:1] == alarms["rollback"][:1]
+
+
+def _hourly_batches(rng, hours: int, coverage, per_batch: int = 600) -> list[dict]:
+    """A batch scorer: every hour `per_batch` decisions within a few seconds; each draws
+    feedback with probability `coverage(hour)`, half of it carrying its decision's context,
+    arriving minutes to an hour later (events in arrival order)."""
+    events = []
+    for h in range(hours):
+        t = T0 + 3600.0 * h
+        for k in range(per_batch):
+            sid = f"h{h}-{k}"
+            s = float(rng.random())
+            events.append((t + k * 0.01, _score(sid, t + k * 0.01, s=s)))
+            if rng.random() < coverage(h):
+                ts = t + k * 0.01 + float(min(rng.exponential(600.0), 3000.0))
+                context = {"policy_id": "p", "segment": "seg", "score": s, "tau": 0.5,
+                           "decision": "act" if s >= 0.5 else "hold"} if k % 2 else {}
+                events.append((ts, _fb(sid, ts, kind="like", **context)))
+    return [e for _, e in sorted(events, key=lambda pair: pair[0])]
+
+
+def test_a_batch_scorer_at_the_coverage_floor_is_not_a_drought_but_a_drought_is():
+    """Decisions come in one burst an hour and their feedback over the next hour: a pane's
+    feedback is no measure of that pane's decisions, so coverage counts each feedback event
+    in its decision's pane (joined, or looked up for feedback that carries its context)."""
+    rng = np.random.default_rng(8)
+    healthy = _run(_hourly_batches(rng, 72, lambda h: 0.12), batch=500)
+    assert not [t for t in healthy.triggers if t["rule"] == "monitor_degraded"]
+    dry = _run(_hourly_batches(rng, 72, lambda h: 0.12 if h < 36 else 0.01), batch=500)
+    alarms = [t for t in dry.triggers if t["rule"] == "monitor_degraded"]
+    assert alarms and "coverage" in alarms[0]["reason"]
+    assert T0 + 36 * 3600 < alarms[0]["window"]["start"] < T0 + 40 * 3600

@@ -5,9 +5,10 @@ returns for a state row, so a batch kernel can be checked against it.
 """
 from __future__ import annotations
 
-from kernels.layout import DECISIONS, KINDS, PREFERRED, human_label
+from kernels.layout import DECISIONS, KINDS, LAG_PANES, PREFERRED, human_label
 from kernels.params import StatsParams
 from kernels.reference.calibration import BrierScore, CostOptimalThreshold, ExpectedCalibrationError
+from kernels.reference.coverage import FeedbackLags
 from kernels.reference.intervals import effective_size, exceedance, jeffreys_interval, wilson_interval
 from kernels.reference.loss import AlignmentLoss
 from kernels.reference.pairs import AuditPairs
@@ -34,16 +35,19 @@ class WindowReference:
         self.ece = ExpectedCalibrationError(n_bins)
         self.hist = CostOptimalThreshold(n_bins)
         self.pairs = AuditPairs()
+        self.lags = FeedbackLags(LAG_PANES)
 
     def update_score(self, decision: str, tau: float) -> None:
         self.rates.update_decision(decision, tau)
 
     def update_feedback(
         self, kind: str, source: str, decision: str, preferred: str, score: float, weight: float = 1.0,
-        pair: int = -1, repeat: bool = False,
+        pair: int = -1, repeat: bool = False, lag: int = -1,
     ) -> None:
-        """`pair`: the audit-pair code it completed; `repeat`: its decision was labelled before."""
+        """`pair`: the audit-pair code it completed; `repeat`: its decision was labelled before;
+        `lag`: panes since its decision's pane (-1: unknown)."""
         self.rates.update_feedback(kind, decision, weight)
+        self.lags.update(lag)
         self.pairs.update(pair)
         if kind in ("like", "override"):
             y = int(kind == "override")
@@ -57,7 +61,7 @@ class WindowReference:
             self.hist.update(score, y_star, weight, decision=decision)
 
     def merge(self, other: "WindowReference") -> None:
-        for name in ("rates", "loss", "audit", "brier", "ece", "hist", "pairs"):
+        for name in ("rates", "loss", "audit", "brier", "ece", "hist", "pairs", "lags"):
             getattr(self, name).merge(getattr(other, name))
 
     def get(self, params: StatsParams, tau: float | None = None) -> dict[str, float]:

@@ -3,7 +3,8 @@
 The result is exactly what taking the events one at a time would give:
 
 - an event id counts once (per event type) within the de-duplication horizon;
-- feedback that carries its decision's context is scored with it;
+- feedback that carries its decision's context is scored with it (and takes its decision's
+  event time from the score it would join, if one came before it);
 - other feedback joins, of the scores of its scenario that arrived before it (in this batch,
   or an earlier one through the join store), the one with the latest event time at or before
   its own, else the earliest (:func:`streams.operators.join.pick`); with none, it waits for
@@ -20,11 +21,12 @@ feedback takes a Python loop.
 """
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import compress
-from operator import attrgetter, itemgetter, not_
+from operator import attrgetter, not_
 
 import numpy as np
 
@@ -41,7 +43,6 @@ _LABELLED = {LIKE, OVERRIDE}.__contains__
 _ABLATION = {**KIND, "abstain": KIND["like"]}  # without abstention handling an abstain counts as a like
 _OWN_CONTEXT = attrgetter("policy_id", "score", "tau", "decision")  # all set: feedback needs no join
 _FEEDBACK_FIELDS = attrgetter("ts", "kind", "source", "preferred", "weight")
-_FIVE = itemgetter(0, 1, 2, 3, 4)  # a context's fields a record needs (stored ones have a sixth)
 _UNLABELLED = (-1, False)
 _ID_PREFIX = ("f:", "s:")  # by "is a score": score and feedback ids are separate namespaces
 
@@ -116,21 +117,28 @@ def ingest(events: list, dedup: Deduplicator, join: FeedbackJoin, abstention_han
     fbs = list(map(events.__getitem__, fb_pos))
     out.kinds = Counter(map(_KIND, fbs))
     kinds = KIND if abstention_handling else _ABLATION
-    bare = []  # (position, event, (pair code, repeat)) of feedback without its context
+    bare, owned = [], []  # (position, event, (pair code, repeat)) of feedback without / with its context
     for pos, ev, label, own in zip(fb_pos, fbs, _labels(fbs, join, kinds), map(_OWN_CONTEXT, fbs)):
-        if None not in own:
-            feedback.add(pos, ev, label, (own[0], ev.segment or "default", own[1], own[2], own[3]))
-        else:
-            bare.append((pos, ev, label))
-    stored = join.scores_of([ev.scenario_id for _, ev, _ in bare])
-    for pos, ev, label in bare:
-        sid = ev.scenario_id
+        (bare if None in own else owned).append((pos, ev, label))
+    stored = join.scores_of([ev.scenario_id for _, ev, _ in bare + owned])
+
+    def joins(sid: str, pos: int, ts: float):
+        """The score feedback at `pos` with event time `ts` joins, or None."""
         candidates = stored.get(sid, [])
         here = batch.before(sid, pos)
         if here:
             candidates = candidates + list(map(contexts.__getitem__, here))
-        if candidates:
-            feedback.add(pos, ev, label, pick(candidates, ev.ts))
+        return pick(candidates, ts) if candidates else None
+
+    for pos, ev, label in owned:
+        ctx = joins(ev.scenario_id, pos, ev.ts)
+        feedback.add(pos, ev, label, (ev.policy_id, ev.segment or "default", ev.score, ev.tau, ev.decision,
+                                      math.nan if ctx is None else ctx[5]))
+    for pos, ev, label in bare:
+        sid = ev.scenario_id
+        ctx = joins(sid, pos, ev.ts)
+        if ctx is not None:
+            feedback.add(pos, ev, label, ctx)
             continue
         out.waiting += 1
         pending = Pending(sid, ev.event_id, ev.ts, ev.kind, ev.source, ev.preferred or "", ev.weight, *label)
@@ -175,7 +183,7 @@ class _Feedback:
         self.own: list = []  # events, or Pending (both have the fields of _FEEDBACK_FIELDS)
         self.pair: list[int] = []
         self.repeat: list[bool] = []
-        self.contexts: list[tuple] = []  # (policy_id, segment, score, tau, decision, ...)
+        self.contexts: list[tuple] = []  # (policy_id, segment, score, tau, decision, decision's ts)
 
     def add(self, order: float, own, label: tuple[int, bool], ctx: tuple) -> None:
         self.order.append(order)
@@ -199,20 +207,20 @@ def _records(contexts: list[tuple], score_pos: list[int], feedback: _Feedback, k
         policy, segment, score, tau, decision, ts = zip(*contexts)  # one C-level pass
         keys = list(zip(policy, segment))
     order, kind, source, preferred, weight = score_pos, [0] * n_s, [0] * n_s, [0] * n_s, [1.0] * n_s
-    pair, repeat = [-1] * n_s, [False] * n_s
+    pair, repeat, decided = [-1] * n_s, [False] * n_s, ts
     if n_f:
-        f_policy, f_segment, f_score, _, f_decision = zip(*map(_FIVE, feedback.contexts))
+        f_policy, f_segment, f_score, _, f_decision, f_decided = zip(*feedback.contexts)
         f_ts, f_kind, f_source, f_preferred, f_weight = zip(*map(_FEEDBACK_FIELDS, feedback.own))
         order, keys, ts, decision, score = order + feedback.order, keys + list(zip(f_policy, f_segment)), \
             ts + f_ts, decision + f_decision, score + f_score
         tau, kind, source, preferred, weight = tau + (0.0,) * n_f, kind + list(map(kinds.__getitem__, f_kind)), \
             source + list(map(SOURCE.__getitem__, f_source)), \
             preferred + list(map(PREFERRED.__getitem__, f_preferred)), weight + list(f_weight)
-        pair, repeat = pair + feedback.pair, repeat + feedback.repeat
+        pair, repeat, decided = pair + feedback.pair, repeat + feedback.repeat, decided + f_decided
     etype = np.repeat(np.array([SCORE_EVENT, FEEDBACK_EVENT], np.int8), [n_s, n_f])
     arrival = np.argsort(np.array(order, np.float64), kind="stable")
     f8 = lambda values: np.array(values, np.float64)[arrival]  # noqa: E731
     i8 = lambda values: np.array(values, np.int8)[arrival]  # noqa: E731
     return Records(list(map(keys.__getitem__, arrival.tolist())), f8(ts), etype[arrival],
                    i8(list(map(DECISION.__getitem__, decision))), f8(tau), i8(kind), i8(source), i8(preferred),
-                   f8(score), f8(weight), i8(pair), np.array(repeat, np.bool_)[arrival])
+                   f8(score), f8(weight), i8(pair), np.array(repeat, np.bool_)[arrival], f8(decided))

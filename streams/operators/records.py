@@ -33,12 +33,15 @@ class Records:
     weight: np.ndarray
     pair: np.ndarray | None = None  # audit-pair code a feedback completed (kernels.layout.PAIR_*)
     repeat: np.ndarray | None = None  # a label on a decision labelled before
+    decided: np.ndarray | None = None  # event time of a feedback's decision (NaN: unknown)
 
     def __post_init__(self) -> None:
         if self.pair is None:
             self.pair = np.full(len(self.keys), -1, np.int8)
         if self.repeat is None:
             self.repeat = np.zeros(len(self.keys), np.bool_)
+        if self.decided is None:
+            self.decided = np.full(len(self.keys), np.nan)
 
     @classmethod
     def empty(cls) -> "Records":
@@ -48,13 +51,21 @@ class Records:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def split(self, lo: int, hi: int, slot: np.ndarray) -> tuple[ScoreBatch, FeedbackBatch]:
-        """Records [lo, hi) as a score batch and a feedback batch, with their slots."""
+    def split(self, lo: int, hi: int, slot: np.ndarray, pane_s: float) -> tuple[ScoreBatch, FeedbackBatch]:
+        """Records [lo, hi) as a score batch and a feedback batch, with their slots; a
+        feedback's lag is in panes of `pane_s` from its decision's (a decision stamped after
+        its feedback, or of unknown time, counts as in the feedback's pane)."""
         et = self.etype[lo:hi]
         s, f = et == SCORE_EVENT, et == FEEDBACK_EVENT
         cut = lambda col: col[lo:hi]  # noqa: E731
         scores = ScoreBatch(slot[s], cut(self.decision)[s], cut(self.tau)[s])
         feedback = FeedbackBatch(slot[f], cut(self.kind)[f], cut(self.source)[f], cut(self.decision)[f],
                                  cut(self.preferred)[f], cut(self.score)[f], cut(self.weight)[f],
-                                 cut(self.pair)[f], cut(self.repeat)[f])
+                                 cut(self.pair)[f], cut(self.repeat)[f], _lag(cut(self.ts)[f], cut(self.decided)[f], pane_s))
         return scores, feedback
+
+
+def _lag(ts: np.ndarray, decided: np.ndarray, pane_s: float) -> np.ndarray:
+    """Panes from each decision's pane to its feedback's, at least 0 (also where unknown)."""
+    lag = np.floor(ts / pane_s) - np.floor(decided / pane_s)
+    return np.where(lag > 0, lag, 0).astype(np.int64)  # NaN > 0 is False

@@ -10,7 +10,8 @@ Each alarm rule is a sequential detector (`kernels.reference.sequential.MixtureS
 whose false-alarm probability within the horizon is at most its share of `alpha`
 however often it is looked at: retrain against the budget, rollback against the
 hard ceiling (also looked at mid-window), monitor_degraded against the coverage
-floor, the abstention ceiling and the audits (on decisions both labelled).
+floor (each pane's decisions against the feedback they drew within LAG_PANES panes), the
+abstention ceiling and the audits (on decisions both labelled).
 """
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ import numpy as np
 
 from kernels.derive import derive, held_out_saving
 from kernels.derive import tau_star as tau_star_of
-from kernels.layout import LIKE, N_FB, OVERRIDE, PAIR_B, PAIR_C, W_CAP, WY_CAP, StateLayout
+from kernels.layout import FB_LAG, LAG_PANES, LIKE, N_DEC, N_FB, OVERRIDE, PAIR_B, PAIR_C, W_CAP, WY_CAP, StateLayout
 from kernels.params import StatsParams
+from kernels.reference.coverage import DecisionPaneCoverage
 from kernels.reference.fidelity import decision_fidelity
 from kernels.reference.sequential import MixtureSR, sr_threshold
 from streams.operators.aggregate import WindowResult
@@ -58,7 +60,6 @@ class TriggerConfig:
     min_cost_saving: float = 0.02
     l_hard: float = 0.40
     c_min: float = 0.10
-    coverage_warmup_panes: int = 12  # panes after a key's first before its coverage counts
     a_max: float = 0.30
     threshold_tuning: bool = True
     validate_advice: bool = True  # False (ablation): advice on the window's own point saving
@@ -108,13 +109,15 @@ class Detectors:
     abstention: MixtureSR
     under_reports: MixtureSR  # audit override, channel like: the channel hides overrides
     over_reports: MixtureSR
+    covered: DecisionPaneCoverage = field(default_factory=lambda: DecisionPaneCoverage(LAG_PANES))
 
     NAMES = ("retrain", "rollback", "coverage", "abstention", "under_reports", "over_reports")
 
     def dump(self) -> dict:
-        return {name: list(getattr(self, name).log_r) for name in self.NAMES}
+        return {**{name: list(getattr(self, name).log_r) for name in self.NAMES}, "covered": self.covered.dump()}
 
     def load(self, state: dict) -> None:
+        self.covered.load(state["covered"])
         for name in self.NAMES:
             log_r = [float(v) for v in state[name]]
             if len(log_r) != len(getattr(self, name).log_r):
@@ -134,7 +137,6 @@ class KeyState:
     last_pane: int = -(2**62)  # the latest final tumbling pane the detectors took
     degraded: list = field(default_factory=list)  # reasons active in the current episode
     advised: tuple | None = None  # (tau in force, tau*) of the last threshold_adjust
-    first_pane: int | None = None  # the key's first tumbling pane
     phi: float = math.nan  # exponentially weighted posterior fidelity of recent windows
     phi_n: int = 0
 
@@ -235,8 +237,6 @@ class TriggerEvaluator:
     def _tumbling(self, res: WindowResult, i: int, key, st: KeyState) -> list[dict]:
         c, s, row = self.config, res.stats, res.rows[i]
         det = self.detectors[key]
-        if st.first_pane is None:
-            st.first_pane = res.pane
         st.last_pane = res.pane
         x, n = float(row[WY_CAP]), float(row[W_CAP])
         out = []
@@ -300,19 +300,19 @@ class TriggerEvaluator:
         per episode: when the first reason appears; reasons clear on a healthy hopping window."""
         c, s, row, det = self.config, res.stats, res.rows[i], self.detectors[key]
         b, cc = float(row[PAIR_B]), float(row[PAIR_C])
-        warm = res.pane >= st.first_pane + c.coverage_warmup_panes  # feedback lags a new key's decisions
-        checks = (
-            ("coverage", warm, float(s["n_feedback"][i]), float(s["n_decisions"][i])),
+        covered = det.covered.update(res.pane, float(row[N_DEC:N_DEC + 3].sum()), row[FB_LAG:FB_LAG + LAG_PANES])
+        checks = [("coverage", True, feedback, decisions) for _, feedback, decisions in covered]
+        checks += [
             ("abstention", True, float(s["n_abstain_feedback"][i]), float(s["n_feedback"][i])),
             ("under_reports", c.use_audit, b, b + cc),
             ("over_reports", c.use_audit, cc, b + cc),
-        )
+        ]
         new = []
         for name, on, x, n in checks:
             detector = getattr(det, name)
             if on and detector.update(x, n):
                 detector.reset()
-                if name not in st.degraded:
+                if name not in st.degraded and name not in new:
                     new.append(name)
         if not new:
             return []

@@ -177,7 +177,7 @@ class PartitionWindows:
         self.late_events += int(late.sum())
         ring = self.stride - 1
         slot = ids[start:end] * self.stride + np.where(late, ring, panes % ring)
-        apply(self.state, *records.split(start, end, slot))
+        apply(self.state, *records.split(start, end, slot, self.spec.tumbling_s))
         self.max_ts = max(self.max_ts, float(ts.max()))
 
     def dump(self) -> dict:
