@@ -114,9 +114,15 @@ def test_feedback_drought_fires_once_per_episode():
     for pane in range(24, 40):
         out += ev.evaluate(result("tumbling", pane, row(0, 0, decisions=250)))
     assert rules(out) == ["monitor_degraded"] and "coverage" in out[0]["reason"]
-    ev.evaluate(result("hopping", 40, row(120, 1080, decisions=3000)))  # coverage back: episode over
+    ev.evaluate(result("hopping", 40, row(120, 1080, decisions=3000)))  # one healthy hour: not the end
     again = []
-    for pane in range(41, 60):
+    for pane in range(41, 70):
+        again += ev.evaluate(result("tumbling", pane, row(0, 0, decisions=250)))
+    assert again == [], "a drought that comes back within the day is the same episode"
+    for pane in range(70, 70 + 288):  # a day of healthy hours ends it
+        ev.evaluate(result("hopping", pane, row(120, 1080, decisions=3000)))
+    assert not ev.state[KEY].degraded
+    for pane in range(70 + 288, 400 + 288):
         again += ev.evaluate(result("tumbling", pane, row(0, 0, decisions=250)))
     assert rules(again) == ["monitor_degraded"]
 

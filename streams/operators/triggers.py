@@ -61,6 +61,7 @@ class TriggerConfig:
     l_hard: float = 0.40
     c_min: float = 0.10
     a_max: float = 0.30
+    degraded_clear_windows: int = 288  # hopping windows in a row without the cause end an episode (a day)
     threshold_tuning: bool = True
     validate_advice: bool = True  # False (ablation): advice on the window's own point saving
     use_audit: bool = True
@@ -70,8 +71,10 @@ class TriggerConfig:
             raise ValueError(f"retrain_rule must be 'sequential' or 'naive', got {self.retrain_rule!r}")
         if not 0 < self.p_rearm < self.p_fire < 1:
             raise ValueError("need 0 < p_rearm < p_fire < 1")
-        if self.n_min < 1 or self.cooldown_panes < 0 or self.hour_min_labels < 1 or self.readvise_panes < 0:
-            raise ValueError("n_min and hour_min_labels must be >= 1, cooldown_panes and readvise_panes >= 0")
+        if self.n_min < 1 or self.cooldown_panes < 0 or self.hour_min_labels < 1 or self.readvise_panes < 0 \
+                or self.degraded_clear_windows < 1:
+            raise ValueError("n_min, hour_min_labels and degraded_clear_windows must be >= 1, cooldown_panes and "
+                             "readvise_panes >= 0")
         if not (self.horizon_days > 0 and 0 < self.alpha < 1):
             raise ValueError("need horizon_days > 0 and 0 < alpha < 1")
         for name in ("l_budget", "l_hard", "c_min", "a_max"):
@@ -135,7 +138,7 @@ class KeyState:
     rollback_after: int = -(2**62)
     rollback_through: int = -(2**62)  # panes up to here are in a rollback already fired
     last_pane: int = -(2**62)  # the latest final tumbling pane the detectors took
-    degraded: list = field(default_factory=list)  # reasons active in the current episode
+    degraded: dict = field(default_factory=dict)  # reason of the current episode -> healthy hours in a row
     advised: tuple | None = None  # (tau in force, tau*) of the last threshold_adjust
     phi: float = math.nan  # exponentially weighted posterior fidelity of recent windows
     phi_n: int = 0
@@ -297,7 +300,8 @@ class TriggerEvaluator:
     def _degraded(self, res: WindowResult, i: int, key, st: KeyState) -> list[dict]:
         """Why the monitor cannot be trusted: too little feedback, an abstention spike, or a
         channel whose labels disagree with the audits' on the same decisions. One trigger
-        per episode: when the first reason appears; reasons clear on a healthy hopping window."""
+        per episode: when the first reason appears; a reason clears after
+        `degraded_clear_windows` hopping windows in a row show it gone (see _hopping)."""
         c, s, row, det = self.config, res.stats, res.rows[i], self.detectors[key]
         b, cc = float(row[PAIR_B]), float(row[PAIR_C])
         covered = det.covered.update(res.pane, float(row[N_DEC:N_DEC + 3].sum()), row[FB_LAG:FB_LAG + LAG_PANES])
@@ -308,17 +312,15 @@ class TriggerEvaluator:
             ("over_reports", c.use_audit, cc, b + cc),
         ]
         new = []
+        first = not st.degraded
         for name, on, x, n in checks:
             detector = getattr(det, name)
             if on and detector.update(x, n):
                 detector.reset()
-                if name not in st.degraded and name not in new:
+                if name not in st.degraded:
                     new.append(name)
-        if not new:
-            return []
-        first = not st.degraded
-        st.degraded = st.degraded + new
-        if not first:
+                st.degraded[name] = 0  # (still) there: its healthy streak starts again
+        if not (new and first):
             return []
         reason = "; ".join(self._why(name) for name in new)
         return [self._event("monitor_degraded", reason, res, i, key, audit_pairs=int(s["audit_pairs"][i]),
@@ -344,7 +346,10 @@ class TriggerEvaluator:
             # production fidelity: posterior probability that the decision held now is right
             st.observe_fidelity(decision_fidelity(s["p_exceed"][i], st.alarmed), self.phi_halflife)
         out.extend(self._advice(res, i, key, st))
-        st.degraded = [name for name in st.degraded if not self._healthy(name, s, i)]
+        for name in list(st.degraded):
+            st.degraded[name] = st.degraded[name] + 1 if self._healthy(name, s, i) else 0
+            if st.degraded[name] >= c.degraded_clear_windows:
+                del st.degraded[name]
         return out
 
     def _advice(self, res: WindowResult, i: int, key, st: KeyState) -> list[dict]:
