@@ -96,6 +96,20 @@ class KeyDraws:
         deferred = (np.abs(score - tau) < self.sc.abstain_band) & self.defer_coin[idx]
         return np.where(deferred, ABSTAIN, np.where(score >= tau, ACT, HOLD))
 
+    def overrides(self, j: np.ndarray, decision: np.ndarray, reported: bool = True) -> np.ndarray:
+        """Whether feedback ``j`` (on decisions ``decision``) reports an override, unless it abstains
+        (``reported=False``: would report one, had no reviewer hidden it)."""
+        over = _override(decision, self.label[j], self.unsure[self.fi[j]])
+        return over & ~self.hidden[j] if reported else over
+
+    def human_labels(self, j: np.ndarray, decision: np.ndarray) -> np.ndarray:
+        """The human-implied label y* that feedback ``j`` on decisions ``decision`` carries, as the
+        monitor reads it (act + like, hold + override, an overridden deferral preferring act: 1);
+        NaN where it carries none (abstain feedback, an endorsed deferral)."""
+        over = self.overrides(j, decision)
+        y = np.where(decision == ABSTAIN, np.where(over, self.label[j], np.nan), (decision == ACT) != over)
+        return np.where(self.fb_abstain[j], np.nan, y.astype(float))
+
     def events(self, w0: int, w1: int, score: np.ndarray, tau: np.ndarray) -> tuple[list[int], list[dict]]:
         """(positions, events) of windows w0..w1-1's decisions, their feedback and its copies,
         given each decision's emitted score and threshold (arrays over those decisions)."""
@@ -112,7 +126,7 @@ class KeyDraws:
         j = self.feedback_of(w0, w1)
         rel = self.fi[j] - a
         label = self.label[j]
-        override = _override(decision[rel], label, self.unsure[self.fi[j]]) & ~self.hidden[j]
+        override = self.overrides(j, decision[rel])
         kind = np.where(self.fb_abstain[j], "abstain", np.where(override, "override", "like"))
         preferred = np.where(label, "act", "hold")
         has_pref = override & ~self.fb_abstain[j] & (decision[rel] == ABSTAIN)

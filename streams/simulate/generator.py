@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .draws import KeyDraws, draw, schedule
-from .scenarios import AUDIT_RATE, SCENARIOS, Scenario, ground_truth, scenario_names
+from .scenarios import AUDIT_RATE, Scenario, ground_truth, scenario, scenario_names, stream_index
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class SimRun:
 
 def key_draws(sc: Scenario, config: SimConfig, audit_rate: float) -> KeyDraws:
     """Every random draw of one key, from its own stream (see draws.py)."""
-    rng = np.random.Generator(np.random.PCG64([config.seed, scenario_names().index(sc.name)]))
+    rng = np.random.Generator(np.random.PCG64([config.seed, stream_index(sc.name)]))
     return draw(rng, sc, schedule(sc, config.n_windows), config.seed, config.start_ts, config.window_s,
                 config.decisions_per_window, audit_rate, config.duplicate_rate, config.context_rate,
                 config.random_weights)
@@ -91,7 +91,7 @@ def simulate(config: SimConfig = SimConfig()) -> SimRun:
     audit_rate = AUDIT_RATE if config.include_audit else 0.0
     events, arrivals, truth = [], [], []
     for name in config.scenarios:
-        ev, arr, tr = _key_events(SCENARIOS[name], config, audit_rate)
+        ev, arr, tr = _key_events(scenario(name), config, audit_rate)
         events += ev
         arrivals.append(arr)
         truth += tr

@@ -126,8 +126,13 @@ def _loss(sc: Scenario, f, tau: float, c, h: float, noise: float, audit_rate: fl
     return (h * loss_noisy + audit_rate * loss_audit) / (h + audit_rate) if h + audit_rate > 0 else loss_noisy
 
 
-def ground_truth(sc: Scenario, u: float, audit_rate: float = AUDIT_RATE) -> dict:
-    """Exact truth at horizon fraction u.
+def ground_truth(sc: Scenario, u: float, audit_rate: float = AUDIT_RATE, tau: float | None = None,
+                 shift: float = 0.0) -> dict:
+    """Exact truth at horizon fraction u, under the scenario's threshold or the policy in force:
+    threshold ``tau`` and a model whose emitted score is ``clip(s + shift, 0, 1)`` (a retrained
+    model re-maps the raw score s; the person's preference stays a function of s). For tau in
+    (0, 1) that policy decides as the raw score against ``tau - shift``, which is what is
+    integrated; ``tau`` and ``true_tau_star`` are reported on the emitted scale.
 
     true_loss = (h * L_noisy + r * L_audit) / (h + r) with h = coverage *
     (1 - abstention) and r the audits, both labelled feedback per decision,
@@ -140,19 +145,21 @@ def ground_truth(sc: Scenario, u: float, audit_rate: float = AUDIT_RATE) -> dict
     coverage is P(a decision gets any feedback); abstention_rate is the
     expected share of feedback events that are kind "abstain".
     """
-    tau, c, cov, abst = sc.tau(u), sc.c(u), sc.coverage(u), sc.abstention(u)
+    tau = sc.tau(u) if tau is None else tau
+    c, cov, abst = sc.c(u), sc.coverage(u), sc.abstention(u)
     f = _density(sc)
     r, any_feedback = _audits(sc, cov, audit_rate)
-    loss = _loss(sc, f, tau, c, cov * (1 - abst), sc.noise(u), r)
+    raw_tau = tau - shift
+    loss = _loss(sc, f, raw_tau, c, cov * (1 - abst), sc.noise(u), r)
     hidden = sc.under_report(u) * sc.sources[REVIEWER]
-    apparent = _loss(sc, f, tau, c, cov * (1 - abst), sc.noise(u), r, hidden) if hidden else loss
+    apparent = _loss(sc, f, raw_tau, c, cov * (1 - abst), sc.noise(u), r, hidden) if hidden else loss
     p = sigmoid(sc.k * (GRID - c))
     cost = np.concatenate(([0.0], np.cumsum(f * p)[:-1])) + np.cumsum((f * (1 - p))[::-1])[::-1]
     return {
         "true_loss": float(loss),
         "apparent_loss": float(apparent),
         "under_report": float(sc.under_report(u)),
-        "true_tau_star": float(GRID[np.argmin(cost)]),
+        "true_tau_star": float(min(max(GRID[np.argmin(cost)] + shift, 0.0), 1.0)),
         "tau": float(tau),
         "coverage": float(any_feedback),
         "abstention_rate": float(cov * abst / (cov + r)) if cov + r > 0 else 0.0,
@@ -198,5 +205,30 @@ they label are audited too. Its true loss (0.15) is over budget while the
 labels' apparent loss is under it, so only the audits can show it."""
 
 
+STUDY_SCENARIOS: dict[str, Scenario] = {
+    sc.name: sc
+    for sc in (
+        replace(_key("sparse_ambiguous", "dc-us", 0.50, rate=const(0.05)), k=25.0),
+    )
+}
+"""Keys outside the default set, run only where asked for by name. Sparse ambiguous: a
+twentieth of the traffic, and people less decided than elsewhere (k = 25), so an hour holds a
+few dozen labels, many of them near the threshold; its threshold is right (true loss 0.088,
+within budget), so any advice on it is noise, and the closed loop shows what acting on a
+window's own point saving, without held-out validation, does with it."""
+
+
 def scenario_names() -> tuple[str, ...]:
+    """The default keys (the demo's, the load generator's)."""
     return tuple(SCENARIOS)
+
+
+def scenario(name: str) -> Scenario:
+    """A default or study key, by name."""
+    return SCENARIOS[name] if name in SCENARIOS else STUDY_SCENARIOS[name]
+
+
+def stream_index(name: str) -> int:
+    """The key's own random stream: its place among the default keys, then the study keys
+    (so adding a key at the end changes no other key's draws)."""
+    return (*SCENARIOS, *STUDY_SCENARIOS).index(name)
