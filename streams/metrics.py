@@ -108,6 +108,8 @@ class Metrics:
         self.undelivered = Gauge("npo_undelivered", "Output messages waiting to be written again", registry=r)
         self.consumer_lag = Gauge("npo_consumer_lag", "High watermark minus position", ["topic", "partition"],
                                   registry=r)
+        self.partials_held = Gauge("npo_partials_held", "Partials messages that landed before an earlier one "
+                                   "(a retried send) and wait for it", ["partition"], registry=r)
         self._seen: dict = {}
 
     def serve(self, port: int, host: str = "") -> ThreadingHTTPServer | None:

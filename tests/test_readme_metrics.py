@@ -22,6 +22,7 @@ def _exposed() -> tuple[set[str], set[str]]:
     metrics.kernel_seconds.observe(0.01)
     metrics.undelivered.set(0)
     metrics.consumer_lag.labels(topic="npo.scores", partition="0").set(0)
+    metrics.partials_held.labels(partition="0").set(0)
     text = generate_latest(metrics.registry).decode()
     samples = {re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line).group() for line in text.splitlines()
                if line and not line.startswith("#")}

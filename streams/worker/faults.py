@@ -1,5 +1,8 @@
-"""Crash points for the fault tests: with `NPO_CRASH_AT=<point>:<n>` in its environment the
-process kills itself with SIGKILL the n-th time it passes <point>, as a crash would.
+"""Faults for the fault tests. Crash points: with `NPO_CRASH_AT=<point>:<n>` in its
+environment the process kills itself with SIGKILL the n-th time it passes <point>, as a
+crash would. Refused writes: with `NPO_REFUSE_SEND=<topic suffix>:<n>` every n-th write to a
+topic whose name ends so fails, as a broker timeout would, and is retried after the writes
+that followed it.
 
 Points: `round` (between batches), `batch` (a batch processed, its output not yet
 written), `checkpoint` (a checkpoint written, not yet committed), `window` (windows
@@ -14,18 +17,30 @@ import signal
 POINTS = ("round", "batch", "checkpoint", "window")
 
 
-def _target() -> tuple[str, int] | None:
-    raw = os.environ.get("NPO_CRASH_AT")
+def _target(name: str, points: tuple[str, ...] | None) -> tuple[str, int] | None:
+    raw = os.environ.get(name)
     if not raw:
         return None
-    point, _, n = raw.partition(":")
-    if point not in POINTS or not n.isdigit() or int(n) < 1:
-        raise ValueError(f"NPO_CRASH_AT must be <point>:<n> with point in {POINTS} and n >= 1, got {raw!r}")
+    point, _, n = raw.rpartition(":")
+    if (points is not None and point not in points) or not point or not n.isdigit() or int(n) < 1:
+        want = f"point in {points}" if points else "a topic suffix"
+        raise ValueError(f"{name} must be <point>:<n> with {want} and n >= 1, got {raw!r}")
     return point, int(n)
 
 
-_TARGET = _target()
+_TARGET = _target("NPO_CRASH_AT", POINTS)
 _passed = {p: 0 for p in POINTS}
+_REFUSE = _target("NPO_REFUSE_SEND", None)
+_writes = 0
+
+
+def refused(topic: str) -> bool:
+    """Whether this write to `topic` is to fail (unset, as in production: one comparison)."""
+    global _writes
+    if _REFUSE is None or not topic.endswith(_REFUSE[0]):
+        return False
+    _writes += 1
+    return _writes % _REFUSE[1] == 0
 
 
 def crash_point(point: str) -> None:

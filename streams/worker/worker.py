@@ -41,7 +41,7 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaTimeoutError
 from confluent_kafka.admin import AdminClient
 from rocksdict import WriteBufferManager
 
@@ -57,10 +57,11 @@ from streams.pipeline import Monitor, PartitionStage, warm_up
 from streams.settings import Settings
 from streams.state import snapshot
 from streams.worker import partials as partials_codec
-from streams.worker.faults import crash_point
+from streams.worker.faults import crash_point, refused
 from streams.worker.memory import TRIM_EVERY_S, trim_heap
 from streams.worker.merge import CoPartitionMerge
 from streams.worker.outputs import stats_key, window_stats_events
+from streams.worker.sequencer import PartialsSequencer
 
 log = logging.getLogger("npo.worker")
 
@@ -88,7 +89,7 @@ class _Collecting:
     head: dict
     parts: Iterator[bytes]
     packed: list
-    seq: int
+    seq: list  # [partials partition, last message number sent there]
     offsets: dict
 
 
@@ -108,10 +109,11 @@ class Worker:
         self.stages: dict[int, PartitionStage] = {}
         # one memtable budget for every partition's join store: RAM does not grow with partitions
         self._write_buffers = WriteBufferManager(settings.join_memtable_mb << 20, False)
-        self.seq: dict[int, int] = {}  # input partition -> last partials sequence number sent
+        # input partition -> partials partition -> last partials message number sent there
+        self.seq: dict[int, dict[int, int]] = {}
         self.offsets: dict[int, dict[str, int]] = {}  # input partition -> next offset of each input topic
         self.monitors: dict[int, Monitor] = {}
-        self.applied: dict[int, dict[int, int]] = {}
+        self.sequencers: dict[int, PartialsSequencer] = {}  # partials partition -> in-order application
         self.partials_offset: dict[int, int] = {}  # partials partition -> next offset
         self._to_load: dict[str, set[int]] = {"ingest": set(), "aggregate": set()}  # assigned, not yet loaded
         self._joined: set[str] = set()  # groups whose assignment (possibly empty) has arrived
@@ -297,7 +299,8 @@ class Worker:
                     join = state["stage"]["join"]
                     join["parts"] = [unpack_part(part) for part in join["parts"]]
                     stage.load(state["stage"])
-                self.seq[p] = state.get("seq", 0)  # deterministic: a replay repeats the numbers
+                # deterministic: a replay repeats the numbers
+                self.seq[p] = {int(q): int(n) for q, n in state.get("seq", [])}
             for tp in tps:  # where the state stands; a topic it has not read yet stays where it is
                 if tp.topic in self.offsets[p]:
                     self.merge.drop(p, (tp.topic,))
@@ -319,7 +322,7 @@ class Worker:
                 monitor.aggregator.thresholds = self._thresholds
                 if state:
                     monitor.load(state["monitor"])
-                self.applied[q] = {int(inp): int(seq) for inp, seq in state.get("applied", [])}
+                self.sequencers[q] = PartialsSequencer({int(inp): int(seq) for inp, seq in state.get("applied", [])})
                 self.partials_offset.pop(q, None)
                 if offsets:
                     self.partials_offset[q] = offsets[tp.topic]
@@ -360,7 +363,7 @@ class Worker:
 
     def _drop_monitor(self, q: int) -> None:
         self.monitors.pop(q, None)
-        self.applied.pop(q, None)
+        self.sequencers.pop(q, None)
         self._dirty["aggregate"].discard(q)
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -380,9 +383,10 @@ class Worker:
             if monitor is None or q in self._to_load["aggregate"]:
                 continue
             tp = TopicPartition(self.topics["partials"], q)
-            offsets = {tp.topic: self.partials_offset[q]}
+            sequencer = self.sequencers[q]
+            offsets = {tp.topic: sequencer.resume_offset(self.partials_offset[q])}
             packed = pack(snapshot.encode("aggregate", {"monitor": monitor.dump(), "offsets": offsets,
-                                                        "applied": [[i, s] for i, s in self.applied[q].items()]}))
+                                                        "applied": [[i, s] for i, s in sequencer.applied.items()]}))
             self._dirty["aggregate"].discard(q)
             if not await self._commit_checkpoint(self.aggregate, "aggregate", q, packed, {tp: offsets[tp.topic]},
                                                  still=lambda q=q, monitor=monitor: self.monitors.get(q) is monitor):
@@ -418,7 +422,7 @@ class Worker:
             return None
         head, parts = stage.dump_lazily()
         self._dirty["ingest"].discard(p)
-        return _Collecting(p, stage, head, parts, [], self.seq[p], dict(self.offsets[p]))
+        return _Collecting(p, stage, head, parts, [], sorted(self.seq[p].items()), dict(self.offsets[p]))
 
     async def _commit_checkpoint(self, consumer, role: str, partition: int, packed: Packed, offsets: dict,
                                  still) -> bool:
@@ -508,8 +512,8 @@ class Worker:
         for q in range(self.partials_count):
             select = np.array(by_partition.get(q, []), dtype=np.int64)
             for rows, closed_through in partials_codec.chunks(part, select):
-                self.seq[p] += 1
-                value = partials_codec.encode(part, p, self.seq[p], rows, closed_through)
+                n = self.seq[p][q] = self.seq[p].get(q, 0) + 1
+                value = partials_codec.encode(part, p, n, rows, closed_through)
                 out.append((self.topics["partials"], value, None, q))
         return out
 
@@ -520,7 +524,7 @@ class Worker:
         sends = []
         for tp, records in fetched.items():
             q = tp.partition
-            monitor, applied = self.monitors.get(q), self.applied.get(q)
+            monitor, sequencer = self.monitors.get(q), self.sequencers.get(q)
             if monitor is None or q in self._to_load["aggregate"]:
                 continue
             for r in records:
@@ -531,13 +535,11 @@ class Worker:
                 except ValueError:
                     log.exception("skipping a malformed partials message", extra={"offset": r.offset})
                     continue
-                if seq <= applied.get(inp, -1):
-                    continue  # a re-delivery: already applied
-                applied[inp] = seq
-                if part.early:
-                    self._remember_early(inp, part)
-                out = monitor.add(inp, [part])
-                sends.extend(self._publish(out))
+                for ready in sequencer.accept(inp, seq, r.offset, part):
+                    if ready.early:
+                        self._remember_early(inp, ready)
+                    sends.extend(self._publish(monitor.add(inp, [ready])))
+            self.metrics.partials_held.labels(str(q)).set(sequencer.held)
         sends.extend(self._publish_early())
         if any(m[0] == self.topics["stats"] for m in sends):
             crash_point("window")
@@ -614,6 +616,8 @@ class Worker:
             results = []
             for topic, value, key, partition in messages:
                 try:
+                    if refused(topic):
+                        raise KafkaTimeoutError(f"refused by NPO_REFUSE_SEND (fault test): {topic}")
                     results.append(await self.producer.send(topic, value, key=key, partition=partition))
                 except Exception as exc:  # noqa: BLE001 - e.g. metadata for the topic timed out
                     results.append(exc)

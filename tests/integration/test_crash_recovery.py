@@ -38,3 +38,19 @@ def test_a_worker_killed_and_restarted_gives_the_crash_free_results(cluster, eve
     stop(second)
 
     assert_same_as_in_process(settings, simulated, 2)
+
+
+def test_partials_writes_that_fail_and_land_after_later_ones_are_applied_in_order(cluster, events, tmp_path):
+    """Every 4th write to the partials topic fails once and is retried after the writes that
+    followed it, so messages of one input partition land out of order: the monitors hold
+    the early ones until the gap fills, and the results are those of the in-process run."""
+    simulated, everything = events
+    settings = cluster(2)
+    with EventProducer(settings, envelope=False) as producer:
+        for e in everything:
+            producer.send(e)
+    worker = spawn(settings, tmp_path / "worker.log", NPO_REFUSE_SEND="partials:4")
+    wait_caught_up(settings, [worker])
+    stop(worker)
+    assert "refused by NPO_REFUSE_SEND" in (tmp_path / "worker.log").read_text()
+    assert_same_as_in_process(settings, simulated, 2)

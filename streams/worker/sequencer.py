@@ -1,0 +1,50 @@
+"""In-order application of partials messages, whatever order they land in.
+
+Each input partition numbers the messages it sends to each partials partition 1, 2, 3, ...
+(a replay from a checkpoint numbers them the same way). A send that failed and was retried
+can land after a later message to the same partition, so the receiving side applies message
+n only after n - 1: one that comes early is held until the gap fills, one already applied
+(a re-delivery or a replay) is dropped. A held message is not yet in the monitor's state,
+so a checkpoint resumes from the earliest held one's offset and a restart reads it again.
+"""
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+Part = TypeVar("Part")
+
+
+class PartialsSequencer(Generic[Part]):
+    """Per partials partition: the last message applied from each input partition, and the
+    messages held for a gap before them."""
+
+    def __init__(self, applied: dict[int, int] | None = None) -> None:
+        self.applied: dict[int, int] = dict(applied or {})
+        self._held: dict[int, dict[int, tuple[int, Part]]] = {}  # input -> seq -> (offset, part)
+
+    def accept(self, source: int, seq: int, offset: int, part: Part) -> list[Part]:
+        """The parts to apply now, in order, once message `seq` of input partition `source`
+        (read at `offset`) has arrived: none if it is held or was applied already."""
+        last = self.applied.get(source, 0)
+        if seq <= last:
+            return []
+        held = self._held.setdefault(source, {})
+        held.setdefault(seq, (offset, part))
+        ready = []
+        while last + 1 in held:
+            last += 1
+            ready.append(held.pop(last)[1])
+        self.applied[source] = last
+        if not held:
+            del self._held[source]
+        return ready
+
+    @property
+    def held(self) -> int:
+        """Messages waiting for a gap before them to fill."""
+        return sum(map(len, self._held.values()))
+
+    def resume_offset(self, next_offset: int) -> int:
+        """Where a restart must read from, given the next offset to consume: the earliest
+        held message's offset if any is held, since none of them is applied yet."""
+        return min((offset for held in self._held.values() for offset, _ in held.values()), default=next_offset)
