@@ -97,10 +97,10 @@ def test_triggers_act_from_the_window_after_they_are_emitted():
 
 @pytest.mark.parametrize("c,weights", [(0.62, None), (0.41, "random")])
 def test_the_retrain_fit_recovers_a_known_indifference_point(c, weights):
-    """Labels from the people's model (k = 80, 2% label noise), as many as two hours of a key
-    give: the fitted indifference point is within 0.01 of the true one."""
+    """Labels from the people's model (k = 80, 2% label noise), about as many as a retrain gets
+    from an hour of a busy key: the fitted indifference point is within 0.01 of the true one."""
     rng = np.random.default_rng(17)
-    n = 2000
+    n = 1000
     s = rng.beta(2.0, 2.0, n)
     y = (rng.random(n) < sigmoid(80.0 * (s - c))) ^ (rng.random(n) < 0.02)
     w = None if weights is None else 1.0 - rng.random(n)

@@ -32,6 +32,9 @@ def test_demo_writes_every_output_and_is_deterministic(demo_dirs):
         assert (a / name).is_file(), name
     assert (a / "triggers.jsonl").read_bytes() == (b / "triggers.jsonl").read_bytes()
     assert (a / "windows.csv").read_bytes() == (b / "windows.csv").read_bytes()
+    first, second = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    for part in ("headline", "loop", "ablation", "ablation_findings", "validation"):
+        assert first[part] == second[part], part  # the closed loop and its ablations too
 
 
 def test_demo_triggers_follow_the_trigger_schema_and_the_report_has_its_parts(demo_dirs):
@@ -45,7 +48,7 @@ def test_demo_triggers_follow_the_trigger_schema_and_the_report_has_its_parts(de
         strict.decode(line)  # what a consumer's typed decoder accepts, not just the schema
     summary = json.loads((a / "summary.json").read_text())
     variants = [row["variant"] for row in summary["ablation"]]
-    assert len(variants) == 5 and "naive per-window trigger" in variants
+    assert variants[0] == "open loop (nothing acts)" and len(variants) == 8 and "naive retrain rule" in variants
     assert [row["n"] for row in summary["convergence"]][:3] == [10, 20, 50]
     html = (a / "report.html").read_text()
     for variant in variants:
@@ -58,7 +61,8 @@ def test_demo_triggers_follow_the_trigger_schema_and_the_report_has_its_parts(de
     assert "never alarm" in html and "per-window rule" in html and "phi_min" not in html
     biased = next(r for r in summary["by_scenario"] if r["scenario"] == "biased_channel")
     assert "monitor_degraded" in biased["expected"] and biased["audit_pairs_b"] > biased["audit_pairs_c"]
-    for png in ("loss.png", "fidelity.png", "convergence.png"):
+    assert "<h2>Closing the loop</h2>" in html and "<h2>Ablation (closed loop)</h2>" in html
+    for png in ("loss.png", "fidelity.png", "convergence.png", "loop.png"):
         assert (a / png).read_bytes()[:4] == b"\x89PNG"
 
 

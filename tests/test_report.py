@@ -13,7 +13,6 @@ T0 = 1767225600.0
 PANE = 300.0
 EVIL_POLICY = "<script>alert('x')</script>$a$"
 KEYS = [("policy-a", "seg-1"), (EVIL_POLICY, "seg-&-2")]
-VARIANTS = ["full monitor (sequential rules)", "naive per-window trigger", "without audit feedback"]
 SECTIONS = ["Run", "Headline", "Sequential alarm rules", "Plots", "Triggers", "Counters"]
 PNGS = ["loss.png", "fidelity.png", "coverage.png"]
 
@@ -78,7 +77,6 @@ def _demo_summary() -> dict:
     return {
         "seed": 7, "events": 12345, "messages": 13, "config_version": "cfg-test", "l_budget": 0.1,
         "headline": _headline(),
-        "ablation": [{"variant": v, **_headline(i)} for i, v in enumerate(VARIANTS)],
         "convergence": [{"n": n, "mean_abs_error": 0.2 / math.sqrt(n), "one_minus_phi": 0.9 / math.sqrt(n),
                          "reduction_bound": 2.0 / math.sqrt(n)} for n in (10, 100, 1000)],
         "counters": {"events/accepted": 12000, "events/duplicate": 345},
@@ -111,17 +109,17 @@ def config() -> MonitorConfig:
 
 
 def test_demo_report(tmp_path, config):
-    path = write_report(tmp_path, _windows(truth=True), _triggers(), _demo_summary(), config)
+    path = write_report(tmp_path, _windows(truth=True), _triggers(), _demo_summary(), config,
+                        extra=["<h2>Closing the loop</h2>"])
     assert path == tmp_path / "report.html" and path.exists()
     text = path.read_text(encoding="utf-8")
-    for title in SECTIONS + ["Ablation", "Convergence"]:
+    for title in SECTIONS + ["Closing the loop", "Convergence"]:
         assert f"<h2>{title}</h2>" in text, title
-    for variant in VARIANTS:
-        assert variant in text
+    assert text.index("<h2>Headline</h2>") < text.index("<h2>Closing the loop</h2>") < text.index(
+        "<h2>Sequential alarm rules</h2>")  # the caller's sections follow the scenarios
     _assert_escaped(text)
     assert "http://" not in text and "https://" not in text and "<script" not in text
     assert "log(8640/0.050)" in text  # the rule paragraph uses the configuration's numbers
-    assert '<td class="num">–</td>' in text  # the NaN delay of the last ablation variant
     assert "consistent with 1/√n" in text  # synthetic convergence has slope exactly -1/2
     assert "true loss" in text
     for name in PNGS + ["convergence.png"]:
@@ -134,7 +132,7 @@ def test_replay_report_without_truth_ablation_or_convergence(tmp_path, config):
     text = path.read_text(encoding="utf-8")
     for title in SECTIONS:
         assert f"<h2>{title}</h2>" in text, title
-    assert "<h2>Ablation</h2>" not in text and "<h2>Convergence</h2>" not in text
+    assert "<h2>Closing the loop</h2>" not in text and "<h2>Convergence</h2>" not in text
     assert "No ground truth" in text and "true loss" not in text
     assert "logs/&lt;a&gt;.jsonl" in text
     _assert_escaped(text)

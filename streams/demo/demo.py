@@ -7,7 +7,6 @@ report.html with its PNG plots.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 import multiprocessing
@@ -20,30 +19,27 @@ import orjson
 from streams import codec
 from streams.config import MonitorConfig
 from streams.demo.convergence import convergence
-from streams.demo.evaluate import scenario_outcomes, score_run, window_truth
-from streams.demo.report import write_report
-from streams.demo.runner import RunResult, encode_messages, reevaluate, run_pipeline
-from streams.simulate import SimConfig, simulate
-
-#: Variants of the monitor; rule-only changes re-run just the rules over the same windows,
-#: the others re-run the whole pipeline (in a second process, beside the main run).
-ABLATIONS = (
-    ("full monitor (sequential rules)", {}),
-    ("naive per-window trigger", {"triggers": {"retrain_rule": "naive"}}),
-    ("without threshold tuning", {"triggers": {"threshold_tuning": False}}),
-    ("without abstention handling", {"abstention_handling": False}),
-    ("without audit feedback", {"triggers": {"use_audit": False}, "drop_audit": True}),
+from streams.demo.evaluate import scenario_outcomes, score_run
+from streams.demo.loop import (
+    LOOP_ABLATIONS,
+    ablation_rows,
+    comparison,
+    findings,
+    horizon_end,
+    loop_config,
+    loop_variant,
+    open_figures,
+    run_summary,
+    study_sim,
+    validation_verdict,
+    variant,
 )
-
-
-def _rules_only(change: dict) -> bool:
-    return set(change) == {"triggers"}
-
-
-def _variant(config: MonitorConfig, change: dict) -> MonitorConfig:
-    triggers = dataclasses.replace(config.triggers, **change.get("triggers", {}))
-    rest = {k: v for k, v in change.items() if k not in ("triggers", "drop_audit")}
-    return dataclasses.replace(config, triggers=triggers, **rest)
+from streams.demo.loop_report import loop_sections
+from streams.demo.report import write_report
+from streams.demo.runner import RunResult, run_pipeline
+from streams.simulate import SimConfig
+from streams.simulate.closed_loop import OPEN, run_loop
+from streams.simulate.loop_figures import window_truth
 
 
 def _write_outputs(out: Path, result: RunResult, summary: dict) -> None:
@@ -69,63 +65,73 @@ def _json_default(x):
     return str(x)
 
 
-def _rerun(messages: list[bytes], config: MonitorConfig, change: dict) -> RunResult:
-    """One ablation that needs its own pass over the events (runs in a worker process); its
-    windows and triggers go back to be scored against the main run's truth."""
-    result = run_pipeline(messages, _variant(config, change))
-    return RunResult(windows=result.windows, triggers=result.triggers)
-
-
-def _score(result: RunResult, truth_w: dict, sim: SimConfig, config: MonitorConfig) -> dict:
-    end = sim.start_ts + sim.n_windows * sim.window_s
-    return score_run(result.windows, result.triggers, truth_w, config.stats.l_budget, config.windows.tumbling_s,
-                     end, config.triggers.p_fire)
+def _timed(fn, *args):
+    """``fn(*args)`` and what it took in whichever process runs it: wall and CPU seconds (on a
+    shared machine the CPU seconds say what it costs; the wall seconds, what it waited)."""
+    started, cpu = time.perf_counter(), time.process_time()
+    result = fn(*args)
+    return result, {"wall_s": round(time.perf_counter() - started, 1), "cpu_s": round(time.process_time() - cpu, 1)}
 
 
 def run_demo(seed: int = 7, out: str | Path = "npo-demo", config: MonitorConfig | None = None,
              sim: SimConfig | None = None, progress: bool = True, ablations: bool = True) -> dict:
-    """The paper's simulation artifact: scenarios with known truth through the real operators.
+    """The paper's simulation artifact: scenarios with known truth through the real operators,
+    in the open loop (nothing acts: the generator's events, the headline) and in the closed loop
+    (the triggers act on the simulated system), on the same draws.
 
-    The events are simulated and encoded once; ablations that need their own pass get the
-    encoded messages (cheaper to send than to simulate again) and run beside the main run.
+    The closed loop and the ablations run in two worker processes beside the open loop; the
+    ablations at half the decisions per window (see streams/demo/loop.py).
     """
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_seconds()
     config = config or MonitorConfig()
     sim = sim or SimConfig(seed=seed, l_budget=config.stats.l_budget)
+    study = study_sim(sim)
     pane_s, budget = config.windows.tumbling_s, config.stats.l_budget
-    reruns = [(name, change) for name, change in ABLATIONS if change and not _rules_only(change)] if ablations else []
     # spawn, not fork: a forked child inherits RocksDB's and other libraries' threads mid-state and can hang
     with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        run = simulate(sim)
-        messages = encode_messages(run.events)
-        futures = {}
-        for name, change in reruns:
-            sent = (encode_messages([e for e in run.events if e.get("source") != "audit"])
-                    if change.get("drop_audit") else messages)
-            futures[name] = pool.submit(_rerun, sent, config, change)
-        truth_w = window_truth(run.events, run.truth, pane_s)
-        result = run_pipeline(messages, config, progress="demo: full monitor" if progress else None)
-        headline = _score(result, truth_w, sim, config)
-        scores = {name: _score(reevaluate(result.results, _variant(config, change)), truth_w, sim, config)
-                  for name, change in ABLATIONS if ablations and change and _rules_only(change)}
+        closed_f = pool.submit(_timed, loop_variant, sim, config, loop_config(config))
+        variants = {name: pool.submit(_timed, loop_variant, study, variant(config, change), loop_config(config, **lc))
+                    for name, change, lc in (LOOP_ABLATIONS if ablations else ())}
+        (result, open_s) = _timed(run_loop, sim, config, OPEN, "demo: open loop" if progress else None)
+        truth_w = window_truth(result.systems, pane_s)
+        headline = score_run(result.windows, result.triggers, truth_w, budget, pane_s, horizon_end(sim),
+                             config.triggers.p_fire)
+        open_summary = run_summary(result, config, truth_w)
         conv = convergence(seed, config.stats)
-        scores.update({name: _score(f.result(), truth_w, sim, config) for name, f in futures.items()})
+        study_open = open_figures(study, config) if ablations else {}
+        closed, closed_s = closed_f.result()
+        done = {name: f.result() for name, f in variants.items()}
     for row in result.windows:
         if row["kind"] == "tumbling":
             row["true_loss"] = truth_w.get((row["policy_id"], row["segment"], round(row["start"] / pane_s)), math.nan)
-    ablation_rows = [{"variant": name, **(scores[name] if change else headline)}
-                     for name, change in (ABLATIONS if ablations else ())]
+    rows = ablation_rows(study, {name: r for name, (r, _) in done.items()}, study_open, config) if ablations else []
     summary = {
-        "seed": seed, "events": len(run.events), "messages": len(messages), "config_version": config.version,
-        "headline": headline, "ablation": ablation_rows, "convergence": conv, "counters": result.counters,
+        "seed": seed, "events": len(result.events), "messages": result.messages, "config_version": config.version,
+        "headline": headline, "loop": comparison(open_summary, closed, sim, config),
+        "ablation": rows, "ablation_findings": findings(rows), "validation": validation_verdict(rows),
+        "ablation_setup": {"decisions_per_window": study.decisions_per_window, "scenarios": list(study.scenarios)},
+        "convergence": conv, "counters": result.counters,
         "scenarios": list(sim.scenarios), "l_budget": budget,
-        "by_scenario": scenario_outcomes(run.truth, result.windows, result.triggers, config.triggers),
+        "by_scenario": scenario_outcomes(result.truth, result.windows, result.triggers, config.triggers),
+        "timings": {"open loop (main process)": open_s, "closed loop": closed_s,
+                    **{f"ablation: {name}": secs for name, (_, secs) in done.items()}},
     }
     out = Path(out)
     _write_outputs(out, result, summary)
-    write_report(out, result.windows, result.triggers, summary, config)
+    write_report(out, result.windows, result.triggers, summary, config, extra=loop_sections(out, summary))
     summary["seconds"] = round(time.perf_counter() - started, 1)
+    summary["cpu_seconds"] = round(_cpu_seconds() - cpu, 1)
     return summary
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished children (the worker processes)."""
+    try:
+        import resource
+    except ImportError:  # not on Unix: this process only
+        return time.process_time()
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def read_jsonl(paths: list[str | Path]) -> list[bytes]:

@@ -1,9 +1,7 @@
 """Score a run against the simulator's ground truth: false alarms, detection delay, fidelity.
 
-Feedback is windowed by its own event time, so the loss a window estimates
-is that of the decisions its labels refer to. The true loss of a window is
-therefore the weight-averaged true loss of those decisions, taken from the
-simulator's exact per-decision-window truth.
+The truth a window is scored against is that of the decisions its labels refer to
+(``streams.simulate.loop_figures.window_truth``: feedback is windowed by its own event time).
 """
 from __future__ import annotations
 
@@ -13,31 +11,6 @@ from collections import defaultdict
 import numpy as np
 
 from streams.operators.triggers import RULES
-
-
-def window_truth(events: list[dict], truth: list[dict], pane_s: float) -> dict[tuple, float]:
-    """(policy_id, segment, pane) -> true loss of the decisions labelled in that pane."""
-    by_window = {(t["policy_id"], t["segment"], t["window_start"]): t["true_loss"] for t in truth}
-    sim_window = truth[1]["window_end"] - truth[1]["window_start"] if len(truth) > 1 else pane_s
-    decision_loss = {}
-    for e in events:
-        if e["type"] == "score":
-            start = e["ts"] - (e["ts"] - truth[0]["window_start"]) % sim_window
-            decision_loss[e["scenario_id"]] = (e["policy_id"], e["segment"],
-                                               by_window.get((e["policy_id"], e["segment"], start), math.nan))
-    acc: dict[tuple, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    seen = set()
-    for e in events:
-        if e["type"] != "feedback" or e["kind"] == "abstain" or e["event_id"] in seen:
-            continue
-        seen.add(e["event_id"])
-        ctx = decision_loss.get(e["scenario_id"])
-        if ctx is None or math.isnan(ctx[2]):
-            continue
-        a = acc[(ctx[0], ctx[1], math.floor(e["ts"] / pane_s))]
-        a[0] += e.get("weight", 1.0)
-        a[1] += e.get("weight", 1.0) * ctx[2]
-    return {k: wl / w for k, (w, wl) in acc.items() if w > 0}
 
 
 def score_run(windows: list[dict], triggers: list[dict], truth_w: dict[tuple, float], l_budget: float,

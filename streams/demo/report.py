@@ -2,9 +2,10 @@
 
 The report is what a reviewer opens first, so it must stand on its own: one
 HTML file (plain CSS, no JavaScript, no external URLs) next to four PNGs.
-It works for both runs: the demo's summary carries ground truth, an ablation
-and a convergence study; a replay's summary has none of these, and their
-sections are left out. Policy ids and reasons come from user data in a
+It works for both runs: the demo's summary carries ground truth and a
+convergence study (and the demo adds its closed-loop sections, see
+loop_report.py); a replay's summary has none of these, and their sections are
+left out. Policy ids and reasons come from user data in a
 replay, so every piece of text is HTML-escaped, and `$` is escaped before it
 reaches matplotlib (which would otherwise parse it as mathtext).
 
@@ -566,24 +567,6 @@ def _scenarios_section(summary: dict) -> str:
                       "fidelity", "never alarm", "per-window rule"], table, {6, 7, 8}))
 
 
-def _ablation_section(summary: dict, pane_s: float) -> str:
-    rows = summary.get("ablation") or []
-    if not rows:
-        return ""
-    table = []
-    for r in rows:
-        by_rule = r.get("triggers_by_rule", {})
-        delay = _num(r.get("detection_delay_windows"))
-        table.append([r.get("variant"), r.get("false_alarms"), delay, delay * pane_s / 60.0,
-                      r.get("missed_detections"), r.get("fidelity"), r.get("retrain_triggers"),
-                      by_rule.get("threshold_adjust", 0), by_rule.get("monitor_degraded", 0)])
-    return ("<h2>Ablation</h2><p>The same events through the pipeline with one part of the monitor switched "
-            "off, scored against the same truth.</p>"
-            + _table(["variant", "false alarms", "detection delay (windows)", "detection delay (minutes)",
-                      "missed detections", "fidelity", "retrain triggers", "threshold_adjust",
-                      "monitor_degraded"], table, set(range(1, 9))))
-
-
 def _convergence_section(summary: dict) -> str:
     rows = summary.get("convergence") or []
     if not rows:
@@ -684,8 +667,10 @@ def _counters_section(summary: dict) -> str:
 
 # ---------------------------------------------------------------- entry point
 
-def write_report(out: Path, windows: list[dict], triggers: list[dict], summary: dict, config) -> Path:
-    """Write PNG plots and report.html into `out`; return the html path."""
+def write_report(out: Path, windows: list[dict], triggers: list[dict], summary: dict, config,
+                 extra: list[str] = ()) -> Path:
+    """Write PNG plots and report.html into `out`; return the html path. `extra`: sections the
+    caller rendered (the demo's closed loop and ablation), placed after the scenarios."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     budget = _num(summary.get("l_budget", config.stats.l_budget))
@@ -710,8 +695,8 @@ def write_report(out: Path, windows: list[dict], triggers: list[dict], summary: 
         _facts_section(summary, config, budget, len(windows), len(triggers)),
         _headline_section(summary, triggers, pane_s, config.triggers.p_fire),
         _scenarios_section(summary),
+        *extra,
         _sequential_section(config),
-        _ablation_section(summary, pane_s),
         _convergence_section(summary),
         _plots_section(has_truth, bool(convergence), len(keys), len(by_key), config, budget, frame.note()),
         _triggers_section(triggers),

@@ -1,7 +1,6 @@
 """Run the in-process pipeline over a list of events and collect what it emits."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -10,7 +9,7 @@ from tqdm import tqdm
 
 from streams.config import MonitorConfig
 from streams.operators.aggregate import WindowResult
-from streams.pipeline import InProcessPipeline, Monitor, Output
+from streams.pipeline import InProcessPipeline, Output
 
 WINDOW_FIELDS = ("policy_id", "segment", "kind", "start", "end")
 
@@ -89,17 +88,3 @@ def run_partitioned(by_partition: list[list[bytes]], config: MonitorConfig, batc
 def _stamp_all(triggers: list[dict], stamp) -> None:
     for trig in triggers:
         trig["emitted_at"] = stamp(trig)
-
-
-def reevaluate(results: list[WindowResult], config: MonitorConfig) -> RunResult:
-    """Run only the trigger rules of `config` over windows already computed (rule ablations
-    need no second pass over the events: the statistics are the same)."""
-    monitor = Monitor(config)
-    out = RunResult()
-    for res in results:
-        res = dataclasses.replace(res, stats=dict(res.stats))
-        out.triggers.extend(monitor.evaluate(res))
-        if res.kind != "early":
-            out.windows.extend(window_rows(res))
-    _stamp_all(out.triggers, lambda t: t["window"]["end"])
-    return out

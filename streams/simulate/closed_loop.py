@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 import numpy as np
+from tqdm import tqdm
 
 from kernels.params import StatsParams
 from streams.actuator.decide import (
@@ -60,7 +61,9 @@ class LoopConfig:
     actuator: ActuatorConfig = field(default_factory=ActuatorConfig)
     act_on: tuple[str, ...] = ACTIONS
     retrain_latency_s: float = 7200.0  # from the trigger to the new model deciding
-    retrain_lookback_s: float = 7200.0  # a retrain fits on labels of decisions this recent
+    # a retrain fits on the labels of the last hour's decisions: a longer window lags a drift that
+    # goes on, and its model can end up worse than the old one (two hours did, on gradual drift)
+    retrain_lookback_s: float = 3600.0
     retrain_min_labels: int = 100  # fewer: the retrain keeps the model it has
     unvalidated_advice: bool = False  # ablation: the rule's in-window point saving stands in for its held-out bound
     drop_audit: bool = False  # ablation: audits happen but never reach the system
@@ -236,6 +239,17 @@ class KeySystem:
             self._truth[key] = ground_truth(self.sc, (w + 0.5) / self.sim.n_windows, self.audit_rate, tau, shift)
         return self._truth[key]
 
+    def true_loss(self) -> np.ndarray:
+        """Each window's true loss under the policy in force in it."""
+        return np.array([self.truth_at(w, float(self.taus[w]), float(self.shifts[w]))["true_loss"]
+                         for w in range(self.sim.n_windows)])
+
+    def fed(self, cut: float) -> np.ndarray:
+        """Feedback (indices) the pipeline was given, with its decision's score, by arrival ``cut``."""
+        d = self.d
+        ok = (d.arrival[d.n:d.n + d.m] < cut) & (d.arrival[d.fi] < cut)
+        return np.flatnonzero(ok & (d.source != AUDIT) if self.loop.drop_audit else ok)
+
     def truth(self) -> list[dict]:
         """Ground truth of each window under the policy that was in force in it."""
         return [{**truth_row(self.sc, self.sim, w, self.truth_at(w, float(self.taus[w]), float(self.shifts[w]))),
@@ -256,6 +270,7 @@ class LoopRun:
     systems: list[KeySystem]
     config: SimConfig
     dead_letters: list = field(default_factory=list)
+    messages: int = 0
 
 
 def decisions_only(sim: SimConfig, monitor: MonitorConfig | None = None) -> list[KeySystem]:
@@ -270,9 +285,10 @@ def decisions_only(sim: SimConfig, monitor: MonitorConfig | None = None) -> list
     return systems
 
 
-def run_loop(sim: SimConfig, monitor: MonitorConfig | None = None, loop: LoopConfig = LoopConfig()) -> LoopRun:
+def run_loop(sim: SimConfig, monitor: MonitorConfig | None = None, loop: LoopConfig = LoopConfig(),
+             progress: str | None = None) -> LoopRun:
     """Step the scenarios of ``sim`` window by window through one in-process pipeline,
-    acting on its triggers as ``loop`` says (``OPEN``: not at all)."""
+    acting on its triggers as ``loop`` says (``OPEN``: not at all); ``progress`` labels a bar."""
     monitor = monitor or MonitorConfig()
     audit_rate = AUDIT_RATE if sim.include_audit else 0.0
     systems = [KeySystem(scenario(name), sim, audit_rate, loop, monitor.stats) for name in sim.scenarios]
@@ -293,7 +309,9 @@ def run_loop(sim: SimConfig, monitor: MonitorConfig | None = None, loop: LoopCon
     def feed(lo: int, hi: int, t: float, act: bool) -> None:
         events = [systems[o].events[p] for o, p, i in zip(owner[lo:hi].tolist(), pos[lo:hi].tolist(), range(lo, hi))
                   if not (loop.drop_audit and audit[i])]
-        out = pipe.process(encode_messages(events), first_offset=len(run.events), now=0.0)
+        messages = encode_messages(events)
+        out = pipe.process(messages, first_offset=run.messages, now=0.0)
+        run.messages += len(messages)
         run.events.extend(events)
         run.dead_letters.extend(out.dead_letters)
         for res in out.windows:
@@ -310,7 +328,7 @@ def run_loop(sim: SimConfig, monitor: MonitorConfig | None = None, loop: LoopCon
 
     try:
         lo = 0
-        for w in range(sim.n_windows):
+        for w in tqdm(range(sim.n_windows), desc=progress, unit="window", disable=progress is None, leave=False):
             for s in systems:
                 s.decide(w, float(edges[w]))
             hi = int(np.searchsorted(arrival, edges[w + 1], "left"))

@@ -32,8 +32,7 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 def key_figures(system: KeySystem, budget: float) -> dict:
     """One key's true loss per window, area above budget, realised cost and each change."""
     n_w, hours = system.sim.n_windows, system.sim.window_s / 3600.0
-    loss = np.array([system.truth_at(w, float(system.taus[w]), float(system.shifts[w]))["true_loss"]
-                     for w in range(n_w)])
+    loss = system.true_loss()
     cost = _cost(system.decision, system.d.wants_act, system.costs)
     ends = [c["window"] for c in system.changes[1:]] + [n_w]
     return {
@@ -47,6 +46,22 @@ def key_figures(system: KeySystem, budget: float) -> dict:
         "actions": dict(Counter(a["decision"] for a in system.actions)),
         "changes": [_change(system, c, end, loss) for c, end in zip(system.changes, ends)],
     }
+
+
+def window_truth(systems: list[KeySystem], pane_s: float) -> dict[tuple, float]:
+    """(policy_id, segment, pane) -> true loss of the decisions labelled in that pane: feedback is
+    windowed by when the person judged, so a pane's loss is the weight-averaged truth of the
+    windows its labelled decisions were made in (only labels the pipeline was given count)."""
+    out = {}
+    for s in systems:
+        d, sim = s.d, s.sim
+        j = s.fed(sim.start_ts + sim.n_windows * sim.window_s + s.loop.tail_s)
+        j = j[~d.fb_abstain[j]]
+        panes, where = np.unique(np.floor(d.f_ts[j] / pane_s).astype(np.int64), return_inverse=True)
+        w = np.bincount(where, weights=d.weight[j], minlength=panes.size)
+        wl = np.bincount(where, weights=d.weight[j] * s.true_loss()[d.win[d.fi[j]]], minlength=panes.size)
+        out.update({(*s.key, int(p)): float(b / a) for p, a, b in zip(panes, w, wl) if a > 0})
+    return out
 
 
 def _change(system: KeySystem, change: dict, end: int, loss: np.ndarray) -> dict:

@@ -208,12 +208,12 @@ labels' apparent loss is under it, so only the audits can show it."""
 STUDY_SCENARIOS: dict[str, Scenario] = {
     sc.name: sc
     for sc in (
-        replace(_key("sparse_ambiguous", "dc-us", 0.50, rate=const(0.05)), k=25.0),
+        replace(_key("sparse_ambiguous", "dc-us", 0.50, rate=const(0.1)), k=25.0),
     )
 }
 """Keys outside the default set, run only where asked for by name. Sparse ambiguous: a
-twentieth of the traffic, and people less decided than elsewhere (k = 25), so an hour holds a
-few dozen labels, many of them near the threshold; its threshold is right (true loss 0.088,
+tenth of the traffic, and people less decided than elsewhere (k = 25), so at 100 decisions a
+window an hour holds a few dozen labels, many of them near the threshold; its threshold is right (true loss 0.088,
 within budget), so any advice on it is noise, and the closed loop shows what acting on a
 window's own point saving, without held-out validation, does with it."""
 
