@@ -17,6 +17,10 @@ def _demo(args) -> int:
     print(f"  coverage {h['mean_coverage']:.3f}  false alarms {h['false_alarms']}  "
           f"detection delay {h['detection_delay_windows']:.1f} windows  fidelity {h['fidelity']:.3f}")
     print(f"  triggers: {json.dumps(h['triggers_by_rule'])}")
+    cuts = [f"{r['scenario']} {r['area_open']:.2f} -> {r['area_closed']:.2f}"
+            for r in summary["loop"]["by_scenario"] if r["area_open"] > 0]
+    print(f"  closed loop, true-loss area above budget (loss-hours): {'; '.join(cuts) or 'none over budget'}")
+    print(f"  {summary['cpu_seconds']} CPU seconds over two processes")
     return 0
 
 

@@ -79,11 +79,11 @@ def test_triggers_act_from_the_window_after_they_are_emitted():
     """Every change lands on the first decision window after its cause: a threshold write at the
     end of the window whose arrivals emitted the advice, a retrain two hours of decisions later."""
     cfg = SimConfig(seed=7, n_windows=48, decisions_per_window=400, scenarios=("miscalibrated_threshold",))
-    run = run_loop(cfg, MonitorConfig(), LoopConfig())
-    (system,) = run.systems
-    causes = {c["cause"]["decision"] for c in system.changes}
-    assert {"applied", "retrained"} <= causes
-    for c in system.changes:
+    runs = [run_loop(cfg, MonitorConfig(), LoopConfig(act_on=(rule,))) for rule in ("threshold_adjust", "retrain")]
+    changes = [(run, c) for run in runs for c in run.systems[0].changes]
+    assert {c["cause"]["decision"] for _, c in changes} == {"applied", "retrained"}
+    for run, c in changes:
+        system = run.systems[0]
         start = cfg.start_ts + c["window"] * cfg.window_s
         cause = c["cause"]
         if cause["decision"] == "applied":
@@ -104,12 +104,50 @@ def test_the_retrain_fit_recovers_a_known_indifference_point(c, weights):
     s = rng.beta(2.0, 2.0, n)
     y = (rng.random(n) < sigmoid(80.0 * (s - c))) ^ (rng.random(n) < 0.02)
     w = None if weights is None else 1.0 - rng.random(n)
-    c_hat, k_hat = fit_indifference(s, y, w)
-    assert abs(c_hat - c) < 0.01 and k_hat > 5
+    c_hat, k_hat, se = fit_indifference(s, y, w)
+    assert abs(c_hat - c) < 0.01 and k_hat > 5 and 0 < se < 0.01
     assert realigning_shift(c_hat, k_hat, 0.5) == pytest.approx(0.5 - c_hat)
     assert realigning_shift(0.6, 20.0, 0.5, c_fp=3.0, c_fn=1.0) == pytest.approx(0.5 - (0.6 + np.log(3.0) / 20.0))
     assert fit_indifference(s, np.ones(n)) is None  # one label only: nothing to place the curve with
     assert fit_indifference(s[:1], y[:1]) is None
+
+
+def test_the_fits_standard_error_is_the_spread_of_its_estimates():
+    """An hour of a quiet key's labels (280), 300 times: the reported standard error of c is at least
+    the estimates' standard deviation and at most half again as large, so the retrain's confidence
+    gate is at least as strict as it says."""
+    rng = np.random.default_rng(3)
+    fits = []
+    for _ in range(300):
+        s = rng.beta(2.0, 2.0, 280)
+        y = (rng.random(280) < sigmoid(80.0 * (s - 0.5))) ^ (rng.random(280) < 0.02)
+        fits.append(fit_indifference(s, y))
+    c_hat, se = np.array([f[0] for f in fits]), np.array([f[2] for f in fits])
+    assert abs(c_hat.mean() - 0.5) < 0.002
+    assert c_hat.std() <= np.median(se) <= 1.5 * c_hat.std()  # it errs large (the logistic is too flat), not small
+
+
+def test_a_retrain_that_cannot_tell_the_people_from_the_current_model_changes_nothing():
+    """Stationary: the people's point (0.511) is within a fit's error of the threshold (0.5), so
+    the refit is not deployed; the same refit on the miscalibrated key (people at 0.5, threshold
+    0.7) is, and maps the fitted point onto the threshold."""
+    for name, deployed in (("stationary", False), ("miscalibrated_threshold", True)):
+        cfg = SimConfig(seed=4, n_windows=36, decisions_per_window=100, scenarios=(name,))
+        system = _system(name, cfg, LoopConfig())
+        system.on_trigger({"rule": "retrain", "trigger_id": "r" * 32}, cfg.start_ts)
+        assert system.retrains == [(cfg.start_ts + 7200.0, cfg.start_ts, "r" * 32)]
+        for w in range(cfg.n_windows):
+            system.decide(w, cfg.start_ts + w * cfg.window_s)
+        (done,) = [a for a in system.actions if a["rule"] == "retrain"]
+        assert done["at"] == cfg.start_ts + 7200.0 and done["labels"] >= 100
+        gap = abs(done["c_hat"] - system.par["tau"][0])
+        if deployed:
+            assert done["decision"] == "retrained" and gap > 2.576 * done["c_se"]
+            assert system.shift == pytest.approx(0.7 - done["c_hat"]) and abs(done["c_hat"] - 0.5) < 0.02
+            assert [c["window"] for c in system.changes] == [24]
+        else:
+            assert done["decision"] == "retrain_no_change" and gap <= 2.576 * done["c_se"]
+            assert system.shift == 0.0 and system.changes == [] and system.model_watch is None
 
 
 def test_a_retrain_in_the_loop_learns_the_drifted_indifference_point_from_its_labels():

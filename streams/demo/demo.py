@@ -80,7 +80,7 @@ def run_demo(seed: int = 7, out: str | Path = "npo-demo", config: MonitorConfig 
     (the triggers act on the simulated system), on the same draws.
 
     The closed loop and the ablations run in two worker processes beside the open loop; the
-    ablations at half the decisions per window (see streams/demo/loop.py).
+    ablations at a quarter of the decisions per window (see streams/demo/loop.py).
     """
     started, cpu = time.perf_counter(), _cpu_seconds()
     config = config or MonitorConfig()
@@ -92,7 +92,7 @@ def run_demo(seed: int = 7, out: str | Path = "npo-demo", config: MonitorConfig 
         closed_f = pool.submit(_timed, loop_variant, sim, config, loop_config(config))
         variants = {name: pool.submit(_timed, loop_variant, study, variant(config, change), loop_config(config, **lc))
                     for name, change, lc in (LOOP_ABLATIONS if ablations else ())}
-        (result, open_s) = _timed(run_loop, sim, config, OPEN, "demo: open loop" if progress else None)
+        result, open_s = _timed(run_loop, sim, config, OPEN, "demo: open loop" if progress else None)
         truth_w = window_truth(result.systems, pane_s)
         headline = score_run(result.windows, result.triggers, truth_w, budget, pane_s, horizon_end(sim),
                              config.triggers.p_fire)
@@ -121,6 +121,7 @@ def run_demo(seed: int = 7, out: str | Path = "npo-demo", config: MonitorConfig 
     write_report(out, result.windows, result.triggers, summary, config, extra=loop_sections(out, summary))
     summary["seconds"] = round(time.perf_counter() - started, 1)
     summary["cpu_seconds"] = round(_cpu_seconds() - cpu, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")  # with the times
     return summary
 
 

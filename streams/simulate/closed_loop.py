@@ -12,7 +12,8 @@ What acts, and how (``LoopConfig.act_on``):
   held-out validation, probation, cool-down, stale advice, max step), and its probation
   settlement, which reverts a change that made the loss worse;
 * retrain: ``retrain_latency_s`` after the trigger, a model refit from the labels received so
-  far (retrain.py) re-maps the scores; a model change restarts the actuator's cool-down (advice
+  far (retrain.py) re-maps the scores, unless the fit cannot tell the people's indifference
+  point from the current model's; a model change restarts the actuator's cool-down (advice
   computed on the old model's labels is not applied) and is watched by the same probation
   verdict, and put back if the loss got worse;
 * rollback: the last validated policy is restored: the threshold and the model that last
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import msgspec
 import numpy as np
@@ -65,6 +67,7 @@ class LoopConfig:
     # goes on, and its model can end up worse than the old one (two hours did, on gradual drift)
     retrain_lookback_s: float = 3600.0
     retrain_min_labels: int = 100  # fewer: the retrain keeps the model it has
+    retrain_confidence: float = 0.99  # a refit moves the model only if its point is outside this interval
     unvalidated_advice: bool = False  # ablation: the rule's in-window point saving stands in for its held-out bound
     drop_audit: bool = False  # ablation: audits happen but never reach the system
     tail_s: float = 600.0  # arrivals after the last decision window still fed, so its windows close
@@ -156,17 +159,23 @@ class KeySystem:
             j = self.labels(at)
             fit = (fit_indifference(self.d.s[self.d.fi[j]], self.ystar[j], self.d.weight[j])
                    if j.size >= self.loop.retrain_min_labels else None)
-            record = {"decision": "retrain_skipped" if fit is None else "retrained", "rule": "retrain",
-                      "trigger_id": tid, "emitted_at": emitted_at, "at": at, "labels": int(j.size),
-                      "shift_before": self.shift}
+            record = {"decision": "retrain_skipped", "rule": "retrain", "trigger_id": tid, "emitted_at": emitted_at,
+                      "at": at, "labels": int(j.size), "shift_before": self.shift}
+            shift = None
             if fit is not None:
-                before, self.shift = self.shift, realigning_shift(*fit, self.tau, self.costs.c_fp, self.costs.c_fn)
+                c_hat, k_hat, se = fit
+                record.update(c_hat=c_hat, k_hat=k_hat, c_se=se, decision="retrain_no_change")
+                shift = realigning_shift(c_hat, k_hat, self.tau, self.costs.c_fp, self.costs.c_fn)
+                if abs(shift - self.shift) <= NormalDist().inv_cdf(0.5 + self.loop.retrain_confidence / 2) * se:
+                    shift = None  # the refit cannot tell the people's point from the current model's
+            if shift is not None:
+                before, self.shift = self.shift, shift
+                record["decision"] = "retrained"
                 cfg = self.loop.actuator
                 self.model_watch = (Probation(f"retrain-{tid}", tid, at, at + cfg.probation_s, self.tau, self.tau),
                                     before, self.shift)
                 self.actuator = KeyState(last_change_at=at, probation=self.actuator.probation)
-                record.update(c_hat=fit[0], k_hat=fit[1])
-            self._record({**record, "shift_after": self.shift, "tau": self.tau}, changed=fit is not None)
+            self._record({**record, "shift_after": self.shift, "tau": self.tau}, changed=shift is not None)
 
     def on_window(self, row: dict) -> None:
         """A final tumbling window of this key: kept for probation, then verdicts that are due."""

@@ -7,7 +7,9 @@ output to ``clip(s + shift, 0, 1)`` so that the score at which acting and holdin
 same, ``c + logit(c_fp / (c_fp + c_fn)) / k``, lands on the threshold in force: the operator's
 threshold stays put and the decisions it makes become the cost-optimal ones again. The fit
 sees only labels (noisy, sometimes under-reported), so the new model is as good as they are;
-there is no reset to the truth.
+there is no reset to the truth. A refit whose point is within its own confidence interval of
+the current model's is not deployed: it could not tell the two apart, and its error alone
+would move every decision near the threshold.
 """
 from __future__ import annotations
 
@@ -17,10 +19,12 @@ import numpy as np
 
 
 def fit_indifference(score: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None,
-                     iters: int = 50, ridge: float = 1e-6) -> tuple[float, float] | None:
-    """(c, k) of the weighted logistic fit ``P(y = 1 | s) = sigmoid(k (s - c))``, or None when the
-    labels cannot place the curve (fewer than two of either label, or a slope that is not
-    positive). A tiny ridge on the slope keeps separable labels finite."""
+                     iters: int = 50, ridge: float = 1e-6) -> tuple[float, float, float] | None:
+    """(c, k, se) of the weighted logistic fit ``P(y = 1 | s) = sigmoid(k (s - c))``, ``se`` the
+    standard error of c (delta method on the inverse information), or None when the labels
+    cannot place the curve (fewer than two of either label, or a slope that is not positive).
+    A tiny ridge on the slope keeps separable labels finite. Label noise flattens the fitted
+    slope below the people's; c, where the curve crosses one half, is what a retrain uses."""
     s, y = np.asarray(score, float), np.asarray(y, float)
     w = np.ones_like(s) if weight is None else np.asarray(weight, float)
     if s.size == 0 or (w * y).sum() < 2 or (w * (1 - y)).sum() < 2:
@@ -46,8 +50,9 @@ def fit_indifference(score: np.ndarray, y: np.ndarray, weight: np.ndarray | None
     a, b = beta
     if not (np.isfinite(beta).all() and b > 0):
         return None
-    k = b / sd
-    return float(mu - a * sd / b), float(k)
+    grad = np.array([-1.0 / b, a / b**2])  # of c = -a/b, in standard units
+    se = sd * math.sqrt(max(float(grad @ np.linalg.solve(hess, grad)), 0.0))
+    return float(mu - a * sd / b), float(b / sd), se
 
 
 def realigning_shift(c: float, k: float, tau: float, c_fp: float = 1.0, c_fn: float = 1.0) -> float:
