@@ -79,7 +79,7 @@ def numpy_update(state: np.ndarray, scores, feedback) -> None:
     flat = np.bincount(f_slot * 9 + kd, w, minlength=rows * 9).reshape(rows, 9)
     state[:, W_KD:W_KD + 9] += flat
     state[:, N_FB:N_FB + 3] += np.bincount(f_slot * 3 + kind, minlength=rows * 3).reshape(rows, 3)
-    near = (lag >= 0) & (lag < LAG_PANES)
+    near = (lag >= 0) & (lag < LAG_PANES) & ~repeat
     state[:, FB_LAG:FB_LAG + LAG_PANES] += np.bincount(f_slot[near] * LAG_PANES + lag[near],
                                                        minlength=rows * LAG_PANES).reshape(rows, LAG_PANES)
     lab = kind != FB_ABSTAIN

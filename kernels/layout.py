@@ -47,12 +47,14 @@ PAIR_N = 25  # pairs
 PAIR_B = 26  # audit override, channel like (the channel under-reports overrides)
 PAIR_C = 27  # audit like, channel override (the channel over-reports overrides)
 # Feedback by how many panes after its decision's pane it arrived: column FB_LAG + d counts
-# the feedback of this pane whose decision was d panes earlier, d < LAG_PANES (later or
-# before the decision: not counted here). Summed along the diagonal of LAG_PANES
-# consecutive panes it is the feedback a decision pane drew within LAG_PANES panes, which
-# the coverage test compares with that pane's decisions, however bursty they are.
+# the feedback of this pane whose decision was d panes earlier, d < LAG_PANES (later, before
+# the decision, of unknown time, or a second label of its decision: not counted here).
+# Summed along the diagonal of LAG_PANES consecutive panes it is the feedback a decision pane
+# drew, which the coverage test compares with that pane's decisions, however bursty they
+# are. Lags 0 to 12: whatever minute of its pane a decision fell in, its feedback within 12
+# panes (an hour of 5-minute panes) counts.
 FB_LAG = 28
-LAG_PANES = 12
+LAG_PANES = 13
 N_SCALARS = FB_LAG + LAG_PANES
 
 

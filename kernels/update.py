@@ -64,7 +64,7 @@ def update(state, s_slot, s_decision, s_tau, f_slot, f_kind, f_source, f_decisio
     already validated (`kernels.validate`). A slot of -1 skips the event. A repeat (a
     label on a decision labelled before) counts everywhere but in the capped sums, which
     count one label a decision. `f_lag`: panes between the feedback's decision and its own
-    pane (counted where 0 <= lag < LAG_PANES).
+    pane (counted, unless a repeat, where 0 <= lag < LAG_PANES).
     """
     n_bins = (state.shape[1] - N_SCALARS) // 3
     for i in range(s_slot.shape[0]):
@@ -79,7 +79,7 @@ def update(state, s_slot, s_decision, s_tau, f_slot, f_kind, f_source, f_decisio
         k, d, w = f_kind[i], f_decision[i], f_weight[i]
         state[r, N_FB + k] += 1.0
         lag = f_lag[i]
-        if 0 <= lag < LAG_PANES:
+        if 0 <= lag < LAG_PANES and not f_repeat[i]:
             state[r, FB_LAG + lag] += 1.0
         state[r, W_KD + 3 * k + d] += w
         if k != FB_ABSTAIN:

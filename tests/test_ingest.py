@@ -339,3 +339,10 @@ def test_label_state_survives_a_reopen_and_ends_with_the_horizon(tmp_path):
             ([-1, PAIR_CHANNEL_OVERRIDES], [False, True])
     finally:
         join.close()
+
+
+def test_a_feedback_lag_is_counted_only_where_its_decision_time_is_known_and_not_after_it():
+    from streams.operators.records import _lag
+    ts = np.array([T0 + 10, T0 + 700, T0 + 5, T0 + 100, T0 + 3600 * 5])
+    decided = np.array([T0 + 20, T0 + 10, T0 + 400, np.nan, T0])
+    assert _lag(ts, decided, 300.0).tolist() == [0, 2, -1, -1, 60]

@@ -2,10 +2,11 @@
 
 Feedback lags its decision by minutes to days, and decisions may come in bursts (a batch
 scorer every hour), so a window's feedback says little about that same window's
-decisions. Counting each feedback event in its decision's pane instead, once the pane is
-`lag_panes` panes old, gives a count that depends only on those decisions: with each
-decision drawing feedback within `lag_panes` panes at rate c, it is at least binomial
-(D, c) whatever the traffic's shape, which is what the coverage test needs.
+decisions. Counting each feedback event in its decision's pane instead (lags 0 to
+`lag_panes - 1` panes), and reading the pane once the last of those has closed, gives a
+count that depends only on those decisions: with each decision drawing feedback within
+`lag_panes - 1` panes of it with probability c, it is at least binomial (D, c) whatever the
+traffic's shape, which is what the coverage test needs.
 """
 from __future__ import annotations
 

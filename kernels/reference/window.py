@@ -47,7 +47,7 @@ class WindowReference:
         """`pair`: the audit-pair code it completed; `repeat`: its decision was labelled before;
         `lag`: panes since its decision's pane (-1: unknown)."""
         self.rates.update_feedback(kind, decision, weight)
-        self.lags.update(lag)
+        self.lags.update(-1 if repeat else lag)
         self.pairs.update(pair)
         if kind in ("like", "override"):
             y = int(kind == "override")

@@ -53,8 +53,8 @@ class Records:
 
     def split(self, lo: int, hi: int, slot: np.ndarray, pane_s: float) -> tuple[ScoreBatch, FeedbackBatch]:
         """Records [lo, hi) as a score batch and a feedback batch, with their slots; a
-        feedback's lag is in panes of `pane_s` from its decision's (a decision stamped after
-        its feedback, or of unknown time, counts as in the feedback's pane)."""
+        feedback's lag is in panes of `pane_s` from its decision's, -1 where the decision's
+        time is unknown or after the feedback's (not counted by decision time)."""
         et = self.etype[lo:hi]
         s, f = et == SCORE_EVENT, et == FEEDBACK_EVENT
         cut = lambda col: col[lo:hi]  # noqa: E731
@@ -66,6 +66,6 @@ class Records:
 
 
 def _lag(ts: np.ndarray, decided: np.ndarray, pane_s: float) -> np.ndarray:
-    """Panes from each decision's pane to its feedback's, at least 0 (also where unknown)."""
+    """Panes from each decision's pane to its feedback's; -1 where unknown or negative."""
     lag = np.floor(ts / pane_s) - np.floor(decided / pane_s)
-    return np.where(lag > 0, lag, 0).astype(np.int64)  # NaN > 0 is False
+    return np.where(lag >= 0, lag, -1).astype(np.int64)  # NaN >= 0 is False

@@ -61,7 +61,7 @@ class TriggerConfig:
     l_hard: float = 0.40
     c_min: float = 0.10
     a_max: float = 0.30
-    degraded_clear_windows: int = 288  # hopping windows in a row without the cause end an episode (a day)
+    degraded_clear_panes: int = 288  # a degraded reason whose detector is quiet this long is over (a day)
     threshold_tuning: bool = True
     validate_advice: bool = True  # False (ablation): advice on the window's own point saving
     use_audit: bool = True
@@ -72,8 +72,8 @@ class TriggerConfig:
         if not 0 < self.p_rearm < self.p_fire < 1:
             raise ValueError("need 0 < p_rearm < p_fire < 1")
         if self.n_min < 1 or self.cooldown_panes < 0 or self.hour_min_labels < 1 or self.readvise_panes < 0 \
-                or self.degraded_clear_windows < 1:
-            raise ValueError("n_min, hour_min_labels and degraded_clear_windows must be >= 1, cooldown_panes and "
+                or self.degraded_clear_panes < 1:
+            raise ValueError("n_min, hour_min_labels and degraded_clear_panes must be >= 1, cooldown_panes and "
                              "readvise_panes >= 0")
         if not (self.horizon_days > 0 and 0 < self.alpha < 1):
             raise ValueError("need horizon_days > 0 and 0 < alpha < 1")
@@ -138,7 +138,7 @@ class KeyState:
     rollback_after: int = -(2**62)
     rollback_through: int = -(2**62)  # panes up to here are in a rollback already fired
     last_pane: int = -(2**62)  # the latest final tumbling pane the detectors took
-    degraded: dict = field(default_factory=dict)  # reason of the current episode -> healthy hours in a row
+    degraded: dict = field(default_factory=dict)  # reason of the current episode -> pane it last alarmed
     advised: tuple | None = None  # (tau in force, tau*) of the last threshold_adjust
     phi: float = math.nan  # exponentially weighted posterior fidelity of recent windows
     phi_n: int = 0
@@ -299,32 +299,42 @@ class TriggerEvaluator:
 
     def _degraded(self, res: WindowResult, i: int, key, st: KeyState) -> list[dict]:
         """Why the monitor cannot be trusted: too little feedback, an abstention spike, or a
-        channel whose labels disagree with the audits' on the same decisions. One trigger
-        per episode: when the first reason appears; a reason clears after
-        `degraded_clear_windows` hopping windows in a row show it gone (see _hopping)."""
+        channel whose labels disagree with the audits' on the same decisions. A trigger when a
+        reason appears; it stays in the episode, and pages no more, until its detector
+        (restarted at each alarm) has not alarmed again for `degraded_clear_panes` panes. A
+        coverage alarm names the decision pane it read and that pane's counts."""
         c, s, row, det = self.config, res.stats, res.rows[i], self.detectors[key]
         b, cc = float(row[PAIR_B]), float(row[PAIR_C])
         covered = det.covered.update(res.pane, float(row[N_DEC:N_DEC + 3].sum()), row[FB_LAG:FB_LAG + LAG_PANES])
-        checks = [("coverage", True, feedback, decisions) for _, feedback, decisions in covered]
+        checks = [("coverage", True, feedback, decisions, pane) for pane, feedback, decisions in covered]
         checks += [
-            ("abstention", True, float(s["n_abstain_feedback"][i]), float(s["n_feedback"][i])),
-            ("under_reports", c.use_audit, b, b + cc),
-            ("over_reports", c.use_audit, cc, b + cc),
+            ("abstention", True, float(s["n_abstain_feedback"][i]), float(s["n_feedback"][i]), None),
+            ("under_reports", c.use_audit, b, b + cc, None),
+            ("over_reports", c.use_audit, cc, b + cc, None),
         ]
-        new = []
-        first = not st.degraded
-        for name, on, x, n in checks:
+        new, where = [], {}
+        for name, on, x, n, pane in checks:
             detector = getattr(det, name)
             if on and detector.update(x, n):
                 detector.reset()
-                if name not in st.degraded:
+                if name not in st.degraded and name not in new:
                     new.append(name)
-                st.degraded[name] = 0  # (still) there: its healthy streak starts again
-        if not (new and first):
+                    if pane is not None:
+                        where = {"pane": pane, "feedback": x, "decisions": n}
+                st.degraded[name] = res.pane  # (still) there: the episode goes on
+        for name, last in list(st.degraded.items()):
+            if res.pane - last >= c.degraded_clear_panes:
+                del st.degraded[name]
+        if not new:
             return []
         reason = "; ".join(self._why(name) for name in new)
-        return [self._event("monitor_degraded", reason, res, i, key, audit_pairs=int(s["audit_pairs"][i]),
-                            audit_pairs_b=int(b), audit_pairs_c=int(cc))]
+        extra = {"audit_pairs": int(s["audit_pairs"][i]), "audit_pairs_b": int(b), "audit_pairs_c": int(cc)}
+        if where:  # the decision pane the coverage test read, with its own counts
+            start = where["pane"] * self.pane_s
+            extra.update(start=start, end=start + self.pane_s, n_decisions=int(where["decisions"]),
+                         n_feedback=int(where["feedback"]),
+                         coverage=where["feedback"] / where["decisions"] if where["decisions"] else None)
+        return [self._event("monitor_degraded", reason, res, i, key, **extra)]
 
     def _why(self, name: str) -> str:
         c = self.config
@@ -346,10 +356,6 @@ class TriggerEvaluator:
             # production fidelity: posterior probability that the decision held now is right
             st.observe_fidelity(decision_fidelity(s["p_exceed"][i], st.alarmed), self.phi_halflife)
         out.extend(self._advice(res, i, key, st))
-        for name in list(st.degraded):
-            st.degraded[name] = st.degraded[name] + 1 if self._healthy(name, s, i) else 0
-            if st.degraded[name] >= c.degraded_clear_windows:
-                del st.degraded[name]
         return out
 
     def _advice(self, res: WindowResult, i: int, key, st: KeyState) -> list[dict]:
@@ -390,13 +396,3 @@ class TriggerEvaluator:
         how = "on held-out labels" if extra else "in the window (not validated)"
         return [self._event("threshold_adjust", f"cost-optimal threshold {tau_star:.3f} vs {tau:.3f}: saving at "
                             f"least {bound:.3f} a labelled decision {how}", res, i, key, **extra)]
-
-    def _healthy(self, reason: str, s: dict, i: int) -> bool:
-        """Whether a hopping window shows a degraded reason gone (its episode over)."""
-        c = self.config
-        if reason == "coverage":
-            return s["n_decisions"][i] > 0 and s["coverage"][i] >= c.c_min
-        if reason == "abstention":
-            return not s["abstention_rate"][i] > c.a_max
-        b, cc = s["audit_pairs_b"][i], s["audit_pairs_c"][i]
-        return abs(b - cc) <= math.sqrt(b + cc)

@@ -12,7 +12,7 @@ import math
 import msgspec
 import numpy as np
 
-FORMAT = 1
+FORMAT = 2  # 2: coverage by decision time (wider window rows), label states, partials numbered per partition
 _ARRAY_EXT = 1
 _DTYPES = {"<f8": np.float64, "<i8": np.int64, "<u8": np.uint64}
 
