@@ -117,6 +117,7 @@ class Settings:
     redis_namespace: str = "npo:"  # key prefix, so several monitors can share one Redis
     metrics_port: int = 9108
     merge_idle_ms: float = 100.0  # how long a partition's records wait for its co-partition (see worker/merge.py)
+    partition_idle_ms: float = 60_000.0  # an input partition with nothing to read this long holds no window open
     state_dir: str = "npo-state"
     checkpoint_interval_s: float = 30.0  # how often state and the offsets it covers are committed together
     join_memtable_mb: int = 128  # RAM for the memtables of all of a worker's join stores together
@@ -155,6 +156,8 @@ class Settings:
             raise ValueError("envelope_max_events must be in [1, 10000]")
         if not 0 <= self.merge_idle_ms <= 60_000:
             raise ValueError("merge_idle_ms must be in [0, 60000]")
+        if not 0 < self.partition_idle_ms <= 86_400_000:
+            raise ValueError("partition_idle_ms must be in (0, 86400000]")
         if not 0.05 <= self.checkpoint_interval_s <= 3600:
             raise ValueError("checkpoint_interval_s must be in [0.05, 3600]")
         if not 8 <= self.join_memtable_mb <= 65_536:

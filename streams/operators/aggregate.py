@@ -46,6 +46,7 @@ class Aggregator:
         self.cum = layout.zeros(0)
         self.late_events = np.zeros(0)  # per key: events that reached only the cumulative view
         self.closed_through: dict[int, int] = {}
+        self.idle: set[int] = set()  # partitions that said they are idle: they hold no window open
         self.final_through: int | None = None
         self.first_pane: int | None = None
         self.thresholds: dict[tuple[str, str], float] = {}  # threshold in force, where one was set
@@ -65,12 +66,21 @@ class Aggregator:
         self.ring, self.cum, self.ring_pane, self.late_events = ring, cum, ring_pane, late_events
 
     def add(self, partition: int, partials: Partials) -> list[WindowResult]:
-        """Fold one partition's partials in; return the windows that became final."""
+        """Fold one partition's partials in; return the windows that became final.
+
+        An idle partition is left out of the watermark until it sends rows again; what it
+        then sends for panes already final counts as late (the cumulative view)."""
         if partials.early:
             return [self._early(partials)]
+        if partials.idle:
+            self.idle.add(partition)
+            return self._advance()
+        self.idle.discard(partition)
         ids = np.array([self.keys.id(k) for k in partials.keys], dtype=np.int64)
         self._ensure(len(self.keys.keys))
         late = partials.panes < 0
+        if self.final_through is not None:
+            late |= partials.panes < self.final_through  # only after an idle spell
         if late.any():
             # late rows count from the pane at which their partition handed them on, so the
             # cumulative view does not depend on how partitions' messages interleave
@@ -96,9 +106,14 @@ class Aggregator:
         self._put(ids[on_time], partials.panes[on_time], partials.rows[on_time])
         previous = self.closed_through.get(partition)
         self.closed_through[partition] = max(partials.closed_through, previous if previous is not None else -2**62)
-        if len(self.closed_through) < self.partitions:
+        return self._advance()
+
+    def _advance(self) -> list[WindowResult]:
+        """Finalise the panes every partition not idle has closed."""
+        active = [c for p, c in self.closed_through.items() if p not in self.idle]
+        if len(self.closed_through.keys() | self.idle) < self.partitions or not active:
             return []
-        final = min(self.closed_through.values())
+        final = min(active)
         if self.final_through is None:
             starts = [final, *self._late_pending] + ([self.first_pane] if self.first_pane is not None else [])
             self.final_through = min(starts)
@@ -131,7 +146,7 @@ class Aggregator:
         (thresholds excepted: they come from Redis)."""
         return {"keys": [list(k) for k in self.keys.keys], "ring_len": self.ring_len, "ring": self.ring,
                 "ring_pane": self.ring_pane, "cum": self.cum, "late_events": self.late_events,
-                "closed_through": [[p, c] for p, c in self.closed_through.items()],
+                "closed_through": [[p, c] for p, c in self.closed_through.items()], "idle": sorted(self.idle),
                 "final_through": self.final_through, "first_pane": self.first_pane,
                 "late_keys": sorted(self._late_keys),
                 "late_pending": [[pane, [[ids, rows] for ids, rows in parts]]
@@ -149,6 +164,7 @@ class Aggregator:
         self.ring_len, self.ring, self.ring_pane = ring_len, state["ring"], state["ring_pane"]
         self.cum, self.late_events = state["cum"], state["late_events"]
         self.closed_through = {int(p): int(c) for p, c in state["closed_through"]}
+        self.idle = {int(p) for p in state["idle"]}
         self.final_through, self.first_pane = state["final_through"], state["first_pane"]
         self._late_keys = set(state["late_keys"])
         self._late_pending = {int(pane): [(ids, rows) for ids, rows in parts] for pane, parts in state["late_pending"]}
@@ -217,12 +233,12 @@ class Aggregator:
             tau = np.array([self.thresholds.get(self.keys.keys[k], np.nan) for _, _, _, ids, *_ in ready for k in ids])
         stats = derive(np.concatenate([item[4] for item in ready]), self.layout, self.params, tau=tau)
         size, out, at = self.spec.tumbling_s, [], 0
-        for kind, pane_lo, pane_hi, key_ids, rows, *halves in ready:
+        for kind, pane_lo, pane_hi, key_ids, rows, halves, late_events in ready:
             part = {name: col[at : at + len(rows)] for name, col in stats.items()}
-            part["late_events"] = self.late_events[key_ids] if kind == "cumulative" else np.zeros(len(rows))
+            part["late_events"] = np.zeros(len(rows)) if late_events is None else late_events
             at += len(rows)
             out.append(WindowResult(kind, pane_lo * size, pane_hi * size, [self.keys.keys[k] for k in key_ids],
-                                    rows, part, pane_hi - 1, halves=halves[0] if halves else None))
+                                    rows, part, pane_hi - 1, halves=halves))
         return out
 
     def _apply_late(self, ids: np.ndarray, rows: np.ndarray) -> None:
@@ -235,12 +251,13 @@ class Aggregator:
             self._apply_late(ids, rows)
         key_ids, rows = self._pane_rows(pane)
         if len(key_ids):
-            ready.append(("tumbling", pane, pane + 1, key_ids, self.ring[rows]))
+            ready.append(("tumbling", pane, pane + 1, key_ids, self.ring[rows], None, None))
             self.cum[key_ids] += self.ring[rows]
         changed = np.union1d(key_ids, np.fromiter(self._late_keys, np.int64, len(self._late_keys)))
         self._late_keys.clear()
         if len(changed):
-            ready.append(("cumulative", 0, pane + 1, changed, self.cum[changed]))
+            # late events as of this pane: results of many panes are derived together later
+            ready.append(("cumulative", 0, pane + 1, changed, self.cum[changed], None, self.late_events[changed]))
         if (pane + 1) % self.spec.advance_panes == 0:
             first = pane + 1 - self.spec.hop_panes
             halves = np.zeros((len(self.keys.keys), 2, self.layout.width))
@@ -251,7 +268,7 @@ class Aggregator:
                 seen[ids] = True
             ids = np.flatnonzero(seen)
             if len(ids):
-                ready.append(("hopping", first, pane + 1, ids, halves[ids].sum(axis=1), halves[ids]))
+                ready.append(("hopping", first, pane + 1, ids, halves[ids].sum(axis=1), halves[ids], None))
 
     def _early(self, partials: Partials) -> WindowResult:
         size = self.spec.tumbling_s

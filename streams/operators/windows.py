@@ -77,13 +77,15 @@ class WindowSpec:
 @dataclass
 class Partials:
     """Rows handed on by a partition: closed panes (pane >= 0), late rows (pane = -1),
-    or early snapshots of open panes (early = True), with the keys they belong to."""
+    or early snapshots of open panes (early = True), with the keys they belong to; or, with
+    `idle`, word that the partition has had nothing to read for a while (no rows)."""
 
     keys: list[tuple[str, str]]
     panes: np.ndarray
     rows: np.ndarray
     early: bool = False
     closed_through: int = 0  # panes with index < this are closed in the partition
+    idle: bool = False
 
     @classmethod
     def empty(cls, width: int, closed_through: int) -> "Partials":

@@ -19,13 +19,14 @@ clients and brokers accept by default, however many keys close a pane together."
 
 class PartialMessage(msgspec.Struct, array_like=True, gc=False):
     input_partition: int
-    seq: int  # increases with every message a partition sends; replays repeat it
+    seq: int  # 1, 2, ... per (input partition, partials partition); replays repeat it. 0: an idleness note
     closed_through: int
     early: bool
     keys: list[tuple[str, str]]
     panes: list[int]
     width: int
     rows: bytes
+    idle: bool = False
 
 
 _decoder = msgspec.msgpack.Decoder(PartialMessage)
@@ -52,7 +53,7 @@ def encode(p: Partials, input_partition: int, seq: int, select: np.ndarray | Non
     progress = p.closed_through if closed_through is None else closed_through
     return _encoder.encode(PartialMessage(input_partition, seq, progress, p.early,
                                           [p.keys[i] for i in idx], p.panes[idx].tolist(),
-                                          p.rows.shape[1], rows.tobytes()))
+                                          p.rows.shape[1], rows.tobytes(), p.idle))
 
 
 def decode(data: bytes, width: int) -> tuple[int, int, Partials]:
@@ -66,5 +67,7 @@ def decode(data: bytes, width: int) -> tuple[int, int, Partials]:
         raise ValueError(f"partials message shape mismatch: {n} keys, width {m.width} (expected {width})")
     rows = np.frombuffer(m.rows, dtype="<f8").reshape(n, width).astype(np.float64)
     keys = [tuple(k) for k in m.keys]
+    if m.idle and (n or m.seq != 0):
+        raise ValueError("partials message: an idleness note carries no rows and no number")
     return m.input_partition, m.seq, Partials(keys, np.array(m.panes, dtype=np.int64), rows, early=m.early,
-                                              closed_through=m.closed_through)
+                                              closed_through=m.closed_through, idle=m.idle)

@@ -6,6 +6,8 @@ can land after a later message to the same partition, so the receiving side appl
 n only after n - 1: one that comes early is held until the gap fills, one already applied
 (a re-delivery or a replay) is dropped. A held message is not yet in the monitor's state,
 so a checkpoint resumes from the earliest held one's offset and a restart reads it again.
+An idleness note is not numbered (seq 0: whether a partition fell idle depends on the wall
+clock, so a replay need not repeat it) and is applied as it comes.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ class PartialsSequencer(Generic[Part]):
     def accept(self, source: int, seq: int, offset: int, part: Part) -> list[Part]:
         """The parts to apply now, in order, once message `seq` of input partition `source`
         (read at `offset`) has arrived: none if it is held or was applied already."""
+        if seq == 0:
+            return [part]
         last = self.applied.get(source, 0)
         if seq <= last:
             return []

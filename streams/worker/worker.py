@@ -53,6 +53,7 @@ from streams.kafka.errors import ClientErrors, client_config, metadata
 from streams.kafka.producer import partition_for
 from streams.metrics import Metrics
 from streams.operators.aggregate import WindowResult
+from streams.operators.windows import Partials
 from streams.pipeline import Monitor, PartitionStage, warm_up
 from streams.settings import Settings
 from streams.state import snapshot
@@ -135,6 +136,8 @@ class Worker:
         self._thresholds: dict = {}
         self._join_dirs: dict[int, str] = {}
         self._route: dict[tuple[str, str], int] = {}  # key -> partials partition
+        self._last_read: dict[int, float] = {}  # input partition -> when it last had records (monotonic)
+        self._idle: set[int] = set()  # input partitions whose idleness the monitors have been told
         self.ingest = self.aggregate = self.producer = None
         self.undelivered = 0  # output messages waiting for a retry
 
@@ -301,6 +304,8 @@ class Worker:
                     stage.load(state["stage"])
                 # deterministic: a replay repeats the numbers
                 self.seq[p] = {int(q): int(n) for q, n in state.get("seq", [])}
+                self._last_read[p] = time.monotonic()  # idle from now on, if nothing comes
+                self._idle.discard(p)
             for tp in tps:  # where the state stands; a topic it has not read yet stays where it is
                 if tp.topic in self.offsets[p]:
                     self.merge.drop(p, (tp.topic,))
@@ -459,7 +464,10 @@ class Worker:
                 continue  # reassigned during this round: loaded at the next
             records = self.merge.pop_ready(p, at_end)
             if not records:
+                sends.extend(self._idleness(p, at_end))
                 continue
+            self._last_read[p] = time.monotonic()
+            self._idle.discard(p)
             started = time.perf_counter()
             values = [r.value for r in records]
             if None in values:  # a tombstone is an empty message: dead-lettered as not JSON
@@ -497,6 +505,22 @@ class Worker:
                 lag = high - position + self.merge.pending_on(topic, p)
                 self.metrics.consumer_lag.labels(topic, str(p)).set(lag)
         return at_end
+
+    def _idleness(self, p: int, at_end: dict[str, bool]) -> list:
+        """An unnumbered idleness note to every partials partition, once, when input partition
+        `p` has had nothing to read for `partition_idle_ms`: its windows then close on the
+        other partitions' event time (its next rows for panes already final count as late).
+        The note is in the partials log, so a monitor that replays the log decides the same."""
+        now = time.monotonic()
+        last = self._last_read.setdefault(p, now)
+        if p in self._idle or not all(at_end.values()) or now - last < self.settings.partition_idle_ms / 1000:
+            return []
+        self._idle.add(p)
+        log.info("input partition idle", extra={"partition": p})
+        note = Partials.empty(self.config.layout.width, 0)
+        note.idle = True
+        return [(self.topics["partials"], partials_codec.encode(note, p, 0), None, q)
+                for q in range(self.partials_count)]
 
     def _partials_messages(self, p: int, part) -> list:
         """Rows to the partials partition of their key, in messages of bounded size; progress to

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+import time
 
+import orjson
 import pytest
 
 from streams.kafka.producer import EventProducer
 from streams.simulate import SimConfig, simulate
+from tests.integration.harness import ordered_producer
 from tests.integration.processes import spawn, stop, wait_caught_up
 from tests.integration.test_worker_e2e import _flush_events, assert_same_as_in_process
 
@@ -53,4 +56,33 @@ def test_partials_writes_that_fail_and_land_after_later_ones_are_applied_in_orde
     wait_caught_up(settings, [worker])
     stop(worker)
     assert "refused by NPO_REFUSE_SEND" in (tmp_path / "worker.log").read_text()
+    assert_same_as_in_process(settings, simulated, 2)
+
+
+@pytest.mark.parametrize("crash_at", [None, "checkpoint:3"])
+def test_a_silent_input_partition_does_not_hold_windows_open(cluster, events, tmp_path, crash_at):
+    """Every event on partition 0 of two: once partition 1 has been idle for a second the
+    monitors close windows on partition 0's event time alone, and the final windows and
+    trigger ids are those of the in-process run, also after a SIGKILL and a replay."""
+    simulated, _ = events
+    settings = dataclasses.replace(cluster(2), checkpoint_interval_s=0.2)
+    everything = simulated + _flush_events(simulated, 1)
+    producer = ordered_producer(settings, **{"linger.ms": 5})
+    base_ms = int(time.time() * 1000)
+    for i, e in enumerate(everything):
+        topic = settings.topic("scores" if e["type"] == "score" else "feedback")
+        producer.produce(topic, orjson.dumps(e), key=e["scenario_id"].encode(), partition=0, timestamp=base_ms + i)
+        if i % 5000 == 0:
+            producer.poll(0)
+    assert producer.flush(30) == 0
+
+    idle = {"NPO_PARTITION_IDLE_MS": "1000"}
+    worker = spawn(settings, tmp_path / "first.log", crash_at=crash_at, **idle)
+    if crash_at:
+        assert worker.wait(timeout=180) == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-2000:]
+        worker = spawn(settings, tmp_path / "second.log", **idle)
+    wait_caught_up(settings, [worker])
+    time.sleep(3.0)  # the idleness note goes out a second after the partition's last read
+    wait_caught_up(settings, [worker])
+    stop(worker)
     assert_same_as_in_process(settings, simulated, 2)
