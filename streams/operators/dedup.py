@@ -76,8 +76,7 @@ class Deduplicator:
                 "duplicates": self.duplicates, "evicted": self.evicted}
 
     def load(self, state: dict) -> None:
-        """Take the state `dump` gave (on a new instance with the same horizon and cap). A
-        checkpoint from before digests (the ids themselves, under "ids") is taken too.
+        """Take the state `dump` gave (on a new instance with the same horizon and cap).
         ValueError if the state is not one `dump` could have given."""
         try:
             keys, ts, counters, times = _checked(state)
@@ -93,14 +92,9 @@ class Deduplicator:
 
 def _checked(state: dict) -> tuple[np.ndarray, np.ndarray, tuple[int, int], tuple[float, float]]:
     """(digests, times, (duplicates, evicted), (clock, next_expiry)) of a dumped state, checked."""
-    if "ids" in state:
-        if not isinstance(state["ids"], list) or not all(type(i) is str for i in state["ids"]):
-            raise ValueError("deduplicator state: ids must be a list of strings")
-        keys = digests(state["ids"])
-    else:
-        keys = state["digests"]
-        if not (isinstance(keys, np.ndarray) and keys.dtype == np.uint64 and keys.ndim == 2 and keys.shape[1] == 2):
-            raise ValueError("deduplicator state: digests must be an (n, 2) array of uint64")
+    keys = state["digests"]
+    if not (isinstance(keys, np.ndarray) and keys.dtype == np.uint64 and keys.ndim == 2 and keys.shape[1] == 2):
+        raise ValueError("deduplicator state: digests must be an (n, 2) array of uint64")
     ts = state["ts"]
     ts = np.asarray(ts, np.float64) if isinstance(ts, list) else ts
     if not (isinstance(ts, np.ndarray) and ts.dtype == np.float64 and ts.shape == (len(keys),)):

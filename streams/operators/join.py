@@ -30,8 +30,8 @@ from kernels.layout import PAIR_AGREE, PAIR_AUDIT_OVERRIDES, PAIR_CHANNEL_OVERRI
 _SCORE, _FEEDBACK, _EXPIRY = b"s:", b"f:", b"x:"
 _LABELS = b"l:"  # per labelled scenario: (first channel label, audit state, event time written)
 _SERIAL = b"m:serial"  # last number given to a score key
-# what the expiry index's entries list, by kind (S, s and f: from older stores, s and f newline-joined)
-_INDEXED = {b"N": _SCORE, b"S": _SCORE, b"s": _SCORE, b"F": _FEEDBACK, b"f": _FEEDBACK, b"L": _LABELS}
+# what the expiry index's entries list, by kind
+_INDEXED = {b"N": _SCORE, b"F": _FEEDBACK, b"L": _LABELS}
 # a label state's fields: none yet, or (audit state) the pair is complete; else a label
 _NONE, _PAIRED = -1, 2
 _encode, _decode = msgspec.msgpack.encode, msgspec.msgpack.decode
@@ -77,14 +77,11 @@ def pick(contexts: list, ts: float):
     return min(contexts, key=itemgetter(5))
 
 
-def _parked_key(key: bytes) -> tuple[bytes, int | None]:
+def _parked_key(key: bytes) -> tuple[bytes, int]:
     """(scenario id, number) of a parked feedback key `f:<sid>\\0<16 digits>`. The number is
-    read from the end, as a scenario id may itself hold NUL bytes; keys written before
-    parked feedback was numbered end in `\\0<event id>` and give (up to the first NUL, None)."""
+    read from the end, as a scenario id may itself hold NUL bytes."""
     rest = key[2:]
-    if len(rest) >= 17 and rest[-17] == 0 and rest[-16:].isdigit():
-        return rest[:-17], int(rest[-16:])
-    return rest.partition(b"\x00")[0], None
+    return rest[:-17], int(rest[-16:])
 
 
 def _numbered(first: int, ids: list[bytes]) -> tuple[list[bytes], int]:
@@ -153,8 +150,7 @@ class FeedbackJoin:
         """Count a parked feedback entry found in the store, and number new ones after it."""
         sid, number = _parked_key(key)
         self._waiting[sid.decode()] = self._waiting.get(sid.decode(), 0) + 1
-        if number is not None:
-            self._parked = max(self._parked, number)
+        self._parked = max(self._parked, number)
 
     def _keys(self, prefix: bytes):
         for key in self.db.keys(from_key=prefix):
@@ -196,13 +192,12 @@ class FeedbackJoin:
             return out
         it = self.db.iter()
         for sid in sorted(set(scenario_ids)):
-            exact = _SCORE + sid.encode()
-            own = exact + b"\x00"
-            it.seek(exact)
+            own = _SCORE + sid.encode() + b"\x00"
+            it.seek(own)
             found = []
             while it.valid():
                 key = it.key()
-                if key == exact or _is_numbered(key, own):  # exact: one score per scenario, of an older store
+                if _is_numbered(key, own):
                     found.append(Context(*_decode(it.value())))
                 elif not key.startswith(own):
                     break  # past this scenario's keys (others with `sid\0...` ids lie among them)
@@ -325,14 +320,12 @@ class FeedbackJoin:
             if kind == b"N":
                 listed = _numbered(*_decode(refs, type=tuple[int, list[bytes]]))[0]
             else:
-                listed = refs.split(b"\n") if kind in (b"s", b"f") else _decode(refs, type=list[bytes])
+                listed = _decode(refs, type=list[bytes])
             keys = [prefix + r for r in listed]
             for k, v in zip(keys, self.db[keys]):
                 if v is None:
                     continue
                 if prefix == _SCORE:
-                    if _decode(v)[5] >= self._clock - self.horizon_s:
-                        continue  # an older store's one key per scenario, re-scored since: a newer entry expires it
                     wb.delete(k)
                     self.expired_scores += 1
                     continue
@@ -382,8 +375,7 @@ class FeedbackJoin:
                 wb.put(key, value)
         self.db.write(wb, self._write)
         self._note_stored()
-        # checkpoints from before parked feedback was numbered have no "parked"
-        self._seq, self._parked = int(state["seq"]), max(self._parked, int(state.get("parked", 0)))
+        self._seq, self._parked = int(state["seq"]), max(self._parked, int(state["parked"]))
         self._clock, self._last_expiry = float(state["clock"]), float(state["last_expiry"])
         self.expired_scores, self.unmatched_feedback = int(state["expired_scores"]), int(state["unmatched_feedback"])
 
