@@ -15,9 +15,7 @@ CONFIG = MonitorConfig()
 
 
 def _idle_note() -> Partials:
-    note = Partials.empty(CONFIG.layout.width, 0)
-    note.idle = True
-    return note
+    return Partials.empty(CONFIG.layout.width, 0, idle=True)
 
 
 def _final(results) -> dict:

@@ -61,6 +61,15 @@ class _StatsEvent(msgspec.Struct):
 
 
 _STATS = msgspec.json.Decoder(_StatsEvent)
+
+
+def _decoded(decoder: msgspec.json.Decoder, value: bytes | None, what: str):
+    """The message decoded, or None (logged) if it is not one: a bad message is skipped, never fatal."""
+    try:
+        return decoder.decode(value or b"")
+    except msgspec.DecodeError as exc:
+        log.warning("skipping undecodable %s: %s", what, exc)
+        return None
 _CRASH_POINTS = ("recorded", "published")
 
 
@@ -156,23 +165,15 @@ class Actuator:
         self.redis.close()
 
     def _on_trigger(self, value: bytes | None) -> bool:
-        try:
-            trigger = _TRIGGER.decode(value or b"")
-        except msgspec.DecodeError as exc:
-            log.warning("skipping an undecodable trigger: %s", exc)
-            return False
-        if trigger.rule != "threshold_adjust":
+        trigger = _decoded(_TRIGGER, value, "trigger")
+        if trigger is None or trigger.rule != "threshold_adjust":
             return False
         action = self.state.decide_trigger(trigger, lambda st, tau: decide_adjust(trigger, st, tau, self.config))
         return self._decided(action)
 
     def _on_stats(self, value: bytes | None) -> bool:
-        try:
-            event = _STATS.decode(value or b"")
-        except msgspec.DecodeError as exc:
-            log.warning("skipping undecodable window statistics: %s", exc)
-            return False
-        if not event.final or event.window.kind != "tumbling":
+        event = _decoded(_STATS, value, "window statistics")
+        if event is None or not event.final or event.window.kind != "tumbling":
             return False
         w = event.window
         stats = msgspec.to_builtins(event.stats)

@@ -88,8 +88,9 @@ class Partials:
     idle: bool = False
 
     @classmethod
-    def empty(cls, width: int, closed_through: int) -> "Partials":
-        return cls([], np.empty(0, np.int64), np.empty((0, width)), closed_through=closed_through)
+    def empty(cls, width: int, closed_through: int, idle: bool = False) -> "Partials":
+        """No rows: progress alone, or (`idle`) word that the partition is idle."""
+        return cls([], np.empty(0, np.int64), np.empty((0, width)), closed_through=closed_through, idle=idle)
 
 
 @dataclass

@@ -517,8 +517,7 @@ class Worker:
             return []
         self._idle.add(p)
         log.info("input partition idle", extra={"partition": p})
-        note = Partials.empty(self.config.layout.width, 0)
-        note.idle = True
+        note = Partials.empty(self.config.layout.width, 0, idle=True)
         return [(self.topics["partials"], partials_codec.encode(note, p, 0), None, q)
                 for q in range(self.partials_count)]
 

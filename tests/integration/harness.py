@@ -126,3 +126,26 @@ def merged_by_partition(settings, partitions: int) -> list[list[bytes]]:
 
 def json_values(messages) -> list[dict]:
     return [orjson.loads(m.value()) for m in messages]
+
+
+def redis_cluster_settings(kafka_bootstrap: str, redis_url: str, state_dir: str, prefix: str):
+    """Settings on fresh topics (two partitions, created here) and a fresh Redis namespace: a
+    worker with its Redis sink, or an actuator beside it. Delete the topics with
+    `tests.services.delete_topics(kafka_bootstrap, [s.topic(r) for r in streams.settings.TOPICS])`."""
+    from streams.kafka.admin import create_topics
+    from streams.settings import load
+    from tests.services import unique_prefix
+
+    s = load(overrides={"kafka_bootstrap_servers": kafka_bootstrap, "topic_prefix": unique_prefix(prefix),
+                        "topic_partitions": 2, "group_id": unique_prefix("g").rstrip("."),
+                        "redis_url": redis_url, "redis_namespace": f"test:{uuid.uuid4().hex[:10]}:",
+                        "state_dir": state_dir, "metrics_port": 0}, env={})
+    create_topics(s)
+    return s
+
+
+def redis_store(settings):
+    """A store on the settings' Redis and namespace."""
+    from streams.state.redis_store import RedisStore
+
+    return RedisStore.from_url(settings.redis_url, namespace=settings.redis_namespace)

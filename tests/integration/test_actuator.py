@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 
 import numpy as np
 import orjson
@@ -20,10 +19,10 @@ from streams.actuator.decide import ActuatorConfig
 from streams.actuator.service import Actuator
 from streams.actuator.store import ActuatorStore
 from streams.config import MonitorConfig
-from streams.kafka.admin import create_topics
-from streams.settings import TOPICS, load
+from streams.settings import TOPICS
 from streams.state.redis_store import RedisSink, RedisStore
-from tests.integration.harness import WorkerThread, json_values, ordered_producer, read_topic
+from tests.integration.harness import (WorkerThread, json_values, ordered_producer, read_topic, redis_cluster_settings,
+                                       redis_store)
 from tests.integration.processes import _spawned, log_tail
 from tests.services import delete_topics, unique_prefix
 
@@ -36,17 +35,9 @@ T0 = 1_767_225_600.0  # a multiple of the pane
 
 @pytest.fixture
 def settings(kafka_bootstrap, redis_url, tmp_path):
-    s = load(overrides={"kafka_bootstrap_servers": kafka_bootstrap, "topic_prefix": unique_prefix("act"),
-                        "topic_partitions": 2, "group_id": unique_prefix("g").rstrip("."),
-                        "redis_url": redis_url, "redis_namespace": f"test:{uuid.uuid4().hex[:10]}:",
-                        "state_dir": str(tmp_path / "state"), "metrics_port": 0}, env={})
-    create_topics(s)
+    s = redis_cluster_settings(kafka_bootstrap, redis_url, str(tmp_path / "state"), "act")
     yield s
     delete_topics(kafka_bootstrap, [s.topic(role) for role in TOPICS])
-
-
-def _store(settings) -> RedisStore:
-    return RedisStore.from_url(settings.redis_url, namespace=settings.redis_namespace)
 
 
 def _until(condition, timeout: float = 60.0, what: str = "condition") -> None:
@@ -121,9 +112,9 @@ def _closed_pane(store: RedisStore) -> float:
 
 
 def test_the_closed_loop_moves_the_threshold_toward_the_optimum_and_brings_the_loss_under_budget(settings):
-    store = _store(settings)
+    store = redis_store(settings)
     store.set_threshold(*KEY, 0.5)
-    sink = RedisSink(lambda: _store(settings), flush_every_s=0.5)
+    sink = RedisSink(lambda: redis_store(settings), flush_every_s=0.5)
     sink.start_background(0.5)
     worker = WorkerThread(settings, CONFIG, sink=sink).start()
     config = ActuatorConfig(cooldown_s=1800, probation_s=1800, max_step=0.1, group=unique_prefix("actg"),
@@ -241,7 +232,7 @@ def _spawn_actuator(settings, group: str, log_path, crash_at: str | None = None)
 @pytest.mark.parametrize("crash", ["recorded:5", "published:5", "external"])
 def test_sigkill_mid_stream_applies_no_change_twice_and_loses_none(settings, tmp_path, crash):
     group, log_path = unique_prefix("actg").rstrip("."), tmp_path / "actuator.log"
-    store = _store(settings)
+    store = redis_store(settings)
     state = ActuatorStore(store)
     stream = _synthetic_stream(range(HOURS))
     triggers = [e for role, e in stream if role == "triggers"]

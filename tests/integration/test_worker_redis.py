@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import time
 import urllib.request
-import uuid
 
 import orjson
 import pytest
 import redis
 
 from streams.config import MonitorConfig
-from streams.kafka.admin import create_topics
 from streams.metrics import Metrics
-from streams.settings import TOPICS, load
-from streams.state.redis_store import RedisSink, RedisStore
-from tests.integration.harness import WorkerThread, json_values, ordered_producer, read_topic
-from tests.services import delete_topics, free_port, unique_prefix
+from streams.settings import TOPICS
+from streams.state.redis_store import RedisSink
+from tests.integration.harness import (WorkerThread, json_values, ordered_producer, read_topic, redis_cluster_settings,
+                                       redis_store)
+from tests.services import delete_topics, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -30,21 +29,13 @@ QUIET = ("pol-quiet", "seg")  # no events after the first part: only a restore b
 
 @pytest.fixture
 def settings(kafka_bootstrap, redis_url, tmp_path):
-    s = load(overrides={"kafka_bootstrap_servers": kafka_bootstrap, "topic_prefix": unique_prefix("wr"),
-                        "topic_partitions": 2, "group_id": unique_prefix("g").rstrip("."),
-                        "redis_url": redis_url, "redis_namespace": f"test:{uuid.uuid4().hex[:10]}:",
-                        "state_dir": str(tmp_path / "state"), "metrics_port": 0}, env={})
-    create_topics(s)
+    s = redis_cluster_settings(kafka_bootstrap, redis_url, str(tmp_path / "state"), "wr")
     yield s
     delete_topics(kafka_bootstrap, [s.topic(role) for role in TOPICS])
 
 
-def _store(settings) -> RedisStore:
-    return RedisStore.from_url(settings.redis_url, namespace=settings.redis_namespace)
-
-
 def _sink(settings) -> RedisSink:
-    sink = RedisSink(lambda: _store(settings), flush_every_s=0.5)
+    sink = RedisSink(lambda: redis_store(settings), flush_every_s=0.5)
     sink.start_background(0.5)
     return sink
 
@@ -95,7 +86,7 @@ def test_a_threshold_set_in_redis_changes_the_next_evaluation(settings):
         _produce(settings, first)
         worker.wait_idle()
         last_ts = max(e["ts"] for e in first)
-        store = _store(settings)
+        store = redis_store(settings)
         store.set_threshold("pol-a", "seg", 0.9)
         assert store.get_threshold("pol-a", "seg") == 0.9
         _until(lambda: worker.worker._thresholds.get(("pol-a", "seg")) == 0.9, what="the worker to poll")
@@ -116,7 +107,7 @@ def test_a_threshold_set_in_redis_changes_the_next_evaluation(settings):
     # the saving is measured against the decisions taken, so it is defined wherever there are labels
     labelled = [s for s in after.values() if s["n_labels"] > 0]
     assert labelled and all(s["cost_saved"] is not None for s in labelled)
-    latest = _store(settings).get_stats("pol-a", "seg")
+    latest = redis_store(settings).get_stats("pol-a", "seg")
     assert latest["tumbling"]["tau"] == 0.9
 
 
@@ -139,7 +130,7 @@ def test_redis_stopped_and_restarted_mid_run_loses_nothing(settings, redis_servi
         _produce(settings, sorted(_windows(0, 5) + _windows(0, 2, keys=[QUIET]), key=lambda e: e["ts"]))
         worker.wait_idle()
         _until(lambda: sink.pending == 0 and sink.written > 0, what="the first flush")
-        quiet_before = _store(settings).get_stats(*QUIET)
+        quiet_before = redis_store(settings).get_stats(*QUIET)
         assert quiet_before is not None
 
         redis_service.stop()  # the managed Redis keeps no data: it comes back empty
@@ -170,7 +161,7 @@ def test_redis_stopped_and_restarted_mid_run_loses_nothing(settings, redis_servi
     assert scraped["npo_kernel_seconds_count"] > 0
 
     # Redis holds exactly the latest final window of each view that Kafka got, for every key
-    store = _store(settings)
+    store = redis_store(settings)
     for kind in ("tumbling", "hopping", "cumulative"):
         latest = {}
         for (policy_id, segment, start), stats in sorted(_final(settings, kind).items()):
@@ -208,7 +199,7 @@ def test_npo_worker_command_serves_metrics_writes_redis_and_stops_on_sigterm(set
             except OSError:
                 return False
         _until(counted, timeout=60, what="the worker to count every score")
-        _until(lambda: (_store(settings).get_stats("pol-a", "seg") or {}).get("tumbling") is not None,
+        _until(lambda: (redis_store(settings).get_stats("pol-a", "seg") or {}).get("tumbling") is not None,
                timeout=30, what="statistics in Redis")
     finally:
         proc.send_signal(signal.SIGTERM)
