@@ -154,16 +154,6 @@ def _hist_total(state: np.ndarray, layout: StateLayout) -> np.ndarray:
     return state[:, layout.hist_neg : layout.hist_neg + 2 * layout.n_bins].sum(axis=1)
 
 
-def loss_bounds(state: np.ndarray, layout: StateLayout, params: StatsParams) -> dict:
-    """The few fields a mid-window rule needs (labels, loss, interval), cheaply."""
-    wy = state[:, w_kd(OVERRIDE, ACT)] + state[:, w_kd(OVERRIDE, HOLD)] + state[:, w_kd(OVERRIDE, ABSTAIN)]
-    w = wy + state[:, w_kd(LIKE, ACT)] + state[:, w_kd(LIKE, HOLD)] + state[:, w_kd(LIKE, ABSTAIN)]
-    loss = _div(wy, w)
-    n_eff = effective_size(w, state[:, W2_LAB])
-    lo, hi = interval(loss, n_eff, params)
-    return {"n_labels": state[:, N_FB + LIKE] + state[:, N_FB + OVERRIDE], "loss": loss, "loss_lo": lo, "loss_hi": hi}
-
-
 def derive(state: np.ndarray, layout: StateLayout, params: StatsParams, tau: np.ndarray | None = None) -> dict:
     """Every statistic for every row of `state` (2-D), as a dict of 1-D arrays.
 

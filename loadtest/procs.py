@@ -128,7 +128,7 @@ def join_keys(worker) -> int:
     """Scores held by the worker's join (RocksDB's key estimate over its partitions): the
     pending scenarios, since a score is kept for the whole horizon."""
     total = 0
-    for stage in list(worker.stages.values()):
+    for stage in list(worker.stages.stages.values()):
         try:
             total += int(stage.join.db.property_int_value("rocksdb.estimate-num-keys") or 0)
         except Exception:  # noqa: BLE001 - a closed store during a rebalance

@@ -26,6 +26,7 @@ from streams.operators.join import FeedbackJoin, Pending
 from streams.operators.records import Records
 from streams.operators.triggers import TriggerEvaluator
 from streams.operators.windows import Partials, PartitionWindows
+from streams.state import snapshot
 
 
 @dataclass
@@ -107,26 +108,48 @@ class PartitionStage:
         """End of input: close every open pane."""
         return Output(partials=self.windows.drain())
 
+    def capture(self, slice_size: int = 50_000) -> "StageCapture":
+        """This stage's checkpoint as of now, its join entries taken a slice at a time by
+        `StageCapture.step` while the stage goes on processing (a large join store never
+        stalls the stream)."""
+        join, parts = self.join.dump_lazily(slice_size)
+        return StageCapture({"dedup": self.dedup.dump(), "join": join, "windows": self.windows.dump()}, parts)
+
     def dump(self) -> dict:
         """Everything later messages depend on, as plain values and arrays (a checkpoint's body)."""
-        head, parts = self.dump_lazily()
-        head["join"]["parts"] = list(parts)
-        return head
-
-    def dump_lazily(self, slice_size: int = 50_000) -> tuple[dict, Iterator[bytes]]:
-        """`dump` as of now, but with the join's entries left to an iterator of parts (see
-        `FeedbackJoin.dump_lazily`): the caller puts them under ["join"]["parts"]."""
-        join, parts = self.join.dump_lazily(slice_size)
-        return {"dedup": self.dedup.dump(), "join": join, "windows": self.windows.dump()}, parts
+        capture = self.capture()
+        while capture.step():
+            pass
+        return capture.state()
 
     def load(self, state: dict) -> None:
         """Continue from a `dump` (on a new stage with the same configuration)."""
         self.dedup.load(state["dedup"])
-        self.join.load(state["join"])
+        self.join.load({**state["join"], "parts": [snapshot.unpack_part(part) for part in state["join"]["parts"]]})
         self.windows.load(state["windows"])
 
     def close(self) -> None:
         self.join.close()
+
+
+class StageCapture:
+    """A stage's checkpoint being taken: its state as of `PartitionStage.capture`, the join's
+    entries compressed one slice per `step`."""
+
+    def __init__(self, head: dict, parts: Iterator[bytes]) -> None:
+        self._head, self._parts, self._packed = head, parts, []
+
+    def step(self) -> bool:
+        """Take one more slice of the join's entries; False once all are taken."""
+        part = next(self._parts, None)
+        if part is None:
+            return False
+        self._packed.append(snapshot.pack_part(part))
+        return True
+
+    def state(self) -> dict:
+        """The checkpoint body (call after `step` returned False)."""
+        return {**self._head, "join": {**self._head["join"], "parts": self._packed}}
 
 
 class Monitor:
@@ -139,19 +162,47 @@ class Monitor:
         self.aggregator = Aggregator(config.windows, config.layout, config.stats, partitions)
         self.rules = TriggerEvaluator(config.triggers, self.version, config.windows.tumbling_s, config.layout,
                                       config.stats, partitions=partitions)
+        # (policy_id, segment, open pane) -> input partition -> its latest early snapshot of that pane
+        self._early: dict[tuple, dict[int, np.ndarray]] = {}
+
+    def set_thresholds(self, thresholds: dict[tuple[str, str], float]) -> None:
+        """The threshold in force per (policy_id, segment), for windows derived from now on
+        (keys not in `thresholds` are measured against their decisions' own thresholds)."""
+        self.aggregator.thresholds = dict(thresholds)
 
     def add(self, partition: int, partials: list[Partials]) -> Output:
         out = Output()
         for p in partials:
+            if p.early:
+                for key, pane, row in zip(p.keys, p.panes, p.rows):
+                    self._early.setdefault((*key, int(pane)), {})[partition] = row
             for res in self.aggregator.add(partition, p):
                 out.results.append(res)
                 if res.kind != "early":
                     out.windows.append(res)
                     self.counters["windows_closed", res.kind] += len(res.keys)
+                    for key in res.keys:
+                        self._early.pop((*key, res.pane), None)
                 for trig in self.evaluate(res):
                     self.counters["triggers", trig["rule"]] += 1
                     out.triggers.append(trig)
         return out
+
+    def early_windows(self) -> list[WindowResult]:
+        """Statistics of the tumbling windows still open, as far as they have come: per key and
+        pane, the latest early snapshot of each input partition, summed. Not checkpointed: a
+        restart shows them again at the next snapshots."""
+        if not self._early:
+            return []
+        items = sorted(self._early.items())
+        keys = [(policy_id, segment) for (policy_id, segment, _), _ in items]
+        rows = np.array([np.sum(list(parts.values()), axis=0) for _, parts in items])
+        stats = self.aggregator.derive(rows, keys)
+        stats["late_events"] = np.zeros(len(items))
+        size = self.config.windows.tumbling_s
+        return [WindowResult("early", pane * size, (pane + 1) * size, [key], rows[i:i + 1],
+                             {name: col[i:i + 1] for name, col in stats.items()}, pane)
+                for i, (key, ((_, _, pane), _)) in enumerate(zip(keys, items))]
 
     def dump(self) -> dict:
         """Open windows and the rules' memory, as plain values and arrays (a checkpoint's body)."""

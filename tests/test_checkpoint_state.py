@@ -127,11 +127,14 @@ def test_a_stage_checkpoint_holds_its_state_as_of_the_capture_while_processing_g
     messages = by_partition[0]
     stage = PartitionStage(CONFIG)
     stage.process(messages[:400], now=0.0)
-    head, parts = stage.dump_lazily(slice_size=50)
-    frozen = snapshot.encode("stage", {**head, "join": {**head["join"], "parts": []}})
-    stage.process(messages[400:800], now=0.0)  # the stream goes on while the join's parts are written
-    head["join"]["parts"] = list(parts)
-    assert snapshot.encode("stage", {**head, "join": {**head["join"], "parts": []}}) == frozen
+    capture = stage.capture(slice_size=50)
+    frozen = snapshot.encode("stage", {**capture.state(), "join": {}})
+    assert capture.step()  # one slice taken, more to come
+    stage.process(messages[400:800], now=0.0)  # the stream goes on while the join's parts are taken
+    while capture.step():
+        pass
+    head = capture.state()
+    assert len(head["join"]["parts"]) > 1 and snapshot.encode("stage", {**head, "join": {}}) == frozen
 
     straight = PartitionStage(CONFIG)
     straight.process(messages[:400], now=0.0)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from kernels.batch import FeedbackBatch, ScoreBatch, apply
-from kernels.derive import derive, loss_bounds
+from kernels.derive import derive
 from kernels.layout import FB_LAG, LAG_PANES, N_DEC, N_FB, PAIR_AUDIT_OVERRIDES, PAIR_CHANNEL_OVERRIDES, W_CAP, StateLayout
 from kernels.params import StatsParams
 from streams.operators.aggregate import WindowResult
@@ -37,7 +37,7 @@ def result(kind, pane, state, panes=None, halves=None) -> WindowResult:
     if halves is not None:
         halves = np.stack(halves, axis=1)
         state = halves.sum(axis=1)
-    stats = loss_bounds(state, LAYOUT, PARAMS) if kind == "early" else derive(state, LAYOUT, PARAMS)
+    stats = derive(state, LAYOUT, PARAMS)
     start = (pane + 1 - (12 if kind == "hopping" else 1)) * 300.0
     return WindowResult(kind, start, (pane + 1) * 300.0, [KEY] * len(state), state, stats, pane,
                         panes=None if panes is None else np.asarray(panes, np.int64), halves=halves)

@@ -139,12 +139,12 @@ def test_partials_split_into_bounded_messages_give_the_same_windows(monkeypatch)
     assert len(table(want)) > 500 and table(got) == table(want)
 
 
-def _worker():
+def _worker(**overrides):
     """A Worker that is never started: its bookkeeping alone."""
     from streams.settings import load
     from streams.worker.worker import Worker
 
-    return Worker(load(overrides={"topic_prefix": "u."}, env={}))
+    return Worker(load(overrides={"topic_prefix": "u.", **overrides}, env={}))
 
 
 class _Store:
@@ -161,61 +161,125 @@ class _Store:
         self.forgotten.append(pointer)
 
 
-def test_a_checkpoint_whose_commit_may_have_landed_is_kept_and_recognised_as_ours(monkeypatch):
-    """A retried commit refused after a rebalance may have landed: deleting that checkpoint
-    would leave the group pointing at chunks compaction then drops (takeover fails), and
-    not knowing it as ours would throw the live state away for a replay."""
-    import streams.worker.worker as worker_module
-    from aiokafka import TopicPartition
+def _checkpointer(commits, committed=None):
+    """A Checkpointer over `_Store` whose commits answer `commits` in turn (True: committed,
+    None: refused after a rebalance, False: not tried) and whose group reads `committed`."""
+    from streams.worker.checkpointing import Checkpointer
 
-    w = _worker()
-    w.checkpoints = store = _Store()
-    outcomes = iter([True, None, True])
+    outcomes = iter(commits)
 
     async def commit(consumer, offsets):
         return next(outcomes)
 
-    monkeypatch.setattr(w, "_commit", commit)
-    name = w._name("ingest", 0)
+    async def read_committed(consumer, tps):
+        return committed(tps) if committed else {}
+
+    return Checkpointer("g", _Store(), commit=commit, read_committed=read_committed)
+
+
+def test_a_checkpoint_whose_commit_may_have_landed_is_kept_and_recognised_as_ours():
+    """A retried commit refused after a rebalance may have landed: deleting that checkpoint
+    would leave the group pointing at chunks compaction then drops (takeover fails), and
+    not knowing it as ours would throw the live state away for a replay."""
+    from aiokafka import TopicPartition
+
+    group = {}
+    ck = _checkpointer([True, None, True], committed=lambda tps: {tps[0]: (1, group["pointer"])})
+    tp = TopicPartition("t", 0)
 
     async def run():
-        step = lambda: w._commit_checkpoint(None, "ingest", 0, b"", {TopicPartition("t", 0): 1}, lambda: True)
-        assert await step() is True  # ck1 committed
-        assert await step() is False  # ck2: refused after a rebalance, outcome unknown
-        assert store.forgotten == [] and w._unsure[name] == ["ck2"]
+        save = lambda: ck.save(None, "ingest", 0, b"", {tp: 1}, lambda: True)  # noqa: E731
+        assert await save() is True  # ck1 committed
+        assert await save() is False  # ck2: refused after a rebalance, outcome unknown
+        assert ck.store.forgotten == [] and ck.ours("ingest", 0) == ["ck1", "ck2"]
 
-        w.stages[0] = object()  # the live stage
+        group["pointer"] = "ck2"  # the refused commit had landed
+        assert await ck.load("ingest", None, [tp], live=True) is None  # ours: the live stage goes on
 
-        async def committed(consumer, tps):
-            return {tps[0]: (1, "ck2")}  # the refused commit had landed
-
-        monkeypatch.setattr(worker_module, "committed", committed)
-        assert await w._load("ingest", None, [TopicPartition("t", 0)]) is None  # ours: the stage goes on
-
-        assert await step() is True  # ck3 supersedes both
-        assert sorted(store.forgotten) == ["ck1", "ck2"] and name not in w._unsure
-
-        w._unsure[name] = ["ck4", "ck5"]  # in doubt, then the group is found at ck5
-        w._loaded("ingest", 0, "ck5")
-        assert w._to_forget == [(name, "ck4")] and w._pointers[name] == "ck5" and name not in w._unsure
+        assert await save() is True  # ck3 supersedes both
+        assert sorted(ck.store.forgotten) == ["ck1", "ck2"] and ck.ours("ingest", 0) == ["ck3"]
 
     asyncio.run(run())
 
 
-def test_a_commit_never_tried_deletes_its_checkpoint(monkeypatch):
+def test_a_checkpoint_in_doubt_that_the_group_does_not_point_to_is_deleted_after_the_load():
     from aiokafka import TopicPartition
 
-    w = _worker()
-    w.checkpoints = store = _Store()
+    ck = _checkpointer([None, None])
+    tp = TopicPartition("t", 0)
 
-    async def commit(consumer, offsets):
-        return False
+    async def run():
+        for _ in range(2):
+            await ck.save(None, "ingest", 0, b"", {tp: 1}, lambda: True)
+        assert ck.ours("ingest", 0) == ["ck1", "ck2"]
+        ck.adopt("ingest", 0, "ck2")  # the group is found at ck2: ck1 never landed
+        assert ck.store.forgotten == []  # not during the load
+        await ck.forget_stale()
+        assert ck.store.forgotten == ["ck1"] and ck.ours("ingest", 0) == ["ck2"]
 
-    monkeypatch.setattr(w, "_commit", commit)
+    asyncio.run(run())
+
+
+def test_a_live_state_is_replaced_when_the_group_points_elsewhere_and_nothing_is_read_without_a_pointer():
+    from aiokafka import TopicPartition
+
+    class Store(_Store):
+        async def read(self, name, pointer):
+            from streams.state import snapshot
+
+            return snapshot.encode("ingest", {"offsets": {"t": 7}, "from": pointer})
+
+    group = {"pointer": ""}
+    ck = _checkpointer([True], committed=lambda tps: {tps[0]: (7, group["pointer"])})
+    ck.store = Store()
+    tp = TopicPartition("t", 0)
+
+    async def run():
+        assert await ck.load("ingest", None, [tp], live=False) == ("", {}, {})
+        assert await ck.save(None, "ingest", 0, b"", {tp: 7}, lambda: True)
+        group["pointer"] = "someone-else"  # another worker committed since
+        loaded = await ck.load("ingest", None, [tp], live=True)
+        assert loaded.pointer == "someone-else" and loaded.offsets == {"t": 7}
+        assert loaded.state["from"] == "someone-else" and ck.ours("ingest", 0) == ["someone-else"]
+
+    asyncio.run(run())
+
+
+def test_a_commit_never_tried_deletes_its_checkpoint():
+    from aiokafka import TopicPartition
+
+    ck = _checkpointer([False, False])
     tp = {TopicPartition("t", 0): 1}
-    assert asyncio.run(w._commit_checkpoint(None, "ingest", 0, b"", tp, lambda: True)) is False
-    assert asyncio.run(w._commit_checkpoint(None, "ingest", 0, b"", tp, lambda: False)) is False  # revoked
-    assert store.forgotten == ["ck1", "ck2"] and not w._unsure
+    assert asyncio.run(ck.save(None, "ingest", 0, b"", tp, lambda: True)) is False
+    assert asyncio.run(ck.save(None, "ingest", 0, b"", tp, lambda: False)) is False  # revoked
+    assert ck.store.forgotten == ["ck1", "ck2"] and ck.ours("ingest", 0) == []
+
+
+def test_commit_offsets_tries_only_what_is_still_assigned_and_reports_a_refusal_as_unknown():
+    from aiokafka import TopicPartition
+    from aiokafka.errors import CommitFailedError
+
+    from streams.worker.checkpointing import commit_offsets
+
+    tp, other = TopicPartition("t", 0), TopicPartition("t", 1)
+
+    class Consumer:
+        def __init__(self, refuse):
+            self.refuse, self.commits = refuse, []
+
+        def assignment(self):
+            return {tp}
+
+        async def commit(self, offsets):
+            if self.refuse:
+                raise CommitFailedError("rebalanced")
+            self.commits.append(offsets)
+
+    ok = Consumer(refuse=False)
+    assert asyncio.run(commit_offsets(ok, {tp: (5, "ck")})) is True and ok.commits == [{tp: (5, "ck")}]
+    assert asyncio.run(commit_offsets(ok, {tp: (5, "ck"), other: (1, "ck")})) is False
+    assert asyncio.run(commit_offsets(ok, {})) is False and len(ok.commits) == 1
+    assert asyncio.run(commit_offsets(Consumer(refuse=True), {tp: (5, "ck")})) is None
 
 
 def test_a_partition_revoked_while_its_position_is_asked_for_is_skipped_not_fatal():
@@ -242,16 +306,16 @@ def test_a_partition_revoked_while_its_position_is_asked_for_is_skipped_not_fata
             raise IllegalStateError(f"Partition {tp} is not assigned")
 
     w.ingest = Consumer()
-    assert asyncio.run(w._at_end(0)) is None
+    assert asyncio.run(w.at_end(0)) is None
     w.ingest.assigned = {scores, feedback}
 
     async def settled(tp):
         return 10
 
     w.ingest.position = settled
-    assert asyncio.run(w._at_end(0)) == {scores.topic: True, feedback.topic: True}
+    assert asyncio.run(w.at_end(0)) == {scores.topic: True, feedback.topic: True}
     w.ingest.assigned = {scores}  # already gone before the round asks
-    assert asyncio.run(w._at_end(0)) is None
+    assert asyncio.run(w.at_end(0)) is None
 
 
 def test_a_step_trims_the_heap_every_few_seconds(monkeypatch):
@@ -260,37 +324,39 @@ def test_a_step_trims_the_heap_every_few_seconds(monkeypatch):
     import streams.worker.worker as worker_module
     from streams.worker.memory import TRIM_EVERY_S
 
-    w = _worker()
-    trims = []
+    trims, now = [], [1000.0]
     monkeypatch.setattr(worker_module, "trim_heap", lambda: trims.append(1))
+    monkeypatch.setattr(worker_module.time, "monotonic", lambda: now[0])
+    w = _worker()
 
     async def nothing():
+        return []
+
+    async def loaded():
         return None
 
-    monkeypatch.setattr(w, "_ingest_round", nothing)
-    monkeypatch.setattr(w, "_aggregate_round", nothing)
+    monkeypatch.setattr(w, "ingest_round", nothing)
+    monkeypatch.setattr(w, "aggregate_round", nothing)
+    monkeypatch.setattr(w.assignments, "load", loaded)
+    w.delivery.send = None  # nothing to send: never called
     asyncio.run(w.step())
-    assert trims == []  # not yet due
-    w._last_trim -= TRIM_EVERY_S
+    now[0] = 1000.0 + TRIM_EVERY_S
     asyncio.run(w.step())
     asyncio.run(w.step())
     assert trims == [1]  # once per period
 
 
 def test_every_partition_s_join_store_shares_the_worker_s_memtable_budget(tmp_path):
-    import pytest
-
-    from streams.settings import load
-    from streams.worker.worker import Worker
-
-    w = Worker(load(overrides={"topic_prefix": "u.", "state_dir": str(tmp_path), "join_memtable_mb": 32}, env={}))
+    w = _worker(state_dir=str(tmp_path), join_memtable_mb=32)
     try:
-        stages = [w._new_stage(p) for p in range(3)]
-        assert all(s.join.write_buffers is w._write_buffers for s in stages)
-        assert w._write_buffers.get_buffer_size() == 32 << 20
+        stages = [w.stages.open(p, {}, {}) for p in range(3)]
+        assert all(s.join.write_buffers is w.stages.write_buffers for s in stages)
+        assert w.stages.write_buffers.get_buffer_size() == 32 << 20
     finally:
-        for p in range(3):
-            w._close_stage(p)
+        w.stages.close_all()
+    assert not list(tmp_path.iterdir())  # each join store's directory goes with its stage
+    from streams.settings import load
+
     with pytest.raises(ValueError, match="join_memtable_mb"):
         load(overrides={"join_memtable_mb": 4}, env={})
     assert load(env={"NPO_JOIN_MEMTABLE_MB": "256"}).join_memtable_mb == 256

@@ -43,30 +43,6 @@ async def committed(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> di
     return {tp: (om.offset, om.metadata or "") for tp, om in found.items() if om.offset >= 0}
 
 
-MAX_PART_BYTES = 256 << 20
-"""A join part declaring a larger size is refused."""
-
-
-def pack_part(raw: bytes) -> list:
-    """One slice of a checkpoint's join entries, zstd-compressed as it is taken (so the whole
-    checkpoint's compression costs little: what is left is small or already compressed)."""
-    return [len(raw), bytes(cramjam.zstd.compress(raw))]
-
-
-def unpack_part(part) -> bytes:
-    """The slice `pack_part` packed; CheckpointError if it does not decompress to its size."""
-    try:
-        size, data = part
-        if not (isinstance(size, int) and 0 <= size <= MAX_PART_BYTES and isinstance(data, bytes)):
-            raise ValueError(f"bad part header {size!r}")
-        out = bytearray(size)
-        if cramjam.zstd.decompress_into(data, out) != size:
-            raise ValueError(f"shorter than its declared {size} bytes")
-    except (ValueError, TypeError, cramjam.DecompressionError) as e:
-        raise CheckpointError(f"join part of a checkpoint: {e}") from e
-    return bytes(out)
-
-
 class Packed(NamedTuple):
     """A checkpoint ready to write: zstd-compressed, with its uncompressed size."""
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels.derive import derive, loss_bounds
+from kernels.derive import derive
 from kernels.layout import N_DEC, N_FB, StateLayout
 from kernels.params import StatsParams
 from streams.operators.windows import KeyIndex, Partials, WindowSpec
@@ -224,14 +224,18 @@ class Aggregator:
         has = self.ring_pane[rows] == pane
         return key_ids[has], rows[has]
 
+    def derive(self, rows: np.ndarray, keys: list) -> dict:
+        """The statistics of window rows of `keys`, each measured against the threshold in force
+        for its key where one was set (else the decisions' own)."""
+        tau = np.array([self.thresholds.get(k, np.nan) for k in keys]) if self.thresholds else None
+        return derive(rows, self.layout, self.params, tau=tau)
+
     def _results(self, ready: list[tuple]) -> list[WindowResult]:
         """Derive the statistics of all windows that became final in one call, then split them."""
         if not ready:
             return []
-        tau = None
-        if self.thresholds:
-            tau = np.array([self.thresholds.get(self.keys.keys[k], np.nan) for _, _, _, ids, *_ in ready for k in ids])
-        stats = derive(np.concatenate([item[4] for item in ready]), self.layout, self.params, tau=tau)
+        stats = self.derive(np.concatenate([item[4] for item in ready]),
+                            [self.keys.keys[k] for _, _, _, ids, *_ in ready for k in ids])
         size, out, at = self.spec.tumbling_s, [], 0
         for kind, pane_lo, pane_hi, key_ids, rows, halves, late_events in ready:
             part = {name: col[at : at + len(rows)] for name, col in stats.items()}
@@ -273,6 +277,6 @@ class Aggregator:
     def _early(self, partials: Partials) -> WindowResult:
         size = self.spec.tumbling_s
         pane = int(partials.panes.min()) if len(partials.panes) else 0
-        stats = loss_bounds(partials.rows, self.layout, self.params)
+        stats = self.derive(partials.rows, partials.keys)
         return WindowResult("early", pane * size, (pane + 1) * size, partials.keys, partials.rows, stats, pane,
                             panes=partials.panes)

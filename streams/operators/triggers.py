@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from kernels.derive import derive, held_out_saving
+from kernels.derive import held_out_saving
 from kernels.derive import tau_star as tau_star_of
 from kernels.layout import FB_LAG, LAG_PANES, LIKE, N_DEC, N_FB, OVERRIDE, PAIR_B, PAIR_C, W_CAP, WY_CAP, StateLayout
 from kernels.params import StatsParams
@@ -217,8 +217,6 @@ class TriggerEvaluator:
     def _event(self, rule, reason, res: WindowResult, i: int, key, kind=None, start=None, end=None, **extra):
         kind, start, end = kind or res.kind, res.start if start is None else start, res.end if end is None else end
         s = res.stats
-        if res.kind == "early":  # early results carry only loss bounds: derive the full row now
-            s, i = derive(res.rows[i : i + 1], self.layout, self.params), 0
         st = self.state[key]
         evidence = {
             "n_decisions": int(s["n_decisions"][i]), "n_feedback": int(s["n_feedback"][i]),

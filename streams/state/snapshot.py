@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import cramjam
 import msgspec
 import numpy as np
 
@@ -62,3 +63,27 @@ def decode(kind: str, blob: bytes) -> dict:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("kind") != kind:
         raise SnapshotError(f"not a format-{FORMAT} {kind} checkpoint")
     return doc["state"]
+
+
+MAX_PART_BYTES = 256 << 20
+"""A join part declaring a larger size is refused."""
+
+
+def pack_part(raw: bytes) -> list:
+    """One slice of a checkpoint's join entries, zstd-compressed as it is taken (so the whole
+    checkpoint's compression costs little: what is left is small or already compressed)."""
+    return [len(raw), bytes(cramjam.zstd.compress(raw))]
+
+
+def unpack_part(part) -> bytes:
+    """The slice `pack_part` packed; SnapshotError if it does not decompress to its size."""
+    try:
+        size, data = part
+        if not (isinstance(size, int) and 0 <= size <= MAX_PART_BYTES and isinstance(data, bytes)):
+            raise ValueError(f"bad part header {size!r}")
+        out = bytearray(size)
+        if cramjam.zstd.decompress_into(data, out) != size:
+            raise ValueError(f"shorter than its declared {size} bytes")
+    except (ValueError, TypeError, cramjam.DecompressionError) as e:
+        raise SnapshotError(f"join part of a checkpoint: {e}") from e
+    return bytes(out)

@@ -1,12 +1,29 @@
-"""Events the worker publishes: window statistics (schema `window_stats`) and triggers."""
+"""What the worker writes, and how it gets written.
+
+Window statistics (schema `window_stats`) and triggers as events with their Kafka keys;
+partials as numbered messages to the partials partition of their key; and delivery,
+which retries whatever the broker refused until all of it is acknowledged.
+A message is a (topic, value, key, partition) tuple.
+"""
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
+import time
 
 import msgspec
+import numpy as np
+import orjson
 
 from streams.events import WindowStats
+from streams.kafka.producer import partition_for
 from streams.operators.aggregate import WindowResult
+from streams.operators.windows import Partials
+from streams.worker import partials as partials_codec
+from streams.worker.faults import refused
+
+log = logging.getLogger("npo.worker")
 
 _FIELDS = set(WindowStats.__struct_fields__)
 
@@ -46,3 +63,121 @@ def window_stats_events(res: WindowResult, version: str, final: bool = True) -> 
 
 def stats_key(policy_id: str, segment: str) -> bytes:
     return msgspec.json.encode([policy_id, segment])
+
+
+class Publisher:
+    """A monitor's output as messages to the statistics and triggers topics; the latest
+    statistics and cool-downs also to the Redis sink, if there is one."""
+
+    def __init__(self, topics: dict[str, str], version: str, sink=None) -> None:
+        self.topics, self.version, self.sink = topics, version, sink
+
+    def windows(self, results: list[WindowResult], final: bool = True) -> list[tuple]:
+        messages = []
+        for res in results:
+            for key, event in window_stats_events(res, self.version, final=final):
+                messages.append((self.topics["stats"], orjson.dumps(event), key, None))
+                if final and self.sink is not None:
+                    self.sink.put_stats(event["policy_id"], event["segment"], res.kind,
+                                        {"window": event["window"], **event["stats"]})
+        return messages
+
+    def triggers(self, triggers: list[dict]) -> list[tuple]:
+        messages = []
+        for trig in triggers:
+            trig["emitted_at"] = time.time()
+            key = stats_key(trig["policy_id"], trig["segment"])
+            messages.append((self.topics["triggers"], orjson.dumps(trig), key, None))
+            if self.sink is not None:
+                self.sink.put_cooldown(trig["rule"], trig["policy_id"], trig["segment"], trig["window"]["end"])
+            log.info("trigger", extra={"rule": trig["rule"], "trigger_id": trig["trigger_id"],
+                                       "policy_id": trig["policy_id"], "segment": trig["segment"]})
+        return messages
+
+
+class PartialsRouter:
+    """Partials of the input partitions as messages to the partials partition of each key,
+    numbered 1, 2, ... per (input partition, partials partition), so the receiving side can
+    apply them in order and once. The numbers are part of an input partition's checkpoint:
+    a replay from it repeats them."""
+
+    def __init__(self, topic: str, width: int, partitions: int = 0) -> None:
+        self.topic, self.width, self.partitions = topic, width, partitions
+        self._seq: dict[int, dict[int, int]] = {}  # input partition -> partials partition -> last number
+        self._route: dict[tuple[str, str], int] = {}  # key -> partials partition
+
+    def numbers(self, p: int) -> list[list[int]]:
+        """Input partition `p`'s last number sent to each partials partition (checkpointed)."""
+        return sorted([q, n] for q, n in self._seq.get(p, {}).items())
+
+    def restore(self, p: int, numbers: list) -> None:
+        """Go on from the `numbers` of a checkpoint (none: from the start)."""
+        self._seq[p] = {int(q): int(n) for q, n in numbers}
+
+    def messages(self, p: int, part: Partials) -> list[tuple]:
+        """Rows to the partials partition of their key, in messages of bounded size; progress to
+        every partials partition."""
+        by_partition: dict[int, list[int]] = {}
+        route = self._route
+        for i, key in enumerate(part.keys):
+            q = route.get(key)
+            if q is None:  # murmur2 in Python is slow; keys are few, so remember each key's partition
+                q = route[key] = partition_for(stats_key(*key), self.partitions)
+            by_partition.setdefault(q, []).append(i)
+        seq, out = self._seq.setdefault(p, {}), []
+        for q in range(self.partitions):
+            select = np.array(by_partition.get(q, []), dtype=np.int64)
+            for rows, closed_through in partials_codec.chunks(part, select):
+                n = seq[q] = seq.get(q, 0) + 1
+                out.append((self.topic, partials_codec.encode(part, p, n, rows, closed_through), None, q))
+        return out
+
+    def idleness_note(self, p: int) -> list[tuple]:
+        """An unnumbered note to every partials partition that input partition `p` is idle."""
+        note = partials_codec.encode(Partials.empty(self.width, 0, idle=True), p, 0)
+        return [(self.topic, note, None, q) for q in range(self.partitions)]
+
+
+class Delivery:
+    """Writes messages, retrying those that fail until all are acknowledged. Nothing is
+    consumed meanwhile and input offsets wait for this, so an output topic that cannot be
+    written holds the worker back (memory: one round's output) and loses nothing.
+
+    `send(topic, value, key, partition)` hands a message to the host's producer and returns
+    an awaitable of its acknowledgement."""
+
+    def __init__(self, send, metrics, counters) -> None:
+        self.send, self.metrics, self.counters = send, metrics, counters
+        self.undelivered = 0  # messages waiting for a retry
+
+    async def deliver(self, messages: list[tuple]) -> None:
+        delay = 0.2
+        while messages:
+            outcome = await self._send(messages)
+            failed = [(m, r) for m, r in zip(messages, outcome) if isinstance(r, BaseException)]
+            self.undelivered = len(failed)
+            self.metrics.undelivered.set(len(failed))
+            if failed:
+                self.counters["output_retries"] += len(failed)
+                topics = sorted({m[0] for m, _ in failed})
+                log.warning("could not write %d message(s) to %s (%s); retrying in %.1f s",
+                            len(failed), topics, failed[0][1], delay)
+                # alive (a restart would not help), but holding back: not ready
+                self.metrics.health.beat(f"output to {', '.join(topics)} refused; retrying")
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 5.0)
+            messages = [m for m, _ in failed]
+
+    async def _send(self, messages: list[tuple]) -> list:
+        """Each message's acknowledgement, or the exception that refused it."""
+        results = []
+        for topic, value, key, partition in messages:
+            try:
+                if refused(topic):
+                    raise TimeoutError(f"refused by NPO_REFUSE_SEND (fault test): {topic}")
+                results.append(await self.send(topic, value, key, partition))
+            except Exception as exc:  # noqa: BLE001 - e.g. metadata for the topic timed out
+                results.append(exc)
+        done = iter(await asyncio.gather(*[r for r in results if not isinstance(r, BaseException)],
+                                         return_exceptions=True))
+        return [r if isinstance(r, BaseException) else next(done) for r in results]

@@ -53,7 +53,7 @@ class WorkerThread:
                 raise AssertionError(f"worker died: {self.error!r}") from self.error
             # Redis errors keep counting while Redis is down; only the data counters tell progress
             now = {k: v for k, v in self.worker.counters.items() if k != "redis_errors"}, self.rounds > 0
-            if self.worker.undelivered:  # output still being retried: not idle, however quiet
+            if self.worker.delivery.undelivered:  # output still being retried: not idle, however quiet
                 last = None
             if now != last:
                 last, since = now, time.monotonic()

@@ -236,24 +236,27 @@ def test_sigkill_mid_stream_applies_no_change_twice_and_loses_none(settings, tmp
     state = ActuatorStore(store)
     stream = _synthetic_stream(range(HOURS))
     triggers = [e for role, e in stream if role == "triggers"]
-    half = len(stream) // 2
-    _produce(settings, stream[:half])
-    proc = _spawn_actuator(settings, group, log_path, crash_at=None if crash == "external" else crash)
-    kills = 0
-    if crash == "external":  # SIGKILL from outside, twice, while it works through the stream
-        for _ in range(2):
+    kills, third = 0, len(stream) // 3
+    if crash == "external":  # SIGKILL from outside, twice, each while it works through a third of the stream
+        proc = _spawn_actuator(settings, group, log_path)
+        for part in (stream[:third], stream[third:2 * third]):
             done_before = len(store.client.hkeys(store.ns + "actuator:done"))
+            _produce(settings, part)  # new triggers for this round: the kill lands mid-stream however fast it runs
             _until(lambda: len(store.client.hkeys(store.ns + "actuator:done")) >= done_before + 6,
                    what="decisions before the kill")
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
             kills += 1
             proc = _spawn_actuator(settings, group, log_path)
+        rest = stream[2 * third:]
     else:  # it kills itself at the crash point; restarted without one
+        _produce(settings, stream[:len(stream) // 2])
+        proc = _spawn_actuator(settings, group, log_path, crash_at=crash)
         assert proc.wait(timeout=120) == -signal.SIGKILL, log_tail(proc)
         kills += 1
         proc = _spawn_actuator(settings, group, log_path)
-    _produce(settings, stream[half:])
+        rest = stream[len(stream) // 2:]
+    _produce(settings, rest)
     done_key = store.ns + "actuator:done"
     _until(lambda: len(store.client.hkeys(done_key)) == len(triggers) and not state.outbox()
            and all(state.key_state(*k).probation is None for k in KEYS),

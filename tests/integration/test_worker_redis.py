@@ -89,7 +89,7 @@ def test_a_threshold_set_in_redis_changes_the_next_evaluation(settings):
         store = redis_store(settings)
         store.set_threshold("pol-a", "seg", 0.9)
         assert store.get_threshold("pol-a", "seg") == 0.9
-        _until(lambda: worker.worker._thresholds.get(("pol-a", "seg")) == 0.9, what="the worker to poll")
+        _until(lambda: worker.worker.monitors.thresholds.get(("pol-a", "seg")) == 0.9, what="the worker to poll")
         _produce(settings, _windows(6, 12))
         worker.wait_idle()
     finally:

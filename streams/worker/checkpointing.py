@@ -1,0 +1,135 @@
+"""The checkpoint protocol: a partition's state and the input offsets it covers, committed together.
+
+A checkpoint is written to the `checkpoints` topic first; then the offsets it covers
+are committed to the consumer group with a pointer to it in the commit's metadata, one
+request, so whoever takes the partition over finds both or neither. A checkpoint is
+written only after everything its records produced has been acknowledged, so a replay
+from it loses nothing, and replays are deterministic, so nothing is counted twice.
+
+A commit can fail in two ways. Not tried (the partition is no longer this worker's): the
+checkpoint is deleted, nobody will read it. Refused after a rebalance: aiokafka retries a
+commit whose answer was lost, and the retry is refused once the group has moved on, so
+the first try may have landed; that checkpoint is kept (the group may point to it) until
+a later commit supersedes it or a load finds the group pointing elsewhere.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import NamedTuple
+
+from aiokafka.errors import CommitFailedError, IllegalStateError
+
+from streams.kafka.checkpoints import Packed, committed
+from streams.state import snapshot
+from streams.worker.faults import crash_point
+
+log = logging.getLogger("npo.worker")
+
+
+async def commit_offsets(consumer, offsets: dict) -> bool | None:
+    """Commit `{tp: (offset, metadata)}` if all of it is still assigned: True when committed,
+    False when not tried, None when refused after a rebalance (it may have landed). A
+    commit lost to a rebalance only means a replay."""
+    if not offsets or not all(tp in consumer.assignment() for tp in offsets):
+        return False
+    try:
+        await consumer.commit(offsets)
+        return True
+    except (CommitFailedError, IllegalStateError) as exc:
+        log.warning("offset commit lost to a rebalance (records will be replayed): %s", exc)
+        return None
+
+
+class Loaded(NamedTuple):
+    """A committed checkpoint, read back: its pointer ("" when there is none), the state
+    ({} then) and the next offset of each input topic it covers."""
+
+    pointer: str
+    state: dict
+    offsets: dict[str, int]
+
+
+class Checkpointer:
+    """One worker's side of the protocol, for every partition it holds, in either role
+    (`ingest` or `aggregate`). `store` writes, reads and deletes checkpoints (a
+    `CheckpointStore`); `commit` and `read_committed` talk to the consumer group."""
+
+    def __init__(self, group_id: str, store=None, counters: Counter | None = None,
+                 commit=commit_offsets, read_committed=committed) -> None:
+        self.group_id, self.store = group_id, store
+        self.counters = counters if counters is not None else Counter()
+        self._commit, self._read_committed = commit, read_committed
+        self._pointers: dict[str, str] = {}  # checkpoint name -> pointer this worker last committed
+        self._unsure: dict[str, list[str]] = {}  # name -> pointers whose commit may have landed
+        self._stale: list[tuple[str, str]] = []  # (name, pointer) found not committed: to delete
+
+    def name(self, role: str, partition: int) -> str:
+        return f"{self.group_id}-{role}/{partition}"
+
+    def ours(self, role: str, partition: int) -> list[str]:
+        """Pointers this worker committed, or may have, for the partition (newest last)."""
+        name = self.name(role, partition)
+        return [p for p in (self._pointers.get(name), *self._unsure.get(name, ())) if p]
+
+    async def load(self, role: str, consumer, tps: list, live: bool) -> Loaded | None:
+        """The committed checkpoint of `tps`' partition; None when `live` (this worker holds the
+        partition's state) and that state is the committed checkpoint's or later: it goes on
+        from where it stands. Adopts what it finds (see `adopt`)."""
+        partition = tps[0].partition
+        # every offset committed with a checkpoint carries its pointer (one commit request)
+        pointer = next((meta for _, meta in (await self._read_committed(consumer, tps)).values() if meta), "")
+        if live and pointer in self.ours(role, partition):
+            return None
+        if not pointer:  # nothing checkpointed: the group's position (committed or earliest) stands
+            self.adopt(role, partition, pointer)
+            return Loaded(pointer, {}, {})
+        name = self.name(role, partition)
+        state = snapshot.decode(role, await self.store.read(name, pointer))
+        log.info("loaded checkpoint", extra={"checkpoint": name, "offsets": state["offsets"]})
+        self.adopt(role, partition, pointer)
+        return Loaded(pointer, state, state["offsets"])
+
+    def adopt(self, role: str, partition: int, pointer: str) -> None:
+        """`pointer` is what the group has committed: checkpoints of this worker whose commit was
+        in doubt and are not it were never committed, and `forget_stale` deletes them."""
+        name = self.name(role, partition)
+        self._pointers[name] = pointer
+        self._stale.extend((name, old) for old in self._unsure.pop(name, ()) if old != pointer)
+
+    async def forget_stale(self) -> None:
+        """Delete the checkpoints `adopt` found were never committed."""
+        while self._stale:
+            await self.store.forget(*self._stale.pop())
+
+    async def write(self, role: str, partition: int, packed: Packed) -> str:
+        """Write a checkpoint (not yet in force); its pointer."""
+        return await self.store.write(self.name(role, partition), packed)
+
+    async def commit(self, consumer, role: str, partition: int, pointer: str, offsets: dict, still) -> bool:
+        """Commit `offsets` ({tp: next offset}) with `pointer`, if `still()` says the state it
+        holds is still this worker's, and delete the checkpoints it supersedes: True when
+        committed."""
+        name = self.name(role, partition)
+        landed = await self._commit(consumer, {tp: (o, pointer) for tp, o in offsets.items()}) if still() else False
+        if landed is None:  # it may have landed: the group may point to it, so it stays
+            self._unsure.setdefault(name, []).append(pointer)
+            return False
+        if not landed:
+            await self.store.forget(name, pointer)  # never committed: never read
+            return False
+        await self._supersede(name, pointer)
+        self.counters["checkpoints", role] += 1
+        return True
+
+    async def save(self, consumer, role: str, partition: int, packed: Packed, offsets: dict, still) -> bool:
+        """`write`, then `commit`: True when the checkpoint is in force."""
+        pointer = await self.write(role, partition, packed)
+        crash_point("checkpoint")
+        return await self.commit(consumer, role, partition, pointer, offsets, still)
+
+    async def _supersede(self, name: str, pointer: str) -> None:
+        superseded = [self._pointers.get(name), *self._unsure.pop(name, ())]
+        self._pointers[name] = pointer
+        for old in filter(None, superseded):
+            await self.store.forget(name, old)

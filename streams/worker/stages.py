@@ -1,0 +1,143 @@
+"""The ingest side of a worker: one `PartitionStage` per input partition it holds.
+
+Each takes its partition's records (scores and feedback merged by timestamp), sends bad
+ones to the dead-letter topic and its closed panes to the partials topic, and remembers
+the next offset of each input topic, which its checkpoint covers. A partition with
+nothing to read for `partition_idle_ms` says so once to every partials partition, so
+windows close on the other partitions' event time.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from rocksdict import WriteBufferManager
+
+from streams import codec
+from streams.config import MonitorConfig
+from streams.kafka.checkpoints import Packed, pack
+from streams.pipeline import PartitionStage, StageCapture
+from streams.state import snapshot
+from streams.worker.outputs import PartialsRouter
+
+log = logging.getLogger("npo.worker")
+
+
+@dataclass
+class Capture:
+    """An input partition's checkpoint being taken: its stage as of one moment, with the
+    partials numbers and offsets of that moment; `step` takes the join a slice at a time."""
+
+    partition: int
+    stage: PartitionStage
+    body: StageCapture
+    numbers: list
+    offsets: dict[str, int]
+
+    def step(self) -> bool:
+        return self.body.step()
+
+    def packed(self) -> Packed:
+        return pack(snapshot.encode("ingest", {"stage": self.body.state(), "seq": self.numbers,
+                                               "offsets": self.offsets}))
+
+
+class Stages:
+    """Input partition -> its stage, its offsets, and whether it moved since its checkpoint."""
+
+    def __init__(self, config: MonitorConfig, state_dir: str, topics: dict[str, str], router: PartialsRouter,
+                 counters: Counter, metrics, memtable_mb: int = 64, idle_ms: float = 60_000) -> None:
+        self.config, self.state_dir, self.topics, self.router = config, state_dir, topics, router
+        self.counters, self.metrics, self.idle_s = counters, metrics, idle_ms / 1000
+        # one memtable budget for every partition's join store: RAM does not grow with partitions
+        self.write_buffers = WriteBufferManager(memtable_mb << 20, False)
+        self.stages: dict[int, PartitionStage] = {}
+        self.offsets: dict[int, dict[str, int]] = {}  # input partition -> next offset of each input topic
+        self.dirty: set[int] = set()  # moved since their last checkpoint
+        self.capturing: Capture | None = None  # the checkpoint being taken (one at a time)
+        self._dirs: dict[int, str] = {}
+        self._last_read: dict[int, float] = {}  # when each last had records (monotonic)
+        self._idle: set[int] = set()  # partitions whose idleness has been sent
+
+    def get(self, p: int) -> PartitionStage | None:
+        return self.stages.get(p)
+
+    def open(self, p: int, state: dict, offsets: dict[str, int]) -> PartitionStage:
+        """A new stage for `p`, from a checkpoint's `state` ({}: empty) and the `offsets` it covers."""
+        self.close(p)
+        # the join's pending scores live on disk under state_dir, not in RAM
+        os.makedirs(self.state_dir, exist_ok=True)
+        path = self._dirs[p] = tempfile.mkdtemp(prefix=f"join-p{p}-", dir=self.state_dir)
+        stage = self.stages[p] = PartitionStage(self.config, topic=self.topics["scores"], partition=p,
+                                                join_path=path, counters=self.counters,
+                                                write_buffers=self.write_buffers)
+        if state:
+            stage.load(state["stage"])
+        self.router.restore(p, state.get("seq", []))  # deterministic: a replay repeats the numbers
+        self.offsets[p] = dict(offsets)
+        self._last_read[p] = time.monotonic()  # idle from now on, if nothing comes
+        self._idle.discard(p)
+        return stage
+
+    def close(self, p: int) -> None:
+        stage = self.stages.pop(p, None)
+        if self.capturing is not None and self.capturing.stage is stage:
+            self.capturing = None  # its store iterator goes before the store does
+        if stage is not None:
+            stage.close()
+        path = self._dirs.pop(p, None)
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
+        self.dirty.discard(p)
+
+    def close_all(self) -> None:
+        for p in list(self.stages):
+            self.close(p)
+
+    def process(self, p: int, records: list) -> list[tuple]:
+        """Records of partition `p` (Kafka records of either input topic, in merged order): the
+        messages they produce."""
+        self._last_read[p] = time.monotonic()
+        self._idle.discard(p)
+        started = time.perf_counter()
+        values = [r.value for r in records]
+        if None in values:  # a tombstone is an empty message: dead-lettered as not JSON
+            values = [v or b"" for v in values]
+        out = self.stages[p].process(values, sources=lambda i: (records[i].topic, records[i].offset))
+        self.metrics.kernel_seconds.observe(time.perf_counter() - started)
+        sends = [(self.topics["deadletters"], codec.encode(dl), None, None) for dl in out.dead_letters]
+        for part in out.partials:
+            sends.extend(self.router.messages(p, part))
+        for topic in (self.topics["scores"], self.topics["feedback"]):
+            # records of a topic come in offset order: its last is its highest
+            last = next((r for r in reversed(records) if r.topic == topic), None)
+            if last is not None:
+                self.offsets[p][topic] = last.offset + 1
+        self.dirty.add(p)
+        return sends
+
+    def idleness(self, p: int, drained: bool) -> list[tuple]:
+        """The idleness note of `p`, once, when it has had nothing to read (`drained`) for the
+        idle time: its next rows for panes already final count as late. The note is in the
+        partials log, so a monitor that replays the log decides the same."""
+        now = time.monotonic()
+        last = self._last_read.setdefault(p, now)
+        if p in self._idle or not drained or now - last < self.idle_s:
+            return []
+        self._idle.add(p)
+        log.info("input partition idle", extra={"partition": p})
+        return self.router.idleness_note(p)
+
+    def capture(self, p: int) -> Capture | None:
+        """Begin `p`'s checkpoint as of now, as `capturing` (None if `p` is not held)."""
+        stage = self.stages.get(p)
+        if stage is None:
+            return None
+        self.dirty.discard(p)
+        self.capturing = Capture(p, stage, stage.capture(), self.router.numbers(p), dict(self.offsets[p]))
+        return self.capturing
