@@ -317,6 +317,14 @@ def _read_file(path: str | Path) -> dict:
     return data.get("settings", data)
 
 
+def monitor_section(config_file: str | None) -> dict | None:
+    """The `[monitor]` table of a settings file (what shapes results), None without one."""
+    if not config_file:
+        return None
+    data = _read_file(Path(config_file))
+    return data.get("monitor") if isinstance(data, dict) else None
+
+
 def load(overrides: dict | None = None, env: dict | None = None, config_file: str | None = None) -> Settings:
     """Settings from defaults, then the file, then the environment, then `overrides` (flags).
     The pass-through tables are merged property by property in the same order."""

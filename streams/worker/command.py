@@ -6,7 +6,6 @@ import dataclasses
 import logging
 import signal
 import sys
-from pathlib import Path
 
 from streams.config import monitor_config_from
 
@@ -26,24 +25,16 @@ def add_command(subparsers, settings_args) -> None:
     w.set_defaults(run=_run)
 
 
-def _monitor_section(config_file: str | None) -> dict | None:
-    if not config_file:
-        return None
-    from streams.settings import _read_file
-
-    data = _read_file(Path(config_file))
-    return data.get("monitor") if isinstance(data, dict) else None
-
-
 def _run(args) -> int:
     from streams.kafka.commands import settings_from_args
     from streams.metrics import BrokerProbe, Metrics, setup_json_logging
+    from streams.settings import monitor_section
     from streams.worker.worker import Worker
 
     setup_json_logging(args.log_level)
     overrides = {k: getattr(args, k) for k in ("group_id", "metrics_port") if getattr(args, k) is not None}
     settings = dataclasses.replace(settings_from_args(args), **overrides)
-    config = monitor_config_from(_monitor_section(args.config), l_budget=args.budget)
+    config = monitor_config_from(monitor_section(args.config), l_budget=args.budget)
     sink = None
     if not args.no_redis:
         from streams.state.redis_store import RedisSink, RedisStore, StateAuthError, StateUnavailable

@@ -26,9 +26,8 @@ import asyncio
 import logging
 import os
 import time
-from collections import Counter
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import IllegalStateError
 from confluent_kafka.admin import AdminClient
@@ -40,42 +39,25 @@ from streams.metrics import Metrics
 from streams.pipeline import warm_up
 from streams.settings import Settings
 from streams.worker.assignment import Assignments
-from streams.worker.checkpointing import Checkpointer
+from streams.worker.clients import output_producer, partition_counts
 from streams.worker.faults import crash_point
+from streams.worker.host import PipelineHost
 from streams.worker.memory import TRIM_EVERY_S, trim_heap
-from streams.worker.merge import CoPartitionMerge
-from streams.worker.monitors import Monitors
-from streams.worker.outputs import Delivery, PartialsRouter, Publisher
-from streams.worker.stages import Stages
 
 log = logging.getLogger("npo.worker")
 
-TOPICS = ("scores", "feedback", "partials", "triggers", "stats", "deadletters", "checkpoints")
 
-
-class Worker:
+class Worker(PipelineHost):
     """One worker process; run several (same group) to share the partitions."""
 
     def __init__(self, settings: Settings, config: MonitorConfig | None = None, sink=None,
                  metrics: Metrics | None = None, early_every_s: float = 5.0) -> None:
-        self.settings, self.config, self.sink = settings, config or MonitorConfig(), sink
-        self.metrics = metrics or Metrics()
-        self.counters: Counter = Counter()
-        self.topics = {name: settings.topic(name) for name in TOPICS}
-        self.router = PartialsRouter(self.topics["partials"], self.config.layout.width)
-        self.stages = Stages(self.config, settings.state_dir, self.topics, self.router, self.counters, self.metrics,
-                             settings.join_memtable_mb, settings.partition_idle_ms)
-        self.monitors = Monitors(self.config, Publisher(self.topics, self.config.version, sink), self.counters,
-                                 self.metrics, early_every_s)
-        self.checkpointer = Checkpointer(settings.group_id, counters=self.counters)
-        self.merge = CoPartitionMerge(self.topics["scores"], self.topics["feedback"],
-                                      idle_s=settings.merge_idle_ms / 1000)
+        super().__init__(settings, config, sink, metrics, early_every_s, settings.group_id,
+                         loading=lambda role, partition: self.assignments.loading(role, partition))
         self.assignments = Assignments(self.stages, self.monitors, self.checkpointer, self.merge,
                                        self.topics["partials"])
-        self.delivery = Delivery(self._send, self.metrics, self.counters)
-        self.ingest = self.aggregate = self.producer = self.reader = None
-        self._queue: list[int] = []  # input partitions waiting for their checkpoint
-        self._last_checkpoint = self._last_trim = time.monotonic()
+        self.ingest = self.aggregate = self.reader = None
+        self._last_trim = time.monotonic()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -100,22 +82,15 @@ class Worker:
         common = {**reader, "partition_assignment_strategy": (RangePartitionAssignor,)}
         self.ingest = AIOKafkaConsumer(**{**common, "group_id": self.settings.group_id + "-ingest"})
         self.aggregate = AIOKafkaConsumer(**{**common, "group_id": self.settings.group_id + "-aggregate"})
-        # uncompressed: what the worker writes (partials it reads back itself, statistics,
-        # triggers) is small next to its input, and lz4 in this loop cost a tenth of the
-        # single-event path (py-spy, `npo bench pipeline --profile`)
-        self.producer = AIOKafkaProducer(**{**self.settings.aiokafka("producer"), "acks": "all",
-                                            "enable_idempotence": True, "linger_ms": 5, "compression_type": None})
+        self.producer = output_producer(self.settings)
         self.reader = AIOKafkaConsumer(**reader)
         for client in (self.producer, self.ingest, self.aggregate, self.reader):
             await client.start()
-        meta = await self.producer.client.fetch_all_metadata()
-        counts = {name: len(meta.partitions_for_topic(self.topics[name]) or ())
-                  for name in ("partials", "scores", "checkpoints")}
-        if not all(counts.values()):
-            raise RuntimeError(f"topics missing: run `npo topics create` first ({self.topics})")
+        counts = await partition_counts(self.producer, self.topics)
         self.router.partitions, self.monitors.input_count = counts["partials"], counts["scores"]
         self.checkpointer.store = CheckpointStore(self.producer, self.reader, self.topics["checkpoints"],
                                                   counts["checkpoints"])
+        self.schedule.consumers = {"ingest": self.ingest, "aggregate": self.aggregate}
         self.assignments.subscribe("ingest", self.ingest, [self.topics["scores"], self.topics["feedback"]])
         self.assignments.subscribe("aggregate", self.aggregate, [self.topics["partials"]])
         log.info("worker started", extra={"topics": self.topics, "config_version": self.config.version})
@@ -134,7 +109,7 @@ class Worker:
         try:
             while not stop.is_set():
                 await self.step()
-            await self.checkpoint()  # a clean stop leaves nothing to replay
+            await self.schedule.all()  # a clean stop leaves nothing to replay
         finally:
             await self.stop()
 
@@ -143,28 +118,13 @@ class Worker:
         await self.assignments.load()
         await self.delivery.deliver(await self.ingest_round())
         await self.delivery.deliver(await self.aggregate_round())
-        if self.stages.capturing is not None or self._queue:
-            await self._checkpoint_step()
-        elif time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s:
-            await self._checkpoint_monitors()
-            self._queue = sorted(self.stages.dirty)
-        if self.sink is not None:
-            self._poll_thresholds()
+        await self.schedule.step()
+        self.poll_thresholds()
         self.metrics.sync(self.counters)
         self.metrics.health.beat(self.assignments.not_ready())
         if time.monotonic() - self._last_trim >= TRIM_EVERY_S:
             self._last_trim = time.monotonic()
             trim_heap()
-
-    def _poll_thresholds(self) -> None:
-        latest = self.sink.latest_thresholds()
-        if latest is not None and latest != self.monitors.thresholds:
-            self.monitors.set_thresholds(latest)
-            log.info("thresholds changed", extra={"count": len(latest)})
-        self.counters["redis_errors"] = self.sink.errors
-
-    def _send(self, topic: str, value: bytes, key: bytes | None, partition: int | None):
-        return self.producer.send(topic, value, key=key, partition=partition)
 
     # -- rounds ------------------------------------------------------------------------------
 
@@ -180,8 +140,7 @@ class Worker:
             at_end = await self.at_end(p)
             if at_end is None or self.stages.get(p) is not stage or self.assignments.loading("ingest", p):
                 continue  # reassigned during this round: loaded at the next
-            records = self.merge.pop_ready(p, at_end)
-            sends += self.stages.process(p, records) if records else self.stages.idleness(p, all(at_end.values()))
+            sends += self.ready(p, at_end)
         crash_point("batch")
         return sends
 
@@ -215,47 +174,3 @@ class Worker:
         if any(m[0] == self.topics["stats"] for m in sends):
             crash_point("window")
         return sends
-
-    # -- checkpoints ---------------------------------------------------------------------------
-
-    async def checkpoint(self) -> None:
-        """Checkpoint every partition that moved since its last checkpoint, now (a clean stop)."""
-        await self._checkpoint_monitors()
-        self._queue = sorted(set(self._queue) | self.stages.dirty)
-        while self.stages.capturing is not None or self._queue:
-            await self._checkpoint_step()
-
-    async def _checkpoint_monitors(self) -> None:
-        """Monitors are small (open windows, rule memory): each is checkpointed at once."""
-        self._last_checkpoint = time.monotonic()
-        for q in sorted(self.monitors.dirty):
-            if self.assignments.loading("aggregate", q) or (captured := self.monitors.capture(q)) is None:
-                continue
-            packed, offset = captured
-            monitor = self.monitors.get(q)
-            tp = TopicPartition(self.topics["partials"], q)
-            if not await self.checkpointer.save(self.aggregate, "aggregate", q, packed, {tp: offset},
-                                                still=lambda q=q, m=monitor: self.monitors.get(q) is m):
-                self.monitors.dirty.add(q)
-
-    async def _checkpoint_step(self) -> None:
-        """One step of the ingest checkpoints: capture a partition's state, or take one slice
-        of its join store, or write and commit it. The state is that of the capture; the
-        stage goes on processing meanwhile, so a large join store never stalls the stream."""
-        c = self.stages.capturing
-        if c is None:
-            p = self._queue.pop(0)
-            if not self.assignments.loading("ingest", p):
-                self.stages.capture(p)
-            return
-        if c.step():
-            return
-        self.stages.capturing = None
-        packed = c.packed()
-        commits = {TopicPartition(t, c.partition): o for t, o in c.offsets.items()}
-        done = await self.checkpointer.save(self.ingest, "ingest", c.partition, packed, commits,
-                                            still=lambda: self.stages.get(c.partition) is c.stage)
-        del packed
-        trim_heap()
-        if not done and self.stages.get(c.partition) is c.stage:
-            self.stages.dirty.add(c.partition)

@@ -24,8 +24,17 @@ def kill_leftovers() -> None:
             proc.wait(timeout=30)
 
 
-def spawn(settings, log_path, crash_at: str | None = None, **env) -> subprocess.Popen:
-    """`npo worker` on `settings` (passed through the documented NPO_* environment)."""
+HOSTS = {  # how each host of the pipeline is started, and the consumer groups its offsets are committed in
+    "worker": ([sys.executable, "-m", "streams.cli", "worker", "--no-redis", "--log-level", "WARNING"],
+               ("-ingest", "-aggregate")),
+    "faust": ([sys.executable, "-m", "faust", "-A", "streams.faust.app", "worker", "--without-web", "-l", "warn"],
+              ("-faust-ingest", "-faust-aggregate")),
+}
+
+
+def spawn(settings, log_path, crash_at: str | None = None, host: str = "worker", **env) -> subprocess.Popen:
+    """`npo worker` (or the Faust app, `host="faust"`) on `settings`, passed through the
+    documented NPO_* environment."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("NPO_")}
     environ.update({"NPO_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
                     "NPO_TOPIC_PREFIX": settings.topic_prefix, "NPO_GROUP_ID": settings.group_id,
@@ -35,8 +44,7 @@ def spawn(settings, log_path, crash_at: str | None = None, **env) -> subprocess.
     if crash_at:
         environ["NPO_CRASH_AT"] = crash_at
     with open(log_path, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--no-redis", "--log-level", "WARNING"],
-                                env=environ, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(HOSTS[host][0], env=environ, stdout=out, stderr=subprocess.STDOUT)
     proc.log_path = log_path
     _spawned.append(proc)
     return proc
@@ -62,14 +70,14 @@ def _lag(settings, group: str, roles: list[str]) -> int:
         consumer.close()
 
 
-def wait_caught_up(settings, procs, quiet_s: float = 3.0, timeout: float = 240.0) -> None:
+def wait_caught_up(settings, procs, quiet_s: float = 3.0, timeout: float = 240.0, host: str = "worker") -> None:
     """Until both consumer groups have committed everything there is, and it stays so."""
+    ingest, aggregate = (settings.group_id + suffix for suffix in HOSTS[host][1])
     deadline, since = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
         for proc in procs:
             assert proc.poll() is None, f"a worker exited with {proc.returncode}: {log_tail(proc)}"
-        lag = (_lag(settings, settings.group_id + "-ingest", ["scores", "feedback"])
-               + _lag(settings, settings.group_id + "-aggregate", ["partials"]))
+        lag = _lag(settings, ingest, ["scores", "feedback"]) + _lag(settings, aggregate, ["partials"])
         if lag:
             since = None
         elif since is None:

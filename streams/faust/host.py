@@ -1,0 +1,252 @@
+"""The NPO pipeline inside a Faust app: `install(app, settings)` mounts its agents.
+
+Two agents take batches of raw messages: `npo-ingest` reads the co-partitioned `scores`
+and `feedback` topics, `npo-aggregate` the internal `partials` topic, and a timer keeps
+windows, early results and checkpoints moving when input pauses. They run the same
+`PartitionStage`s and `Monitor`s, the same merge, the same partials numbering and the same
+checkpoint protocol as `npo worker`, so a Faust app publishes the same window statistics
+and trigger ids, and loses and repeats nothing across crashes and rebalances.
+
+Offsets belong to the checkpoints, not to Faust: the NPO topics are read with Faust's
+acknowledgements off, so Faust never commits them. The checkpoint pointer and the offsets
+it covers are committed to a bookkeeping consumer group of their own
+(`<group_id>-faust-ingest`, `<group_id>-faust-aggregate`), which never joins or fetches.
+When Faust assigns a partition, its checkpoint is loaded and Faust's consumer is moved to
+the offsets the checkpoint covers; a message below the next expected offset (a fetch
+from before the move) is skipped. The app's output goes through a producer of the
+pipeline's own (idempotent, acks=all), so a checkpoint is committed only once everything
+its records produced is acknowledged, as in the worker.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.config import MonitorConfig
+from streams.kafka.checkpoints import CheckpointStore
+from streams.metrics import Metrics
+from streams.settings import Settings
+from streams.worker.clients import output_producer, partition_counts
+from streams.worker.faults import crash_point
+from streams.worker.host import PipelineHost
+
+log = logging.getLogger("npo.faust")
+
+BATCH = 20_000
+"""Messages an agent hands over at most at once (as the worker fetches)."""
+WITHIN_S = 0.05
+"""How long an agent waits to fill a batch."""
+
+
+class FaustHost(PipelineHost):
+    """The pipeline's state and rounds, fed by the Faust agents that `install` mounts."""
+
+    def __init__(self, app, settings: Settings, config: MonitorConfig | None = None, sink=None,
+                 metrics: Metrics | None = None, early_every_s: float = 5.0) -> None:
+        super().__init__(settings, config, sink, metrics, early_every_s, settings.group_id + "-faust",
+                         loading=self._between_owners)
+        self.app = app
+        self._books: dict[str, AIOKafkaConsumer] = {}  # role -> bookkeeping consumer (commits only)
+        self._reader: AIOKafkaConsumer | None = None
+        self._assigned: set[tuple[str, int]] = set()  # Faust's current assignment of the NPO topics
+        self._next: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset expected from Faust
+        self._partials: dict[int, list] = {}  # partials partition -> messages not yet applied
+        self._lock = asyncio.Lock()  # one round, rebalance or shutdown at a time
+        self._started = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """The pipeline's own clients: its producer, the checkpoint reader and the bookkeeping
+        consumers, each bookkeeping consumer assigned its role's partitions, paused."""
+        if self._started:
+            return
+        self._started = True
+        self.producer = output_producer(self.settings)
+        reader = {**self.settings.aiokafka("consumer"), "enable_auto_commit": False}
+        self._reader = AIOKafkaConsumer(**reader)
+        for role in ("ingest", "aggregate"):
+            self._books[role] = AIOKafkaConsumer(**{**reader, "group_id": f"{self.settings.group_id}-faust-{role}"})
+        for client in (self.producer, self._reader, *self._books.values()):
+            await client.start()
+        counts = await partition_counts(self.producer, self.topics)
+        self.router.partitions, self.monitors.input_count = counts["partials"], counts["scores"]
+        self.checkpointer.store = CheckpointStore(self.producer, self._reader, self.topics["checkpoints"],
+                                                  counts["checkpoints"])
+        for role, names in (("ingest", ("scores", "feedback")), ("aggregate", ("partials",))):
+            tps = [TopicPartition(self.topics[n], p) for n in names
+                   for p in range(counts["partials" if n == "partials" else "scores"])]
+            self._books[role].assign(tps)
+            self._books[role].pause(*tps)
+        self.schedule.consumers = dict(self._books)
+        log.info("NPO agents started", extra={"topics": self.topics, "config_version": self.config.version})
+
+    async def stop(self) -> None:
+        """Checkpoint what moved (a clean stop leaves nothing to replay), then close."""
+        async with self._lock:
+            if self._started:
+                await self.schedule.all()
+            for client in filter(None, (self.producer, self._reader, *self._books.values())):
+                try:
+                    await client.stop()
+                except Exception:  # noqa: BLE001 - stopping must not hide the original error
+                    log.exception("error while stopping a Kafka client")
+            self.stages.close_all()
+            self._started = False
+
+    # -- assignment ----------------------------------------------------------------------------
+
+    def _between_owners(self, role: str, partition: int) -> bool:
+        topics = self.merge.topics if role == "ingest" else (self.topics["partials"],)
+        return not all((t, partition) in self._assigned for t in topics)
+
+    async def on_revoked(self, revoked) -> None:
+        async with self._lock:
+            for tp in revoked:
+                self._assigned.discard((tp.topic, tp.partition))
+                if tp.topic in self.merge.topics:
+                    self.merge.drop(tp.partition, (tp.topic,))  # fetched but unprocessed: fetched again
+                elif tp.topic == self.topics["partials"]:
+                    self._partials.pop(tp.partition, None)
+
+    async def on_assigned(self, assigned) -> None:
+        """Load the state of what Faust assigned (a partition kept whose committed checkpoint
+        is still this app's keeps its live state), and move Faust's consumer to where each
+        state stands."""
+        async with self._lock:
+            await self.start()
+            ours = {(tp.topic, tp.partition) for tp in assigned if tp.topic in self.topics.values()}
+            self._assigned = ours
+            inputs = {p for t, p in ours if t == self.topics["scores"] and (self.topics["feedback"], p) in ours}
+            partials = {q for t, q in ours if t == self.topics["partials"]}
+            for p in set(self.stages.stages) - inputs:
+                self.stages.close(p)
+            for q in set(self.monitors.monitors) - partials:
+                self.monitors.drop(q)
+            for p in sorted(inputs):
+                tps = [TopicPartition(t, p) for t in self.merge.topics]
+                loaded = await self.checkpointer.load("ingest", self._books["ingest"], tps, live=p in self.stages.stages)
+                if loaded is not None:
+                    self.stages.open(p, loaded.state, loaded.offsets)
+                self.merge.drop(p)
+                for tp in tps:
+                    await self._move(tp, self.stages.offsets[p].get(tp.topic))
+            for q in sorted(partials):
+                tp = TopicPartition(self.topics["partials"], q)
+                loaded = await self.checkpointer.load("aggregate", self._books["aggregate"], [tp],
+                                                      live=q in self.monitors.monitors)
+                if loaded is not None:
+                    self.monitors.open(q, loaded.state, loaded.offsets.get(tp.topic))
+                self._partials.pop(q, None)
+                await self._move(tp, self.monitors.offsets.get(q))
+            await self.checkpointer.forget_stale()
+
+    async def _move(self, tp: TopicPartition, offset: int | None) -> None:
+        """Faust's consumer to `offset` (None: nothing read yet, Faust starts at the earliest)."""
+        self._next[(tp.topic, tp.partition)] = offset or 0
+        if offset is not None:
+            await self.app.consumer.seek(tp, offset)
+
+    # -- rounds --------------------------------------------------------------------------------
+
+    def _fresh(self, messages) -> list:
+        """Messages of held partitions at or past the next expected offset (a fetch from before
+        a move repeats some: they are skipped), in Faust's order."""
+        out = []
+        for m in messages:
+            key = (m.topic, m.partition)
+            if key in self._assigned and m.offset >= self._next.get(key, 0):
+                self._next[key] = m.offset + 1
+                out.append(m)
+        return out
+
+    async def ingest(self, messages) -> None:
+        """Messages of `scores` and `feedback`, as an agent took them."""
+        by_tp: dict[tuple[str, int], list] = {}
+        async with self._lock:
+            for m in self._fresh(messages):
+                by_tp.setdefault((m.topic, m.partition), []).append(m)
+            if by_tp:
+                crash_point("round")  # the last batch done, this one not begun
+            for (topic, p), records in by_tp.items():
+                self.merge.add(topic, p, records)
+        await self.round()
+
+    async def aggregate(self, messages) -> None:
+        """Messages of `partials`, as an agent took them."""
+        async with self._lock:
+            for m in self._fresh(messages):
+                self._partials.setdefault(m.partition, []).append(m)
+        await self.round()
+
+    async def round(self) -> None:
+        """Process what is ready, write it, apply partials, write that, checkpoint: as the
+        worker's step does."""
+        async with self._lock:
+            if not self._started:
+                return
+            sends = []
+            for p in list(self.stages.stages):
+                sends += self.ready(p, self._at_end(p))
+            crash_point("batch")
+            await self.delivery.deliver(sends)
+            sends = []
+            for q, records in sorted(self._partials.items()):
+                if self.monitors.get(q) is not None:
+                    sends += self.monitors.add(q, records)
+            self._partials.clear()
+            sends += self.monitors.early()
+            if any(m[0] == self.topics["stats"] for m in sends):
+                crash_point("window")
+            await self.delivery.deliver(sends)
+            await self.schedule.step()
+            self.poll_thresholds()
+            self.metrics.sync(self.counters)
+
+    def _at_end(self, p: int) -> dict[str, bool]:
+        """Whether each input topic of `p` has handed over everything up to its high watermark."""
+        at_end = {}
+        for topic in self.merge.topics:
+            high = self.app.consumer.highwater(TopicPartition(topic, p))
+            at_end[topic] = high is not None and high >= 0 and self._next.get((topic, p), 0) >= high
+        return at_end
+
+
+def install(app, settings: Settings, config: MonitorConfig | None = None, sink=None,
+            metrics: Metrics | None = None, early_every_s: float = 5.0) -> FaustHost:
+    """Mount the NPO agents on `app` (a `faust.App`): its worker then runs the pipeline next
+    to the app's own agents. Returns the host, whose `counters` show what it did."""
+    host = FaustHost(app, settings, config, sink, metrics, early_every_s)
+    raw = {"value_serializer": "raw", "key_serializer": "raw", "acks": False}
+    inputs = app.topic(host.topics["scores"], host.topics["feedback"], **raw)
+    partials = app.topic(host.topics["partials"], **raw)
+
+    @app.agent(inputs, name="npo-ingest")
+    async def npo_ingest(stream):
+        async for events in stream.take_events(BATCH, within=WITHIN_S):
+            await host.ingest([e.message for e in events])
+
+    @app.agent(partials, name="npo-aggregate")
+    async def npo_aggregate(stream):
+        async for events in stream.take_events(BATCH, within=WITHIN_S):
+            await host.aggregate([e.message for e in events])
+
+    @app.timer(max(0.05, settings.merge_idle_ms / 2000))
+    async def npo_tick():
+        await host.round()
+
+    @app.on_partitions_revoked.connect
+    async def npo_revoked(sender, revoked, **kwargs):
+        await host.on_revoked(revoked)
+
+    @app.on_partitions_assigned.connect
+    async def npo_assigned(sender, assigned, **kwargs):
+        await host.on_assigned(assigned)
+
+    @app.on_before_shutdown.connect
+    async def npo_shutdown(sender, **kwargs):
+        await host.stop()
+
+    return host

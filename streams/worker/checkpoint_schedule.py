@@ -1,0 +1,82 @@
+"""When each held partition is checkpointed, shared by every host of the pipeline.
+
+Every `interval_s` the monitors that moved are checkpointed at once (they are small: open
+windows and rule memory), and the input partitions that moved are queued; then each
+round takes one step of one input partition's checkpoint: capture its state, or take one
+slice of its join store, or write and commit it. The state is that of the capture; the
+stage goes on processing meanwhile, so a large join store never stalls the stream.
+A host calls `step` once a round, after the round's output has been acknowledged.
+"""
+from __future__ import annotations
+
+import time
+
+from aiokafka import TopicPartition
+
+from streams.worker.checkpointing import Checkpointer
+from streams.worker.memory import trim_heap
+from streams.worker.monitors import Monitors
+from streams.worker.stages import Stages
+
+
+class CheckpointSchedule:
+    """`consumers[role]` is what the checkpointer commits through; `loading(role, partition)`
+    says whether a partition is between owners (its state still to be loaded, or revoked and
+    not yet assigned again): it is then neither captured nor committed."""
+
+    def __init__(self, checkpointer: Checkpointer, stages: Stages, monitors: Monitors, partials_topic: str,
+                 interval_s: float, loading=lambda role, partition: False) -> None:
+        self.checkpointer, self.stages, self.monitors = checkpointer, stages, monitors
+        self.partials_topic, self.interval_s, self.loading = partials_topic, interval_s, loading
+        self.consumers: dict[str, object] = {}
+        self._queue: list[int] = []  # input partitions waiting for their checkpoint
+        self._last = time.monotonic()
+
+    async def step(self) -> None:
+        """This round's share of checkpointing."""
+        if self.stages.capturing is not None or self._queue:
+            await self._stage_step()
+        elif time.monotonic() - self._last >= self.interval_s:
+            await self._monitors()
+            self._queue = sorted(self.stages.dirty)
+
+    async def all(self) -> None:
+        """Checkpoint every partition that moved since its last checkpoint, now (a clean stop)."""
+        await self._monitors()
+        self._queue = sorted(set(self._queue) | self.stages.dirty)
+        while self.stages.capturing is not None or self._queue:
+            await self._stage_step()
+
+    def _still(self, role: str, partition: int, same_state: bool) -> bool:
+        return same_state and not self.loading(role, partition)
+
+    async def _monitors(self) -> None:
+        self._last = time.monotonic()
+        for q in sorted(self.monitors.dirty):
+            if self.loading("aggregate", q) or (captured := self.monitors.capture(q)) is None:
+                continue
+            packed, offset = captured
+            monitor = self.monitors.get(q)
+            tp = TopicPartition(self.partials_topic, q)
+            if not await self.checkpointer.save(self.consumers["aggregate"], "aggregate", q, packed, {tp: offset},
+                                                still=lambda q=q, m=monitor: self._still("aggregate", q, self.monitors.get(q) is m)):
+                self.monitors.dirty.add(q)
+
+    async def _stage_step(self) -> None:
+        c = self.stages.capturing
+        if c is None:
+            p = self._queue.pop(0)
+            if not self.loading("ingest", p):
+                self.stages.capture(p)
+            return
+        if c.step():
+            return
+        self.stages.capturing = None
+        packed = c.packed()
+        commits = {TopicPartition(t, c.partition): o for t, o in c.offsets.items()}
+        done = await self.checkpointer.save(self.consumers["ingest"], "ingest", c.partition, packed, commits,
+                                            still=lambda: self._still("ingest", c.partition, self.stages.get(c.partition) is c.stage))
+        del packed
+        trim_heap()
+        if not done and self.stages.get(c.partition) is c.stage:
+            self.stages.dirty.add(c.partition)

@@ -1,0 +1,104 @@
+"""The pipeline inside a Faust app (`faust -A streams.faust.app worker`), on the real broker:
+the same final window statistics and trigger ids as the in-process run, after SIGKILLs
+mid-batch and between a checkpoint's write and its commit, and across a rebalance."""
+from __future__ import annotations
+
+import dataclasses
+import signal
+import time
+
+import pytest
+
+from streams.kafka.producer import EventProducer
+from streams.simulate import SimConfig, simulate
+from tests.integration.harness import read_topic
+from tests.integration.processes import log_tail, owners, spawn, stop, wait_caught_up
+from tests.integration.test_worker_e2e import _flush_events, assert_same_as_in_process
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def events():
+    sim = simulate(SimConfig(seed=17, n_windows=60, decisions_per_window=150))
+    return sim.events, sim.events + _flush_events(sim.events, 2)
+
+
+def _produce(settings, events, envelope: bool) -> None:
+    with EventProducer(settings, envelope=envelope, max_events=500) as producer:
+        for e in events:
+            producer.send(e)
+
+
+@pytest.mark.parametrize("envelope", [True, False], ids=["envelopes", "single-events"])
+def test_the_faust_app_gives_the_in_process_results(cluster, events, tmp_path, envelope):
+    simulated, everything = events
+    settings = cluster(2)
+    _produce(settings, everything, envelope)
+    app = spawn(settings, tmp_path / "faust.log", host="faust")
+    wait_caught_up(settings, [app], host="faust")
+    stop(app)
+    assert_same_as_in_process(settings, simulated, 2)
+
+
+@pytest.mark.parametrize("crash_at", ["batch:3", "checkpoint:3"])
+def test_a_faust_app_killed_and_restarted_gives_the_crash_free_results(cluster, events, tmp_path, crash_at):
+    """SIGKILL with a batch processed and its output not yet written, or with a checkpoint
+    written and not yet committed; the restarted app replays from the committed checkpoint."""
+    simulated, everything = events
+    settings = dataclasses.replace(cluster(2), checkpoint_interval_s=0.2)
+    _produce(settings, everything, envelope=False)  # single events: many small batches
+    first = spawn(settings, tmp_path / "first.log", crash_at=crash_at, host="faust")
+    assert first.wait(timeout=180) == -signal.SIGKILL, log_tail(first)
+    second = spawn(settings, tmp_path / "second.log", host="faust")
+    wait_caught_up(settings, [second], host="faust")
+    stop(second)
+    assert_same_as_in_process(settings, simulated, 2)
+
+
+def test_a_killed_faust_app_is_taken_over_and_a_joining_one_changes_nothing(cluster, tmp_path):
+    sim = simulate(SimConfig(seed=23, n_windows=72, decisions_per_window=150))
+    everything = sim.events + _flush_events(sim.events, 4)
+    thirds = [everything[: len(everything) // 3], everything[len(everything) // 3: 2 * len(everything) // 3],
+              everything[2 * len(everything) // 3:]]
+    settings = dataclasses.replace(cluster(4), checkpoint_interval_s=0.5, merge_idle_ms=2000.0)
+    group = settings.group_id + "-faust"  # the Faust app's own consumer group
+    _produce(settings, thirds[0], envelope=False)
+
+    a = spawn(settings, tmp_path / "a.log", host="faust")
+    b = spawn(settings, tmp_path / "b.log", host="faust")
+    _wait_for(lambda: len(owners(settings, group)) == 2, 90, "both apps joining")
+    wait_caught_up(settings, [a, b], host="faust")
+
+    b.send_signal(signal.SIGKILL)
+    assert b.wait(timeout=10) == -signal.SIGKILL
+    _wait_for(lambda: list(owners(settings, group).values()) == [set(range(4))], 60, "the survivor taking over")
+
+    _produce(settings, thirds[1], envelope=False)
+    c = spawn(settings, tmp_path / "c.log", host="faust")  # joins while the second third is being processed
+    _produce(settings, thirds[2], envelope=False)
+    _wait_for(lambda: len(owners(settings, group)) == 2, 90, "the third app joining")
+    wait_caught_up(settings, [a, c], host="faust")
+    stop(a)
+    stop(c)
+    assert_same_as_in_process(settings, sim.events, 4)
+
+
+def test_a_broker_restart_under_a_faust_app_loses_and_doubles_nothing(cluster, kafka_service, tmp_path):
+    sim = simulate(SimConfig(seed=11, n_windows=72, decisions_per_window=60))
+    settings = cluster(2)
+    _produce(settings, sim.events + _flush_events(sim.events, 2), envelope=True)
+    app = spawn(settings, tmp_path / "faust.log", host="faust")
+    _wait_for(lambda: app.poll() is not None or read_topic(settings, "partials", idle_s=0.2), 90, "partials written")
+    assert app.poll() is None, log_tail(app)
+    kafka_service.restart(downtime=5.0)
+    wait_caught_up(settings, [app], host="faust", timeout=300)
+    stop(app)
+    assert_same_as_in_process(settings, sim.events, 2)
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen in {timeout} s"
+        time.sleep(0.2)
