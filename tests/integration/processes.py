@@ -29,6 +29,8 @@ HOSTS = {  # how each host of the pipeline is started, and the consumer groups i
                ("-ingest", "-aggregate")),
     "faust": ([sys.executable, "-m", "faust", "-A", "streams.faust.app", "worker", "--without-web", "-l", "warn"],
               ("-faust-ingest", "-faust-aggregate")),
+    "retraining": ([sys.executable, "-m", "faust", "-A", "streams.faust.retraining", "worker", "--without-web", "-l",
+                    "warn"], ()),
 }
 
 
@@ -39,6 +41,7 @@ def spawn(settings, log_path, crash_at: str | None = None, host: str = "worker",
     environ.update({"NPO_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
                     "NPO_TOPIC_PREFIX": settings.topic_prefix, "NPO_GROUP_ID": settings.group_id,
                     "NPO_STATE_DIR": settings.state_dir, "NPO_METRICS_PORT": "0",
+                    "NPO_TOPIC_PARTITIONS": str(settings.topic_partitions),
                     "NPO_CHECKPOINT_INTERVAL_S": str(settings.checkpoint_interval_s),
                     "NPO_MERGE_IDLE_MS": str(settings.merge_idle_ms), **env})
     if crash_at:

@@ -4,18 +4,26 @@ mid-batch and between a checkpoint's write and its commit, and across a rebalanc
 from __future__ import annotations
 
 import dataclasses
+import json
 import signal
 import time
 
+import orjson
+
 import pytest
 
+from streams.config import MonitorConfig
+from streams.demo.runner import encode_messages, run_pipeline
 from streams.kafka.producer import EventProducer
 from streams.simulate import SimConfig, simulate
-from tests.integration.harness import read_topic
+from streams.worker.outputs import stats_key
+from tests.integration.harness import ordered_producer, read_topic
 from tests.integration.processes import log_tail, owners, spawn, stop, wait_caught_up
 from tests.integration.test_worker_e2e import _flush_events, assert_same_as_in_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+CONFIG = MonitorConfig()
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +110,42 @@ def _wait_for(condition, timeout: float, what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"{what} did not happen in {timeout} s"
         time.sleep(0.2)
+
+
+def test_the_retraining_agent_starts_each_retrain_once_across_repeats_and_restarts(cluster, tmp_path):
+    """Every retrain trigger published twice (as a replay would), the agent restarted, the
+    repeats published again: one retrain per trigger id, and the other rules ignored."""
+    sim = simulate(SimConfig(seed=5, n_windows=48, decisions_per_window=150))
+    result = run_pipeline(encode_messages(sim.events, 500), CONFIG)
+    retrains = [t for t in result.triggers if t["rule"] == "retrain"]
+    assert retrains and len(retrains) < len(result.triggers)
+    settings = cluster(2)
+    log_path = tmp_path / "retrains.jsonl"
+    log_path.touch()
+
+    def publish(triggers) -> None:
+        producer = ordered_producer(settings)
+        for t in triggers:
+            producer.produce(settings.topic("triggers"), orjson.dumps({**t, "emitted_at": time.time()}),
+                             key=stats_key(t["policy_id"], t["segment"]))
+        assert producer.flush(30) == 0
+
+    def started() -> list[str]:
+        return [json.loads(line)["trigger_id"] for line in log_path.read_text().splitlines()]
+
+    publish(result.triggers + retrains)
+    app = spawn(settings, tmp_path / "retraining.log", host="retraining", NPO_RETRAIN_LOG=str(log_path))
+    _wait_for(lambda: len(started()) >= len(retrains) or app.poll() is not None, 120, "every retrain started")
+    assert app.poll() is None, log_tail(app)
+    time.sleep(3.0)  # time for any repeat to show
+    stop(app)
+    assert sorted(started()) == sorted(t["trigger_id"] for t in retrains)
+
+    later = next(t for t in result.triggers if t["rule"] == "retrain")
+    fresh = {**later, "trigger_id": "f" * 32}  # a new window's trigger, after the repeats
+    publish(retrains + [fresh])
+    app = spawn(settings, tmp_path / "retraining-2.log", host="retraining", NPO_RETRAIN_LOG=str(log_path))
+    _wait_for(lambda: "f" * 32 in started() or app.poll() is not None, 120, "the new retrain started")
+    assert app.poll() is None, log_tail(app)
+    stop(app)
+    assert sorted(started()) == sorted([t["trigger_id"] for t in retrains] + ["f" * 32])

@@ -1,0 +1,47 @@
+"""A retraining job as a Faust agent on the triggers topic: `faust -A streams.faust.retraining worker --without-web`.
+
+It starts a retrain for each `retrain` trigger once. Trigger ids are deterministic (a
+replay or a second worker publishing the same window's trigger repeats the id), so the
+agent remembers the ids it has acted on in a Faust table, which Faust recovers from its
+changelog on restart and rebalance. A crash between acting and recording repeats the act:
+make `start_retraining` idempotent by keying the job on the trigger id.
+
+Settings come from the environment as for `npo worker` (`NPO_KAFKA_*`, `NPO_TOPIC_PREFIX`,
+`NPO_TOPIC_PARTITIONS`, `NPO_STATE_DIR`); `NPO_RETRAIN_LOG`, if set, is a file that gets one
+JSON line per retrain started (what this example does instead of launching a job).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from streams.faust.connect import create_app
+from streams.faust.records import Trigger
+from streams.settings import load
+
+log = logging.getLogger("npo.retraining")
+
+settings = load()
+app = create_app(settings, settings.group_id + "-retraining", topic_allow_declare=True)
+triggers = app.topic(settings.topic("triggers"), value_type=Trigger, key_serializer="raw")
+started = app.Table("npo-retrains-started", default=bool, partitions=settings.topic_partitions)
+
+
+def start_retraining(trigger: Trigger) -> None:
+    """Launch the retraining job for the trigger's policy and segment (here: record it)."""
+    line = {"trigger_id": trigger.trigger_id, "policy_id": trigger.policy_id, "segment": trigger.segment,
+            "window_end": trigger.window.end, "loss": trigger.evidence.get("loss")}
+    log.warning("retraining %s/%s after window ending %s", trigger.policy_id, trigger.segment, trigger.window.end)
+    path = os.environ.get("NPO_RETRAIN_LOG")
+    if path:
+        with open(path, "a") as out:
+            out.write(json.dumps(line) + "\n")
+
+
+@app.agent(triggers)
+async def retrain(stream):
+    async for trigger in stream:
+        if trigger.rule == "retrain" and not started[trigger.trigger_id]:
+            start_retraining(trigger)
+            started[trigger.trigger_id] = True
