@@ -83,8 +83,9 @@ def test_checkpoint_bytes_that_do_not_fit_are_refused():
         snapshot.decode("stage", blob[: len(blob) // 2])
     with pytest.raises(snapshot.SnapshotError):
         snapshot.decode("stage", b"\xc1garbage")
-    bad = snapshot._encoder.encode({"a": snapshot.msgspec.msgpack.Ext(1, snapshot.msgspec.msgpack.encode(
-        ["<f8", [1000], b"\x00" * 8]))})
+    msgpack = snapshot.msgspec.msgpack
+    bad = msgpack.encode({"format": snapshot.FORMAT, "kind": "stage",
+                          "state": {"a": msgpack.Ext(1, msgpack.encode(["<f8", [1000], b"\x00" * 8]))}})
     with pytest.raises(snapshot.SnapshotError):
         snapshot.decode("stage", bad)
     windows = stage.windows.dump()

@@ -58,7 +58,7 @@ class ActuatorStore:
 
     def _transact(self, watch: list[str], body: Callable):
         """Run ``body(pipe)`` under WATCH of ``watch`` until no watched key changed meanwhile."""
-        with self.store._translated():
+        with self.store.translated():
             while True:
                 with self.client.pipeline(transaction=True) as pipe:
                     try:
@@ -103,7 +103,7 @@ class ActuatorStore:
         """Remember a final tumbling window's statistics (idempotent: keyed by its start), and
         forget those ending more than ``keep_s`` before the latest."""
         key = self._k(_key("windows", policy_id, segment))
-        with self.store._translated():
+        with self.store.translated():
             self.client.hset(key, repr(float(start)), orjson.dumps(stats))
             ends = {f: orjson.loads(v)["end"] for f, v in self.client.hgetall(key).items()}
             latest = max(ends.values())
@@ -116,7 +116,7 @@ class ActuatorStore:
         return {float(f): orjson.loads(v) for f, v in raw.items()}
 
     def key_state(self, policy_id: str, segment: str) -> KeyState:
-        with self.store._translated():
+        with self.store.translated():
             return KeyState.from_dict(orjson.loads(self.client.get(self._k(_key("key", policy_id, segment)))
                                                    or b"null"))
 
@@ -150,18 +150,18 @@ class ActuatorStore:
         return self._transact([state_key, tau_key, windows_key], body)
 
     def outbox(self) -> list[bytes]:
-        with self.store._translated():
+        with self.store.translated():
             return self.client.lrange(self._k("actuator:outbox"), 0, -1)
 
     def published(self, entries: list[bytes]) -> None:
         """Drop entries the broker acknowledged (by value: entries are unique, and a concurrent
         actuator's new ones stay)."""
-        with self.store._translated():
+        with self.store.translated():
             pipe = self.client.pipeline(transaction=False)
             for entry in entries:
                 pipe.lrem(self._k("actuator:outbox"), 1, entry)
             pipe.execute()
 
     def effects(self) -> list[dict]:
-        with self.store._translated():
+        with self.store.translated():
             return [orjson.loads(e) for e in self.client.lrange(self._k("actuator:effects"), 0, -1)]

@@ -107,7 +107,9 @@ class RedisStore:
         return cls(redis.Redis(connection_pool=pool), namespace, f"Redis at {where}", timeout)
 
     @contextmanager
-    def _translated(self):
+    def translated(self):
+        """Redis errors inside the block raised as this store's own: a wrong password or
+        permission (StateAuthError) apart from an absent Redis (StateUnavailable)."""
         try:
             yield
         except (redis.AuthenticationError, AuthenticationWrongNumberOfArgsError) as exc:
@@ -121,7 +123,7 @@ class RedisStore:
 
     def get_stats(self, policy_id: str, segment: str) -> dict | None:
         """The latest views of a key and ``updated_at``, or None if the worker never wrote one."""
-        with self._translated():
+        with self.translated():
             raw = self.client.hgetall(self.ns + stats_key(policy_id, segment))
         if not raw:
             return None
@@ -140,7 +142,7 @@ class RedisStore:
             raise ValueError(f"tau must be a finite number in [0, 1], got {tau!r}")
         field, text = _threshold_field(policy_id, segment), repr(tau)
         own = pipe is None
-        with self._translated():
+        with self.translated():
             if own:
                 pipe = self.client.pipeline(transaction=True)
             pipe.set(self.ns + threshold_key(policy_id, segment), text)
@@ -149,13 +151,13 @@ class RedisStore:
                 pipe.execute()
 
     def get_threshold(self, policy_id: str, segment: str) -> float | None:
-        with self._translated():
+        with self.translated():
             raw = self.client.get(self.ns + threshold_key(policy_id, segment))
         return None if raw is None else float(raw)
 
     def thresholds(self) -> dict[tuple[str, str], float]:
         """Every threshold in force, in one HGETALL."""
-        with self._translated():
+        with self.translated():
             raw = self.client.hgetall(self.ns + "thresholds")
         return {tuple(field.decode().split(_SEP, 1)): float(value) for field, value in raw.items()}
 
@@ -167,7 +169,7 @@ class RedisStore:
         Returns whether the namespace's ``written`` marker was there before: False means this
         Redis never saw a write, or lost its data since (a restart without persistence, a
         failover to an empty replica), and the caller should write everything it knows again."""
-        with self._translated():
+        with self.translated():
             pipe = self.client.pipeline(transaction=False)
             pipe.exists(self.ns + _MARKER)
             for key, update in updates.items():
@@ -180,7 +182,7 @@ class RedisStore:
 
     def restore_thresholds(self, thresholds: dict[tuple[str, str], float]) -> None:
         """Put back thresholds a worker last saw, where none has been set since (never overwrites)."""
-        with self._translated():
+        with self.translated():
             pipe = self.client.pipeline(transaction=False)
             for (policy_id, segment), tau in thresholds.items():
                 pipe.set(self.ns + threshold_key(policy_id, segment), repr(tau), nx=True)
