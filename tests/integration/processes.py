@@ -29,6 +29,8 @@ HOSTS = {  # how each host of the pipeline is started, and the consumer groups i
                ("-ingest", "-aggregate")),
     "faust": ([sys.executable, "-m", "faust", "-A", "streams.faust.app", "worker", "--without-web", "-l", "warn"],
               ("-faust-ingest", "-faust-aggregate")),
+    "team-app": ([sys.executable, "-m", "faust", "-A", "tests.integration.faust_user_app", "worker", "--without-web",
+                  "-l", "warn"], ("-faust-ingest", "-faust-aggregate")),
     "retraining": ([sys.executable, "-m", "faust", "-A", "streams.faust.retraining", "worker", "--without-web", "-l",
                     "warn"], ()),
 }

@@ -17,7 +17,7 @@ from streams.demo.runner import encode_messages, run_pipeline
 from streams.kafka.producer import EventProducer
 from streams.simulate import SimConfig, simulate
 from streams.worker.outputs import stats_key
-from tests.integration.harness import ordered_producer, read_topic
+from tests.integration.harness import json_values, ordered_producer, read_topic
 from tests.integration.processes import log_tail, owners, spawn, stop, wait_caught_up
 from tests.integration.test_worker_e2e import _flush_events, assert_same_as_in_process
 
@@ -38,15 +38,31 @@ def _produce(settings, events, envelope: bool) -> None:
             producer.send(e)
 
 
-@pytest.mark.parametrize("envelope", [True, False], ids=["envelopes", "single-events"])
-def test_the_faust_app_gives_the_in_process_results(cluster, events, tmp_path, envelope):
+def test_the_standalone_faust_app_gives_the_in_process_results(cluster, events, tmp_path):
     simulated, everything = events
     settings = cluster(2)
-    _produce(settings, everything, envelope)
+    _produce(settings, everything, envelope=False)
     app = spawn(settings, tmp_path / "faust.log", host="faust")
     wait_caught_up(settings, [app], host="faust")
     stop(app)
     assert_same_as_in_process(settings, simulated, 2)
+
+
+def test_agents_mounted_on_a_team_s_own_app_give_the_in_process_results_next_to_its_agent(cluster, events, tmp_path):
+    """`install` on an app with defaults of its own (acknowledgements on, waiting for them on
+    a rebalance) and an agent of its own reading the NPO triggers: the same results, and
+    the team's agent sees every trigger."""
+    simulated, everything = events
+    settings = cluster(2)
+    _produce(settings, everything, envelope=True)
+    seen = tmp_path / "seen.txt"
+    seen.touch()
+    app = spawn(settings, tmp_path / "team.log", host="team-app", NPO_TEST_SEEN=str(seen))
+    wait_caught_up(settings, [app], host="team-app")
+    stop(app)
+    assert_same_as_in_process(settings, simulated, 2)
+    published = {t["trigger_id"] for t in json_values(read_topic(settings, "triggers"))}
+    assert published and set(seen.read_text().split()) == published
 
 
 @pytest.mark.parametrize("crash_at", ["batch:3", "checkpoint:3"])
