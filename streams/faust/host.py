@@ -106,15 +106,16 @@ class FaustHost(PipelineHost):
         async with self._lock:
             for tp in revoked:
                 self._assigned.discard((tp.topic, tp.partition))
-                if tp.topic in self.merge.topics:
-                    self.merge.drop(tp.partition, (tp.topic,))  # fetched but unprocessed: fetched again
-                elif tp.topic == self.topics["partials"]:
-                    self._partials.pop(tp.partition, None)
 
     async def on_assigned(self, assigned) -> None:
-        """Load the state of what Faust assigned (a partition kept whose committed checkpoint
-        is still this app's keeps its live state), and move Faust's consumer to where each
-        state stands."""
+        """Load the state of what Faust assigned and move Faust's consumer to where it stands.
+
+        A partition loaded from its checkpoint starts over at the checkpoint's offsets, its
+        fetched records dropped. A partition kept with its live state (its committed
+        checkpoint still this app's) keeps what it fetched too, and Faust's consumer goes
+        on from the next offset it expects: messages Faust fetched before the rebalance may
+        still arrive, and both they and the new fetch run on from at most that offset, so
+        skipping what is below it loses and repeats nothing."""
         async with self._lock:
             await self.start()
             ours = {(tp.topic, tp.partition) for tp in assigned if tp.topic in self.topics.values()}
@@ -123,30 +124,36 @@ class FaustHost(PipelineHost):
             partials = {q for t, q in ours if t == self.topics["partials"]}
             for p in set(self.stages.stages) - inputs:
                 self.stages.close(p)
+                self.merge.drop(p)
             for q in set(self.monitors.monitors) - partials:
                 self.monitors.drop(q)
+                self._partials.pop(q, None)
             for p in sorted(inputs):
                 tps = [TopicPartition(t, p) for t in self.merge.topics]
                 loaded = await self.checkpointer.load("ingest", self._books["ingest"], tps, live=p in self.stages.stages)
                 if loaded is not None:
                     self.stages.open(p, loaded.state, loaded.offsets)
-                self.merge.drop(p)
+                    self.merge.drop(p)
                 for tp in tps:
-                    await self._move(tp, self.stages.offsets[p].get(tp.topic))
+                    await self._move(tp, self.stages.offsets[p].get(tp.topic, 0) if loaded is not None else None)
             for q in sorted(partials):
                 tp = TopicPartition(self.topics["partials"], q)
                 loaded = await self.checkpointer.load("aggregate", self._books["aggregate"], [tp],
                                                       live=q in self.monitors.monitors)
                 if loaded is not None:
                     self.monitors.open(q, loaded.state, loaded.offsets.get(tp.topic))
-                self._partials.pop(q, None)
-                await self._move(tp, self.monitors.offsets.get(q))
+                    self._partials.pop(q, None)
+                await self._move(tp, self.monitors.offsets.get(q, 0) if loaded is not None else None)
             await self.checkpointer.forget_stale()
 
     async def _move(self, tp: TopicPartition, offset: int | None) -> None:
-        """Faust's consumer to `offset` (None: nothing read yet, Faust starts at the earliest)."""
-        self._next[(tp.topic, tp.partition)] = offset or 0
-        if offset is not None:
+        """Faust's consumer to `offset`, where a loaded state goes on from (0: the earliest);
+        None: a live state, on from the next offset it expects."""
+        key = (tp.topic, tp.partition)
+        if offset is None:
+            offset = self._next.get(key, 0)
+        self._next[key] = offset
+        if offset:  # 0: Faust, which never commits these topics, starts at the earliest anyway
             await self.app.consumer.seek(tp, offset)
 
     # -- rounds --------------------------------------------------------------------------------

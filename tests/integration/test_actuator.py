@@ -218,7 +218,9 @@ def _spawn_actuator(settings, group: str, log_path, crash_at: str | None = None)
     environ.update({"NPO_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
                     "NPO_TOPIC_PREFIX": settings.topic_prefix, "NPO_REDIS_URL": settings.redis_url,
                     "NPO_REDIS_NAMESPACE": settings.redis_namespace, "NPO_ACTUATOR_GROUP": group,
-                    "NPO_ACTUATOR_COOLDOWN_S": "1800", "NPO_ACTUATOR_PROBATION_S": "1800"})
+                    "NPO_ACTUATOR_COOLDOWN_S": "1800", "NPO_ACTUATOR_PROBATION_S": "1800",
+                    # a SIGKILLed actuator's group membership lapses in 6 s (the broker's minimum), not 45
+                    "NPO_KAFKA_X_SESSION_TIMEOUT_MS": "6000", "NPO_KAFKA_X_HEARTBEAT_INTERVAL_MS": "1000"})
     if crash_at:
         environ["NPO_ACTUATOR_CRASH_AT"] = crash_at
     with open(log_path, "ab") as out:
@@ -229,6 +231,21 @@ def _spawn_actuator(settings, group: str, log_path, crash_at: str | None = None)
     return proc
 
 
+def _moved_or_settled(count, by: int, quiet_s: float):
+    """A condition: `count()` has risen by `by` since now, or has not changed for `quiet_s`."""
+    start = last = count()
+    since = time.monotonic()
+
+    def condition() -> bool:
+        nonlocal last, since
+        now = count()
+        if now != last:
+            last, since = now, time.monotonic()
+        return now >= start + by or time.monotonic() - since >= quiet_s
+
+    return condition
+
+
 @pytest.mark.parametrize("crash", ["recorded:5", "published:5", "external"])
 def test_sigkill_mid_stream_applies_no_change_twice_and_loses_none(settings, tmp_path, crash):
     group, log_path = unique_prefix("actg").rstrip("."), tmp_path / "actuator.log"
@@ -236,26 +253,24 @@ def test_sigkill_mid_stream_applies_no_change_twice_and_loses_none(settings, tmp
     state = ActuatorStore(store)
     stream = _synthetic_stream(range(HOURS))
     triggers = [e for role, e in stream if role == "triggers"]
-    kills, third = 0, len(stream) // 3
-    if crash == "external":  # SIGKILL from outside, twice, each while it works through a third of the stream
-        proc = _spawn_actuator(settings, group, log_path)
-        for part in (stream[:third], stream[third:2 * third]):
-            done_before = len(store.client.hkeys(store.ns + "actuator:done"))
-            _produce(settings, part)  # new triggers for this round: the kill lands mid-stream however fast it runs
-            _until(lambda: len(store.client.hkeys(store.ns + "actuator:done")) >= done_before + 6,
+    half = len(stream) // 2
+    _produce(settings, stream[:half])
+    proc = _spawn_actuator(settings, group, log_path, crash_at=None if crash == "external" else crash)
+    kills = 0
+    if crash == "external":  # SIGKILL from outside, twice, while it works through the stream
+        for _ in range(2):
+            # six more decisions, or none for 3 s (a fast run decided all it could): the kill lands either way
+            _until(_moved_or_settled(lambda: len(store.client.hkeys(store.ns + "actuator:done")), 6, 3.0),
                    what="decisions before the kill")
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
             kills += 1
             proc = _spawn_actuator(settings, group, log_path)
-        rest = stream[2 * third:]
     else:  # it kills itself at the crash point; restarted without one
-        _produce(settings, stream[:len(stream) // 2])
-        proc = _spawn_actuator(settings, group, log_path, crash_at=crash)
         assert proc.wait(timeout=120) == -signal.SIGKILL, log_tail(proc)
         kills += 1
         proc = _spawn_actuator(settings, group, log_path)
-        rest = stream[len(stream) // 2:]
+    rest = stream[half:]
     _produce(settings, rest)
     done_key = store.ns + "actuator:done"
     _until(lambda: len(store.client.hkeys(done_key)) == len(triggers) and not state.outbox()
