@@ -3,10 +3,12 @@
 Why one run: figures from different runs on a shared 2-core machine are not
 comparable; ratios measured minutes apart are. The run:
 
-1. fills fresh topics with the same N events twice, once as single events and once
+1. fills fresh topics with the same N events three times, once as single events and twice
    as envelopes (flat out, before anything is timed);
-2. drains them, one spawned process at a time: the raw baseline (aiokafka + codec
-   decode), the worker on single events, the worker on envelopes, the worker's operators
+2. drains them, one spawned process at a time: the raw baselines (aiokafka and
+   confluent-kafka, each plain consumer plus codec decode, taking turns; the faster is
+   the baseline), the worker on single events, the worker on envelopes, the same pipeline
+   as agents in a Faust app on the second envelope topics (`loadtest/faust_host.py`), the worker's operators
    in process on the same envelopes without Kafka (the ceiling of the envelope path), the
    Faust peer, then two workers in one group sharing the single-event topics;
 3. runs the worker on fresh topics while the generator sends envelopes at half the
@@ -34,17 +36,22 @@ from loadtest.generator import GenConfig, generate, run_in_thread
 
 WARMUP_TRIGGERS_S = 5.0
 """Triggers read in the first seconds after the first one are left out of the after-warm-up p99."""
-REQUIRED_KEYS = ("raw_events_per_s", "single_events_per_s", "envelope_events_per_s", "peer_events_per_s",
+RAW_CLIENTS = ("aiokafka", "confluent")
+"""The plain consumers measured for the raw baseline (`loadtest.procs.raw_main`, `raw_confluent_main`)."""
+REQUIRED_KEYS = ("raw_events_per_s", "raw_aiokafka_events_per_s", "raw_confluent_events_per_s", "raw_client",
+                 "single_events_per_s", "envelope_events_per_s", "faust_envelope_events_per_s", "peer_events_per_s",
                  "p50_trigger_latency_ms", "p99_trigger_latency_ms", "peak_rss_mb")
 
 
 def check_result(result: dict) -> list[str]:
     """The required keys that are missing or not positive finite numbers (``peak_rss_mb``:
-    a mapping of process to MiB, each positive)."""
+    a mapping of process to MiB, each positive; ``raw_client``: one of :data:`RAW_CLIENTS`)."""
     bad = []
     for key in REQUIRED_KEYS:
         value = result.get(key)
-        if key == "peak_rss_mb":
+        if key == "raw_client":
+            ok = value in RAW_CLIENTS
+        elif key == "peak_rss_mb":
             flat = [v for x in (value or {}).values() for v in (x if isinstance(x, list) else [x])]
             ok = bool(flat) and all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in flat)
         else:
@@ -65,7 +72,7 @@ class BenchConfig:
     peer: bool = True
     timeout_s: float = 900.0
     traffic: dict = dataclasses.field(default_factory=dict)
-    raw_runs: int = 3  # the baseline's median: one short drain of a backlog swings by a third
+    raw_runs: int = 3  # drains of each raw baseline, for its median: one short drain swings by a third
 
     def __post_init__(self) -> None:
         for name in ("events", "peer_events", "partitions", "raw_runs"):
@@ -94,9 +101,36 @@ class Phase:
             return float("nan")
         return total / (max(ends) - min(firsts))
 
+    def byte_rate(self) -> float:
+        """Message bytes a second over the same time as :meth:`rate` (the raw baselines report ``bytes``)."""
+        return self.rate(sum(s.get("bytes", 0) for s in self.summaries))
+
     def peak_rss(self) -> float | list[float]:
         peaks = [round(s["peak_rss_mb"], 1) for s in self.summaries]
         return peaks[0] if len(peaks) == 1 else peaks
+
+
+def median_phase(phases: list[Phase]) -> Phase:
+    """The run with the median rate (the upper middle one of an even number), so its samples go
+    into the report with its figure."""
+    return sorted(phases, key=lambda ph: _finite_or(ph.rate(), -math.inf))[len(phases) // 2]
+
+
+def _finite_or(x, default: float) -> float:
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else default
+
+
+def pick_raw(result: dict) -> None:
+    """Make the faster plain consumer the raw baseline: ``raw_client``, ``raw_events_per_s`` and
+    ``raw_runs_events_per_s`` from ``raw_<client>_events_per_s`` (None where no client could be
+    measured)."""
+    measured = {c: result.get(f"raw_{c}_events_per_s") for c in RAW_CLIENTS if f"raw_{c}_events_per_s" in result}
+    fast = max(measured, key=lambda c: _finite_or(measured[c], -math.inf), default=None)
+    if fast is None or not math.isfinite(_finite_or(measured[fast], math.nan)):
+        result.update(raw_client=None, raw_events_per_s=None, raw_runs_events_per_s=[])
+        return
+    result.update(raw_client=fast, raw_events_per_s=measured[fast],
+                  raw_runs_events_per_s=result.get(f"raw_{fast}_runs_events_per_s", []))
 
 
 def _r(x: float, digits: int | None = None):
@@ -164,11 +198,13 @@ def _settings_for(settings, root: str, name: str, state_dir: str | None = None):
                                state_dir=state_dir or settings.state_dir)
 
 
-def _fill(settings, cfg: BenchConfig, envelope: bool) -> dict:
+def fill(settings, events: int, partitions: int, envelope: bool, traffic: dict | None = None) -> dict:
+    """Create the topics of ``settings`` with ``partitions`` each and send them ``events`` events
+    of the generator's traffic, flat out, as single events or envelopes; the generator's counts."""
     from streams.kafka.admin import create_topics
 
-    create_topics(settings, partitions=cfg.partitions)
-    return generate(settings, GenConfig(max_events=cfg.events, envelope=envelope, traffic=cfg.traffic))
+    create_topics(settings, partitions=partitions)
+    return generate(settings, GenConfig(max_events=events, envelope=envelope, traffic=traffic or {}))
 
 
 def delete_prefixed(settings, root: str) -> None:
@@ -304,8 +340,9 @@ def latency_run(settings, cfg: BenchConfig, rate: float, progress=None) -> tuple
 
 def bench_pipeline(settings, cfg: BenchConfig, out_dir: str | Path | None = None, progress=print) -> dict:
     """Run every phase; return the bench's JSON object (and write the report to ``out_dir``)."""
+    from loadtest.faust_host import faust_main
     from loadtest.peer_faust import peer_main
-    from loadtest.procs import in_process_main, raw_main, rss_mb, worker_main
+    from loadtest.procs import in_process_main, raw_confluent_main, raw_main, rss_mb, worker_main
 
     import shutil
     import tempfile
@@ -314,14 +351,16 @@ def bench_pipeline(settings, cfg: BenchConfig, out_dir: str | Path | None = None
     state = tempfile.mkdtemp(prefix="npo-bench-state-")
     single = _settings_for(settings, root, "single", state)
     env = _settings_for(settings, root, "env", state)
+    faust_env = _settings_for(settings, root, "fenv", state)  # the same envelopes, for the Faust host
     lat_settings = _settings_for(settings, root, "lat", state)
     phases: dict[str, Phase] = {}
     result: dict = {"events": cfg.events, "partitions": cfg.partitions, "topic_prefix": root}
     started = time.time()
     try:
         progress(f"filling {single.topic_prefix}* and {env.topic_prefix}* with {cfg.events:,} events each")
-        filled_single = _fill(single, cfg, envelope=False)
-        filled_env = _fill(env, cfg, envelope=True)
+        filled_single = fill(single, cfg.events, cfg.partitions, False, cfg.traffic)
+        filled_env = fill(env, cfg.events, cfg.partitions, True, cfg.traffic)
+        fill(faust_env, cfg.events, cfg.partitions, True, cfg.traffic)
         result["fill_single_events_per_s"] = round(filled_single["events"] / filled_single["seconds"])
         result["fill_envelope_events_per_s"] = round(filled_env["events"] / filled_env["seconds"])
         result["envelope_messages"] = filled_env["messages"]
@@ -334,13 +373,24 @@ def bench_pipeline(settings, cfg: BenchConfig, out_dir: str | Path | None = None
             progress(f"{name}: {phase.rate():,.0f} events/s")
             return phase
 
-        raws = [measure("raw", raw_main, single, n) for _ in range(cfg.raw_runs)]
-        raw = phases["raw"] = sorted(raws, key=Phase.rate)[len(raws) // 2]
-        result["raw_runs_events_per_s"] = [_r(ph.rate()) for ph in raws]
+        # the two plain consumers take turns, so a slow spell of the shared host hits both
+        raws: dict[str, list[Phase]] = {client: [] for client in RAW_CLIENTS}
+        for _ in range(cfg.raw_runs):
+            for client, fn in zip(RAW_CLIENTS, (raw_main, raw_confluent_main)):
+                raws[client].append(measure(f"raw_{client}", fn, single, n))
+        for client, runs in raws.items():
+            phases[f"raw_{client}"] = median_phase(runs)
+            result[f"raw_{client}_events_per_s"] = _r(phases[f"raw_{client}"].rate())
+            result[f"raw_{client}_runs_events_per_s"] = [_r(ph.rate()) for ph in runs]
+        pick_raw(result)
+        progress(f"raw baseline: {result['raw_client']} (aiokafka {result['raw_aiokafka_events_per_s'] or 0:,.0f}, "
+                 f"confluent {result['raw_confluent_events_per_s'] or 0:,.0f} events/s)")
         one = measure("single", worker_main, single, n)
         envp = measure("envelope", worker_main, env, n)
-        result.update(raw_events_per_s=_r(raw.rate()), single_events_per_s=_r(one.rate()),
-                      envelope_events_per_s=_r(envp.rate()))
+        result.update(single_events_per_s=_r(one.rate()), envelope_events_per_s=_r(envp.rate()))
+        faust = measure("faust_envelope", faust_main, faust_env, n)
+        result["faust_envelope_events_per_s"] = _r(faust.rate())
+        result["faust_envelope_vs_worker"] = _r(faust.rate() / (envp.rate() or math.nan), 3)
         stage = measure("in_process", in_process_main, single, n, cfg.partitions, cfg.traffic)
         result["in_process_events_per_s"] = _r(stage.rate())
         result["single_counted"] = one.summaries[0]["events"]
@@ -369,7 +419,7 @@ def bench_pipeline(settings, cfg: BenchConfig, out_dir: str | Path | None = None
         result["peak_rss_mb"] = {name: ph.peak_rss() for name, ph in phases.items()}
         result["peak_rss_mb"]["bench"] = round(rss_mb()[1], 1)
         raw_rate = result["raw_events_per_s"] or math.nan
-        for path in ("envelope", "single", "peer", "two_workers", "in_process"):
+        for path in ("envelope", "faust_envelope", "single", "peer", "two_workers", "in_process"):
             if f"{path}_events_per_s" in result:
                 result[f"{path}_vs_raw"] = _r((result[f"{path}_events_per_s"] or math.nan) / raw_rate, 3)
         result["seconds"] = round(time.time() - started, 1)

@@ -52,7 +52,7 @@ def add_commands(subparsers, bench_subparsers, settings_args) -> None:
     settings_args(lt)
     lt.set_defaults(run=_loadtest)
 
-    bp = bench_subparsers.add_parser("pipeline", help="raw baseline, worker on single events and envelopes, "
+    bp = bench_subparsers.add_parser("pipeline", help="raw baselines, worker on single events and envelopes, "
                                                       "Faust peer, two workers and trigger latency, in one run")
     bp.add_argument("--events", type=int, default=1_000_000, help="events per path (default 1,000,000)")
     bp.add_argument("--peer-events", type=int, default=200_000, help="events for the Faust peer (slow; default 200k)")
@@ -60,7 +60,8 @@ def add_commands(subparsers, bench_subparsers, settings_args) -> None:
     bp.add_argument("--latency-seconds", type=float, default=30.0, help="length of the latency run (default 30)")
     bp.add_argument("--latency-rate", type=float, help="events/s for the latency run (default: half the envelope rate)")
     bp.add_argument("--raw-runs", type=int, default=3,
-                    help="drains of the raw baseline; its median is the baseline (default 3)")
+                    help="drains of each raw baseline (aiokafka, confluent-kafka, taking turns); the faster "
+                         "client's median is the baseline (default 3)")
     bp.add_argument("--no-peer", action="store_true")
     bp.add_argument("--no-two-workers", action="store_true")
     bp.add_argument("--timeout", type=float, default=900.0, help="seconds any one path may take (default 900)")

@@ -1,4 +1,4 @@
-"""The measured processes: the raw consumer baseline and the pipeline worker.
+"""The measured processes: the raw consumer baselines (aiokafka and confluent-kafka) and the pipeline worker.
 
 Each runs in its own spawned process, so its peak RSS is its own, and reports over a
 queue: ``("sample", name, t, events, rss_mb, join_keys or None)`` every ``sample_s`` while it works, then
@@ -11,6 +11,8 @@ fetch to its last one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import gc
 import os
 import time
@@ -136,40 +138,153 @@ def join_keys(worker) -> int:
     return total
 
 
-def raw_main(settings, expected: int, name: str, queue, stop, sample_s: float = 0.25) -> None:
-    """The baseline: aiokafka ``getmany`` as the worker fetches, plus decoding every message
-    as the worker does (``codec.decode_batch``), nothing else."""
+FETCH_TIMEOUT_MS, FETCH_RECORDS = 100, 20_000
+"""The worker's ingest fetch: ``getmany(timeout_ms=100, max_records=20_000)``."""
+
+#: confluent-kafka consumer properties for a backlog, on top of the settings' own (``-X``,
+#: ``NPO_KAFKA_X_*`` and the named ones) and under the job's (group, offsets, assignor).
+#: Measured on the development machine (2 cores, broker on the same host, shared with other
+#: work; 1M events, 4 partitions a topic, medians of 5 drains taking turns, rounds of up to
+#: 20,000 messages; aiokafka as the worker runs it made 370k to 420k single events/s alongside):
+#: librdkafka's defaults (1 MiB a partition a fetch, 64 MiB queued, fetch.wait.max.ms 500,
+#: fetch.queue.backoff.ms 1000) drained 160k to 170k single events/s; with 8 MiB a partition and
+#: 256 MiB queued 430k to 470k (1 MiB a partition, the rest as here: 257k); adding
+#: fetch.queue.backoff.ms 10 (a partition whose queue was over its bounds waits 10 ms, not 1 s,
+#: before its next fetch) 520k to 550k. 16 MiB a partition (528k) or queued.min.messages 1M
+#: (547k) gained nothing more. On envelopes every setting tried but the defaults (410k) fell
+#: within the runs' spread of each other (680k to 830k).
+CONFLUENT_CONSUMER = {
+    "fetch.max.bytes": 64 * 2**20,  # one fetch request to a broker, over its partitions
+    "max.partition.fetch.bytes": 8 * 2**20,  # a partition's share of one fetch (default 1 MiB)
+    "fetch.wait.max.ms": 100,  # as the worker's getmany timeout: an idle topic answers within it
+    "queued.min.messages": 200_000,  # prefetched a partition (default 100k)
+    "queued.max.messages.kbytes": 256 * 1024,  # prefetched in all, KiB (default 64 MiB)
+    "fetch.queue.backoff.ms": 10,  # a partition whose queue was full is fetched again after this (default 1 s)
+    "enable.partition.eof": False,
+}
+
+
+def by_partition(messages) -> tuple[dict[tuple[str, int], list[bytes]], int]:
+    """confluent-kafka messages as the worker takes a fetch (aiokafka's ``getmany`` groups them
+    itself): the values per (topic, partition) in fetch order, and how many were error events
+    (skipped)."""
+    out: dict[tuple[str, int], list[bytes]] = {}
+    errors = 0
+    for m in messages:
+        if m.error() is not None:
+            errors += 1
+            continue
+        key = (m.topic(), m.partition())
+        values = out.get(key)
+        if values is None:
+            out[key] = values = []
+        values.append(m.value())
+    return out, errors
+
+
+def _raw(open_fetch, settings, expected: int, name: str, queue, stop, sample_s: float) -> None:
+    """A raw baseline: ``open_fetch(settings, summary)`` (an async context manager) gives ``fetch()``,
+    which returns what one fetch got as lists of values, one a topic-partition; each list is decoded
+    as the worker does (``codec.decode_batch``), until ``expected`` events. The summary adds
+    ``bytes`` (message values read) and ``errors`` (error events a client handed back)."""
     gc.set_threshold(50_000, 20, 100)
     profile_self(name)
-    import uuid
-
-    from aiokafka import AIOKafkaConsumer
-
     from streams import codec
 
     rep = _Reporter(name, queue, sample_s)
+    seen = {"bytes": 0, "errors": 0}
 
     async def main() -> None:
-        consumer = AIOKafkaConsumer(settings.topic("scores"), settings.topic("feedback"),
-                                    group_id=f"{settings.group_id}-raw-{uuid.uuid4().hex[:8]}",
-                                    enable_auto_commit=False, auto_offset_reset="earliest", **settings.aiokafka())
-        await consumer.start()
-        n = 0
-        try:
+        async with open_fetch(settings, seen) as fetch:
+            n = 0
             while not stop.is_set() and n < expected:
                 t0 = time.time()
-                fetched = await consumer.getmany(timeout_ms=100, max_records=20_000)
-                for records in fetched.values():
-                    n += len(codec.decode_batch([r.value for r in records])[0])
+                for values in await fetch():
+                    n += len(codec.decode_batch(values)[0])
+                    seen["bytes"] += sum(map(len, values))
                 rep.progress(t0, n)
-        finally:
-            rep.done()
-            await consumer.stop()
 
     try:
         asyncio.run(main())
-    except BaseException as e:  # noqa: BLE001
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, before the summary ends its wait
         queue.put(("error", name, repr(e)))
+    finally:
+        rep.done(**seen)
+
+
+def _raw_group(settings, client: str) -> str:
+    import uuid
+
+    return f"{settings.group_id}-raw-{client}-{uuid.uuid4().hex[:8]}"
+
+
+@contextlib.asynccontextmanager
+async def _aiokafka_fetch(settings, seen: dict, overrides: dict, records: int):
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+
+    own = {"group_id": _raw_group(settings, "aiokafka"), "enable_auto_commit": False, "auto_offset_reset": "earliest",
+           "partition_assignment_strategy": (RangePartitionAssignor,)}  # as the worker's ingest consumer
+    consumer = AIOKafkaConsumer(settings.topic("scores"), settings.topic("feedback"),
+                                **{**settings.aiokafka("consumer"), **overrides, **own})
+    await consumer.start()
+
+    async def fetch() -> list[list[bytes]]:
+        fetched = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=records)
+        return [[r.value for r in batch] for batch in fetched.values()]
+
+    try:
+        yield fetch
+    finally:
+        await consumer.stop()
+
+
+@contextlib.asynccontextmanager
+async def _confluent_fetch(settings, seen: dict, properties: dict, records: int):
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({**settings.confluent(), **CONFLUENT_CONSUMER, **properties,
+                         "group.id": _raw_group(settings, "confluent"), "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest", "partition.assignment.strategy": "range"})
+    consumer.subscribe([settings.topic("scores"), settings.topic("feedback")])
+
+    async def fetch():
+        # consume(n, timeout) waits for all n messages or the timeout, where the worker's
+        # getmany returns what has arrived: on envelopes, whose backlog is short of 20,000
+        # messages, every call sat out its 0.1 s (570k events/s against 740k this way). So
+        # take what is queued, and wait only when nothing is
+        got = consumer.consume(records, 0)
+        if not got:
+            first = consumer.poll(FETCH_TIMEOUT_MS / 1000)
+            got = [] if first is None else [first, *(consumer.consume(records - 1, 0) if records > 1 else ())]
+        batches, errors = by_partition(got)
+        seen["errors"] += errors
+        return batches.values()
+
+    try:
+        yield fetch
+    finally:
+        consumer.close()
+
+
+def raw_main(settings, expected: int, name: str, queue, stop, sample_s: float = 0.25, records: int = FETCH_RECORDS,
+             overrides: dict | None = None) -> None:
+    """The aiokafka baseline: ``getmany`` as the worker fetches (its consumer settings, range
+    assignor, up to ``records`` a round), plus decoding every message as the worker does
+    (``codec.decode_batch``, a topic-partition's batch a call), nothing else. ``overrides``:
+    aiokafka consumer keywords over the worker's."""
+    _raw(functools.partial(_aiokafka_fetch, overrides=overrides or {}, records=records), settings, expected, name,
+         queue, stop, sample_s)
+
+
+def raw_confluent_main(settings, expected: int, name: str, queue, stop, sample_s: float = 0.25,
+                       records: int = FETCH_RECORDS, properties: dict | None = None) -> None:
+    """The confluent-kafka (librdkafka) baseline over the same two topics: ``Consumer.consume``
+    of up to ``records`` (the worker's 20,000) that are queued, or the first to arrive
+    within 0.1 s, as a tuned consumer (:data:`CONFLUENT_CONSUMER`, then ``properties``); the
+    messages grouped by topic-partition (:func:`by_partition`) and decoded as the worker does."""
+    _raw(functools.partial(_confluent_fetch, properties=properties or {}, records=records), settings, expected,
+         name, queue, stop, sample_s)
 
 
 def in_process_main(settings, expected: int, name: str, partitions: int, traffic: dict, queue, stop,

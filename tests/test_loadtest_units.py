@@ -8,7 +8,7 @@ from collections import Counter
 import orjson
 import pytest
 
-from loadtest.bench import REQUIRED_KEYS, check_result, trigger_latencies
+from loadtest.bench import REQUIRED_KEYS, Phase, check_result, median_phase, pick_raw, trigger_latencies
 from loadtest.generator import GenConfig, RateLimiter
 from loadtest.traffic import FEEDBACK, SCORE, Traffic, envelopes, partitions_of
 from streams import codec
@@ -118,12 +118,104 @@ def test_trigger_latency_is_from_the_last_partition_to_pass_the_window():
 
 def test_result_check_names_missing_and_bad_values():
     good = {k: 1.0 for k in REQUIRED_KEYS}
-    good["peak_rss_mb"] = {"raw": 60.0, "two_workers": [200.0, 210.0]}
+    good["peak_rss_mb"] = {"raw_aiokafka": 60.0, "two_workers": [200.0, 210.0]}
+    good["raw_client"] = "confluent"
     assert check_result(good) == []
-    bad = dict(good, raw_events_per_s=math.nan, peer_events_per_s=0, peak_rss_mb={"raw": -1})
+    bad = dict(good, raw_events_per_s=math.nan, peer_events_per_s=0, peak_rss_mb={"raw_aiokafka": -1},
+               raw_client=None)
     del bad["p99_trigger_latency_ms"]
     assert set(check_result(bad)) == {"raw_events_per_s", "peer_events_per_s", "peak_rss_mb",
-                                      "p99_trigger_latency_ms"}
+                                      "p99_trigger_latency_ms", "raw_client"}
+
+
+def test_raw_baseline_is_the_faster_plain_consumer():
+    result = {"raw_aiokafka_events_per_s": 400_000, "raw_aiokafka_runs_events_per_s": [390_000, 400_000, 410_000],
+              "raw_confluent_events_per_s": 520_000, "raw_confluent_runs_events_per_s": [500_000, 520_000, 560_000]}
+    pick_raw(result)
+    assert result["raw_client"] == "confluent" and result["raw_events_per_s"] == 520_000
+    assert result["raw_runs_events_per_s"] == [500_000, 520_000, 560_000]
+    # a client that could not be measured (None: no productive fetch) never wins
+    result = {"raw_aiokafka_events_per_s": 300_000, "raw_aiokafka_runs_events_per_s": [300_000],
+              "raw_confluent_events_per_s": None, "raw_confluent_runs_events_per_s": [None]}
+    pick_raw(result)
+    assert result["raw_client"] == "aiokafka" and result["raw_events_per_s"] == 300_000
+    result = {"raw_aiokafka_events_per_s": None, "raw_confluent_events_per_s": None}
+    pick_raw(result)
+    assert result["raw_client"] is None and result["raw_events_per_s"] is None
+    assert check_result(result)  # reported as missing, not as a baseline of None
+
+
+def _phase(*runs: tuple[int, float, float, int]) -> Phase:
+    ph = Phase("x")
+    ph.summaries = [{"events": n, "first": first, "end": end, "bytes": size} for n, first, end, size in runs]
+    return ph
+
+
+def test_median_phase_and_byte_rate():
+    slow, mid, fast = _phase((100, 9.0, 13.0, 4000)), _phase((100, 9.0, 11.0, 4000)), _phase((100, 9.0, 10.0, 4000))
+    broken = _phase((0, None, None, 0))  # no productive fetch: its rate is NaN, ranked lowest
+    assert median_phase([fast, slow, mid]) is mid
+    assert median_phase([broken, fast, mid]) is mid
+    assert median_phase([slow, fast]) is fast  # the upper middle of an even number
+    assert mid.rate() == 50 and mid.byte_rate() == 2000
+    two = _phase((60, 10.0, 12.0, 600), (40, 11.0, 14.0, 400))  # from the first start to the last end
+    assert two.rate() == 25 and two.byte_rate() == 250
+
+
+class _Msg:
+    def __init__(self, topic, partition, value, error=None):
+        self._t, self._p, self._v, self._e = topic, partition, value, error
+
+    def topic(self):
+        return self._t
+
+    def partition(self):
+        return self._p
+
+    def value(self):
+        return self._v
+
+    def error(self):
+        return self._e
+
+
+def test_confluent_messages_are_grouped_per_topic_partition_in_fetch_order():
+    from loadtest.procs import by_partition
+
+    msgs = [_Msg("s", 0, b"a"), _Msg("f", 0, b"b"), _Msg("s", 1, b"c"), _Msg("s", 0, b"d"),
+            _Msg("s", 0, None, error="broker down"), _Msg("f", 0, b"e")]
+    batches, errors = by_partition(msgs)
+    assert batches == {("s", 0): [b"a", b"d"], ("f", 0): [b"b", b"e"], ("s", 1): [b"c"]}
+    assert errors == 1
+    assert list(batches) == [("s", 0), ("f", 0), ("s", 1)]
+    assert by_partition([]) == ({}, 0)
+
+
+def test_consumer_comparison_figures_table_and_flags():
+    from loadtest import consumers
+
+    runs = [_phase((1000, 5.0, 6.0, 250_000)), _phase((1000, 5.0, 5.5, 250_000)), _phase((1000, 5.0, 7.0, 250_000))]
+    fig = consumers.client_figures(runs)
+    assert fig["events_per_s"] == 1000 and fig["runs_events_per_s"] == [1000, 2000, 500]
+    assert fig["mb_per_s"] == round(250_000 / 2**20, 1) and fig["bytes"] == 250_000
+    kind = {"aiokafka": {"events_per_s": 400_000}, "confluent": {"events_per_s": 500_000}}
+    assert consumers.ratio(kind) == 1.25
+    assert consumers.ratio({"aiokafka": {"events_per_s": None}, "confluent": {"events_per_s": 1}}) is None
+    result = {"events": 1000, "partitions": 4, "runs": 3, "records": 20_000,
+              "single": {"aiokafka": fig, "confluent": fig, "confluent_vs_aiokafka": 1.0}}
+    text = consumers.table(result)
+    assert "single    aiokafka" in text and "1,000, 2,000, 500" in text and "confluent/aiokafka" in text
+    assert "envelope" not in text
+    a = consumers.build_parser().parse_args(["--events", "1000", "--kinds", "single", "--confluent",
+                                             "fetch.wait.max.ms=10", "--aiokafka", "check_crcs=false",
+                                             "--confluent", "client.id=x=y", "--records", "500"])
+    assert a.events == 1000 and a.kinds == ["single"] and a.records == 500
+    assert dict(a.confluent) == {"fetch.wait.max.ms": 10, "client.id": "x=y"}
+    assert dict(a.aiokafka) == {"check_crcs": False}
+    with pytest.raises(SystemExit):
+        consumers.build_parser().parse_args(["--confluent", "novalue"])
+    with pytest.raises(ValueError, match="runs must be at least 1"):
+        consumers.compare(None, 1000, runs=0)
 
 
 def test_cli_registers_the_commands():

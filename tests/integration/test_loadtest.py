@@ -40,10 +40,15 @@ def test_bench_pipeline_reports_every_figure(kafka_bootstrap, tmp_path):
     assert result["single_counted"] == n and result["envelope_counted"] == n
     assert result["two_workers_counted"] >= n and result["two_workers_events_per_s"] > 0
     assert result["latency_triggers_timed"] > 0
-    runs = result["raw_runs_events_per_s"]
-    assert len(runs) == 3 and result["raw_events_per_s"] == sorted(runs)[1]  # the median drain
+    for client in ("aiokafka", "confluent"):  # each plain consumer: the median of its drains
+        runs = result[f"raw_{client}_runs_events_per_s"]
+        assert len(runs) == 3 and result[f"raw_{client}_events_per_s"] == sorted(runs)[1]
+    faster = max(("aiokafka", "confluent"), key=lambda c: result[f"raw_{c}_events_per_s"])
+    assert result["raw_client"] == faster and result["raw_events_per_s"] == result[f"raw_{faster}_events_per_s"]
+    assert result["single_vs_raw"] == round(result["single_events_per_s"] / result["raw_events_per_s"], 3)
     assert result["in_process_events_per_s"] > 0 and result["in_process_vs_raw"] > 0
-    assert set(result["peak_rss_mb"]) >= {"raw", "single", "envelope", "in_process", "peer", "two_workers", "latency"}
+    assert set(result["peak_rss_mb"]) >= {"raw_aiokafka", "raw_confluent", "single", "envelope", "in_process", "peer",
+                                          "two_workers", "latency"}
     assert (tmp_path / "bench.png").stat().st_size > 0 and (tmp_path / "bench.html").is_file()
 
 
