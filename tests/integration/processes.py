@@ -108,3 +108,12 @@ def stop(proc: subprocess.Popen, timeout: float = 60) -> None:
 
 def unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def wait_for(condition, timeout: float, what: str) -> float:
+    """Until `condition()` holds; how long that took (an AssertionError naming `what` after `timeout`)."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, f"{what} did not happen in {timeout} s"
+        time.sleep(0.2)
+    return time.monotonic() - started

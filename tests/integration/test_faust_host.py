@@ -19,7 +19,7 @@ from streams.kafka.producer import EventProducer
 from streams.simulate import SimConfig, simulate
 from streams.worker.outputs import stats_key
 from tests.integration.harness import json_values, ordered_producer, read_topic
-from tests.integration.processes import log_tail, owners, spawn, stop, wait_caught_up
+from tests.integration.processes import log_tail, owners, spawn, stop, wait_caught_up, wait_for
 from tests.integration.test_worker_e2e import _flush_events, assert_same_as_in_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -82,17 +82,17 @@ def test_a_killed_faust_app_is_taken_over_and_a_joining_one_changes_nothing(clus
 
     a = spawn(settings, tmp_path / "a.log", host="faust")
     b = spawn(settings, tmp_path / "b.log", host="faust")
-    _wait_for(lambda: len(owners(settings, group)) == 2, 90, "both apps joining")
+    wait_for(lambda: len(owners(settings, group)) == 2, 90, "both apps joining")
     wait_caught_up(settings, [a, b], host="faust")
 
     b.send_signal(signal.SIGKILL)
     assert b.wait(timeout=10) == -signal.SIGKILL
-    _wait_for(lambda: list(owners(settings, group).values()) == [set(range(4))], 60, "the survivor taking over")
+    wait_for(lambda: list(owners(settings, group).values()) == [set(range(4))], 60, "the survivor taking over")
 
     _produce(settings, thirds[1], envelope=False)
     c = spawn(settings, tmp_path / "c.log", host="faust")  # joins while the second third is being processed
     _produce(settings, thirds[2], envelope=False)
-    _wait_for(lambda: len(owners(settings, group)) == 2, 90, "the third app joining")
+    wait_for(lambda: len(owners(settings, group)) == 2, 90, "the third app joining")
     wait_caught_up(settings, [a, c], host="faust")
     stop(a)
     stop(c)
@@ -104,19 +104,13 @@ def test_a_broker_restart_under_a_faust_app_loses_and_doubles_nothing(cluster, k
     settings = cluster(2)
     _produce(settings, sim.events + _flush_events(sim.events, 2), envelope=True)
     app = spawn(settings, tmp_path / "faust.log", host="faust")
-    _wait_for(lambda: app.poll() is not None or read_topic(settings, "partials", idle_s=0.2), 90, "partials written")
+    wait_for(lambda: app.poll() is not None or read_topic(settings, "partials", idle_s=0.2), 90, "partials written")
     assert app.poll() is None, log_tail(app)
     kafka_service.restart(downtime=5.0)
     wait_caught_up(settings, [app], host="faust", timeout=300)
     stop(app)
     assert_same_as_in_process(settings, sim.events, 2)
 
-
-def _wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not happen in {timeout} s"
-        time.sleep(0.2)
 
 
 def test_the_retraining_agent_starts_each_retrain_once_across_repeats_and_restarts(cluster, tmp_path):
@@ -142,7 +136,7 @@ def test_the_retraining_agent_starts_each_retrain_once_across_repeats_and_restar
 
     publish(result.triggers + retrains)
     app = spawn(settings, tmp_path / "retraining.log", host="retraining", NPO_RETRAIN_LOG=str(log_path))
-    _wait_for(lambda: len(started()) >= len(retrains) or app.poll() is not None, 120, "every retrain started")
+    wait_for(lambda: len(started()) >= len(retrains) or app.poll() is not None, 120, "every retrain started")
     assert app.poll() is None, log_tail(app)
     time.sleep(3.0)  # time for any repeat to show
     stop(app)
@@ -152,7 +146,7 @@ def test_the_retraining_agent_starts_each_retrain_once_across_repeats_and_restar
     fresh = {**later, "trigger_id": "f" * 32}  # a new window's trigger, after the repeats
     publish(retrains + [fresh])
     app = spawn(settings, tmp_path / "retraining-2.log", host="retraining", NPO_RETRAIN_LOG=str(log_path))
-    _wait_for(lambda: "f" * 32 in started() or app.poll() is not None, 120, "the new retrain started")
+    wait_for(lambda: "f" * 32 in started() or app.poll() is not None, 120, "the new retrain started")
     assert app.poll() is None, log_tail(app)
     stop(app)
     assert sorted(started()) == sorted([t["trigger_id"] for t in retrains] + ["f" * 32])

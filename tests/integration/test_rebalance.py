@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import signal
-import time
 
 import pytest
 
 from streams.kafka.producer import EventProducer
 from streams.simulate import SimConfig, simulate
-from tests.integration.processes import owners, spawn, stop, wait_caught_up
+from tests.integration.processes import owners, spawn, stop, wait_caught_up, wait_for
 from tests.integration.test_worker_e2e import _flush_events, assert_same_as_in_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -24,14 +23,6 @@ def _produce(settings, events) -> None:
     with EventProducer(settings, envelope=False) as producer:
         for e in events:
             producer.send(e)
-
-
-def _wait_for(condition, timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout, f"{what} did not happen in {timeout} s"
-        time.sleep(0.2)
-    return time.monotonic() - started
 
 
 def _sole_owner(settings) -> bool:
@@ -55,19 +46,19 @@ def test_a_killed_worker_is_taken_over_and_a_joining_one_changes_nothing(cluster
 
     a = spawn(settings, tmp_path / "a.log")
     b = spawn(settings, tmp_path / "b.log")
-    _wait_for(lambda: len(owners(settings, settings.group_id + "-ingest")) == 2, 90, "both workers joining")
+    wait_for(lambda: len(owners(settings, settings.group_id + "-ingest")) == 2, 90, "both workers joining")
     wait_caught_up(settings, [a, b])
 
     b.send_signal(signal.SIGKILL)
     assert b.wait(timeout=10) == -signal.SIGKILL
-    takeover = _wait_for(lambda: _sole_owner(settings), 60, "the survivor taking every partition")
+    takeover = wait_for(lambda: _sole_owner(settings), 60, "the survivor taking every partition")
     print(f"takeover after SIGKILL: {takeover:.1f} s")
     assert takeover <= SESSION_TIMEOUT_S + HEARTBEAT_S + 5.0
 
     _produce(settings, thirds[1])
     c = spawn(settings, tmp_path / "c.log")  # joins while the second third is being processed
     _produce(settings, thirds[2])
-    _wait_for(lambda: len(owners(settings, settings.group_id + "-ingest")) == 2, 90, "the third worker joining")
+    wait_for(lambda: len(owners(settings, settings.group_id + "-ingest")) == 2, 90, "the third worker joining")
     wait_caught_up(settings, [a, c])
     stop(a)
     stop(c)
