@@ -245,6 +245,23 @@ def test_a_live_state_is_replaced_when_the_group_points_elsewhere_and_nothing_is
     asyncio.run(run())
 
 
+def test_a_live_state_with_no_checkpoint_yet_goes_on_when_the_group_has_none_either():
+    """A partition kept across a rebalance before its first checkpoint: the group still has
+    no pointer, which is where the live state started, so it goes on (not replayed)."""
+    from aiokafka import TopicPartition
+
+    ck = _checkpointer([], committed=lambda tps: {})
+    tp = TopicPartition("t", 0)
+
+    async def run():
+        assert await ck.load("ingest", None, [tp], live=False) == ("", {}, {})
+        assert ck.ours("ingest", 0) == [""]
+        assert await ck.load("ingest", None, [tp], live=True) is None
+        assert await ck.load("ingest", None, [TopicPartition("t", 1)], live=True) == ("", {}, {})  # never adopted
+
+    asyncio.run(run())
+
+
 def test_a_commit_never_tried_deletes_its_checkpoint():
     from aiokafka import TopicPartition
 

@@ -68,9 +68,10 @@ class Checkpointer:
         return f"{self.group_id}-{role}/{partition}"
 
     def ours(self, role: str, partition: int) -> list[str]:
-        """Pointers this worker committed, or may have, for the partition (newest last)."""
+        """Pointers this worker committed, or may have, for the partition (newest last); ""
+        when its state started from the group's position with no checkpoint yet."""
         name = self.name(role, partition)
-        return [p for p in (self._pointers.get(name), *self._unsure.get(name, ())) if p]
+        return [p for p in (self._pointers.get(name), *self._unsure.get(name, ())) if p is not None]
 
     async def load(self, role: str, consumer, tps: list, live: bool) -> Loaded | None:
         """The committed checkpoint of `tps`' partition; None when `live` (this worker holds the
