@@ -194,15 +194,17 @@ class Monitor:
         restart shows them again at the next snapshots."""
         if not self._early:
             return []
-        items = sorted(self._early.items())
+        items = sorted(self._early.items(), key=lambda item: (item[0][2], item[0][:2]))  # by pane, then key
         keys = [(policy_id, segment) for (policy_id, segment, _), _ in items]
-        rows = np.array([np.sum(list(parts.values()), axis=0) for _, parts in items])
+        panes = np.array([pane for (_, _, pane), _ in items])
+        rows = np.array([sum(parts.values()) for _, parts in items])
         stats = self.aggregator.derive(rows, keys)
         stats["late_events"] = np.zeros(len(items))
         size = self.config.windows.tumbling_s
-        return [WindowResult("early", pane * size, (pane + 1) * size, [key], rows[i:i + 1],
-                             {name: col[i:i + 1] for name, col in stats.items()}, pane)
-                for i, (key, ((_, _, pane), _)) in enumerate(zip(keys, items))]
+        bounds = [*np.flatnonzero(np.diff(panes)) + 1, len(items)]
+        return [WindowResult("early", int(panes[a]) * size, (int(panes[a]) + 1) * size, keys[a:b], rows[a:b],
+                             {name: col[a:b] for name, col in stats.items()}, int(panes[a]))
+                for a, b in zip([0, *bounds[:-1]], bounds)]
 
     def dump(self) -> dict:
         """Open windows and the rules' memory, as plain values and arrays (a checkpoint's body)."""

@@ -11,21 +11,30 @@ Offsets belong to the checkpoints, not to Faust: the NPO topics are read with Fa
 acknowledgements off, so Faust never commits them. The checkpoint pointer and the offsets
 it covers are committed to a bookkeeping consumer group of their own
 (`<group_id>-faust-ingest`, `<group_id>-faust-aggregate`), which never joins or fetches.
-When Faust assigns a partition, its checkpoint is loaded and Faust's consumer is moved to
-the offsets the checkpoint covers; a message below the next expected offset (a fetch
-from before the move) is skipped. The app's output goes through a producer of the
-pipeline's own (idempotent, acks=all), so a checkpoint is committed only once everything
-its records produced is acknowledged, as in the worker.
+When Faust assigns partitions, each one's checkpoint is loaded (or, when its live state is
+still the committed one's or later, kept) and Faust's consumer is moved to where that
+state stands; messages fetched before the rebalance (an older consumer generation) are
+skipped, since the move fetches them again. The app's output goes through a producer of
+the pipeline's own (idempotent, acks=all), so a checkpoint is committed only once
+everything its records produced is acknowledged, as in the worker.
+
+A round that fails part-way (its state moved on, its output not all written) leaves the
+host failed: nothing is checkpointed after it, not even at shutdown, and the app is
+crashed, so the partitions move on from their last checkpoints, as after a crash of
+`npo worker`.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 
+import contextlib
+
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import IllegalStateError
 
 from streams.config import MonitorConfig
-from streams.kafka.checkpoints import CheckpointStore
+from streams.kafka.checkpoints import CheckpointStore, committed
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.worker.clients import output_producer, partition_counts
@@ -53,8 +62,10 @@ class FaustHost(PipelineHost):
         self._assigned: set[tuple[str, int]] = set()  # Faust's current assignment of the NPO topics
         self._next: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset expected from Faust
         self._partials: dict[int, list] = {}  # partials partition -> messages not yet applied
+        self._generation: int | None = None  # Faust's consumer generation at the last assignment
         self._lock = asyncio.Lock()  # one round, rebalance or shutdown at a time
         self._started = False
+        self.failed: BaseException | None = None  # what broke a round: no checkpoint after it
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -81,12 +92,32 @@ class FaustHost(PipelineHost):
             self._books[role].assign(tps)
             self._books[role].pause(*tps)
         self.schedule.consumers = dict(self._books)
+        await self._refuse_faust_commits([tp for role in self._books.values() for tp in role.assignment()])
         log.info("NPO agents started", extra={"topics": self.topics, "config_version": self.config.version})
 
+    async def _refuse_faust_commits(self, tps: list) -> None:
+        """Offsets the app's own group committed for the NPO topics (an acknowledging channel
+        on them, now or in an earlier run) would make Faust's consumer seek past the
+        checkpoints after every rebalance: refused, with the way out."""
+        group = self.app.conf.id
+        probe = AIOKafkaConsumer(**{**self.settings.aiokafka("consumer"), "group_id": group,
+                                    "enable_auto_commit": False})
+        await probe.start()
+        try:
+            found = sorted(f"{tp.topic}/{tp.partition}" for tp in await committed(probe, tps))
+        finally:
+            await probe.stop()
+        if found:
+            raise ValueError(f"the Faust app's consumer group {group!r} has offsets committed for NPO topics "
+                             f"({', '.join(found[:4])}{', ...' if len(found) > 4 else ''}); the NPO agents keep "
+                             "their offsets with their checkpoints, and Faust would seek to these instead. "
+                             f"Delete them (kafka-consumer-groups --delete-offsets --group {group} --topic ...)")
+
     async def stop(self) -> None:
-        """Checkpoint what moved (a clean stop leaves nothing to replay), then close."""
+        """Checkpoint what moved (a clean stop leaves nothing to replay; after a failed
+        round, nothing is), then close."""
         async with self._lock:
-            if self._started:
+            if self._started and self.failed is None:
                 await self.schedule.all()
             for client in filter(None, (self.producer, self._reader, *self._books.values())):
                 try:
@@ -110,18 +141,21 @@ class FaustHost(PipelineHost):
     async def on_assigned(self, assigned) -> None:
         """Load the state of what Faust assigned and move Faust's consumer to where it stands.
 
-        A partition loaded from its checkpoint starts over at the checkpoint's offsets, its
-        fetched records dropped. A partition kept with its live state (its committed
-        checkpoint still this app's) keeps what it fetched too, and Faust's consumer goes
-        on from the next offset it expects: messages Faust fetched before the rebalance may
-        still arrive, and both they and the new fetch run on from at most that offset, so
-        skipping what is below it loses and repeats nothing."""
+        A partition loaded from its checkpoint starts over at the checkpoint's offsets; one
+        kept with its live state (its committed checkpoint still this app's) goes on from
+        the next offset it expects. Either way what Faust fetched before the rebalance is
+        skipped (`_fresh`): the consumer fetches it again from there."""
         async with self._lock:
+            if self.failed is not None:
+                return
             await self.start()
+            self._refuse_acks()
+            self._generation = self.app.consumer_generation_id
             ours = {(tp.topic, tp.partition) for tp in assigned if tp.topic in self.topics.values()}
             self._assigned = ours
             inputs = {p for t, p in ours if t == self.topics["scores"] and (self.topics["feedback"], p) in ours}
             partials = {q for t, q in ours if t == self.topics["partials"]}
+            moves: dict[TopicPartition, int] = {}
             for p in set(self.stages.stages) - inputs:
                 self.stages.close(p)
                 self.merge.drop(p)
@@ -135,7 +169,7 @@ class FaustHost(PipelineHost):
                     self.stages.open(p, loaded.state, loaded.offsets)
                     self.merge.drop(p)
                 for tp in tps:
-                    await self._move(tp, self.stages.offsets[p].get(tp.topic, 0) if loaded is not None else None)
+                    moves[tp] = self._move(tp, self.stages.offsets[p].get(tp.topic, 0) if loaded is not None else None)
             for q in sorted(partials):
                 tp = TopicPartition(self.topics["partials"], q)
                 loaded = await self.checkpointer.load("aggregate", self._books["aggregate"], [tp],
@@ -143,36 +177,60 @@ class FaustHost(PipelineHost):
                 if loaded is not None:
                     self.monitors.open(q, loaded.state, loaded.offsets.get(tp.topic))
                     self._partials.pop(q, None)
-                await self._move(tp, self.monitors.offsets.get(q, 0) if loaded is not None else None)
+                moves[tp] = self._move(tp, self.monitors.offsets.get(q, 0) if loaded is not None else None)
+            if moves:  # on the consumer's own thread, as Faust's seeks are
+                await self.app.consumer.seek_wait(moves)
             await self.checkpointer.forget_stale()
 
-    async def _move(self, tp: TopicPartition, offset: int | None) -> None:
-        """Faust's consumer to `offset`, where a loaded state goes on from (0: the earliest);
-        None: a live state, on from the next offset it expects."""
+    def _refuse_acks(self) -> None:
+        """Another channel reading an NPO topic with acknowledgements on would have Faust commit
+        its offsets and seek to them after each rebalance, past the checkpoints: refused (the
+        error crashes the app with this message)."""
+        acking = sorted(t for t in (*self.merge.topics, self.topics["partials"]) if self.app.topics.acks_enabled_for(t))
+        if acking:
+            raise ValueError(f"an agent of the app reads {', '.join(acking)} with acknowledgements on; "
+                             "the NPO agents keep those offsets with their checkpoints, so read them with "
+                             "acks=False (app.topic(..., acks=False))")
+
+    def _move(self, tp: TopicPartition, offset: int | None) -> int:
+        """Where Faust's consumer goes for `tp`: `offset`, where a loaded state goes on from
+        (0: the earliest); None: a live state, on from the next offset it expects."""
         key = (tp.topic, tp.partition)
-        if offset is None:
-            offset = self._next.get(key, 0)
-        self._next[key] = offset
-        if offset:  # 0: Faust, which never commits these topics, starts at the earliest anyway
-            await self.app.consumer.seek(tp, offset)
+        self._next[key] = self._next.get(key, 0) if offset is None else offset
+        return self._next[key]
 
     # -- rounds --------------------------------------------------------------------------------
 
     def _fresh(self, messages) -> list:
-        """Messages of held partitions at or past the next expected offset (a fetch from before
-        a move repeats some: they are skipped), in Faust's order."""
+        """Messages of held partitions fetched since the last assignment, at or past the next
+        expected offset, in Faust's order."""
         out = []
         for m in messages:
             key = (m.topic, m.partition)
-            if key in self._assigned and m.offset >= self._next.get(key, 0):
+            if key in self._assigned and m.generation_id == self._generation and m.offset >= self._next.get(key, 0):
                 self._next[key] = m.offset + 1
                 out.append(m)
         return out
 
+    @contextlib.asynccontextmanager
+    async def _guarded(self):
+        """The lock, and a failure in what it covers marks the host failed and crashes the app."""
+        async with self._lock:
+            try:
+                yield self.failed is None
+            except BaseException as exc:
+                self.failed = exc
+                log.error("an NPO round failed; nothing is checkpointed after it (%r)", exc)
+                if not self.app.should_stop:
+                    asyncio.ensure_future(self.app.crash(exc))
+                raise
+
     async def ingest(self, messages) -> None:
         """Messages of `scores` and `feedback`, as an agent took them."""
         by_tp: dict[tuple[str, int], list] = {}
-        async with self._lock:
+        async with self._guarded() as healthy:
+            if not healthy:
+                return
             for m in self._fresh(messages):
                 by_tp.setdefault((m.topic, m.partition), []).append(m)
             if by_tp:
@@ -183,7 +241,9 @@ class FaustHost(PipelineHost):
 
     async def aggregate(self, messages) -> None:
         """Messages of `partials`, as an agent took them."""
-        async with self._lock:
+        async with self._guarded() as healthy:
+            if not healthy:
+                return
             for m in self._fresh(messages):
                 self._partials.setdefault(m.partition, []).append(m)
         await self.round()
@@ -191,12 +251,14 @@ class FaustHost(PipelineHost):
     async def round(self) -> None:
         """Process what is ready, write it, apply partials, write that, checkpoint: as the
         worker's step does."""
-        async with self._lock:
-            if not self._started:
+        async with self._guarded() as healthy:
+            if not healthy or not self._started:
                 return
             sends = []
             for p in list(self.stages.stages):
-                sends += self.ready(p, self._at_end(p))
+                at_end = self._at_end(p)
+                if at_end is not None:
+                    sends += self.ready(p, at_end)
             crash_point("batch")
             await self.delivery.deliver(sends)
             sends = []
@@ -212,11 +274,19 @@ class FaustHost(PipelineHost):
             self.poll_thresholds()
             self.metrics.sync(self.counters)
 
-    def _at_end(self, p: int) -> dict[str, bool]:
-        """Whether each input topic of `p` has handed over everything up to its high watermark."""
+    def _at_end(self, p: int) -> dict[str, bool] | None:
+        """Whether each input topic of `p` has handed over everything up to its high watermark;
+        None while a rebalance is moving `p` (Faust's consumer, on a thread of its own, may
+        already have let it go): it waits for the assignment."""
         at_end = {}
         for topic in self.merge.topics:
-            high = self.app.consumer.highwater(TopicPartition(topic, p))
+            tp = TopicPartition(topic, p)
+            if (topic, p) not in self._assigned or tp not in self.app.consumer.assignment():
+                return None
+            try:
+                high = self.app.consumer.highwater(tp)
+            except (AssertionError, IllegalStateError):  # let go between the check and the call
+                return None
             at_end[topic] = high is not None and high >= 0 and self._next.get((topic, p), 0) >= high
         return at_end
 
@@ -225,6 +295,10 @@ def install(app, settings: Settings, config: MonitorConfig | None = None, sink=N
             metrics: Metrics | None = None, early_every_s: float = 5.0) -> FaustHost:
     """Mount the NPO agents on `app` (a `faust.App`): its worker then runs the pipeline next
     to the app's own agents. Returns the host, whose `counters` show what it did."""
+    if app.conf.consumer_auto_offset_reset != "earliest":
+        raise ValueError("the NPO agents need consumer_auto_offset_reset='earliest' (the app has "
+                         f"{app.conf.consumer_auto_offset_reset!r}): a partition with no checkpoint yet "
+                         "is read from its first record")
     host = FaustHost(app, settings, config, sink, metrics, early_every_s)
     raw = {"value_serializer": "raw", "key_serializer": "raw", "acks": False}
     inputs = app.topic(host.topics["scores"], host.topics["feedback"], **raw)

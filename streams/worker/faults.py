@@ -1,6 +1,7 @@
 """Faults for the fault tests. Crash points: with `NPO_CRASH_AT=<point>:<n>` in its
 environment the process kills itself with SIGKILL the n-th time it passes <point>, as a
-crash would. Refused writes: with `NPO_REFUSE_SEND=<topic suffix>:<n>` every n-th write to a
+crash would; with `NPO_FAIL_AT=<point>:<n>` it raises `InjectedFault` there instead, as a
+bug would. Refused writes: with `NPO_REFUSE_SEND=<topic suffix>:<n>` every n-th write to a
 topic whose name ends so fails, as a broker timeout would, and is retried after the writes
 that followed it.
 
@@ -28,7 +29,12 @@ def _target(name: str, points: tuple[str, ...] | None) -> tuple[str, int] | None
     return point, int(n)
 
 
+class InjectedFault(RuntimeError):
+    """The error `NPO_FAIL_AT` raises."""
+
+
 _TARGET = _target("NPO_CRASH_AT", POINTS)
+_FAIL = _target("NPO_FAIL_AT", POINTS)
 _passed = {p: 0 for p in POINTS}
 _REFUSE = _target("NPO_REFUSE_SEND", None)
 _writes = 0
@@ -44,8 +50,10 @@ def refused(topic: str) -> bool:
 
 
 def crash_point(point: str) -> None:
-    if _TARGET is None or point != _TARGET[0]:
+    if (_TARGET is None or point != _TARGET[0]) and (_FAIL is None or point != _FAIL[0]):
         return
     _passed[point] += 1
-    if _passed[point] == _TARGET[1]:
+    if _TARGET is not None and (point, _passed[point]) == _TARGET:
         os.kill(os.getpid(), signal.SIGKILL)
+    if _FAIL is not None and (point, _passed[point]) == _FAIL:
+        raise InjectedFault(f"NPO_FAIL_AT={point}:{_FAIL[1]} (fault test)")

@@ -56,15 +56,59 @@ def test_agents_mounted_on_a_team_s_own_app_give_the_in_process_results_next_to_
     assert published and set(seen.read_text().split()) == published
 
 
-@pytest.mark.parametrize("crash_at", ["batch:3", "checkpoint:3"])
+def test_an_app_that_would_move_the_npo_offsets_is_refused_with_the_reason(cluster, tmp_path):
+    """Faust seeks to its own group's committed offsets after every rebalance: an agent
+    reading an NPO topic with acknowledgements on, or offsets the group committed for one
+    in an earlier run, would move the pipeline past its checkpoints. The app stops instead,
+    saying which."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    settings = cluster(2)
+    _produce(settings, simulate(SimConfig(seed=5, n_windows=2, decisions_per_window=20)).events, envelope=True)
+    acking = spawn(settings, tmp_path / "acking.log", host="team-app", NPO_TEST_SEEN=str(tmp_path / "seen"),
+                   NPO_TEST_ACKING_SCORES="1")
+    assert acking.wait(timeout=120) not in (0, None), log_tail(acking)
+    assert f"reads {settings.topic('scores')} with acknowledgements on" in log_tail(acking, 100_000)
+
+    group = settings.group_id + "-faust"  # the standalone app's own group
+    committer = Consumer({**settings.confluent(), "group.id": group, "enable.auto.commit": False})
+    committer.commit(offsets=[TopicPartition(settings.topic("feedback"), 1, 3)], asynchronous=False)
+    committer.close()
+    committed = spawn(settings, tmp_path / "committed.log", host="faust")
+    assert committed.wait(timeout=120) not in (0, None), log_tail(committed)
+    assert f"{group!r} has offsets committed for NPO topics ({settings.topic('feedback')}/1)" in log_tail(committed, 100_000)
+
+
+def test_install_refuses_an_app_that_would_start_a_new_partition_at_its_end():
+    import faust
+
+    from streams.faust.host import install
+    from streams.settings import Settings
+
+    app = faust.App("npo-latest", broker="kafka://127.0.0.1:1", consumer_auto_offset_reset="latest")
+    with pytest.raises(ValueError, match="consumer_auto_offset_reset='earliest'.*'latest'"):
+        install(app, Settings())
+
+
+@pytest.mark.parametrize("crash_at", ["batch:3", "checkpoint:3", "fail batch:3"])
 def test_a_faust_app_killed_and_restarted_gives_the_crash_free_results(cluster, events, tmp_path, crash_at):
     """SIGKILL with a batch processed and its output not yet written, or with a checkpoint
-    written and not yet committed; the restarted app replays from the committed checkpoint."""
+    written and not yet committed; or an error raised in that round ("fail"), which must
+    crash the app with nothing checkpointed after it (its state moved on without its
+    output). The restarted app replays from the committed checkpoint."""
     simulated, everything = events
     settings = dataclasses.replace(cluster(2), checkpoint_interval_s=0.2)
     _produce(settings, everything, envelope=False)  # single events: many small batches
-    first = spawn(settings, tmp_path / "first.log", crash_at=crash_at, host="faust")
-    assert first.wait(timeout=180) == -signal.SIGKILL, log_tail(first)
+    if crash_at.startswith("fail "):
+        # the timer every 2 s: the error comes from an agent, which Faust alone would restart
+        first = spawn(settings, tmp_path / "first.log", host="faust", NPO_FAIL_AT=crash_at.split()[1],
+                      NPO_MERGE_IDLE_MS="4000")
+        code, log = first.wait(timeout=180), log_tail(first, 100_000)
+        assert code not in (0, -signal.SIGKILL) and "InjectedFault" in log, log_tail(first)
+        assert "in npo_ingest" in log or "in npo_aggregate" in log, log_tail(first)
+    else:
+        first = spawn(settings, tmp_path / "first.log", crash_at=crash_at, host="faust")
+        assert first.wait(timeout=180) == -signal.SIGKILL, log_tail(first)
     second = spawn(settings, tmp_path / "second.log", host="faust")
     wait_caught_up(settings, [second], host="faust")
     stop(second)
