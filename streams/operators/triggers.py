@@ -6,7 +6,7 @@ Every trigger id is a hash of the rule, key, window and configuration
 version: the same evidence always gives the same id, and consumers
 de-duplicate on it.
 
-Each alarm rule is a sequential detector (`kernels.reference.sequential.MixtureSR`)
+Each alarm rule is a sequential detector (`kernels.reference.sequential.MixtureSR`, run compiled)
 whose false-alarm probability within the horizon is at most its share of `alpha`
 however often it is looked at: retrain against the budget, rollback against the
 hard ceiling (also looked at mid-window), monitor_degraded against the coverage
@@ -24,11 +24,24 @@ import numpy as np
 
 from kernels.derive import held_out_saving
 from kernels.derive import tau_star as tau_star_of
-from kernels.layout import FB_LAG, LAG_PANES, LIKE, N_DEC, N_FB, OVERRIDE, PAIR_B, PAIR_C, W_CAP, WY_CAP, StateLayout
+from kernels.detector import MixtureSR
+from kernels.layout import (
+    FB_LAG,
+    LAG_PANES,
+    LIKE,
+    N_DEC,
+    N_FB,
+    OVERRIDE,
+    PAIR_B,
+    PAIR_C,
+    W_CAP,
+    WY_CAP,
+    StateLayout,
+)
 from kernels.params import StatsParams
 from kernels.reference.coverage import DecisionPaneCoverage
 from kernels.reference.fidelity import decision_fidelity
-from kernels.reference.sequential import MixtureSR, sr_threshold
+from kernels.reference.sequential import sr_threshold
 from streams.operators.aggregate import WindowResult
 
 RULES = ("retrain", "threshold_adjust", "rollback", "monitor_degraded")
@@ -279,7 +292,7 @@ class TriggerEvaluator:
         rows_of: dict = {}
         for i, key in enumerate(res.keys):
             rows_of.setdefault(key, []).append(i)
-        out = []
+        out, wy, w = [], np.ascontiguousarray(res.rows[:, WY_CAP]), np.ascontiguousarray(res.rows[:, W_CAP])
         for key, idx in rows_of.items():
             st = self._key(key)
             det = self.detectors[key]
@@ -287,7 +300,7 @@ class TriggerEvaluator:
                          key=lambda i: int(res.panes[i]))
             if not idx:
                 continue
-            log_r = det.rollback.peek([(float(res.rows[i, WY_CAP]), float(res.rows[i, W_CAP])) for i in idx])
+            log_r = det.rollback.peek_rows(wy, w, np.array(idx, dtype=np.int64))
             if log_r >= det.rollback.log_threshold:
                 fired = self._rollback(res, idx[-1], key, st, int(res.panes[idx[-1]]))
                 for trig in fired:
