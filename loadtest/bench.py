@@ -340,6 +340,7 @@ def latency_run(settings, cfg: BenchConfig, rate: float, progress=None) -> tuple
 
 def bench_pipeline(settings, cfg: BenchConfig, out_dir: str | Path | None = None, progress=print) -> dict:
     """Run every phase; return the bench's JSON object (and write the report to ``out_dir``)."""
+    from loadtest.capacity import capacity
     from loadtest.faust_host import faust_main
     from loadtest.peer_faust import peer_main
     from loadtest.procs import in_process_main, raw_confluent_main, raw_main, rss_mb, worker_main
@@ -418,6 +419,8 @@ def bench_pipeline(settings, cfg: BenchConfig, out_dir: str | Path | None = None
         result.update(lat_out)
         result["peak_rss_mb"] = {name: ph.peak_rss() for name, ph in phases.items()}
         result["peak_rss_mb"]["bench"] = round(rss_mb()[1], 1)
+        if cfg.two_workers and result["single_events_per_s"] and result["envelope_events_per_s"]:
+            result["capacity"] = capacity(result)
         raw_rate = result["raw_events_per_s"] or math.nan
         for path in ("envelope", "faust_envelope", "single", "peer", "two_workers", "in_process"):
             if f"{path}_events_per_s" in result:

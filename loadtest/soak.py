@@ -53,6 +53,17 @@ def _median(values: list[float]) -> float:
     return float(np.median(values)) if values else math.nan
 
 
+def checkpoint_sizes(counters: dict) -> dict:
+    """Checkpoints the worker committed over the whole run (warm-up included), by role, and
+    their mean uncompressed size: a whole checkpoint's size follows the partition's state."""
+    out = {}
+    for role in ("ingest", "aggregate"):
+        n, size = counters.get(f"checkpoints|{role}", 0), counters.get(f"checkpoint_bytes|{role}", 0)
+        out[f"{role}_checkpoints"] = n
+        out[f"{role}_checkpoint_bytes_mean"] = round(size / n) if n else None
+    return out
+
+
 def warmup_events(traffic: Traffic, pending: int, partitions: int, config: MonitorConfig | None) -> int:
     """Events to send before the constant phase, 5% over: enough for ``pending`` scenarios in
     the join and, with a ``config``, to fill its join horizon and its de-duplication horizon
@@ -173,6 +184,7 @@ def run_soak(settings, cfg: SoakConfig, out_dir=None, progress=print) -> dict:
             "peak_rss_mb": round(summary.get("peak_rss_mb", math.nan), 1),
             "max_lag_events": int(max(lag)) if lag else None,
             "catch_up_s": round(time.time() - t_end_send, 1),
+            **checkpoint_sizes(summary.get("counters", {})),
         }
         if cfg.join_scenarios:
             say(f"soak: join store alone with {cfg.join_scenarios:,} pending scenarios")

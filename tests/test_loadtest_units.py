@@ -276,3 +276,31 @@ def test_bench_refuses_settings_it_cannot_measure_with_a_clear_error(flags, caps
     assert main(["bench", "pipeline", *flags]) == 2
     err = capsys.readouterr().err
     assert "npo bench pipeline:" in err and "must be" in err
+
+
+def test_capacity_sizes_a_bus_from_the_measured_rates_and_says_what_it_needs():
+    from loadtest.capacity import capacity, main, table
+
+    bench = {"envelope_events_per_s": 100_000, "single_events_per_s": 60_000, "two_workers_events_per_s": 108_000}
+    plan = capacity(bench)
+    assert plan["scaling"] == 0.9  # 108k from two against 2 x 60k
+    rows = {(r["shape"], r["bus_events_per_s"]): r for r in plan["rows"]}
+    env = rows[("envelopes", 1_000_000)]
+    assert env["per_worker_events_per_s"] == 45_000 and env["workers"] == 23 and env["input_partitions"] == 46
+    assert rows[("single events", 10_000_000)]["workers"] == 371  # 10M / (60k x 0.9 x 0.5) = 370.4
+    assert capacity({**bench, "two_workers_events_per_s": 150_000})["scaling"] == 1.0  # never above linear
+    assert "| envelopes | 1,000,000 | 45,000 | 23 | 46 |" in table(plan)
+    with pytest.raises(ValueError, match="two_workers_events_per_s"):
+        capacity({"envelope_events_per_s": 1, "single_events_per_s": 1})
+    with pytest.raises(ValueError, match="utilisation"):
+        capacity(bench, utilisation=0.0)
+    with pytest.raises(SystemExit):
+        main([__file__])  # not a bench result: a clear error, not a traceback
+
+
+def test_soak_reports_each_role_s_checkpoints_and_their_mean_size():
+    from loadtest.soak import checkpoint_sizes
+
+    assert checkpoint_sizes({"checkpoints|ingest": 4, "checkpoint_bytes|ingest": 4_000_002, "checkpoints|aggregate": 0}) \
+        == {"ingest_checkpoints": 4, "ingest_checkpoint_bytes_mean": 1_000_000, "aggregate_checkpoints": 0,
+            "aggregate_checkpoint_bytes_mean": None}

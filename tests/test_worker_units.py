@@ -12,6 +12,7 @@ import schemas
 from kernels.layout import PAIR_B, PAIR_N, StateLayout
 from streams.config import MonitorConfig
 from streams.events import WindowStatsEvent
+from streams.kafka.checkpoints import Packed
 from streams.operators.aggregate import WindowResult
 from streams.operators.windows import Partials
 from streams.worker import partials as codec
@@ -161,6 +162,9 @@ class _Store:
         self.forgotten.append(pointer)
 
 
+_PACKED = Packed(b"", 7)  # a checkpoint of 7 bytes uncompressed
+
+
 def _checkpointer(commits, committed=None):
     """A Checkpointer over `_Store` whose commits answer `commits` in turn (True: committed,
     None: refused after a rebalance, False: not tried) and whose group reads `committed`."""
@@ -188,7 +192,7 @@ def test_a_checkpoint_whose_commit_may_have_landed_is_kept_and_recognised_as_our
     tp = TopicPartition("t", 0)
 
     async def run():
-        save = lambda: ck.save(None, "ingest", 0, b"", {tp: 1}, lambda: True)  # noqa: E731
+        save = lambda: ck.save(None, "ingest", 0, _PACKED, {tp: 1}, lambda: True)  # noqa: E731
         assert await save() is True  # ck1 committed
         assert await save() is False  # ck2: refused after a rebalance, outcome unknown
         assert ck.store.forgotten == [] and ck.ours("ingest", 0) == ["ck1", "ck2"]
@@ -198,6 +202,7 @@ def test_a_checkpoint_whose_commit_may_have_landed_is_kept_and_recognised_as_our
 
         assert await save() is True  # ck3 supersedes both
         assert sorted(ck.store.forgotten) == ["ck1", "ck2"] and ck.ours("ingest", 0) == ["ck3"]
+        assert ck.counters["checkpoints", "ingest"] == 2 and ck.counters["checkpoint_bytes", "ingest"] == 14
 
     asyncio.run(run())
 
@@ -210,7 +215,7 @@ def test_a_checkpoint_in_doubt_that_the_group_does_not_point_to_is_deleted_after
 
     async def run():
         for _ in range(2):
-            await ck.save(None, "ingest", 0, b"", {tp: 1}, lambda: True)
+            await ck.save(None, "ingest", 0, _PACKED, {tp: 1}, lambda: True)
         assert ck.ours("ingest", 0) == ["ck1", "ck2"]
         ck.adopt("ingest", 0, "ck2")  # the group is found at ck2: ck1 never landed
         assert ck.store.forgotten == []  # not during the load
@@ -236,7 +241,7 @@ def test_a_live_state_is_replaced_when_the_group_points_elsewhere_and_nothing_is
 
     async def run():
         assert await ck.load("ingest", None, [tp], live=False) == ("", {}, {})
-        assert await ck.save(None, "ingest", 0, b"", {tp: 7}, lambda: True)
+        assert await ck.save(None, "ingest", 0, _PACKED, {tp: 7}, lambda: True)
         group["pointer"] = "someone-else"  # another worker committed since
         loaded = await ck.load("ingest", None, [tp], live=True)
         assert loaded.pointer == "someone-else" and loaded.offsets == {"t": 7}
@@ -267,8 +272,8 @@ def test_a_commit_never_tried_deletes_its_checkpoint():
 
     ck = _checkpointer([False, False])
     tp = {TopicPartition("t", 0): 1}
-    assert asyncio.run(ck.save(None, "ingest", 0, b"", tp, lambda: True)) is False
-    assert asyncio.run(ck.save(None, "ingest", 0, b"", tp, lambda: False)) is False  # revoked
+    assert asyncio.run(ck.save(None, "ingest", 0, _PACKED, tp, lambda: True)) is False
+    assert asyncio.run(ck.save(None, "ingest", 0, _PACKED, tp, lambda: False)) is False  # revoked
     assert ck.store.forgotten == ["ck1", "ck2"] and ck.ours("ingest", 0) == []
 
 

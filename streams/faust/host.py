@@ -26,9 +26,8 @@ crashed, so the partitions move on from their last checkpoints, as after a crash
 from __future__ import annotations
 
 import asyncio
-import logging
-
 import contextlib
+import logging
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import IllegalStateError

@@ -127,7 +127,10 @@ class Checkpointer:
         """`write`, then `commit`: True when the checkpoint is in force."""
         pointer = await self.write(role, partition, packed)
         crash_point("checkpoint")
-        return await self.commit(consumer, role, partition, pointer, offsets, still)
+        if not await self.commit(consumer, role, partition, pointer, offsets, still):
+            return False
+        self.counters["checkpoint_bytes", role] += packed.size
+        return True
 
     async def _supersede(self, name: str, pointer: str) -> None:
         superseded = [self._pointers.get(name), *self._unsure.pop(name, ())]
