@@ -382,3 +382,82 @@ def test_every_partition_s_join_store_shares_the_worker_s_memtable_budget(tmp_pa
     with pytest.raises(ValueError, match="join_memtable_mb"):
         load(overrides={"join_memtable_mb": 4}, env={})
     assert load(env={"NPO_JOIN_MEMTABLE_MB": "256"}).join_memtable_mb == 256
+
+
+def test_a_checkpoint_in_force_is_committed_again_once_its_commit_is_old():
+    """Kafka lets a memberless group's offsets expire after their last commit; a partition that
+    receives nothing is never checkpointed again, so its commit is made again."""
+    from aiokafka import TopicPartition
+
+    from streams.state import snapshot
+    from streams.worker.checkpointing import Checkpointer
+
+    class Store(_Store):
+        async def read(self, name, pointer):
+            return snapshot.encode("ingest", {"offsets": {"t": 5}})
+
+    commits = []
+
+    async def commit(consumer, offsets):
+        commits.append(offsets)
+        return True
+
+    async def read_committed(consumer, tps):
+        return {tps[0]: (5, "ck-found")}
+
+    ck = Checkpointer("g", Store(), commit=commit, read_committed=read_committed)
+    tp = TopicPartition("t", 0)
+
+    async def run():
+        assert await ck.load("ingest", None, [tp], live=False)
+        assert await ck.refresh(None, "ingest", 0, 3600.0, lambda: True)  # found committed: age unknown
+        assert commits == [{tp: (5, "ck-found")}]
+        assert not await ck.refresh(None, "ingest", 0, 3600.0, lambda: True)  # just made
+        assert await ck.save(None, "ingest", 0, _PACKED, {tp: 9}, lambda: True)
+        assert not await ck.refresh(None, "ingest", 0, 0.0, lambda: False)  # no longer ours
+        assert await ck.refresh(None, "ingest", 0, 0.0, lambda: True)
+        assert commits[-1] == {tp: (9, "ck1")} and len(commits) == 3  # the save's commit, then its refresh
+        assert not await ck.refresh(None, "ingest", 1, 0.0, lambda: True)  # nothing in force there
+        assert ck.counters["checkpoint_refreshes", "ingest"] == 2
+
+    asyncio.run(run())
+
+
+def test_the_schedule_refreshes_every_held_partition_s_checkpoint_and_skips_those_between_owners(tmp_path):
+    from aiokafka import TopicPartition
+
+    from streams.settings import Settings
+    from streams.worker.checkpoint_schedule import CheckpointSchedule
+    from streams.worker.checkpointing import Checkpointer
+    from streams.worker.worker import Worker
+
+    commits = []
+
+    async def commit(consumer, offsets):
+        commits.append((consumer, offsets))
+        return True
+
+    host = Worker(Settings(state_dir=str(tmp_path)))
+    ck = Checkpointer("g", _Store(), commit=commit)
+    between = {("ingest", 1)}
+    schedule = CheckpointSchedule(ck, host.stages, host.monitors, "partials", 30.0,
+                                  loading=lambda role, p: (role, p) in between)
+    schedule.consumers = {"ingest": "ingest-consumer", "aggregate": "aggregate-consumer"}
+
+    async def run():
+        for p in (0, 1):
+            host.stages.open(p, {}, {})
+            assert await ck.save(None, "ingest", p, _PACKED, {TopicPartition("scores", p): 3 + p}, lambda: True)
+        host.monitors.open(2, {}, None)
+        assert await ck.save(None, "aggregate", 2, _PACKED, {TopicPartition("partials", 2): 7}, lambda: True)
+        commits.clear()
+        await schedule.refresh(3600.0)
+        assert commits == []  # committed just now
+        await schedule.refresh(0.0)
+        assert sorted(commits, key=str) == [("aggregate-consumer", {TopicPartition("partials", 2): (7, "ck3")}),
+                                            ("ingest-consumer", {TopicPartition("scores", 0): (3, "ck1")})]
+
+    try:
+        asyncio.run(run())
+    finally:
+        host.stages.close_all()

@@ -11,9 +11,10 @@ Offsets belong to the checkpoints, not to Faust: the NPO topics are read with Fa
 acknowledgements off, so Faust never commits them. The checkpoint pointer and the offsets
 it covers are committed to a bookkeeping consumer group of their own
 (`<group_id>-faust-ingest`, `<group_id>-faust-aggregate`), which never joins or fetches.
-When Faust assigns partitions, each one's checkpoint is loaded (or, when its live state is
-still the committed one's or later, kept) and Faust's consumer is moved to where that
-state stands; messages fetched before the rebalance (an older consumer generation) are
+Once a rebalance is complete, before Faust resumes fetching (its `on_rebalance_complete`
+signal, which Faust awaits first), each assigned partition's checkpoint is loaded (or, when
+its live state is still the committed one's or later, kept) and Faust's consumer is moved
+to where that state stands; messages fetched before (an older consumer generation) are
 skipped, since the move fetches them again. The app's output goes through a producer of
 the pipeline's own (idempotent, acks=all), so a checkpoint is committed only once
 everything its records produced is acknowledged, as in the worker.
@@ -138,7 +139,8 @@ class FaustHost(PipelineHost):
                 self._assigned.discard((tp.topic, tp.partition))
 
     async def on_assigned(self, assigned) -> None:
-        """Load the state of what Faust assigned and move Faust's consumer to where it stands.
+        """Load the state of what Faust assigned and move Faust's consumer to where it stands
+        (at the end of a rebalance, before Faust resumes fetching).
 
         A partition loaded from its checkpoint starts over at the checkpoint's offsets; one
         kept with its live state (its committed checkpoint still this app's) goes on from
@@ -321,9 +323,11 @@ def install(app, settings: Settings, config: MonitorConfig | None = None, sink=N
     async def npo_revoked(sender, revoked, **kwargs):
         await host.on_revoked(revoked)
 
-    @app.on_partitions_assigned.connect
-    async def npo_assigned(sender, assigned, **kwargs):
-        await host.on_assigned(assigned)
+    @app.on_rebalance_complete.connect
+    async def npo_assigned(sender, **kwargs):
+        # not on_partitions_assigned: Faust does not await that signal before it resumes
+        # fetching, and a fetch before the move would run past the state's offsets
+        await host.on_assigned(app.consumer.assignment())
 
     @app.on_before_shutdown.connect
     async def npo_shutdown(sender, **kwargs):

@@ -6,6 +6,9 @@ round takes one step of one input partition's checkpoint: capture its state, or 
 slice of its join store, or write and commit it. The state is that of the capture; the
 stage goes on processing meanwhile, so a large join store never stalls the stream.
 A host calls `step` once a round, after the round's output has been acknowledged.
+Every hour, the checkpoints in force whose commit is a day old are committed again
+(`Checkpointer.refresh`), so a partition that receives nothing keeps its offsets in a group
+Kafka would otherwise let them expire from.
 """
 from __future__ import annotations
 
@@ -17,6 +20,11 @@ from streams.worker.checkpointing import Checkpointer
 from streams.worker.memory import trim_heap
 from streams.worker.monitors import Monitors
 from streams.worker.stages import Stages
+
+REFRESH_EVERY_S = 3_600.0
+"""How often the schedule looks for checkpoints whose commit is old."""
+REFRESH_AGE_S = 86_400.0
+"""A commit this old is made again: well inside Kafka's default offset retention (7 days)."""
 
 
 class CheckpointSchedule:
@@ -30,7 +38,7 @@ class CheckpointSchedule:
         self.partials_topic, self.interval_s, self.loading = partials_topic, interval_s, loading
         self.consumers: dict[str, object] = {}
         self._queue: list[int] = []  # input partitions waiting for their checkpoint
-        self._last = time.monotonic()
+        self._last = self._last_refresh = time.monotonic()
 
     async def step(self) -> None:
         """This round's share of checkpointing."""
@@ -39,6 +47,20 @@ class CheckpointSchedule:
         elif time.monotonic() - self._last >= self.interval_s:
             await self._monitors()
             self._queue = sorted(self.stages.dirty)
+        elif time.monotonic() - self._last_refresh >= REFRESH_EVERY_S:
+            await self.refresh(REFRESH_AGE_S)
+
+    async def refresh(self, max_age_s: float) -> None:
+        """Commit again each held partition's checkpoint whose commit is older than `max_age_s`."""
+        self._last_refresh = time.monotonic()
+        held = [("aggregate", q, self.monitors.get(q)) for q in sorted(self.monitors.monitors)]
+        held += [("ingest", p, self.stages.get(p)) for p in sorted(self.stages.stages)]
+        for role, partition, state in held:
+            if self.loading(role, partition):
+                continue
+            current = self.monitors.get if role == "aggregate" else self.stages.get
+            await self.checkpointer.refresh(self.consumers[role], role, partition, max_age_s,
+                                            still=lambda r=role, p=partition, s=state, c=current: self._still(r, p, c(p) is s))
 
     async def all(self) -> None:
         """Checkpoint every partition that moved since its last checkpoint, now (a clean stop)."""

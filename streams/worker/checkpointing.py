@@ -15,6 +15,7 @@ a later commit supersedes it or a load finds the group pointing elsewhere.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from typing import NamedTuple
 
@@ -63,6 +64,7 @@ class Checkpointer:
         self._pointers: dict[str, str] = {}  # checkpoint name -> pointer this worker last committed
         self._unsure: dict[str, list[str]] = {}  # name -> pointers whose commit may have landed
         self._stale: list[tuple[str, str]] = []  # (name, pointer) found not committed: to delete
+        self._in_force: dict[str, tuple[dict, float]] = {}  # name -> ({tp: (offset, pointer)}, when committed)
 
     def name(self, role: str, partition: int) -> str:
         return f"{self.group_id}-{role}/{partition}"
@@ -79,7 +81,10 @@ class Checkpointer:
         from where it stands. Adopts what it finds (see `adopt`)."""
         partition = tps[0].partition
         # every offset committed with a checkpoint carries its pointer (one commit request)
-        pointer = next((meta for _, meta in (await self._read_committed(consumer, tps)).values() if meta), "")
+        found = await self._read_committed(consumer, tps)
+        pointer = next((meta for _, meta in found.values() if meta), "")
+        if pointer:  # committed at some unknown time: refreshed at the next chance
+            self._in_force[self.name(role, partition)] = (found, float("-inf"))
         if live and pointer in self.ours(role, partition):
             return None
         if not pointer:  # nothing checkpointed: the group's position (committed or earliest) stands
@@ -120,7 +125,25 @@ class Checkpointer:
             await self.store.forget(name, pointer)  # never committed: never read
             return False
         await self._supersede(name, pointer)
+        self._in_force[name] = ({tp: (o, pointer) for tp, o in offsets.items()}, time.monotonic())
         self.counters["checkpoints", role] += 1
+        return True
+
+    async def refresh(self, consumer, role: str, partition: int, max_age_s: float, still) -> bool:
+        """Commit the partition's checkpoint in force again if its commit is older than
+        `max_age_s` and `still()` says the partition is this worker's. Kafka deletes the
+        offsets of a group without members `offsets.retention.minutes` after their last
+        commit (7 days by default; the Faust host's bookkeeping groups never have members),
+        and a partition that receives nothing is never checkpointed again: without this its
+        pointer would vanish and its next owner replay it from the start. True when committed."""
+        name = self.name(role, partition)
+        entry = self._in_force.get(name)
+        if entry is None or time.monotonic() - entry[1] < max_age_s or not still():
+            return False
+        if await self._commit(consumer, entry[0]) is not True:
+            return False
+        self._in_force[name] = (entry[0], time.monotonic())
+        self.counters["checkpoint_refreshes", role] += 1
         return True
 
     async def save(self, consumer, role: str, partition: int, packed: Packed, offsets: dict, still) -> bool:
