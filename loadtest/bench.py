@@ -15,9 +15,10 @@ comparable; ratios measured minutes apart are. The run:
    envelope path's rate, reading the trigger topic, for the trigger latency.
 
 A drained backlog gives the maximum sustained rate of a path (it never waits for
-input). Trigger latency runs from the moment the event that closed a trigger's window
-was due to be produced (the generator's timeline, including producer batching) to the
-moment the trigger was read from its topic.
+input). Trigger latency runs from the moment the event that closed the window that fired a
+trigger (`evaluated_end`: a coverage alarm names an older pane) was due to be produced (the
+generator's timeline, including producer batching) to the moment the trigger was read from
+its topic.
 """
 from __future__ import annotations
 
@@ -240,7 +241,8 @@ def trigger_latencies(timeline: list[tuple], triggers: list[tuple], grace_s: flo
         per[p] = (rows[:, 0], np.maximum.accumulate(rows[:, 2]))
     out = []
     for read_at, trig in triggers:
-        need = float(trig["window"]["end"]) + grace_s
+        # the window whose close fired the rule: a coverage alarm names an older pane
+        need = float(trig.get("evidence", {}).get("evaluated_end") or trig["window"]["end"]) + grace_s
         causes = []
         for t, ts in per.values():
             i = int(np.searchsorted(ts, need, side="left"))

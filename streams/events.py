@@ -153,6 +153,7 @@ class Evidence(Struct, kw_only=True, gc=False):
     audit_pairs: Count | None = None
     audit_pairs_b: Count | None = None
     audit_pairs_c: Count | None = None
+    evaluated_end: float | None = None
 
 
 class TriggerEvent(Struct, tag="trigger", **_TAGGED):

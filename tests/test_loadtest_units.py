@@ -112,6 +112,10 @@ def test_trigger_latency_is_from_the_last_partition_to_pass_the_window():
     trig = {"rule": "retrain", "window": {"start": 1000.0, "end": 1300.0}}
     # partition 0 passes 1300 + 120 at 11.0, partition 1 at 13.0: the trigger is caused at 13.0
     assert trigger_latencies(timeline, [(13.25, trig)], grace) == [(13.25, pytest.approx(0.25), "retrain")]
+    # a coverage alarm names an older decision pane; it fired when the later window closed
+    coverage = {"rule": "monitor_degraded", "window": {"start": 400.0, "end": 700.0},
+                "evidence": {"evaluated_end": 1300.0}}
+    assert trigger_latencies(timeline, [(13.5, coverage)], grace) == [(13.5, pytest.approx(0.5), "monitor_degraded")]
     never = {"rule": "rollback", "window": {"start": 1500.0, "end": 1800.0}}
     assert trigger_latencies(timeline, [(20.0, never)], grace) == []
 

@@ -177,6 +177,8 @@ def test_coverage_counts_feedback_in_its_decisions_pane_so_bursty_decisions_do_n
     assert rules(out) == ["monitor_degraded"] and "coverage" in out[0]["reason"]
     fired_at = out[0]["window"]["start"] / 300.0
     assert 300 <= fired_at < 300 + 4 * 12, fired_at  # the decision pane read: in the drought
+    # it fired when a later pane closed, which the trigger names too
+    assert out[0]["evidence"]["evaluated_end"] >= out[0]["window"]["end"] + (LAG_PANES - 1) * 300.0
     # the same traffic, judged window by window, is a false alarm within a day
     from kernels.reference.sequential import MixtureSR
     window_by_window = MixtureSR(0.10, evaluator().thresholds["degraded"], upper=False, poisson=True)
@@ -197,6 +199,7 @@ def test_abstention_spike_fires():
     for pane in range(10):
         out += ev.evaluate(result("tumbling", pane, row(5, 45, abstains=50, decisions=250)))
     assert rules(out) == ["monitor_degraded"] and "abstention" in out[0]["reason"]
+    assert out[0]["evidence"]["evaluated_end"] == out[0]["window"]["end"]  # fired by the window it names
 
 
 @pytest.mark.parametrize("b, c, side", [(2, 0, "likes where audits override"), (0, 2, "overrides where audits like")])

@@ -239,7 +239,7 @@ class TriggerEvaluator:
             "tau_star": _num(s["tau_star"][i]), "cost_saved": _num(s["cost_saved"][i]),
             "cost_saved_lo": _num(s["cost_saved_lo"][i]),
             "coverage": _num(s["coverage"][i]), "abstention_rate": _num(s["abstention_rate"][i]),
-            "audit_loss": _num(s["audit_loss"][i]), **extra,
+            "audit_loss": _num(s["audit_loss"][i]), "evaluated_end": float(res.end), **extra,
         }
         return {
             "type": "trigger", "v": 1, "trigger_id": trigger_id(rule, key, kind, start, end, self.version),
