@@ -421,7 +421,7 @@ def bench_pipeline(settings, cfg: BenchConfig, out_dir: str | Path | None = None
         result.update(lat_out)
         result["peak_rss_mb"] = {name: ph.peak_rss() for name, ph in phases.items()}
         result["peak_rss_mb"]["bench"] = round(rss_mb()[1], 1)
-        if cfg.two_workers and result["single_events_per_s"] and result["envelope_events_per_s"]:
+        if all(result.get(k) for k in ("single_events_per_s", "envelope_events_per_s", "two_workers_events_per_s")):
             result["capacity"] = capacity(result)
         raw_rate = result["raw_events_per_s"] or math.nan
         for path in ("envelope", "faust_envelope", "single", "peer", "two_workers", "in_process"):

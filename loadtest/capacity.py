@@ -5,7 +5,8 @@ this turns `npo bench pipeline`'s results into that table. The assumptions, each
 the table's notes:
 
 - one worker process uses one core (its loop is one Python thread; the kernels run on it);
-- workers scale as the bench's two workers did against one (`scaling`, at most 1): they
+- workers scale as the bench's two workers did against one on single events (`scaling`,
+  at most 1), envelopes alike: they
   share nothing but the broker, so more workers on more hosts scale at least as well as
   two beside a broker on the same two cores;
 - each worker runs at most at `utilisation` of its drained rate, which leaves headroom for

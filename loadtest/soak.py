@@ -54,8 +54,9 @@ def _median(values: list[float]) -> float:
 
 
 def checkpoint_sizes(counters: dict) -> dict:
-    """Checkpoints the worker committed over the whole run (warm-up included), by role, and
-    their mean uncompressed size: a whole checkpoint's size follows the partition's state."""
+    """Checkpoints the worker committed from its start to the end of the soak (warm-up
+    included, the last ones at its stop not), by role, and their mean uncompressed size: a
+    whole checkpoint's size follows the partition's state."""
     out = {}
     for role in ("ingest", "aggregate"):
         n, size = counters.get(f"checkpoints|{role}", 0), counters.get(f"checkpoint_bytes|{role}", 0)

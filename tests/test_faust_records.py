@@ -74,3 +74,4 @@ def test_unknown_fields_of_a_newer_minor_version_are_not_refused():
                         "score": 0.5, "tau": 0.4, "decision": "act", "ts": 10.0, "added_in_1_1": "x"})
     record = Score.loads(raw)
     assert record.segment == "default" and record.decision == "act"
+

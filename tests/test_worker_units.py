@@ -402,8 +402,10 @@ def test_a_checkpoint_in_force_is_committed_again_once_its_commit_is_old():
         commits.append(offsets)
         return True
 
+    found = {"pointer": (5, "ck-found")}
+
     async def read_committed(consumer, tps):
-        return {tps[0]: (5, "ck-found")}
+        return {tps[0]: found["pointer"]} if found else {}
 
     ck = Checkpointer("g", Store(), commit=commit, read_committed=read_committed)
     tp = TopicPartition("t", 0)
@@ -419,6 +421,9 @@ def test_a_checkpoint_in_force_is_committed_again_once_its_commit_is_old():
         assert commits[-1] == {tp: (9, "ck1")} and len(commits) == 3  # the save's commit, then its refresh
         assert not await ck.refresh(None, "ingest", 1, 0.0, lambda: True)  # nothing in force there
         assert ck.counters["checkpoint_refreshes", "ingest"] == 2
+        found.clear()  # the group's offsets were deleted: what this worker committed is not in force
+        assert await ck.load("ingest", None, [tp], live=False) == ("", {}, {})
+        assert not await ck.refresh(None, "ingest", 0, 0.0, lambda: True) and len(commits) == 3
 
     asyncio.run(run())
 

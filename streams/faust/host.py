@@ -63,6 +63,7 @@ class FaustHost(PipelineHost):
         self._next: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset expected from Faust
         self._partials: dict[int, list] = {}  # partials partition -> messages not yet applied
         self._generation: int | None = None  # Faust's consumer generation at the last assignment
+        self._revoked_in: int | None = None  # the generation in which partitions were last revoked
         self._lock = asyncio.Lock()  # one round, rebalance or shutdown at a time
         self._started = False
         self.failed: BaseException | None = None  # what broke a round: no checkpoint after it
@@ -74,7 +75,14 @@ class FaustHost(PipelineHost):
         consumers, each bookkeeping consumer assigned its role's partitions, paused."""
         if self._started:
             return
+        try:
+            await self._start_clients()
+        except BaseException:
+            await self._stop_clients()
+            raise
         self._started = True
+
+    async def _start_clients(self) -> None:
         self.producer = output_producer(self.settings)
         reader = {**self.settings.aiokafka("consumer"), "enable_auto_commit": False}
         self._reader = AIOKafkaConsumer(**reader)
@@ -119,13 +127,16 @@ class FaustHost(PipelineHost):
         async with self._lock:
             if self._started and self.failed is None:
                 await self.schedule.all()
-            for client in filter(None, (self.producer, self._reader, *self._books.values())):
-                try:
-                    await client.stop()
-                except Exception:  # noqa: BLE001 - stopping must not hide the original error
-                    log.exception("error while stopping a Kafka client")
+            await self._stop_clients()
             self.stages.close_all()
             self._started = False
+
+    async def _stop_clients(self) -> None:
+        for client in filter(None, (self.producer, self._reader, *self._books.values())):
+            try:
+                await client.stop()
+            except Exception:  # noqa: BLE001 - stopping must not hide the original error
+                log.exception("error while stopping a Kafka client")
 
     # -- assignment ----------------------------------------------------------------------------
 
@@ -135,6 +146,7 @@ class FaustHost(PipelineHost):
 
     async def on_revoked(self, revoked) -> None:
         async with self._lock:
+            self._revoked_in = self.app.consumer_generation_id
             for tp in revoked:
                 self._assigned.discard((tp.topic, tp.partition))
 
@@ -145,15 +157,19 @@ class FaustHost(PipelineHost):
         A partition loaded from its checkpoint starts over at the checkpoint's offsets; one
         kept with its live state (its committed checkpoint still this app's) goes on from
         the next offset it expects. Either way what Faust fetched before the rebalance is
-        skipped (`_fresh`): the consumer fetches it again from there."""
+        skipped (`_fresh`): the consumer fetches it again from there.
+
+        A rebalance that began after this generation's assignment (partitions revoked in it)
+        makes this a late call: the assignment is already being taken away, and the next
+        generation's call does the work. The partitions count as held (`_assigned`) only once
+        loaded and moved, so a call cut short leaves them waiting for the next."""
         async with self._lock:
-            if self.failed is not None:
+            generation = self.app.consumer_generation_id
+            if self.failed is not None or self._revoked_in == generation:
                 return
             await self.start()
             self._refuse_acks()
-            self._generation = self.app.consumer_generation_id
             ours = {(tp.topic, tp.partition) for tp in assigned if tp.topic in self.topics.values()}
-            self._assigned = ours
             inputs = {p for t, p in ours if t == self.topics["scores"] and (self.topics["feedback"], p) in ours}
             partials = {q for t, q in ours if t == self.topics["partials"]}
             moves: dict[TopicPartition, int] = {}
@@ -181,6 +197,7 @@ class FaustHost(PipelineHost):
                 moves[tp] = self._move(tp, self.monitors.offsets.get(q, 0) if loaded is not None else None)
             if moves:  # on the consumer's own thread, as Faust's seeks are
                 await self.app.consumer.seek_wait(moves)
+            self._assigned, self._generation = ours, generation
             await self.checkpointer.forget_stale()
 
     def _refuse_acks(self) -> None:

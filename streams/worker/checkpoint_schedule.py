@@ -42,13 +42,13 @@ class CheckpointSchedule:
 
     async def step(self) -> None:
         """This round's share of checkpointing."""
-        if self.stages.capturing is not None or self._queue:
+        if time.monotonic() - self._last_refresh >= REFRESH_EVERY_S:  # first: a busy schedule must not starve it
+            await self.refresh(REFRESH_AGE_S)
+        elif self.stages.capturing is not None or self._queue:
             await self._stage_step()
         elif time.monotonic() - self._last >= self.interval_s:
             await self._monitors()
             self._queue = sorted(self.stages.dirty)
-        elif time.monotonic() - self._last_refresh >= REFRESH_EVERY_S:
-            await self.refresh(REFRESH_AGE_S)
 
     async def refresh(self, max_age_s: float) -> None:
         """Commit again each held partition's checkpoint whose commit is older than `max_age_s`."""

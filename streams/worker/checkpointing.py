@@ -85,6 +85,8 @@ class Checkpointer:
         pointer = next((meta for _, meta in found.values() if meta), "")
         if pointer:  # committed at some unknown time: refreshed at the next chance
             self._in_force[self.name(role, partition)] = (found, float("-inf"))
+        else:  # nothing in force (what an earlier ownership committed is gone)
+            self._in_force.pop(self.name(role, partition), None)
         if live and pointer in self.ours(role, partition):
             return None
         if not pointer:  # nothing checkpointed: the group's position (committed or earliest) stands

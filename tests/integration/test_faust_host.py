@@ -79,17 +79,6 @@ def test_an_app_that_would_move_the_npo_offsets_is_refused_with_the_reason(clust
     assert f"{group!r} has offsets committed for NPO topics ({settings.topic('feedback')}/1)" in log_tail(committed, 100_000)
 
 
-def test_install_refuses_an_app_that_would_start_a_new_partition_at_its_end():
-    import faust
-
-    from streams.faust.host import install
-    from streams.settings import Settings
-
-    app = faust.App("npo-latest", broker="kafka://127.0.0.1:1", consumer_auto_offset_reset="latest")
-    with pytest.raises(ValueError, match="consumer_auto_offset_reset='earliest'.*'latest'"):
-        install(app, Settings())
-
-
 @pytest.mark.parametrize("crash_at", ["batch:3", "checkpoint:3", "fail batch:3"])
 def test_a_faust_app_killed_and_restarted_gives_the_crash_free_results(cluster, events, tmp_path, crash_at):
     """SIGKILL with a batch processed and its output not yet written, or with a checkpoint
