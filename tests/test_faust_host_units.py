@@ -20,18 +20,40 @@ def test_install_refuses_an_app_that_would_start_a_new_partition_at_its_end():
         install(app, Settings())
 
 
-def test_a_late_end_of_rebalance_for_an_assignment_already_being_revoked_is_ignored(tmp_path):
+def test_the_end_of_a_rebalance_loads_unless_its_partitions_are_already_being_revoked(tmp_path):
     """Faust signals a rebalance's completion even when the next rebalance has begun (its
-    revocation came first): loading the old assignment then would hold partitions another
-    app is taking. Only the next generation's signal loads."""
+    revocation came first): loading then would hold partitions another app is taking, so
+    only the next generation's completion loads. A generation that comes back (a member
+    rejoining a stable group gets its generation again) loads again."""
     settings = Settings(kafka_bootstrap_servers="127.0.0.1:1", state_dir=str(tmp_path))
-    app = types.SimpleNamespace(consumer_generation_id=5)
+    app = types.SimpleNamespace(consumer_generation_id=0,
+                                topics=types.SimpleNamespace(acks_enabled_for=lambda topic: False))
     host = FaustHost(app, settings)
-    scores = TopicPartition(settings.topic("scores"), 0)
+    loads = []
+
+    async def start():  # no Kafka clients here: an assignment of other topics loads nothing else
+        loads.append(app.consumer_generation_id)
+
+    host.start = start
+    theirs = {TopicPartition("another-team-topic", 0)}
+
+    async def rebalance(generation, revoke_first=True):
+        if revoke_first:
+            await host.on_revoked(set())
+        app.consumer_generation_id = generation
+        await host.on_assigned(theirs)
 
     async def run():
-        await host.on_revoked({scores})  # generation 6 begins: 5's partitions are revoked
-        await host.on_assigned({scores})  # 5's completion, late: nothing is started or loaded
-        assert host.producer is None and not host.stages.stages
+        await rebalance(5)
+        assert loads == [5]
+        await rebalance(5)  # revoked in 5, and 5 is given again: loads
+        assert loads == [5, 5]
+        await host.on_revoked(set())  # generation 6 begins: 5's partitions go ...
+        app.consumer_generation_id = 6
+        await host.on_revoked(set())  # ... and 7 begins before 6 completed
+        await host.on_assigned(theirs)  # 6's completion, late: ignored
+        assert loads == [5, 5]
+        await rebalance(7, revoke_first=False)
+        assert loads == [5, 5, 7]
 
     asyncio.run(run())

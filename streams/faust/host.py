@@ -159,13 +159,17 @@ class FaustHost(PipelineHost):
         the next offset it expects. Either way what Faust fetched before the rebalance is
         skipped (`_fresh`): the consumer fetches it again from there.
 
-        A rebalance that began after this generation's assignment (partitions revoked in it)
-        makes this a late call: the assignment is already being taken away, and the next
-        generation's call does the work. The partitions count as held (`_assigned`) only once
+        A rebalance that began after this generation's assignment (partitions revoked in it,
+        and it never loaded) makes this a late call: the assignment is already being taken
+        away, and the next generation's call does the work. (A generation loaded before can
+        come back: a member that rejoins a stable group gets its generation again.) The partitions count as held (`_assigned`) only once
         loaded and moved, so a call cut short leaves them waiting for the next."""
         async with self._lock:
             generation = self.app.consumer_generation_id
-            if self.failed is not None or self._revoked_in == generation:
+            if self.failed is not None:
+                return
+            if self._revoked_in == generation != self._generation:
+                log.warning("ignored the end of rebalance %s: its partitions are being revoked", generation)
                 return
             await self.start()
             self._refuse_acks()
