@@ -65,6 +65,18 @@ def checkpoint_sizes(counters: dict) -> dict:
     return out
 
 
+def steady_checkpoints(samples: list[tuple], start: float, end: float) -> dict:
+    """The input partitions' checkpoints committed in the constant phase (`samples`: time, count
+    so far, bytes so far) and their mean size: what a checkpoint costs once the state is full."""
+    inside = [s for s in samples if start <= s[0] <= end]
+    before = [s for s in samples if s[0] < start]
+    if not inside:
+        return {"ingest_checkpoints_in_soak": 0, "ingest_checkpoint_bytes_in_soak_mean": None}
+    first = before[-1] if before else inside[0]
+    n, size = inside[-1][1] - first[1], inside[-1][2] - first[2]
+    return {"ingest_checkpoints_in_soak": n, "ingest_checkpoint_bytes_in_soak_mean": round(size / n) if n else None}
+
+
 def warmup_events(traffic: Traffic, pending: int, partitions: int, config: MonitorConfig | None) -> int:
     """Events to send before the constant phase, 5% over: enough for ``pending`` scenarios in
     the join and, with a ``config``, to fill its join horizon and its de-duplication horizon
@@ -90,6 +102,7 @@ def run_soak(settings, cfg: SoakConfig, out_dir=None, progress=print) -> dict:
     ctx = mp.get_context("spawn")
     q, stop = ctx.Queue(), ctx.Event()
     samples: list[tuple] = []  # (t, events, rss_mb, join_keys, who)
+    checkpoints: list[tuple] = []  # (t, ingest checkpoints so far, their bytes so far)
     produced: list[tuple] = []
     summary: dict = {}
     proc = None
@@ -105,7 +118,10 @@ def run_soak(settings, cfg: SoakConfig, out_dir=None, progress=print) -> dict:
             if msg[0] == "error":
                 raise RuntimeError(f"soak worker failed: {msg[2]}")
             if msg[0] == "sample":
-                samples.append((msg[2], msg[3], msg[4], msg[5], msg[1]))
+                extra = msg[5]  # (join keys, ingest checkpoints, their bytes), as the worker counts them
+                samples.append((msg[2], msg[3], msg[4], extra[0] if extra else None, msg[1]))
+                if extra:
+                    checkpoints.append((msg[2], extra[1], extra[2]))
             elif msg[0] == "done":
                 summary.update(msg[2])
 
@@ -186,6 +202,7 @@ def run_soak(settings, cfg: SoakConfig, out_dir=None, progress=print) -> dict:
             "max_lag_events": int(max(lag)) if lag else None,
             "catch_up_s": round(time.time() - t_end_send, 1),
             **checkpoint_sizes(summary.get("counters", {})),
+            **steady_checkpoints(checkpoints, t_warm, t_end_send),
         }
         if cfg.join_scenarios:
             say(f"soak: join store alone with {cfg.join_scenarios:,} pending scenarios")

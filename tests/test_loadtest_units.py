@@ -308,3 +308,14 @@ def test_soak_reports_each_role_s_checkpoints_and_their_mean_size():
     assert checkpoint_sizes({"checkpoints|ingest": 4, "checkpoint_bytes|ingest": 4_000_002, "checkpoints|aggregate": 0}) \
         == {"ingest_checkpoints": 4, "ingest_checkpoint_bytes_mean": 1_000_000, "aggregate_checkpoints": 0,
             "aggregate_checkpoint_bytes_mean": None}
+
+
+def test_soak_reports_the_checkpoints_of_its_constant_phase_alone():
+    from loadtest.soak import steady_checkpoints
+
+    samples = [(1.0, 2, 200), (9.0, 3, 400), (11.0, 4, 1_400), (15.0, 6, 3_400), (30.0, 7, 4_400)]
+    # constant phase 10..20: from the last sample before it (3 checkpoints, 400 bytes) to 6, 3,400
+    assert steady_checkpoints(samples, 10.0, 20.0) == {"ingest_checkpoints_in_soak": 3,
+                                                       "ingest_checkpoint_bytes_in_soak_mean": 1_000}
+    assert steady_checkpoints(samples, 40.0, 50.0)["ingest_checkpoint_bytes_in_soak_mean"] is None
+    assert steady_checkpoints([(11.0, 4, 1_400)], 10.0, 20.0)["ingest_checkpoints_in_soak"] == 0
