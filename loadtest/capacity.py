@@ -6,9 +6,8 @@ the table's notes:
 
 - one worker process uses one core (its loop is one Python thread; the kernels run on it);
 - workers scale as the bench's two workers did against one on single events (`scaling`,
-  at most 1), envelopes alike: they
-  share nothing but the broker, so more workers on more hosts scale at least as well as
-  two beside a broker on the same two cores;
+  at most 1), envelopes alike: they share nothing but the broker, so more workers on more
+  hosts scale at least as well as two beside a broker on the same two cores;
 - each worker runs at most at `utilisation` of its drained rate, which leaves headroom for
   bursts and keeps trigger latency low (the bench measures latency at half the rate);
 - every busy worker needs an input partition of its own, and twice as many partitions as

@@ -100,7 +100,7 @@ class FaustHost(PipelineHost):
             self._books[role].assign(tps)
             self._books[role].pause(*tps)
         self.schedule.consumers = dict(self._books)
-        await self._refuse_faust_commits([tp for role in self._books.values() for tp in role.assignment()])
+        await self._refuse_faust_commits([tp for books in self._books.values() for tp in books.assignment()])
         log.info("NPO agents started", extra={"topics": self.topics, "config_version": self.config.version})
 
     async def _refuse_faust_commits(self, tps: list) -> None:
@@ -162,8 +162,9 @@ class FaustHost(PipelineHost):
         A rebalance that began after this generation's assignment (partitions revoked in it,
         and it never loaded) makes this a late call: the assignment is already being taken
         away, and the next generation's call does the work. (A generation loaded before can
-        come back: a member that rejoins a stable group gets its generation again.) The partitions count as held (`_assigned`) only once
-        loaded and moved, so a call cut short leaves them waiting for the next."""
+        come back: a member that rejoins a stable group gets its generation again.) The
+        partitions count as held (`_assigned`) only once loaded and moved, so a call cut short
+        leaves them waiting for the next."""
         async with self._lock:
             generation = self.app.consumer_generation_id
             if self.failed is not None:
@@ -276,9 +277,9 @@ class FaustHost(PipelineHost):
         async with self._guarded() as healthy:
             if not healthy or not self._started:
                 return
-            sends = []
+            sends, consuming = [], self.app.consumer.assignment()
             for p in list(self.stages.stages):
-                at_end = self._at_end(p)
+                at_end = self._at_end(p, consuming)
                 if at_end is not None:
                     sends += self.ready(p, at_end)
             crash_point("batch")
@@ -296,14 +297,14 @@ class FaustHost(PipelineHost):
             self.poll_thresholds()
             self.metrics.sync(self.counters)
 
-    def _at_end(self, p: int) -> dict[str, bool] | None:
+    def _at_end(self, p: int, consuming: set) -> dict[str, bool] | None:
         """Whether each input topic of `p` has handed over everything up to its high watermark;
         None while a rebalance is moving `p` (Faust's consumer, on a thread of its own, may
-        already have let it go): it waits for the assignment."""
+        already have let it go: `consuming` is its assignment): it waits for the assignment."""
         at_end = {}
         for topic in self.merge.topics:
             tp = TopicPartition(topic, p)
-            if (topic, p) not in self._assigned or tp not in self.app.consumer.assignment():
+            if (topic, p) not in self._assigned or tp not in consuming:
                 return None
             try:
                 high = self.app.consumer.highwater(tp)

@@ -25,19 +25,7 @@ import numpy as np
 from kernels.derive import held_out_saving
 from kernels.derive import tau_star as tau_star_of
 from kernels.detector import MixtureSR
-from kernels.layout import (
-    FB_LAG,
-    LAG_PANES,
-    LIKE,
-    N_DEC,
-    N_FB,
-    OVERRIDE,
-    PAIR_B,
-    PAIR_C,
-    W_CAP,
-    WY_CAP,
-    StateLayout,
-)
+from kernels.layout import FB_LAG, LAG_PANES, LIKE, N_DEC, N_FB, OVERRIDE, PAIR_B, PAIR_C, W_CAP, WY_CAP, StateLayout
 from kernels.params import StatsParams
 from kernels.reference.coverage import DecisionPaneCoverage
 from kernels.reference.fidelity import decision_fidelity

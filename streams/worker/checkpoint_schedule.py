@@ -53,14 +53,12 @@ class CheckpointSchedule:
     async def refresh(self, max_age_s: float) -> None:
         """Commit again each held partition's checkpoint whose commit is older than `max_age_s`."""
         self._last_refresh = time.monotonic()
-        held = [("aggregate", q, self.monitors.get(q)) for q in sorted(self.monitors.monitors)]
-        held += [("ingest", p, self.stages.get(p)) for p in sorted(self.stages.stages)]
-        for role, partition, state in held:
-            if self.loading(role, partition):
-                continue
-            current = self.monitors.get if role == "aggregate" else self.stages.get
-            await self.checkpointer.refresh(self.consumers[role], role, partition, max_age_s,
-                                            still=lambda r=role, p=partition, s=state, c=current: self._still(r, p, c(p) is s))
+        for role, held in (("aggregate", self.monitors.monitors), ("ingest", self.stages.stages)):
+            for partition, state in sorted(held.items()):
+                if not self.loading(role, partition):
+                    await self.checkpointer.refresh(
+                        self.consumers[role], role, partition, max_age_s,
+                        still=lambda r=role, h=held, p=partition, s=state: self._still(r, p, h.get(p) is s))
 
     async def all(self) -> None:
         """Checkpoint every partition that moved since its last checkpoint, now (a clean stop)."""
