@@ -82,7 +82,11 @@ class Table:
 
     def in_order(self) -> tuple[np.ndarray, np.ndarray]:
         """(digests, times) of the ids held, oldest first."""
-        at = np.arange(int(self.meta[HEAD]), int(self.meta[TAIL])) % self.ring_ts.shape[0]
+        return self.between(int(self.meta[HEAD]), int(self.meta[TAIL]))
+
+    def between(self, first: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        """(digests, times) of the ring's absolute positions [first, end), all held."""
+        at = np.arange(first, end) % self.ring_ts.shape[0]
         return self.ring_keys[at], self.ring_ts[at]
 
     @property

@@ -55,12 +55,14 @@ def _median(values: list[float]) -> float:
 
 def checkpoint_sizes(counters: dict) -> dict:
     """Checkpoints the worker committed from its start to the end of the soak (warm-up
-    included, the last ones at its stop not), by role, and their mean uncompressed size: a
-    whole checkpoint's size follows the partition's state."""
+    included, the last ones at its stop not), by role, how many of them were deltas, and
+    their mean uncompressed size: a whole checkpoint's size follows the partition's state,
+    a delta's the input since the one before."""
     out = {}
     for role in ("ingest", "aggregate"):
         n, size = counters.get(f"checkpoints|{role}", 0), counters.get(f"checkpoint_bytes|{role}", 0)
         out[f"{role}_checkpoints"] = n
+        out[f"{role}_checkpoint_deltas"] = counters.get(f"checkpoint_deltas|{role}", 0)
         out[f"{role}_checkpoint_bytes_mean"] = round(size / n) if n else None
     return out
 

@@ -97,6 +97,8 @@ class Metrics:
                                    "(ingest: input partitions, aggregate: partials partitions)", ["role"], registry=r)
         self.checkpoint_bytes = Counter("npo_checkpoint_bytes", "Bytes of the checkpoints committed (uncompressed), "
                                         "by role: over npo_checkpoints, the size of one", ["role"], registry=r)
+        self.checkpoint_deltas = Counter("npo_checkpoint_deltas", "Of npo_checkpoints, those holding only what "
+                                         "changed since the one before (the rest are whole)", ["role"], registry=r)
         self.kernel_seconds = Histogram("npo_kernel_seconds", "Time per partition batch (decode to partials)",
                                         registry=r, buckets=(0.001, 0.005, 0.02, 0.05, 0.1, 0.5, 1, 5))
         self.redis_errors = Counter("npo_redis_errors", "Failed Redis flushes and threshold polls", registry=r)
@@ -138,7 +140,7 @@ class Metrics:
                 self.windows_closed.labels(kind=labels[0]).inc(delta)
             elif name == "triggers":
                 self.triggers.labels(rule=labels[0]).inc(delta)
-            elif name in ("checkpoints", "checkpoint_bytes"):
+            elif name in ("checkpoints", "checkpoint_bytes", "checkpoint_deltas"):
                 getattr(self, name).labels(role=labels[0]).inc(delta)
             elif name in ("duplicates", "late_events", "redis_errors", "joined_late", "waiting_for_score",
                           "expired_scores", "output_retries"):

@@ -109,18 +109,38 @@ class PartitionStage:
         """End of input: close every open pane."""
         return Output(partials=self.windows.drain())
 
-    def capture(self, slice_size: int = 50_000) -> "StageCapture":
+    def capture(self, slice_size: int = 50_000, delta: bool = False) -> "StageCapture":
         """This stage's checkpoint as of now, its join entries taken a slice at a time by
         `StageCapture.step` while the stage goes on processing (a large join store never
-        stalls the stream)."""
-        join, parts = self.join.dump_lazily(slice_size)
-        return StageCapture({"dedup": self.dedup.dump(), "join": join, "windows": self.windows.dump()}, parts)
+        stalls the stream). With `delta`, only what changed since the last checkpoint that
+        came into force (`committed`); else the whole state. Either way, what changes from
+        now on counts toward the next checkpoint; if this one does not come into force, say
+        so (`abandoned`) and the next one holds its changes too."""
+        changed = self.join.take_changes()
+        if delta:
+            join, parts = self.join.changes_lazily(changed, slice_size)
+            dedup = self.dedup.changes()
+        else:
+            join, parts = self.join.dump_lazily(slice_size)
+            dedup = self.dedup.dump()
+        return StageCapture({"dedup": dedup, "join": join, "windows": self.windows.dump()}, parts, delta,
+                            changed, self.dedup.position())
+
+    def committed(self, capture: "StageCapture") -> None:
+        """`capture`'s checkpoint came into force: the next delta is taken against it."""
+        self.dedup.mark(capture.position)
+
+    def abandoned(self, capture: "StageCapture") -> None:
+        """`capture`'s checkpoint did not come into force: its changes count toward the next."""
+        self.join.keep_changes(capture.changed)
 
     def dump(self) -> dict:
-        """Everything later messages depend on, as plain values and arrays (a checkpoint's body)."""
+        """Everything later messages depend on, as plain values and arrays (a checkpoint's
+        body); the changes counted toward the next checkpoint stay as they were."""
         capture = self.capture()
         while capture.step():
             pass
+        self.abandoned(capture)
         return capture.state()
 
     def load(self, state: dict) -> None:
@@ -129,16 +149,24 @@ class PartitionStage:
         self.join.load({**state["join"], "parts": [snapshot.unpack_part(part) for part in state["join"]["parts"]]})
         self.windows.load(state["windows"])
 
+    def apply(self, delta: dict) -> None:
+        """Continue from a delta capture's state, taken against the state this stage holds."""
+        self.dedup.apply(delta["dedup"])
+        self.join.apply({**delta["join"], "parts": [snapshot.unpack_part(part) for part in delta["join"]["parts"]]})
+        self.windows.load(delta["windows"])
+
     def close(self) -> None:
         self.join.close()
 
 
 class StageCapture:
     """A stage's checkpoint being taken: its state as of `PartitionStage.capture`, the join's
-    entries compressed one slice per `step`."""
+    entries (all, or the changed ones for a `delta`) compressed one slice per `step`."""
 
-    def __init__(self, head: dict, parts: Iterator[bytes]) -> None:
+    def __init__(self, head: dict, parts: Iterator[bytes], delta: bool = False, changed: set[bytes] = frozenset(),
+                 position: tuple[int, int] = (0, 0)) -> None:
         self._head, self._parts, self._packed = head, parts, []
+        self.delta, self.changed, self.position = delta, changed, position
 
     def step(self) -> bool:
         """Take one more slice of the join's entries; False once all are taken."""

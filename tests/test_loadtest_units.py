@@ -305,9 +305,10 @@ def test_capacity_sizes_a_bus_from_the_measured_rates_and_says_what_it_needs():
 def test_soak_reports_each_role_s_checkpoints_and_their_mean_size():
     from loadtest.soak import checkpoint_sizes
 
-    assert checkpoint_sizes({"checkpoints|ingest": 4, "checkpoint_bytes|ingest": 4_000_002, "checkpoints|aggregate": 0}) \
-        == {"ingest_checkpoints": 4, "ingest_checkpoint_bytes_mean": 1_000_000, "aggregate_checkpoints": 0,
-            "aggregate_checkpoint_bytes_mean": None}
+    assert checkpoint_sizes({"checkpoints|ingest": 4, "checkpoint_bytes|ingest": 4_000_002, "checkpoints|aggregate": 0,
+                             "checkpoint_deltas|ingest": 3}) \
+        == {"ingest_checkpoints": 4, "ingest_checkpoint_deltas": 3, "ingest_checkpoint_bytes_mean": 1_000_000,
+            "aggregate_checkpoints": 0, "aggregate_checkpoint_deltas": 0, "aggregate_checkpoint_bytes_mean": None}
 
 
 def test_soak_reports_the_checkpoints_of_its_constant_phase_alone():

@@ -154,11 +154,11 @@ class _Store:
     def __init__(self) -> None:
         self.written, self.forgotten = 0, []
 
-    async def write(self, name, packed):
+    async def write(self, name, packed, base=""):
         self.written += 1
         return f"ck{self.written}"
 
-    async def forget(self, name, pointer):
+    async def forget(self, name, pointer, keep=()):
         self.forgotten.append(pointer)
 
 
@@ -232,7 +232,7 @@ def test_a_live_state_is_replaced_when_the_group_points_elsewhere_and_nothing_is
         async def read(self, name, pointer):
             from streams.state import snapshot
 
-            return snapshot.encode("ingest", {"offsets": {"t": 7}, "from": pointer})
+            return [snapshot.encode("ingest", {"offsets": {"t": 7}, "from": pointer})]
 
     group = {"pointer": ""}
     ck = _checkpointer([True], committed=lambda tps: {tps[0]: (7, group["pointer"])})
@@ -394,7 +394,7 @@ def test_a_checkpoint_in_force_is_committed_again_once_its_commit_is_old():
 
     class Store(_Store):
         async def read(self, name, pointer):
-            return snapshot.encode("ingest", {"offsets": {"t": 5}})
+            return [snapshot.encode("ingest", {"offsets": {"t": 5}})]
 
     commits = []
 

@@ -188,7 +188,7 @@ class FaustHost(PipelineHost):
                 tps = [TopicPartition(t, p) for t in self.merge.topics]
                 loaded = await self.checkpointer.load("ingest", self._books["ingest"], tps, live=p in self.stages.stages)
                 if loaded is not None:
-                    self.stages.open(p, loaded.state, loaded.offsets)
+                    self.stages.open(p, loaded.state, loaded.offsets, loaded.pointer)
                     self.merge.drop(p)
                 for tp in tps:
                     moves[tp] = self._move(tp, self.stages.offsets[p].get(tp.topic, 0) if loaded is not None else None)

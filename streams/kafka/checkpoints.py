@@ -10,6 +10,10 @@ older one's chunks are deleted with tombstones; a checkpoint written but never
 committed (the writer died in between) is simply never read. One whose commit was
 refused after a rebalance may still have landed, so the worker deletes it only once a
 later commit supersedes it or the group is found pointing elsewhere.
+
+A checkpoint may be a chain: a whole state followed by up to `MAX_PIECES - 1` deltas,
+each holding what changed since the piece before it. The pointer lists every piece, so
+a reader finds them all and a deletion spares the pieces a newer chain still uses.
 """
 from __future__ import annotations
 
@@ -30,6 +34,9 @@ IN_FLIGHT_CHUNKS = 8
 producer then holds a few megabytes of a checkpoint, not a copy of all of it."""
 MAX_CHECKPOINT_BYTES = 4 << 30
 """A pointer declaring a larger checkpoint is refused rather than read."""
+MAX_PIECES = 8
+"""Pieces of a chain at most: its pointer then stays well under the 4 KB of commit metadata
+brokers accept by default (`offset.metadata.max.bytes`), and a load reads at most this many."""
 
 
 class CheckpointError(RuntimeError):
@@ -62,9 +69,10 @@ class CheckpointStore:
     def __init__(self, producer: AIOKafkaProducer, reader: AIOKafkaConsumer, topic: str, partitions: int) -> None:
         self.producer, self.reader, self.topic, self.partitions = producer, reader, topic, partitions
 
-    async def write(self, name: str, packed: Packed) -> str:
+    async def write(self, name: str, packed: Packed, base: str = "") -> str:
         """Store a packed checkpoint under `name`; return the pointer to commit with the
-        offsets it covers. Chunks are cut as they are sent, at most IN_FLIGHT_CHUNKS unacknowledged."""
+        offsets it covers: `packed` alone, or (a delta) the chain of `base` followed by it.
+        Chunks are cut as they are sent, at most IN_FLIGHT_CHUNKS unacknowledged."""
         data = packed.data
         ckid = uuid.uuid4().hex[:16]
         partition = partition_for(name.encode(), self.partitions)
@@ -77,13 +85,19 @@ class CheckpointStore:
             if len(futures) >= IN_FLIGHT_CHUNKS:
                 offsets.append((await futures.pop(0)).offset)
         offsets += [(await f).offset for f in futures]
-        return orjson.dumps({"v": 1, "id": ckid, "partition": partition, "first": min(offsets),
-                             "last": max(offsets), "chunks": chunks, "bytes": packed.size,
-                             "sha256": hashlib.sha256(data).hexdigest()}).decode()
+        piece = {"id": ckid, "partition": partition, "first": min(offsets), "last": max(offsets),
+                 "chunks": chunks, "bytes": packed.size, "sha256": hashlib.sha256(data).hexdigest()}
+        chain = pieces(base) + [piece] if base else [piece]
+        if len(chain) > MAX_PIECES:
+            raise ValueError(f"a chain holds at most {MAX_PIECES} pieces")
+        return orjson.dumps({"v": 2, "chain": chain}).decode()
 
-    async def read(self, name: str, pointer: str) -> bytes:
-        """The checkpoint `pointer` names, checked whole; CheckpointError otherwise."""
-        p = _parse(pointer)
+    async def read(self, name: str, pointer: str) -> list[bytes]:
+        """The pieces of the checkpoint `pointer` names, the whole state first, each checked
+        whole; CheckpointError otherwise."""
+        return [await self._read_piece(name, p) for p in pieces(pointer)]
+
+    async def _read_piece(self, name: str, p: dict) -> bytes:
         tp = TopicPartition(self.topic, p["partition"])
         prefix = f"{name}/{p['id']}/".encode()
         chunks: dict[int, bytes] = {}
@@ -111,22 +125,46 @@ class CheckpointStore:
             raise CheckpointError(f"checkpoint {p['id']} of {name}: {e}") from e
         return bytes(out)
 
-    async def forget(self, name: str, pointer: str) -> None:
-        """Tombstones for a superseded checkpoint's chunks (compaction then drops them)."""
-        p = _parse(pointer)
-        for i in range(p["chunks"]):
-            await self.producer.send(self.topic, None, key=f"{name}/{p['id']}/{i}".encode(), partition=p["partition"])
+    async def forget(self, name: str, pointer: str, keep: list[str] = ()) -> None:
+        """Tombstones for the chunks of a superseded checkpoint's pieces, but those of a
+        checkpoint in `keep` (compaction then drops them)."""
+        kept = {p["id"] for k in keep if k for p in pieces(k)}
+        for p in pieces(pointer):
+            if p["id"] not in kept:
+                for i in range(p["chunks"]):
+                    await self.producer.send(self.topic, None, key=f"{name}/{p['id']}/{i}".encode(),
+                                             partition=p["partition"])
 
 
-def _parse(pointer: str) -> dict:
+def pieces(pointer: str) -> list[dict]:
+    """The pieces a pointer names, the whole state first; CheckpointError if it is not a
+    pointer `CheckpointStore.write` gave (version 1 named a single piece)."""
     try:
-        p = orjson.loads(pointer)
-        ok = (p["v"] == 1 and isinstance(p["id"], str) and p["id"].isalnum()
-              and all(isinstance(p[k], int) and p[k] >= 0 for k in ("partition", "first", "last", "chunks", "bytes"))
-              and p["first"] <= p["last"] and 0 < p["chunks"] <= p["last"] - p["first"] + 1
-              and p["bytes"] <= MAX_CHECKPOINT_BYTES and isinstance(p["sha256"], str))
+        doc = orjson.loads(pointer)
+        chain = [doc] if doc["v"] == 1 else doc["chain"] if doc["v"] == 2 else None
+        ok = isinstance(chain, list) and 0 < len(chain) <= MAX_PIECES and all(map(_is_piece, chain))
     except (orjson.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"not a checkpoint pointer: {pointer[:80]!r}") from e
     if not ok:
         raise CheckpointError(f"not a checkpoint pointer: {pointer[:80]!r}")
-    return p
+    return chain
+
+
+def extendable(pointer: str) -> bool:
+    """Whether a delta may follow the checkpoint `pointer` names: its chain has room, and
+    its deltas together are still smaller than its whole state (past that a load would read
+    more than a whole checkpoint holds, so the next one is whole again)."""
+    if not pointer:
+        return False
+    chain = pieces(pointer)
+    return len(chain) < MAX_PIECES and sum(p["bytes"] for p in chain[1:]) < chain[0]["bytes"]
+
+
+def _is_piece(p) -> bool:
+    try:
+        return (isinstance(p["id"], str) and p["id"].isalnum()
+                and all(isinstance(p[k], int) and p[k] >= 0 for k in ("partition", "first", "last", "chunks", "bytes"))
+                and p["first"] <= p["last"] and 0 < p["chunks"] <= p["last"] - p["first"] + 1
+                and p["bytes"] <= MAX_CHECKPOINT_BYTES and isinstance(p["sha256"], str))
+    except (KeyError, TypeError):
+        return False

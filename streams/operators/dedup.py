@@ -4,7 +4,7 @@ from __future__ import annotations
 import mmh3
 import numpy as np
 
-from kernels.seen_ids import CLOCK, DUPLICATES, EVICTED, LIVE, NEXT_EXPIRY, Table
+from kernels.seen_ids import CLOCK, DUPLICATES, EVICTED, HEAD, LIVE, NEXT_EXPIRY, TAIL, Table
 
 
 def digests(ids: list[str]) -> np.ndarray:
@@ -25,6 +25,10 @@ class Deduplicator:
     order of the ids and their event times. Ids are held as 128-bit digests
     (:func:`digests`) in a compiled table (:mod:`kernels.seen_ids`): under 120 bytes an id.
 
+    The ids are a queue (taken in at the back, forgotten at the front), so what changed
+    since a `mark` is how many left the front and which joined the back: `changes` gives
+    that, and `apply` takes it on top of the state of the mark.
+
     >>> d = Deduplicator(horizon_s=60, max_ids=10)
     >>> [d.first_time(e, ts) for e, ts in [("a", 0), ("b", 1), ("a", 2), ("a", 100)]]
     [True, True, False, True]
@@ -38,6 +42,7 @@ class Deduplicator:
         self.horizon_s = float(horizon_s)
         self.max_ids = int(max_ids)
         self._table = Table()
+        self._mark = (0, 0)
 
     @property
     def duplicates(self) -> int:
@@ -70,14 +75,12 @@ class Deduplicator:
 
     def dump(self) -> dict:
         """Plain values and arrays (for a checkpoint) from which `load` rebuilds this exact state."""
-        t = self._table
-        keys, ts = t.in_order()
-        return {"digests": keys, "ts": ts, "clock": float(t.times[CLOCK]), "next_expiry": float(t.times[NEXT_EXPIRY]),
-                "duplicates": self.duplicates, "evicted": self.evicted}
+        keys, ts = self._table.in_order()
+        return {"digests": keys, "ts": ts, **self._scalars()}
 
     def load(self, state: dict) -> None:
-        """Take the state `dump` gave (on a new instance with the same horizon and cap).
-        ValueError if the state is not one `dump` could have given."""
+        """Take the state `dump` gave (on a new instance with the same horizon and cap), and
+        mark it. ValueError if the state is not one `dump` could have given."""
         try:
             keys, ts, counters, times = _checked(state)
         except (KeyError, TypeError, UnicodeEncodeError, OverflowError) as e:
@@ -88,6 +91,42 @@ class Deduplicator:
             self._table = Table.holding(keys, ts, counters, times)
         except ValueError as e:
             raise ValueError(f"deduplicator state: {e}") from e
+        self._mark = self.position()
+
+    def position(self) -> tuple[int, int]:
+        """Where the queue of ids stands: (front, back), counted since the last load."""
+        return int(self._table.meta[HEAD]), int(self._table.meta[TAIL])
+
+    def mark(self, position: tuple[int, int]) -> None:
+        """`changes` from now on are those since `position` (one `position` gave)."""
+        self._mark = position
+
+    def changes(self) -> dict:
+        """What changed since the mark, for `apply`: how many of the ids held then were
+        forgotten, the ids taken in since that are still held, and the scalars."""
+        (head, tail), (marked_head, marked_tail) = self.position(), self._mark
+        keys, ts = self._table.between(max(head, marked_tail), tail)
+        return {"drop": min(head, marked_tail) - marked_head, "digests": keys, "ts": ts,
+                **self._scalars()}
+
+    def apply(self, delta: dict) -> None:
+        """Take `changes` on top of the state they were taken against (a load, then the
+        deltas in order), and mark the result. ValueError if they cannot be its changes."""
+        keys, ts = self._table.in_order()
+        drop = delta.get("drop") if isinstance(delta, dict) else None
+        if not (type(drop) is int and 0 <= drop <= len(keys)):
+            raise ValueError(f"deduplicator delta: cannot drop {drop!r} of {len(keys)} ids")
+        try:
+            new_keys, new_ts = delta["digests"], delta["ts"]
+            keys, ts = np.concatenate([keys[drop:], new_keys]), np.concatenate([ts[drop:], np.asarray(new_ts, np.float64)])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"deduplicator delta: {e!r}") from e
+        self.load({**delta, "digests": keys, "ts": ts})
+
+    def _scalars(self) -> dict:
+        t = self._table
+        return {"clock": float(t.times[CLOCK]), "next_expiry": float(t.times[NEXT_EXPIRY]),
+                "duplicates": self.duplicates, "evicted": self.evicted}
 
 
 def _checked(state: dict) -> tuple[np.ndarray, np.ndarray, tuple[int, int], tuple[float, float]]:

@@ -12,6 +12,10 @@ scenario keeps all its scores and feedback can take the one its event time
 asks for (:func:`pick`). The same store remembers, per labelled scenario,
 whether it was labelled before and the first labels of its audit pair
 (:meth:`FeedbackJoin.labels`).
+
+The keys written or deleted since the last checkpoint are remembered, so a checkpoint
+can hold just those (:meth:`FeedbackJoin.changes_lazily`), with their values as of
+one moment, and a load can take it on top of the earlier ones (:meth:`FeedbackJoin.apply`).
 """
 from __future__ import annotations
 
@@ -137,6 +141,7 @@ class FeedbackJoin:
         self._last_expiry = float("-inf")
         self.expired_scores = 0
         self.unmatched_feedback = 0
+        self._changed: set[bytes] = set()  # keys written or deleted since the last checkpoint
         self._note_stored()
 
     def _note_stored(self) -> None:
@@ -158,12 +163,20 @@ class FeedbackJoin:
                 return
             yield key
 
-    def _index(self, wb: WriteBatch, max_ts: float, kind: bytes, refs: list) -> None:
+    def _index(self, wb: WriteBatch, max_ts: float, kind: bytes, refs: list) -> bytes:
         """One expiry entry for a batch's keys: a kind of `_INDEXED` (N scores, F feedback, L
         label states), the keys without prefix as a msgpack list (ids may hold
-        any character); for N, [first number, scenario ids] (:func:`_numbered`)."""
+        any character); for N, [first number, scenario ids] (:func:`_numbered`). Its key."""
         self._seq += 1
-        wb.put(_EXPIRY + _ms(max_ts) + b"%08d" % (self._seq % 10**8) + kind, _encode(refs))
+        key = _EXPIRY + _ms(max_ts) + b"%08d" % (self._seq % 10**8) + kind
+        wb.put(key, _encode(refs))
+        return key
+
+    def _commit(self, wb: WriteBatch, keys: list[bytes], *more: bytes) -> None:
+        """Write a batch whose keys (put or deleted) are `keys` and `more`."""
+        self.db.write(wb, self._write)
+        self._changed.update(keys)
+        self._changed.update(more)
 
     def _numbered_refs(self, ids: list[bytes]) -> tuple[int, list[bytes]]:
         """(first number, keys without prefix) of new numbered keys for `ids` (:func:`_numbered`)."""
@@ -178,11 +191,11 @@ class FeedbackJoin:
         wb = WriteBatch(raw_mode=True)
         ids = list(map(str.encode, scenario_ids))
         first, refs = self._numbered_refs(ids)
-        deque(map(wb.put, map(_SCORE.__add__, refs), map(_encode, contexts)), maxlen=0)  # C-level loop
+        keys = list(map(_SCORE.__add__, refs))
+        deque(map(wb.put, keys, map(_encode, contexts)), maxlen=0)  # C-level loop
         wb.put(_SERIAL, b"%d" % self._serial)
         max_ts = max(map(itemgetter(5), contexts))
-        self._index(wb, max_ts, b"N", [first, ids])
-        self.db.write(wb, self._write)
+        self._commit(wb, keys, _SERIAL, self._index(wb, max_ts, b"N", [first, ids]))
         self._clock = max(self._clock, max_ts)
 
     def scores_of(self, scenario_ids) -> dict[str, list[Context]]:
@@ -218,16 +231,16 @@ class FeedbackJoin:
         if not pending:
             return
         wb = WriteBatch(raw_mode=True)
-        refs = []
+        refs, keys = [], []
         for p in pending:
             self._parked += 1
             ref = p.scenario_id.encode() + b"\x00%016d" % self._parked
             refs.append(ref)
-            wb.put(_FEEDBACK + ref, _encode(p[1:]))
+            keys.append(_FEEDBACK + ref)
+            wb.put(keys[-1], _encode(p[1:]))
             self._waiting[p.scenario_id] = self._waiting.get(p.scenario_id, 0) + 1
         max_ts = max(p.ts for p in pending)
-        self._index(wb, max_ts, b"F", refs)
-        self.db.write(wb, self._write)
+        self._commit(wb, keys, self._index(wb, max_ts, b"F", refs))
         self._clock = max(self._clock, max_ts)
 
     @property
@@ -249,7 +262,7 @@ class FeedbackJoin:
         wb = WriteBatch(raw_mode=True)
         for k in keys:
             wb.delete(k)
-        self.db.write(wb, self._write)
+        self._commit(wb, keys)
         return out
 
     def labels(self, scenario_ids: list[str], audit: list[bool], labels: list[int],
@@ -297,10 +310,10 @@ class FeedbackJoin:
             return
         wb = WriteBatch(raw_mode=True)
         refs = [sid.encode() for sid in changed]
-        for ref, (channel, audit_state, _) in zip(refs, changed.values()):
-            wb.put(_LABELS + ref, _encode((channel, audit_state, max_ts)))
-        self._index(wb, max_ts, b"L", refs)
-        self.db.write(wb, self._write)
+        keys = list(map(_LABELS.__add__, refs))
+        for key, (channel, audit_state, _) in zip(keys, changed.values()):
+            wb.put(key, _encode((channel, audit_state, max_ts)))
+        self._commit(wb, keys, self._index(wb, max_ts, b"L", refs))
         self._clock = max(self._clock, max_ts)
 
     def expire(self) -> list[Pending]:
@@ -311,10 +324,12 @@ class FeedbackJoin:
         cutoff = _EXPIRY + _ms(self._clock - self.horizon_s)
         unmatched: list[Pending] = []
         wb = WriteBatch(raw_mode=True)
+        deleted = []
         for key, refs in self.db.items(from_key=_EXPIRY):
             if key >= cutoff or not key.startswith(_EXPIRY):
                 break
             wb.delete(key)
+            deleted.append(key)
             kind = key[-1:]
             prefix = _INDEXED[kind]
             if kind == b"N":
@@ -327,19 +342,22 @@ class FeedbackJoin:
                     continue
                 if prefix == _SCORE:
                     wb.delete(k)
+                    deleted.append(k)
                     self.expired_scores += 1
                     continue
                 if prefix == _LABELS:
                     if _decode(v)[2] < self._clock - self.horizon_s:  # else written again since:
                         wb.delete(k)  # the newer write's entry expires it
+                        deleted.append(k)
                     continue
                 wb.delete(k)
+                deleted.append(k)
                 sid = _parked_key(k)[0].decode()
                 unmatched.append(Pending(sid, *_decode(v)))
                 left = self._waiting.pop(sid, 1) - 1
                 if left > 0:
                     self._waiting[sid] = left
-        self.db.write(wb, self._write)
+        self._commit(wb, deleted)
         self.unmatched_feedback += len(unmatched)
         return unmatched
 
@@ -354,10 +372,39 @@ class FeedbackJoin:
             while chunk := list(islice(entries, slice_size)):
                 yield _encode(chunk)
 
-        counters = {"seq": self._seq, "parked": self._parked, "clock": self._clock, "last_expiry": self._last_expiry,
-                    "expired_scores": self.expired_scores, "unmatched_feedback": self.unmatched_feedback}
-        return counters, parts()
+        return self._counters(), parts()
 
+    def _counters(self) -> dict:
+        return {"seq": self._seq, "parked": self._parked, "clock": self._clock, "last_expiry": self._last_expiry,
+                "expired_scores": self.expired_scores, "unmatched_feedback": self.unmatched_feedback}
+
+    def take_changes(self) -> set[bytes]:
+        """The keys written or deleted since the last call (a checkpoint's capture); from now
+        on changes are counted afresh."""
+        changed, self._changed = self._changed, set()
+        return changed
+
+    def keep_changes(self, changed: set[bytes]) -> None:
+        """Count `changed` (what `take_changes` gave) as changed again: the checkpoint that
+        took them did not come into force, so the next one must hold them."""
+        self._changed |= changed
+
+    def changes_lazily(self, changed: set[bytes], slice_size: int = 50_000) -> tuple[dict, Iterator[bytes]]:
+        """(counters, parts) as `dump_lazily` gives them, but of the keys in `changed` alone,
+        each with its value as of this call, or None where it is deleted (for `apply`)."""
+        view = self.db.snapshot()  # the values of this moment, however long the parts take
+        keys = sorted(changed)
+
+        def parts() -> Iterator[bytes]:
+            it = view.iter()
+            for lo in range(0, len(keys), slice_size):
+                chunk = []
+                for key in keys[lo:lo + slice_size]:
+                    it.seek(key)
+                    chunk.append((key, it.value() if it.valid() and it.key() == key else None))
+                yield _encode(chunk)
+
+        return self._counters(), parts()
     def dump(self) -> dict:
         """Plain values (for a checkpoint): the counters and every entry (in `parts`)."""
         counters, parts = self.dump_lazily()
@@ -365,14 +412,25 @@ class FeedbackJoin:
 
     def load(self, state: dict) -> None:
         """Take the state `dump` gave, on an empty store."""
+        self._take(state, list[tuple[bytes, bytes]])
+
+    def apply(self, state: dict) -> None:
+        """Take the changes `changes_lazily` gave, on top of the state they were taken against
+        (a load, then the changes in order)."""
+        self._take(state, list[tuple[bytes, bytes | None]])
+
+    def _take(self, state: dict, entries_type) -> None:
         wb = WriteBatch(raw_mode=True)
         for part in state["parts"]:
             try:
-                entries = _decode(part, type=list[tuple[bytes, bytes]])
+                entries = _decode(part, type=entries_type)
             except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as e:
                 raise ValueError(f"join state: {e}") from e
             for key, value in entries:
-                wb.put(key, value)
+                if value is None:
+                    wb.delete(key)
+                else:
+                    wb.put(key, value)
         self.db.write(wb, self._write)
         self._note_stored()
         self._seq, self._parked = int(state["seq"]), max(self._parked, int(state["parked"]))

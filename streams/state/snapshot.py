@@ -65,6 +65,17 @@ def decode(kind: str, blob: bytes) -> dict:
     return doc["state"]
 
 
+def decode_chain(kind: str, blobs: list[bytes]) -> dict:
+    """The state of a chain of checkpoint pieces (`kind` whole, then `kind`.delta ones): the
+    last piece's state, with the whole piece's "stage" and the deltas' ones, in order, under
+    "deltas" (none for a single piece). SnapshotError as `decode` raises it."""
+    first = decode(kind, blobs[0])
+    if len(blobs) == 1:
+        return first
+    deltas = [decode(f"{kind}.delta", blob) for blob in blobs[1:]]
+    return {**deltas[-1], "stage": first["stage"], "deltas": [d["stage"] for d in deltas]}
+
+
 MAX_PART_BYTES = 256 << 20
 """A join part declaring a larger size is refused."""
 

@@ -110,7 +110,7 @@ class Assignments:
 
     def _seek_ingest(self, consumer, p: int, tps: list, loaded) -> None:
         if loaded is not None:
-            self.stages.open(p, loaded.state, loaded.offsets)
+            self.stages.open(p, loaded.state, loaded.offsets, loaded.pointer)
         offsets = self.stages.offsets[p]
         for tp in tps:  # where the state stands; a topic it has not read yet stays where it is
             if tp.topic in offsets:

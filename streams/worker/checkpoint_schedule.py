@@ -87,7 +87,7 @@ class CheckpointSchedule:
         if c is None:
             p = self._queue.pop(0)
             if not self.loading("ingest", p):
-                self.stages.capture(p)
+                self.stages.capture(p, self.checkpointer.delta_base("ingest", p))
             return
         if c.step():
             return
@@ -95,8 +95,8 @@ class CheckpointSchedule:
         packed = c.packed()
         commits = {TopicPartition(t, c.partition): o for t, o in c.offsets.items()}
         done = await self.checkpointer.save(self.consumers["ingest"], "ingest", c.partition, packed, commits,
-                                            still=lambda: self._still("ingest", c.partition, self.stages.get(c.partition) is c.stage))
+                                            still=lambda: self._still("ingest", c.partition, self.stages.get(c.partition) is c.stage),
+                                            base=c.base)
         del packed
         trim_heap()
-        if not done and self.stages.get(c.partition) is c.stage:
-            self.stages.dirty.add(c.partition)
+        self.stages.settle(c, self.checkpointer.pointer("ingest", c.partition) if done else "")

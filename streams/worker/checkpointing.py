@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
-from streams.kafka.checkpoints import Packed, committed
+from streams.kafka.checkpoints import Packed, committed, extendable
 from streams.state import snapshot
 from streams.worker.faults import crash_point
 
@@ -93,7 +93,7 @@ class Checkpointer:
             self.adopt(role, partition, pointer)
             return Loaded(pointer, {}, {})
         name = self.name(role, partition)
-        state = snapshot.decode(role, await self.store.read(name, pointer))
+        state = snapshot.decode_chain(role, await self.store.read(name, pointer))
         log.info("loaded checkpoint", extra={"checkpoint": name, "offsets": state["offsets"]})
         self.adopt(role, partition, pointer)
         return Loaded(pointer, state, state["offsets"])
@@ -105,14 +105,28 @@ class Checkpointer:
         self._pointers[name] = pointer
         self._stale.extend((name, old) for old in self._unsure.pop(name, ()) if old != pointer)
 
+    def pointer(self, role: str, partition: int) -> str:
+        """The pointer in force for the partition, as far as this worker knows ("" for none)."""
+        return self._pointers.get(self.name(role, partition), "")
+
+    def delta_base(self, role: str, partition: int) -> str:
+        """The pointer in force for the partition if a delta may follow it, else ""."""
+        pointer = self.pointer(role, partition)
+        return pointer if extendable(pointer) else ""
+
     async def forget_stale(self) -> None:
         """Delete the checkpoints `adopt` found were never committed."""
         while self._stale:
-            await self.store.forget(*self._stale.pop())
+            await self._forget(*self._stale.pop())
 
-    async def write(self, role: str, partition: int, packed: Packed) -> str:
-        """Write a checkpoint (not yet in force); its pointer."""
-        return await self.store.write(self.name(role, partition), packed)
+    async def _forget(self, name: str, pointer: str) -> None:
+        """Delete a checkpoint, but the pieces it shares with one that is, or may be, in force."""
+        await self.store.forget(name, pointer, keep=[self._pointers.get(name, ""), *self._unsure.get(name, ())])
+
+    async def write(self, role: str, partition: int, packed: Packed, base: str = "") -> str:
+        """Write a checkpoint (not yet in force), a delta if `base` names the one it follows;
+        its pointer."""
+        return await self.store.write(self.name(role, partition), packed, base)
 
     async def commit(self, consumer, role: str, partition: int, pointer: str, offsets: dict, still) -> bool:
         """Commit `offsets` ({tp: next offset}) with `pointer`, if `still()` says the state it
@@ -124,7 +138,7 @@ class Checkpointer:
             self._unsure.setdefault(name, []).append(pointer)
             return False
         if not landed:
-            await self.store.forget(name, pointer)  # never committed: never read
+            await self._forget(name, pointer)  # never committed: never read
             return False
         await self._supersede(name, pointer)
         self._in_force[name] = ({tp: (o, pointer) for tp, o in offsets.items()}, time.monotonic())
@@ -148,17 +162,20 @@ class Checkpointer:
         self.counters["checkpoint_refreshes", role] += 1
         return True
 
-    async def save(self, consumer, role: str, partition: int, packed: Packed, offsets: dict, still) -> bool:
+    async def save(self, consumer, role: str, partition: int, packed: Packed, offsets: dict, still,
+                   base: str = "") -> bool:
         """`write`, then `commit`: True when the checkpoint is in force."""
-        pointer = await self.write(role, partition, packed)
+        pointer = await self.write(role, partition, packed, base)
         crash_point("checkpoint")
         if not await self.commit(consumer, role, partition, pointer, offsets, still):
             return False
         self.counters["checkpoint_bytes", role] += packed.size
+        if base:
+            self.counters["checkpoint_deltas", role] += 1
         return True
 
     async def _supersede(self, name: str, pointer: str) -> None:
         superseded = [self._pointers.get(name), *self._unsure.pop(name, ())]
         self._pointers[name] = pointer
         for old in filter(None, superseded):
-            await self.store.forget(name, old)
+            await self._forget(name, old)

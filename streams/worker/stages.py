@@ -31,20 +31,22 @@ log = logging.getLogger("npo.worker")
 @dataclass
 class Capture:
     """An input partition's checkpoint being taken: its stage as of one moment, with the
-    partials numbers and offsets of that moment; `step` takes the join a slice at a time."""
+    partials numbers and offsets of that moment; `step` takes the join a slice at a time.
+    `base`: the checkpoint in force it is a delta against ("" when whole)."""
 
     partition: int
     stage: PartitionStage
     body: StageCapture
     numbers: list
     offsets: dict[str, int]
+    base: str = ""
 
     def step(self) -> bool:
         return self.body.step()
 
     def packed(self) -> Packed:
-        return pack(snapshot.encode("ingest", {"stage": self.body.state(), "seq": self.numbers,
-                                               "offsets": self.offsets}))
+        kind = "ingest.delta" if self.body.delta else "ingest"
+        return pack(snapshot.encode(kind, {"stage": self.body.state(), "seq": self.numbers, "offsets": self.offsets}))
 
 
 class Stages:
@@ -59,6 +61,7 @@ class Stages:
         self.stages: dict[int, PartitionStage] = {}
         self.offsets: dict[int, dict[str, int]] = {}  # input partition -> next offset of each input topic
         self.dirty: set[int] = set()  # moved since their last checkpoint
+        self.bases: dict[int, str] = {}  # partition -> pointer of the checkpoint its changes count from
         self.capturing: Capture | None = None  # the checkpoint being taken (one at a time)
         self._dirs: dict[int, str] = {}
         self._last_read: dict[int, float] = {}  # when each last had records (monotonic)
@@ -67,8 +70,9 @@ class Stages:
     def get(self, p: int) -> PartitionStage | None:
         return self.stages.get(p)
 
-    def open(self, p: int, state: dict, offsets: dict[str, int]) -> PartitionStage:
-        """A new stage for `p`, from a checkpoint's `state` ({}: empty) and the `offsets` it covers."""
+    def open(self, p: int, state: dict, offsets: dict[str, int], pointer: str = "") -> PartitionStage:
+        """A new stage for `p`, from a checkpoint's `state` ({}: empty; a chain's deltas are
+        taken in order), the `offsets` it covers, and its `pointer`."""
         self.close(p)
         # the join's pending scores live on disk under state_dir, not in RAM
         os.makedirs(self.state_dir, exist_ok=True)
@@ -78,6 +82,9 @@ class Stages:
                                                 write_buffers=self.write_buffers)
         if state:
             stage.load(state["stage"])
+            for delta in state.get("deltas", ()):
+                stage.apply(delta)
+        self.bases[p] = pointer
         self.router.restore(p, state.get("seq", []))  # deterministic: a replay repeats the numbers
         self.offsets[p] = dict(offsets)
         self._last_read[p] = time.monotonic()  # idle from now on, if nothing comes
@@ -94,6 +101,7 @@ class Stages:
         if path is not None:
             shutil.rmtree(path, ignore_errors=True)
         self.dirty.discard(p)
+        self.bases.pop(p, None)
 
     def close_all(self) -> None:
         for p in list(self.stages):
@@ -133,11 +141,27 @@ class Stages:
         log.info("input partition idle", extra={"partition": p})
         return self.router.idleness_note(p)
 
-    def capture(self, p: int) -> Capture | None:
-        """Begin `p`'s checkpoint as of now, as `capturing` (None if `p` is not held)."""
+    def capture(self, p: int, base: str = "") -> Capture | None:
+        """Begin `p`'s checkpoint as of now, as `capturing` (None if `p` is not held): a delta
+        against `base` (the checkpoint in force, if one may be followed) when the stage's
+        changes count from it, else whole."""
         stage = self.stages.get(p)
         if stage is None:
             return None
         self.dirty.discard(p)
-        self.capturing = Capture(p, stage, stage.capture(), self.router.numbers(p), dict(self.offsets[p]))
+        base = base if base and base == self.bases.get(p) else ""
+        self.capturing = Capture(p, stage, stage.capture(delta=bool(base)), self.router.numbers(p),
+                                 dict(self.offsets[p]), base)
         return self.capturing
+
+    def settle(self, c: Capture, pointer: str) -> None:
+        """`c`'s checkpoint came into force as `pointer` (""): it did not, and `c`'s partition
+        is checkpointed again at the next chance. Nothing if the stage was replaced since."""
+        if self.stages.get(c.partition) is not c.stage:
+            return
+        if pointer:
+            c.stage.committed(c.body)
+            self.bases[c.partition] = pointer
+        else:
+            c.stage.abandoned(c.body)
+            self.dirty.add(c.partition)

@@ -333,9 +333,9 @@ def test_a_checkpoint_of_many_chunks_reads_back_whole_and_the_producer_holds_onl
             producer.send = counting_send
             pointer = await store.write("ingest-0", pack(blob))
             producer.send = send
-            assert orjson.loads(pointer)["chunks"] == IN_FLIGHT_CHUNKS + 4
+            assert orjson.loads(pointer)["chain"][0]["chunks"] == IN_FLIGHT_CHUNKS + 4
             assert 1 <= most <= IN_FLIGHT_CHUNKS
-            assert await store.read("ingest-0", pointer) == blob
+            assert await store.read("ingest-0", pointer) == [blob]
         finally:
             await producer.stop()
             await reader.stop()

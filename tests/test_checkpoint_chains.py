@@ -1,0 +1,175 @@
+"""Incremental checkpoints: a partition's checkpoint is whole, then a chain of deltas on it.
+
+The store, the checkpointer and the schedule run for real here; only Kafka is replaced by a
+log in memory (the produced messages, and a reader over them), so each commit's outcome
+can be chosen. Against a real broker, the worker's fault tests cover the same chains.
+"""
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import orjson
+import pytest
+from aiokafka import TopicPartition
+
+from streams.kafka.checkpoints import MAX_PIECES, CheckpointError, CheckpointStore, extendable, pieces
+from streams.simulate import SimConfig, simulate
+from streams.state import snapshot
+from streams.worker.checkpoint_schedule import CheckpointSchedule
+from streams.worker.checkpointing import Checkpointer
+
+
+class _Log:
+    """A topic partition in memory: what was produced, and a reader of it."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[bytes, bytes | None]] = []
+        self._at = 0
+
+    async def send(self, topic, value, key=None, partition=None):
+        self.messages.append((key, value))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(SimpleNamespace(offset=len(self.messages) - 1))
+        return done
+
+    def assign(self, tps) -> None:
+        pass
+
+    def seek(self, tp, offset) -> None:
+        self._at = offset
+
+    async def getmany(self, tp, timeout_ms=0):
+        got = [SimpleNamespace(offset=o, key=k, value=v) for o, (k, v) in enumerate(self.messages)][self._at:self._at + 3]
+        self._at += len(got)
+        return {tp: got}
+
+    def tombstoned(self) -> set[str]:
+        """Checkpoint ids some of whose chunks were deleted."""
+        return {k.decode().split("/")[-2] for k, v in self.messages if v is None}
+
+
+def _store() -> tuple[CheckpointStore, _Log]:
+    log = _Log()
+    return CheckpointStore(log, log, "checkpoints", 1), log
+
+
+def _ids(pointer: str) -> list[str]:
+    return [p["id"] for p in pieces(pointer)]
+
+
+def test_a_delta_s_pointer_names_its_base_s_pieces_and_a_read_returns_them_all_in_order():
+    store, log = _store()
+
+    async def run():
+        whole = await store.write("g-ingest/0", _packed(b"whole"))
+        delta = await store.write("g-ingest/0", _packed(b"delta"), base=whole)
+        assert _ids(delta)[:1] == _ids(whole) and len(_ids(delta)) == 2
+        assert await store.read("g-ingest/0", delta) == [b"whole", b"delta"]
+        await store.forget("g-ingest/0", whole, keep=[delta])  # the newer chain still uses it
+        assert log.tombstoned() == set()
+        await store.forget("g-ingest/0", delta, keep=[whole])
+        assert log.tombstoned() == {_ids(delta)[1]}
+
+    asyncio.run(run())
+
+
+def _packed(blob: bytes):
+    from streams.kafka.checkpoints import pack
+
+    return pack(blob)
+
+
+def test_pointers_are_parsed_strictly_and_a_chain_is_extended_only_while_its_deltas_are_smaller():
+    piece = {"id": "a1", "partition": 0, "first": 0, "last": 0, "chunks": 1, "bytes": 100, "sha256": "x"}
+    v1 = orjson.dumps({"v": 1, **piece}).decode()
+    assert pieces(v1) == [{"v": 1, **piece}] and extendable(v1)  # a checkpoint from before chains
+    chain = lambda *sizes: orjson.dumps({"v": 2, "chain": [{**piece, "bytes": b} for b in sizes]}).decode()  # noqa: E731
+    assert extendable(chain(100, 40, 59)) and not extendable(chain(100, 40, 60))  # deltas as large as the whole
+    assert not extendable(chain(*[100] + [1] * (MAX_PIECES - 1))) and extendable(chain(*[100] + [1] * (MAX_PIECES - 2)))
+    assert not extendable("")
+    for bad in ["", "{}", '{"v": 3, "chain": []}', '{"v": 2, "chain": []}', '{"v": 2, "chain": [{}]}',
+                chain(*[100] * (MAX_PIECES + 1)), '{"v": 2, "chain": "x"}', orjson.dumps({"v": 2, "chain": [
+                    {**piece, "id": "../x"}]}).decode(), "[1]", "null"]:
+        with pytest.raises(CheckpointError):
+            pieces(bad)
+
+
+@pytest.fixture(scope="module")
+def messages():
+    sim = simulate(SimConfig(seed=5, n_windows=12, decisions_per_window=60))
+    return [orjson.dumps(e) for e in sim.events]
+
+
+def test_the_schedule_writes_a_whole_checkpoint_then_deltas_and_a_load_of_the_chain_is_the_state(tmp_path, messages):
+    """Whole, then deltas; a delta whose commit may have landed is kept until superseded,
+    and then deleted without the pieces the newer chain shares with it; a live state kept
+    across a rebalance whose group turned out to point at such a delta goes on with a delta
+    on the checkpoint before it, where its changes count from; a stage whose changes do
+    not count from the checkpoint in force is checkpointed whole."""
+    from streams.settings import load
+    from streams.worker.worker import Worker
+
+    outcomes, group = [], {}  # outcomes: (what the commit answers, whether it landed)
+
+    async def commit(consumer, offsets):
+        answer, landed = outcomes.pop(0)
+        if landed:
+            group["pointer"] = next(iter(offsets.values()))[1]
+        return answer
+
+    async def read_committed(consumer, tps):
+        return {tp: (1, group["pointer"]) for tp in tps} if group.get("pointer") else {}
+
+    host = Worker(load(overrides={"topic_prefix": "u.", "state_dir": str(tmp_path)}, env={}))
+    store, log = _store()
+    ck = Checkpointer("g", store, commit=commit, read_committed=read_committed)
+    schedule = CheckpointSchedule(ck, host.stages, host.monitors, "partials", 0.0)
+    schedule.consumers = {"ingest": None, "aggregate": None}
+    host.router.partitions = 2  # what the worker learns from the broker at start
+    stage = host.stages.open(0, {}, {})
+    tp = TopicPartition(host.stages.topics["scores"], 0)
+    feed = iter([0, *range(4000, len(messages), 100)])  # a large state first, then small changes
+
+    async def checkpoint(answer, landed=None) -> str:
+        i = next(feed)
+        n = 4000 if i == 0 else 100
+        host.stages.process(0, [SimpleNamespace(value=m, topic=tp.topic, offset=i + j)
+                                for j, m in enumerate(messages[i:i + n])])
+        outcomes.append((answer, bool(answer) if landed is None else landed))
+        await schedule.all()
+        return ck.pointer("ingest", 0)
+
+    async def run():
+        p1 = await checkpoint(True)
+        p2 = await checkpoint(True)
+        assert len(pieces(p1)) == 1 and _ids(p2)[0] == _ids(p1)[0] and len(pieces(p2)) == 2
+        assert log.tombstoned() == set()  # p1's only piece is p2's first
+        assert await checkpoint(None) == p2  # p3: may have landed; p2 stays in force
+        p4 = await checkpoint(True)  # a delta on p2 holding p3's changes too
+        assert _ids(p4)[:2] == _ids(p2) and len(pieces(p4)) == 3
+        assert len(log.tombstoned()) == 1 and not log.tombstoned() & set(_ids(p4))  # p3's own piece only
+        assert ck.counters["checkpoint_deltas", "ingest"] == 2 and ck.counters["checkpoints", "ingest"] == 3
+
+        loaded = await ck.load("ingest", None, [tp], live=False)
+        assert loaded.pointer == p4 and len(loaded.state["deltas"]) == 2
+        again = host.stages.open(1, loaded.state, loaded.offsets, loaded.pointer)
+        assert snapshot.encode("ingest", again.dump()) == snapshot.encode("ingest", stage.dump())
+        assert loaded.offsets == {tp.topic: 4300}
+        host.stages.close(1)
+
+        assert await checkpoint(None, landed=True) == p4  # p5: answered as refused, but landed
+        p5 = group["pointer"]
+        assert await ck.load("ingest", None, [tp], live=True) is None  # ours: the live stage goes on
+        p6 = await checkpoint(True)  # a delta on p4, where the stage's changes count from
+        assert _ids(p6)[:3] == _ids(p4) and len(pieces(p6)) == 4 and _ids(p5)[3] in log.tombstoned()
+        assert not log.tombstoned() & set(_ids(p6))
+
+        host.stages.open(1, {}, {}, "")  # a stage whose changes count from nothing
+        assert host.stages.capture(1, base=p6).body.delta is False
+        host.stages.capturing = None
+
+    try:
+        asyncio.run(run())
+    finally:
+        host.stages.close_all()
