@@ -74,6 +74,25 @@ def test_a_delta_s_pointer_names_its_base_s_pieces_and_a_read_returns_them_all_i
     asyncio.run(run())
 
 
+def test_the_longest_chain_s_pointer_fits_the_commit_metadata_brokers_accept_by_default():
+    store, _ = _store()
+    huge = 10**18  # offsets and sizes as long as they get
+
+    async def run():
+        pointer = ""
+        for _ in range(MAX_PIECES):
+            pointer = await store.write("g-ingest/0", _packed(b"x"), base=pointer)
+        return pointer
+
+    pointer = asyncio.run(run())
+    assert len(pieces(pointer)) == MAX_PIECES
+    doc = orjson.loads(pointer)
+    doc["chain"] = [[p[0], 999, huge, huge, 99, 4 << 30, p[6]] for p in doc["chain"]]
+    assert len(orjson.dumps(doc)) <= 4096
+    with pytest.raises(ValueError, match="at most"):
+        asyncio.run(store.write("g-ingest/0", _packed(b"x"), base=pointer))
+
+
 def _packed(blob: bytes):
     from streams.kafka.checkpoints import pack
 
@@ -84,13 +103,16 @@ def test_pointers_are_parsed_strictly_and_a_chain_is_extended_only_while_its_del
     piece = {"id": "a1", "partition": 0, "first": 0, "last": 0, "chunks": 1, "bytes": 100, "sha256": "x"}
     v1 = orjson.dumps({"v": 1, **piece}).decode()
     assert pieces(v1) == [{"v": 1, **piece}] and extendable(v1)  # a checkpoint from before chains
-    chain = lambda *sizes: orjson.dumps({"v": 2, "chain": [{**piece, "bytes": b} for b in sizes]}).decode()  # noqa: E731
+    fields = ("id", "partition", "first", "last", "chunks", "bytes", "sha256")
+    chain = lambda *sizes: orjson.dumps({"v": 2, "chain": [[{**piece, "bytes": b}[f] for f in fields]  # noqa: E731
+                                                           for b in sizes]}).decode()
     assert extendable(chain(100, 40, 59)) and not extendable(chain(100, 40, 60))  # deltas as large as the whole
     assert not extendable(chain(*[100] + [1] * (MAX_PIECES - 1))) and extendable(chain(*[100] + [1] * (MAX_PIECES - 2)))
     assert not extendable("")
+    assert pieces(chain(100, 5))[1] == {**piece, "bytes": 5}
     for bad in ["", "{}", '{"v": 3, "chain": []}', '{"v": 2, "chain": []}', '{"v": 2, "chain": [{}]}',
-                chain(*[100] * (MAX_PIECES + 1)), '{"v": 2, "chain": "x"}', orjson.dumps({"v": 2, "chain": [
-                    {**piece, "id": "../x"}]}).decode(), "[1]", "null"]:
+                '{"v": 2, "chain": [[1, 2]]}', chain(*[100] * (MAX_PIECES + 1)), '{"v": 2, "chain": "x"}',
+                chain(100).replace('"a1"', '"../x"'), chain(100).replace("100", "-1"), "[1]", "null"]:
         with pytest.raises(CheckpointError):
             pieces(bad)
 

@@ -34,9 +34,11 @@ IN_FLIGHT_CHUNKS = 8
 producer then holds a few megabytes of a checkpoint, not a copy of all of it."""
 MAX_CHECKPOINT_BYTES = 4 << 30
 """A pointer declaring a larger checkpoint is refused rather than read."""
-MAX_PIECES = 8
-"""Pieces of a chain at most: its pointer then stays well under the 4 KB of commit metadata
-brokers accept by default (`offset.metadata.max.bytes`), and a load reads at most this many."""
+MAX_PIECES = 24
+"""Pieces of a chain at most: its pointer then stays under the 4,096 bytes of commit metadata
+brokers accept by default (`offset.metadata.max.bytes`), at most about 150 bytes a piece."""
+_FIELDS = ("id", "partition", "first", "last", "chunks", "bytes", "sha256")
+"""A piece's fields, in the order a pointer lists them."""
 
 
 class CheckpointError(RuntimeError):
@@ -90,7 +92,7 @@ class CheckpointStore:
         chain = pieces(base) + [piece] if base else [piece]
         if len(chain) > MAX_PIECES:
             raise ValueError(f"a chain holds at most {MAX_PIECES} pieces")
-        return orjson.dumps({"v": 2, "chain": chain}).decode()
+        return orjson.dumps({"v": 2, "chain": [[p[f] for f in _FIELDS] for p in chain]}).decode()
 
     async def read(self, name: str, pointer: str) -> list[bytes]:
         """The pieces of the checkpoint `pointer` names, the whole state first, each checked
@@ -141,8 +143,11 @@ def pieces(pointer: str) -> list[dict]:
     pointer `CheckpointStore.write` gave (version 1 named a single piece)."""
     try:
         doc = orjson.loads(pointer)
-        chain = [doc] if doc["v"] == 1 else doc["chain"] if doc["v"] == 2 else None
-        ok = isinstance(chain, list) and 0 < len(chain) <= MAX_PIECES and all(map(_is_piece, chain))
+        chain = [doc] if doc["v"] == 1 else \
+            [dict(zip(_FIELDS, p)) for p in doc["chain"] if isinstance(p, list) and len(p) == len(_FIELDS)] \
+            if doc["v"] == 2 and isinstance(doc["chain"], list) else None
+        ok = chain is not None and 0 < len(chain) == len(doc.get("chain", chain)) <= MAX_PIECES \
+            and all(map(_is_piece, chain))
     except (orjson.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"not a checkpoint pointer: {pointer[:80]!r}") from e
     if not ok:
