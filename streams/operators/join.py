@@ -141,7 +141,9 @@ class FeedbackJoin:
         self._last_expiry = float("-inf")
         self.expired_scores = 0
         self.unmatched_feedback = 0
-        self._changed: set[bytes] = set()  # keys written or deleted since the last checkpoint
+        # keys written or deleted since the last checkpoint; None until a checkpoint is taken
+        # or loaded (a store that is never checkpointed keeps no such set)
+        self._changed: set[bytes] | None = None
         self._note_stored()
 
     def _note_stored(self) -> None:
@@ -175,8 +177,9 @@ class FeedbackJoin:
     def _commit(self, wb: WriteBatch, keys: list[bytes], *more: bytes) -> None:
         """Write a batch whose keys (put or deleted) are `keys` and `more`."""
         self.db.write(wb, self._write)
-        self._changed.update(keys)
-        self._changed.update(more)
+        if self._changed is not None:
+            self._changed.update(keys)
+            self._changed.update(more)
 
     def _numbered_refs(self, ids: list[bytes]) -> tuple[int, list[bytes]]:
         """(first number, keys without prefix) of new numbered keys for `ids` (:func:`_numbered`)."""
@@ -381,13 +384,13 @@ class FeedbackJoin:
     def take_changes(self) -> set[bytes]:
         """The keys written or deleted since the last call (a checkpoint's capture); from now
         on changes are counted afresh."""
-        changed, self._changed = self._changed, set()
+        changed, self._changed = self._changed or set(), set()
         return changed
 
     def keep_changes(self, changed: set[bytes]) -> None:
         """Count `changed` (what `take_changes` gave) as changed again: the checkpoint that
         took them did not come into force, so the next one must hold them."""
-        self._changed |= changed
+        self._changed = (self._changed or set()) | changed
 
     def changes_lazily(self, changed: set[bytes], slice_size: int = 50_000) -> tuple[dict, Iterator[bytes]]:
         """(counters, parts) as `dump_lazily` gives them, but of the keys in `changed` alone,
@@ -420,6 +423,7 @@ class FeedbackJoin:
         self._take(state, list[tuple[bytes, bytes | None]])
 
     def _take(self, state: dict, entries_type) -> None:
+        self._changed = self._changed if self._changed is not None else set()
         wb = WriteBatch(raw_mode=True)
         for part in state["parts"]:
             try:
