@@ -144,6 +144,7 @@ class FeedbackJoin:
         # keys written or deleted since the last checkpoint; None until a checkpoint is taken
         # or loaded (a store that is never checkpointed keeps no such set)
         self._changed: set[bytes] | None = None
+        self._serial_taken = 0  # the score serial when changes were last taken: later scores are new
         self._note_stored()
 
     def _note_stored(self) -> None:
@@ -174,12 +175,15 @@ class FeedbackJoin:
         wb.put(key, _encode(refs))
         return key
 
-    def _commit(self, wb: WriteBatch, keys: list[bytes], *more: bytes) -> None:
-        """Write a batch whose keys (put or deleted) are `keys` and `more`."""
+    def _commit(self, wb: WriteBatch, keys: list[bytes], *more: bytes, gone: list[bytes] = ()) -> None:
+        """Write a batch whose keys (put or deleted) are `keys` and `more`, and which deletes
+        `gone`: scores written since changes were last taken, which no checkpoint holds, so
+        none needs to hear of their deletion."""
         self.db.write(wb, self._write)
         if self._changed is not None:
             self._changed.update(keys)
             self._changed.update(more)
+            self._changed.difference_update(gone)
 
     def _numbered_refs(self, ids: list[bytes]) -> tuple[int, list[bytes]]:
         """(first number, keys without prefix) of new numbered keys for `ids` (:func:`_numbered`)."""
@@ -327,7 +331,7 @@ class FeedbackJoin:
         cutoff = _EXPIRY + _ms(self._clock - self.horizon_s)
         unmatched: list[Pending] = []
         wb = WriteBatch(raw_mode=True)
-        deleted = []
+        deleted, gone = [], []
         for key, refs in self.db.items(from_key=_EXPIRY):
             if key >= cutoff or not key.startswith(_EXPIRY):
                 break
@@ -345,7 +349,7 @@ class FeedbackJoin:
                     continue
                 if prefix == _SCORE:
                     wb.delete(k)
-                    deleted.append(k)
+                    (gone if int(k[-16:]) > self._serial_taken else deleted).append(k)
                     self.expired_scores += 1
                     continue
                 if prefix == _LABELS:
@@ -360,7 +364,7 @@ class FeedbackJoin:
                 left = self._waiting.pop(sid, 1) - 1
                 if left > 0:
                     self._waiting[sid] = left
-        self._commit(wb, deleted)
+        self._commit(wb, deleted, gone=gone)
         self.unmatched_feedback += len(unmatched)
         return unmatched
 
@@ -385,7 +389,15 @@ class FeedbackJoin:
         """The keys written or deleted since the last call (a checkpoint's capture); from now
         on changes are counted afresh."""
         changed, self._changed = self._changed or set(), set()
+        self._serial_taken = self._serial
         return changed
+
+    def changed_share(self) -> float:
+        """Keys changed since changes were last taken, over the keys stored (RocksDB's
+        estimate): past about a half, a delta would hold about as much as the whole store."""
+        if not self._changed:
+            return 0.0
+        return len(self._changed) / max(1, int(self.db.property_int_value("rocksdb.estimate-num-keys") or 0))
 
     def keep_changes(self, changed: set[bytes]) -> None:
         """Count `changed` (what `take_changes` gave) as changed again: the checkpoint that
@@ -437,6 +449,7 @@ class FeedbackJoin:
                     wb.put(key, value)
         self.db.write(wb, self._write)
         self._note_stored()
+        self._serial_taken = self._serial
         self._seq, self._parked = int(state["seq"]), max(self._parked, int(state["parked"]))
         self._clock, self._last_expiry = float(state["clock"]), float(state["last_expiry"])
         self.expired_scores, self.unmatched_feedback = int(state["expired_scores"]), int(state["unmatched_feedback"])

@@ -144,12 +144,12 @@ class Stages:
     def capture(self, p: int, base: str = "") -> Capture | None:
         """Begin `p`'s checkpoint as of now, as `capturing` (None if `p` is not held): a delta
         against `base` (the checkpoint in force, if one may be followed) when the stage's
-        changes count from it, else whole."""
+        changes count from it and are much smaller than its state, else whole."""
         stage = self.stages.get(p)
         if stage is None:
             return None
         self.dirty.discard(p)
-        base = base if base and base == self.bases.get(p) else ""
+        base = base if base and base == self.bases.get(p) and stage.delta_pays() else ""
         self.capturing = Capture(p, stage, stage.capture(delta=bool(base)), self.router.numbers(p),
                                  dict(self.offsets[p]), base)
         return self.capturing
