@@ -117,6 +117,7 @@ class PartitionStage:
         now on counts toward the next checkpoint; if this one does not come into force, say
         so (`abandoned`) and the next one holds its changes too."""
         changed = self.join.take_changes()
+        delta = delta and changed is not None  # None: more changed than was tracked
         if delta:
             join, parts = self.join.changes_lazily(changed, slice_size)
             dedup = self.dedup.changes()
@@ -169,7 +170,7 @@ class StageCapture:
     """A stage's checkpoint being taken: its state as of `PartitionStage.capture`, the join's
     entries (all, or the changed ones for a `delta`) compressed one slice per `step`."""
 
-    def __init__(self, head: dict, parts: Iterator[bytes], delta: bool = False, changed: set[bytes] = frozenset(),
+    def __init__(self, head: dict, parts: Iterator[bytes], delta: bool = False, changed: set[bytes] | None = frozenset(),
                  position: tuple[int, int] = (0, 0)) -> None:
         self._head, self._parts, self._packed = head, parts, []
         self.delta, self.changed, self.position = delta, changed, position

@@ -13,6 +13,7 @@ import orjson
 import pytest
 from aiokafka import TopicPartition
 
+from streams.config import MonitorConfig
 from streams.kafka.checkpoints import MAX_PIECES, CheckpointError, CheckpointStore, extendable, pieces
 from streams.simulate import SimConfig, simulate
 from streams.state import snapshot
@@ -218,3 +219,29 @@ def test_a_delta_names_the_deletion_only_of_scores_an_earlier_checkpoint_could_h
     join.add_scores([f"s{i}" for i in range(10)], [ctx(31.0)] * 10)
     assert 0.5 < join.changed_share() <= 12 / 3  # most of the store is new: a whole checkpoint pays
     join.close()
+
+
+def test_a_join_that_changed_in_more_keys_than_it_tracks_drops_the_set_and_is_checkpointed_whole(monkeypatch):
+    """The set of changed keys is bounded (half the store, at least `_TRACK_MIN`): past it
+    a delta would not pay, so the set is let go and the next capture is whole, also after
+    a capture that took such changes was abandoned."""
+    from streams.operators import join as join_module
+    from streams.pipeline import PartitionStage
+
+    monkeypatch.setattr(join_module, "_TRACK_MIN", 5)
+    ctx = lambda ts: ("p", "default", 0.5, 0.5, "act", ts)  # noqa: E731
+    stage = PartitionStage(MonitorConfig())
+    join = stage.join
+    join.add_scores([f"a{i}" for i in range(20)], [ctx(0.0)] * 20)
+    stage.committed(stage.capture())  # tracking starts; the limit is half of ~22 keys
+    join.add_scores(["b0", "b1"], [ctx(1.0)] * 2)
+    assert join.changed_share() < 0.5 and stage.delta_pays()
+    join.add_scores([f"c{i}" for i in range(20)], [ctx(2.0)] * 20)
+    assert join.changed_share() == float("inf") and not stage.delta_pays()
+    capture = stage.capture(delta=True)
+    assert capture.delta is False and capture.changed is None
+    stage.abandoned(capture)  # what it took is unknown: the next one is whole too
+    assert not stage.delta_pays() and stage.capture(delta=True).delta is False
+    join.add_scores(["d0"], [ctx(3.0)])
+    assert stage.delta_pays() and stage.capture(delta=True).delta is True  # counted afresh
+    stage.close()

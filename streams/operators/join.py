@@ -19,6 +19,7 @@ one moment, and a load can take it on top of the earlier ones (:meth:`FeedbackJo
 """
 from __future__ import annotations
 
+import math
 import tempfile
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -108,6 +109,10 @@ def _is_numbered(key: bytes, prefix: bytes) -> bool:
     return len(key) == len(prefix) + 16 and key.startswith(prefix) and key[-16:].isdigit()
 
 
+_TRACK_MIN = 100_000
+"""Changed keys always tracked; beyond it, at most half the store's keys."""
+
+
 def _ms(ts: float) -> bytes:
     return b"%016d" % max(0, int(ts * 1000))
 
@@ -145,6 +150,9 @@ class FeedbackJoin:
         # or loaded (a store that is never checkpointed keeps no such set)
         self._changed: set[bytes] | None = None
         self._serial_taken = 0  # the score serial when changes were last taken: later scores are new
+        # past this many changed keys the set is dropped and the next checkpoint is whole
+        self._track_limit = _TRACK_MIN
+        self._changed_all = False
         self._note_stored()
 
     def _note_stored(self) -> None:
@@ -180,10 +188,12 @@ class FeedbackJoin:
         `gone`: scores written since changes were last taken, which no checkpoint holds, so
         none needs to hear of their deletion."""
         self.db.write(wb, self._write)
-        if self._changed is not None:
+        if self._changed is not None and not self._changed_all:
             self._changed.update(keys)
             self._changed.update(more)
             self._changed.difference_update(gone)
+            if len(self._changed) > self._track_limit:  # a delta would not pay: stop paying for the set
+                self._changed, self._changed_all = set(), True
 
     def _numbered_refs(self, ids: list[bytes]) -> tuple[int, list[bytes]]:
         """(first number, keys without prefix) of new numbered keys for `ids` (:func:`_numbered`)."""
@@ -385,24 +395,34 @@ class FeedbackJoin:
         return {"seq": self._seq, "parked": self._parked, "clock": self._clock, "last_expiry": self._last_expiry,
                 "expired_scores": self.expired_scores, "unmatched_feedback": self.unmatched_feedback}
 
-    def take_changes(self) -> set[bytes]:
-        """The keys written or deleted since the last call (a checkpoint's capture); from now
-        on changes are counted afresh."""
-        changed, self._changed = self._changed or set(), set()
-        self._serial_taken = self._serial
+    def take_changes(self) -> set[bytes] | None:
+        """The keys written or deleted since the last call (a checkpoint's capture), or None
+        when more changed than is tracked (half the store's keys); from now on changes are
+        counted afresh."""
+        changed = None if self._changed_all else self._changed or set()
+        self._changed, self._changed_all, self._serial_taken = set(), False, self._serial
+        self._track_limit = max(_TRACK_MIN, self._key_count() // 2)
         return changed
+
+    def _key_count(self) -> int:
+        return int(self.db.property_int_value("rocksdb.estimate-num-keys") or 0)
 
     def changed_share(self) -> float:
         """Keys changed since changes were last taken, over the keys stored (RocksDB's
         estimate): past about a half, a delta would hold about as much as the whole store."""
+        if self._changed_all:
+            return math.inf
         if not self._changed:
             return 0.0
-        return len(self._changed) / max(1, int(self.db.property_int_value("rocksdb.estimate-num-keys") or 0))
+        return len(self._changed) / max(1, self._key_count())
 
-    def keep_changes(self, changed: set[bytes]) -> None:
+    def keep_changes(self, changed: set[bytes] | None) -> None:
         """Count `changed` (what `take_changes` gave) as changed again: the checkpoint that
         took them did not come into force, so the next one must hold them."""
-        self._changed = (self._changed or set()) | changed
+        if changed is None or self._changed_all:
+            self._changed, self._changed_all = set(), True
+        else:
+            self._changed = (self._changed or set()) | changed
 
     def changes_lazily(self, changed: set[bytes], slice_size: int = 50_000) -> tuple[dict, Iterator[bytes]]:
         """(counters, parts) as `dump_lazily` gives them, but of the keys in `changed` alone,
@@ -450,6 +470,7 @@ class FeedbackJoin:
         self.db.write(wb, self._write)
         self._note_stored()
         self._serial_taken = self._serial
+        self._track_limit = max(_TRACK_MIN, self._key_count() // 2)
         self._seq, self._parked = int(state["seq"]), max(self._parked, int(state["parked"]))
         self._clock, self._last_expiry = float(state["clock"]), float(state["last_expiry"])
         self.expired_scores, self.unmatched_feedback = int(state["expired_scores"]), int(state["unmatched_feedback"])

@@ -149,9 +149,9 @@ class Stages:
         if stage is None:
             return None
         self.dirty.discard(p)
-        base = base if base and base == self.bases.get(p) and stage.delta_pays() else ""
-        self.capturing = Capture(p, stage, stage.capture(delta=bool(base)), self.router.numbers(p),
-                                 dict(self.offsets[p]), base)
+        body = stage.capture(delta=bool(base) and base == self.bases.get(p) and stage.delta_pays())
+        self.capturing = Capture(p, stage, body, self.router.numbers(p), dict(self.offsets[p]),
+                                 base if body.delta else "")
         return self.capturing
 
     def settle(self, c: Capture, pointer: str) -> None:
