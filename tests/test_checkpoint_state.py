@@ -172,11 +172,11 @@ def test_a_chain_of_deltas_restores_exactly_the_state_of_its_last_piece(by_parti
         delta = bool(chain) and rng.random() < 0.75
         capture = stage.capture(slice_size=rng.choice([3, 100, 50_000]), delta=delta)
         expected, at = snapshot.encode("ingest", stage.dump()), i
-        for _ in range(rng.randint(0, 3)):  # the stream goes on while the capture's slices are taken
-            capture.step()
+        for _ in range(rng.randint(0, 3)):  # the stream goes on, before the first slice too
             n = rng.randint(1, 60)
             stage.process(messages[i:i + n], now=0.0)
             i += n
+            capture.step()
         while capture.step():
             pass
         if rng.random() < 0.25:  # this checkpoint never comes into force

@@ -427,11 +427,12 @@ class FeedbackJoin:
     def changes_lazily(self, changed: set[bytes], slice_size: int = 50_000) -> tuple[dict, Iterator[bytes]]:
         """(counters, parts) as `dump_lazily` gives them, but of the keys in `changed` alone,
         each with its value as of this call, or None where it is deleted (for `apply`)."""
-        view = self.db.snapshot()  # the values of this moment, however long the parts take
+        # an iterator made now reads this moment's values however long the parts take (a
+        # snapshot's own iterators read the store as it is when they are made)
+        it = self.db.snapshot().iter()
         keys = sorted(changed)
 
         def parts() -> Iterator[bytes]:
-            it = view.iter()
             for lo in range(0, len(keys), slice_size):
                 chunk = []
                 for key in keys[lo:lo + slice_size]:
