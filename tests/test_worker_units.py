@@ -187,7 +187,7 @@ def test_a_checkpoint_whose_commit_may_have_landed_is_kept_and_recognised_as_our
     not knowing it as ours would throw the live state away for a replay."""
     from aiokafka import TopicPartition
 
-    group = {}
+    group = {"pointer": ""}
     ck = _checkpointer([True, None, True], committed=lambda tps: {tps[0]: (1, group["pointer"])})
     tp = TopicPartition("t", 0)
 
@@ -221,6 +221,52 @@ def test_a_checkpoint_in_doubt_that_the_group_does_not_point_to_is_deleted_after
         assert ck.store.forgotten == []  # not during the load
         await ck.forget_stale()
         assert ck.store.forgotten == ["ck1"] and ck.ours("ingest", 0) == ["ck2"]
+
+    asyncio.run(run())
+
+
+def test_a_worker_whose_partition_another_owner_committed_does_not_commit_over_it():
+    """A member that has not noticed it lost the partition (a commit not fenced by the
+    group's generation) must not put its stale state, or a delta on a chain the new owner
+    deletes, back in force; what it wrote is deleted."""
+    from aiokafka import TopicPartition
+
+    group = {"pointer": ""}
+    ck = _checkpointer([True, True], committed=lambda tps: {tps[0]: (1, group["pointer"])})
+    tp = TopicPartition("t", 0)
+
+    async def run():
+        save = lambda base="": ck.save(None, "ingest", 0, _PACKED, {tp: 1}, lambda: True, base)  # noqa: E731
+        assert await save() is True
+        group["pointer"] = "other-owner"  # committed by the partition's new owner
+        assert await save(base="ck1") is False
+        assert ck.store.forgotten == ["ck2"] and ck.ours("ingest", 0) == ["ck1"]
+        assert ck.counters["checkpoints", "ingest"] == 1
+
+    asyncio.run(run())
+
+
+def test_adopting_another_pointer_deletes_this_workers_older_checkpoint_but_what_it_shares():
+    from aiokafka import TopicPartition
+
+    ck = _checkpointer([True])
+    tp = TopicPartition("t", 0)
+    kept = []
+
+    async def forget(name, pointer, keep=()):
+        ck.store.forgotten.append(pointer)
+        kept.append(list(keep))
+
+    ck.store.forget = forget
+
+    async def run():
+        assert await ck.save(None, "ingest", 0, _PACKED, {tp: 1}, lambda: True) is True
+        ck.adopt("ingest", 0, "ck1")  # found in force again: nothing to delete
+        await ck.forget_stale()
+        assert ck.store.forgotten == []
+        ck.adopt("ingest", 0, "theirs")  # another owner's chain (which may start with ck1)
+        await ck.forget_stale()
+        assert ck.store.forgotten == ["ck1"] and kept == [["theirs"]]
 
     asyncio.run(run())
 
@@ -443,7 +489,10 @@ def test_the_schedule_refreshes_every_held_partition_s_checkpoint_and_skips_thos
         return True
 
     host = Worker(Settings(state_dir=str(tmp_path)))
-    ck = Checkpointer("g", _Store(), commit=commit)
+    async def nothing_committed(consumer, tps):
+        return {}
+
+    ck = Checkpointer("g", _Store(), commit=commit, read_committed=nothing_committed)
     between = {("ingest", 1)}
     schedule = CheckpointSchedule(ck, host.stages, host.monitors, "partials", 30.0,
                                   loading=lambda role, p: (role, p) in between)

@@ -11,6 +11,12 @@ checkpoint is deleted, nobody will read it. Refused after a rebalance: aiokafka 
 commit whose answer was lost, and the retry is refused once the group has moved on, so
 the first try may have landed; that checkpoint is kept (the group may point to it) until
 a later commit supersedes it or a load finds the group pointing elsewhere.
+
+Before each commit the group's pointer is read back: if another owner has committed since,
+the commit is not tried. The group's generation fences a member's commits; this fences a
+member that has not noticed it lost the partition where commits are not fenced (the Faust
+host's bookkeeping groups), which would otherwise put stale state, or a delta on a chain the
+new owner has deleted, back in force.
 """
 from __future__ import annotations
 
@@ -99,11 +105,13 @@ class Checkpointer:
         return Loaded(pointer, state, state["offsets"])
 
     def adopt(self, role: str, partition: int, pointer: str) -> None:
-        """`pointer` is what the group has committed: checkpoints of this worker whose commit was
-        in doubt and are not it were never committed, and `forget_stale` deletes them."""
+        """`pointer` is what the group has committed: the checkpoints this worker committed, or
+        may have, that are not it are out of force, and `forget_stale` deletes them (but the
+        pieces `pointer`'s chain shares with them)."""
         name = self.name(role, partition)
+        mine = [self._pointers.get(name), *self._unsure.pop(name, ())]
         self._pointers[name] = pointer
-        self._stale.extend((name, old) for old in self._unsure.pop(name, ()) if old != pointer)
+        self._stale.extend((name, old) for old in mine if old and old != pointer)
 
     def pointer(self, role: str, partition: int) -> str:
         """The pointer in force for the partition, as far as this worker knows ("" for none)."""
@@ -133,7 +141,8 @@ class Checkpointer:
         holds is still this worker's, and delete the checkpoints it supersedes: True when
         committed."""
         name = self.name(role, partition)
-        landed = await self._commit(consumer, {tp: (o, pointer) for tp, o in offsets.items()}) if still() else False
+        landed = await self._commit(consumer, {tp: (o, pointer) for tp, o in offsets.items()}) \
+            if still() and not await self._taken_over(consumer, role, partition, list(offsets)) else False
         if landed is None:  # it may have landed: the group may point to it, so it stays
             self._unsure.setdefault(name, []).append(pointer)
             return False
@@ -145,6 +154,20 @@ class Checkpointer:
         self.counters["checkpoints", role] += 1
         return True
 
+    async def _taken_over(self, consumer, role: str, partition: int, tps: list) -> bool:
+        """Whether the group points to a checkpoint this worker did not write: another owner
+        has committed since, and a commit now would put this worker's stale state (or a delta
+        on a chain the other owner may have deleted) back in force. Consumer-group commits are
+        fenced by the group's generation; this also guards commits that are not (the Faust
+        host's bookkeeping groups never join)."""
+        found = await self._read_committed(consumer, tps)
+        now = next((meta for _, meta in found.values() if meta), "")
+        if now and now not in self.ours(role, partition):
+            log.warning("checkpoint not committed: another owner committed since",
+                        extra={"checkpoint": self.name(role, partition)})
+            return True
+        return False
+
     async def refresh(self, consumer, role: str, partition: int, max_age_s: float, still) -> bool:
         """Commit the partition's checkpoint in force again if its commit is older than
         `max_age_s` and `still()` says the partition is this worker's. Kafka deletes the
@@ -154,7 +177,8 @@ class Checkpointer:
         pointer would vanish and its next owner replay it from the start. True when committed."""
         name = self.name(role, partition)
         entry = self._in_force.get(name)
-        if entry is None or time.monotonic() - entry[1] < max_age_s or not still():
+        if entry is None or time.monotonic() - entry[1] < max_age_s or not still() \
+                or await self._taken_over(consumer, role, partition, list(entry[0])):
             return False
         if await self._commit(consumer, entry[0]) is not True:
             return False
