@@ -350,17 +350,17 @@ class FeedbackJoin:
             kind = key[-1:]
             prefix = _INDEXED[kind]
             if kind == b"N":
-                listed = _numbered(*_decode(refs, type=tuple[int, list[bytes]]))[0]
-            else:
-                listed = _decode(refs, type=list[bytes])
-            keys = [prefix + r for r in listed]
+                # a score's key is written once, with this entry, and deleted only here: it is
+                # not read back (old keys lie in files on disk; most of what expires is scores)
+                keys = [_SCORE + r for r in _numbered(*_decode(refs, type=tuple[int, list[bytes]]))[0]]
+                deque(map(wb.delete, keys), maxlen=0)
+                for k in keys:
+                    (gone if int(k[-16:]) > self._serial_taken else deleted).append(k)
+                self.expired_scores += len(keys)
+                continue
+            keys = [prefix + r for r in _decode(refs, type=list[bytes])]
             for k, v in zip(keys, self.db[keys]):
                 if v is None:
-                    continue
-                if prefix == _SCORE:
-                    wb.delete(k)
-                    (gone if int(k[-16:]) > self._serial_taken else deleted).append(k)
-                    self.expired_scores += 1
                     continue
                 if prefix == _LABELS:
                     if _decode(v)[2] < self._clock - self.horizon_s:  # else written again since:
