@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kernels.batch import FeedbackBatch, ScoreBatch, apply
 from kernels.derive import derive
@@ -268,3 +270,25 @@ def test_rule_memory_survives_dump_and_load():
     a = ev.evaluate(result("tumbling", 5, row(40, 60)))
     b = again.evaluate(result("tumbling", 5, row(40, 60)))
     assert [t["trigger_id"] for t in a] == [t["trigger_id"] for t in b]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 200), st.integers(0, 200), st.floats(0.05, 0.95), st.floats(0.0, 1.0),
+                          st.integers(0, 200), st.integers(0, 200), st.floats(0.0, 1.0)), min_size=1, max_size=12))
+def test_advice_for_many_keys_at_once_is_what_each_key_alone_gets(keys):
+    """A hopping window's advice kernels run once for all its keys: every key's trigger, to
+    the last bit of its evidence, is the one a window of that key alone gives."""
+    def halves(ov, lk, tau, score, ov2, lk2, score2):
+        return [row(ov, lk, tau=tau, scores=[score] * (ov + lk), decisions=ov + lk),
+                row(ov2, lk2, tau=tau, scores=[score2] * (ov2 + lk2), decisions=ov2 + lk2)]
+
+    def window(names, rows):
+        h = np.stack([np.concatenate(x) for x in zip(*rows)], axis=1)
+        state = h.sum(axis=1)
+        return WindowResult("hopping", 0.0, 3600.0, names, state, derive(state, LAYOUT, PARAMS), 11, halves=h)
+
+    names = [("p", f"s{i}") for i in range(len(keys))]
+    each = [halves(*k) for k in keys]
+    together = evaluator().evaluate(window(names, each))
+    alone = [t for name, h in zip(names, each) for t in evaluator().evaluate(window([name], [h]))]
+    assert together == alone
