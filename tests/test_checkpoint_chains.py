@@ -245,3 +245,49 @@ def test_a_join_that_changed_in_more_keys_than_it_tracks_drops_the_set_and_is_ch
     join.add_scores(["d0"], [ctx(3.0)])
     assert stage.delta_pays() and stage.capture(delta=True).delta is True  # counted afresh
     stage.close()
+
+
+def test_the_schedule_takes_a_partition_s_delta_before_other_partitions_whole_checkpoints_but_not_forever(
+        monkeypatch):
+    """A partition checkpointed whole is checkpointed again, as a delta, before the partitions
+    still waiting for their whole checkpoints (else its join may turn over meanwhile and its
+    next checkpoint be whole too); at most as many deltas in a row as partitions are held
+    while a whole one waits; each partition at most once an interval; none between owners."""
+    from streams.worker import checkpoint_schedule
+
+    now, begun = [100.0], []
+    monkeypatch.setattr(checkpoint_schedule.time, "monotonic", lambda: now[0])
+
+    class Stages:  # partitions 0 and 1 would be deltas against their bases, 2 and 3 whole
+        stages = dict.fromkeys(range(4))
+        dirty = {0, 1, 2, 3}  # every partition keeps moving
+
+        @staticmethod
+        def delta_ready(p, base):
+            return base == f"base{p}" and p in (0, 1)
+
+        @staticmethod
+        def capture(p, base):
+            begun.append((p, base if Stages.delta_ready(p, base) else ""))
+
+    checkpointer = SimpleNamespace(delta_base=lambda role, p: f"base{p}")
+
+    def run(schedule, times):
+        picks = []
+        for t in times:
+            now[0] = t
+            picks.append(p := schedule.next_partition(t))
+            if p is not None:
+                schedule.begin(p)
+        return picks
+
+    schedule = CheckpointSchedule(checkpointer, Stages, None, "partials", 10.0, loading=lambda role, p: p == 3)
+    # deltas first, oldest first, then the whole one; 3 is between owners; nothing is due
+    # again until 10 s after it was begun
+    assert run(schedule, [100.0] * 5 + [105.0, 110.0, 110.0, 110.0, 110.0]) == [0, 1, 2, None, None, None,
+                                                                             0, 1, 2, None]
+    assert begun[:3] == [(0, "base0"), (1, "base1"), (2, "")]
+
+    schedule = CheckpointSchedule(checkpointer, Stages, None, "partials", 0.0)
+    # four partitions held: four deltas at most while 2 and 3 wait, then the longer-waiting one
+    assert run(schedule, [float(t) for t in range(12)]) == [0, 1, 0, 1, 2, 0, 1, 0, 1, 3, 0, 1]

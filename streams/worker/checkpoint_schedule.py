@@ -1,11 +1,20 @@
 """When each held partition is checkpointed, shared by every host of the pipeline.
 
 Every `interval_s` the monitors that moved are checkpointed at once (they are small: open
-windows and rule memory), and the input partitions that moved are queued; then each
-round takes one step of one input partition's checkpoint: capture its state, or take one
-slice of its join store, or write and commit it. The state is that of the capture; the
-stage goes on processing meanwhile, so a large join store never stalls the stream.
-A host calls `step` once a round, after the round's output has been acknowledged.
+windows and rule memory). Input partitions are checkpointed one at a time, each at most once
+every `interval_s` and only if it moved: each round takes one step of one partition's
+checkpoint (capture its state, or take one slice of its join store, or write and commit it).
+The state is that of the capture; the stage goes on processing meanwhile, so a large join
+store never stalls the stream. A host calls `step` once a round, after the round's output
+has been acknowledged.
+
+A partition whose checkpoint can be a delta goes before one that must be whole, oldest
+first, but at most as many deltas in a row as partitions are held while a whole one waits.
+A delta holds the keys changed since its partition's last capture, so it must come before
+half the join has changed: a partition that has just been checkpointed whole is then
+checkpointed again, as a small delta, while the other partitions' whole checkpoints
+(which may take a minute each on a large join) are still to come, instead of after all of
+them, by which time its join may have turned over and its next one would be whole too.
 Every hour, the checkpoints in force whose commit is a day old are committed again
 (`Checkpointer.refresh`), so a partition that receives nothing keeps its offsets in a group
 Kafka would otherwise let them expire from.
@@ -37,18 +46,21 @@ class CheckpointSchedule:
         self.checkpointer, self.stages, self.monitors = checkpointer, stages, monitors
         self.partials_topic, self.interval_s, self.loading = partials_topic, interval_s, loading
         self.consumers: dict[str, object] = {}
-        self._queue: list[int] = []  # input partitions waiting for their checkpoint
+        self._begun: dict[int, float] = {}  # input partition -> when its last checkpoint was begun
+        self._deltas_in_a_row = 0  # deltas begun since a whole checkpoint was, while one was due
         self._last = self._last_refresh = time.monotonic()
 
     async def step(self) -> None:
         """This round's share of checkpointing."""
-        if time.monotonic() - self._last_refresh >= REFRESH_EVERY_S:  # first: a busy schedule must not starve it
+        now = time.monotonic()
+        if now - self._last_refresh >= REFRESH_EVERY_S:  # first: a busy schedule must not starve it
             await self.refresh(REFRESH_AGE_S)
-        elif self.stages.capturing is not None or self._queue:
+        elif self.stages.capturing is not None:
             await self._stage_step()
-        elif time.monotonic() - self._last >= self.interval_s:
+        elif now - self._last >= self.interval_s:
             await self._monitors()
-            self._queue = sorted(self.stages.dirty)
+        elif (p := self.next_partition(now)) is not None:
+            self.begin(p)
 
     async def refresh(self, max_age_s: float) -> None:
         """Commit again each held partition's checkpoint whose commit is older than `max_age_s`."""
@@ -63,9 +75,32 @@ class CheckpointSchedule:
     async def all(self) -> None:
         """Checkpoint every partition that moved since its last checkpoint, now (a clean stop)."""
         await self._monitors()
-        self._queue = sorted(set(self._queue) | self.stages.dirty)
-        while self.stages.capturing is not None or self._queue:
+        while self.stages.capturing is not None:
             await self._stage_step()
+        for p in sorted(self.stages.dirty):
+            if p in self.stages.dirty and not self.loading("ingest", p):
+                self.begin(p)
+                while self.stages.capturing is not None:
+                    await self._stage_step()
+
+    def next_partition(self, now: float) -> int | None:
+        """The input partition to checkpoint next (see the module's docstring), or None: those
+        that moved, are not between owners, and were last begun `interval_s` ago or more."""
+        due = [p for p in sorted(self.stages.dirty) if not self.loading("ingest", p)
+               and now - self._begun.get(p, float("-inf")) >= self.interval_s]
+        deltas = [p for p in due if self.stages.delta_ready(p, self.checkpointer.delta_base("ingest", p))]
+        wholes = [p for p in due if p not in deltas]
+        oldest = lambda p: self._begun.get(p, float("-inf"))  # noqa: E731
+        if deltas and (not wholes or self._deltas_in_a_row < len(self.stages.stages)):
+            self._deltas_in_a_row += bool(wholes)
+            return min(deltas, key=oldest)
+        self._deltas_in_a_row = 0
+        return min(wholes, key=oldest) if wholes else None
+
+    def begin(self, p: int) -> None:
+        """Begin input partition `p`'s checkpoint now: a delta if it can be one."""
+        self._begun[p] = time.monotonic()
+        self.stages.capture(p, self.checkpointer.delta_base("ingest", p))
 
     def _still(self, role: str, partition: int, same_state: bool) -> bool:
         return same_state and not self.loading(role, partition)
@@ -84,11 +119,6 @@ class CheckpointSchedule:
 
     async def _stage_step(self) -> None:
         c = self.stages.capturing
-        if c is None:
-            p = self._queue.pop(0)
-            if not self.loading("ingest", p):
-                self.stages.capture(p, self.checkpointer.delta_base("ingest", p))
-            return
         if c.step():
             return
         self.stages.capturing = None

@@ -149,10 +149,16 @@ class Stages:
         if stage is None:
             return None
         self.dirty.discard(p)
-        body = stage.capture(delta=bool(base) and base == self.bases.get(p) and stage.delta_pays())
+        body = stage.capture(delta=self.delta_ready(p, base))
         self.capturing = Capture(p, stage, body, self.router.numbers(p), dict(self.offsets[p]),
                                  base if body.delta else "")
         return self.capturing
+
+    def delta_ready(self, p: int, base: str) -> bool:
+        """Whether `p`'s checkpoint would now be a delta against `base` (the checkpoint in force,
+        if one may be followed): its changes count from it and are much smaller than its state."""
+        stage = self.stages.get(p)
+        return stage is not None and bool(base) and base == self.bases.get(p) and stage.delta_pays()
 
     def settle(self, c: Capture, pointer: str) -> None:
         """`c`'s checkpoint came into force as `pointer` (""): it did not, and `c`'s partition
