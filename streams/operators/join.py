@@ -13,9 +13,10 @@ asks for (:func:`pick`). The same store remembers, per labelled scenario,
 whether it was labelled before and the first labels of its audit pair
 (:meth:`FeedbackJoin.labels`).
 
-The keys written or deleted since the last checkpoint are remembered, so a checkpoint
-can hold just those (:meth:`FeedbackJoin.changes_lazily`), with their values as of
-one moment, and a load can take it on top of the earlier ones (:meth:`FeedbackJoin.apply`).
+The keys written or deleted since the last checkpoint are remembered with the value each
+was last given, so a checkpoint can hold just those (:meth:`FeedbackJoin.changes_lazily`),
+as they are at the moment it is taken, without reading the store back, and a load can take
+it on top of the earlier ones (:meth:`FeedbackJoin.apply`).
 """
 from __future__ import annotations
 
@@ -146,11 +147,11 @@ class FeedbackJoin:
         self._last_expiry = float("-inf")
         self.expired_scores = 0
         self.unmatched_feedback = 0
-        # keys written or deleted since the last checkpoint; None until a checkpoint is taken
-        # or loaded (a store that is never checkpointed keeps no such set)
-        self._changed: set[bytes] | None = None
+        # key written or deleted since the last checkpoint -> its value now (None: deleted); None
+        # until a checkpoint is taken or loaded (a store never checkpointed keeps no such map)
+        self._changed: dict[bytes, bytes | None] | None = None
         self._serial_taken = 0  # the score serial when changes were last taken: later scores are new
-        # past this many changed keys the set is dropped and the next checkpoint is whole
+        # past this many changed keys the map is dropped and the next checkpoint is whole
         self._track_limit = _TRACK_MIN
         self._changed_all = False
         self._note_stored()
@@ -174,26 +175,25 @@ class FeedbackJoin:
                 return
             yield key
 
-    def _index(self, wb: WriteBatch, max_ts: float, kind: bytes, refs: list) -> bytes:
+    def _index(self, wb: WriteBatch, max_ts: float, kind: bytes, refs: list) -> tuple[bytes, bytes]:
         """One expiry entry for a batch's keys: a kind of `_INDEXED` (N scores, F feedback, L
         label states), the keys without prefix as a msgpack list (ids may hold
-        any character); for N, [first number, scenario ids] (:func:`_numbered`). Its key."""
+        any character); for N, [first number, scenario ids] (:func:`_numbered`). Its key and value."""
         self._seq += 1
-        key = _EXPIRY + _ms(max_ts) + b"%08d" % (self._seq % 10**8) + kind
-        wb.put(key, _encode(refs))
-        return key
+        key, value = _EXPIRY + _ms(max_ts) + b"%08d" % (self._seq % 10**8) + kind, _encode(refs)
+        wb.put(key, value)
+        return key, value
 
-    def _commit(self, wb: WriteBatch, keys: list[bytes], *more: bytes, gone: list[bytes] = ()) -> None:
-        """Write a batch whose keys (put or deleted) are `keys` and `more`, and which deletes
+    def _commit(self, wb: WriteBatch, keys: list[bytes], values, gone: list[bytes] = ()) -> None:
+        """Write a batch that gives `keys` their `values` (None: deleted), and which deletes
         `gone`: scores written since changes were last taken, which no checkpoint holds, so
         none needs to hear of their deletion."""
         self.db.write(wb, self._write)
         if self._changed is not None and not self._changed_all:
-            self._changed.update(keys)
-            self._changed.update(more)
-            self._changed.difference_update(gone)
-            if len(self._changed) > self._track_limit:  # a delta would not pay: stop paying for the set
-                self._changed, self._changed_all = set(), True
+            self._changed.update(zip(keys, values))
+            deque(map(self._changed.pop, gone, repeat(None)), maxlen=0)
+            if len(self._changed) > self._track_limit:  # a delta would not pay: stop paying for the map
+                self._changed, self._changed_all = {}, True
 
     def _numbered_refs(self, ids: list[bytes]) -> tuple[int, list[bytes]]:
         """(first number, keys without prefix) of new numbered keys for `ids` (:func:`_numbered`)."""
@@ -209,10 +209,13 @@ class FeedbackJoin:
         ids = list(map(str.encode, scenario_ids))
         first, refs = self._numbered_refs(ids)
         keys = list(map(_SCORE.__add__, refs))
-        deque(map(wb.put, keys, map(_encode, contexts)), maxlen=0)  # C-level loop
-        wb.put(_SERIAL, b"%d" % self._serial)
+        values = list(map(_encode, contexts))
+        deque(map(wb.put, keys, values), maxlen=0)  # C-level loop
+        serial = b"%d" % self._serial
+        wb.put(_SERIAL, serial)
         max_ts = max(map(itemgetter(5), contexts))
-        self._commit(wb, keys, _SERIAL, self._index(wb, max_ts, b"N", [first, ids]))
+        index = self._index(wb, max_ts, b"N", [first, ids])
+        self._commit(wb, [*keys, _SERIAL, index[0]], [*values, serial, index[1]])
         self._clock = max(self._clock, max_ts)
 
     def scores_of(self, scenario_ids) -> dict[str, list[Context]]:
@@ -248,16 +251,18 @@ class FeedbackJoin:
         if not pending:
             return
         wb = WriteBatch(raw_mode=True)
-        refs, keys = [], []
+        refs, keys, values = [], [], []
         for p in pending:
             self._parked += 1
             ref = p.scenario_id.encode() + b"\x00%016d" % self._parked
             refs.append(ref)
             keys.append(_FEEDBACK + ref)
-            wb.put(keys[-1], _encode(p[1:]))
+            values.append(_encode(p[1:]))
+            wb.put(keys[-1], values[-1])
             self._waiting[p.scenario_id] = self._waiting.get(p.scenario_id, 0) + 1
         max_ts = max(p.ts for p in pending)
-        self._commit(wb, keys, self._index(wb, max_ts, b"F", refs))
+        index = self._index(wb, max_ts, b"F", refs)
+        self._commit(wb, [*keys, index[0]], [*values, index[1]])
         self._clock = max(self._clock, max_ts)
 
     @property
@@ -279,7 +284,7 @@ class FeedbackJoin:
         wb = WriteBatch(raw_mode=True)
         for k in keys:
             wb.delete(k)
-        self._commit(wb, keys)
+        self._commit(wb, keys, repeat(None))
         return out
 
     def labels(self, scenario_ids: list[str], audit: list[bool], labels: list[int],
@@ -328,9 +333,10 @@ class FeedbackJoin:
         wb = WriteBatch(raw_mode=True)
         refs = [sid.encode() for sid in changed]
         keys = list(map(_LABELS.__add__, refs))
-        for key, (channel, audit_state, _) in zip(keys, changed.values()):
-            wb.put(key, _encode((channel, audit_state, max_ts)))
-        self._commit(wb, keys, self._index(wb, max_ts, b"L", refs))
+        values = [_encode((channel, audit_state, max_ts)) for channel, audit_state, _ in changed.values()]
+        deque(map(wb.put, keys, values), maxlen=0)
+        index = self._index(wb, max_ts, b"L", refs)
+        self._commit(wb, [*keys, index[0]], [*values, index[1]])
         self._clock = max(self._clock, max_ts)
 
     def expire(self) -> list[Pending]:
@@ -374,7 +380,7 @@ class FeedbackJoin:
                 left = self._waiting.pop(sid, 1) - 1
                 if left > 0:
                     self._waiting[sid] = left
-        self._commit(wb, deleted, gone=gone)
+        self._commit(wb, deleted, repeat(None), gone=gone)
         self.unmatched_feedback += len(unmatched)
         return unmatched
 
@@ -395,12 +401,12 @@ class FeedbackJoin:
         return {"seq": self._seq, "parked": self._parked, "clock": self._clock, "last_expiry": self._last_expiry,
                 "expired_scores": self.expired_scores, "unmatched_feedback": self.unmatched_feedback}
 
-    def take_changes(self) -> set[bytes] | None:
-        """The keys written or deleted since the last call (a checkpoint's capture), or None
-        when more changed than is tracked (half the store's keys); from now on changes are
-        counted afresh."""
-        changed = None if self._changed_all else self._changed or set()
-        self._changed, self._changed_all, self._serial_taken = set(), False, self._serial
+    def take_changes(self) -> dict[bytes, bytes | None] | None:
+        """The keys written or deleted since the last call (a checkpoint's capture), each with
+        its value now (None: deleted), or None when more changed than is tracked (half the
+        store's keys); from now on changes are counted afresh."""
+        changed = None if self._changed_all else self._changed or {}
+        self._changed, self._changed_all, self._serial_taken = {}, False, self._serial
         self._track_limit = max(_TRACK_MIN, self._key_count() // 2)
         return changed
 
@@ -416,31 +422,28 @@ class FeedbackJoin:
             return 0.0
         return len(self._changed) / max(1, self._key_count())
 
-    def keep_changes(self, changed: set[bytes] | None) -> None:
+    def keep_changes(self, changed: dict[bytes, bytes | None] | None) -> None:
         """Count `changed` (what `take_changes` gave) as changed again: the checkpoint that
-        took them did not come into force, so the next one must hold them."""
+        took them did not come into force, so the next one must hold them (with the values
+        given since, where a key changed again)."""
         if changed is None or self._changed_all:
-            self._changed, self._changed_all = set(), True
+            self._changed, self._changed_all = {}, True
         else:
-            self._changed = (self._changed or set()) | changed
+            self._changed = {**changed, **(self._changed or {})}
 
-    def changes_lazily(self, changed: set[bytes], slice_size: int = 50_000) -> tuple[dict, Iterator[bytes]]:
-        """(counters, parts) as `dump_lazily` gives them, but of the keys in `changed` alone,
-        each with its value as of this call, or None where it is deleted (for `apply`)."""
-        # an iterator made now reads this moment's values however long the parts take (a
-        # snapshot's own iterators read the store as it is when they are made)
-        it = self.db.snapshot().iter()
-        keys = sorted(changed)
+    def changes_lazily(self, changed: dict[bytes, bytes | None], slice_size: int = 50_000) \
+            -> tuple[dict, Iterator[bytes]]:
+        """(counters, parts) as `dump_lazily` gives them, but of what `take_changes` gave just
+        before: the changed keys with their values then, None where deleted (for `apply`).
+        Nothing is read from the store, so a delta costs what changed, not what is stored."""
+        entries = list(changed.items())
 
         def parts() -> Iterator[bytes]:
-            for lo in range(0, len(keys), slice_size):
-                chunk = []
-                for key in keys[lo:lo + slice_size]:
-                    it.seek(key)
-                    chunk.append((key, it.value() if it.valid() and it.key() == key else None))
-                yield _encode(chunk)
+            for lo in range(0, len(entries), slice_size):
+                yield _encode(entries[lo:lo + slice_size])
 
         return self._counters(), parts()
+
     def dump(self) -> dict:
         """Plain values (for a checkpoint): the counters and every entry (in `parts`)."""
         counters, parts = self.dump_lazily()
@@ -456,7 +459,7 @@ class FeedbackJoin:
         self._take(state, list[tuple[bytes, bytes | None]])
 
     def _take(self, state: dict, entries_type) -> None:
-        self._changed = self._changed if self._changed is not None else set()
+        self._changed = self._changed if self._changed is not None else {}
         wb = WriteBatch(raw_mode=True)
         for part in state["parts"]:
             try:
