@@ -246,6 +246,69 @@ def test_a_worker_whose_partition_another_owner_committed_does_not_commit_over_i
     asyncio.run(run())
 
 
+def test_an_owner_commits_over_another_worker_s_checkpoint_once_it_has_stayed_in_force_past_the_grace(
+        monkeypatch):
+    """A member that had not noticed it lost the partition commits after the new owner loaded
+    (the bookkeeping groups do not fence it). The owner does not know yet which of them is
+    the zombie: it commits nothing, and takes whole checkpoints only (the other may delete
+    the chain a delta would extend). Once the other's checkpoint has stayed in force past
+    the grace, the owner commits a whole one over it and deletes the other's own pieces."""
+    import json
+
+    from aiokafka import TopicPartition
+
+    from streams.worker import checkpointing
+    from streams.worker.checkpointing import Checkpointer
+
+    now = [0.0]
+    monkeypatch.setattr(checkpointing.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(checkpointing, "extendable", bool)  # these pointers are lists of piece ids
+    group, live, written = {"pointer": ""}, set(), [0]
+    tp = TopicPartition("t", 0)
+
+    class Store:  # a pointer is the JSON list of its pieces' ids
+        async def write(self, name, packed, base=""):
+            written[0] += 1
+            live.add(f"p{written[0]}")
+            return json.dumps([*(json.loads(base) if base else []), f"p{written[0]}"])
+
+        async def forget(self, name, pointer, keep=()):
+            live.difference_update(set(json.loads(pointer)) - {i for k in keep if k for i in json.loads(k)})
+
+    def worker():
+        async def commit(consumer, offsets):
+            group["pointer"] = next(iter(offsets.values()))[1]
+            return True
+
+        async def read(consumer, tps):
+            return {tp: (1, group["pointer"])} if group["pointer"] else {}
+
+        return Checkpointer("g", Store(), commit=commit, read_committed=read)
+
+    zombie, owner = worker(), worker()
+
+    async def run():
+        assert await zombie.save(None, "ingest", 0, _PACKED, {tp: 1}, lambda: True)
+        p1 = zombie.pointer("ingest", 0)
+        owner.adopt("ingest", 0, p1)  # the owner loads p1
+        assert await zombie.save(None, "ingest", 0, _PACKED, {tp: 2}, lambda: True, base=p1)  # lands after
+        foreign = group["pointer"]
+        assert owner.delta_base("ingest", 0) == p1
+        assert not await owner.save(None, "ingest", 0, _PACKED, {tp: 9}, lambda: True, base=p1)
+        assert owner.delta_base("ingest", 0) == ""  # whole checkpoints only while contested
+        now[0] = checkpointing.CONTEST_GRACE_S - 1
+        assert not await owner.save(None, "ingest", 0, _PACKED, {tp: 9}, lambda: True)
+        assert not await owner.refresh(None, "ingest", 0, 0.0, lambda: True)  # never over another's
+        now[0] = checkpointing.CONTEST_GRACE_S
+        assert not await owner.save(None, "ingest", 0, _PACKED, {tp: 9}, lambda: True, base=p1)  # not a delta
+        assert await owner.save(None, "ingest", 0, _PACKED, {tp: 9}, lambda: True)
+        assert group["pointer"] == owner.pointer("ingest", 0) and json.loads(group["pointer"])[0] in live
+        assert not live & set(json.loads(foreign))  # the other's pieces are deleted
+        assert owner.delta_base("ingest", 0) == group["pointer"]  # deltas again
+
+    asyncio.run(run())
+
+
 def test_adopting_another_pointer_deletes_this_workers_older_checkpoint_but_what_it_shares():
     from aiokafka import TopicPartition
 

@@ -12,11 +12,17 @@ commit whose answer was lost, and the retry is refused once the group has moved 
 the first try may have landed; that checkpoint is kept (the group may point to it) until
 a later commit supersedes it or a load finds the group pointing elsewhere.
 
-Before each commit the group's pointer is read back: if another owner has committed since,
-the commit is not tried. The group's generation fences a member's commits; this fences a
-member that has not noticed it lost the partition where commits are not fenced (the Faust
-host's bookkeeping groups), which would otherwise put stale state, or a delta on a chain the
-new owner has deleted, back in force.
+Before each commit the group's pointer is read back: if another worker has committed since,
+the commit is not tried. The group's generation fences a member's commits; this guards
+commits that are not fenced (the Faust host's bookkeeping groups), where a member that has
+not noticed it lost the partition would otherwise put stale state, or a delta on a chain the
+new owner has deleted, back in force. It narrows that window, and does not close it: the
+read and the commit are two requests. Which of the two is the partition's owner is not
+known at the read, so while another worker's checkpoint is in force this one's checkpoints
+are whole (the chain it would extend may be deleted by the other); once that checkpoint has
+stayed in force for `CONTEST_GRACE_S`, the other was a member that had not yet noticed, and
+the owner commits a whole checkpoint over it and deletes the other's pieces. Without that
+the owner would never commit again until the next rebalance.
 """
 from __future__ import annotations
 
@@ -32,6 +38,11 @@ from streams.state import snapshot
 from streams.worker.faults import crash_point
 
 log = logging.getLogger("npo.worker")
+
+CONTEST_GRACE_S = 600.0
+"""How long another worker's checkpoint stays in force before a partition's owner commits over
+it: longer than a member can go without noticing it lost its partitions (Kafka's
+`max.poll.interval.ms`, 300 s by default), after which the other cannot be the new owner."""
 
 
 async def commit_offsets(consumer, offsets: dict) -> bool | None:
@@ -71,6 +82,7 @@ class Checkpointer:
         self._unsure: dict[str, list[str]] = {}  # name -> pointers whose commit may have landed
         self._stale: list[tuple[str, str]] = []  # (name, pointer) found not committed: to delete
         self._in_force: dict[str, tuple[dict, float]] = {}  # name -> ({tp: (offset, pointer)}, when committed)
+        self._contested: dict[str, tuple[str, float]] = {}  # name -> (another worker's pointer in force, seen since)
 
     def name(self, role: str, partition: int) -> str:
         return f"{self.group_id}-{role}/{partition}"
@@ -118,9 +130,10 @@ class Checkpointer:
         return self._pointers.get(self.name(role, partition), "")
 
     def delta_base(self, role: str, partition: int) -> str:
-        """The pointer in force for the partition if a delta may follow it, else ""."""
+        """The pointer in force for the partition if a delta may follow it, else "" (also while
+        another worker's checkpoint is in force: the other may delete this worker's chain)."""
         pointer = self.pointer(role, partition)
-        return pointer if extendable(pointer) else ""
+        return pointer if extendable(pointer) and self.name(role, partition) not in self._contested else ""
 
     async def forget_stale(self) -> None:
         """Delete the checkpoints `adopt` found were never committed."""
@@ -136,13 +149,17 @@ class Checkpointer:
         its pointer."""
         return await self.store.write(self.name(role, partition), packed, base)
 
-    async def commit(self, consumer, role: str, partition: int, pointer: str, offsets: dict, still) -> bool:
+    async def commit(self, consumer, role: str, partition: int, pointer: str, offsets: dict, still,
+                     whole: bool = False) -> bool:
         """Commit `offsets` ({tp: next offset}) with `pointer`, if `still()` says the state it
         holds is still this worker's, and delete the checkpoints it supersedes: True when
-        committed."""
+        committed. Only a `whole` checkpoint (not a delta) may go over another worker's."""
         name = self.name(role, partition)
+        over = ""  # another worker's checkpoint in force, long enough to commit over
+        if still():
+            over = await self._taken_over(consumer, role, partition, list(offsets), whole=whole)
         landed = await self._commit(consumer, {tp: (o, pointer) for tp, o in offsets.items()}) \
-            if still() and not await self._taken_over(consumer, role, partition, list(offsets)) else False
+            if still() and over is not None else False
         if landed is None:  # it may have landed: the group may point to it, so it stays
             self._unsure.setdefault(name, []).append(pointer)
             return False
@@ -150,23 +167,35 @@ class Checkpointer:
             await self._forget(name, pointer)  # never committed: never read
             return False
         await self._supersede(name, pointer)
+        if over:
+            await self._forget(name, over)
+        self._contested.pop(name, None)
         self._in_force[name] = ({tp: (o, pointer) for tp, o in offsets.items()}, time.monotonic())
         self.counters["checkpoints", role] += 1
         return True
 
-    async def _taken_over(self, consumer, role: str, partition: int, tps: list) -> bool:
-        """Whether the group points to a checkpoint this worker did not write: another owner
-        has committed since, and a commit now would put this worker's stale state (or a delta
-        on a chain the other owner may have deleted) back in force. Consumer-group commits are
-        fenced by the group's generation; this also guards commits that are not (the Faust
-        host's bookkeeping groups never join)."""
+    async def _taken_over(self, consumer, role: str, partition: int, tps: list, whole: bool) -> str | None:
+        """None when the group points to a checkpoint this worker did not write: another worker
+        has committed since, and a commit now could put stale state (or a delta on a chain the
+        other may have deleted) back in force. Else "" (the group points to this worker's), or
+        the other's pointer when it has stayed in force for `CONTEST_GRACE_S` and the commit
+        is `whole`: the other had not noticed it lost the partition, and its checkpoint may be
+        committed over."""
         found = await self._read_committed(consumer, tps)
         now = next((meta for _, meta in found.values() if meta), "")
-        if now and now not in self.ours(role, partition):
-            log.warning("checkpoint not committed: another owner committed since",
-                        extra={"checkpoint": self.name(role, partition)})
-            return True
-        return False
+        name = self.name(role, partition)
+        if not now or now in self.ours(role, partition):
+            self._contested.pop(name, None)
+            return ""
+        seen = self._contested.get(name)
+        if seen is None or seen[0] != now:
+            seen = self._contested[name] = (now, time.monotonic())
+        if whole and time.monotonic() - seen[1] >= CONTEST_GRACE_S:
+            log.warning("committing over another worker's checkpoint, in force for %.0f s", time.monotonic() - seen[1],
+                        extra={"checkpoint": name})
+            return now
+        log.warning("checkpoint not committed: another worker committed since", extra={"checkpoint": name})
+        return None
 
     async def refresh(self, consumer, role: str, partition: int, max_age_s: float, still) -> bool:
         """Commit the partition's checkpoint in force again if its commit is older than
@@ -178,7 +207,7 @@ class Checkpointer:
         name = self.name(role, partition)
         entry = self._in_force.get(name)
         if entry is None or time.monotonic() - entry[1] < max_age_s or not still() \
-                or await self._taken_over(consumer, role, partition, list(entry[0])):
+                or await self._taken_over(consumer, role, partition, list(entry[0]), whole=False) != "":
             return False
         if await self._commit(consumer, entry[0]) is not True:
             return False
@@ -191,7 +220,7 @@ class Checkpointer:
         """`write`, then `commit`: True when the checkpoint is in force."""
         pointer = await self.write(role, partition, packed, base)
         crash_point("checkpoint")
-        if not await self.commit(consumer, role, partition, pointer, offsets, still):
+        if not await self.commit(consumer, role, partition, pointer, offsets, still, whole=not base):
             return False
         self.counters["checkpoint_bytes", role] += packed.size
         if base:
