@@ -291,3 +291,24 @@ def test_the_schedule_takes_a_partition_s_delta_before_other_partitions_whole_ch
     schedule = CheckpointSchedule(checkpointer, Stages, None, "partials", 0.0)
     # four partitions held: four deltas at most while 2 and 3 wait, then the longer-waiting one
     assert run(schedule, [float(t) for t in range(12)]) == [0, 1, 0, 1, 2, 0, 1, 0, 1, 3, 0, 1]
+
+
+def test_rounds_longer_than_the_interval_still_begin_input_checkpoints(monkeypatch):
+    """The monitors are due at every round when a round takes longer than the interval; the
+    input partitions' checkpoints must not wait behind them."""
+    from streams.worker import checkpoint_schedule
+
+    now, begun = [0.0], []
+    monkeypatch.setattr(checkpoint_schedule.time, "monotonic", lambda: now[0])
+    stages = SimpleNamespace(stages={0: None}, dirty={0}, capturing=None, delta_ready=lambda p, base: False,
+                             capture=lambda p, base: begun.append(p))
+    monitors = SimpleNamespace(dirty=set())
+    schedule = CheckpointSchedule(SimpleNamespace(delta_base=lambda role, p: ""), stages, monitors, "partials", 0.5)
+
+    async def rounds():
+        for _ in range(3):
+            now[0] += 1.0
+            await schedule.step()
+
+    asyncio.run(rounds())
+    assert begun == [0, 0, 0]

@@ -57,10 +57,11 @@ class CheckpointSchedule:
             await self.refresh(REFRESH_AGE_S)
         elif self.stages.capturing is not None:
             await self._stage_step()
-        elif now - self._last >= self.interval_s:
-            await self._monitors()
-        elif (p := self.next_partition(now)) is not None:
-            self.begin(p)
+        else:  # both in one round: rounds longer than the interval must not starve either
+            if now - self._last >= self.interval_s:
+                await self._monitors()
+            if (p := self.next_partition(now)) is not None:
+                self.begin(p)
 
     async def refresh(self, max_age_s: float) -> None:
         """Commit again each held partition's checkpoint whose commit is older than `max_age_s`."""
