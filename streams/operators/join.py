@@ -436,11 +436,11 @@ class FeedbackJoin:
         """(counters, parts) as `dump_lazily` gives them, but of what `take_changes` gave just
         before: the changed keys with their values then, None where deleted (for `apply`).
         Nothing is read from the store, so a delta costs what changed, not what is stored."""
-        entries = list(changed.items())
+        entries = iter(changed.items())  # the taken map is not written to again
 
         def parts() -> Iterator[bytes]:
-            for lo in range(0, len(entries), slice_size):
-                yield _encode(entries[lo:lo + slice_size])
+            while chunk := list(islice(entries, slice_size)):
+                yield _encode(chunk)
 
         return self._counters(), parts()
 
