@@ -198,27 +198,36 @@ def test_the_schedule_writes_a_whole_checkpoint_then_deltas_and_a_load_of_the_ch
         host.stages.close_all()
 
 
-def test_a_delta_names_the_deletion_only_of_scores_an_earlier_checkpoint_could_hold():
-    """A score written and expired between two captures is in neither, so its deletion is
-    left out of the second (in a join that turns over between checkpoints, tombstones
-    would otherwise make a delta larger than the store); one written before the first
-    capture is deleted in the second."""
+def test_a_delta_names_no_score_deletions_but_a_load_of_it_deletes_the_expired_scores_of_the_base():
+    """Scores expire a batch at a time with their expiry entry: a delta names that entry's
+    deletion, and applying it deletes the scores it lists that the base holds (a join that
+    turns over between checkpoints would otherwise name every expired score). A score
+    written and expired between two captures is in neither, and nowhere in the delta."""
     from streams.operators.join import FeedbackJoin
 
     ctx = lambda ts: ("p", "default", 0.5, 0.5, "act", ts)  # noqa: E731
     join = FeedbackJoin(None, horizon_s=10.0, expire_every_s=0.0)
     join.add_scores(["old"], [ctx(0.0)])
-    join.take_changes()  # the first capture holds "old"
+    join.take_changes()
+    base = join.dump()  # the first capture holds "old"
     join.add_scores(["young"], [ctx(1.0)])
     join.add_scores(["now"], [ctx(30.0)])
     join.expire()
     changed = join.take_changes()
-    scores = {k.split(b"\x00")[0] for k in changed if k.startswith(b"s:")}
-    assert scores == {b"s:old", b"s:now"} and join.expired_scores == 2
+    assert {k.split(b"\x00")[0] for k in changed if k.startswith(b"s:")} == {b"s:now"}
+    assert join.expired_scores == 2
+    expired = [k for k, v in changed.items() if k.startswith(b"x:") and v is None]
+    assert len(expired) == 2  # old's entry, and young's (written and expired in between)
+    counters, parts = join.changes_lazily(changed)
+    again = FeedbackJoin(None, horizon_s=10.0, expire_every_s=0.0)
+    again.load(base)
+    again.apply({**counters, "parts": list(parts)})
+    assert again.dump() == join.dump() and set(again.scores_of(["old", "young", "now"])) == {"now"}
     assert join.changed_share() == 0.0
     join.add_scores([f"s{i}" for i in range(10)], [ctx(31.0)] * 10)
     assert 0.5 < join.changed_share() <= 12 / 3  # most of the store is new: a whole checkpoint pays
-    join.close()
+    for j in (join, again):
+        j.close()
 
 
 def test_a_join_that_changed_in_more_keys_than_it_tracks_drops_the_set_and_is_checkpointed_whole(monkeypatch):

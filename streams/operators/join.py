@@ -16,7 +16,8 @@ whether it was labelled before and the first labels of its audit pair
 The keys written or deleted since the last checkpoint are remembered with the value each
 was last given, so a checkpoint can hold just those (:meth:`FeedbackJoin.changes_lazily`),
 as they are at the moment it is taken, without reading the store back, and a load can take
-it on top of the earlier ones (:meth:`FeedbackJoin.apply`).
+it on top of the earlier ones (:meth:`FeedbackJoin.apply`). Expired scores are not among
+them: the deletion of their batch's expiry entry implies theirs.
 """
 from __future__ import annotations
 
@@ -102,6 +103,11 @@ def _numbered(first: int, ids: list[bytes]) -> tuple[list[bytes], int]:
         numbers.append(first + seen[i])
         seen[i] += 1
     return list(map(b"%s\x00%016d".__mod__, zip(ids, numbers))), max(numbers)
+
+
+def _score_keys(refs: bytes) -> list[bytes]:
+    """The score keys an "N" expiry entry's value lists ([first number, scenario ids])."""
+    return [_SCORE + r for r in _numbered(*_decode(refs, type=tuple[int, list[bytes]]))[0]]
 
 
 def _is_numbered(key: bytes, prefix: bytes) -> bool:
@@ -357,11 +363,11 @@ class FeedbackJoin:
             prefix = _INDEXED[kind]
             if kind == b"N":
                 # a score's key is written once, with this entry, and deleted only here: it is
-                # not read back (old keys lie in files on disk; most of what expires is scores)
-                keys = [_SCORE + r for r in _numbered(*_decode(refs, type=tuple[int, list[bytes]]))[0]]
+                # not read back (old keys lie in files on disk; most of what expires is scores),
+                # and a delta names only this entry's deletion, which implies theirs (`_take`)
+                keys = _score_keys(refs)
                 deque(map(wb.delete, keys), maxlen=0)
-                for k in keys:
-                    (gone if int(k[-16:]) > self._serial_taken else deleted).append(k)
+                gone.extend(k for k in keys if int(k[-16:]) > self._serial_taken)
                 self.expired_scores += len(keys)
                 continue
             keys = [prefix + r for r in _decode(refs, type=list[bytes])]
@@ -468,6 +474,9 @@ class FeedbackJoin:
                 raise ValueError(f"join state: {e}") from e
             for key, value in entries:
                 if value is None:
+                    if key[-1:] == b"N" and key.startswith(_EXPIRY):  # its scores expired with it
+                        refs = self.db.get(key)  # absent if written after the state this applies to
+                        deque(map(wb.delete, _score_keys(refs) if refs is not None else ()), maxlen=0)
                     wb.delete(key)
                 else:
                     wb.put(key, value)
