@@ -99,6 +99,9 @@ class Metrics:
                                         "by role: over npo_checkpoints, the size of one", ["role"], registry=r)
         self.checkpoint_deltas = Counter("npo_checkpoint_deltas", "Of npo_checkpoints, those holding only what "
                                          "changed since the one before (the rest are whole)", ["role"], registry=r)
+        self.checkpoint_guard_errors = Counter("npo_checkpoint_guard_errors", "Checkpoints not committed because "
+                                               "the group's committed pointer could not be read before the commit",
+                                               ["role"], registry=r)
         self.kernel_seconds = Histogram("npo_kernel_seconds", "Time per partition batch (decode to partials)",
                                         registry=r, buckets=(0.001, 0.005, 0.02, 0.05, 0.1, 0.5, 1, 5))
         self.redis_errors = Counter("npo_redis_errors", "Failed Redis flushes and threshold polls", registry=r)
@@ -140,7 +143,7 @@ class Metrics:
                 self.windows_closed.labels(kind=labels[0]).inc(delta)
             elif name == "triggers":
                 self.triggers.labels(rule=labels[0]).inc(delta)
-            elif name in ("checkpoints", "checkpoint_bytes", "checkpoint_deltas"):
+            elif name in ("checkpoints", "checkpoint_bytes", "checkpoint_deltas", "checkpoint_guard_errors"):
                 getattr(self, name).labels(role=labels[0]).inc(delta)
             elif name in ("duplicates", "late_events", "redis_errors", "joined_late", "waiting_for_score",
                           "expired_scores", "output_retries"):

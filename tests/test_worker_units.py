@@ -309,6 +309,43 @@ def test_an_owner_commits_over_another_worker_s_checkpoint_once_it_has_stayed_in
     asyncio.run(run())
 
 
+def test_a_checkpoint_whose_guard_cannot_read_the_group_is_not_committed_and_the_worker_goes_on():
+    """The read before a commit fails with an error the client does not retry (an unknown broker
+    error, say): the checkpoint is not committed (without the read a stale commit could not be
+    told apart), it is deleted, a counter moves, and the next checkpoint commits as usual."""
+    from aiokafka import TopicPartition
+    from aiokafka.errors import KafkaError
+
+    from streams.worker.checkpointing import Checkpointer
+
+    commits, failing = [], [True]
+
+    async def commit(consumer, offsets):
+        commits.append(offsets)
+        return True
+
+    async def read_committed(consumer, tps):
+        if failing[0]:
+            raise KafkaError("UnknownError")
+        return {}
+
+    ck = Checkpointer("g", _Store(), commit=commit, read_committed=read_committed)
+    tp = TopicPartition("t", 0)
+
+    async def run():
+        assert await ck.save(None, "ingest", 0, _PACKED, {tp: 1}, lambda: True) is False
+        assert commits == [] and ck.store.forgotten == ["ck1"] and ck.pointer("ingest", 0) == ""
+        assert ck.counters["checkpoint_guard_errors", "ingest"] == 1
+        failing[0] = False
+        assert await ck.save(None, "ingest", 0, _PACKED, {tp: 2}, lambda: True) is True
+        assert commits == [{tp: (2, "ck2")}] and ck.pointer("ingest", 0) == "ck2"
+        failing[0] = True
+        assert not await ck.refresh(None, "ingest", 0, 0.0, lambda: True)  # nor a refresh
+        assert len(commits) == 1 and ck.counters["checkpoint_guard_errors", "ingest"] == 2
+
+    asyncio.run(run())
+
+
 def test_adopting_another_pointer_deletes_this_workers_older_checkpoint_but_what_it_shares():
     from aiokafka import TopicPartition
 

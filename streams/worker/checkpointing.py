@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from typing import NamedTuple
 
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from streams.kafka.checkpoints import Packed, committed, extendable
 from streams.state import snapshot
@@ -181,9 +181,15 @@ class Checkpointer:
         the other's pointer when it has stayed in force for `CONTEST_GRACE_S` and the commit
         is `whole`: the other had not noticed it lost the partition, and its checkpoint may be
         committed over."""
-        found = await self._read_committed(consumer, tps)
-        now = next((meta for _, meta in found.values() if meta), "")
         name = self.name(role, partition)
+        try:
+            found = await self._read_committed(consumer, tps)
+        except KafkaError as exc:  # retriable errors are retried by the client; these are not
+            log.warning("checkpoint not committed: the group's pointer could not be read: %r", exc,
+                        extra={"checkpoint": name})
+            self.counters["checkpoint_guard_errors", role] += 1
+            return None
+        now = next((meta for _, meta in found.values() if meta), "")
         if not now or now in self.ours(role, partition):
             self._contested.pop(name, None)
             return ""
