@@ -23,7 +23,7 @@ from streams.events import FeedbackEvent, ScoreEvent
 from streams.operators.aggregate import Aggregator, WindowResult
 from streams.operators.dedup import Deduplicator
 from streams.operators.ingest import ingest
-from streams.operators.join import FeedbackJoin, Pending
+from streams.operators.join import Changes, FeedbackJoin, Pending
 from streams.operators.records import Records
 from streams.operators.triggers import TriggerEvaluator
 from streams.operators.windows import Partials, PartitionWindows
@@ -117,7 +117,7 @@ class PartitionStage:
         now on counts toward the next checkpoint; if this one does not come into force, say
         so (`abandoned`) and the next one holds its changes too."""
         changed = self.join.take_changes()
-        delta = delta and changed is not None  # None: more changed than was tracked
+        delta = delta and changed.entries is not None  # None: more changed than was tracked
         if delta:
             join, parts = self.join.changes_lazily(changed, slice_size)
             dedup = self.dedup.changes()
@@ -170,7 +170,7 @@ class StageCapture:
     """A stage's checkpoint being taken: its state as of `PartitionStage.capture`, the join's
     entries (all, or the changed ones for a `delta`) compressed one slice per `step`."""
 
-    def __init__(self, head: dict, parts: Iterator[bytes], delta: bool = False, changed: set[bytes] | None = frozenset(),
+    def __init__(self, head: dict, parts: Iterator[bytes], delta: bool = False, changed: Changes | None = None,
                  position: tuple[int, int] = (0, 0)) -> None:
         self._head, self._parts, self._packed = head, parts, []
         self.delta, self.changed, self.position = delta, changed, position

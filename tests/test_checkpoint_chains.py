@@ -213,12 +213,13 @@ def test_a_delta_names_no_score_deletions_but_a_load_of_it_deletes_the_expired_s
     join.add_scores(["young"], [ctx(1.0)])
     join.add_scores(["now"], [ctx(30.0)])
     join.expire()
-    changed = join.take_changes()
+    taken = join.take_changes()
+    changed = taken.entries
     assert {k.split(b"\x00")[0] for k in changed if k.startswith(b"s:")} == {b"s:now"}
     assert join.expired_scores == 2
     expired = [k for k, v in changed.items() if k.startswith(b"x:") and v is None]
     assert len(expired) == 2  # old's entry, and young's (written and expired in between)
-    counters, parts = join.changes_lazily(changed)
+    counters, parts = join.changes_lazily(taken)
     again = FeedbackJoin(None, horizon_s=10.0, expire_every_s=0.0)
     again.load(base)
     again.apply({**counters, "parts": list(parts)})
@@ -226,6 +227,38 @@ def test_a_delta_names_no_score_deletions_but_a_load_of_it_deletes_the_expired_s
     assert join.changed_share() == 0.0
     join.add_scores([f"s{i}" for i in range(10)], [ctx(31.0)] * 10)
     assert 0.5 < join.changed_share() <= 12 / 3  # most of the store is new: a whole checkpoint pays
+    for j in (join, again):
+        j.close()
+
+
+@pytest.mark.parametrize("expires", ["after the capture is given up", "while it is taken"])
+def test_scores_of_a_capture_that_never_came_into_force_that_expire_before_the_next_are_in_no_delta(expires):
+    """A capture given up (its commit failed) hands its changes back; the scores among them
+    are not in the checkpoint in force, so when they expire before the next capture, the
+    next delta must not put them back: a load of it would hold scores the live join forgot.
+    Also when a second capture (a dump) is taken and given up while the first is taken."""
+    from streams.operators.join import FeedbackJoin
+
+    ctx = lambda ts: ("p", "default", 0.5, 0.5, "act", ts)  # noqa: E731
+    join = FeedbackJoin(None, horizon_s=10.0, expire_every_s=0.0)
+    join.add_scores(["old"], [ctx(0.0)])
+    join.take_changes()
+    base = join.dump()  # the checkpoint in force holds "old"
+    join.add_scores(["between"], [ctx(1.0)])
+    taken = join.take_changes()  # a capture begins; "between" is in it
+    join.keep_changes(join.take_changes())  # a dump, taken and given up meanwhile
+    join.add_scores(["now"], [ctx(30.0)])
+    if expires == "while it is taken":
+        join.expire()
+    join.keep_changes(taken)  # the capture is given up
+    join.expire()
+    assert join.expired_scores == 2
+    counters, parts = join.changes_lazily(join.take_changes())
+    again = FeedbackJoin(None, horizon_s=10.0, expire_every_s=0.0)
+    again.load(base)
+    again.apply({**counters, "parts": list(parts)})
+    assert set(again.scores_of(["old", "between", "now"])) == set(join.scores_of(["old", "between", "now"])) == {"now"}
+    assert again.dump() == join.dump()
     for j in (join, again):
         j.close()
 
@@ -248,7 +281,7 @@ def test_a_join_that_changed_in_more_keys_than_it_tracks_drops_the_set_and_is_ch
     join.add_scores([f"c{i}" for i in range(20)], [ctx(2.0)] * 20)
     assert join.changed_share() == float("inf") and not stage.delta_pays()
     capture = stage.capture(delta=True)
-    assert capture.delta is False and capture.changed is None
+    assert capture.delta is False and capture.changed.entries is None
     stage.abandoned(capture)  # what it took is unknown: the next one is whole too
     assert not stage.delta_pays() and stage.capture(delta=True).delta is False
     join.add_scores(["d0"], [ctx(3.0)])

@@ -149,19 +149,21 @@ def test_a_stage_checkpoint_holds_its_state_as_of_the_capture_while_processing_g
         s.close()
 
 
+@pytest.mark.parametrize("turnover", [6, 40])
 @pytest.mark.parametrize("seed", range(3))
-def test_a_chain_of_deltas_restores_exactly_the_state_of_its_last_piece(by_partition, seed):
+def test_a_chain_of_deltas_restores_exactly_the_state_of_its_last_piece(by_partition, seed, turnover):
     """A worker checkpoints a partition whole, then only what changed, while the stream goes
     on and some checkpoints never come into force (their changes then go into the next):
     a load of the whole piece and the deltas in order must give the state of the last
     capture exactly, and carry on exactly as a stage that never stopped. Horizons and the
     id cap are short here, so scores expire, feedback waits and is released or given up,
-    and ids are forgotten and evicted between pieces."""
+    and ids are forgotten and evicted between pieces; with a `turnover` of 40 horizons in the
+    stream, scores written before a checkpoint that is abandoned expire before the next."""
     rng = random.Random(seed)
     messages = by_partition[seed % 2]
     times = [orjson.loads(m)["ts"] for m in messages]
     span = max(times) - min(times)
-    config = MonitorConfig(join_horizon_s=span / 6, dedup_horizon_s=span / 5, dedup_max_ids=150)
+    config = MonitorConfig(join_horizon_s=span / turnover, dedup_horizon_s=span / 5, dedup_max_ids=150)
     stage, chain, taken = PartitionStage(config), [], 0
     deltas = abandoned = 0
     i = 0

@@ -120,6 +120,15 @@ _TRACK_MIN = 100_000
 """Changed keys always tracked; beyond it, at most half the store's keys."""
 
 
+class Changes(NamedTuple):
+    """What `FeedbackJoin.take_changes` took: each key written or deleted since the take before
+    with its value then (None: deleted), or None when more changed than was tracked (half the
+    store's keys); and the score serial at the take before, which `keep_changes` restores."""
+
+    entries: dict[bytes, bytes | None] | None
+    serial_before: int
+
+
 def _ms(ts: float) -> bytes:
     return b"%016d" % max(0, int(ts * 1000))
 
@@ -407,11 +416,10 @@ class FeedbackJoin:
         return {"seq": self._seq, "parked": self._parked, "clock": self._clock, "last_expiry": self._last_expiry,
                 "expired_scores": self.expired_scores, "unmatched_feedback": self.unmatched_feedback}
 
-    def take_changes(self) -> dict[bytes, bytes | None] | None:
-        """The keys written or deleted since the last call (a checkpoint's capture), each with
-        its value now (None: deleted), or None when more changed than is tracked (half the
-        store's keys); from now on changes are counted afresh."""
-        changed = None if self._changed_all else self._changed or {}
+    def take_changes(self) -> Changes:
+        """The keys written or deleted since the last call (a checkpoint's capture); from now
+        on changes are counted afresh."""
+        changed = Changes(None if self._changed_all else self._changed or {}, self._serial_taken)
         self._changed, self._changed_all, self._serial_taken = {}, False, self._serial
         self._track_limit = max(_TRACK_MIN, self._key_count() // 2)
         return changed
@@ -428,21 +436,29 @@ class FeedbackJoin:
             return 0.0
         return len(self._changed) / max(1, self._key_count())
 
-    def keep_changes(self, changed: dict[bytes, bytes | None] | None) -> None:
-        """Count `changed` (what `take_changes` gave) as changed again: the checkpoint that
-        took them did not come into force, so the next one must hold them (with the values
-        given since, where a key changed again)."""
+    def keep_changes(self, taken: Changes) -> None:
+        """Count what `take_changes` gave as changed again: the checkpoint that took it did not
+        come into force, so the next one must hold it (with the values given since, where a key
+        changed again). Captures given up while others were being taken are given up in the
+        reverse order of their takes. The scores written since the checkpoint in force are
+        again new: one that expires is in no checkpoint, and no delta names it (those of an
+        expiry entry that `taken` wrote and that was deleted since are dropped from it)."""
+        self._serial_taken, changed = taken.serial_before, taken.entries
         if changed is None or self._changed_all:
             self._changed, self._changed_all = {}, True
-        else:
-            self._changed = {**changed, **(self._changed or {})}
+            return
+        now = self._changed or {}
+        for key in [k for k, v in now.items() if v is None and k[-1:] == b"N" and k.startswith(_EXPIRY)]:
+            if (refs := changed.get(key)) is not None:
+                deque(map(changed.pop, _score_keys(refs), repeat(None)), maxlen=0)
+        self._changed = {**changed, **now}
 
-    def changes_lazily(self, changed: dict[bytes, bytes | None], slice_size: int = 50_000) \
-            -> tuple[dict, Iterator[bytes]]:
+    def changes_lazily(self, taken: Changes, slice_size: int = 50_000) -> tuple[dict, Iterator[bytes]]:
         """(counters, parts) as `dump_lazily` gives them, but of what `take_changes` gave just
-        before: the changed keys with their values then, None where deleted (for `apply`).
-        Nothing is read from the store, so a delta costs what changed, not what is stored."""
-        entries = iter(changed.items())  # the taken map is not written to again
+        before (its entries must not be None): the changed keys with their values then, None
+        where deleted (for `apply`). Nothing is read from the store, so a delta costs what
+        changed, not what is stored."""
+        entries = iter(taken.entries.items())  # the taken map is not written to again
 
         def parts() -> Iterator[bytes]:
             while chunk := list(islice(entries, slice_size)):
