@@ -117,7 +117,7 @@ class PartitionStage:
         now on counts toward the next checkpoint; if this one does not come into force, say
         so (`abandoned`) and the next one holds its changes too."""
         changed = self.join.take_changes()
-        delta = delta and changed.entries is not None  # None: more changed than was tracked
+        delta = delta and changed.log is not None  # None: more changed than was tracked
         if delta:
             join, parts = self.join.changes_lazily(changed, slice_size)
             dedup = self.dedup.changes()

@@ -13,11 +13,13 @@ asks for (:func:`pick`). The same store remembers, per labelled scenario,
 whether it was labelled before and the first labels of its audit pair
 (:meth:`FeedbackJoin.labels`).
 
-The keys written or deleted since the last checkpoint are remembered with the value each
-was last given, so a checkpoint can hold just those (:meth:`FeedbackJoin.changes_lazily`),
-as they are at the moment it is taken, without reading the store back, and a load can take
-it on top of the earlier ones (:meth:`FeedbackJoin.apply`). Expired scores are not among
-them: the deletion of their batch's expiry entry implies theirs.
+What each write batch since the last checkpoint put or deleted is logged in order, two
+msgpack arrays (its keys, their values) a batch, so a checkpoint can hold just that
+(:meth:`FeedbackJoin.changes_lazily`) without reading the store back, and a load can take it
+on top of the earlier ones (:meth:`FeedbackJoin.apply`). The log costs about what it holds
+(some 100 bytes an entry, in a few large buffers a malloc trim can hand back), a third of a
+map of keys to values. Expired scores are not in it: the deletion of their batch's expiry
+entry implies theirs.
 """
 from __future__ import annotations
 
@@ -117,16 +119,17 @@ def _is_numbered(key: bytes, prefix: bytes) -> bool:
 
 
 _TRACK_MIN = 100_000
-"""Changed keys always tracked; beyond it, at most half the store's keys."""
+"""Entries always logged for the next delta; beyond it, at most half the store's keys."""
 
 
 class Changes(NamedTuple):
-    """What `FeedbackJoin.take_changes` took: each key written or deleted since the take before
-    with its value then (None: deleted), or None when more changed than was tracked (half the
-    store's keys); and the score serial at the take before, which `keep_changes` restores."""
+    """What `FeedbackJoin.take_changes` took: the write batches since the take before, each as
+    (msgpack array of keys, msgpack array of their values, None where deleted), in the order
+    they were written, None when more changed than is tracked (half the store's keys); and
+    how many entries they hold."""
 
-    entries: dict[bytes, bytes | None] | None
-    serial_before: int
+    log: list[tuple[bytes, bytes]] | None
+    entries: int
 
 
 def _ms(ts: float) -> bytes:
@@ -162,11 +165,11 @@ class FeedbackJoin:
         self._last_expiry = float("-inf")
         self.expired_scores = 0
         self.unmatched_feedback = 0
-        # key written or deleted since the last checkpoint -> its value now (None: deleted); None
-        # until a checkpoint is taken or loaded (a store never checkpointed keeps no such map)
-        self._changed: dict[bytes, bytes | None] | None = None
-        self._serial_taken = 0  # the score serial when changes were last taken: later scores are new
-        # past this many changed keys the map is dropped and the next checkpoint is whole
+        # the write batches since the last checkpoint (see `Changes`); None until a checkpoint is
+        # taken or loaded (a store never checkpointed keeps no log)
+        self._log: list[tuple[bytes, bytes]] | None = None
+        self._logged = 0  # entries in the log
+        # past this many logged entries the log is dropped and the next checkpoint is whole
         self._track_limit = _TRACK_MIN
         self._changed_all = False
         self._note_stored()
@@ -199,16 +202,15 @@ class FeedbackJoin:
         wb.put(key, value)
         return key, value
 
-    def _commit(self, wb: WriteBatch, keys: list[bytes], values, gone: list[bytes] = ()) -> None:
-        """Write a batch that gives `keys` their `values` (None: deleted), and which deletes
-        `gone`: scores written since changes were last taken, which no checkpoint holds, so
-        none needs to hear of their deletion."""
+    def _commit(self, wb: WriteBatch, keys: list[bytes], values: list[bytes | None]) -> None:
+        """Write a batch that gives `keys` their `values` (None: deleted); expired scores it
+        deletes are left out of `keys` (their expiry entry's deletion implies them)."""
         self.db.write(wb, self._write)
-        if self._changed is not None and not self._changed_all:
-            self._changed.update(zip(keys, values))
-            deque(map(self._changed.pop, gone, repeat(None)), maxlen=0)
-            if len(self._changed) > self._track_limit:  # a delta would not pay: stop paying for the map
-                self._changed, self._changed_all = {}, True
+        if self._log is not None and not self._changed_all:
+            self._log.append((_encode(keys), _encode(values)))
+            self._logged += len(keys)
+            if self._logged > self._track_limit:  # a delta would not pay: stop paying for the log
+                self._log, self._logged, self._changed_all = [], 0, True
 
     def _numbered_refs(self, ids: list[bytes]) -> tuple[int, list[bytes]]:
         """(first number, keys without prefix) of new numbered keys for `ids` (:func:`_numbered`)."""
@@ -299,7 +301,7 @@ class FeedbackJoin:
         wb = WriteBatch(raw_mode=True)
         for k in keys:
             wb.delete(k)
-        self._commit(wb, keys, repeat(None))
+        self._commit(wb, keys, [None] * len(keys))
         return out
 
     def labels(self, scenario_ids: list[str], audit: list[bool], labels: list[int],
@@ -362,7 +364,7 @@ class FeedbackJoin:
         cutoff = _EXPIRY + _ms(self._clock - self.horizon_s)
         unmatched: list[Pending] = []
         wb = WriteBatch(raw_mode=True)
-        deleted, gone = [], []
+        deleted = []
         for key, refs in self.db.items(from_key=_EXPIRY):
             if key >= cutoff or not key.startswith(_EXPIRY):
                 break
@@ -376,7 +378,6 @@ class FeedbackJoin:
                 # and a delta names only this entry's deletion, which implies theirs (`_take`)
                 keys = _score_keys(refs)
                 deque(map(wb.delete, keys), maxlen=0)
-                gone.extend(k for k in keys if int(k[-16:]) > self._serial_taken)
                 self.expired_scores += len(keys)
                 continue
             keys = [prefix + r for r in _decode(refs, type=list[bytes])]
@@ -395,7 +396,7 @@ class FeedbackJoin:
                 left = self._waiting.pop(sid, 1) - 1
                 if left > 0:
                     self._waiting[sid] = left
-        self._commit(wb, deleted, repeat(None), gone=gone)
+        self._commit(wb, deleted, [None] * len(deleted))
         self.unmatched_feedback += len(unmatched)
         return unmatched
 
@@ -417,51 +418,43 @@ class FeedbackJoin:
                 "expired_scores": self.expired_scores, "unmatched_feedback": self.unmatched_feedback}
 
     def take_changes(self) -> Changes:
-        """The keys written or deleted since the last call (a checkpoint's capture); from now
-        on changes are counted afresh."""
-        changed = Changes(None if self._changed_all else self._changed or {}, self._serial_taken)
-        self._changed, self._changed_all, self._serial_taken = {}, False, self._serial
+        """The write batches since the last call (a checkpoint's capture); from now on changes
+        are logged afresh."""
+        taken = Changes(None if self._changed_all else self._log or [], self._logged)
+        self._log, self._logged, self._changed_all = [], 0, False
         self._track_limit = max(_TRACK_MIN, self._key_count() // 2)
-        return changed
+        return taken
 
     def _key_count(self) -> int:
         return int(self.db.property_int_value("rocksdb.estimate-num-keys") or 0)
 
     def changed_share(self) -> float:
-        """Keys changed since changes were last taken, over the keys stored (RocksDB's
+        """Entries logged since changes were last taken, over the keys stored (RocksDB's
         estimate): past about a half, a delta would hold about as much as the whole store."""
         if self._changed_all:
             return math.inf
-        if not self._changed:
-            return 0.0
-        return len(self._changed) / max(1, self._key_count())
+        return self._logged / max(1, self._key_count()) if self._logged else 0.0
 
     def keep_changes(self, taken: Changes) -> None:
-        """Count what `take_changes` gave as changed again: the checkpoint that took it did not
-        come into force, so the next one must hold it (with the values given since, where a key
-        changed again). Captures given up while others were being taken are given up in the
-        reverse order of their takes. The scores written since the checkpoint in force are
-        again new: one that expires is in no checkpoint, and no delta names it (those of an
-        expiry entry that `taken` wrote and that was deleted since are dropped from it)."""
-        self._serial_taken, changed = taken.serial_before, taken.entries
-        if changed is None or self._changed_all:
-            self._changed, self._changed_all = {}, True
-            return
-        now = self._changed or {}
-        for key in [k for k, v in now.items() if v is None and k[-1:] == b"N" and k.startswith(_EXPIRY)]:
-            if (refs := changed.get(key)) is not None:
-                deque(map(changed.pop, _score_keys(refs), repeat(None)), maxlen=0)
-        self._changed = {**changed, **now}
+        """Log what `take_changes` gave again, before what was logged since: the checkpoint that
+        took it did not come into force, so the next one must hold it."""
+        if taken.log is None or self._changed_all:
+            self._log, self._logged, self._changed_all = [], 0, True
+        else:
+            self._log, self._logged = [*taken.log, *(self._log or ())], taken.entries + self._logged
 
     def changes_lazily(self, taken: Changes, slice_size: int = 50_000) -> tuple[dict, Iterator[bytes]]:
         """(counters, parts) as `dump_lazily` gives them, but of what `take_changes` gave just
-        before (its entries must not be None): the changed keys with their values then, None
-        where deleted (for `apply`). Nothing is read from the store, so a delta costs what
-        changed, not what is stored."""
-        entries = iter(taken.entries.items())  # the taken map is not written to again
+        before (its log must not be None): the entries written since the take before, in
+        order, None where deleted (for `apply`, which lets a later one win). Nothing is read
+        from the store, so a delta costs what changed, not what is stored."""
+        def entries() -> Iterator[tuple[bytes, bytes | None]]:
+            for keys, values in taken.log:  # the taken log is not written to again
+                yield from zip(_decode(keys), _decode(values))
 
         def parts() -> Iterator[bytes]:
-            while chunk := list(islice(entries, slice_size)):
+            pending = entries()
+            while chunk := list(islice(pending, slice_size)):
                 yield _encode(chunk)
 
         return self._counters(), parts()
@@ -481,24 +474,27 @@ class FeedbackJoin:
         self._take(state, list[tuple[bytes, bytes | None]])
 
     def _take(self, state: dict, entries_type) -> None:
-        self._changed = self._changed if self._changed is not None else {}
+        self._log = self._log if self._log is not None else []
         wb = WriteBatch(raw_mode=True)
+        expiries: dict[bytes, bytes] = {}  # score expiry entries put by this state, not yet in the store
         for part in state["parts"]:
             try:
                 entries = _decode(part, type=entries_type)
             except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as e:
                 raise ValueError(f"join state: {e}") from e
             for key, value in entries:
+                is_scores_expiry = key[-1:] == b"N" and key.startswith(_EXPIRY)
                 if value is None:
-                    if key[-1:] == b"N" and key.startswith(_EXPIRY):  # its scores expired with it
-                        refs = self.db.get(key)  # absent if written after the state this applies to
+                    if is_scores_expiry:  # its scores expired with it
+                        refs = expiries.pop(key, None) or self.db.get(key)
                         deque(map(wb.delete, _score_keys(refs) if refs is not None else ()), maxlen=0)
                     wb.delete(key)
                 else:
+                    if is_scores_expiry:
+                        expiries[key] = value
                     wb.put(key, value)
         self.db.write(wb, self._write)
         self._note_stored()
-        self._serial_taken = self._serial
         self._track_limit = max(_TRACK_MIN, self._key_count() // 2)
         self._seq, self._parked = int(state["seq"]), max(self._parked, int(state["parked"]))
         self._clock, self._last_expiry = float(state["clock"]), float(state["last_expiry"])
