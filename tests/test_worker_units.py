@@ -309,6 +309,113 @@ def test_an_owner_commits_over_another_worker_s_checkpoint_once_it_has_stayed_in
     asyncio.run(run())
 
 
+def _contest(monkeypatch):
+    """(owner Checkpointer, the group's pointer by topic partition, live piece ids, commit
+    answers, clock) for a contested partition: a pointer is the JSON list of its pieces' ids;
+    a commit lands, and answers what `answers` holds next (True by default)."""
+    import json
+
+    from streams.worker import checkpoint_schedule, checkpointing
+    from streams.worker.checkpointing import Checkpointer
+
+    now = [0.0]
+    for module in (checkpointing, checkpoint_schedule):
+        monkeypatch.setattr(module.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(checkpointing, "extendable", bool)
+    group, live, answers, written = {}, set(), [], [0]
+
+    class Store:
+        async def write(self, name, packed, base=""):
+            written[0] += 1
+            live.add(f"p{written[0]}")
+            return json.dumps([f"p{written[0]}"])
+
+        async def forget(self, name, pointer, keep=()):
+            live.difference_update(set(json.loads(pointer)) - {i for k in keep if k for i in json.loads(k)})
+
+    async def commit(consumer, offsets):
+        group.update({tp: pointer for tp, (_, pointer) in offsets.items()})
+        return answers.pop(0) if answers else True
+
+    async def read(consumer, tps):
+        return {tp: (1, group[tp]) for tp in tps if group.get(tp)}
+
+    return Checkpointer("g", Store(), commit=commit, read_committed=read), group, live, answers, now
+
+
+def test_the_other_worker_s_pieces_are_deleted_also_when_the_commit_over_them_may_have_landed(monkeypatch):
+    """The commit that goes over another worker's checkpoint is answered "refused after a
+    rebalance" but landed: once a later commit of this worker is in force (or a load finds
+    the group pointing elsewhere), the other's pieces are deleted all the same."""
+    import json
+
+    from aiokafka import TopicPartition
+
+    from streams.worker.checkpointing import CONTEST_GRACE_S
+
+    owner, group, live, answers, now = _contest(monkeypatch)
+    tp = TopicPartition("t", 0)
+
+    async def run():
+        assert await owner.save(None, "ingest", 0, _PACKED, {tp: 1}, lambda: True)
+        live.add("zombie")
+        group[tp] = json.dumps(["zombie"])
+        assert not await owner.save(None, "ingest", 0, _PACKED, {tp: 2}, lambda: True)  # contested
+        now[0] = CONTEST_GRACE_S
+        answers.append(None)  # the commit over it lands, but is answered as refused
+        assert not await owner.save(None, "ingest", 0, _PACKED, {tp: 3}, lambda: True)
+        assert "zombie" in live  # which of the two is in force is not known yet
+        assert await owner.save(None, "ingest", 0, _PACKED, {tp: 4}, lambda: True)
+        assert live == {json.loads(group[tp])[0]}
+        live.add("zombie2")  # and by a load: the group points elsewhere
+        group[tp] = json.dumps(["zombie2"])
+        now[0] = 3 * CONTEST_GRACE_S
+        assert not await owner.save(None, "ingest", 0, _PACKED, {tp: 5}, lambda: True)
+        now[0] = 4 * CONTEST_GRACE_S
+        answers.append(None)
+        assert not await owner.save(None, "ingest", 0, _PACKED, {tp: 6}, lambda: True)
+        owner.adopt("ingest", 0, "[]")  # a load finds a third pointer in force
+        await owner.forget_stale()
+        assert "zombie2" not in live
+
+    asyncio.run(run())
+
+
+def test_an_idle_partition_with_another_worker_s_checkpoint_in_force_is_checkpointed_whole_again(monkeypatch):
+    """A refresh never commits over another worker's checkpoint; a partition that receives
+    nothing would then never be checkpointed again, and the other's offsets would expire with
+    the group's. The refresh marks it as moved, so a whole checkpoint goes over it after the
+    grace."""
+    import json
+    from types import SimpleNamespace
+
+    from aiokafka import TopicPartition
+
+    from streams.worker.checkpoint_schedule import CheckpointSchedule
+
+    owner, group, live, answers, now = _contest(monkeypatch)
+    tp = TopicPartition("t", 0)
+    stages = SimpleNamespace(stages={0: object()}, dirty=set(), capturing=None)
+    monitors = SimpleNamespace(monitors={3: object()}, dirty=set())
+    schedule = CheckpointSchedule(owner, stages, monitors, "partials", 1.0)
+    schedule.consumers = {"ingest": None, "aggregate": None}
+
+    async def run():
+        assert await owner.save(None, "ingest", 0, _PACKED, {tp: 5}, lambda: True)
+        assert await owner.save(None, "aggregate", 3, _PACKED, {TopicPartition("partials", 3): 7}, lambda: True)
+        now[0] = 86_400.0
+        await schedule.refresh(0.0)
+        assert stages.dirty == set() and monitors.dirty == set()  # in force: refreshed, nothing more
+        group[tp] = json.dumps(["zombie"])  # the others' commits landed after the owner's last
+        group[TopicPartition("partials", 3)] = json.dumps(["zombie3"])
+        now[0] = 2 * 86_400.0
+        await schedule.refresh(0.0)
+        assert group[tp] == json.dumps(["zombie"])  # a refresh never goes over it
+        assert stages.dirty == {0} and monitors.dirty == {3}
+
+    asyncio.run(run())
+
+
 def test_a_checkpoint_whose_guard_cannot_read_the_group_is_not_committed_and_the_worker_goes_on():
     """The read before a commit fails with an error the client does not retry (an unknown broker
     error, say): the checkpoint is not committed (without the read a stale commit could not be

@@ -64,14 +64,20 @@ class CheckpointSchedule:
                 self.begin(p)
 
     async def refresh(self, max_age_s: float) -> None:
-        """Commit again each held partition's checkpoint whose commit is older than `max_age_s`."""
+        """Commit again each held partition's checkpoint whose commit is older than `max_age_s`.
+        One found with another worker's checkpoint in force is marked as moved: a refresh never
+        commits over the other's, a whole checkpoint does once the grace has passed, and an
+        idle partition would otherwise never get one."""
         self._last_refresh = time.monotonic()
-        for role, held in (("aggregate", self.monitors.monitors), ("ingest", self.stages.stages)):
+        for role, held, dirty in (("aggregate", self.monitors.monitors, self.monitors.dirty),
+                                  ("ingest", self.stages.stages, self.stages.dirty)):
             for partition, state in sorted(held.items()):
                 if not self.loading(role, partition):
                     await self.checkpointer.refresh(
                         self.consumers[role], role, partition, max_age_s,
                         still=lambda r=role, h=held, p=partition, s=state: self._still(r, p, h.get(p) is s))
+                    if self.checkpointer.contested(role, partition):
+                        dirty.add(partition)
 
     async def all(self) -> None:
         """Checkpoint every partition that moved since its last checkpoint, now (a clean stop)."""

@@ -83,6 +83,7 @@ class Checkpointer:
         self._stale: list[tuple[str, str]] = []  # (name, pointer) found not committed: to delete
         self._in_force: dict[str, tuple[dict, float]] = {}  # name -> ({tp: (offset, pointer)}, when committed)
         self._contested: dict[str, tuple[str, float]] = {}  # name -> (another worker's pointer in force, seen since)
+        self._over: dict[str, str] = {}  # name -> another worker's pointer a commit that may have landed went over
 
     def name(self, role: str, partition: int) -> str:
         return f"{self.group_id}-{role}/{partition}"
@@ -121,13 +122,18 @@ class Checkpointer:
         may have, that are not it are out of force, and `forget_stale` deletes them (but the
         pieces `pointer`'s chain shares with them)."""
         name = self.name(role, partition)
-        mine = [self._pointers.get(name), *self._unsure.pop(name, ())]
+        mine = [self._pointers.get(name), *self._unsure.pop(name, ()), self._over.pop(name, None)]
         self._pointers[name] = pointer
         self._stale.extend((name, old) for old in mine if old and old != pointer)
 
     def pointer(self, role: str, partition: int) -> str:
         """The pointer in force for the partition, as far as this worker knows ("" for none)."""
         return self._pointers.get(self.name(role, partition), "")
+
+    def contested(self, role: str, partition: int) -> bool:
+        """Whether another worker's checkpoint was found in force at the partition's last commit
+        or refresh: only a whole checkpoint, once `CONTEST_GRACE_S` has passed, goes over it."""
+        return self.name(role, partition) in self._contested
 
     def delta_base(self, role: str, partition: int) -> str:
         """The pointer in force for the partition if a delta may follow it, else "" (also while
@@ -162,13 +168,15 @@ class Checkpointer:
             if still() and over is not None else False
         if landed is None:  # it may have landed: the group may point to it, so it stays
             self._unsure.setdefault(name, []).append(pointer)
+            if over:  # and the other's, until this worker's next commit or load says which is in force
+                self._over[name] = over
             return False
         if not landed:
             await self._forget(name, pointer)  # never committed: never read
             return False
         await self._supersede(name, pointer)
-        if over:
-            await self._forget(name, over)
+        for other in filter(None, (over, self._over.pop(name, None))):
+            await self._forget(name, other)
         self._contested.pop(name, None)
         self._in_force[name] = ({tp: (o, pointer) for tp, o in offsets.items()}, time.monotonic())
         self.counters["checkpoints", role] += 1
