@@ -14,6 +14,11 @@ import msgspec
 import numpy as np
 
 FORMAT = 2  # 2: coverage by decision time (wider window rows), label states, partials numbered per partition
+DELTA_FORMAT = 3
+"""Of a delta piece. 3: its join entries are the write batches in order, where a score's
+expiry is its batch's expiry entry's deletion (which the same delta may have put); code that
+read format 2 would keep such scores, so it refuses these. Format-2 deltas are still read."""
+_READS = {False: {FORMAT}, True: {FORMAT, DELTA_FORMAT}}  # formats read, by whether the piece is a delta
 _ARRAY_EXT = 1
 _DTYPES = {"<f8": np.float64, "<i8": np.int64, "<u8": np.uint64}
 
@@ -51,7 +56,8 @@ _decoder = msgspec.msgpack.Decoder(ext_hook=_ext_hook)
 
 def encode(kind: str, state: dict) -> bytes:
     """`state` (a stage's or monitor's dump plus the worker's own fields) as bytes."""
-    return _encoder.encode({"format": FORMAT, "kind": kind, "state": state})
+    fmt = DELTA_FORMAT if kind.endswith(".delta") else FORMAT
+    return _encoder.encode({"format": fmt, "kind": kind, "state": state})
 
 
 def decode(kind: str, blob: bytes) -> dict:
@@ -60,8 +66,9 @@ def decode(kind: str, blob: bytes) -> dict:
         doc = _decoder.decode(blob)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise SnapshotError(f"undecodable checkpoint: {e}") from e
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("kind") != kind:
-        raise SnapshotError(f"not a format-{FORMAT} {kind} checkpoint")
+    formats = _READS[kind.endswith(".delta")]
+    if not isinstance(doc, dict) or doc.get("format") not in formats or doc.get("kind") != kind:
+        raise SnapshotError(f"not a format-{'/'.join(map(str, sorted(formats)))} {kind} checkpoint")
     return doc["state"]
 
 
