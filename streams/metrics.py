@@ -99,8 +99,9 @@ class Metrics:
                                         "by role: over npo_checkpoints, the size of one", ["role"], registry=r)
         self.checkpoint_deltas = Counter("npo_checkpoint_deltas", "Of npo_checkpoints, those holding only what "
                                          "changed since the one before (the rest are whole)", ["role"], registry=r)
-        self.checkpoint_guard_errors = Counter("npo_checkpoint_guard_errors", "Checkpoints not committed because "
-                                               "the group's committed pointer could not be read before the commit",
+        self.checkpoint_guard_errors = Counter("npo_checkpoint_guard_errors", "Checkpoints (or their hourly "
+                                               "refreshes) not committed because the group's committed pointer "
+                                               "could not be read before the commit",
                                                ["role"], registry=r)
         self.kernel_seconds = Histogram("npo_kernel_seconds", "Time per partition batch (decode to partials)",
                                         registry=r, buckets=(0.001, 0.005, 0.02, 0.05, 0.1, 0.5, 1, 5))

@@ -530,9 +530,9 @@ def test_a_commit_never_tried_deletes_its_checkpoint():
     assert ck.store.forgotten == ["ck1", "ck2"] and ck.ours("ingest", 0) == []
 
 
-def test_commit_offsets_tries_only_what_is_still_assigned_and_reports_a_refusal_as_unknown():
+def test_commit_offsets_tries_only_what_is_still_assigned_and_reports_a_refusal_or_an_error_as_unknown():
     from aiokafka import TopicPartition
-    from aiokafka.errors import CommitFailedError
+    from aiokafka.errors import CommitFailedError, KafkaError, OffsetMetadataTooLargeError
 
     from streams.worker.checkpointing import commit_offsets
 
@@ -547,14 +547,16 @@ def test_commit_offsets_tries_only_what_is_still_assigned_and_reports_a_refusal_
 
         async def commit(self, offsets):
             if self.refuse:
-                raise CommitFailedError("rebalanced")
+                raise self.refuse
             self.commits.append(offsets)
 
     ok = Consumer(refuse=False)
     assert asyncio.run(commit_offsets(ok, {tp: (5, "ck")})) is True and ok.commits == [{tp: (5, "ck")}]
     assert asyncio.run(commit_offsets(ok, {tp: (5, "ck"), other: (1, "ck")})) is False
     assert asyncio.run(commit_offsets(ok, {})) is False and len(ok.commits) == 1
-    assert asyncio.run(commit_offsets(Consumer(refuse=True), {tp: (5, "ck")})) is None
+    assert asyncio.run(commit_offsets(Consumer(refuse=CommitFailedError("rebalanced")), {tp: (5, "ck")})) is None
+    for error in (KafkaError("UnknownError"), OffsetMetadataTooLargeError()):  # not retried by the client
+        assert asyncio.run(commit_offsets(Consumer(refuse=error), {tp: (5, "ck")})) is None
 
 
 def test_a_partition_revoked_while_its_position_is_asked_for_is_skipped_not_fatal():

@@ -47,8 +47,9 @@ it: longer than a member can go without noticing it lost its partitions (Kafka's
 
 async def commit_offsets(consumer, offsets: dict) -> bool | None:
     """Commit `{tp: (offset, metadata)}` if all of it is still assigned: True when committed,
-    False when not tried, None when refused after a rebalance (it may have landed). A
-    commit lost to a rebalance only means a replay."""
+    False when not tried, None when refused after a rebalance or failed with an error the
+    client does not retry (it may have landed, for some partitions of it at least). A commit
+    lost only means a replay."""
     if not offsets or not all(tp in consumer.assignment() for tp in offsets):
         return False
     try:
@@ -56,6 +57,9 @@ async def commit_offsets(consumer, offsets: dict) -> bool | None:
         return True
     except (CommitFailedError, IllegalStateError) as exc:
         log.warning("offset commit lost to a rebalance (records will be replayed): %s", exc)
+        return None
+    except KafkaError as exc:
+        log.warning("offset commit failed (records will be replayed): %r", exc)
         return None
 
 
