@@ -229,6 +229,9 @@ def test_a_delta_names_no_score_deletions_but_a_load_of_it_deletes_the_expired_s
     again.load(base)
     again.apply({**counters, "parts": parts})
     assert again.dump() == join.dump() and set(again.scores_of(["old", "young", "now"])) == {"now"}
+    join.release("never-parked")
+    join.expire()  # nothing left to expire: a batch that changes nothing is not logged
+    assert join.take_changes().log == []
     assert join.changed_share() == 0.0
     join.add_scores([f"s{i}" for i in range(10)], [ctx(31.0)] * 10)
     assert 0.5 < join.changed_share() <= 12 / 3  # most of the store is new: a whole checkpoint pays

@@ -309,6 +309,19 @@ def test_an_owner_commits_over_another_worker_s_checkpoint_once_it_has_stayed_in
     asyncio.run(run())
 
 
+def test_the_worker_s_grace_before_committing_over_another_checkpoint_follows_its_max_poll_interval(tmp_path):
+    """A member may go `max.poll.interval.ms` between polls before its group takes its
+    partitions away: the grace is twice that (at least 600 s), as the client properties set it."""
+    from streams.settings import Settings
+    from streams.worker.worker import Worker
+
+    grace = lambda **kw: Worker(Settings(state_dir=str(tmp_path), **kw)).checkpointer.grace_s  # noqa: E731
+    assert grace() == 600.0  # aiokafka's 300 s
+    assert grace(kafka_extra={"max.poll.interval.ms": "900000"}) == 1800.0
+    assert grace(kafka_extra={"max.poll.interval.ms": "900000"}, aiokafka_extra={"max_poll_interval_ms": 1_200_000}) \
+        == 2400.0
+
+
 def _contest(monkeypatch):
     """(owner Checkpointer, the group's pointer by topic partition, live piece ids, commit
     answers, clock) for a contested partition: a pointer is the JSON list of its pieces' ids;

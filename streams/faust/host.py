@@ -55,7 +55,7 @@ class FaustHost(PipelineHost):
     def __init__(self, app, settings: Settings, config: MonitorConfig | None = None, sink=None,
                  metrics: Metrics | None = None, early_every_s: float = 5.0) -> None:
         super().__init__(settings, config, sink, metrics, early_every_s, settings.group_id + "-faust",
-                         loading=self._between_owners)
+                         loading=self._between_owners, max_poll_interval_s=app.conf.broker_max_poll_interval)
         self.app = app
         self._books: dict[str, AIOKafkaConsumer] = {}  # role -> bookkeeping consumer (commits only)
         self._reader: AIOKafkaConsumer | None = None

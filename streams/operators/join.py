@@ -206,7 +206,7 @@ class FeedbackJoin:
         """Write a batch that gives `keys` their `values` (None: deleted); expired scores it
         deletes are left out of `keys` (their expiry entry's deletion implies them)."""
         self.db.write(wb, self._write)
-        if self._log is not None and not self._changed_all:
+        if keys and self._log is not None and not self._changed_all:
             self._log.append((_encode(keys), _encode(values)))
             self._logged += len(keys)
             if self._logged > self._track_limit:  # a delta would not pay: stop paying for the log

@@ -20,7 +20,7 @@ new owner has deleted, back in force. It narrows that window, and does not close
 read and the commit are two requests. Which of the two is the partition's owner is not
 known at the read, so while another worker's checkpoint is in force this one's checkpoints
 are whole (the chain it would extend may be deleted by the other); once that checkpoint has
-stayed in force for `CONTEST_GRACE_S`, the other was a member that had not yet noticed, and
+stayed in force for the grace (`contest_grace_s`), the other was a member that had not yet noticed, and
 the owner commits a whole checkpoint over it and deletes the other's pieces. Without that
 the owner would never commit again until the next rebalance.
 """
@@ -40,9 +40,16 @@ from streams.worker.faults import crash_point
 log = logging.getLogger("npo.worker")
 
 CONTEST_GRACE_S = 600.0
-"""How long another worker's checkpoint stays in force before a partition's owner commits over
-it: longer than a member can go without noticing it lost its partitions (Kafka's
-`max.poll.interval.ms`, 300 s by default), after which the other cannot be the new owner."""
+"""How long, at least, another worker's checkpoint stays in force before a partition's owner
+commits over it: longer than a member can go without noticing it lost its partitions, after
+which the other cannot be the new owner (see `contest_grace_s`)."""
+
+
+def contest_grace_s(max_poll_interval_s: float) -> float:
+    """The grace for a host whose group members may go `max_poll_interval_s` between polls
+    (Kafka's `max.poll.interval.ms`: 300 s for aiokafka by default, 1,000 s for Faust) before
+    the group takes their partitions away: twice that, and at least `CONTEST_GRACE_S`."""
+    return max(CONTEST_GRACE_S, 2 * max_poll_interval_s)
 
 
 async def commit_offsets(consumer, offsets: dict) -> bool | None:
@@ -78,8 +85,8 @@ class Checkpointer:
     `CheckpointStore`); `commit` and `read_committed` talk to the consumer group."""
 
     def __init__(self, group_id: str, store=None, counters: Counter | None = None,
-                 commit=commit_offsets, read_committed=committed) -> None:
-        self.group_id, self.store = group_id, store
+                 commit=commit_offsets, read_committed=committed, grace_s: float = CONTEST_GRACE_S) -> None:
+        self.group_id, self.store, self.grace_s = group_id, store, grace_s
         self.counters = counters if counters is not None else Counter()
         self._commit, self._read_committed = commit, read_committed
         self._pointers: dict[str, str] = {}  # checkpoint name -> pointer this worker last committed
@@ -136,7 +143,7 @@ class Checkpointer:
 
     def contested(self, role: str, partition: int) -> bool:
         """Whether another worker's checkpoint was found in force at the partition's last commit
-        or refresh: only a whole checkpoint, once `CONTEST_GRACE_S` has passed, goes over it."""
+        or refresh: only a whole checkpoint, once the grace has passed, goes over it."""
         return self.name(role, partition) in self._contested
 
     def delta_base(self, role: str, partition: int) -> str:
@@ -190,7 +197,7 @@ class Checkpointer:
         """None when the group points to a checkpoint this worker did not write: another worker
         has committed since, and a commit now could put stale state (or a delta on a chain the
         other may have deleted) back in force. Else "" (the group points to this worker's), or
-        the other's pointer when it has stayed in force for `CONTEST_GRACE_S` and the commit
+        the other's pointer when it has stayed in force for the grace (`grace_s`) and the commit
         is `whole`: the other had not noticed it lost the partition, and its checkpoint may be
         committed over."""
         name = self.name(role, partition)
@@ -208,7 +215,7 @@ class Checkpointer:
         seen = self._contested.get(name)
         if seen is None or seen[0] != now:
             seen = self._contested[name] = (now, time.monotonic())
-        if whole and time.monotonic() - seen[1] >= CONTEST_GRACE_S:
+        if whole and time.monotonic() - seen[1] >= self.grace_s:
             log.warning("committing over another worker's checkpoint, in force for %.0f s", time.monotonic() - seen[1],
                         extra={"checkpoint": name})
             return now

@@ -1,7 +1,9 @@
 """The Kafka clients every host of the pipeline makes the same way."""
 from __future__ import annotations
 
-from aiokafka import AIOKafkaProducer
+import inspect
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streams.settings import Settings
 
@@ -14,6 +16,15 @@ def output_producer(settings: Settings) -> AIOKafkaProducer:
     keywords come first; these, which pass-through cannot change, after them."""
     return AIOKafkaProducer(**{**settings.aiokafka("producer"), "acks": "all", "enable_idempotence": True,
                                "linger_ms": 5, "compression_type": None})
+
+
+def max_poll_interval_s(settings: Settings) -> float:
+    """How long the worker's consumers may go between polls before their group takes their
+    partitions away: `max.poll.interval.ms` as the settings' client properties give it, else
+    aiokafka's default."""
+    default = inspect.signature(AIOKafkaConsumer).parameters["max_poll_interval_ms"].default
+    ms = settings.aiokafka_extra.get("max_poll_interval_ms", settings.kafka_extra.get("max.poll.interval.ms", default))
+    return int(ms) / 1000
 
 
 async def partition_counts(producer: AIOKafkaProducer, topics: dict[str, str]) -> dict[str, int]:

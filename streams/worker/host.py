@@ -14,7 +14,7 @@ from streams.config import MonitorConfig
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.worker.checkpoint_schedule import CheckpointSchedule
-from streams.worker.checkpointing import Checkpointer
+from streams.worker.checkpointing import Checkpointer, contest_grace_s
 from streams.worker.merge import CoPartitionMerge
 from streams.worker.monitors import Monitors
 from streams.worker.outputs import Delivery, PartialsRouter, Publisher
@@ -27,10 +27,11 @@ TOPICS = ("scores", "feedback", "partials", "triggers", "stats", "deadletters", 
 
 class PipelineHost:
     """`checkpoint_group`: the prefix of the checkpoints' names; `loading(role, partition)`:
-    whether a partition is between owners (see `CheckpointSchedule`)."""
+    whether a partition is between owners (see `CheckpointSchedule`); `max_poll_interval_s`:
+    how long a member of the group that owns the partitions may go between polls."""
 
     def __init__(self, settings: Settings, config: MonitorConfig | None, sink, metrics: Metrics | None,
-                 early_every_s: float, checkpoint_group: str, loading) -> None:
+                 early_every_s: float, checkpoint_group: str, loading, max_poll_interval_s: float) -> None:
         self.settings, self.config, self.sink = settings, config or MonitorConfig(), sink
         self.metrics = metrics or Metrics()
         self.counters: Counter = Counter()
@@ -40,7 +41,8 @@ class PipelineHost:
                              settings.join_memtable_mb, settings.partition_idle_ms)
         self.monitors = Monitors(self.config, Publisher(self.topics, self.config.version, sink), self.counters,
                                  self.metrics, early_every_s)
-        self.checkpointer = Checkpointer(checkpoint_group, counters=self.counters)
+        self.checkpointer = Checkpointer(checkpoint_group, counters=self.counters,
+                                         grace_s=contest_grace_s(max_poll_interval_s))
         self.schedule = CheckpointSchedule(self.checkpointer, self.stages, self.monitors, self.topics["partials"],
                                            settings.checkpoint_interval_s, loading=loading)
         self.merge = CoPartitionMerge(self.topics["scores"], self.topics["feedback"],

@@ -39,7 +39,7 @@ from streams.metrics import Metrics
 from streams.pipeline import warm_up
 from streams.settings import Settings
 from streams.worker.assignment import Assignments
-from streams.worker.clients import output_producer, partition_counts
+from streams.worker.clients import max_poll_interval_s, output_producer, partition_counts
 from streams.worker.faults import crash_point
 from streams.worker.host import PipelineHost
 from streams.worker.memory import TRIM_EVERY_S, trim_heap
@@ -53,7 +53,8 @@ class Worker(PipelineHost):
     def __init__(self, settings: Settings, config: MonitorConfig | None = None, sink=None,
                  metrics: Metrics | None = None, early_every_s: float = 5.0) -> None:
         super().__init__(settings, config, sink, metrics, early_every_s, settings.group_id,
-                         loading=lambda role, partition: self.assignments.loading(role, partition))
+                         loading=lambda role, partition: self.assignments.loading(role, partition),
+                         max_poll_interval_s=max_poll_interval_s(settings))
         self.assignments = Assignments(self.stages, self.monitors, self.checkpointer, self.merge,
                                        self.topics["partials"])
         self.ingest = self.aggregate = self.reader = None
