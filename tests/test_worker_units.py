@@ -429,10 +429,13 @@ def test_an_idle_partition_with_another_worker_s_checkpoint_in_force_is_checkpoi
     asyncio.run(run())
 
 
-def test_a_checkpoint_whose_guard_cannot_read_the_group_is_not_committed_and_the_worker_goes_on():
+@pytest.mark.parametrize("failure", ["error", "no answer"])
+def test_a_checkpoint_whose_guard_cannot_read_the_group_is_not_committed_and_the_worker_goes_on(failure):
     """The read before a commit fails with an error the client does not retry (an unknown broker
-    error, say): the checkpoint is not committed (without the read a stale commit could not be
-    told apart), it is deleted, a counter moves, and the next checkpoint commits as usual."""
+    error, say), or gets no answer (the client retries it as long as the group's coordinator is
+    unreachable, and the round waits on it) within the guard's timeout: the checkpoint is not
+    committed (without the read a stale commit could not be told apart), it is deleted, a
+    counter moves, and the next checkpoint commits as usual."""
     from aiokafka import TopicPartition
     from aiokafka.errors import KafkaError
 
@@ -445,11 +448,13 @@ def test_a_checkpoint_whose_guard_cannot_read_the_group_is_not_committed_and_the
         return True
 
     async def read_committed(consumer, tps):
-        if failing[0]:
+        if failing[0] and failure == "error":
             raise KafkaError("UnknownError")
+        if failing[0]:
+            await asyncio.Event().wait()  # never set
         return {}
 
-    ck = Checkpointer("g", _Store(), commit=commit, read_committed=read_committed)
+    ck = Checkpointer("g", _Store(), commit=commit, read_committed=read_committed, guard_timeout_s=0.05)
     tp = TopicPartition("t", 0)
 
     async def run():
@@ -463,7 +468,7 @@ def test_a_checkpoint_whose_guard_cannot_read_the_group_is_not_committed_and_the
         assert not await ck.refresh(None, "ingest", 0, 0.0, lambda: True)  # nor a refresh
         assert len(commits) == 1 and ck.counters["checkpoint_guard_errors", "ingest"] == 2
 
-    asyncio.run(run())
+    asyncio.run(asyncio.wait_for(run(), 10))
 
 
 def test_adopting_another_pointer_deletes_this_workers_older_checkpoint_but_what_it_shares():

@@ -26,6 +26,7 @@ the owner would never commit again until the next rebalance.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -43,6 +44,10 @@ CONTEST_GRACE_S = 600.0
 """How long, at least, another worker's checkpoint stays in force before a partition's owner
 commits over it: longer than a member can go without noticing it lost its partitions, after
 which the other cannot be the new owner (see `contest_grace_s`)."""
+GUARD_READ_TIMEOUT_S = 30.0
+"""How long the read of the group's pointer before a commit may take. The client retries it
+for as long as the group's coordinator is unreachable, and the worker's round waits on it; past
+this the checkpoint is not committed (it is tried again at the next chance) and the round goes on."""
 
 
 def contest_grace_s(max_poll_interval_s: float) -> float:
@@ -85,8 +90,9 @@ class Checkpointer:
     `CheckpointStore`); `commit` and `read_committed` talk to the consumer group."""
 
     def __init__(self, group_id: str, store=None, counters: Counter | None = None,
-                 commit=commit_offsets, read_committed=committed, grace_s: float = CONTEST_GRACE_S) -> None:
-        self.group_id, self.store, self.grace_s = group_id, store, grace_s
+                 commit=commit_offsets, read_committed=committed, grace_s: float = CONTEST_GRACE_S,
+                 guard_timeout_s: float = GUARD_READ_TIMEOUT_S) -> None:
+        self.group_id, self.store, self.grace_s, self.guard_timeout_s = group_id, store, grace_s, guard_timeout_s
         self.counters = counters if counters is not None else Counter()
         self._commit, self._read_committed = commit, read_committed
         self._pointers: dict[str, str] = {}  # checkpoint name -> pointer this worker last committed
@@ -196,14 +202,15 @@ class Checkpointer:
     async def _taken_over(self, consumer, role: str, partition: int, tps: list, whole: bool) -> str | None:
         """None when the group points to a checkpoint this worker did not write: another worker
         has committed since, and a commit now could put stale state (or a delta on a chain the
-        other may have deleted) back in force. Else "" (the group points to this worker's), or
+        other may have deleted) back in force; None too when the pointer cannot be read (an error
+        the client does not retry, or no answer within `guard_timeout_s`). Else "" (the group points to this worker's), or
         the other's pointer when it has stayed in force for the grace (`grace_s`) and the commit
         is `whole`: the other had not noticed it lost the partition, and its checkpoint may be
         committed over."""
         name = self.name(role, partition)
         try:
-            found = await self._read_committed(consumer, tps)
-        except KafkaError as exc:  # retriable errors are retried by the client; these are not
+            found = await asyncio.wait_for(self._read_committed(consumer, tps), self.guard_timeout_s)
+        except (KafkaError, asyncio.TimeoutError) as exc:  # the client retries others, as long as it takes
             log.warning("checkpoint not committed: the group's pointer could not be read: %r", exc,
                         extra={"checkpoint": name})
             self.counters["checkpoint_guard_errors", role] += 1
