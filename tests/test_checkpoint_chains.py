@@ -199,6 +199,33 @@ def test_the_schedule_writes_a_whole_checkpoint_then_deltas_and_a_load_of_the_ch
         host.stages.close_all()
 
 
+def test_the_log_of_changes_holds_a_batch_in_a_third_of_its_msgpack_bytes_and_gives_it_back_whole():
+    """The log grows between a partition's checkpoints, and is most of what a worker's RSS swings
+    by: each batch is kept LZ4-compressed (ids and names repeat within a batch), and a delta made
+    from it holds exactly the entries written, in order."""
+    import random
+
+    from streams.operators.join import FeedbackJoin
+
+    rng = random.Random(3)
+    join = FeedbackJoin(None, horizon_s=86_400.0)
+    join.take_changes()
+    written = []
+    for b in range(4):
+        sids = [f"drift-{i % 5}-{b}-{i:06d}" for i in range(5000)]
+        contexts = [(f"policy-{i % 5}-triage", f"region-{i % 3}", rng.random(), 0.5, "act", 1.7e9 + b + i / 1e4)
+                    for i in range(5000)]
+        join.add_scores(sids, contexts)
+        written += [msgspec.msgpack.encode(c) for c in contexts]
+    taken = join.take_changes()
+    entries = [e for part in join.changes_lazily(taken)[1] for e in msgspec.msgpack.decode(part)]
+    assert len(entries) == taken.entries == 20_000 + 4 * 2  # and a serial and an expiry entry a batch
+    assert [v for k, v in entries if k.startswith(b"s:")] == written
+    plain = len(msgspec.msgpack.encode(entries))
+    assert sum(map(len, taken.log)) < plain / 3
+    join.close()
+
+
 def test_a_delta_names_no_score_deletions_but_a_load_of_it_deletes_the_expired_scores_of_the_base():
     """Scores expire a batch at a time with their expiry entry: a delta names that entry's
     deletion, and applying it deletes the scores it lists that the base holds (a join that
