@@ -322,6 +322,19 @@ def test_the_worker_s_grace_before_committing_over_another_checkpoint_follows_it
         == 2400.0
 
 
+def test_the_worker_s_guard_waits_longer_than_its_clients_requests(tmp_path):
+    """The client closes a connection whose request got no answer in `request.timeout.ms`, and
+    finds the group's coordinator again: the guard waits longer than that, as the client
+    properties set it, so it never cancels a read before the client does that."""
+    from streams.settings import Settings
+    from streams.worker.worker import Worker
+
+    guard = lambda **kw: Worker(Settings(state_dir=str(tmp_path), **kw)).checkpointer.guard_timeout_s  # noqa: E731
+    assert guard() == 45.0  # aiokafka's 40 s
+    assert guard(kafka_extra={"request.timeout.ms": "60000"}) == 65.0
+    assert guard(kafka_extra={"request.timeout.ms": "60000"}, aiokafka_extra={"request_timeout_ms": 20_000}) == 25.0
+
+
 def _contest(monkeypatch):
     """(owner Checkpointer, the group's pointer by topic partition, live piece ids, commit
     answers, clock) for a contested partition: a pointer is the JSON list of its pieces' ids;
@@ -435,23 +448,71 @@ def test_a_checkpoint_whose_guard_cannot_read_the_group_is_not_committed_and_the
     error, say), or gets no answer (the client retries it as long as the group's coordinator is
     unreachable, and the round waits on it) within the guard's timeout: the checkpoint is not
     committed (without the read a stale commit could not be told apart), it is deleted, a
-    counter moves, and the next checkpoint commits as usual."""
+    counter moves, and the next checkpoint commits as usual. After no answer, the group is not
+    read again for as long as the timeout (a round waits once, however many partitions it
+    commits)."""
+    import time
+
     from aiokafka import TopicPartition
     from aiokafka.errors import KafkaError
 
     from streams.worker.checkpointing import Checkpointer
 
-    commits, failing = [], [True]
+    commits, reads, failing = [], [], [True]
 
     async def commit(consumer, offsets):
         commits.append(offsets)
         return True
 
     async def read_committed(consumer, tps):
+        reads.append(tps)
         if failing[0] and failure == "error":
             raise KafkaError("UnknownError")
         if failing[0]:
             await asyncio.Event().wait()  # never set
+        return {}
+
+    timeout = 0.2
+    ck = Checkpointer("g", _Store(), commit=commit, read_committed=read_committed, guard_timeout_s=timeout)
+    tp = TopicPartition("t", 0)
+
+    async def run():
+        assert await ck.save(None, "ingest", 0, _PACKED, {tp: 1}, lambda: True) is False
+        assert commits == [] and ck.store.forgotten == ["ck1"] and ck.pointer("ingest", 0) == ""
+        assert ck.counters["checkpoint_guard_errors", "ingest"] == 1 and len(reads) == 1
+        failing[0] = False
+        t0 = time.monotonic()
+        for q in (1, 2, 3):  # other partitions in the same round
+            saved = await ck.save(None, "aggregate", q, _PACKED, {TopicPartition("partials", q): 1}, lambda: True)
+            assert saved is (failure == "error")
+        assert time.monotonic() - t0 < timeout  # none of them waited
+        if failure == "no answer":  # not read during the pause: not committed, counted
+            assert len(reads) == 1 and commits == [] and ck.counters["checkpoint_guard_errors", "aggregate"] == 3
+            await asyncio.sleep(timeout)
+        assert await ck.save(None, "ingest", 0, _PACKED, {tp: 2}, lambda: True) is True
+        assert commits[-1] == {tp: (2, "ck5")} and ck.pointer("ingest", 0) == "ck5"
+        failing[0] = True
+        assert not await ck.refresh(None, "ingest", 0, 0.0, lambda: True)  # nor a refresh
+        assert commits[-1] == {tp: (2, "ck5")} and ck.counters["checkpoint_guard_errors", "ingest"] == 2
+
+    asyncio.run(asyncio.wait_for(run(), 10))
+
+
+def test_a_commit_that_gets_no_answer_may_have_landed_and_its_checkpoint_is_kept():
+    """The commit itself gets no answer within the guard's timeout: the client goes on with it,
+    so it may land, and its checkpoint is kept (not deleted) until a later commit supersedes it."""
+    from aiokafka import TopicPartition
+
+    from streams.worker.checkpointing import Checkpointer
+
+    answering = [False]
+
+    async def commit(consumer, offsets):
+        if not answering[0]:
+            await asyncio.Event().wait()  # never set
+        return True
+
+    async def read_committed(consumer, tps):
         return {}
 
     ck = Checkpointer("g", _Store(), commit=commit, read_committed=read_committed, guard_timeout_s=0.05)
@@ -459,14 +520,11 @@ def test_a_checkpoint_whose_guard_cannot_read_the_group_is_not_committed_and_the
 
     async def run():
         assert await ck.save(None, "ingest", 0, _PACKED, {tp: 1}, lambda: True) is False
-        assert commits == [] and ck.store.forgotten == ["ck1"] and ck.pointer("ingest", 0) == ""
-        assert ck.counters["checkpoint_guard_errors", "ingest"] == 1
-        failing[0] = False
+        assert ck.store.forgotten == [] and ck.ours("ingest", 0) == ["ck1"]
+        answering[0] = True
+        await asyncio.sleep(0.05)
         assert await ck.save(None, "ingest", 0, _PACKED, {tp: 2}, lambda: True) is True
-        assert commits == [{tp: (2, "ck2")}] and ck.pointer("ingest", 0) == "ck2"
-        failing[0] = True
-        assert not await ck.refresh(None, "ingest", 0, 0.0, lambda: True)  # nor a refresh
-        assert len(commits) == 1 and ck.counters["checkpoint_guard_errors", "ingest"] == 2
+        assert ck.store.forgotten == ["ck1"] and ck.ours("ingest", 0) == ["ck2"]
 
     asyncio.run(asyncio.wait_for(run(), 10))
 

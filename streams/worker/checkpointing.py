@@ -33,6 +33,7 @@ from collections import Counter
 from typing import NamedTuple
 
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.util import wait_for
 
 from streams.kafka.checkpoints import Packed, committed, extendable
 from streams.state import snapshot
@@ -44,10 +45,17 @@ CONTEST_GRACE_S = 600.0
 """How long, at least, another worker's checkpoint stays in force before a partition's owner
 commits over it: longer than a member can go without noticing it lost its partitions, after
 which the other cannot be the new owner (see `contest_grace_s`)."""
-GUARD_READ_TIMEOUT_S = 30.0
-"""How long the read of the group's pointer before a commit may take. The client retries it
-for as long as the group's coordinator is unreachable, and the worker's round waits on it; past
-this the checkpoint is not committed (it is tried again at the next chance) and the round goes on."""
+
+
+def guard_timeout_s(request_timeout_s: float) -> float:
+    """How long the read of the group's pointer before a commit, and the commit, may take, for
+    clients whose requests time out after `request_timeout_s` (Kafka's `request.timeout.ms`,
+    40 s for aiokafka by default). The client retries both for as long as the group's
+    coordinator is unreachable, and the round waits on them. Longer than one request: a
+    request that times out makes the client close its connection and look for the
+    coordinator again, which a shorter wait would cancel first, leaving a connection that
+    does not answer in place for the next read."""
+    return request_timeout_s + 5.0
 
 
 def contest_grace_s(max_poll_interval_s: float) -> float:
@@ -91,8 +99,9 @@ class Checkpointer:
 
     def __init__(self, group_id: str, store=None, counters: Counter | None = None,
                  commit=commit_offsets, read_committed=committed, grace_s: float = CONTEST_GRACE_S,
-                 guard_timeout_s: float = GUARD_READ_TIMEOUT_S) -> None:
+                 guard_timeout_s: float = guard_timeout_s(40.0)) -> None:
         self.group_id, self.store, self.grace_s, self.guard_timeout_s = group_id, store, grace_s, guard_timeout_s
+        self._unanswered_until = float("-inf")  # no group reads before this (the last got no answer)
         self.counters = counters if counters is not None else Counter()
         self._commit, self._read_committed = commit, read_committed
         self._pointers: dict[str, str] = {}  # checkpoint name -> pointer this worker last committed
@@ -181,7 +190,7 @@ class Checkpointer:
         over = ""  # another worker's checkpoint in force, long enough to commit over
         if still():
             over = await self._taken_over(consumer, role, partition, list(offsets), whole=whole)
-        landed = await self._commit(consumer, {tp: (o, pointer) for tp, o in offsets.items()}) \
+        landed = await self._commit_bounded(consumer, {tp: (o, pointer) for tp, o in offsets.items()}) \
             if still() and over is not None else False
         if landed is None:  # it may have landed: the group may point to it, so it stays
             self._unsure.setdefault(name, []).append(pointer)
@@ -203,13 +212,15 @@ class Checkpointer:
         """None when the group points to a checkpoint this worker did not write: another worker
         has committed since, and a commit now could put stale state (or a delta on a chain the
         other may have deleted) back in force; None too when the pointer cannot be read (an error
-        the client does not retry, or no answer within `guard_timeout_s`). Else "" (the group points to this worker's), or
-        the other's pointer when it has stayed in force for the grace (`grace_s`) and the commit
-        is `whole`: the other had not noticed it lost the partition, and its checkpoint may be
-        committed over."""
+        the client does not retry, or no answer, see `_bounded`). Else "" (the group points to
+        this worker's), or the other's pointer when it has stayed in force for the grace
+        (`grace_s`) and the commit is `whole`: the other had not noticed it lost the partition,
+        and its checkpoint may be committed over."""
         name = self.name(role, partition)
         try:
-            found = await asyncio.wait_for(self._read_committed(consumer, tps), self.guard_timeout_s)
+            if time.monotonic() < self._unanswered_until:
+                raise asyncio.TimeoutError("the group's coordinator did not answer lately")
+            found = await self._bounded(self._read_committed, consumer, tps)
         except (KafkaError, asyncio.TimeoutError) as exc:  # the client retries others, as long as it takes
             log.warning("checkpoint not committed: the group's pointer could not be read: %r", exc,
                         extra={"checkpoint": name})
@@ -229,6 +240,25 @@ class Checkpointer:
         log.warning("checkpoint not committed: another worker committed since", extra={"checkpoint": name})
         return None
 
+    async def _bounded(self, call, *args):
+        """`await call(*args)` within `guard_timeout_s`, asyncio.TimeoutError past it. The group's
+        coordinator did not answer then, and the group is not read for as long again: a round
+        that checkpoints or refreshes many partitions waits once, not once a partition."""
+        try:
+            return await wait_for(call(*args), self.guard_timeout_s)  # aiokafka's: passes a cancel on
+        except asyncio.TimeoutError:
+            self._unanswered_until = time.monotonic() + self.guard_timeout_s
+            raise
+
+    async def _commit_bounded(self, consumer, offsets: dict) -> bool | None:
+        """`commit(consumer, offsets)` (see `commit_offsets`), None when it got no answer within
+        `guard_timeout_s`: the client goes on with the request, which may land."""
+        try:
+            return await self._bounded(self._commit, consumer, offsets)
+        except asyncio.TimeoutError:
+            log.warning("offset commit got no answer in %.0f s (records may be replayed)", self.guard_timeout_s)
+            return None
+
     async def refresh(self, consumer, role: str, partition: int, max_age_s: float, still) -> bool:
         """Commit the partition's checkpoint in force again if its commit is older than
         `max_age_s` and `still()` says the partition is this worker's. Kafka deletes the
@@ -241,7 +271,7 @@ class Checkpointer:
         if entry is None or time.monotonic() - entry[1] < max_age_s or not still() \
                 or await self._taken_over(consumer, role, partition, list(entry[0]), whole=False) != "":
             return False
-        if await self._commit(consumer, entry[0]) is not True:
+        if await self._commit_bounded(consumer, entry[0]) is not True:
             return False
         self._in_force[name] = (entry[0], time.monotonic())
         self.counters["checkpoint_refreshes", role] += 1

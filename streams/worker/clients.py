@@ -20,11 +20,21 @@ def output_producer(settings: Settings) -> AIOKafkaProducer:
 
 def max_poll_interval_s(settings: Settings) -> float:
     """How long the worker's consumers may go between polls before their group takes their
-    partitions away: `max.poll.interval.ms` as the settings' client properties give it, else
-    aiokafka's default."""
-    default = inspect.signature(AIOKafkaConsumer).parameters["max_poll_interval_ms"].default
-    ms = settings.aiokafka_extra.get("max_poll_interval_ms", settings.kafka_extra.get("max.poll.interval.ms", default))
-    return int(ms) / 1000
+    partitions away (`max.poll.interval.ms`)."""
+    return _consumer_ms(settings, "max_poll_interval_ms", "max.poll.interval.ms") / 1000
+
+
+def request_timeout_s(settings: Settings) -> float:
+    """How long the consumers the settings make wait for a broker's answer to a request before
+    they close its connection (`request.timeout.ms`)."""
+    return _consumer_ms(settings, "request_timeout_ms", "request.timeout.ms") / 1000
+
+
+def _consumer_ms(settings: Settings, keyword: str, name: str) -> int:
+    """A consumer setting in ms as the settings' client properties give it (aiokafka's keyword
+    first, then Kafka's property name), else aiokafka's default."""
+    default = inspect.signature(AIOKafkaConsumer).parameters[keyword].default
+    return int(settings.aiokafka_extra.get(keyword, settings.kafka_extra.get(name, default)))
 
 
 async def partition_counts(producer: AIOKafkaProducer, topics: dict[str, str]) -> dict[str, int]:
