@@ -27,7 +27,7 @@ class WindowResult:
     end: float
     keys: list
     rows: np.ndarray
-    stats: dict
+    stats: dict  # empty for an input partition's early snapshot (`Aggregator._early`)
     pane: int
     panes: np.ndarray | None = None  # early results: the open pane of each row
     halves: np.ndarray | None = None  # hopping: rows of its even and of its odd panes, (keys, 2, width)
@@ -275,8 +275,10 @@ class Aggregator:
                 ready.append(("hopping", first, pane + 1, ids, halves[ids].sum(axis=1), halves[ids], None))
 
     def _early(self, partials: Partials) -> WindowResult:
+        """One input partition's early snapshot of its open panes, for the rules' mid-window look,
+        which reads its rows. No statistics are derived from it: those of open windows are
+        derived from every partition's latest snapshot summed (`Monitor.early_windows`)."""
         size = self.spec.tumbling_s
         pane = int(partials.panes.min()) if len(partials.panes) else 0
-        stats = self.derive(partials.rows, partials.keys)
-        return WindowResult("early", pane * size, (pane + 1) * size, partials.keys, partials.rows, stats, pane,
+        return WindowResult("early", pane * size, (pane + 1) * size, partials.keys, partials.rows, {}, pane,
                             panes=partials.panes)
