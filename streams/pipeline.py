@@ -35,7 +35,7 @@ class Output:
     """What one call produced."""
 
     windows: list[WindowResult] = field(default_factory=list)
-    # final results, and the input partitions' early snapshots (their rows, no statistics), in order
+    # final results, and the input partitions' early snapshots (statistics derived when read), in order
     results: list[WindowResult] = field(default_factory=list)
     triggers: list[dict] = field(default_factory=list)
     dead_letters: list = field(default_factory=list)

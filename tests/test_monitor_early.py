@@ -72,3 +72,37 @@ def test_early_and_final_windows_measure_against_the_threshold_set_for_their_key
         assert all(np.all(r.stats["tau"] == 0.5) for r in out.windows if r.kind == "tumbling")
     finally:
         stage.close()
+
+
+def test_a_rollback_fired_mid_window_carries_the_statistics_of_the_snapshot_it_fired_on():
+    """The rules' mid-window look reads each input partition's early snapshot as it comes. When
+    it fires a rollback (every decision of the open pane overridden), the trigger's evidence is
+    the statistics of that snapshot, derived from its rows only then, and equal to deriving them
+    directly."""
+    from kernels.derive import derive
+    from streams.pipeline import InProcessPipeline
+
+    config = MonitorConfig(windows=WindowSpec(tumbling_s=300.0, hopping_s=900.0, advance_s=300.0, grace_s=0.0,
+                                              early_s=30.0))
+    events = []
+    for i in range(280):  # all inside pane 0: only early snapshots, no final window
+        sid, ts = f"c{i}", T0 + i
+        events.append(orjson.dumps({"type": "score", "v": 1, "event_id": "s" + sid, "scenario_id": sid,
+                                    "policy_id": "p", "segment": "s", "score": 0.7, "tau": 0.5, "decision": "act",
+                                    "ts": ts}))
+        events.append(orjson.dumps({"type": "feedback", "v": 1, "event_id": "f" + sid, "scenario_id": sid,
+                                    "ts": ts + 0.5, "kind": "override"}))
+    pipe = InProcessPipeline(config)
+    try:
+        out = pipe.process(events, now=0.0)
+    finally:
+        pipe.close()
+    assert not out.windows
+    (rollback,) = [t for t in out.triggers if t["rule"] == "rollback"]
+    evidence = rollback["evidence"]
+    snapshots = [r for r in out.results if r.kind == "early"]
+    direct = [derive(r.rows, config.layout, config.stats) for r in snapshots]
+    fired_on = [s for s in direct if s["n_decisions"][0] == evidence["n_decisions"]]
+    assert len(fired_on) == 1 and evidence["n_decisions"] > 0
+    for name in ("n_feedback", "n_labels", "loss", "loss_lo", "loss_hi", "tau", "coverage"):
+        assert evidence[name] == float(fired_on[0][name][0]), name

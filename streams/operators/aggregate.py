@@ -8,6 +8,7 @@ result does not depend on how keys' events were spread over partitions.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,27 @@ from kernels.derive import derive
 from kernels.layout import N_DEC, N_FB, StateLayout
 from kernels.params import StatsParams
 from streams.operators.windows import KeyIndex, Partials, WindowSpec
+
+
+class DerivedWhenRead(Mapping):
+    """Statistics derived by `derive()` the first time any is read, once."""
+
+    def __init__(self, derive: Callable[[], dict]) -> None:
+        self._derive, self._stats = derive, None
+
+    def _get(self) -> dict:
+        if self._stats is None:
+            self._stats, self._derive = self._derive(), None
+        return self._stats
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._get()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
 
 
 @dataclass
@@ -27,7 +49,7 @@ class WindowResult:
     end: float
     keys: list
     rows: np.ndarray
-    stats: dict  # empty for an input partition's early snapshot (`Aggregator._early`)
+    stats: Mapping  # derived when first read for an input partition's early snapshot (`Aggregator._early`)
     pane: int
     panes: np.ndarray | None = None  # early results: the open pane of each row
     halves: np.ndarray | None = None  # hopping: rows of its even and of its odd panes, (keys, 2, width)
@@ -227,8 +249,10 @@ class Aggregator:
     def derive(self, rows: np.ndarray, keys: list) -> dict:
         """The statistics of window rows of `keys`, each measured against the threshold in force
         for its key where one was set (else the decisions' own)."""
-        tau = np.array([self.thresholds.get(k, np.nan) for k in keys]) if self.thresholds else None
-        return derive(rows, self.layout, self.params, tau=tau)
+        return derive(rows, self.layout, self.params, tau=self._tau(keys))
+
+    def _tau(self, keys: list) -> np.ndarray | None:
+        return np.array([self.thresholds.get(k, np.nan) for k in keys]) if self.thresholds else None
 
     def _results(self, ready: list[tuple]) -> list[WindowResult]:
         """Derive the statistics of all windows that became final in one call, then split them."""
@@ -276,9 +300,12 @@ class Aggregator:
 
     def _early(self, partials: Partials) -> WindowResult:
         """One input partition's early snapshot of its open panes, for the rules' mid-window look,
-        which reads its rows. No statistics are derived from it: those of open windows are
+        which reads its rows, and its statistics only for the evidence of a rollback it fires: they
+        are derived then (against the thresholds in force now). The early windows published are
         derived from every partition's latest snapshot summed (`Monitor.early_windows`)."""
         size = self.spec.tumbling_s
         pane = int(partials.panes.min()) if len(partials.panes) else 0
-        return WindowResult("early", pane * size, (pane + 1) * size, partials.keys, partials.rows, {}, pane,
+        rows, tau = partials.rows, self._tau(partials.keys)
+        stats = DerivedWhenRead(lambda: derive(rows, self.layout, self.params, tau=tau))
+        return WindowResult("early", pane * size, (pane + 1) * size, partials.keys, rows, stats, pane,
                             panes=partials.panes)
