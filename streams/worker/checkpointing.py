@@ -47,7 +47,7 @@ commits over it: longer than a member can go without noticing it lost its partit
 which the other cannot be the new owner (see `contest_grace_s`)."""
 
 
-def guard_timeout_s(request_timeout_s: float) -> float:
+def guard_timeout_for(request_timeout_s: float) -> float:
     """How long the read of the group's pointer before a commit, and the commit, may take, for
     clients whose requests time out after `request_timeout_s` (Kafka's `request.timeout.ms`,
     40 s for aiokafka by default). The client retries both for as long as the group's
@@ -99,7 +99,7 @@ class Checkpointer:
 
     def __init__(self, group_id: str, store=None, counters: Counter | None = None,
                  commit=commit_offsets, read_committed=committed, grace_s: float = CONTEST_GRACE_S,
-                 guard_timeout_s: float = guard_timeout_s(40.0)) -> None:
+                 guard_timeout_s: float = guard_timeout_for(40.0)) -> None:
         self.group_id, self.store, self.grace_s, self.guard_timeout_s = group_id, store, grace_s, guard_timeout_s
         self._unanswered_until = float("-inf")  # no group reads before this (the last got no answer)
         self.counters = counters if counters is not None else Counter()

@@ -14,7 +14,7 @@ from streams.config import MonitorConfig
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.worker.checkpoint_schedule import CheckpointSchedule
-from streams.worker.checkpointing import Checkpointer, contest_grace_s, guard_timeout_s
+from streams.worker.checkpointing import Checkpointer, contest_grace_s, guard_timeout_for
 from streams.worker.clients import request_timeout_s
 from streams.worker.merge import CoPartitionMerge
 from streams.worker.monitors import Monitors
@@ -44,7 +44,7 @@ class PipelineHost:
                                  self.metrics, early_every_s)
         self.checkpointer = Checkpointer(checkpoint_group, counters=self.counters,
                                          grace_s=contest_grace_s(max_poll_interval_s),
-                                         guard_timeout_s=guard_timeout_s(request_timeout_s(settings)))
+                                         guard_timeout_s=guard_timeout_for(request_timeout_s(settings)))
         self.schedule = CheckpointSchedule(self.checkpointer, self.stages, self.monitors, self.topics["partials"],
                                            settings.checkpoint_interval_s, loading=loading)
         self.merge = CoPartitionMerge(self.topics["scores"], self.topics["feedback"],
