@@ -305,7 +305,7 @@ class Aggregator:
         derived from every partition's latest snapshot summed (`Monitor.early_windows`)."""
         size = self.spec.tumbling_s
         pane = int(partials.panes.min()) if len(partials.panes) else 0
-        rows, tau = partials.rows, self._tau(partials.keys)
-        stats = DerivedWhenRead(lambda: derive(rows, self.layout, self.params, tau=tau))
+        rows, tau, layout, params = partials.rows, self._tau(partials.keys), self.layout, self.params
+        stats = DerivedWhenRead(lambda: derive(rows, layout, params, tau=tau))  # holds no aggregator
         return WindowResult("early", pane * size, (pane + 1) * size, partials.keys, rows, stats, pane,
                             panes=partials.panes)
