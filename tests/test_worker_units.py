@@ -485,7 +485,7 @@ def test_a_checkpoint_whose_guard_cannot_read_the_group_is_not_committed_and_the
         for q in (1, 2, 3):  # other partitions in the same round
             saved = await ck.save(None, "aggregate", q, _PACKED, {TopicPartition("partials", q): 1}, lambda: True)
             assert saved is (failure == "error")
-        assert time.monotonic() - t0 < timeout  # none of them waited
+        assert time.monotonic() - t0 < timeout  # fail-fast bound: none of them waited out a timeout
         if failure == "no answer":  # not read during the pause: not committed, counted
             assert len(reads) == 1 and commits == [] and ck.counters["checkpoint_guard_errors", "aggregate"] == 3
             await asyncio.sleep(timeout)
