@@ -103,6 +103,9 @@ class Metrics:
                                                "refreshes) not committed because the group's committed pointer "
                                                "could not be read before the commit",
                                                ["role"], registry=r)
+        self.checkpoint_write_errors = Counter("npo_checkpoint_write_errors", "Checkpoint writes, and deletions "
+                                               "of superseded ones, that the broker refused or did not answer in "
+                                               "time (each is tried again)", registry=r)
         self.kernel_seconds = Histogram("npo_kernel_seconds", "Time per partition batch (decode to partials)",
                                         registry=r, buckets=(0.001, 0.005, 0.02, 0.05, 0.1, 0.5, 1, 5))
         self.redis_errors = Counter("npo_redis_errors", "Failed Redis flushes and threshold polls", registry=r)
@@ -147,7 +150,7 @@ class Metrics:
             elif name in ("checkpoints", "checkpoint_bytes", "checkpoint_deltas", "checkpoint_guard_errors"):
                 getattr(self, name).labels(role=labels[0]).inc(delta)
             elif name in ("duplicates", "late_events", "redis_errors", "joined_late", "waiting_for_score",
-                          "expired_scores", "output_retries"):
+                          "expired_scores", "output_retries", "checkpoint_write_errors"):
                 getattr(self, name).inc(delta)
 
 

@@ -225,6 +225,69 @@ def test_a_checkpoint_in_doubt_that_the_group_does_not_point_to_is_deleted_after
     asyncio.run(run())
 
 
+class _FailingStore(_Store):
+    """`_Store` whose writes (deletions) fail while `refuse_writes` (`refuse_deletes`) is set,
+    as they do while the broker is away for longer than the producer's request timeout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refuse_writes = self.refuse_deletes = False
+
+    async def write(self, name, packed, base=""):
+        if self.refuse_writes:
+            from aiokafka.errors import KafkaTimeoutError
+            raise KafkaTimeoutError("batch expired")
+        return await super().write(name, packed, base)
+
+    async def forget(self, name, pointer, keep=()):
+        if self.refuse_deletes:
+            from aiokafka.errors import KafkaTimeoutError
+            raise KafkaTimeoutError("metadata not fetched")
+        await super().forget(name, pointer, keep)
+
+
+def test_a_checkpoint_write_or_deletion_the_broker_refuses_leaves_the_worker_running_and_is_tried_again():
+    """A checkpoint write that times out puts nothing in force and is counted; a superseded
+    checkpoint whose deletion fails is deleted after the next commit that lands."""
+    from aiokafka import TopicPartition
+
+    from streams.worker.checkpointing import Checkpointer
+
+    store = _FailingStore()
+    commits = []
+
+    async def commit(consumer, offsets):
+        commits.append(offsets)
+        return True
+
+    async def read_committed(consumer, tps):
+        return {}
+
+    ck = Checkpointer("g", store, commit=commit, read_committed=read_committed)
+    tp = TopicPartition("t", 0)
+
+    async def run():
+        save = lambda: ck.save(None, "ingest", 0, _PACKED, {tp: 1}, lambda: True)  # noqa: E731
+        assert await save() is True  # ck1 in force
+        store.refuse_writes = True
+        assert await save() is False  # not written: nothing committed, ck1 stays in force
+        assert len(commits) == 1 and ck.pointer("ingest", 0) == "ck1"
+        assert ck.counters["checkpoint_write_errors"] == 1
+
+        store.refuse_writes, store.refuse_deletes = False, True
+        assert await save() is True  # ck2 in force; deleting ck1 fails
+        await ck.forget_stale()  # still refused: kept, not lost
+        assert store.forgotten == [] and ck.counters["checkpoint_write_errors"] == 3
+        store.refuse_deletes = False
+        assert await save() is True  # ck3: the failed deletion of ck1 goes first, then ck2's
+        assert store.forgotten == ["ck1", "ck2"] and ck.pointer("ingest", 0) == "ck3"
+        assert ck.counters["checkpoints", "ingest"] == 3 and ck.counters["checkpoint_write_errors"] == 3
+        await ck.forget_stale()
+        assert store.forgotten == ["ck1", "ck2"]  # each deleted once
+
+    asyncio.run(run())
+
+
 def test_a_worker_whose_partition_another_owner_committed_does_not_commit_over_it():
     """A member that has not noticed it lost the partition (a commit not fenced by the
     group's generation) must not put its stale state, or a delta on a chain the new owner

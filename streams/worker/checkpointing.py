@@ -23,6 +23,11 @@ are whole (the chain it would extend may be deleted by the other); once that che
 stayed in force for the grace (`contest_grace_s`), the other was a member that had not yet noticed, and
 the owner commits a whole checkpoint over it and deletes the other's pieces. Without that
 the owner would never commit again until the next rebalance.
+
+A write the broker refuses or times out (an outage longer than the producer's request
+timeout) leaves nothing in force: the partition is checkpointed again at its next turn, and
+the chunks that did land are never read. A deletion that fails is tried again after the
+next commit that lands.
 """
 from __future__ import annotations
 
@@ -32,12 +37,12 @@ import time
 from collections import Counter
 from typing import NamedTuple
 
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, KafkaTimeoutError
 from aiokafka.util import wait_for
 
 from streams.kafka.checkpoints import Packed, committed, extendable
 from streams.state import snapshot
-from streams.worker.faults import crash_point
+from streams.worker.faults import crash_point, refused
 
 log = logging.getLogger("npo.worker")
 
@@ -168,17 +173,34 @@ class Checkpointer:
         return pointer if extendable(pointer) and self.name(role, partition) not in self._contested else ""
 
     async def forget_stale(self) -> None:
-        """Delete the checkpoints `adopt` found were never committed."""
-        while self._stale:
-            await self._forget(*self._stale.pop())
+        """Delete the checkpoints `adopt` found were never committed, and those whose deletion
+        failed before; stop at the first that fails again (the broker is away)."""
+        stale, self._stale = self._stale, []
+        while stale:
+            if not await self._forget(*stale.pop()):
+                self._stale.extend(stale)
+                return
 
-    async def _forget(self, name: str, pointer: str) -> None:
-        """Delete a checkpoint, but the pieces it shares with one that is, or may be, in force."""
-        await self.store.forget(name, pointer, keep=[self._pointers.get(name, ""), *self._unsure.get(name, ())])
+    async def _forget(self, name: str, pointer: str) -> bool:
+        """Delete a checkpoint, but the pieces it shares with one that is, or may be, in force.
+        False when the broker refused: it is kept for `forget_stale` to try again."""
+        try:
+            if refused(getattr(self.store, "topic", "")):
+                raise KafkaTimeoutError("refused by NPO_REFUSE_SEND (fault test)")
+            await self.store.forget(name, pointer, keep=[self._pointers.get(name, ""), *self._unsure.get(name, ())])
+            return True
+        except KafkaError as exc:
+            log.warning("superseded checkpoint not deleted yet (tried again after the next commit): %r", exc,
+                        extra={"checkpoint": name})
+            self.counters["checkpoint_write_errors"] += 1
+            self._stale.append((name, pointer))
+            return False
 
     async def write(self, role: str, partition: int, packed: Packed, base: str = "") -> str:
         """Write a checkpoint (not yet in force), a delta if `base` names the one it follows;
-        its pointer."""
+        its pointer. KafkaError when the broker refuses it or does not answer in time."""
+        if refused(getattr(self.store, "topic", "")):
+            raise KafkaTimeoutError("refused by NPO_REFUSE_SEND (fault test)")
         return await self.store.write(self.name(role, partition), packed, base)
 
     async def commit(self, consumer, role: str, partition: int, pointer: str, offsets: dict, still,
@@ -200,6 +222,7 @@ class Checkpointer:
         if not landed:
             await self._forget(name, pointer)  # never committed: never read
             return False
+        await self.forget_stale()  # the broker answers again: deletions that failed before
         await self._supersede(name, pointer)
         for other in filter(None, (over, self._over.pop(name, None))):
             await self._forget(name, other)
@@ -279,8 +302,15 @@ class Checkpointer:
 
     async def save(self, consumer, role: str, partition: int, packed: Packed, offsets: dict, still,
                    base: str = "") -> bool:
-        """`write`, then `commit`: True when the checkpoint is in force."""
-        pointer = await self.write(role, partition, packed, base)
+        """`write`, then `commit`: True when the checkpoint is in force. A write the broker
+        refuses or times out is counted and leaves nothing in force (tried again next turn)."""
+        try:
+            pointer = await self.write(role, partition, packed, base)
+        except KafkaError as exc:
+            log.warning("checkpoint not written (tried again at its next turn): %r", exc,
+                        extra={"checkpoint": self.name(role, partition)})
+            self.counters["checkpoint_write_errors"] += 1
+            return False
         crash_point("checkpoint")
         if not await self.commit(consumer, role, partition, pointer, offsets, still, whole=not base):
             return False

@@ -2,8 +2,9 @@
 environment the process kills itself with SIGKILL the n-th time it passes <point>, as a
 crash would; with `NPO_FAIL_AT=<point>:<n>` it raises `InjectedFault` there instead, as a
 bug would. Refused writes: with `NPO_REFUSE_SEND=<topic suffix>:<n>` every n-th write to a
-topic whose name ends so fails, as a broker timeout would, and is retried after the writes
-that followed it.
+topic whose name ends so fails, as a broker timeout would: an output message is retried
+after the writes that followed it, a checkpoint (or the deletion of a superseded one) at
+its next turn.
 
 Points: `round` (between batches), `batch` (a batch processed, its output not yet
 written), `checkpoint` (a checkpoint written, not yet committed), `window` (windows

@@ -49,13 +49,35 @@ def test_partials_writes_that_fail_and_land_after_later_ones_are_applied_in_orde
     the early ones until the gap fills, and the results are those of the in-process run."""
     simulated, everything = events
     settings = cluster(2)
+    log = _run_refusing(settings, everything, tmp_path / "worker.log", "partials:4")
+    assert "refused by NPO_REFUSE_SEND" in log
+    assert_same_as_in_process(settings, simulated, 2)
+
+
+def _run_refusing(settings, everything: list[dict], log_path, refuse: str) -> str:
+    """One worker over `everything` (single events) with `NPO_REFUSE_SEND=refuse`; its log."""
     with EventProducer(settings, envelope=False) as producer:
         for e in everything:
             producer.send(e)
-    worker = spawn(settings, tmp_path / "worker.log", NPO_REFUSE_SEND="partials:4")
+    worker = spawn(settings, log_path, NPO_REFUSE_SEND=refuse)
     wait_caught_up(settings, [worker])
     stop(worker)
-    assert "refused by NPO_REFUSE_SEND" in (tmp_path / "worker.log").read_text()
+    return log_path.read_text()
+
+
+def test_checkpoint_writes_and_deletions_that_fail_are_tried_again_and_change_nothing(cluster, events, tmp_path):
+    """Every 3rd write to the checkpoints topic (a checkpoint, or the tombstones of a superseded
+    one) fails, as in a broker outage longer than the producer's request timeout: the worker
+    goes on, checkpoints again at the partition's next turn, and gives the in-process results;
+    a worker started after it loads the checkpoints that did come into force."""
+    simulated, everything = events
+    settings = cluster(2)
+    log = _run_refusing(settings, everything, tmp_path / "worker.log", "checkpoints:3")
+    assert "checkpoint not written" in log and "refused by NPO_REFUSE_SEND" in log
+    assert_same_as_in_process(settings, simulated, 2)
+    second = spawn(settings, tmp_path / "second.log")  # loads what is in force, reads nothing again
+    wait_caught_up(settings, [second])
+    stop(second)
     assert_same_as_in_process(settings, simulated, 2)
 
 
