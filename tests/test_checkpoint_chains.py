@@ -76,6 +76,28 @@ def test_a_delta_s_pointer_names_its_base_s_pieces_and_a_read_returns_them_all_i
     asyncio.run(run())
 
 
+def test_a_deletion_returns_once_its_tombstones_are_acknowledged_and_raises_when_one_is_refused():
+    """A tombstone is refused at its acknowledgement (a batch that expired in an outage), not
+    when it is handed to the producer: a deletion that did not wait for them would never learn
+    that it failed, and the checkpoint's chunks would stay in the topic for good."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    store, log = _store()
+
+    async def refused(topic, value, key=None, partition=None):
+        done = asyncio.get_running_loop().create_future()
+        done.set_exception(KafkaTimeoutError("batch expired"))
+        return done
+
+    async def run():
+        whole = await store.write("g-ingest/0", _packed(b"whole"))
+        log.send = refused
+        with pytest.raises(KafkaTimeoutError):
+            await store.forget("g-ingest/0", whole)
+
+    asyncio.run(run())
+
+
 def test_the_longest_chain_s_pointer_fits_the_commit_metadata_brokers_accept_by_default():
     store, _ = _store()
     huge = 10**18  # offsets and sizes as long as they get

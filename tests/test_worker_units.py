@@ -226,24 +226,72 @@ def test_a_checkpoint_in_doubt_that_the_group_does_not_point_to_is_deleted_after
 
 
 class _FailingStore(_Store):
-    """`_Store` whose writes (deletions) fail while `refuse_writes` (`refuse_deletes`) is set,
-    as they do while the broker is away for longer than the producer's request timeout."""
+    """`_Store` whose writes (deletions) raise `error` while `refuse_writes` (`refuse_deletes`)
+    is set; a timeout by default, as while the broker is away for longer than the producer's
+    request timeout."""
 
-    def __init__(self) -> None:
+    def __init__(self, error=None) -> None:
+        from aiokafka.errors import KafkaTimeoutError
+
         super().__init__()
         self.refuse_writes = self.refuse_deletes = False
+        self.error = error or KafkaTimeoutError("batch expired")
 
     async def write(self, name, packed, base=""):
         if self.refuse_writes:
-            from aiokafka.errors import KafkaTimeoutError
-            raise KafkaTimeoutError("batch expired")
+            raise self.error
         return await super().write(name, packed, base)
 
     async def forget(self, name, pointer, keep=()):
         if self.refuse_deletes:
-            from aiokafka.errors import KafkaTimeoutError
-            raise KafkaTimeoutError("metadata not fetched")
+            raise self.error
         await super().forget(name, pointer, keep)
+
+
+def _always_committing(store):
+    from streams.worker.checkpointing import Checkpointer
+
+    async def commit(consumer, offsets):
+        return True
+
+    async def read_committed(consumer, tps):
+        return {}
+
+    return Checkpointer("g", store, commit=commit, read_committed=read_committed)
+
+
+@pytest.mark.parametrize("error", ["OutOfOrderSequenceNumber", "TopicAuthorizationFailedError", "ProducerClosed"])
+def test_a_checkpoint_write_that_cannot_succeed_if_tried_again_still_ends_the_worker(error):
+    """Only a timeout or an error Kafka marks retriable is waited out: a producer whose
+    idempotent sequence broke, or that is not allowed to write, fails every write after, and
+    a worker that went on without checkpoints would never commit its offsets again."""
+    import aiokafka.errors
+    from aiokafka import TopicPartition
+
+    store = _FailingStore(getattr(aiokafka.errors, error)())
+    ck = _always_committing(store)
+    store.refuse_writes = True
+    with pytest.raises(getattr(aiokafka.errors, error)):
+        asyncio.run(ck.save(None, "ingest", 0, _PACKED, {TopicPartition("t", 0): 1}, lambda: True))
+    store.refuse_writes, store.refuse_deletes = False, True
+    ck.adopt("ingest", 0, "ck-in-force")
+    ck.adopt("ingest", 0, "")  # ck-in-force is now stale
+    with pytest.raises(getattr(aiokafka.errors, error)):
+        asyncio.run(ck.forget_stale())
+    assert ck.counters["checkpoint_write_errors"] == 0
+
+
+def test_deletions_still_to_do_are_kept_when_the_task_doing_them_is_cancelled():
+    store = _FailingStore(asyncio.CancelledError())
+    ck = _always_committing(store)
+    for pointer in ("ck-a", "ck-b", ""):
+        ck.adopt("ingest", 0, pointer)  # ck-a, then ck-b, found out of force
+    store.refuse_deletes = True
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(ck.forget_stale())
+    store.refuse_deletes = False
+    asyncio.run(ck.forget_stale())
+    assert sorted(store.forgotten) == ["ck-a", "ck-b"]
 
 
 def test_a_checkpoint_write_or_deletion_the_broker_refuses_leaves_the_worker_running_and_is_tried_again():
@@ -251,19 +299,8 @@ def test_a_checkpoint_write_or_deletion_the_broker_refuses_leaves_the_worker_run
     checkpoint whose deletion fails is deleted after the next commit that lands."""
     from aiokafka import TopicPartition
 
-    from streams.worker.checkpointing import Checkpointer
-
     store = _FailingStore()
-    commits = []
-
-    async def commit(consumer, offsets):
-        commits.append(offsets)
-        return True
-
-    async def read_committed(consumer, tps):
-        return {}
-
-    ck = Checkpointer("g", store, commit=commit, read_committed=read_committed)
+    ck = _always_committing(store)
     tp = TopicPartition("t", 0)
 
     async def run():
@@ -271,7 +308,7 @@ def test_a_checkpoint_write_or_deletion_the_broker_refuses_leaves_the_worker_run
         assert await save() is True  # ck1 in force
         store.refuse_writes = True
         assert await save() is False  # not written: nothing committed, ck1 stays in force
-        assert len(commits) == 1 and ck.pointer("ingest", 0) == "ck1"
+        assert ck.counters["checkpoints", "ingest"] == 1 and ck.pointer("ingest", 0) == "ck1"
         assert ck.counters["checkpoint_write_errors"] == 1
 
         store.refuse_writes, store.refuse_deletes = False, True

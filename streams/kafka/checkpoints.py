@@ -17,6 +17,7 @@ a reader finds them all and a deletion spares the pieces a newer chain still use
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from typing import NamedTuple
@@ -129,13 +130,18 @@ class CheckpointStore:
 
     async def forget(self, name: str, pointer: str, keep: list[str] = ()) -> None:
         """Tombstones for the chunks of a superseded checkpoint's pieces, but those of a
-        checkpoint in `keep` (compaction then drops them)."""
+        checkpoint in `keep` (compaction then drops them). Returns once the broker has
+        acknowledged them all; raises the first error of those it refused."""
         kept = {p["id"] for k in keep if k for p in pieces(k)}
+        acks = []
         for p in pieces(pointer):
             if p["id"] not in kept:
                 for i in range(p["chunks"]):
-                    await self.producer.send(self.topic, None, key=f"{name}/{p['id']}/{i}".encode(),
-                                             partition=p["partition"])
+                    acks.append(await self.producer.send(self.topic, None, key=f"{name}/{p['id']}/{i}".encode(),
+                                                         partition=p["partition"]))
+        for outcome in await asyncio.gather(*acks, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
 
 
 def pieces(pointer: str) -> list[dict]:

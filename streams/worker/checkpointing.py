@@ -24,10 +24,10 @@ stayed in force for the grace (`contest_grace_s`), the other was a member that h
 the owner commits a whole checkpoint over it and deletes the other's pieces. Without that
 the owner would never commit again until the next rebalance.
 
-A write the broker refuses or times out (an outage longer than the producer's request
-timeout) leaves nothing in force: the partition is checkpointed again at its next turn, and
-the chunks that did land are never read. A deletion that fails is tried again after the
-next commit that lands.
+A write that times out (an outage longer than the producer's request timeout) or fails with
+an error Kafka marks retriable leaves nothing in force: the partition is checkpointed again
+at its next turn, and the chunks that did land are never read. A deletion that fails so is
+tried again after the next commit that lands. Other errors end the worker.
 """
 from __future__ import annotations
 
@@ -50,6 +50,14 @@ CONTEST_GRACE_S = 600.0
 """How long, at least, another worker's checkpoint stays in force before a partition's owner
 commits over it: longer than a member can go without noticing it lost its partitions, after
 which the other cannot be the new owner (see `contest_grace_s`)."""
+
+
+def transient(exc: KafkaError) -> bool:
+    """Whether a failed checkpoint write or deletion may succeed if tried again: a timeout (the
+    broker away for longer than the producer's request timeout) or an error Kafka marks
+    retriable. Others (an idempotent producer's broken sequence, authorization, a closed
+    producer) need a new producer, which a restart gives."""
+    return isinstance(exc, KafkaTimeoutError) or exc.retriable
 
 
 def guard_timeout_for(request_timeout_s: float) -> float:
@@ -174,26 +182,32 @@ class Checkpointer:
 
     async def forget_stale(self) -> None:
         """Delete the checkpoints `adopt` found were never committed, and those whose deletion
-        failed before; stop at the first that fails again (the broker is away)."""
+        failed before; stop at the first that fails again (the broker is away). Those not
+        deleted stay listed, also when the task is cancelled meanwhile."""
         stale, self._stale = self._stale, []
-        while stale:
-            if not await self._forget(*stale.pop()):
-                self._stale.extend(stale)
-                return
+        try:
+            while stale and await self._forget(*stale[-1], requeue=False):
+                stale.pop()
+        finally:
+            self._stale.extend(stale)
 
-    async def _forget(self, name: str, pointer: str) -> bool:
+    async def _forget(self, name: str, pointer: str, requeue: bool = True) -> bool:
         """Delete a checkpoint, but the pieces it shares with one that is, or may be, in force.
-        False when the broker refused: it is kept for `forget_stale` to try again."""
+        False when the broker refused or did not answer in time (see `transient`); it is then
+        listed, if `requeue`, for `forget_stale` to try again."""
         try:
             if refused(getattr(self.store, "topic", "")):
                 raise KafkaTimeoutError("refused by NPO_REFUSE_SEND (fault test)")
             await self.store.forget(name, pointer, keep=[self._pointers.get(name, ""), *self._unsure.get(name, ())])
             return True
         except KafkaError as exc:
+            if not transient(exc):
+                raise
             log.warning("superseded checkpoint not deleted yet (tried again after the next commit): %r", exc,
                         extra={"checkpoint": name})
             self.counters["checkpoint_write_errors"] += 1
-            self._stale.append((name, pointer))
+            if requeue:
+                self._stale.append((name, pointer))
             return False
 
     async def write(self, role: str, partition: int, packed: Packed, base: str = "") -> str:
@@ -302,11 +316,14 @@ class Checkpointer:
 
     async def save(self, consumer, role: str, partition: int, packed: Packed, offsets: dict, still,
                    base: str = "") -> bool:
-        """`write`, then `commit`: True when the checkpoint is in force. A write the broker
-        refuses or times out is counted and leaves nothing in force (tried again next turn)."""
+        """`write`, then `commit`: True when the checkpoint is in force. A write that fails
+        with a `transient` error is counted and leaves nothing in force (tried again next
+        turn); any other error ends the worker, as a restart is what clears it."""
         try:
             pointer = await self.write(role, partition, packed, base)
         except KafkaError as exc:
+            if not transient(exc):
+                raise
             log.warning("checkpoint not written (tried again at its next turn): %r", exc,
                         extra={"checkpoint": self.name(role, partition)})
             self.counters["checkpoint_write_errors"] += 1
