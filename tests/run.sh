@@ -21,9 +21,14 @@ WORKERS="${NPO_TEST_WORKERS:-2}"
 parallel=()
 [ "$WORKERS" -gt 1 ] && parallel=(-n "$WORKERS" --dist loadfile)
 
+# the phase options go last, so that they win over the same options in the arguments
+shared=0; "$PY" -m pytest "$@" ${parallel[@]+"${parallel[@]}"} --phase shared || shared=$?
+case "$shared" in 2|3|4) exit "$shared" ;; esac  # interrupted, internal error, usage error
+if [ "$shared" -eq 1 ]; then  # a failure: stop here if asked to stop at the first
+    for arg in "$@"; do case "$arg" in -x*|--exitfirst|--maxfail*) exit 1 ;; esac; done
+fi
+serial=0; "$PY" -m pytest "$@" -n 0 --phase serial || serial=$?
 # pytest exits 5 when a phase selects no test (say, arguments that name only serial tests)
-shared=0; "$PY" -m pytest "${parallel[@]}" --phase shared "$@" || shared=$?
-serial=0; "$PY" -m pytest --phase serial "$@" || serial=$?
 for rc in "$shared" "$serial"; do
     [ "$rc" -eq 0 ] || [ "$rc" -eq 5 ] || exit "$rc"
 done
