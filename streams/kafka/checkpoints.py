@@ -7,9 +7,10 @@ another's chunks). The consumer group's offset commit carries a pointer to it in
 metadata: state and the offsets it covers are committed in one request, so a
 restart finds either both or neither. Once a newer checkpoint is committed, the
 older one's chunks are deleted with tombstones; a checkpoint written but never
-committed (the writer died in between, or the broker refused part of it) is simply never read. One whose commit was
-refused after a rebalance may still have landed, so the worker deletes it only once a
-later commit supersedes it or the group is found pointing elsewhere.
+committed (the writer died in between, or the broker refused part of it) is simply
+never read. One whose commit was refused after a rebalance may still have landed, so
+the worker deletes it only once a later commit supersedes it or the group is found
+pointing elsewhere.
 
 A checkpoint may be a chain: a whole state followed by up to `MAX_PIECES - 1` deltas,
 each holding what changed since the piece before it. The pointer lists every piece, so
