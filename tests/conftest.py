@@ -17,13 +17,13 @@ def pytest_addoption(parser):
 def pytest_collection_modifyitems(config, items):
     """A test that stops or restarts a shared service is marked `serial`: run beside others,
     it would take their broker or Redis away mid-test."""
-    for item in items:
-        if SERVICE_CONTROLS & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.serial)
     phase = config.getoption("--phase")
-    if phase == "all":
-        return
-    serial = phase == "serial"
-    keep = [i for i in items if (i.get_closest_marker("serial") is not None) == serial]
-    config.hook.pytest_deselected(items=[i for i in items if (i.get_closest_marker("serial") is not None) != serial])
-    items[:] = keep
+    keep, drop = [], []
+    for item in items:
+        serial = bool(SERVICE_CONTROLS & set(getattr(item, "fixturenames", ())))
+        if serial:
+            item.add_marker(pytest.mark.serial)
+        (keep if phase == "all" or serial == (phase == "serial") else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import namedtuple
+from itertools import repeat
 
 import msgspec
 import numpy as np
@@ -151,6 +152,8 @@ def _worker(**overrides):
 class _Store:
     """Checkpoint store bookkeeping only: which pointers were written and which deleted."""
 
+    topic = "checkpoints"
+
     def __init__(self) -> None:
         self.written, self.forgotten = 0, []
 
@@ -165,9 +168,10 @@ class _Store:
 _PACKED = Packed(b"", 7)  # a checkpoint of 7 bytes uncompressed
 
 
-def _checkpointer(commits, committed=None):
-    """A Checkpointer over `_Store` whose commits answer `commits` in turn (True: committed,
-    None: refused after a rebalance, False: not tried) and whose group reads `committed`."""
+def _checkpointer(commits, committed=None, store=None):
+    """A Checkpointer over `store` (a `_Store` by default) whose commits answer `commits` in
+    turn (True: committed, None: refused after a rebalance, False: not tried) and whose group
+    reads `committed`."""
     from streams.worker.checkpointing import Checkpointer
 
     outcomes = iter(commits)
@@ -178,7 +182,7 @@ def _checkpointer(commits, committed=None):
     async def read_committed(consumer, tps):
         return committed(tps) if committed else {}
 
-    return Checkpointer("g", _Store(), commit=commit, read_committed=read_committed)
+    return Checkpointer("g", store or _Store(), commit=commit, read_committed=read_committed)
 
 
 def test_a_checkpoint_whose_commit_may_have_landed_is_kept_and_recognised_as_ours():
@@ -249,15 +253,7 @@ class _FailingStore(_Store):
 
 
 def _always_committing(store):
-    from streams.worker.checkpointing import Checkpointer
-
-    async def commit(consumer, offsets):
-        return True
-
-    async def read_committed(consumer, tps):
-        return {}
-
-    return Checkpointer("g", store, commit=commit, read_committed=read_committed)
+    return _checkpointer(repeat(True), store=store)
 
 
 @pytest.mark.parametrize("error", ["OutOfOrderSequenceNumber", "TopicAuthorizationFailedError", "ProducerClosed"])
@@ -367,6 +363,8 @@ def test_an_owner_commits_over_another_worker_s_checkpoint_once_it_has_stayed_in
     tp = TopicPartition("t", 0)
 
     class Store:  # a pointer is the JSON list of its pieces' ids
+        topic = "checkpoints"
+
         async def write(self, name, packed, base=""):
             written[0] += 1
             live.add(f"p{written[0]}")
@@ -451,6 +449,8 @@ def _contest(monkeypatch):
     group, live, answers, written = {}, set(), [], [0]
 
     class Store:
+        topic = "checkpoints"
+
         async def write(self, name, packed, base=""):
             written[0] += 1
             live.add(f"p{written[0]}")

@@ -196,8 +196,7 @@ class Checkpointer:
         False when the broker refused or did not answer in time (see `transient`); it is then
         listed, if `requeue`, for `forget_stale` to try again."""
         try:
-            if refused(getattr(self.store, "topic", "")):
-                raise KafkaTimeoutError("refused by NPO_REFUSE_SEND (fault test)")
+            self._injected_refusal()
             await self.store.forget(name, pointer, keep=[self._pointers.get(name, ""), *self._unsure.get(name, ())])
             return True
         except KafkaError as exc:
@@ -210,11 +209,15 @@ class Checkpointer:
                 self._stale.append((name, pointer))
             return False
 
+    def _injected_refusal(self) -> None:
+        """The fault tests' `NPO_REFUSE_SEND` for the checkpoints topic, as a broker timeout."""
+        if refused(self.store.topic):
+            raise KafkaTimeoutError("refused by NPO_REFUSE_SEND (fault test)")
+
     async def write(self, role: str, partition: int, packed: Packed, base: str = "") -> str:
         """Write a checkpoint (not yet in force), a delta if `base` names the one it follows;
         its pointer. KafkaError when the broker refuses it or does not answer in time."""
-        if refused(getattr(self.store, "topic", "")):
-            raise KafkaTimeoutError("refused by NPO_REFUSE_SEND (fault test)")
+        self._injected_refusal()
         return await self.store.write(self.name(role, partition), packed, base)
 
     async def commit(self, consumer, role: str, partition: int, pointer: str, offsets: dict, still,
