@@ -3,12 +3,15 @@
 It starts a retrain for each `retrain` trigger once. Trigger ids are deterministic (a
 replay or a second worker publishing the same window's trigger repeats the id), so the
 agent remembers the ids it has acted on in a Faust table, which Faust recovers from its
-changelog on restart and rebalance. A crash between acting and recording repeats the act:
-make `start_retraining` idempotent by keying the job on the trigger id.
+changelog on restart and rebalance. The table is the fast path, not the guarantee: a crash
+or an agent restart between acting and recording repeats the act, so the job itself is keyed
+by the trigger id and launching it twice starts it once (as a Kubernetes Job named by the id
+would refuse its twin).
 
 Settings come from the environment as for `npo worker` (`NPO_KAFKA_*`, `NPO_TOPIC_PREFIX`,
 `NPO_TOPIC_PARTITIONS`, `NPO_STATE_DIR`); `NPO_RETRAIN_LOG`, if set, is a file that gets one
-JSON line per retrain started (what this example does instead of launching a job).
+JSON line per retrain started (what this example does instead of launching a job, and where
+it looks for a job of the same id).
 """
 from __future__ import annotations
 
@@ -29,14 +32,26 @@ started = app.Table("npo-retrains-started", default=bool, partitions=settings.to
 
 
 def start_retraining(trigger: Trigger) -> None:
-    """Launch the retraining job for the trigger's policy and segment (here: record it)."""
+    """Launch the retraining job for the trigger's policy and segment, named by its trigger id
+    (here: a line in the log, unless the log has that id already)."""
+    path = os.environ.get("NPO_RETRAIN_LOG")
+    if path and _logged(path, trigger.trigger_id):
+        log.warning("retrain %s was started before (acted on, then not recorded); not again", trigger.trigger_id)
+        return
     line = {"trigger_id": trigger.trigger_id, "policy_id": trigger.policy_id, "segment": trigger.segment,
             "window_end": trigger.window.end, "loss": trigger.evidence.get("loss")}
     log.warning("retraining %s/%s after window ending %s", trigger.policy_id, trigger.segment, trigger.window.end)
-    path = os.environ.get("NPO_RETRAIN_LOG")
     if path:
         with open(path, "a") as out:
             out.write(json.dumps(line) + "\n")
+
+
+def _logged(path: str, trigger_id: str) -> bool:
+    try:
+        with open(path) as lines:
+            return any(json.loads(line)["trigger_id"] == trigger_id for line in lines if line.strip())
+    except FileNotFoundError:
+        return False
 
 
 @app.agent(triggers)
