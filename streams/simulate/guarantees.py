@@ -137,42 +137,47 @@ def threshold_advice(config: MonitorConfig = MonitorConfig(), days: int = 30, ru
     from streams.operators.aggregate import WindowResult
 
     spec, layout, params = config.windows, config.layout, config.stats
+    taus = (0.5, 0.6, 0.8)
+    # every (tau, run) is a key of its own, so each window is one call of the kernels for all
+    sims = [(tau, run) for tau in taus for run in range(runs)]
+    rngs = [np.random.default_rng([seed, run, int(tau * 100)]) for tau, run in sims]
+    keys = [(f"tau={tau}", f"run={run}") for tau, run in sims]
+    ev = TriggerEvaluator(config.triggers, "advice", spec.tumbling_s, layout, params)
+    slot = np.repeat(np.arange(len(sims)), labels)
+    tau_of = np.repeat([tau for tau, _ in sims], labels)
+    zero = np.zeros(len(slot), np.int64)
+    panes = np.zeros((spec.hop_panes, len(sims), layout.width))
+    advice, firsts = np.zeros(len(sims), np.int64), [None] * len(sims)
+    for pane in range(days * 86_400 // int(spec.tumbling_s)):
+        draws = [(rng.random(labels), rng.random(labels)) for rng in rngs]
+        s = np.concatenate([d[0] for d in draws])
+        wants_act = np.concatenate([d[1] for d in draws]) < s
+        acted = s >= tau_of
+        kind = np.where(wants_act == acted, 0, 1).astype(np.int8)  # like, or override
+        rows_now = panes[pane % spec.hop_panes]
+        rows_now[:] = 0.0
+        apply(rows_now, ScoreBatch(slot, np.where(acted, 0, 1), tau_of),
+              FeedbackBatch(slot, kind, zero, np.where(acted, 0, 1), zero, s, np.ones(len(slot))))
+        if (pane + 1) % spec.advance_panes or pane + 1 < spec.hop_panes:
+            continue
+        first = pane + 1 - spec.hop_panes
+        halves = np.zeros((len(sims), 2, layout.width))
+        for p in range(first, pane + 1):
+            halves[:, p % 2] += panes[p % spec.hop_panes]
+        hop = halves.sum(axis=1)
+        res = WindowResult("hopping", 0.0, 0.0, keys, hop, derive(hop, layout, params), pane, halves=halves)
+        for t in ev.evaluate(res):
+            if t["rule"] == "threshold_adjust":
+                k = keys.index((t["policy_id"], t["segment"]))
+                advice[k] += 1
+                firsts[k] = pane + 1 if firsts[k] is None else firsts[k]
     rows = []
-    for tau in (0.5, 0.6, 0.8):
+    for tau in taus:
+        of_tau = [k for k, (t, _) in enumerate(sims) if t == tau]
         saving = (tau - 0.5) ** 2
-        advice, firsts = 0, []
-        for run in range(runs):
-            rng = np.random.default_rng([seed, run, int(tau * 100)])
-            ev = TriggerEvaluator(config.triggers, "advice", spec.tumbling_s, layout, params)
-            panes = layout.zeros(spec.hop_panes)
-            first_advice = None
-            for pane in range(days * 86_400 // int(spec.tumbling_s)):
-                s = rng.random(labels)
-                wants_act = rng.random(labels) < s
-                acted = s >= tau
-                kind = np.where(wants_act == acted, 0, 1).astype(np.int8)  # like, or override
-                z = np.zeros(labels, np.int64)
-                row = panes[pane % spec.hop_panes]
-                row[:] = 0.0
-                apply(row[None, :], ScoreBatch(z, np.where(acted, 0, 1), np.full(labels, tau)),
-                      FeedbackBatch(z, kind, z, np.where(acted, 0, 1), z, s, np.ones(labels)))
-                if (pane + 1) % spec.advance_panes or pane + 1 < spec.hop_panes:
-                    continue
-                first = pane + 1 - spec.hop_panes
-                halves = np.zeros((1, 2, layout.width))
-                for p in range(first, pane + 1):
-                    halves[0, p % 2] += panes[p % spec.hop_panes]
-                hop = halves.sum(axis=1)
-                res = WindowResult("hopping", 0.0, 0.0, [("p", "s")], hop, derive(hop, layout, params), pane,
-                                   halves=halves)
-                fired = [t for t in ev.evaluate(res) if t["rule"] == "threshold_adjust"]
-                advice += len(fired)
-                if fired and first_advice is None:
-                    first_advice = pane + 1
-            firsts.append(first_advice)
-        detected = [f for f in firsts if f is not None]
+        detected = [firsts[k] for k in of_tau if firsts[k] is not None]
         rows.append({"rule": "threshold_adjust", "tau": tau, "true_saving": saving, "runs": runs, "days": days,
-                     "advice_per_day": advice / (runs * days),
+                     "advice_per_day": int(advice[of_tau].sum()) / (runs * days),
                      "wrong": saving < config.triggers.min_cost_saving,
                      "first_advice_hours": float(np.mean(detected)) * spec.tumbling_s / 3600 if detected else None,
                      "runs_advised": len(detected)})
