@@ -147,22 +147,27 @@ def test_a_new_reason_pages_during_an_open_episode_and_a_fair_channel_ends_its_o
     assert rules(out) == ["monitor_degraded"] * 3 and "abstention" in out[2]["reason"]
 
 
-def _bursty_coverage(ev, rng, panes: int, coverage, burst_every: int = 12, per_burst: int = 1200) -> list[dict]:
+def _bursty_coverage(ev, rngs, panes: int, coverage, burst_every: int = 12, per_burst: int = 1200) -> list[list[dict]]:
     """Decisions in one burst an hour (a batch scorer), each drawing feedback with probability
-    `coverage(pane)` within LAG_PANES panes (lags from 0 to 11 panes, most in the first)."""
-    arriving = np.zeros((panes + LAG_PANES, LAG_PANES))  # [pane, lag]: feedback landing there
-    out = []
+    `coverage(pane)` within LAG_PANES panes (lags from 0 to 11 panes, most in the first). One
+    key a generator in `rngs`, all in the same windows; each key's triggers."""
+    keys = [(KEY[0], f"run-{k}") for k in range(len(rngs))]
+    arriving = np.zeros((len(rngs), panes + LAG_PANES, LAG_PANES))  # [key, pane, lag]: feedback landing there
+    out = {key: [] for key in keys}
     for pane in range(panes):
         decisions = per_burst if pane % burst_every == 0 else 0
-        lags = np.minimum(rng.geometric(0.5, rng.binomial(decisions, coverage(pane))) - 1, LAG_PANES - 1)
-        np.add.at(arriving, (pane + lags, lags), 1.0)
-        state = LAYOUT.zeros(1)
-        state[0, N_DEC] = decisions
-        state[0, FB_LAG:FB_LAG + LAG_PANES] = arriving[pane]
-        state[0, N_FB + 0] = arriving[pane].sum()  # all likes
-        state[0, W_CAP] = arriving[pane].sum()
-        out += ev.evaluate(result("tumbling", pane, state))
-    return out
+        state = LAYOUT.zeros(len(rngs))
+        for k, rng in enumerate(rngs):
+            lags = np.minimum(rng.geometric(0.5, rng.binomial(decisions, coverage(pane))) - 1, LAG_PANES - 1)
+            np.add.at(arriving[k], (pane + lags, lags), 1.0)
+        state[:, N_DEC] = decisions
+        state[:, FB_LAG:FB_LAG + LAG_PANES] = arriving[:, pane]
+        state[:, N_FB + 0] = arriving[:, pane].sum(axis=1)  # all likes
+        state[:, W_CAP] = arriving[:, pane].sum(axis=1)
+        res = WindowResult("tumbling", pane * 300.0, (pane + 1) * 300.0, keys, state, derive(state, LAYOUT, PARAMS), pane)
+        for t in ev.evaluate(res):
+            out[(t["policy_id"], t["segment"])].append(t)
+    return list(out.values())
 
 
 def test_coverage_counts_feedback_in_its_decisions_pane_so_bursty_decisions_do_not_fire():
@@ -172,10 +177,10 @@ def test_coverage_counts_feedback_in_its_decisions_pane_so_bursty_decisions_do_n
     but for the alpha = 0.05 the guarantee allows (at most 1 of 6: P(2 or more) < 0.033 if
     it held with equality), and a drought that starts mid-run is caught within a few hours."""
     days = 288 * 30
-    fired = [bool(_bursty_coverage(evaluator(), np.random.default_rng(seed), days, lambda p: 0.10))
-             for seed in range(6)]
+    fired = [bool(out) for out in _bursty_coverage(evaluator(), [np.random.default_rng(seed) for seed in range(6)],
+                                                   days, lambda p: 0.10)]
     assert sum(fired) <= 1, fired
-    out = _bursty_coverage(evaluator(), np.random.default_rng(99), 600, lambda p: 0.25 if p < 300 else 0.01)
+    (out,) = _bursty_coverage(evaluator(), [np.random.default_rng(99)], 600, lambda p: 0.25 if p < 300 else 0.01)
     assert rules(out) == ["monitor_degraded"] and "coverage" in out[0]["reason"]
     fired_at = out[0]["window"]["start"] / 300.0
     assert 300 <= fired_at < 300 + 4 * 12, fired_at  # the decision pane read: in the drought
