@@ -19,6 +19,8 @@ import json
 import logging
 import os
 
+from faust.exceptions import PartitionsMismatch
+
 from streams.faust.connect import create_app
 from streams.faust.records import Trigger
 from streams.settings import load
@@ -59,4 +61,18 @@ async def retrain(stream):
     async for trigger in stream:
         if trigger.rule == "retrain" and not started[trigger.trigger_id]:
             start_retraining(trigger)
-            started[trigger.trigger_id] = True
+            remember(trigger.trigger_id)
+
+
+def remember(trigger_id: str) -> None:
+    """Record a started retrain in the table. Faust refuses the write while its metadata does
+    not yet show the changelog topic it has just created (a busy broker, at startup; the
+    metadata is refreshed within `consumer_metadata_max_age_ms`): the table then misses the
+    id, which the job's own key covers, and the agent goes on instead of crashing and
+    waiting for its supervisor to restart it."""
+    try:
+        started[trigger_id] = True
+    except PartitionsMismatch as exc:
+        if app.consumer.topic_partitions(started.changelog_topic_name):
+            raise  # the changelog is known and its partitions differ: a misconfiguration
+        log.warning("retrain %s not recorded in the table: %s", trigger_id, exc)

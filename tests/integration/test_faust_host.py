@@ -146,10 +146,12 @@ def test_a_broker_restart_under_a_faust_app_loses_and_doubles_nothing(cluster, k
 
 
 
-def test_the_retraining_agent_starts_each_retrain_once_across_repeats_and_restarts(cluster, tmp_path):
+@pytest.mark.parametrize("host", ["retraining", "retraining-stale-metadata"])
+def test_the_retraining_agent_starts_each_retrain_once_across_repeats_and_restarts(cluster, tmp_path, host):
     """Every retrain trigger published twice (as a replay would), the agent restarted, the
     repeats published again: one retrain per trigger id, and the other rules ignored. One
-    retrain was started by an instance that crashed before recording it: not again."""
+    retrain was started by an instance that crashed before recording it: not again. Also
+    when the table's first writes are refused (metadata without its changelog yet)."""
     sim = simulate(SimConfig(seed=5, n_windows=48, decisions_per_window=150))
     result = run_pipeline(encode_messages(sim.events, 500), CONFIG)
     retrains = [t for t in result.triggers if t["rule"] == "retrain"]
@@ -168,20 +170,28 @@ def test_the_retraining_agent_starts_each_retrain_once_across_repeats_and_restar
     def started() -> list[str]:
         return [json.loads(line)["trigger_id"] for line in log_path.read_text().splitlines()]
 
+    def check(app) -> None:
+        log = log_tail(app, 10**6)
+        assert "Crashed" not in log, log_tail(app, 20000)
+        if host == "retraining-stale-metadata":
+            assert "not recorded in the table" in log, log_tail(app, 20000)
+
     publish(result.triggers + retrains)
-    app = spawn(settings, tmp_path / "retraining.log", host="retraining", NPO_RETRAIN_LOG=str(log_path))
-    wait_for(lambda: len(started()) >= len(retrains) or app.poll() is not None, 120, "every retrain started")
+    app = spawn(settings, tmp_path / "retraining.log", host=host, NPO_RETRAIN_LOG=str(log_path))
+    wait_for(lambda: (len(started()) >= len(retrains) and "was started before" in log_tail(app, 10**6))
+             or app.poll() is not None, 120, "every retrain started, the one started before not again")
     assert app.poll() is None, log_tail(app, 20000)
     time.sleep(3.0)  # time for any repeat to show
     stop(app)
     assert sorted(started()) == sorted(t["trigger_id"] for t in retrains), log_tail(app, 20000)
-    assert "was started before" in log_tail(app, 10**6)
+    check(app)
 
     later = next(t for t in result.triggers if t["rule"] == "retrain")
     fresh = {**later, "trigger_id": "f" * 32}  # a new window's trigger, after the repeats
     publish(retrains + [fresh])
-    app = spawn(settings, tmp_path / "retraining-2.log", host="retraining", NPO_RETRAIN_LOG=str(log_path))
+    app = spawn(settings, tmp_path / "retraining-2.log", host=host, NPO_RETRAIN_LOG=str(log_path))
     wait_for(lambda: "f" * 32 in started() or app.poll() is not None, 120, "the new retrain started")
     assert app.poll() is None, log_tail(app, 20000)
     stop(app)
     assert sorted(started()) == sorted([t["trigger_id"] for t in retrains] + ["f" * 32]), log_tail(app, 20000)
+    check(app)
