@@ -15,6 +15,7 @@ it looks for a job of the same id).
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -35,25 +36,37 @@ started = app.Table("npo-retrains-started", default=bool, partitions=settings.to
 
 def start_retraining(trigger: Trigger) -> None:
     """Launch the retraining job for the trigger's policy and segment, named by its trigger id
-    (here: a line in the log, unless the log has that id already)."""
+    (here: a line in the log, unless the log has that id already; the check and the line are
+    one step under a file lock, so two instances of the agent cannot both add it)."""
     path = os.environ.get("NPO_RETRAIN_LOG")
-    if path and _logged(path, trigger.trigger_id):
-        log.warning("retrain %s was started before (acted on, then not recorded); not again", trigger.trigger_id)
-        return
     line = {"trigger_id": trigger.trigger_id, "policy_id": trigger.policy_id, "segment": trigger.segment,
             "window_end": trigger.window.end, "loss": trigger.evidence.get("loss")}
-    log.warning("retraining %s/%s after window ending %s", trigger.policy_id, trigger.segment, trigger.window.end)
-    if path:
-        with open(path, "a") as out:
-            out.write(json.dumps(line) + "\n")
+    if not path:
+        log.warning("retraining %s/%s after window ending %s", trigger.policy_id, trigger.segment, trigger.window.end)
+        return
+    with open(path, "a+") as jobs:
+        fcntl.flock(jobs, fcntl.LOCK_EX)  # released when the file closes
+        jobs.seek(0)
+        text = jobs.read()
+        if trigger.trigger_id in _ids(text):
+            log.warning("retrain %s was started before (acted on, then not recorded); not again", trigger.trigger_id)
+            return
+        log.warning("retraining %s/%s after window ending %s", trigger.policy_id, trigger.segment, trigger.window.end)
+        # a line cut short by a writer that crashed is ended first, so this one stays whole
+        jobs.write(("\n" if text and not text.endswith("\n") else "") + json.dumps(line) + "\n")
 
 
-def _logged(path: str, trigger_id: str) -> bool:
-    try:
-        with open(path) as lines:
-            return any(json.loads(line)["trigger_id"] == trigger_id for line in lines if line.strip())
-    except FileNotFoundError:
-        return False
+def _ids(text: str) -> set[str]:
+    """The trigger ids of the log's whole lines (a line cut short or not ours is skipped)."""
+    ids = set()
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("trigger_id"), str):
+            ids.add(entry["trigger_id"])
+    return ids
 
 
 @app.agent(triggers)
@@ -68,7 +81,8 @@ def remember(trigger_id: str) -> None:
     """Record a started retrain in the table. Faust refuses the write while its metadata does
     not yet show the changelog topic it has just created (a busy broker, at startup; the
     metadata is refreshed within `consumer_metadata_max_age_ms`): the table then misses the
-    id, which the job's own key covers, and the agent goes on instead of crashing and
+    id, which the job's own key covers (with `NPO_RETRAIN_LOG` set, or a job system that
+    refuses a second job of the same name), and the agent goes on instead of crashing and
     waiting for its supervisor to restart it."""
     try:
         started[trigger_id] = True

@@ -12,9 +12,11 @@ from confluent_kafka.admin import AdminClient
 
 
 _spawned: list[subprocess.Popen] = []
-# what asking a group's offsets answers while its coordinator moves or loads (after a broker restart)
+# what asking a group's offsets or a partition's end answers while its coordinator or leader moves
+# or loads (after a broker restart)
 _COORDINATOR_MOVING = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-                       KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TIMED_OUT, KafkaError._TRANSPORT}
+                       KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.LEADER_NOT_AVAILABLE,
+                       KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError._TIMED_OUT, KafkaError._TRANSPORT}
 
 
 def kill_leftovers() -> None:

@@ -7,7 +7,7 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
 from streams.faust.retraining import app, started  # noqa: F401  (the app `faust -A` runs)
 
-STALE_LOOKUPS = 6  # two a table write: Faust's check and the agent's
+STALE_LOOKUPS = 6  # two a refused table write (Faust's check, the agent's): the first three are refused
 _real = AIOKafkaConsumerThread.topic_partitions
 _lookups = 0
 
