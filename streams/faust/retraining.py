@@ -41,19 +41,18 @@ def start_retraining(trigger: Trigger) -> None:
     path = os.environ.get("NPO_RETRAIN_LOG")
     line = {"trigger_id": trigger.trigger_id, "policy_id": trigger.policy_id, "segment": trigger.segment,
             "window_end": trigger.window.end, "loss": trigger.evidence.get("loss")}
-    if not path:
-        log.warning("retraining %s/%s after window ending %s", trigger.policy_id, trigger.segment, trigger.window.end)
-        return
-    with open(path, "a+") as jobs:
-        fcntl.flock(jobs, fcntl.LOCK_EX)  # released when the file closes
-        jobs.seek(0)
-        text = jobs.read()
-        if trigger.trigger_id in _ids(text):
-            log.warning("retrain %s was started before (acted on, then not recorded); not again", trigger.trigger_id)
-            return
-        log.warning("retraining %s/%s after window ending %s", trigger.policy_id, trigger.segment, trigger.window.end)
-        # a line cut short by a writer that crashed is ended first, so this one stays whole
-        jobs.write(("\n" if text and not text.endswith("\n") else "") + json.dumps(line) + "\n")
+    if path:
+        with open(path, "a+") as jobs:
+            fcntl.flock(jobs, fcntl.LOCK_EX)  # released when the file closes
+            jobs.seek(0)
+            text = jobs.read()
+            if trigger.trigger_id in _ids(text):
+                log.warning("retrain %s was started before (acted on, then not recorded); not again",
+                            trigger.trigger_id)
+                return
+            # a line cut short by a writer that crashed is ended first, so this one stays whole
+            jobs.write(("\n" if text and not text.endswith("\n") else "") + json.dumps(line) + "\n")
+    log.warning("retraining %s/%s after window ending %s", trigger.policy_id, trigger.segment, trigger.window.end)
 
 
 def _ids(text: str) -> set[str]:

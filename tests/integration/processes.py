@@ -14,7 +14,7 @@ from confluent_kafka.admin import AdminClient
 _spawned: list[subprocess.Popen] = []
 # what asking a group's offsets or a partition's end answers while its coordinator or leader moves
 # or loads (after a broker restart)
-_COORDINATOR_MOVING = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+_MOVING = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
                        KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.LEADER_NOT_AVAILABLE,
                        KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError._TIMED_OUT, KafkaError._TRANSPORT}
 
@@ -92,10 +92,10 @@ def wait_caught_up(settings, procs, quiet_s: float = 3.0, timeout: float = 240.0
         try:
             lag = _lag(settings, ingest, ["scores", "feedback"]) + _lag(settings, aggregate, ["partials"])
         except KafkaException as exc:
-            if exc.args[0].code() not in _COORDINATOR_MOVING:
+            if exc.args[0].code() not in _MOVING:
                 raise
             lag = None  # not known yet: ask again
-        if lag or lag is None:
+        if lag != 0:
             since = None
         elif since is None:
             since = time.monotonic()
