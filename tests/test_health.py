@@ -20,6 +20,9 @@ from streams.settings import Settings  # noqa: E402
 from tests.services import free_port  # noqa: E402
 
 DOCKERFILE = Path(__file__).resolve().parents[1] / "Dockerfile"
+# short, to keep the tests quick, and long enough that a stall of the host between two
+# steps of a test does not pass for a stopped loop
+LIVENESS_S = 2.0
 
 
 def _get(port: int, path: str) -> tuple[int, str]:
@@ -32,7 +35,7 @@ def _get(port: int, path: str) -> tuple[int, str]:
 
 @pytest.fixture
 def served():
-    metrics, port = Metrics(liveness_timeout_s=0.5), free_port()
+    metrics, port = Metrics(liveness_timeout_s=LIVENESS_S), free_port()
     server = metrics.serve(port, host="127.0.0.1")
     yield metrics, port
     server.shutdown()
@@ -40,9 +43,9 @@ def served():
 
 
 def test_liveness_fails_when_the_loop_stops_turning():
-    health = Health(liveness_timeout_s=0.3)
+    health = Health(liveness_timeout_s=LIVENESS_S)
     assert health.live() == (True, "ok")  # starting counts from creation
-    time.sleep(0.4)
+    time.sleep(LIVENESS_S + 0.1)
     live, why = health.live()
     assert not live and "no turn" in why
     health.beat()
@@ -71,7 +74,7 @@ def test_endpoints(served):
     assert _get(port, "/readyz") == (503, "starting\n")
     metrics.health.beat()
     assert _get(port, "/readyz") == (200, "ok\n")
-    time.sleep(0.6)  # no turn for longer than the liveness timeout: neither live nor ready
+    time.sleep(LIVENESS_S + 0.1)  # no turn for longer than the liveness timeout: neither live nor ready
     assert _get(port, "/healthz")[0] == 503
     assert _get(port, "/readyz")[0] == 503
     assert _get(port, "/nothing")[0] == 404
@@ -118,5 +121,5 @@ def test_the_image_healthcheck_asks_healthz(served):
     assert subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True, timeout=30).returncode == 0
     turning.clear()
     beats.join()
-    time.sleep(0.6)
+    time.sleep(LIVENESS_S + 0.1)
     assert subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True, timeout=30).returncode != 0

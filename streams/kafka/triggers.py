@@ -75,12 +75,15 @@ def iter_triggers(settings: Settings, group_id: str, from_beginning: bool = True
         topic = settings.topic("triggers")
         if topic not in metadata(consumer, errors, settings, timeout).topics:
             raise KafkaUnavailable(f"topic {topic} does not exist at {settings.kafka_bootstrap_servers}")
-        assigned: list[bool] = []  # idle time counts from the first assignment, not from joining
-        consumer.subscribe([topic], on_assign=lambda _c, _parts: assigned.append(True))
+        # idle time counts from the first assignment (the callback runs inside a poll), not from joining
+        assigned: list[float] = []
+        consumer.subscribe([topic], on_assign=lambda _c, _parts: assigned.append(time.monotonic()))
         yielded, last, join_deadline = 0, time.monotonic(), time.monotonic() + timeout
         while limit is None or yielded < limit:
             wait = 1.0 if idle_timeout is None else min(1.0, last + idle_timeout - time.monotonic())
             msg = consumer.poll(max(wait, 0.0))
+            if assigned and last < assigned[0]:
+                last = assigned[0]
             if msg is None:
                 if not assigned:
                     if time.monotonic() > join_deadline:

@@ -45,7 +45,9 @@ class WorkerThread:
         return self.thread.is_alive() and self.error is None
 
     def wait_idle(self, quiet_s: float = 4.0, timeout: float = 180.0) -> None:
-        """Until the worker's counters stop moving for `quiet_s` (all input processed)."""
+        """Until the worker's counters stop moving for `quiet_s` (all input processed), counted
+        from when it has its partitions and their state: joining the groups takes longer than
+        the quiet on a busy host, and a worker that has not started reading is quiet too."""
         deadline = time.monotonic() + timeout
         last, since = None, time.monotonic()
         while time.monotonic() < deadline:
@@ -53,7 +55,8 @@ class WorkerThread:
                 raise AssertionError(f"worker died: {self.error!r}") from self.error
             # Redis errors keep counting while Redis is down; only the data counters tell progress
             now = {k: v for k, v in self.worker.counters.items() if k != "redis_errors"}, self.rounds > 0
-            if self.worker.delivery.undelivered:  # output still being retried: not idle, however quiet
+            # output still being retried, or no partitions yet: not idle, however quiet
+            if self.worker.delivery.undelivered or self.worker.assignments.not_ready() is not None:
                 last = None
             if now != last:
                 last, since = now, time.monotonic()

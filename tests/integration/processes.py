@@ -105,9 +105,9 @@ def wait_caught_up(settings, procs, quiet_s: float = 3.0, timeout: float = 240.0
     raise AssertionError("the workers did not catch up in time")
 
 
-def owners(settings, group: str) -> dict[str, set[int]]:
-    """Member id -> partitions it holds, for one consumer group."""
-    admin = AdminClient(settings.confluent())
+def owners(settings, group: str, admin: AdminClient | None = None) -> dict[str, set[int]]:
+    """Member id -> partitions it holds, for one consumer group (asked through `admin`, or a new client)."""
+    admin = admin or AdminClient(settings.confluent())
     desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
     return {m.member_id: {tp.partition for tp in m.assignment.topic_partitions} for m in desc.members}
 

@@ -11,6 +11,7 @@ from streams.config import MonitorConfig
 from streams.kafka.producer import EventProducer
 from streams.simulate import SimConfig, simulate
 from tests.integration.harness import WorkerThread, json_values, read_topic
+from tests.integration.processes import wait_caught_up
 from tests.integration.test_worker_e2e import _flush_events, assert_same_as_in_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -39,6 +40,7 @@ def test_a_broker_restart_mid_run_loses_and_doubles_nothing(cluster, kafka_servi
         worker.wait_for(("events_in", "score"), scores)
     except AssertionError as e:  # the worker's loss, or the broker's?
         raise AssertionError(f"{e}; scores in the log now: {_scores_in_log(settings)} of {scores}") from e
+    wait_caught_up(settings, [])  # the aggregate group too: it may still be rejoining its restarted coordinator
     worker.wait_idle(quiet_s=6.0, timeout=240)
     assert worker.alive()
     worker.stop()
