@@ -7,7 +7,6 @@ import logging
 import signal
 import sys
 
-from streams.config import monitor_config_from
 
 log = logging.getLogger("npo.worker")
 
@@ -26,6 +25,7 @@ def add_command(subparsers, settings_args) -> None:
 
 
 def _run(args) -> int:
+    from streams.config import monitor_config_from
     from streams.kafka.commands import settings_from_args
     from streams.metrics import BrokerProbe, Metrics, setup_json_logging
     from streams.settings import monitor_section
