@@ -55,7 +55,8 @@ class WorkerThread:
                 raise AssertionError(f"worker died: {self.error!r}") from self.error
             # Redis errors keep counting while Redis is down; only the data counters tell progress
             now = {k: v for k, v in self.worker.counters.items() if k != "redis_errors"}, self.rounds > 0
-            # output still being retried, or no partitions yet: not idle, however quiet
+            # output still being retried, a group not joined yet, or partitions still loading: not
+            # idle, however quiet
             if self.worker.delivery.undelivered or self.worker.assignments.not_ready() is not None:
                 last = None
             if now != last:

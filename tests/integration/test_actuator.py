@@ -281,9 +281,10 @@ def test_sigkill_mid_stream_applies_no_change_twice_and_loses_none(settings, tmp
     _produce(settings, rest)
     done_key = store.ns + "actuator:done"
     _until(lambda: len(store.client.hkeys(done_key)) == len(triggers), timeout=120, what="every trigger decided")
-    # A probation settles on the first final window at or past its end that arrives after the
-    # change; the two topics are read in no fixed order, so the last change's windows may all
-    # have come first. An hour of windows after every decision settles whatever is still open.
+    # A probation is settled only when a final window of its key arrives after the change and
+    # the windows stored by then reach its end; the two topics are read in no fixed order, so
+    # the last change's windows may all have come first. An hour of windows after every
+    # decision settles whatever is still open.
     _produce(settings, [w for k in KEYS for w in _hour_of_windows(HOURS, *k)])
     _until(lambda: not state.outbox() and all(state.key_state(*k).probation is None for k in KEYS), timeout=60,
            what="every probation settled and the outbox published")

@@ -40,7 +40,10 @@ def test_a_broker_restart_mid_run_loses_and_doubles_nothing(cluster, kafka_servi
         worker.wait_for(("events_in", "score"), scores)
     except AssertionError as e:  # the worker's loss, or the broker's?
         raise AssertionError(f"{e}; scores in the log now: {_scores_in_log(settings)} of {scores}") from e
-    wait_caught_up(settings, [])  # the aggregate group too: it may still be rejoining its restarted coordinator
+    try:  # the aggregate group too: it may still be rejoining its restarted coordinator
+        wait_caught_up(settings, [])
+    except AssertionError as e:
+        raise AssertionError(f"{e}; worker error: {worker.error!r}") from e
     worker.wait_idle(quiet_s=6.0, timeout=240)
     assert worker.alive()
     worker.stop()

@@ -89,8 +89,10 @@ def test_a_faust_app_killed_and_restarted_gives_the_crash_free_results(cluster, 
     settings = dataclasses.replace(cluster(2), checkpoint_interval_s=0.2)
     _produce(settings, everything, envelope=False)  # single events: many small batches
     if crash_at.startswith("fail "):
-        # the timer every 30 s, so the round that fails is an agent's, which Faust alone would
-        # restart (the agents' first rounds load the kernels: seconds on a busy host)
+        # the round that fails must be an agent's, which Faust alone would restart: a merge idle
+        # of 60 s makes the timer tick every 30 s (and records wait up to 60 s for their
+        # co-partition, which does not matter here), where at 2 s a tick could take one of the
+        # first three rounds while the agents' first rounds load the kernels on a busy host
         first = spawn(settings, tmp_path / "first.log", host="faust", NPO_FAIL_AT=crash_at.split()[1],
                       NPO_MERGE_IDLE_MS="60000")
         code, log = first.wait(timeout=180), log_tail(first, 100_000)

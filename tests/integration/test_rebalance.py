@@ -55,8 +55,8 @@ def test_a_killed_worker_is_taken_over_and_a_joining_one_changes_nothing(cluster
     admin = AdminClient(settings.confluent())  # one client: a new one per look would add to what is measured
     takeover = wait_for(lambda: _sole_owner(settings, admin), 60, "the survivor taking every partition")
     print(f"takeover after SIGKILL: {takeover:.1f} s")
-    # within the session timeout and a heartbeat, with room for a busy host (the survivor
-    # finishing a batch and loading the partitions' checkpoints)
+    # within the session timeout and a heartbeat, with room for a busy host (the survivor's
+    # loop busy with a batch or one group's checkpoint loads, delaying the other group's rejoin)
     assert takeover <= SESSION_TIMEOUT_S + HEARTBEAT_S + 10.0
 
     _produce(settings, thirds[1])
