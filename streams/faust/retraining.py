@@ -15,6 +15,7 @@ it looks for a job of the same id).
 """
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import logging
@@ -27,6 +28,7 @@ from streams.faust.records import Trigger
 from streams.settings import load
 
 log = logging.getLogger("npo.retraining")
+RETRY_FIRST_S, RETRY_MAX_S = 1.0, 60.0  # waits between tries to start a job, doubling
 
 settings = load()
 app = create_app(settings, settings.group_id + "-retraining", topic_allow_declare=True)
@@ -72,8 +74,25 @@ def _ids(text: str) -> set[str]:
 async def retrain(stream):
     async for trigger in stream:
         if trigger.rule == "retrain" and not started[trigger.trigger_id]:
-            start_retraining(trigger)
+            await until_started(trigger)
             remember(trigger.trigger_id)
+
+
+async def until_started(trigger: Trigger) -> None:
+    """Start the trigger's retrain, trying again until the job system takes it. Faust
+    acknowledges a message however its agent's turn on it ends, so an agent that raised here
+    would have its offset committed past a retrain never started; the triggers behind this
+    one wait instead, as outputs wait for a broker that does not take them. Trying again is
+    safe because the job is keyed by the trigger id."""
+    wait = RETRY_FIRST_S
+    while True:
+        try:
+            start_retraining(trigger)
+            return
+        except Exception as exc:  # noqa: BLE001 - whatever the job system raises, the retrain is still due
+            log.error("starting retrain %s failed, trying again in %.0f s: %r", trigger.trigger_id, wait, exc)
+        await asyncio.sleep(wait)
+        wait = min(2 * wait, RETRY_MAX_S)
 
 
 def remember(trigger_id: str) -> None:

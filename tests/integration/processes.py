@@ -40,6 +40,8 @@ HOSTS = {  # how each host of the pipeline is started, and the consumer groups i
                     "info"], ()),
     "retraining-stale-metadata": ([sys.executable, "-m", "faust", "-A", "tests.integration.retraining_stale_metadata",
                                    "worker", "--without-web", "-l", "info"], ()),
+    "retraining-failing-jobs": ([sys.executable, "-m", "faust", "-A", "tests.integration.retraining_failing_jobs",
+                                 "worker", "--without-web", "-l", "info"], ()),
 }
 
 

@@ -149,12 +149,13 @@ def test_a_broker_restart_under_a_faust_app_loses_and_doubles_nothing(cluster, k
 
 
 
-@pytest.mark.parametrize("host", ["retraining", "retraining-stale-metadata"])
+@pytest.mark.parametrize("host", ["retraining", "retraining-stale-metadata", "retraining-failing-jobs"])
 def test_the_retraining_agent_starts_each_retrain_once_across_repeats_and_restarts(cluster, tmp_path, host):
     """Every retrain trigger published twice (as a replay would), the agent restarted, the
     repeats published again: one retrain per trigger id, and the other rules ignored. One
     retrain was started by an instance that crashed before recording it: not again. Also
-    when the table's first writes are refused (metadata without its changelog yet)."""
+    when the table's first writes are refused (metadata without its changelog yet), and when
+    the job system refuses each app's first three tries to start one (none is skipped)."""
     sim = simulate(SimConfig(seed=5, n_windows=48, decisions_per_window=150))
     result = run_pipeline(encode_messages(sim.events, 500), CONFIG)
     retrains = [t for t in result.triggers if t["rule"] == "retrain"]
@@ -189,6 +190,8 @@ def test_the_retraining_agent_starts_each_retrain_once_across_repeats_and_restar
         assert "retrain]: Crashed" not in log, log_tail(app, 20000)
         if host == "retraining-stale-metadata":  # the sentinels' writes at least were refused
             assert "not recorded in the table" in log, log_tail(app, 20000)
+        if host == "retraining-failing-jobs":
+            assert log.count("failed, trying again") == 3, log_tail(app, 20000)
         return log
 
     first, second = last("e"), last("f")
