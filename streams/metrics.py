@@ -99,6 +99,9 @@ class Metrics:
                                         "by role: over npo_checkpoints, the size of one", ["role"], registry=r)
         self.checkpoint_deltas = Counter("npo_checkpoint_deltas", "Of npo_checkpoints, those holding only what "
                                          "changed since the one before (the rest are whole)", ["role"], registry=r)
+        self.records_lost_to_retention = Counter("npo_records_lost_to_retention", "Records a checkpoint resumed "
+                                                 "before, deleted (retention) before they were read, by topic",
+                                                 ["topic"], registry=r)
         self.checkpoint_guard_errors = Counter("npo_checkpoint_guard_errors", "Checkpoints (or their hourly "
                                                "refreshes) not committed because the group's committed pointer "
                                                "could not be read before the commit",
@@ -147,6 +150,8 @@ class Metrics:
                 self.windows_closed.labels(kind=labels[0]).inc(delta)
             elif name == "triggers":
                 self.triggers.labels(rule=labels[0]).inc(delta)
+            elif name == "lost_to_retention":
+                self.records_lost_to_retention.labels(topic=labels[0]).inc(delta)
             elif name in ("checkpoints", "checkpoint_bytes", "checkpoint_deltas", "checkpoint_guard_errors"):
                 getattr(self, name).labels(role=labels[0]).inc(delta)
             elif name in ("duplicates", "late_events", "redis_errors", "joined_late", "waiting_for_score",

@@ -8,11 +8,14 @@ and replays from its offsets. Nothing is fetched past a position before its stat
 """
 from __future__ import annotations
 
+from collections import Counter
+
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
 from streams.worker.checkpointing import Checkpointer
 from streams.worker.merge import CoPartitionMerge
 from streams.worker.monitors import Monitors
+from streams.worker.retention import check_retention
 from streams.worker.stages import Stages
 
 ROLES = ("ingest", "aggregate")
@@ -34,9 +37,9 @@ class Assignments:
     partials partitions (held by `monitors`)."""
 
     def __init__(self, stages: Stages, monitors: Monitors, checkpointer: Checkpointer, merge: CoPartitionMerge,
-                 partials_topic: str) -> None:
+                 partials_topic: str, counters: Counter) -> None:
         self.stages, self.monitors, self.checkpointer, self.merge = stages, monitors, checkpointer, merge
-        self.partials_topic = partials_topic
+        self.partials_topic, self.counters = partials_topic, counters
         self.consumers: dict[str, object] = {}
         self._joined: set[str] = set()  # groups whose assignment (possibly empty) has arrived
         self._pending: dict[str, set[int]] = {role: set() for role in ROLES}  # assigned, not yet loaded
@@ -93,6 +96,7 @@ class Assignments:
         for role in ROLES:
             consumer = self.consumers[role]
             todo, self._pending[role] = self._pending[role], set()
+            resumed: dict[TopicPartition, int] = {}  # what checkpoints resume at, for the retention check
             for p in sorted(todo):
                 tps = self._tps(role, p)
                 if not all(tp in consumer.assignment() for tp in tps):
@@ -102,13 +106,14 @@ class Assignments:
                 if not all(tp in consumer.assignment() for tp in tps):
                     continue
                 if role == "ingest":
-                    self._seek_ingest(consumer, p, tps, loaded)
+                    self._seek_ingest(consumer, p, tps, loaded, resumed)
                 else:
-                    self._seek_aggregate(consumer, p, tps[0], loaded)
+                    self._seek_aggregate(consumer, p, tps[0], loaded, resumed)
                 consumer.resume(*tps)
+            await check_retention(consumer, self.counters, resumed)
         await self.checkpointer.forget_stale()  # after the loads: no await between checking and seeking
 
-    def _seek_ingest(self, consumer, p: int, tps: list, loaded) -> None:
+    def _seek_ingest(self, consumer, p: int, tps: list, loaded, resumed: dict) -> None:
         if loaded is not None:
             self.stages.open(p, loaded.state, loaded.offsets, loaded.pointer)
         offsets = self.stages.offsets[p]
@@ -116,9 +121,13 @@ class Assignments:
             if tp.topic in offsets:
                 self.merge.drop(p, (tp.topic,))
                 consumer.seek(tp, offsets[tp.topic])
+                if loaded is not None:
+                    resumed[tp] = offsets[tp.topic]
 
-    def _seek_aggregate(self, consumer, q: int, tp, loaded) -> None:
+    def _seek_aggregate(self, consumer, q: int, tp, loaded, resumed: dict) -> None:
         if loaded is not None:
             self.monitors.open(q, loaded.state, loaded.offsets.get(tp.topic))
         if q in self.monitors.offsets:
             consumer.seek(tp, self.monitors.offsets[q])
+            if loaded is not None:
+                resumed[tp] = self.monitors.offsets[q]

@@ -56,7 +56,7 @@ class Worker(PipelineHost):
                          loading=lambda role, partition: self.assignments.loading(role, partition),
                          max_poll_interval_s=max_poll_interval_s(settings))
         self.assignments = Assignments(self.stages, self.monitors, self.checkpointer, self.merge,
-                                       self.topics["partials"])
+                                       self.topics["partials"], self.counters)
         self.ingest = self.aggregate = self.reader = None
         self._last_trim = time.monotonic()
 
