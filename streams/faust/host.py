@@ -179,7 +179,7 @@ class FaustHost(PipelineHost):
             inputs = {p for t, p in ours if t == self.topics["scores"] and (self.topics["feedback"], p) in ours}
             partials = {q for t, q in ours if t == self.topics["partials"]}
             moves: dict[TopicPartition, int] = {}
-            resumed: dict[str, dict[TopicPartition, int]] = {"ingest": {}, "aggregate": {}}  # from checkpoints
+            resumed: dict[TopicPartition, int] = {}  # where loaded input checkpoints resume (see retention.py)
             for p in set(self.stages.stages) - inputs:
                 self.stages.close(p)
                 self.merge.drop(p)
@@ -195,7 +195,7 @@ class FaustHost(PipelineHost):
                 for tp in tps:
                     moves[tp] = self._move(tp, self.stages.offsets[p].get(tp.topic, 0) if loaded is not None else None)
                     if loaded is not None and tp.topic in self.stages.offsets[p]:
-                        resumed["ingest"][tp] = moves[tp]
+                        resumed[tp] = moves[tp]
             for q in sorted(partials):
                 tp = TopicPartition(self.topics["partials"], q)
                 loaded = await self.checkpointer.load("aggregate", self._books["aggregate"], [tp],
@@ -204,13 +204,11 @@ class FaustHost(PipelineHost):
                     self.monitors.open(q, loaded.state, loaded.offsets.get(tp.topic))
                     self._partials.pop(q, None)
                 moves[tp] = self._move(tp, self.monitors.offsets.get(q, 0) if loaded is not None else None)
-                if loaded is not None and q in self.monitors.offsets:
-                    resumed["aggregate"][tp] = moves[tp]
             if moves:  # on the consumer's own thread, as Faust's seeks are
                 await self.app.consumer.seek_wait(moves)
-            for role, offsets in resumed.items():
-                if offsets:
-                    await check_retention(self._books[role], self.counters, offsets)
+            if resumed:
+                for tp, first in (await check_retention(self._books["ingest"], self.counters, resumed)).items():
+                    self.stages.skip_to(tp.partition, tp.topic, first)
             self._assigned, self._generation = ours, generation
             await self.checkpointer.forget_stale()
 

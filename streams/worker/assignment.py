@@ -96,7 +96,7 @@ class Assignments:
         for role in ROLES:
             consumer = self.consumers[role]
             todo, self._pending[role] = self._pending[role], set()
-            resumed: dict[TopicPartition, int] = {}  # what checkpoints resume at, for the retention check
+            resumed: dict[TopicPartition, int] = {}  # where loaded input checkpoints resume (see retention.py)
             for p in sorted(todo):
                 tps = self._tps(role, p)
                 if not all(tp in consumer.assignment() for tp in tps):
@@ -108,9 +108,10 @@ class Assignments:
                 if role == "ingest":
                     self._seek_ingest(consumer, p, tps, loaded, resumed)
                 else:
-                    self._seek_aggregate(consumer, p, tps[0], loaded, resumed)
+                    self._seek_aggregate(consumer, p, tps[0], loaded)
                 consumer.resume(*tps)
-            await check_retention(consumer, self.counters, resumed)
+            for tp, first in (await check_retention(consumer, self.counters, resumed)).items():
+                self.stages.skip_to(tp.partition, tp.topic, first)
         await self.checkpointer.forget_stale()  # after the loads: no await between checking and seeking
 
     def _seek_ingest(self, consumer, p: int, tps: list, loaded, resumed: dict) -> None:
@@ -124,10 +125,8 @@ class Assignments:
                 if loaded is not None:
                     resumed[tp] = offsets[tp.topic]
 
-    def _seek_aggregate(self, consumer, q: int, tp, loaded, resumed: dict) -> None:
+    def _seek_aggregate(self, consumer, q: int, tp, loaded) -> None:
         if loaded is not None:
             self.monitors.open(q, loaded.state, loaded.offsets.get(tp.topic))
         if q in self.monitors.offsets:
             consumer.seek(tp, self.monitors.offsets[q])
-            if loaded is not None:
-                resumed[tp] = self.monitors.offsets[q]

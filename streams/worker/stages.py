@@ -91,6 +91,14 @@ class Stages:
         self._idle.discard(p)
         return stage
 
+    def skip_to(self, p: int, topic: str, offset: int) -> None:
+        """The records of `topic` before `offset` are gone from its log: the state of input
+        partition `p` goes on from there, and its next checkpoint says so (else every load of
+        the old one would find the same records missing)."""
+        if p in self.offsets and self.offsets[p].get(topic, offset) < offset:
+            self.offsets[p][topic] = offset
+            self.dirty.add(p)
+
     def close(self, p: int) -> None:
         stage = self.stages.pop(p, None)
         if self.capturing is not None and self.capturing.stage is stage:
