@@ -207,8 +207,7 @@ class FaustHost(PipelineHost):
             if moves:  # on the consumer's own thread, as Faust's seeks are
                 await self.app.consumer.seek_wait(moves)
             if resumed:
-                for tp, first in (await check_retention(self._books["ingest"], self.counters, resumed)).items():
-                    self.stages.skip_to(tp.partition, tp.topic, first)
+                await check_retention(self._books["ingest"], self.stages, self.counters, resumed)
             self._assigned, self._generation = ours, generation
             await self.checkpointer.forget_stale()
 

@@ -110,8 +110,7 @@ class Assignments:
                 else:
                     self._seek_aggregate(consumer, p, tps[0], loaded)
                 consumer.resume(*tps)
-            for tp, first in (await check_retention(consumer, self.counters, resumed)).items():
-                self.stages.skip_to(tp.partition, tp.topic, first)
+            await check_retention(consumer, self.stages, self.counters, resumed)
         await self.checkpointer.forget_stale()  # after the loads: no await between checking and seeking
 
     def _seek_ingest(self, consumer, p: int, tps: list, loaded, resumed: dict) -> None:

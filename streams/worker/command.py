@@ -7,7 +7,6 @@ import logging
 import signal
 import sys
 
-
 log = logging.getLogger("npo.worker")
 
 

@@ -40,16 +40,18 @@ def count_lost(counters: Counter, resume_at: dict[TopicPartition, int],
     return skipped
 
 
-async def check_retention(consumer, counters: Counter, resume_at: dict[TopicPartition, int],
-                          timeout_s: float = 10.0) -> dict[TopicPartition, int]:
-    """:func:`count_lost` with the log starts `consumer` (an aiokafka consumer) asks for. A
-    request that fails or takes longer than `timeout_s` is logged and skipped (nothing
-    counted): the check does not hold up a partition's start."""
+async def check_retention(consumer, stages, counters: Counter, resume_at: dict[TopicPartition, int],
+                          timeout_s: float = 10.0) -> None:
+    """:func:`count_lost` with the log starts `consumer` (an aiokafka consumer) asks for; each
+    input partition of `stages` that lost records goes on from its log's first offset
+    (`Stages.skip_to`). A request that fails or takes longer than `timeout_s` is logged and
+    skipped (nothing counted): the check does not hold up a partition's start."""
     if not resume_at:
-        return {}
+        return
     try:
         log_start = await asyncio.wait_for(consumer.beginning_offsets(list(resume_at)), timeout_s)
     except (KafkaError, asyncio.TimeoutError) as exc:
         log.warning("could not check whether retention deleted unread records: %r", exc)
-        return {}
-    return count_lost(counters, resume_at, log_start)
+        return
+    for tp, first in count_lost(counters, resume_at, log_start).items():
+        stages.skip_to(tp.partition, tp.topic, first)
