@@ -21,7 +21,7 @@ import numpy as np
 
 HEAD, TAIL, LIVE, DEAD, DUPLICATES, EVICTED = range(6)  # meta (int64): ring positions are absolute
 CLOCK, NEXT_EXPIRY = range(2)  # times (float64)
-_EMPTY, _FULL, _DELETED = 0, 1, 2
+EMPTY, FULL, DELETED = 0, 1, 2  # a slot's state (kernels.scenario_index's table uses them too)
 
 
 class Table:
@@ -109,37 +109,47 @@ def _home(hi, salt, mask):
 
 
 @numba.njit(cache=True, nogil=True)
-def _find(keys, state, hi, lo, salt):
+def find_slot(keys, state, hi, lo, salt):
     """Slot of digest (hi, lo), or -1-(first free slot on its probe path) when absent."""
     mask = state.shape[0] - 1
     i = _home(hi, salt, mask)
     free = np.int64(-1)
     while True:
         s = state[i]
-        if s == _EMPTY:
+        if s == EMPTY:
             return -1 - (i if free < 0 else free)
-        if s == _FULL and keys[i, 0] == hi and keys[i, 1] == lo:
+        if s == FULL and keys[i, 0] == hi and keys[i, 1] == lo:
             return i
-        if s == _DELETED and free < 0:
+        if s == DELETED and free < 0:
             free = i
         i = (i + 1) & mask
+
+
+@numba.njit(cache=True, nogil=True)
+def claim_slot(keys, state, slot, hi, lo, meta, dead):
+    """Put digest (hi, lo) in the free `slot` that `find_slot` gave; a deleted slot taken
+    again is one fewer counted at `meta[dead]`."""
+    if state[slot] == DELETED:
+        meta[dead] -= 1
+    keys[slot, 0], keys[slot, 1] = hi, lo
+    state[slot] = FULL
 
 
 @numba.njit(cache=True, nogil=True)
 def rebuild(keys, state, ring_keys, meta, salt):
     """Refill the table from the ring: deleted slots become free again. Returns how many ring
     entries repeat an earlier one (none, unless the ring came from a corrupt checkpoint)."""
-    state[:] = _EMPTY
+    state[:] = EMPTY
     rc = ring_keys.shape[0]
     repeats = 0
     for p in range(meta[HEAD], meta[TAIL]):
         hi, lo = ring_keys[p % rc, 0], ring_keys[p % rc, 1]
-        slot = _find(keys, state, hi, lo, salt)
+        slot = find_slot(keys, state, hi, lo, salt)
         if slot >= 0:
             repeats += 1
             continue
         keys[-1 - slot, 0], keys[-1 - slot, 1] = hi, lo
-        state[-1 - slot] = _FULL
+        state[-1 - slot] = FULL
     meta[DEAD] = 0
     return repeats
 
@@ -148,7 +158,7 @@ def rebuild(keys, state, ring_keys, meta, salt):
 def _forget_oldest(keys, state, ring_keys, meta, salt):
     rc = ring_keys.shape[0]
     p = meta[HEAD] % rc
-    state[_find(keys, state, ring_keys[p, 0], ring_keys[p, 1], salt)] = _DELETED
+    state[find_slot(keys, state, ring_keys[p, 0], ring_keys[p, 1], salt)] = DELETED
     meta[HEAD] += 1
     meta[LIVE] -= 1
     meta[DEAD] += 1
@@ -172,15 +182,11 @@ def fresh(digests, ts, keys, state, ring_keys, ring_ts, meta, times, salt, horiz
                     _forget_oldest(keys, state, ring_keys, meta, salt)
                 times[NEXT_EXPIRY] = t + horizon_s / 100.0
         hi, lo = digests[pos, 0], digests[pos, 1]
-        slot = _find(keys, state, hi, lo, salt)
+        slot = find_slot(keys, state, hi, lo, salt)
         if slot >= 0:
             meta[DUPLICATES] += 1
             continue
-        slot = -1 - slot
-        if state[slot] == _DELETED:
-            meta[DEAD] -= 1
-        keys[slot, 0], keys[slot, 1] = hi, lo
-        state[slot] = _FULL
+        claim_slot(keys, state, -1 - slot, hi, lo, meta, DEAD)
         p = meta[TAIL] % rc
         ring_keys[p, 0], ring_keys[p, 1] = hi, lo
         ring_ts[p] = t

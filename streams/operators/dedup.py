@@ -13,7 +13,12 @@ def digests(ids: list[str]) -> np.ndarray:
     able to write to the input topics, and to predict another producer's event id, could craft
     an id that makes it count as a duplicate. Ids are encoded here, not by mmh3: a string no
     UTF-8 can hold then raises UnicodeEncodeError (mmh3 5.3 crashed the process on one)."""
-    return np.frombuffer(b"".join(map(mmh3.hash_bytes, map(str.encode, ids))), "<u8").reshape(-1, 2)
+    return digests_of_bytes(map(str.encode, ids))
+
+
+def digests_of_bytes(ids) -> np.ndarray:
+    """:func:`digests` of ids already encoded."""
+    return np.frombuffer(b"".join(map(mmh3.hash_bytes, ids)), "<u8").reshape(-1, 2)
 
 
 class Deduplicator:

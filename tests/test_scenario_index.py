@@ -1,0 +1,85 @@
+"""The join's scenario index against a dict: any sequence of batches of puts, reads and
+replacements, on digests that share their high or low halves, through growth and the
+rebuilds that reclaim deleted slots."""
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernels.scenario_index import DEAD, ScenarioIndex
+
+# few distinct halves: digests that share one half, and probe paths that cross
+DIGESTS = st.tuples(st.sampled_from([0, 1, 2**63, 2**64 - 1]), st.integers(0, 40))
+
+
+def _array(digests) -> np.ndarray:
+    return np.array(digests, np.uint64).reshape(-1, 2)
+
+
+@st.composite
+def batches(draw):
+    out = []
+    for _ in range(draw(st.integers(1, 30))):
+        digests = draw(st.lists(DIGESTS, min_size=0, max_size=40))
+        op = draw(st.sampled_from(["put", "get", "replace"]))
+        numbers = draw(st.lists(st.integers(0, 2**40), min_size=len(digests), max_size=len(digests)))
+        flags = draw(st.lists(st.booleans(), min_size=len(digests), max_size=len(digests)))
+        out.append((op, digests, numbers, flags))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(batches(), st.sampled_from([2, 8, 1024]))
+def test_the_index_answers_as_a_dict_does(ops, slots):
+    index, ref = ScenarioIndex(slots), {}  # ref: digest -> (latest, scored more than once)
+    serial = 0
+    for op, digests, numbers, flags in ops:
+        d = _array(digests)
+        if op == "put":
+            serials = np.arange(serial + 1, serial + 1 + len(digests))
+            serial += len(digests)
+            want = []
+            for key, s in zip(digests, serials.tolist()):
+                latest, _ = ref.get(key, (0, False))
+                want.append(latest)
+                ref[key] = (s, latest != 0)
+            assert index.put(d, serials).tolist() == want
+        elif op == "get":
+            latest, rescored = index.get(d)
+            assert list(zip(latest.tolist(), rescored.tolist())) == [ref.get(k, (0, False)) for k in digests]
+        else:  # replace: a scenario's latest as it stands (most) or any other number (left alone)
+            latest = [ref.get(k, (0, False))[0] if n % 3 else n for k, n in zip(digests, numbers)]
+            new = [n if n % 5 else 0 for n in numbers]
+            for key, was, s, f in zip(digests, latest, new, flags):
+                if key in ref and ref[key][0] == was:
+                    if s == 0:
+                        del ref[key]
+                    else:
+                        ref[key] = (s, f)
+            index.replace(d, np.array(latest), np.array(new), np.array(flags, np.bool_))
+        assert len(index) == len(ref)
+        assert 4 * (len(index) + index.meta[DEAD]) <= 3 * len(index.state)  # live and deleted
+    latest, rescored = index.get(_array(list(ref)))
+    assert list(zip(latest.tolist(), rescored.tolist())) == list(ref.values())
+
+
+def test_a_steady_number_of_scenarios_keeps_the_table_s_size_under_churn():
+    """Deleted slots are reclaimed by rebuilding in place, not by growing."""
+    index = ScenarioIndex()
+    rng = np.random.default_rng(1)
+    sizes = set()
+    serial = 0
+    live = rng.integers(0, 2**63, size=(1000, 2), dtype=np.uint64)
+    index.put(live, np.arange(1, 1001))
+    serial = 1000
+    for _ in range(200):
+        fresh = rng.integers(0, 2**63, size=(100, 2), dtype=np.uint64)
+        old, live = live[:100], np.concatenate([live[100:], fresh])
+        latest, _ = index.get(old)
+        index.replace(old, latest, np.zeros(100), np.zeros(100, np.bool_))
+        index.put(fresh, np.arange(serial + 1, serial + 101))
+        serial += 100
+        sizes.add(len(index.state))
+        assert len(index) == 1000
+    assert sizes == {2048}  # 1,000 live: over five eighths of 1,024
