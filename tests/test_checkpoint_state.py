@@ -94,21 +94,21 @@ def test_checkpoint_bytes_that_do_not_fit_are_refused():
         PartitionStage(CONFIG).windows.load({**windows, "keys": [["p", "s"]]})
 
 
-def test_a_delta_is_written_in_a_format_code_that_misreads_it_refuses_and_older_deltas_are_still_read():
-    """A delta's join entries are write batches, whose expired scores only their expiry entry's
-    deletion names: code that reads format 2 would keep them, so a delta is format 3, which it
-    refuses. Format-2 deltas (which named what changed key by key) are still read, and whole
-    pieces stay format 2, which that code reads right."""
+def test_pieces_are_written_in_formats_code_that_misreads_them_refuses_and_older_ones_are_still_read():
+    """Score keys numbered in arrival order are format 3 (whole) and 4 (delta): code that read
+    format 2 wholes and format 2 or 3 deltas would not find those scores, so it refuses them.
+    A delta's join entries are write batches, whose expired scores only their expiry entry's
+    deletion names (format 3 on): code that reads format 2 deltas would keep them. Every older
+    format is still read."""
     msgpack = snapshot.msgspec.msgpack
-    assert msgpack.decode(snapshot.encode("ingest.delta", {}))["format"] == snapshot.DELTA_FORMAT == 3
-    assert msgpack.decode(snapshot.encode("ingest", {}))["format"] == snapshot.FORMAT == 2
-    old_delta = msgpack.encode({"format": 2, "kind": "ingest.delta", "state": {"a": 1}})
-    assert snapshot.decode("ingest.delta", old_delta) == {"a": 1}
-    whole_3 = msgpack.encode({"format": 3, "kind": "ingest", "state": {"a": 1}})
-    with pytest.raises(snapshot.SnapshotError, match="format-2 ingest"):
-        snapshot.decode("ingest", whole_3)
-    with pytest.raises(snapshot.SnapshotError):
-        snapshot.decode("ingest.delta", msgpack.encode({"format": 4, "kind": "ingest.delta", "state": {}}))
+    assert msgpack.decode(snapshot.encode("ingest.delta", {}))["format"] == snapshot.DELTA_FORMAT == 4
+    assert msgpack.decode(snapshot.encode("ingest", {}))["format"] == snapshot.FORMAT == 3
+    for kind, fmt in [("ingest", 2), ("ingest.delta", 2), ("ingest.delta", 3)]:
+        assert snapshot.decode(kind, msgpack.encode({"format": fmt, "kind": kind, "state": {"a": 1}})) == {"a": 1}
+    with pytest.raises(snapshot.SnapshotError, match="format-2/3 ingest"):
+        snapshot.decode("ingest", msgpack.encode({"format": 4, "kind": "ingest", "state": {"a": 1}}))
+    with pytest.raises(snapshot.SnapshotError, match="format-2/3/4 ingest.delta"):
+        snapshot.decode("ingest.delta", msgpack.encode({"format": 5, "kind": "ingest.delta", "state": {}}))
 
 
 def test_an_empty_partials_list_round_trips():

@@ -156,19 +156,29 @@ def test_a_state_of_the_earlier_key_layout_is_converted_as_it_is_taken_and_answe
         join.close()
     join = FeedbackJoin(None, horizon_s=300.0, expire_every_s=0.0)
     again = FeedbackJoin(None, horizon_s=300.0, expire_every_s=0.0)
+    third = FeedbackJoin(None, horizon_s=300.0, expire_every_s=0.0)
     try:
         join.load(doc["whole"])
         join.apply(doc["delta"])
         assert _answers(join) == {k: doc["after_delta"][k] for k in ("scores", "expired_scores", "waiting")}
         assert all(len(k) == 10 for k in join.db.keys() if k.startswith(b"s:"))  # every score under a serial
         again.load(join.dump())  # and it is checkpointed in this layout
+        join.take_changes()
         for store in (join, again):
             store.add_scores(["b", "a\x00"], [ctx(1300), ctx(1301)])
             unmatched = store.expire()
             assert {**_answers(store), "unmatched": [list(p) for p in unmatched]} == doc["after_more"]
+        # a delta of this layout after the converted chain: a load converts the chain the same way
+        counters, parts = join.changes_lazily(join.take_changes())
+        third.load(doc["whole"])
+        third.apply(doc["delta"])
+        third.apply({**counters, "parts": list(parts)})
+        assert {**_answers(third), "unmatched": []} == doc["after_more"]
+        assert third.dump() == join.dump()
     finally:
         join.close()
         again.close()
+        third.close()
 
 
 def test_a_state_of_an_unknown_layout_is_refused():
