@@ -16,8 +16,8 @@ batch one scenario at a time, in order.
 >>> import numpy as np
 >>> index = ScenarioIndex()
 >>> d = np.array([[1, 2], [3, 4], [1, 2]], np.uint64)  # the first scenario twice
->>> index.put(d, np.array([10, 11, 12])).tolist()  # each scenario's latest before: 0 for none
-[0, 0, 10]
+>>> [x.tolist() for x in index.put(d, np.array([10, 11, 12]))]  # what each had before
+[[0, 0, 10], [False, False, False]]
 >>> [x.tolist() for x in index.get(d[:2])]  # (latest, scored before it)
 [[12, 11], [True, False]]
 >>> index.replace(d[:1], np.array([12]), np.array([0]), np.array([False]))  # forget it
@@ -53,14 +53,13 @@ class ScenarioIndex:
     def nbytes(self) -> int:
         return self.keys.nbytes + self.state.nbytes + self.values.nbytes
 
-    def put(self, digests: np.ndarray, serials: np.ndarray) -> np.ndarray:
-        """Make `serials` (positive) the scenarios' latest scores, in order; the serial each
-        scenario's latest had before (0: none). A scenario that had one is marked as scored
-        more than once."""
+    def put(self, digests: np.ndarray, serials: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Make `serials` (positive) the scenarios' latest scores, in order; what `get` said of
+        each just before. A scenario that had a latest score is marked as scored more than once."""
         self._reserve(len(digests))
         before = np.empty(len(digests), np.int64)
         _put(digests, np.asarray(serials, np.int64), self.keys, self.state, self.values, self.meta, self.salt, before)
-        return before
+        return before >> 1, (before & 1).astype(np.bool_)
 
     def get(self, digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(serial of the latest score, 0 for none; scored more than once) of each scenario."""
@@ -100,7 +99,7 @@ def _put(digests, serials, keys, state, values, meta, salt, before):
         hi, lo = digests[i, 0], digests[i, 1]
         slot = find_slot(keys, state, hi, lo, salt)
         if slot >= 0:
-            before[i] = values[slot] >> 1
+            before[i] = values[slot]
             values[slot] = (serials[i] << 1) | 1
             continue
         slot = -1 - slot

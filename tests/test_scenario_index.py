@@ -41,10 +41,10 @@ def test_the_index_answers_as_a_dict_does(ops, slots):
             serial += len(digests)
             want = []
             for key, s in zip(digests, serials.tolist()):
-                latest, _ = ref.get(key, (0, False))
-                want.append(latest)
-                ref[key] = (s, latest != 0)
-            assert index.put(d, serials).tolist() == want
+                want.append(ref.get(key, (0, False)))
+                ref[key] = (s, want[-1][0] != 0)
+            latest, rescored = index.put(d, serials)
+            assert list(zip(latest.tolist(), rescored.tolist())) == want
         elif op == "get":
             latest, rescored = index.get(d)
             assert list(zip(latest.tolist(), rescored.tolist())) == [ref.get(k, (0, False)) for k in digests]

@@ -11,8 +11,9 @@ Every score is kept under its own key, numbered in arrival order (`s:<serial>`),
 RocksDB appends it to its memtable rather than inserting it at a random place (about 0.5
 against 2 to 2.5 µs a score on UUID scenario ids). A scenario's scores are found through a
 compiled index from the scenario to its latest score (:mod:`kernels.scenario_index`, rebuilt
-from the store after a load); the score of a re-scored scenario lists the serials of its
-earlier ones, so feedback can take the one its event time asks for (:func:`pick`). The same
+from the store after a load). A scenario scored more than once (rare, but some ids are scored
+again and again) also keeps a key per score, `r:<sid>\\0<serial>`, so all of its scores are
+found and feedback can take the one its event time asks for (:func:`pick`). The same
 store remembers, per labelled scenario, whether it was labelled before and the first labels
 of its audit pair (:meth:`FeedbackJoin.labels`).
 
@@ -45,6 +46,7 @@ from kernels.scenario_index import ScenarioIndex
 from streams.operators.dedup import digests, digests_of_bytes
 
 _SCORE, _FEEDBACK, _EXPIRY = b"s:", b"f:", b"x:"
+_RESCORED = b"r:"  # per score of a scenario scored more than once: r:<sid>\0<serial>, empty value
 _LABELS = b"l:"  # per labelled scenario: (first channel label, audit state, event time written)
 _SERIAL = b"m:serial"  # last number given to a score key
 _LAYOUT = 2
@@ -126,10 +128,9 @@ def _keys_of(serials) -> list[bytes]:
     return keys.view("V10").ravel().tolist()
 
 
-def _earlier(value: bytes) -> list[int]:
-    """The serials of the earlier scores of its scenario that a stored score lists."""
-    stored = _decode(value)
-    return stored[6] if len(stored) == 7 else []
+def _rescored_keys(ids: list[bytes], serials) -> list[bytes]:
+    """The `r:` keys of scores numbered `serials` of scenarios `ids`."""
+    return [_RESCORED + i + b"\x00" + int(s).to_bytes(8, "big") for i, s in zip(ids, serials)]
 
 
 def _legacy_score_keys(first: int, ids: list[bytes]) -> list[bytes]:
@@ -145,6 +146,21 @@ def _legacy_score_keys(first: int, ids: list[bytes]) -> list[bytes]:
 
 _TRACK_MIN = 100_000
 """Entries always logged for the next delta; beyond it, at most half the store's keys."""
+
+
+class _Going(NamedTuple):
+    """Scores about to be deleted, with what the scenario index says of their scenarios."""
+
+    ids: list[bytes]
+    digests: np.ndarray
+    serials: np.ndarray
+    latest: np.ndarray
+    rescored: np.ndarray
+
+    def rescored_keys(self) -> list[bytes]:
+        """The `r:` keys of those of re-scored scenarios."""
+        at = np.flatnonzero(self.rescored).tolist()
+        return _rescored_keys([self.ids[i] for i in at], self.serials[at])
 
 
 class Changes(NamedTuple):
@@ -229,10 +245,13 @@ class FeedbackJoin:
             self._note_parked(key)
         self._serial = int(self.db.get(_SERIAL) or 0)
         self._by_scenario = None
+        # expiry keys go on numbering after the store's (a reopened store), so none is overwritten
+        self._seq = max([self._seq, *(int(key[18:26]) for key in self._keys(_EXPIRY))])
 
     def _scenarios(self) -> ScenarioIndex:
         """The index of every stored score's scenario: each score expiry entry lists a batch's
-        scenarios, which hold the serials after its first."""
+        scenarios, which hold the serials after its first; a scenario with `r:` keys is
+        marked as scored more than once (it may have one score left)."""
         if self._by_scenario is None:
             index = self._by_scenario = ScenarioIndex()
             batches = sorted(_scores_batch(v) for k, v in self.db.items(from_key=_EXPIRY)
@@ -240,6 +259,9 @@ class FeedbackJoin:
             if batches:
                 index.put(digests_of_bytes(i for _, ids in batches for i in ids),
                           np.concatenate([np.arange(first, first + len(ids)) for first, ids in batches]))
+            rescored = digests_of_bytes({key[2:-9] for key in self._keys(_RESCORED)})
+            latest, _ = index.get(rescored)
+            index.replace(rescored, latest, latest, np.ones(len(latest), np.bool_))
         return self._by_scenario
 
     def _note_parked(self, key: bytes) -> None:
@@ -287,9 +309,12 @@ class FeedbackJoin:
         serials = np.arange(first, self._serial + 1)
         keys = _keys_of(serials)
         values = list(map(_encode, contexts))
-        before = self._scenarios().put(digests_of_bytes(ids), serials)
-        if before.any():
-            self._list_earlier(before, first, values, contexts)
+        before, rescored = self._scenarios().put(digests_of_bytes(ids), serials)
+        if before.any():  # re-scored: this score, and the one before if it was the first, get an r: key
+            at = np.flatnonzero(before).tolist()
+            first_time = [i for i in at if not rescored[i]]
+            more = _rescored_keys([ids[i] for i in at + first_time], [*serials[at], *before[first_time]])
+            keys, values = keys + more, values + [b""] * len(more)
         wb = WriteBatch(raw_mode=True)
         deque(map(wb.put, keys, values), maxlen=0)  # C-level loop
         serial = b"%d" % self._serial
@@ -306,43 +331,24 @@ class FeedbackJoin:
             self.db.write(wb, self._write)
         self._clock = max(self._clock, max_ts)
 
-    def _list_earlier(self, before: np.ndarray, first: int, values: list[bytes], contexts: list[tuple]) -> None:
-        """Give the batch's scores of re-scored scenarios (`before`: each one's latest score
-        before it, 0 for none) the serials of their earlier scores still stored, in order."""
-        at = np.flatnonzero(before).tolist()
-        latest = before[at].tolist()
-        stored = sorted({s for s in latest if s < first})
-        earlier: dict[int, list[int]] = {}
-        for s, value in zip(stored, self.db[_keys_of(stored)]):
-            earlier[s] = _earlier(value)
-        listed = sorted({e for s in stored for e in earlier[s]})
-        gone = {e for e, value in zip(listed, self.db[_keys_of(listed)]) if value is None}
-        for s in stored:
-            earlier[s] = [e for e in earlier[s] if e not in gone]
-        for i, s in zip(at, latest):
-            earlier[first + i] = [*earlier.get(s, ()), s]  # a score of this batch has its list already
-            values[i] = _encode((*contexts[i], earlier[first + i]))
-
     def scores_of(self, scenario_ids) -> dict[str, list[Context]]:
         """Every stored score of these scenarios, in arrival order (scenarios without one left out)."""
-        out: dict[str, list[Context]] = {}
         if not scenario_ids:
-            return out
+            return {}
         sids = list(set(scenario_ids))
-        latest, _ = self._scenarios().get(digests(sids))
-        found = np.flatnonzero(latest).tolist()
-        rescored = []
-        for i, value in zip(found, self.db[_keys_of(latest[found])]):
-            stored = _decode(value)
-            if len(stored) == 7:
-                rescored.append((sids[i], stored[6]))
-            out[sids[i]] = [Context(*stored[:6])]
-        if rescored:
-            listed = sorted({e for _, earlier in rescored for e in earlier})
-            values = dict(zip(listed, self.db[_keys_of(listed)]))
-            for sid, earlier in rescored:
-                out[sid][:0] = [Context(*_decode(values[e])[:6]) for e in earlier if values[e] is not None]
-        return out
+        latest, rescored = self._scenarios().get(digests(sids))
+        serials: dict[str, list[int]] = {}
+        for i in np.flatnonzero(latest).tolist():
+            serials[sids[i]] = self._rescored_serials(sids[i].encode()) if rescored[i] else [int(latest[i])]
+        listed = [s for found in serials.values() for s in found]
+        contexts = iter(map(Context._make, map(_decode, self.db[_keys_of(listed)])))
+        return {sid: list(islice(contexts, len(found))) for sid, found in serials.items()}
+
+    def _rescored_serials(self, sid: bytes) -> list[int]:
+        """The serials of a re-scored scenario's stored scores, in arrival order (its `r:` keys;
+        those of scenarios whose ids continue after a NUL are longer)."""
+        own = _RESCORED + sid + b"\x00"
+        return [int.from_bytes(k[-8:], "big") for k in self._keys(own) if len(k) == len(own) + 8]
 
     def lookup(self, scenario_ids: list[str], at: list[float] | None = None) -> list[Context | None]:
         """The stored score feedback at event times `at` (default: any time after every score)
@@ -486,36 +492,35 @@ class FeedbackJoin:
                 left = self._waiting.pop(sid, 1) - 1
                 if left > 0:
                     self._waiting[sid] = left
-        if expired_scores:
-            self._forget_scores(expired_scores, lambda: self._commit(wb, deleted, [None] * len(deleted)))
-        else:
-            self._commit(wb, deleted, [None] * len(deleted))
+        going = self._scores_going(expired_scores) if expired_scores else None
+        if going is not None:
+            rescored = going.rescored_keys()
+            deque(map(wb.delete, rescored), maxlen=0)
+            deleted += rescored
+        self._commit(wb, deleted, [None] * len(deleted))
+        if going is not None:
+            self._forgot(going)
         self.unmatched_feedback += len(unmatched)
         return unmatched
 
-    def _forget_scores(self, batches: list[tuple[int, list[bytes]]], delete) -> None:
-        """Keep the scenario index right as the scores of `batches` ([first serial, scenario
-        ids] each) are deleted (by calling `delete`): a scenario whose latest score goes is
-        forgotten, or, if it was scored before, takes its latest earlier score still stored."""
-        index = self._scenarios()
-        d = digests_of_bytes(i for _, ids in batches for i in ids)
-        serials = np.concatenate([np.arange(first, first + len(ids)) for first, ids in batches])
-        latest, rescored = index.get(d)
-        going = np.flatnonzero(latest == serials)
-        d, serials, rescored = d[going], serials[going], rescored[going]
-        rescored_at = np.flatnonzero(rescored)
-        keys = _keys_of(serials[rescored_at].tolist())
-        earlier = list(map(_earlier, self.db[keys]))  # read before they are deleted
-        delete()
-        new = np.zeros(len(serials), np.int64)
-        again = np.zeros(len(serials), np.bool_)
-        listed = sorted({e for serial_list in earlier for e in serial_list})
-        kept = {e for e, value in zip(listed, self.db[_keys_of(listed)]) if value is not None}
-        for i, serial_list in zip(rescored_at.tolist(), earlier):
-            left = [e for e in serial_list if e in kept]
-            if left:
-                new[i], again[i] = left[-1], len(left) > 1
-        index.replace(d, serials, new, again)
+    def _scores_going(self, batches: list[tuple[int, list[bytes]]]) -> "_Going":
+        """The scores of `batches` ([first serial, scenario ids] each), about to be deleted."""
+        ids = [i for _, batch in batches for i in batch]
+        d = digests_of_bytes(ids)
+        latest, rescored = self._scenarios().get(d)
+        serials = np.concatenate([np.arange(first, first + len(batch)) for first, batch in batches])
+        return _Going(ids, d, serials, latest, rescored)
+
+    def _forgot(self, going: "_Going") -> None:
+        """After the scores `going` were deleted (with their `r:` keys): a scenario whose latest
+        score went takes its latest score still stored, if it has one, else is forgotten."""
+        at = np.flatnonzero(going.latest == going.serials)
+        new = np.zeros(len(at), np.int64)
+        for j, i in enumerate(at.tolist()):
+            if going.rescored[i]:
+                left = self._rescored_serials(going.ids[i])
+                new[j] = left[-1] if left else 0
+        self._scenarios().replace(going.digests[at], going.serials[at], new, new > 0)
 
     def dump_lazily(self, slice_size: int = 50_000) -> tuple[dict, Iterator[bytes]]:
         """(counters, parts): the entries as of this call, as msgpack-encoded lists of (key,
@@ -655,11 +660,12 @@ class FeedbackJoin:
                 refs = self.db.get(key)
                 wb = WriteBatch(raw_mode=True)
                 wb.delete(key)
-                if refs is not None:
-                    deque(map(wb.delete, _score_keys(refs)), maxlen=0)
-                    self._forget_scores([_scores_batch(refs)], lambda: self.db.write(wb, self._write))
-                else:
-                    self.db.write(wb, self._write)
+                going = None if refs is None else self._scores_going([_scores_batch(refs)])
+                if going is not None:
+                    deque(map(wb.delete, [*_score_keys(refs), *going.rescored_keys()]), maxlen=0)
+                self.db.write(wb, self._write)
+                if going is not None:
+                    self._forgot(going)
             else:
                 kept.append((key, value))
         self._put_entries(kept)
