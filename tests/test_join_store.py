@@ -188,3 +188,23 @@ def test_a_state_of_an_unknown_layout_is_refused():
             join.load({**join.dump(), "layout": 3})
     finally:
         join.close()
+
+
+def test_a_reopened_store_numbers_its_expiry_entries_after_the_ones_it_holds(tmp_path):
+    """Numbered from 0 again, the reopened store's first batch in the same millisecond would
+    overwrite the expiry entry of the batch before: those scores would never expire, and the
+    scenario index, rebuilt from the entries, would not find them."""
+    ctx = lambda ts: ("p", "s", 0.5, 0.5, "act", ts)  # noqa: E731
+    path = str(tmp_path / "join")
+    join = FeedbackJoin(path, horizon_s=100.0, expire_every_s=0.0)
+    join.add_scores(["a"], [ctx(T0)])
+    join.close()
+    join = FeedbackJoin(path, horizon_s=100.0, expire_every_s=0.0)
+    try:
+        join.add_scores(["b"], [ctx(T0)])
+        assert set(join.scores_of(["a", "b"])) == {"a", "b"}
+        join.add_scores(["c"], [ctx(T0 + 500)])
+        join.expire()
+        assert join.expired_scores == 2 and set(join.scores_of(["a", "b", "c"])) == {"c"}
+    finally:
+        join.close()
