@@ -6,8 +6,9 @@ memtable instead of inserting each at a random place in a skip list (0.5 against
 score on UUID scenario ids); what a feedback event needs, its scenario's scores, is then
 found here. A slot costs 25 bytes (digest, value, state) in an open-addressing table
 (:mod:`kernels.seen_ids`' linear probing, with its own secret salt) that grows to twice
-its size when its live scenarios pass five eighths of it, so a scenario costs 40 to 80 bytes
-(10M pending scenarios: about 420 MB). The table is derived from the store's expiry entries (which list every stored
+its size when its live scenarios pass five eighths of it, and halves when they fill less
+than a sixteenth, so a scenario costs 40 to 80 bytes (10M pending scenarios: about 420 MB;
+while it doubles, the old and the new table are held at once: 1.26 GB from 12.6M). The table is derived from the store's expiry entries (which list every stored
 score's scenario), so it is rebuilt after a load and never checkpointed.
 
 :class:`ScenarioIndex` owns the arrays and grows them between batches; the kernels take a
@@ -40,6 +41,8 @@ class ScenarioIndex:
     """Scenario digest -> (serial of its latest score, scored more than once)."""
 
     def __init__(self, slots: int = 1024) -> None:
+        if slots < 2 or slots & (slots - 1):
+            raise ValueError(f"slots must be a power of two, at least 2: {slots}")
         self.keys = np.zeros((slots, 2), np.uint64)
         self.state = np.zeros(slots, np.uint8)
         self.values = np.zeros(slots, np.int64)  # serial << 1 | scored more than once
@@ -61,6 +64,12 @@ class ScenarioIndex:
         _put(digests, np.asarray(serials, np.int64), self.keys, self.state, self.values, self.meta, self.salt, before)
         return before >> 1, (before & 1).astype(np.bool_)
 
+    def merge(self, digests: np.ndarray, serials: np.ndarray) -> None:
+        """`put` in any order: each scenario's latest is the highest of its serials seen, and
+        one seen twice is marked as scored more than once (a rebuild from stored batches)."""
+        self._reserve(len(digests))
+        _merge(digests, np.asarray(serials, np.int64), self.keys, self.state, self.values, self.meta, self.salt)
+
     def get(self, digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(serial of the latest score, 0 for none; scored more than once) of each scenario."""
         out = np.empty(len(digests), np.int64)
@@ -78,19 +87,33 @@ class ScenarioIndex:
         """Room for `more` new scenarios: at most three quarters of the slots taken, by live or
         deleted scenarios. Past that, the deleted slots are reclaimed by rebuilding in place
         while the live ones fill at most five eighths of it (a rebuild then buys an eighth of
-        the slots), else the table doubles until they do."""
+        the slots), else the table doubles until they do. A table whose live scenarios fill
+        less than a sixteenth of it (most have expired) halves until they fill more, down to
+        1,024 slots."""
         live, dead, slots = int(self.meta[LIVE]) + more, int(self.meta[DEAD]), len(self.state)
-        if 4 * (live + dead) <= 3 * slots:
+        size = slots
+        while size > 1024 and 16 * live < size:
+            size //= 2
+        if size == slots and 4 * (live + dead) <= 3 * slots:
             return
-        while 8 * live > 5 * slots:
-            slots *= 2
-        self._rehash(slots)
+        while 8 * live > 5 * size:
+            size *= 2
+        self._rehash(size)
 
     def _rehash(self, slots: int) -> None:
         keys, state, values = np.zeros((slots, 2), np.uint64), np.zeros(slots, np.uint8), np.zeros(slots, np.int64)
         _move(self.keys, self.state, self.values, keys, state, values, self.salt)
         self.keys, self.state, self.values = keys, state, values
         self.meta[DEAD] = 0
+
+
+def warm_up() -> None:
+    """Run every kernel once: Numba loads (or compiles) each on first use, a few tenths of a
+    second that would otherwise fall in the first batch that grows or expires the index."""
+    index, d = ScenarioIndex(2), np.arange(4, dtype=np.uint64).reshape(2, 2)
+    index.put(d, np.array([1, 2]))  # grows: rehashes
+    index.merge(d, np.array([3, 4]))
+    index.replace(d, *index.get(d)[:1], np.zeros(2), np.zeros(2, np.bool_))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -107,6 +130,20 @@ def _put(digests, serials, keys, state, values, meta, salt, before):
         values[slot] = serials[i] << 1
         meta[LIVE] += 1
         before[i] = 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _merge(digests, serials, keys, state, values, meta, salt):
+    for i in range(digests.shape[0]):
+        hi, lo = digests[i, 0], digests[i, 1]
+        slot = find_slot(keys, state, hi, lo, salt)
+        if slot >= 0:
+            values[slot] = (max(values[slot] >> 1, serials[i]) << 1) | 1
+            continue
+        slot = -1 - slot
+        claim_slot(keys, state, slot, hi, lo, meta, DEAD)
+        values[slot] = serials[i] << 1
+        meta[LIVE] += 1
 
 
 @numba.njit(cache=True, nogil=True)

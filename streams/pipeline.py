@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kernels import scenario_index
 from kernels.detector import MixtureSR
 from streams import codec
 from streams.config import MonitorConfig
@@ -320,5 +321,6 @@ def warm_up(config: MonitorConfig, state_dir: str | None = None) -> None:
             monitor.add(0, stage.process([codec.encode_envelope(events)], now=later).partials)
             monitor.add(0, stage.drain().partials)
             MixtureSR(0.5, 1.0).peek([(0.5, 1.0)])  # the rules' mid-window look, which these events do not reach
+            scenario_index.warm_up()  # the join's index kernels these events do not reach (growth, expiry)
         finally:
             stage.close()

@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernels.layout import PAIR_AUDIT_OVERRIDES
+from streams.operators.dedup import digests
 from streams.operators.join import FeedbackJoin
 
 T0 = 1_767_225_600.0
@@ -206,5 +207,36 @@ def test_a_reopened_store_numbers_its_expiry_entries_after_the_ones_it_holds(tmp
         join.add_scores(["c"], [ctx(T0 + 500)])
         join.expire()
         assert join.expired_scores == 2 and set(join.scores_of(["a", "b", "c"])) == {"c"}
+    finally:
+        join.close()
+
+
+def test_ids_crafted_to_share_a_murmur3_digest_are_two_scenarios():
+    """murmur3 is not keyed: these two ids share their 128-bit digest under every seed. The
+    scenario index also keys by Python's own per-process secret hash, so the one's feedback
+    never joins the other's score."""
+    victim, attacker = 'w\x1el@\x08akI#*~/e-\x13U\\r*V\x01\ri\x7fscenario', \
+        '\x17~n\x1ejRy{b\x1d\x07\x02(Fq\x0c\\r*V~Z7\x02scenario'
+    assert digests([victim]).tolist() == digests([attacker]).tolist()
+    join = FeedbackJoin(None)
+    try:
+        join.add_scores([victim], [("victim-policy", "s", 0.5, 0.5, "act", T0)])
+        join.add_scores([attacker], [("attacker-policy", "s", 0.5, 0.5, "act", T0 + 1)])
+        assert [c.policy_id for c in join.scores_of([victim])[victim]] == ["victim-policy"]
+        joined = join.lookup([attacker, victim], [T0 + 5] * 2)
+        assert [c.policy_id for c in joined] == ["attacker-policy", "victim-policy"]
+    finally:
+        join.close()
+
+
+def test_a_batch_that_cannot_be_written_leaves_the_store_and_its_index_as_they_were():
+    join = FeedbackJoin(None)
+    try:
+        join.add_scores(["a"], [("p", "s", 0.5, 0.5, "act", T0)])
+        with pytest.raises(ValueError):  # an event time with no millisecond: no expiry key
+            join.add_scores(["b", "a"], [("p", "s", 0.5, 0.5, "act", math.nan), ("p", "s", 0.5, 0.5, "act", T0)])
+        assert {sid: [c.ts for c in found] for sid, found in join.scores_of(["a", "b"]).items()} == {"a": [T0]}
+        join.add_scores(["a"], [("p", "s", 0.5, 0.5, "act", T0 + 1)])
+        assert [c.ts for c in join.scores_of(["a"])["a"]] == [T0, T0 + 1]
     finally:
         join.close()

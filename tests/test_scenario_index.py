@@ -1,9 +1,10 @@
-"""The join's scenario index against a dict: any sequence of batches of puts, reads and
-replacements, on digests that share their high or low halves, through growth and the
+"""The join's scenario index against a dict: any sequence of batches of puts, merges, reads
+and replacements, on digests that share their high or low halves, through growth and the
 rebuilds that reclaim deleted slots."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +23,7 @@ def batches(draw):
     out = []
     for _ in range(draw(st.integers(1, 30))):
         digests = draw(st.lists(DIGESTS, min_size=0, max_size=40))
-        op = draw(st.sampled_from(["put", "get", "replace"]))
+        op = draw(st.sampled_from(["put", "merge", "get", "replace"]))
         numbers = draw(st.lists(st.integers(0, 2**40), min_size=len(digests), max_size=len(digests)))
         flags = draw(st.lists(st.booleans(), min_size=len(digests), max_size=len(digests)))
         out.append((op, digests, numbers, flags))
@@ -45,6 +46,11 @@ def test_the_index_answers_as_a_dict_does(ops, slots):
                 ref[key] = (s, want[-1][0] != 0)
             latest, rescored = index.put(d, serials)
             assert list(zip(latest.tolist(), rescored.tolist())) == want
+        elif op == "merge":  # serials in any order
+            for key, n in zip(digests, numbers):
+                latest, _ = ref.get(key, (0, False))
+                ref[key] = (max(latest, n + 1), True) if latest else (n + 1, False)
+            index.merge(d, np.array(numbers, np.int64) + 1)
         elif op == "get":
             latest, rescored = index.get(d)
             assert list(zip(latest.tolist(), rescored.tolist())) == [ref.get(k, (0, False)) for k in digests]
@@ -83,3 +89,20 @@ def test_a_steady_number_of_scenarios_keeps_the_table_s_size_under_churn():
         sizes.add(len(index.state))
         assert len(index) == 1000
     assert sizes == {2048}  # 1,000 live: over five eighths of 1,024
+
+
+def test_a_table_most_of_whose_scenarios_expired_shrinks_and_keeps_the_rest():
+    index = ScenarioIndex()
+    d = np.random.default_rng(2).integers(0, 2**63, size=(100_000, 2), dtype=np.uint64)
+    index.put(d, np.arange(1, 100_001))
+    assert len(index.state) == 262_144
+    index.replace(d[100:], np.arange(101, 100_001), np.zeros(99_900), np.zeros(99_900, np.bool_))
+    assert len(index.state) == 1024 and len(index) == 100
+    assert index.get(d[:100])[0].tolist() == list(range(1, 101))
+    index.merge(d[:2], np.array([7, 1]))  # a rebuild's order: the highest serial is the latest
+    assert [x.tolist() for x in index.get(d[:2])] == [[7, 2], [True, True]]
+
+
+def test_the_table_s_size_must_be_a_power_of_two():
+    with pytest.raises(ValueError, match="power of two"):
+        ScenarioIndex(1000)

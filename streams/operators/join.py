@@ -28,6 +28,7 @@ theirs.
 """
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 from collections import Counter, deque
@@ -43,8 +44,9 @@ from rocksdict import Options, Rdict, WriteBatch, WriteBufferManager, WriteOptio
 
 from kernels.layout import PAIR_AGREE, PAIR_AUDIT_OVERRIDES, PAIR_CHANNEL_OVERRIDES
 from kernels.scenario_index import ScenarioIndex
-from streams.operators.dedup import digests, digests_of_bytes
+from streams.operators.dedup import digests_of_bytes
 
+log = logging.getLogger(__name__)
 _SCORE, _FEEDBACK, _EXPIRY = b"s:", b"f:", b"x:"
 _RESCORED = b"r:"  # per score of a scenario scored more than once: r:<sid>\0<serial>, empty value
 _LABELS = b"l:"  # per labelled scenario: (first channel label, audit state, event time written)
@@ -126,6 +128,19 @@ def _keys_of(serials) -> list[bytes]:
     keys[:, :2] = np.frombuffer(_SCORE, np.uint8)
     keys[:, 2:] = serials.view(np.uint8).reshape(-1, 8)
     return keys.view("V10").ravel().tolist()
+
+
+def _scenario_keys(ids: list[bytes]) -> np.ndarray:
+    """What the scenario index knows a scenario by, (n, 2) uint64: half of its murmur3 digest,
+    and Python's own hash of its bytes (SipHash under a secret drawn per process, unless
+    PYTHONHASHSEED fixes it). murmur3 is not keyed, and ids that share a digest can be
+    crafted for any seed; an index keyed by it alone would let one scenario's score be joined
+    to another's feedback. The index is rebuilt from the ids a process holds, so the secret
+    need not persist."""
+    keys = np.empty((len(ids), 2), np.uint64)
+    keys[:, 0] = digests_of_bytes(ids)[:, 0]
+    keys[:, 1] = np.fromiter(map(hash, ids), np.int64, len(ids)).view(np.uint64)
+    return keys
 
 
 def _rescored_keys(ids: list[bytes], serials) -> list[bytes]:
@@ -238,13 +253,12 @@ class FeedbackJoin:
         self._note_stored()
 
     def _note_stored(self) -> None:
-        """Take the parked-feedback counts and the key serial from the store's entries; the
-        scenario index is built from them when next asked for."""
+        """Take the parked-feedback counts, the key serial and the expiry entries' numbering
+        from the store's entries."""
         self._waiting = {}
         for key in self._keys(_FEEDBACK):
             self._note_parked(key)
         self._serial = int(self.db.get(_SERIAL) or 0)
-        self._by_scenario = None
         # expiry keys go on numbering after the store's (a reopened store), so none is overwritten
         self._seq = max([self._seq, *(int(key[18:26]) for key in self._keys(_EXPIRY))])
 
@@ -254,12 +268,13 @@ class FeedbackJoin:
         marked as scored more than once (it may have one score left)."""
         if self._by_scenario is None:
             index = self._by_scenario = ScenarioIndex()
-            batches = sorted(_scores_batch(v) for k, v in self.db.items(from_key=_EXPIRY)
-                             if k.startswith(_EXPIRY) and k[-1:] == b"N")
-            if batches:
-                index.put(digests_of_bytes(i for _, ids in batches for i in ids),
-                          np.concatenate([np.arange(first, first + len(ids)) for first, ids in batches]))
-            rescored = digests_of_bytes({key[2:-9] for key in self._keys(_RESCORED)})
+            for key, value in self.db.items(from_key=_EXPIRY):  # a batch at a time: RAM stays the index's
+                if not key.startswith(_EXPIRY):
+                    break
+                if key[-1:] == b"N":
+                    first, ids = _scores_batch(value)
+                    index.merge(_scenario_keys(ids), np.arange(first, first + len(ids)))
+            rescored = _scenario_keys(list({key[2:-9] for key in self._keys(_RESCORED)}))
             latest, _ = index.get(rescored)
             index.replace(rescored, latest, latest, np.ones(len(latest), np.bool_))
         return self._by_scenario
@@ -305,30 +320,33 @@ class FeedbackJoin:
         """Write a batch of scores under the next serials, with their expiry entry: a new one,
         or under `expiry_key` (the entry of their batch in a state of the earlier layout)."""
         first = self._serial + 1
-        self._serial += len(ids)
-        serials = np.arange(first, self._serial + 1)
-        keys = _keys_of(serials)
-        values = list(map(_encode, contexts))
-        before, rescored = self._scenarios().put(digests_of_bytes(ids), serials)
-        if before.any():  # re-scored: this score, and the one before if it was the first, get an r: key
-            at = np.flatnonzero(before).tolist()
-            first_time = [i for i in at if not rescored[i]]
-            more = _rescored_keys([ids[i] for i in at + first_time], [*serials[at], *before[first_time]])
-            keys, values = keys + more, values + [b""] * len(more)
-        wb = WriteBatch(raw_mode=True)
-        deque(map(wb.put, keys, values), maxlen=0)  # C-level loop
-        serial = b"%d" % self._serial
-        wb.put(_SERIAL, serial)
+        serials = np.arange(first, first + len(ids))
+        keys, values = _keys_of(serials), list(map(_encode, contexts))
         max_ts = max(map(itemgetter(5), contexts))
+        wb = WriteBatch(raw_mode=True)
         if expiry_key is None:
             index = self._index(wb, max_ts, b"N", [first, ids])
         else:
             index = expiry_key, _encode([first, ids])
             wb.put(*index)
-        if logged:
-            self._commit(wb, [*keys, _SERIAL, index[0]], [*values, serial, index[1]])
-        else:
-            self.db.write(wb, self._write)
+        before, rescored = self._scenarios().put(_scenario_keys(ids), serials)
+        try:
+            if before.any():  # re-scored: this score, and the one before if it was the first, get an r: key
+                at = np.flatnonzero(before).tolist()
+                first_time = [i for i in at if not rescored[i]]
+                more = _rescored_keys([ids[i] for i in at + first_time], [*serials[at], *before[first_time]])
+                keys, values = keys + more, values + [b""] * len(more)
+            deque(map(wb.put, keys, values), maxlen=0)  # C-level loop
+            serial = b"%d" % serials[-1]
+            wb.put(_SERIAL, serial)
+            if logged:
+                self._commit(wb, [*keys, _SERIAL, index[0]], [*values, serial, index[1]])
+            else:
+                self.db.write(wb, self._write)
+        except BaseException:
+            self._by_scenario = None  # it took scores the store did not: built again from the store
+            raise
+        self._serial = int(serials[-1])
         self._clock = max(self._clock, max_ts)
 
     def scores_of(self, scenario_ids) -> dict[str, list[Context]]:
@@ -336,10 +354,11 @@ class FeedbackJoin:
         if not scenario_ids:
             return {}
         sids = list(set(scenario_ids))
-        latest, rescored = self._scenarios().get(digests(sids))
+        ids = list(map(str.encode, sids))
+        latest, rescored = self._scenarios().get(_scenario_keys(ids))
         serials: dict[str, list[int]] = {}
         for i in np.flatnonzero(latest).tolist():
-            serials[sids[i]] = self._rescored_serials(sids[i].encode()) if rescored[i] else [int(latest[i])]
+            serials[sids[i]] = self._rescored_serials(ids[i]) if rescored[i] else [int(latest[i])]
         listed = [s for found in serials.values() for s in found]
         contexts = iter(map(Context._make, map(_decode, self.db[_keys_of(listed)])))
         return {sid: list(islice(contexts, len(found))) for sid, found in serials.items()}
@@ -506,7 +525,7 @@ class FeedbackJoin:
     def _scores_going(self, batches: list[tuple[int, list[bytes]]]) -> "_Going":
         """The scores of `batches` ([first serial, scenario ids] each), about to be deleted."""
         ids = [i for _, batch in batches for i in batch]
-        d = digests_of_bytes(ids)
+        d = _scenario_keys(ids)
         latest, rescored = self._scenarios().get(d)
         serials = np.concatenate([np.arange(first, first + len(batch)) for first, batch in batches])
         return _Going(ids, d, serials, latest, rescored)
@@ -605,6 +624,7 @@ class FeedbackJoin:
         if layout == _LAYOUT:
             self._put_entries(entries)
             self._note_stored()
+            self._by_scenario = None  # built from the store when next asked for
         else:
             self._convert(entries, whole=entries_type is _WHOLE)
         self._track_limit = max(_TRACK_MIN, self._key_count() // 2)
@@ -671,8 +691,9 @@ class FeedbackJoin:
         self._put_entries(kept)
         for batch in sorted(batches):
             self._convert_batch(*batch, scores)
-        if scores:
-            raise ValueError(f"join state: {len(scores)} scores without their batch's expiry entry")
+        if scores:  # a store reopened by that code could overwrite a batch's entry: its scores never expired
+            log.warning("join state: scores without their batch's expiry entry left out",
+                        extra={"scores": len(scores)})
         self._note_stored()
 
     def _convert_batch(self, first: int, expiry_key: bytes, ids: list[bytes], scores: dict[bytes, bytes]) -> None:
@@ -684,7 +705,6 @@ class FeedbackJoin:
         clock = self._clock
         self._store_scores(ids, contexts, expiry_key, logged=False)
         self._clock = clock
-
 
     @property
     def waiting_feedback(self) -> int:
