@@ -235,7 +235,6 @@ class FeedbackJoin:
         self._write = WriteOptions()
         self._write.disable_wal = True
         self._waiting: dict[str, int] = {}  # scenario_id -> parked feedback count (small: the rare case)
-        self._seq = 0
         self._parked = 0  # feedback parked so far: numbers their keys, so release keeps arrival order
         self._serial = 0  # numbers score keys (kept in the store: `_SERIAL`)
         self._by_scenario: ScenarioIndex | None = None  # built from the store when first asked
@@ -251,16 +250,16 @@ class FeedbackJoin:
         self._track_limit = _TRACK_MIN
         self._changed_all = False
         self._note_stored()
+        # a reopened store's expiry keys go on numbering after its own, so none is overwritten
+        # (a load takes the numbering from its state instead)
+        self._seq = max([0, *(int(key[18:26]) for key in self._keys(_EXPIRY))])
 
     def _note_stored(self) -> None:
-        """Take the parked-feedback counts, the key serial and the expiry entries' numbering
-        from the store's entries."""
+        """Take the parked-feedback counts and the key serial from the store's entries."""
         self._waiting = {}
         for key in self._keys(_FEEDBACK):
             self._note_parked(key)
         self._serial = int(self.db.get(_SERIAL) or 0)
-        # expiry keys go on numbering after the store's (a reopened store), so none is overwritten
-        self._seq = max([self._seq, *(int(key[18:26]) for key in self._keys(_EXPIRY))])
 
     def _scenarios(self) -> ScenarioIndex:
         """The index of every stored score's scenario: each score expiry entry lists a batch's

@@ -128,6 +128,6 @@ def wait_for(condition, timeout: float, what: str) -> float:
     """Until `condition()` holds; how long that took (an AssertionError naming `what` after `timeout`)."""
     started = time.monotonic()
     while not condition():
-        assert time.monotonic() - started < timeout, f"{what} did not happen in {timeout} s"
+        assert time.monotonic() - started < timeout, f"{what} did not happen in {timeout} s"  # fail-fast bound
         time.sleep(0.2)
     return time.monotonic() - started

@@ -33,7 +33,7 @@ def test_a_broker_restart_mid_run_loses_and_doubles_nothing(cluster, kafka_servi
     worker = WorkerThread(settings, CONFIG).start()
     deadline = time.monotonic() + 60
     while worker.worker.counters["events_in", "score"] == 0:
-        assert time.monotonic() < deadline and worker.alive(), "the worker never started consuming"
+        assert time.monotonic() < deadline and worker.alive(), "the worker never started consuming"  # fail-fast bound
         time.sleep(0.05)
     kafka_service.restart(downtime=5.0)
     try:

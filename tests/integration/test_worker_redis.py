@@ -74,7 +74,7 @@ def _final(settings, kind: str) -> dict:
 def _until(condition, timeout: float = 30.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"  # fail-fast bound, not a speed check
         time.sleep(0.2)
 
 
