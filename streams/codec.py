@@ -130,7 +130,7 @@ def _too_deep(data: bytes, message: ScoreEvent | FeedbackEvent | Envelope) -> bo
     """Nested deeper than MAX_DEPTH. Unknown fields were skipped unseen; each bracket beyond
     the known structure can add at most one level, so most messages need no scan."""
     known_depth, known_containers = _known_structure(message)
-    return known_depth + data.count(b"{") + data.count(b"[") - known_containers > MAX_DEPTH \
+    return known_depth + _brackets(data) - known_containers > MAX_DEPTH \
         and _depth(data) > MAX_DEPTH
 
 
@@ -168,16 +168,22 @@ def _all_good(messages: Sequence[bytes]) -> list[Event] | None:
     n = len(messages)
     if not n:
         return []
+    size = sum(map(len, messages))
     if max(map(len, messages)) > MAX_MESSAGE_BYTES:
         return None
-    joined = b"\n".join(messages)
-    if joined.count(b"\n") != n - 1:
-        return None
     try:
-        decoded = _DECODER.decode_lines(joined)
+        if size < n * _LINES_BELOW:  # small messages: one call for all of them
+            joined = b"\n".join(messages)
+            if _count(joined, b"\n") != n - 1:
+                return None
+            decoded = _DECODER.decode_lines(joined)
+            if len(decoded) != n:  # blank messages are skipped as blank lines
+                return None
+            brackets = _brackets(joined)
+        else:  # envelopes: a call a message costs less than joining and scanning them
+            decoded = list(map(_DECODER.decode, messages))
+            brackets = sum(map(_brackets, messages))
     except (msgspec.DecodeError, RecursionError):
-        return None
-    if len(decoded) != n:  # blank messages are skipped as blank lines
         return None
     if Envelope not in set(map(type, decoded)):  # single events: no per-message Python work
         events, known_depth, known_containers = decoded, 1, n
@@ -192,10 +198,25 @@ def _all_good(messages: Sequence[bytes]) -> list[Event] | None:
             else:
                 events.append(message)
     # as in _too_deep, for all messages at once: the extra brackets of all bound those of each
-    if known_depth + joined.count(b"{") + joined.count(b"[") - known_containers > MAX_DEPTH:
+    if known_depth + brackets - known_containers > MAX_DEPTH:
         if any(map(_too_deep, messages, decoded)):
             return None
     return events
+
+
+_LINES_BELOW = 4096
+"""Messages shorter than this on average are decoded as JSON lines in one call."""
+
+
+def _count(data: bytes, byte: bytes) -> int:
+    """How often `byte` occurs in `data` (numpy counts twice as fast as bytes.count)."""
+    return int(np.count_nonzero(np.frombuffer(data, np.uint8) == ord(byte)))
+
+
+def _brackets(data: bytes) -> int:
+    """How many `{` and `[` bytes `data` holds, in one pass: they are the two bytes that read
+    `{` with bit 5 set."""
+    return int(np.count_nonzero((np.frombuffer(data, np.uint8) | 0x20) == ord("{")))
 
 
 def decode_batch(messages: Sequence[bytes]) -> tuple[list[Event], list[tuple[int, Rejected]]]:

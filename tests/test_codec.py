@@ -597,9 +597,14 @@ def _one_at_a_time(messages: list[bytes]) -> tuple[list, list]:
     return events, errors
 
 
+_LARGE = js(score(event_id="big")) + b" " * 60_000
+"""A good message long enough that a batch holding it is decoded a message at a time."""
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.sampled_from([data for _, data, _ in CASES] + [js(score()).replace(b",", b",\n", 1),
-                                                                   b"   ", b"\n", js(score()) + b"\n"]
+                                                                   b"   ", b"\n", js(score()) + b"\n",
+                                                                   _LARGE, _LARGE[:-1]]
                                  + [frame(data, 10) for _, data, _ in CASES[::7]]),
                 max_size=12))
 def test_a_batch_decodes_as_its_messages_do_or_not_at_all(messages):
@@ -628,6 +633,9 @@ def test_a_batch_too_deep_or_too_large_goes_one_message_at_a_time():
     assert codec.decode_all_good([js(score(x=nested(16)))]) is None
     assert codec.decode_all_good([js(score()), b" " * (codec.MAX_MESSAGE_BYTES + 1)]) is None
     assert codec.decode_all_good([js(score(x=nested(15)))]) == codec.decode(js(score(x=nested(15)))).events
+    pad = b" " * codec._LINES_BELOW  # the same, decoded a message at a time
+    assert codec.decode_all_good([js(score(x=nested(16))) + pad]) is None
+    assert codec.decode_all_good([js(score(x=nested(15))) + pad]) == codec.decode(js(score(x=nested(15)))).events
 
 
 # --------------------------------------------------------------------------- Schema Registry frames
