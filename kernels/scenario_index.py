@@ -4,15 +4,11 @@ latest score, and whether it was scored before that one.
 Why: the join numbers its score keys in arrival order, so RocksDB appends them to its
 memtable instead of inserting each at a random place in a skip list (0.5 against 2 to 2.5 µs a
 score on UUID scenario ids); what a feedback event needs, its scenario's scores, is then
-found here. A slot costs 25 bytes (digest, value, state) in an open-addressing table
-(:mod:`kernels.seen_ids`' linear probing, with its own secret salt) that grows to twice
-its size when its live scenarios pass five eighths of it, and halves when they fill less
-than a sixteenth, so a scenario costs 40 to 80 bytes (10M pending scenarios: about 420 MB;
-while it doubles, the old and the new table are held at once: 1.26 GB from 12.6M). The table is derived from the store's expiry entries (which list every stored
-score's scenario), so it is rebuilt after a load and never checkpointed.
-
-:class:`ScenarioIndex` owns the arrays and grows them between batches; the kernels take a
-batch one scenario at a time, in order.
+found here, in a :class:`kernels.digest_map.DigestMap` (40 to 80 bytes a scenario: 10M
+pending scenarios take about 420 MB; while the table doubles, the old and the new are held
+at once: 1.26 GB from 12.6M). The table is derived from the store's expiry entries (which
+list every stored score's scenario), so it is rebuilt after a load and never checkpointed.
+The kernels take a batch one scenario at a time, in order.
 
 >>> import numpy as np
 >>> index = ScenarioIndex()
@@ -27,34 +23,16 @@ batch one scenario at a time, in order.
 """
 from __future__ import annotations
 
-import secrets
-
 import numba
 import numpy as np
 
-from kernels.seen_ids import DELETED, FULL, claim_slot, find_slot
+from kernels.digest_map import DEAD, LIVE, DigestMap, delete
+from kernels.seen_ids import claim_slot, find_slot
 
-LIVE, DEAD = range(2)  # meta (int64)
 
-
-class ScenarioIndex:
-    """Scenario digest -> (serial of its latest score, scored more than once)."""
-
-    def __init__(self, slots: int = 1024) -> None:
-        if slots < 2 or slots & (slots - 1):
-            raise ValueError(f"slots must be a power of two, at least 2: {slots}")
-        self.keys = np.zeros((slots, 2), np.uint64)
-        self.state = np.zeros(slots, np.uint8)
-        self.values = np.zeros(slots, np.int64)  # serial << 1 | scored more than once
-        self.meta = np.zeros(2, np.int64)
-        self.salt = np.uint64(secrets.randbits(64))
-
-    def __len__(self) -> int:
-        return int(self.meta[LIVE])
-
-    @property
-    def nbytes(self) -> int:
-        return self.keys.nbytes + self.state.nbytes + self.values.nbytes
+class ScenarioIndex(DigestMap):
+    """Scenario digest -> (serial of its latest score, scored more than once); a value is
+    serial << 1 | scored more than once."""
 
     def put(self, digests: np.ndarray, serials: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Make `serials` (positive) the scenarios' latest scores, in order; what `get` said of
@@ -72,8 +50,7 @@ class ScenarioIndex:
 
     def get(self, digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(serial of the latest score, 0 for none; scored more than once) of each scenario."""
-        out = np.empty(len(digests), np.int64)
-        _get(digests, self.keys, self.state, self.values, self.salt, out)
+        out = self.values_of(digests)
         return out >> 1, (out & 1).astype(np.bool_)
 
     def replace(self, digests: np.ndarray, latest: np.ndarray, serials: np.ndarray, rescored: np.ndarray) -> None:
@@ -82,29 +59,6 @@ class ScenarioIndex:
         _replace(digests, np.asarray(latest, np.int64), np.asarray(serials, np.int64), np.asarray(rescored, np.bool_),
                  self.keys, self.state, self.values, self.meta, self.salt)
         self._reserve(0)
-
-    def _reserve(self, more: int) -> None:
-        """Room for `more` new scenarios: at most three quarters of the slots taken, by live or
-        deleted scenarios. Past that, the deleted slots are reclaimed by rebuilding in place
-        while the live ones fill at most five eighths of it (a rebuild then buys an eighth of
-        the slots), else the table doubles until they do. A table whose live scenarios fill
-        less than a sixteenth of it (most have expired) halves until they fill more, down to
-        1,024 slots."""
-        live, dead, slots = int(self.meta[LIVE]) + more, int(self.meta[DEAD]), len(self.state)
-        size = slots
-        while size > 1024 and 16 * live < size:
-            size //= 2
-        if size == slots and 4 * (live + dead) <= 3 * slots:
-            return
-        while 8 * live > 5 * size:
-            size *= 2
-        self._rehash(size)
-
-    def _rehash(self, slots: int) -> None:
-        keys, state, values = np.zeros((slots, 2), np.uint64), np.zeros(slots, np.uint8), np.zeros(slots, np.int64)
-        _move(self.keys, self.state, self.values, keys, state, values, self.salt)
-        self.keys, self.state, self.values = keys, state, values
-        self.meta[DEAD] = 0
 
 
 def warm_up() -> None:
@@ -147,32 +101,12 @@ def _merge(digests, serials, keys, state, values, meta, salt):
 
 
 @numba.njit(cache=True, nogil=True)
-def _get(digests, keys, state, values, salt, out):
-    for i in range(digests.shape[0]):
-        slot = find_slot(keys, state, digests[i, 0], digests[i, 1], salt)
-        out[i] = values[slot] if slot >= 0 else 0
-
-
-@numba.njit(cache=True, nogil=True)
 def _replace(digests, latest, serials, rescored, keys, state, values, meta, salt):
     for i in range(digests.shape[0]):
         slot = find_slot(keys, state, digests[i, 0], digests[i, 1], salt)
         if slot < 0 or values[slot] >> 1 != latest[i]:
             continue
         if serials[i] == 0:
-            state[slot] = DELETED
-            meta[LIVE] -= 1
-            meta[DEAD] += 1
+            delete(state, slot, meta)
         else:
             values[slot] = (serials[i] << 1) | (1 if rescored[i] else 0)
-
-
-@numba.njit(cache=True, nogil=True)
-def _move(keys, state, values, to_keys, to_state, to_values, salt):
-    for i in range(state.shape[0]):
-        if state[i] != FULL:
-            continue
-        slot = -1 - find_slot(to_keys, to_state, keys[i, 0], keys[i, 1], salt)
-        to_keys[slot, 0], to_keys[slot, 1] = keys[i, 0], keys[i, 1]
-        to_state[slot] = FULL
-        to_values[slot] = values[i]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kernels import scenario_index
+from kernels import label_states, scenario_index
 from kernels.detector import MixtureSR
 from streams import codec
 from streams.config import MonitorConfig
@@ -322,5 +322,6 @@ def warm_up(config: MonitorConfig, state_dir: str | None = None) -> None:
             monitor.add(0, stage.drain().partials)
             MixtureSR(0.5, 1.0).peek([(0.5, 1.0)])  # the rules' mid-window look, which these events do not reach
             scenario_index.warm_up()  # the join's index kernels these events do not reach (growth, expiry)
+            label_states.warm_up()  # and its label states'
         finally:
             stage.close()

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from kernels.layout import PAIR_AUDIT_OVERRIDES
 from streams.operators.dedup import digests
 from streams.operators.join import FeedbackJoin
+from tests.join_checkpoints import checkpoint_and_reload
 
 T0 = 1_767_225_600.0
 HORIZON_S = 300.0
@@ -109,19 +110,8 @@ def test_the_store_answers_what_one_score_at_a_time_gives_through_expiry_and_che
                 assert {sid: [tuple(c) for c in found] for sid, found in join.scores_of(arg).items()} \
                     == model.scores_of(set(arg))
             else:  # a checkpoint, and a new store loaded from its chain
-                taken = join.take_changes()
-                if arg or not chain or taken.log is None:
-                    chain = [join.dump()]
-                else:
-                    counters, parts = join.changes_lazily(taken)
-                    chain.append({**counters, "parts": list(parts)})
-                again = FeedbackJoin(None, horizon_s=HORIZON_S, expire_every_s=every)
-                again.load(chain[0])
-                for delta in chain[1:]:
-                    again.apply(delta)
-                again.take_changes()  # the loaded store's next delta is against this chain
-                join.close()
-                join = again
+                join, chain = checkpoint_and_reload(
+                    join, chain, arg, lambda: FeedbackJoin(None, horizon_s=HORIZON_S, expire_every_s=every))
         assert {sid: [tuple(c) for c in found] for sid, found in join.scores_of(IDS).items()} \
             == model.scores_of(set(IDS))
         assert join.expired_scores == model.expired

@@ -15,7 +15,8 @@ from the store after a load). A scenario scored more than once (rare, but some i
 again and again) also keeps a key per score, `r:<sid>\\0<serial>`, so all of its scores are
 found and feedback can take the one its event time asks for (:func:`pick`). The same
 store remembers, per labelled scenario, whether it was labelled before and the first labels
-of its audit pair (:meth:`FeedbackJoin.labels`).
+of its audit pair (:meth:`FeedbackJoin.labels`): a key each, which checkpoints carry, read
+into a compiled table (:mod:`kernels.label_states`) that is rebuilt from them after a load.
 
 What each write batch since the last checkpoint put or deleted is logged in order, its keys
 and their values as one LZ4-compressed msgpack array pair, so a checkpoint can hold just that
@@ -42,7 +43,7 @@ import msgspec
 import numpy as np
 from rocksdict import Options, Rdict, WriteBatch, WriteBufferManager, WriteOptions
 
-from kernels.layout import PAIR_AGREE, PAIR_AUDIT_OVERRIDES, PAIR_CHANNEL_OVERRIDES
+from kernels.label_states import LabelStates, pack, unpack
 from kernels.scenario_index import ScenarioIndex
 from streams.operators.dedup import digests_of_bytes
 
@@ -56,11 +57,7 @@ _LAYOUT = 2
 without it (score keys `s:<sid>\\0<n>`) is converted as it is taken (:meth:`FeedbackJoin._take`)."""
 # what the expiry index's entries list, by kind
 _INDEXED = {b"N": _SCORE, b"F": _FEEDBACK, b"L": _LABELS}
-# a label state's fields: none yet, or (audit state) the pair is complete; else a label
-_NONE, _PAIRED = -1, 2
 _encode, _decode = msgspec.msgpack.encode, msgspec.msgpack.decode
-# pair code of (audit label, channel label), labels LIKE = 0 / OVERRIDE = 1
-_PAIR_CODE = ((PAIR_AGREE, PAIR_CHANNEL_OVERRIDES), (PAIR_AUDIT_OVERRIDES, PAIR_AGREE))
 
 
 class Context(NamedTuple):
@@ -143,6 +140,15 @@ def _scenario_keys(ids: list[bytes]) -> np.ndarray:
     return keys
 
 
+_CONTEXTS = msgspec.msgpack.Decoder(list[Context])
+
+
+def _contexts(values: list[bytes]) -> list[Context]:
+    """Stored score values (msgpack arrays) as contexts, in one decode: a msgpack array of
+    them is their concatenation after an array header (half the cost of a call each)."""
+    return _CONTEXTS.decode(b"\xdd" + len(values).to_bytes(4, "big") + b"".join(values))
+
+
 def _rescored_keys(ids: list[bytes], serials) -> list[bytes]:
     """The `r:` keys of scores numbered `serials` of scenarios `ids`."""
     return [_RESCORED + i + b"\x00" + int(s).to_bytes(8, "big") for i, s in zip(ids, serials)]
@@ -209,8 +215,13 @@ def _entries(part: bytes, entries_type) -> list:
         raise ValueError(f"join state: {e}") from e
 
 
+def _millis(ts: float) -> int:
+    """Event time in whole milliseconds, as expiry keys and label states hold it."""
+    return max(0, int(ts * 1000))
+
+
 def _ms(ts: float) -> bytes:
-    return b"%016d" % max(0, int(ts * 1000))
+    return b"%016d" % _millis(ts)
 
 
 class FeedbackJoin:
@@ -238,6 +249,7 @@ class FeedbackJoin:
         self._parked = 0  # feedback parked so far: numbers their keys, so release keeps arrival order
         self._serial = 0  # numbers score keys (kept in the store: `_SERIAL`)
         self._by_scenario: ScenarioIndex | None = None  # built from the store when first asked
+        self._labelled: LabelStates | None = None  # likewise
         self._clock = float("-inf")
         self._last_expiry = float("-inf")
         self.expired_scores = 0
@@ -277,6 +289,20 @@ class FeedbackJoin:
             latest, _ = index.get(rescored)
             index.replace(rescored, latest, latest, np.ones(len(latest), np.bool_))
         return self._by_scenario
+
+    def _label_states(self) -> LabelStates:
+        """The label state of every scenario with an `l:` key, read from the store a slice at a time."""
+        if self._labelled is None:
+            states = self._labelled = LabelStates()
+            entries = iter(self.db.items(from_key=_LABELS))
+            while chunk := list(islice(entries, 50_000)):
+                ours = [(key, value) for key, value in chunk if key.startswith(_LABELS)]
+                if ours:
+                    channel, audit, ts = zip(*(_decode(value) for _, value in ours))
+                    states.put(_scenario_keys([key[2:] for key, _ in ours]), pack(channel, audit, list(map(_millis, ts))))
+                if len(ours) < len(chunk):
+                    break
+        return self._labelled
 
     def _note_parked(self, key: bytes) -> None:
         """Count a parked feedback entry found in the store, and number new ones after it."""
@@ -355,11 +381,15 @@ class FeedbackJoin:
         sids = list(set(scenario_ids))
         ids = list(map(str.encode, sids))
         latest, rescored = self._scenarios().get(_scenario_keys(ids))
+        found = np.flatnonzero(latest)
+        if not rescored[found].any():  # one score each (the usual case): no Python loop
+            contexts = _contexts(self.db[_keys_of(latest[found])])
+            return dict(zip(map(sids.__getitem__, found.tolist()), map(list, zip(contexts))))
         serials: dict[str, list[int]] = {}
-        for i in np.flatnonzero(latest).tolist():
+        for i in found.tolist():
             serials[sids[i]] = self._rescored_serials(ids[i]) if rescored[i] else [int(latest[i])]
         listed = [s for found in serials.values() for s in found]
-        contexts = iter(map(Context._make, map(_decode, self.db[_keys_of(listed)])))
+        contexts = iter(_contexts(self.db[_keys_of(listed)]))
         return {sid: list(islice(contexts, len(found))) for sid, found in serials.items()}
 
     def _rescored_serials(self, sid: bytes) -> list[int]:
@@ -425,44 +455,32 @@ class FeedbackJoin:
         with its first label from any other channel; the feedback that brings the second of the
         two gets the code, and a scenario pairs once. Repeat: the scenario was labelled before,
         so this label is a second look at the same decision (the sequential rules count one
-        label a decision). Both within the horizon: a scenario's label state is forgotten a
-        horizon after it last changed. One batched read of the store per call."""
-        distinct = sorted(set(scenario_ids))
-        state: dict[str, list] = {}  # scenario -> [first channel label, audit state, changed]
-        for sid, value in zip(distinct, self.db[[_LABELS + sid.encode() for sid in distinct]]):
-            if value is not None:
-                channel, audit_state, _ = _decode(value)
-                state[sid] = [channel, audit_state, False]
-        codes, repeats = [], []
-        for sid, is_audit, label, t in zip(scenario_ids, audit, labels, ts):
-            known = state.get(sid)
-            repeats.append(known is not None)
-            if known is None:
-                known = state[sid] = [_NONE, _NONE, True]
-            channel, audit_state = known[0], known[1]
-            code = -1
-            if not is_audit and channel == _NONE:
-                known[0], known[2] = label, True
-                if audit_state not in (_NONE, _PAIRED):
-                    code, known[1] = _PAIR_CODE[audit_state][label], _PAIRED
-            elif is_audit and audit_state == _NONE:
-                known[2] = True
-                if channel == _NONE:
-                    known[1] = label
-                else:
-                    code, known[1] = _PAIR_CODE[label][channel], _PAIRED
-            codes.append(code)
-        self._store_labels({sid: v for sid, v in state.items() if v[2]}, max(ts, default=float("-inf")))
-        return codes, repeats
+        label a decision). Both within the horizon: a scenario's label state is forgotten once
+        the batch that last changed it is a horizon old (in whole milliseconds of event time),
+        at the next expiry. The states are kept in a compiled table (:mod:`kernels.label_states`);
+        those the call changes are written to the store in one batch."""
+        if not scenario_ids:
+            return [], []
+        ids = list(map(str.encode, scenario_ids))
+        digests, max_ts = _scenario_keys(ids), max(ts)
+        states = self._label_states()
+        codes, repeats, changed = states.label(digests, audit, labels, _millis(max_ts))
+        if changed.any():
+            at = np.flatnonzero(changed).tolist()
+            rows = list(dict(zip(map(ids.__getitem__, at), at)).values())  # a changed row of each scenario
+            channel, audit_state, _ = unpack(states.get(digests[rows]))
+            try:
+                self._store_labels([ids[i] for i in rows], channel.tolist(), audit_state.tolist(), max_ts)
+            except BaseException:
+                self._labelled = None  # it took states the store did not: built again from the store
+                raise
+        return codes.tolist(), repeats.tolist()
 
-    def _store_labels(self, changed: dict[str, list], max_ts: float) -> None:
-        """Write the scenarios' changed label states, with one expiry entry for them."""
-        if not changed:
-            return
+    def _store_labels(self, refs: list[bytes], channel: list[int], audit: list[int], max_ts: float) -> None:
+        """Write the label states of scenarios `refs`, with one expiry entry for them."""
         wb = WriteBatch(raw_mode=True)
-        refs = [sid.encode() for sid in changed]
         keys = list(map(_LABELS.__add__, refs))
-        values = [_encode((channel, audit_state, max_ts)) for channel, audit_state, _ in changed.values()]
+        values = [_encode((c, a, max_ts)) for c, a in zip(channel, audit)]
         deque(map(wb.put, keys, values), maxlen=0)
         index = self._index(wb, max_ts, b"L", refs)
         self._commit(wb, [*keys, index[0]], [*values, index[1]])
@@ -494,14 +512,16 @@ class FeedbackJoin:
                 self.expired_scores += len(keys)
                 expired_scores.append(_scores_batch(refs))
                 continue
-            keys = [prefix + r for r in _decode(refs, type=list[bytes])]
+            refs = _decode(refs, type=list[bytes])
+            if kind == b"L":  # a state changed since is left for the newer change's entry to expire
+                old = self._label_states().forget_older(_scenario_keys(refs), _millis(self._clock - self.horizon_s))
+                keys = [_LABELS + refs[i] for i in np.flatnonzero(old).tolist()]
+                deque(map(wb.delete, keys), maxlen=0)
+                deleted += keys
+                continue
+            keys = [prefix + r for r in refs]
             for k, v in zip(keys, self.db[keys]):
                 if v is None:
-                    continue
-                if prefix == _LABELS:
-                    if _decode(v)[2] < self._clock - self.horizon_s:  # else written again since:
-                        wb.delete(k)  # the newer write's entry expires it
-                        deleted.append(k)
                     continue
                 wb.delete(k)
                 deleted.append(k)
@@ -515,7 +535,11 @@ class FeedbackJoin:
             rescored = going.rescored_keys()
             deque(map(wb.delete, rescored), maxlen=0)
             deleted += rescored
-        self._commit(wb, deleted, [None] * len(deleted))
+        try:
+            self._commit(wb, deleted, [None] * len(deleted))
+        except BaseException:
+            self._labelled = None  # it forgot states the store still holds
+            raise
         if going is not None:
             self._forgot(going)
         self.unmatched_feedback += len(unmatched)
@@ -626,6 +650,7 @@ class FeedbackJoin:
             self._by_scenario = None  # built from the store when next asked for
         else:
             self._convert(entries, whole=entries_type is _WHOLE)
+        self._labelled = None  # built from the store when next asked for
         self._track_limit = max(_TRACK_MIN, self._key_count() // 2)
         self._seq, self._parked = int(state["seq"]), max(self._parked, int(state["parked"]))
         self._clock, self._last_expiry = float(state["clock"]), float(state["last_expiry"])

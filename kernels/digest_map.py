@@ -1,0 +1,99 @@
+"""A map from 128-bit digests to int64 values in native arrays: the table the join's
+compiled indexes (:mod:`kernels.scenario_index`, :mod:`kernels.label_states`) share.
+
+Open addressing with :mod:`kernels.seen_ids`' linear probing and a secret salt of its own
+(so crafted ids cannot pile onto one probe path). A slot costs 25 bytes (digest, value,
+state). The table grows to twice its size when its live entries pass five eighths of it,
+reclaims deleted slots by rebuilding in place, and halves when they fill less than a
+sixteenth, so an entry costs 40 to 80 bytes. The subclasses add the kernels that read and
+write the values; they grow the table (:meth:`DigestMap._reserve`) between batches.
+
+>>> table = DigestMap()
+>>> len(table), table.nbytes
+(0, 25600)
+"""
+from __future__ import annotations
+
+import secrets
+
+import numba
+import numpy as np
+
+from kernels.seen_ids import DELETED, FULL, find_slot
+
+LIVE, DEAD = range(2)  # meta (int64): live entries, deleted slots not yet reclaimed
+
+
+class DigestMap:
+    """The arrays (keys, slot states, values, meta) and their growth."""
+
+    def __init__(self, slots: int = 1024) -> None:
+        if slots < 2 or slots & (slots - 1):
+            raise ValueError(f"slots must be a power of two, at least 2: {slots}")
+        self.keys = np.zeros((slots, 2), np.uint64)
+        self.state = np.zeros(slots, np.uint8)
+        self.values = np.zeros(slots, np.int64)
+        self.meta = np.zeros(2, np.int64)
+        self.salt = np.uint64(secrets.randbits(64))
+
+    def __len__(self) -> int:
+        return int(self.meta[LIVE])
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.state.nbytes + self.values.nbytes
+
+    def values_of(self, digests: np.ndarray) -> np.ndarray:
+        """The value of each digest, 0 where it has none."""
+        out = np.empty(len(digests), np.int64)
+        _values_of(digests, self.keys, self.state, self.values, self.salt, out)
+        return out
+
+    def _reserve(self, more: int) -> None:
+        """Room for `more` new entries: at most three quarters of the slots taken, by live or
+        deleted entries. Past that, the deleted slots are reclaimed by rebuilding in place
+        while the live ones fill at most five eighths of it (a rebuild then buys an eighth of
+        the slots), else the table doubles until they do. A table whose live entries fill
+        less than a sixteenth of it (most were deleted) halves until they fill more, down to
+        1,024 slots."""
+        live, dead, slots = int(self.meta[LIVE]) + more, int(self.meta[DEAD]), len(self.state)
+        size = slots
+        while size > 1024 and 16 * live < size:
+            size //= 2
+        if size == slots and 4 * (live + dead) <= 3 * slots:
+            return
+        while 8 * live > 5 * size:
+            size *= 2
+        self._rehash(size)
+
+    def _rehash(self, slots: int) -> None:
+        keys, state, values = np.zeros((slots, 2), np.uint64), np.zeros(slots, np.uint8), np.zeros(slots, np.int64)
+        _move(self.keys, self.state, self.values, keys, state, values, self.salt)
+        self.keys, self.state, self.values = keys, state, values
+        self.meta[DEAD] = 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _values_of(digests, keys, state, values, salt, out):
+    for i in range(digests.shape[0]):
+        slot = find_slot(keys, state, digests[i, 0], digests[i, 1], salt)
+        out[i] = values[slot] if slot >= 0 else 0
+
+
+@numba.njit(cache=True, inline="always")
+def delete(state, slot, meta):
+    """Delete the entry in `slot` (its slot is reclaimed when the table is next rebuilt)."""
+    state[slot] = DELETED
+    meta[LIVE] -= 1
+    meta[DEAD] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _move(keys, state, values, to_keys, to_state, to_values, salt):
+    for i in range(state.shape[0]):
+        if state[i] != FULL:
+            continue
+        slot = -1 - find_slot(to_keys, to_state, keys[i, 0], keys[i, 1], salt)
+        to_keys[slot, 0], to_keys[slot, 1] = keys[i, 0], keys[i, 1]
+        to_state[slot] = FULL
+        to_values[slot] = values[i]

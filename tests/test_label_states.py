@@ -1,0 +1,162 @@
+"""Label states (first channel label, first audit label, the audit pair they make) against a
+brute-force model, in the compiled table alone and in the join through expiry, checkpoints
+and a reopened store.
+
+The model is the rule written out plainly: a scenario's first label from each side (the
+audit, any other channel) is remembered; the event that brings the second side's first label
+carries the pair's code; any label after a scenario's first is a repeat; a scenario is
+forgotten once the batch that last recorded one of its first labels is a horizon of event
+time old (to the millisecond), at the next expiry. Hypothesis draws few scenarios (ids with NUL
+bytes, of 256 characters), both sides in any order, event times that step by zero to days or
+back, and checkpoints, whole or as deltas, and reopens at any point.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernels.label_states import LabelStates, unpack
+from kernels.layout import PAIR_AGREE, PAIR_AUDIT_OVERRIDES, PAIR_CHANNEL_OVERRIDES
+from streams.operators.join import FeedbackJoin
+from tests.join_checkpoints import checkpoint_and_reload
+
+T0 = 1_767_225_600.0
+HORIZON_S = 300.0
+IDS = ["a", "b", "a\x00b", "a\x00", "é" * 256, "x" * 256]
+LIKE, OVERRIDE = 0, 1
+
+
+def _ms(ts: float) -> int:
+    return max(0, int(ts * 1000))
+
+
+class Model:
+    """One labelled event at a time."""
+
+    def __init__(self) -> None:
+        self.first: dict[tuple[str, bool], int] = {}  # (scenario, from the audit) -> its first label
+        self.changed_ms: dict[str, int] = {}  # scenario -> when one of its first labels was recorded
+        self.clock = -math.inf
+
+    def labels(self, sids, audit, labels, ts) -> tuple[list[int], list[bool]]:
+        codes, repeats, recorded = [], [], set()
+        for sid, is_audit, label in zip(sids, audit, labels):
+            repeats.append((sid, True) in self.first or (sid, False) in self.first)
+            code = -1
+            if (sid, is_audit) not in self.first:
+                self.first[sid, is_audit] = label
+                recorded.add(sid)
+                other = self.first.get((sid, not is_audit))
+                if other is not None:
+                    audit_label, channel_label = (label, other) if is_audit else (other, label)
+                    code = PAIR_AGREE if audit_label == channel_label else \
+                        PAIR_AUDIT_OVERRIDES if audit_label == OVERRIDE else PAIR_CHANNEL_OVERRIDES
+            codes.append(code)
+        for sid in recorded:
+            self.changed_ms[sid] = _ms(max(ts))
+        if recorded:
+            self.clock = max(self.clock, max(ts))
+        return codes, repeats
+
+    def expire(self, horizon_s: float) -> None:
+        if self.clock > -math.inf:
+            self.forget_older(_ms(self.clock - horizon_s))
+
+    def forget_older(self, ms: int) -> set[str]:
+        gone = {s for s, changed in self.changed_ms.items() if changed < ms}
+        for sid in gone:
+            del self.changed_ms[sid]
+            self.first.pop((sid, True), None)
+            self.first.pop((sid, False), None)
+        return gone
+
+
+@st.composite
+def histories(draw):
+    ops, ts = [], T0
+    for _ in range(draw(st.integers(1, 30))):
+        op = draw(st.sampled_from(["labels", "labels", "labels", "expire", "capture", "reopen"]))
+        if op == "labels":
+            batch = []
+            for _ in range(draw(st.integers(1, 6))):
+                step = draw(st.one_of(st.just(0.0), st.integers(-600_000, 400_000).map(lambda ms: ms / 1000),
+                                      st.integers(0, 3 * 86_400).map(float)))
+                ts = max(T0, ts + step)
+                batch.append((draw(st.sampled_from(IDS)), draw(st.booleans()), draw(st.sampled_from([LIKE, OVERRIDE])),
+                              ts))
+            ops.append(("labels", batch))
+        elif op == "capture":
+            ops.append(("capture", draw(st.booleans())))  # whole, or a delta when one is due
+        else:
+            ops.append((op, None))
+    return ops
+
+
+@settings(max_examples=250, deadline=None)
+@given(histories())
+def test_the_join_labels_as_the_model_does_through_expiry_checkpoints_and_reopens(ops):
+    model = Model()
+    with tempfile.TemporaryDirectory(prefix="npo-labels-") as root:
+        stores = iter(f"{root}/{n}" for n in range(len(ops) + 1))  # a directory for each store loaded
+        path = next(stores)
+        join, chain = FeedbackJoin(path, horizon_s=HORIZON_S, expire_every_s=0.0), []
+        try:
+            for op, arg in ops:
+                if op == "labels":
+                    sids, audit, labels, ts = map(list, zip(*arg))
+                    assert join.labels(sids, audit, labels, ts) == model.labels(sids, audit, labels, ts)
+                elif op == "expire":
+                    join.expire()
+                    model.expire(HORIZON_S)
+                elif op == "reopen":  # the store's own files; the event-time clock starts again
+                    join.close()
+                    join = FeedbackJoin(path, horizon_s=HORIZON_S, expire_every_s=0.0)
+                    model.clock, chain = -math.inf, []  # its next checkpoint is whole
+                else:
+                    path = next(stores)
+                    join, chain = checkpoint_and_reload(
+                        join, chain, arg, lambda: FeedbackJoin(path, horizon_s=HORIZON_S, expire_every_s=0.0))
+            # what each scenario remembers now: a label from each side tells it all
+            for sid in IDS:
+                expected = model.labels([sid, sid], [True, False], [LIKE, LIKE], [model_now(model)] * 2)
+                assert join.labels([sid, sid], [True, False], [LIKE, LIKE], [model_now(model)] * 2) == expected
+        finally:
+            join.close()
+
+
+def model_now(model: Model) -> float:
+    return T0 if model.clock == -math.inf else model.clock
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.booleans(), st.sampled_from([LIKE, OVERRIDE])), max_size=60),
+       st.lists(st.integers(0, 60), max_size=4), st.sampled_from([2, 1024]))
+def test_the_table_alone_matches_the_model_with_growth_and_forgetting(events, cuts, slots):
+    """The kernel on tiny tables (every batch grows or rebuilds it) against the model; each
+    batch's states stamped with its index, and those older than two batches forgotten."""
+    states, model = LabelStates(slots), Model()
+    digests = np.array([[k + 1, 7 * k] for k in range(6)], np.uint64)
+    bounds = [0, *sorted(cuts), len(events)]
+    for b, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+        batch = events[lo:hi]
+        if not batch:
+            continue
+        sids = [str(k) for k, _, _ in batch]
+        expected = model.labels(sids, [a for _, a, _ in batch], [label for _, _, label in batch], [b / 1000] * len(batch))
+        codes, repeats, _ = states.label(digests[[k for k, _, _ in batch]], np.array([a for _, a, _ in batch]),
+                                         np.array([label for _, _, label in batch]), b)
+        assert (codes.tolist(), repeats.tolist()) == expected
+        for k in range(6):
+            channel, audit, ms = (x[0] for x in unpack(states.get(digests[k:k + 1])))
+            if str(k) in model.changed_ms:
+                assert (channel, ms) == (model.first.get((str(k), False), -1), model.changed_ms[str(k)])
+                assert audit == (2 if channel >= 0 and (str(k), True) in model.first else model.first.get((str(k), True), -1))
+            else:
+                assert (channel, audit, ms) == (-1, -1, 0) and states.get(digests[k:k + 1])[0] == 0
+        forgotten = states.forget_older(digests, b - 1)
+        assert {str(k) for k in np.flatnonzero(forgotten)} == model.forget_older(b - 1)
+    assert len(states) == len(model.changed_ms)
