@@ -1,24 +1,25 @@
 """Duplicate suppression: an event id counts once within a horizon, in bounded memory."""
 from __future__ import annotations
 
-import mmh3
 import numpy as np
 
+from kernels import murmur3
 from kernels.seen_ids import CLOCK, DUPLICATES, EVICTED, HEAD, LIVE, NEXT_EXPIRY, TAIL, Table
 
 
-def digests(ids: list[str]) -> np.ndarray:
-    """128-bit MurmurHash3 (x64) of each id's UTF-8 bytes, as (n, 2) uint64. Two distinct ids
-    share a digest with odds of about n^2 / 2^129; murmur3 is not cryptographic, so someone
-    able to write to the input topics, and to predict another producer's event id, could craft
-    an id that makes it count as a duplicate. Ids are encoded here, not by mmh3: a string no
-    UTF-8 can hold then raises UnicodeEncodeError (mmh3 5.3 crashed the process on one)."""
-    return digests_of_bytes(map(str.encode, ids))
+def digests(ids: list[str], prefixes: tuple[bytes, ...] = (b"",), which=None) -> np.ndarray:
+    """128-bit MurmurHash3 (x64, seed 0) of each id's UTF-8 bytes after `prefixes[which[i]]`
+    (no prefix when `which` is None), as (n, 2) uint64 (:mod:`kernels.murmur3`). Two distinct
+    ids share a digest with odds of about n^2 / 2^129; murmur3 is not cryptographic, so
+    someone able to write to the input topics, and to predict another producer's event id,
+    could craft an id that makes it count as a duplicate. A string no UTF-8 can hold raises
+    UnicodeEncodeError."""
+    return murmur3.digests_of_str(ids, prefixes, which)
 
 
-def digests_of_bytes(ids) -> np.ndarray:
+def digests_of_bytes(ids: list[bytes]) -> np.ndarray:
     """:func:`digests` of ids already encoded."""
-    return np.frombuffer(b"".join(map(mmh3.hash_bytes, ids)), "<u8").reshape(-1, 2)
+    return murmur3.digests(ids)
 
 
 class Deduplicator:
@@ -66,14 +67,18 @@ class Deduplicator:
         """True the first time `event_id` is seen within the horizon."""
         return bool(self.fresh([event_id], [ts]))
 
-    def fresh(self, ids: list[str], times: list[float]) -> list[int]:
+    def fresh(self, ids: list[str], times: list[float], prefixes: tuple[bytes, ...] = (b"",),
+              which=None) -> list[int]:
         """Positions of the ids seen for the first time within the horizon, in order: what
-        `first_time` says of each, in one call."""
+        `first_time` says of each, in one call. An id is `prefixes[which[i]] + ids[i]` (ids of
+        different kinds kept apart without building the strings), the id alone when `which`
+        is None."""
         if len(ids) != len(times):
             raise ValueError("ids and times differ in length")
         if not ids:
             return []
-        return self._table.take(digests(ids), np.asarray(times, np.float64), self.horizon_s, self.max_ids).tolist()
+        return self._table.take(digests(ids, prefixes, which), np.asarray(times, np.float64), self.horizon_s,
+                                self.max_ids).tolist()
 
     def __len__(self) -> int:
         return int(self._table.meta[LIVE])

@@ -44,7 +44,7 @@ _ABLATION = {**KIND, "abstain": KIND["like"]}  # without abstention handling an 
 _OWN_CONTEXT = attrgetter("policy_id", "score", "tau", "decision")  # all set: feedback needs no join
 _FEEDBACK_FIELDS = attrgetter("ts", "kind", "source", "preferred", "weight")
 _UNLABELLED = (-1, False)
-_ID_PREFIX = ("f:", "s:")  # by "is a score": score and feedback ids are separate namespaces
+_ID_PREFIX = (b"f:", b"s:")  # by "is a score": score and feedback ids are separate namespaces
 
 
 @dataclass
@@ -93,8 +93,7 @@ class _Scores:
 def ingest(events: list, dedup: Deduplicator, join: FeedbackJoin, abstention_handling: bool = True) -> Ingested:
     """Records of `events` (decoded, in arrival order), with the join store updated."""
     is_score = [type(ev) is ScoreEvent for ev in events]
-    ids = list(map(str.__add__, map(_ID_PREFIX.__getitem__, is_score), map(_EVENT_ID, events)))
-    kept = dedup.fresh(ids, list(map(_TS, events)))
+    kept = dedup.fresh(list(map(_EVENT_ID, events)), list(map(_TS, events)), _ID_PREFIX, is_score)
     out = Ingested(Records.empty(), duplicates=len(events) - len(kept))
     if len(kept) < len(events):
         events = list(map(events.__getitem__, kept))
