@@ -197,29 +197,35 @@ class _Feedback:
 
 def _records(contexts: list[tuple], score_pos: list[int], feedback: _Feedback, kinds: dict) -> Records:
     """Score rows (from their contexts) and feedback rows merged into arrival order, released
-    feedback right after its score."""
+    feedback right after its score. Score rows' constant fields are numpy fills; only the
+    feedback rows' own fields go through Python lists."""
     n_s, n_f = len(contexts), len(feedback)
     if not n_s + n_f:
         return Records.empty()
-    keys, score, tau, decision, ts = [], (), (), (), ()
-    if n_s:
-        policy, segment, score, tau, decision, ts = zip(*contexts)  # one C-level pass
-        keys = list(zip(policy, segment))
-    order, kind, source, preferred, weight = score_pos, [0] * n_s, [0] * n_s, [0] * n_s, [1.0] * n_s
-    pair, repeat, decided = [-1] * n_s, [False] * n_s, ts
+    policy, segment, score, tau, decision, ts = zip(*contexts) if n_s else ((),) * 6  # one C-level pass
+    f8 = lambda values: np.array(values, np.float64)  # noqa: E731
+    i8 = lambda values: np.array(values, np.int8)  # noqa: E731
+    fill = lambda value, dtype: np.full(n_s, value, dtype)  # noqa: E731
+    columns = {"ts": f8(ts), "decision": i8(list(map(DECISION.__getitem__, decision))), "tau": f8(tau),
+               "kind": fill(0, np.int8), "source": fill(0, np.int8), "preferred": fill(0, np.int8),
+               "score": f8(score), "weight": fill(1.0, np.float64), "pair": fill(-1, np.int8),
+               "repeat": fill(False, np.bool_), "decided": f8(ts)}
+    keys = list(zip(policy, segment))
     if n_f:
         f_policy, f_segment, f_score, _, f_decision, f_decided = zip(*feedback.contexts)
         f_ts, f_kind, f_source, f_preferred, f_weight = zip(*map(_FEEDBACK_FIELDS, feedback.own))
-        order, keys, ts, decision, score = order + feedback.order, keys + list(zip(f_policy, f_segment)), \
-            ts + f_ts, decision + f_decision, score + f_score
-        tau, kind, source, preferred, weight = tau + (0.0,) * n_f, kind + list(map(kinds.__getitem__, f_kind)), \
-            source + list(map(SOURCE.__getitem__, f_source)), \
-            preferred + list(map(PREFERRED.__getitem__, f_preferred)), weight + list(f_weight)
-        pair, repeat, decided = pair + feedback.pair, repeat + feedback.repeat, decided + f_decided
+        more = {"ts": f8(f_ts), "decision": i8(list(map(DECISION.__getitem__, f_decision))),
+                "tau": np.zeros(n_f), "kind": i8(list(map(kinds.__getitem__, f_kind))),
+                "source": i8(list(map(SOURCE.__getitem__, f_source))),
+                "preferred": i8(list(map(PREFERRED.__getitem__, f_preferred))), "score": f8(f_score),
+                "weight": f8(f_weight), "pair": i8(feedback.pair), "repeat": np.array(feedback.repeat, np.bool_),
+                "decided": f8(f_decided)}
+        columns = {name: np.concatenate((column, more[name])) for name, column in columns.items()}
+        keys += zip(f_policy, f_segment)
+        arrival = np.argsort(np.array(score_pos + feedback.order, np.float64), kind="stable")
+        keys = list(map(keys.__getitem__, arrival.tolist()))
+        columns = {name: column[arrival] for name, column in columns.items()}
     etype = np.repeat(np.array([SCORE_EVENT, FEEDBACK_EVENT], np.int8), [n_s, n_f])
-    arrival = np.argsort(np.array(order, np.float64), kind="stable")
-    f8 = lambda values: np.array(values, np.float64)[arrival]  # noqa: E731
-    i8 = lambda values: np.array(values, np.int8)[arrival]  # noqa: E731
-    return Records(list(map(keys.__getitem__, arrival.tolist())), f8(ts), etype[arrival],
-                   i8(list(map(DECISION.__getitem__, decision))), f8(tau), i8(kind), i8(source), i8(preferred),
-                   f8(score), f8(weight), i8(pair), np.array(repeat, np.bool_)[arrival], f8(decided))
+    return Records(keys, columns["ts"], etype if not n_f else etype[arrival], columns["decision"], columns["tau"],
+                   columns["kind"], columns["source"], columns["preferred"], columns["score"], columns["weight"],
+                   columns["pair"], columns["repeat"], columns["decided"])
