@@ -62,8 +62,10 @@ class LabelStates(DigestMap):
 
         A scenario pairs its first audit label with its first label from any other channel;
         the event that brings the second of the two gets the pair's code, once."""
-        self._reserve(len(digests))
         n = len(digests)
+        if not len(audit) == len(labels) == n:
+            raise ValueError("digests, audit and labels differ in length")
+        self._reserve(n)
         codes, repeats, changed = np.empty(n, np.int8), np.empty(n, np.bool_), np.empty(n, np.bool_)
         _label(digests, np.asarray(audit, np.bool_), np.asarray(labels, np.int8), np.int64(ms), _PAIR_CODE,
                self.keys, self.state, self.values, self.meta, self.salt, codes, repeats, changed)
@@ -77,6 +79,10 @@ class LabelStates(DigestMap):
         """Set the scenarios' states (a rebuild from the store)."""
         self._reserve(len(digests))
         _put(digests, np.asarray(values, np.int64), self.keys, self.state, self.values, self.meta, self.salt)
+
+    def forget(self, digests: np.ndarray) -> None:
+        """Forget the scenarios' states."""
+        self.forget_older(digests, np.iinfo(np.int64).max)
 
     def forget_older(self, digests: np.ndarray, ms: int) -> np.ndarray:
         """Forget those of the scenarios whose state last changed before `ms`; which were."""

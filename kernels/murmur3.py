@@ -28,7 +28,8 @@ _C1, _C2 = np.uint64(0x87C37B91114253D5), np.uint64(0x4CF5AD432745937F)
 
 def digests(ids: Sequence[bytes], prefixes: Sequence[bytes] = (b"",), which=None) -> np.ndarray:
     """Digests of `prefixes[which[i]] + ids[i]` (`which` all 0 when None), as (n, 2) uint64:
-    the two little-endian halves of `mmh3.hash_bytes`."""
+    the two little-endian halves of `mmh3.hash_bytes`. ValueError unless `which` names a
+    prefix for each id."""
     return _digests(b"".join(ids), np.fromiter(map(len, ids), np.int64, len(ids)), prefixes, which)
 
 
@@ -51,6 +52,8 @@ def _digests(joined: bytes, lengths: np.ndarray, prefixes: Sequence[bytes], whic
         table[k, :len(prefix)] = np.frombuffer(prefix, np.uint8)
     sizes = np.fromiter(map(len, prefixes), np.int64, len(prefixes))
     chosen = np.zeros(len(lengths), np.int64) if which is None else np.asarray(which, np.int64)
+    if chosen.shape != lengths.shape or len(chosen) and not 0 <= chosen.min() <= chosen.max() < len(prefixes):
+        raise ValueError(f"which must name one of the {len(prefixes)} prefixes for each of the {len(lengths)} ids")
     out = np.empty((len(lengths), 2), np.uint64)
     _hash_all(np.frombuffer(joined, np.uint8), ends - lengths, ends, table, sizes, chosen,
               int(lengths.max(initial=0)) + width, out)

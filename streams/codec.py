@@ -135,14 +135,16 @@ def _too_deep(data: bytes, message: ScoreEvent | FeedbackEvent | Envelope) -> bo
 
 
 def decode_all_good(messages: Sequence[bytes]) -> list[Event] | None:
-    """The events of `messages` in order, in one msgspec call, if every message is good;
-    None if any is not (then :func:`decode` each, to find which and why).
+    """The events of `messages` in order, if every message is good; None if any is not
+    (then :func:`decode` each, to find which and why).
 
-    Single events cost little to decode but much to decode one call at a time. The messages
-    are joined as JSON lines: no message holds a newline byte, so each line is exactly one
-    message, and decoding lines is decoding each message on its own. Schema Registry frames
-    make the first try fail; their JSON is then tried the same way, and their ids counted
-    if it is good."""
+    Single events cost little to decode but much to decode one call at a time. Small
+    messages are joined as JSON lines and decoded in one msgspec call: only when no message
+    holds a newline byte, so each line is exactly one message, and decoding lines is
+    decoding each message on its own. Large ones (envelopes, some 4 KB and more on average)
+    are decoded a call each, which costs less than joining and scanning them. Schema
+    Registry frames make the first try fail; their JSON is then tried the same way, and
+    their ids counted if it is good."""
     events = _all_good(messages)
     if events is None and any(m[:1] == b"\0" for m in messages):
         return _all_good_framed(messages)

@@ -91,7 +91,7 @@ def histories(draw):
     return ops
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(histories(), st.sampled_from([0.0, 60.0]))
 def test_the_store_answers_what_one_score_at_a_time_gives_through_expiry_and_checkpoints(ops, every):
     model, join = Model(every), FeedbackJoin(None, horizon_s=HORIZON_S, expire_every_s=every)

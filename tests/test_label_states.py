@@ -16,7 +16,8 @@ import math
 import tempfile
 
 import numpy as np
-from hypothesis import given, settings
+import pytest
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kernels.label_states import LabelStates, unpack
@@ -39,7 +40,8 @@ class Model:
 
     def __init__(self) -> None:
         self.first: dict[tuple[str, bool], int] = {}  # (scenario, from the audit) -> its first label
-        self.changed_ms: dict[str, int] = {}  # scenario -> when one of its first labels was recorded
+        self.changed: dict[str, float] = {}  # scenario -> when one of its first labels was last recorded
+        self.entries: dict[str, list[int]] = {}  # scenario -> ms of the batches that recorded one, not yet expired
         self.clock = -math.inf
 
     def labels(self, sids, audit, labels, ts) -> tuple[list[int], list[bool]]:
@@ -57,21 +59,34 @@ class Model:
                         PAIR_AUDIT_OVERRIDES if audit_label == OVERRIDE else PAIR_CHANNEL_OVERRIDES
             codes.append(code)
         for sid in recorded:
-            self.changed_ms[sid] = _ms(max(ts))
+            self.changed[sid] = max(ts)
+            self.entries.setdefault(sid, []).append(_ms(max(ts)))
         if recorded:
             self.clock = max(self.clock, max(ts))
         return codes, repeats
 
     def expire(self, horizon_s: float) -> None:
-        if self.clock > -math.inf:
-            self.forget_older(_ms(self.clock - horizon_s))
+        """The expiry passes the batches more than a horizon old, to the millisecond; a
+        scenario one of them recorded is forgotten if its last change is that old."""
+        if self.clock == -math.inf:
+            return
+        cutoff_ts = self.clock - horizon_s
+        for sid, entries in self.entries.items():
+            passed = [ms for ms in entries if ms < _ms(cutoff_ts)]
+            self.entries[sid] = [ms for ms in entries if ms >= _ms(cutoff_ts)]
+            if passed and self.changed.get(sid, math.inf) < cutoff_ts:
+                self.forget(sid)
+
+    def forget(self, sid: str) -> None:
+        del self.changed[sid]
+        self.first.pop((sid, True), None)
+        self.first.pop((sid, False), None)
 
     def forget_older(self, ms: int) -> set[str]:
-        gone = {s for s, changed in self.changed_ms.items() if changed < ms}
+        """Forget the scenarios last changed before `ms` (the table's own rule)."""
+        gone = {s for s, changed in self.changed.items() if _ms(changed) < ms}
         for sid in gone:
-            del self.changed_ms[sid]
-            self.first.pop((sid, True), None)
-            self.first.pop((sid, False), None)
+            self.forget(sid)
         return gone
 
 
@@ -83,7 +98,11 @@ def histories(draw):
         if op == "labels":
             batch = []
             for _ in range(draw(st.integers(1, 6))):
+                # none, milliseconds back or ahead, microseconds, a horizon and a fraction of a
+                # millisecond (a state last changed within the cutoff's millisecond), or days
                 step = draw(st.one_of(st.just(0.0), st.integers(-600_000, 400_000).map(lambda ms: ms / 1000),
+                                      st.integers(-3_000, 3_000).map(lambda us: us / 1e6),
+                                      st.sampled_from([0.0, 0.0004, 0.0009, 0.001]).map(lambda f: HORIZON_S + f),
                                       st.integers(0, 3 * 86_400).map(float)))
                 ts = max(T0, ts + step)
                 batch.append((draw(st.sampled_from(IDS)), draw(st.booleans()), draw(st.sampled_from([LIKE, OVERRIDE])),
@@ -96,8 +115,11 @@ def histories(draw):
     return ops
 
 
-@settings(max_examples=250, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(histories())
+@example([("labels", [("a", False, LIKE, T0)]), ("labels", [("a", True, LIKE, T0 + 1)]),  # changed twice, then
+          ("labels", [("b", False, LIKE, T0 + 1 + HORIZON_S + 0.0005)]),  # a cutoff in its last change's ms
+          ("expire", None), ("labels", [("a", False, OVERRIDE, T0 + 1 + HORIZON_S + 0.0005)])])
 def test_the_join_labels_as_the_model_does_through_expiry_checkpoints_and_reopens(ops):
     model = Model()
     with tempfile.TemporaryDirectory(prefix="npo-labels-") as root:
@@ -152,11 +174,38 @@ def test_the_table_alone_matches_the_model_with_growth_and_forgetting(events, cu
         assert (codes.tolist(), repeats.tolist()) == expected
         for k in range(6):
             channel, audit, ms = (x[0] for x in unpack(states.get(digests[k:k + 1])))
-            if str(k) in model.changed_ms:
-                assert (channel, ms) == (model.first.get((str(k), False), -1), model.changed_ms[str(k)])
+            if str(k) in model.changed:
+                assert (channel, ms) == (model.first.get((str(k), False), -1), _ms(model.changed[str(k)]))
                 assert audit == (2 if channel >= 0 and (str(k), True) in model.first else model.first.get((str(k), True), -1))
             else:
                 assert (channel, audit, ms) == (-1, -1, 0) and states.get(digests[k:k + 1])[0] == 0
         forgotten = states.forget_older(digests, b - 1)
         assert {str(k) for k in np.flatnonzero(forgotten)} == model.forget_older(b - 1)
-    assert len(states) == len(model.changed_ms)
+    assert len(states) == len(model.changed)
+
+
+def test_an_expiry_or_a_rebuild_that_fails_leaves_the_labels_as_the_store_holds_them(tmp_path, monkeypatch):
+    """The table follows the store only once a write is done: an expiry whose batch fails to
+    be written forgets nothing, and a table whose build from the store fails is built again."""
+    join = FeedbackJoin(str(tmp_path), horizon_s=HORIZON_S, expire_every_s=0.0)
+    assert join.labels(["a"], [False], [LIKE], [T0]) == ([-1], [False])
+    join.labels(["b"], [False], [LIKE], [T0 + 2 * HORIZON_S])  # a's batch is now past the horizon
+
+    def failing(*_):
+        raise OSError("disk full")
+    with monkeypatch.context() as m:
+        m.setattr(FeedbackJoin, "_commit", failing)
+        with pytest.raises(OSError):
+            join.expire()
+    assert join.labels(["a"], [True], [OVERRIDE], [T0 + 2 * HORIZON_S]) == ([PAIR_AUDIT_OVERRIDES], [True])
+    join.close()
+
+    join = FeedbackJoin(str(tmp_path), horizon_s=HORIZON_S, expire_every_s=0.0)  # reopened: built from its keys
+    with monkeypatch.context() as m:
+        m.setattr(LabelStates, "put", failing)
+        with pytest.raises(OSError):
+            join.labels(["a"], [False], [OVERRIDE], [T0 + 2 * HORIZON_S])
+    assert join.labels(["a", "c"], [False, True], [OVERRIDE, LIKE], [T0 + 2 * HORIZON_S] * 2) == ([-1, -1], [True, False])
+    with pytest.raises(ValueError, match="differ in length"):
+        join.labels(["a", "c"], [False], [OVERRIDE], [T0])
+    join.close()

@@ -43,3 +43,9 @@ def test_strings_digest_as_their_utf8_bytes(ids, prefixed):
 def test_a_string_no_utf8_can_hold_is_refused():
     with pytest.raises(UnicodeEncodeError):
         digests_of_str(["ok", "\ud800"])
+
+
+def test_a_prefix_choice_that_names_no_prefix_is_refused():
+    for which in ([0], [0, 2], [-1, 0]):  # too few, past the prefixes, before them
+        with pytest.raises(ValueError, match="which must name"):
+            digests([b"a", b"b"], (b"f:", b"s:"), which)

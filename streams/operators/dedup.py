@@ -9,7 +9,7 @@ from kernels.seen_ids import CLOCK, DUPLICATES, EVICTED, HEAD, LIVE, NEXT_EXPIRY
 
 def digests(ids: list[str], prefixes: tuple[bytes, ...] = (b"",), which=None) -> np.ndarray:
     """128-bit MurmurHash3 (x64, seed 0) of each id's UTF-8 bytes after `prefixes[which[i]]`
-    (no prefix when `which` is None), as (n, 2) uint64 (:mod:`kernels.murmur3`). Two distinct
+    (`prefixes[0]` when `which` is None: by default no prefix), as (n, 2) uint64 (:mod:`kernels.murmur3`). Two distinct
     ids share a digest with odds of about n^2 / 2^129; murmur3 is not cryptographic, so
     someone able to write to the input topics, and to predict another producer's event id,
     could craft an id that makes it count as a duplicate. A string no UTF-8 can hold raises
@@ -71,8 +71,9 @@ class Deduplicator:
               which=None) -> list[int]:
         """Positions of the ids seen for the first time within the horizon, in order: what
         `first_time` says of each, in one call. An id is `prefixes[which[i]] + ids[i]` (ids of
-        different kinds kept apart without building the strings), the id alone when `which`
-        is None."""
+        different kinds kept apart without building the strings); `prefixes[0] + ids[i]` when
+        `which` is None, by default the id alone. ValueError unless `which` names a prefix
+        for each id."""
         if len(ids) != len(times):
             raise ValueError("ids and times differ in length")
         if not ids:

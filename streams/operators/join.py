@@ -278,7 +278,7 @@ class FeedbackJoin:
         scenarios, which hold the serials after its first; a scenario with `r:` keys is
         marked as scored more than once (it may have one score left)."""
         if self._by_scenario is None:
-            index = self._by_scenario = ScenarioIndex()
+            index = ScenarioIndex()
             for key, value in self.db.items(from_key=_EXPIRY):  # a batch at a time: RAM stays the index's
                 if not key.startswith(_EXPIRY):
                     break
@@ -288,12 +288,13 @@ class FeedbackJoin:
             rescored = _scenario_keys(list({key[2:-9] for key in self._keys(_RESCORED)}))
             latest, _ = index.get(rescored)
             index.replace(rescored, latest, latest, np.ones(len(latest), np.bool_))
+            self._by_scenario = index  # kept only once whole: a build that fails is tried again
         return self._by_scenario
 
     def _label_states(self) -> LabelStates:
         """The label state of every scenario with an `l:` key, read from the store a slice at a time."""
         if self._labelled is None:
-            states = self._labelled = LabelStates()
+            states = LabelStates()
             entries = iter(self.db.items(from_key=_LABELS))
             while chunk := list(islice(entries, 50_000)):
                 ours = [(key, value) for key, value in chunk if key.startswith(_LABELS)]
@@ -302,6 +303,7 @@ class FeedbackJoin:
                     states.put(_scenario_keys([key[2:] for key, _ in ours]), pack(channel, audit, list(map(_millis, ts))))
                 if len(ours) < len(chunk):
                     break
+            self._labelled = states  # kept only once whole
         return self._labelled
 
     def _note_parked(self, key: bytes) -> None:
@@ -455,10 +457,13 @@ class FeedbackJoin:
         with its first label from any other channel; the feedback that brings the second of the
         two gets the code, and a scenario pairs once. Repeat: the scenario was labelled before,
         so this label is a second look at the same decision (the sequential rules count one
-        label a decision). Both within the horizon: a scenario's label state is forgotten once
-        the batch that last changed it is a horizon old (in whole milliseconds of event time),
-        at the next expiry. The states are kept in a compiled table (:mod:`kernels.label_states`);
-        those the call changes are written to the store in one batch."""
+        label a decision). Both within the horizon: a scenario's label state is forgotten by
+        the expiry that passes an entry of a batch that changed it, once the last batch that
+        changed it is more than a horizon old. The states are kept in a compiled table
+        (:mod:`kernels.label_states`); those the call changes are written to the store in one
+        batch."""
+        if not len(scenario_ids) == len(audit) == len(labels) == len(ts):
+            raise ValueError("scenario_ids, audit, labels and ts differ in length")
         if not scenario_ids:
             return [], []
         ids = list(map(str.encode, scenario_ids))
@@ -496,6 +501,8 @@ class FeedbackJoin:
         wb = WriteBatch(raw_mode=True)
         deleted = []
         expired_scores: list[tuple[int, list[bytes]]] = []
+        labelled: list[bytes] = []  # scenarios of expiring label-state entries
+        released: list[str] = []  # scenarios of unmatched feedback, one each
         for key, refs in self.db.items(from_key=_EXPIRY):
             if key >= cutoff or not key.startswith(_EXPIRY):
                 break
@@ -513,11 +520,8 @@ class FeedbackJoin:
                 expired_scores.append(_scores_batch(refs))
                 continue
             refs = _decode(refs, type=list[bytes])
-            if kind == b"L":  # a state changed since is left for the newer change's entry to expire
-                old = self._label_states().forget_older(_scenario_keys(refs), _millis(self._clock - self.horizon_s))
-                keys = [_LABELS + refs[i] for i in np.flatnonzero(old).tolist()]
-                deque(map(wb.delete, keys), maxlen=0)
-                deleted += keys
+            if kind == b"L":
+                labelled += refs
                 continue
             keys = [prefix + r for r in refs]
             for k, v in zip(keys, self.db[keys]):
@@ -527,23 +531,43 @@ class FeedbackJoin:
                 deleted.append(k)
                 sid = _parked_key(k)[0].decode()
                 unmatched.append(Pending(sid, *_decode(v)))
-                left = self._waiting.pop(sid, 1) - 1
-                if left > 0:
-                    self._waiting[sid] = left
+                released.append(sid)
         going = self._scores_going(expired_scores) if expired_scores else None
         if going is not None:
             rescored = going.rescored_keys()
             deque(map(wb.delete, rescored), maxlen=0)
             deleted += rescored
-        try:
-            self._commit(wb, deleted, [None] * len(deleted))
-        except BaseException:
-            self._labelled = None  # it forgot states the store still holds
-            raise
+        unlabelled, unlabelled_keys = self._labels_going(labelled)
+        deque(map(wb.delete, unlabelled_keys), maxlen=0)
+        self._commit(wb, [*deleted, *unlabelled_keys], [None] * (len(deleted) + len(unlabelled_keys)))
+        # what is kept beside the store follows it only now that the batch is written
+        for sid in released:
+            left = self._waiting.pop(sid, 1) - 1
+            if left > 0:
+                self._waiting[sid] = left
         if going is not None:
             self._forgot(going)
+        if len(unlabelled):
+            self._label_states().forget(unlabelled)
         self.unmatched_feedback += len(unmatched)
         return unmatched
+
+    def _labels_going(self, ids: list[bytes]) -> tuple[np.ndarray, list[bytes]]:
+        """(digests, keys) of the label states of scenarios `ids` (those of expiring entries)
+        that last changed before the horizon: a state changed since is left for the newer
+        change's entry to expire. The table knows the millisecond of a change; within the
+        cutoff's own millisecond the stored event time decides."""
+        if not ids:
+            return np.empty((0, 2), np.uint64), []
+        digests = _scenario_keys(ids)
+        values = self._label_states().get(digests)
+        cutoff_ts = self._clock - self.horizon_s
+        cutoff, changed = _millis(cutoff_ts), values >> 4
+        going = (values != 0) & (changed < cutoff)
+        for i in np.flatnonzero((values != 0) & (changed == cutoff)).tolist():
+            going[i] = _decode(self.db[_LABELS + ids[i]])[2] < cutoff_ts
+        at = np.flatnonzero(going)
+        return digests[at], [_LABELS + ids[i] for i in at.tolist()]
 
     def _scores_going(self, batches: list[tuple[int, list[bytes]]]) -> "_Going":
         """The scores of `batches` ([first serial, scenario ids] each), about to be deleted."""
