@@ -115,7 +115,7 @@ def histories(draw):
     return ops
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(histories())
 @example([("labels", [("a", False, LIKE, T0)]), ("labels", [("a", True, LIKE, T0 + 1)]),  # changed twice, then
           ("labels", [("b", False, LIKE, T0 + 1 + HORIZON_S + 0.0005)]),  # a cutoff in its last change's ms
