@@ -19,7 +19,7 @@ import secrets
 import numba
 import numpy as np
 
-from kernels.seen_ids import DELETED, FULL, find_slot
+from kernels.seen_ids import DELETED, FULL, claim_slot, find_slot
 
 LIVE, DEAD = range(2)  # meta (int64): live entries, deleted slots not yet reclaimed
 
@@ -78,6 +78,16 @@ def _values_of(digests, keys, state, values, salt, out):
     for i in range(digests.shape[0]):
         slot = find_slot(keys, state, digests[i, 0], digests[i, 1], salt)
         out[i] = values[slot] if slot >= 0 else 0
+
+
+@numba.njit(cache=True, inline="always")
+def claim(keys, state, absent, hi, lo, meta):
+    """Enter digest (hi, lo) where `find_slot` found it absent (`absent`, its negative answer);
+    its slot."""
+    slot = -1 - absent
+    claim_slot(keys, state, slot, hi, lo, meta, DEAD)
+    meta[LIVE] += 1
+    return slot
 
 
 @numba.njit(cache=True, inline="always")

@@ -30,9 +30,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from kernels.digest_map import DEAD, LIVE, DigestMap, delete
+from kernels.digest_map import DigestMap, claim, delete
 from kernels.layout import PAIR_AGREE, PAIR_AUDIT_OVERRIDES, PAIR_CHANNEL_OVERRIDES
-from kernels.seen_ids import claim_slot, find_slot
+from kernels.seen_ids import find_slot
 
 NONE, PAIRED = -1, 2
 """A label not given yet; the audit field's value once the scenario's pair is complete."""
@@ -42,7 +42,8 @@ _PAIR_CODE = np.array([[PAIR_AGREE, PAIR_CHANNEL_OVERRIDES], [PAIR_AUDIT_OVERRID
 
 def pack(channel, audit, ms) -> np.ndarray:
     """States of (channel label, audit field, ms), as the table holds them."""
-    return (np.asarray(ms, np.int64) << 4) | ((np.asarray(audit, np.int64) + 1) << 2) | (np.asarray(channel, np.int64) + 1)
+    ms, audit, channel = (np.asarray(x, np.int64) for x in (ms, audit, channel))
+    return (ms << 4) | ((audit + 1) << 2) | (channel + 1)
 
 
 def unpack(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -111,9 +112,7 @@ def _label(digests, audit, labels, ms, pair_code, keys, state, values, meta, sal
             channel, audit_state, change = (v & 3) - 1, ((v >> 2) & 3) - 1, False
             repeats[i] = True
         else:
-            slot = -1 - slot
-            claim_slot(keys, state, slot, hi, lo, meta, DEAD)
-            meta[LIVE] += 1
+            slot = claim(keys, state, slot, hi, lo, meta)
             channel, audit_state, change = NONE, NONE, True
             repeats[i] = False
         label, code = labels[i], -1
@@ -137,11 +136,7 @@ def _put(digests, new, keys, state, values, meta, salt):
     for i in range(digests.shape[0]):
         hi, lo = digests[i, 0], digests[i, 1]
         slot = find_slot(keys, state, hi, lo, salt)
-        if slot < 0:
-            slot = -1 - slot
-            claim_slot(keys, state, slot, hi, lo, meta, DEAD)
-            meta[LIVE] += 1
-        values[slot] = new[i]
+        values[slot if slot >= 0 else claim(keys, state, slot, hi, lo, meta)] = new[i]
 
 
 @numba.njit(cache=True, nogil=True)

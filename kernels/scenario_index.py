@@ -26,8 +26,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from kernels.digest_map import DEAD, LIVE, DigestMap, delete
-from kernels.seen_ids import claim_slot, find_slot
+from kernels.digest_map import DigestMap, claim, delete
+from kernels.seen_ids import find_slot
 
 
 class ScenarioIndex(DigestMap):
@@ -79,10 +79,7 @@ def _put(digests, serials, keys, state, values, meta, salt, before):
             before[i] = values[slot]
             values[slot] = (serials[i] << 1) | 1
             continue
-        slot = -1 - slot
-        claim_slot(keys, state, slot, hi, lo, meta, DEAD)
-        values[slot] = serials[i] << 1
-        meta[LIVE] += 1
+        values[claim(keys, state, slot, hi, lo, meta)] = serials[i] << 1
         before[i] = 0
 
 
@@ -94,10 +91,7 @@ def _merge(digests, serials, keys, state, values, meta, salt):
         if slot >= 0:
             values[slot] = (max(values[slot] >> 1, serials[i]) << 1) | 1
             continue
-        slot = -1 - slot
-        claim_slot(keys, state, slot, hi, lo, meta, DEAD)
-        values[slot] = serials[i] << 1
-        meta[LIVE] += 1
+        values[claim(keys, state, slot, hi, lo, meta)] = serials[i] << 1
 
 
 @numba.njit(cache=True, nogil=True)

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels.scenario_index import DEAD, ScenarioIndex
+from kernels.digest_map import DEAD
+from kernels.scenario_index import ScenarioIndex
 
 # few distinct halves: digests that share one half, and probe paths that cross
 DIGESTS = st.tuples(st.sampled_from([0, 1, 2**63, 2**64 - 1]), st.integers(0, 40))

@@ -209,7 +209,7 @@ def _records(contexts: list[tuple], score_pos: list[int], feedback: _Feedback, k
     columns = {"ts": f8(ts), "decision": i8(list(map(DECISION.__getitem__, decision))), "tau": f8(tau),
                "kind": fill(0, np.int8), "source": fill(0, np.int8), "preferred": fill(0, np.int8),
                "score": f8(score), "weight": fill(1.0, np.float64), "pair": fill(-1, np.int8),
-               "repeat": fill(False, np.bool_), "decided": f8(ts)}
+               "repeat": fill(False, np.bool_), "decided": f8(ts), "etype": fill(SCORE_EVENT, np.int8)}
     keys = list(zip(policy, segment))
     if n_f:
         f_policy, f_segment, f_score, _, f_decision, f_decided = zip(*feedback.contexts)
@@ -219,13 +219,12 @@ def _records(contexts: list[tuple], score_pos: list[int], feedback: _Feedback, k
                 "source": i8(list(map(SOURCE.__getitem__, f_source))),
                 "preferred": i8(list(map(PREFERRED.__getitem__, f_preferred))), "score": f8(f_score),
                 "weight": f8(f_weight), "pair": i8(feedback.pair), "repeat": np.array(feedback.repeat, np.bool_),
-                "decided": f8(f_decided)}
+                "decided": f8(f_decided), "etype": np.full(n_f, FEEDBACK_EVENT, np.int8)}
         columns = {name: np.concatenate((column, more[name])) for name, column in columns.items()}
         keys += zip(f_policy, f_segment)
         arrival = np.argsort(np.array(score_pos + feedback.order, np.float64), kind="stable")
         keys = list(map(keys.__getitem__, arrival.tolist()))
         columns = {name: column[arrival] for name, column in columns.items()}
-    etype = np.repeat(np.array([SCORE_EVENT, FEEDBACK_EVENT], np.int8), [n_s, n_f])
-    return Records(keys, columns["ts"], etype if not n_f else etype[arrival], columns["decision"], columns["tau"],
+    return Records(keys, columns["ts"], columns["etype"], columns["decision"], columns["tau"],
                    columns["kind"], columns["source"], columns["preferred"], columns["score"], columns["weight"],
                    columns["pair"], columns["repeat"], columns["decided"])

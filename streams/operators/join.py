@@ -279,9 +279,7 @@ class FeedbackJoin:
         marked as scored more than once (it may have one score left)."""
         if self._by_scenario is None:
             index = ScenarioIndex()
-            for key, value in self.db.items(from_key=_EXPIRY):  # a batch at a time: RAM stays the index's
-                if not key.startswith(_EXPIRY):
-                    break
+            for key, value in self._items(_EXPIRY):  # a batch at a time: RAM stays the index's
                 if key[-1:] == b"N":
                     first, ids = _scores_batch(value)
                     index.merge(_scenario_keys(ids), np.arange(first, first + len(ids)))
@@ -295,14 +293,10 @@ class FeedbackJoin:
         """The label state of every scenario with an `l:` key, read from the store a slice at a time."""
         if self._labelled is None:
             states = LabelStates()
-            entries = iter(self.db.items(from_key=_LABELS))
+            entries = self._items(_LABELS)
             while chunk := list(islice(entries, 50_000)):
-                ours = [(key, value) for key, value in chunk if key.startswith(_LABELS)]
-                if ours:
-                    channel, audit, ts = zip(*(_decode(value) for _, value in ours))
-                    states.put(_scenario_keys([key[2:] for key, _ in ours]), pack(channel, audit, list(map(_millis, ts))))
-                if len(ours) < len(chunk):
-                    break
+                channel, audit, ts = zip(*(_decode(value) for _, value in chunk))
+                states.put(_scenario_keys([key[2:] for key, _ in chunk]), pack(channel, audit, list(map(_millis, ts))))
             self._labelled = states  # kept only once whole
         return self._labelled
 
@@ -317,6 +311,12 @@ class FeedbackJoin:
             if not key.startswith(prefix):
                 return
             yield key
+
+    def _items(self, prefix: bytes):
+        for key, value in self.db.items(from_key=prefix):
+            if not key.startswith(prefix):
+                return
+            yield key, value
 
     def _index(self, wb: WriteBatch, max_ts: float, kind: bytes, refs: list) -> tuple[bytes, bytes]:
         """One expiry entry for a batch's keys: a kind of `_INDEXED` (N scores, F feedback, L
@@ -503,8 +503,8 @@ class FeedbackJoin:
         expired_scores: list[tuple[int, list[bytes]]] = []
         labelled: list[bytes] = []  # scenarios of expiring label-state entries
         released: list[str] = []  # scenarios of unmatched feedback, one each
-        for key, refs in self.db.items(from_key=_EXPIRY):
-            if key >= cutoff or not key.startswith(_EXPIRY):
+        for key, refs in self._items(_EXPIRY):
+            if key >= cutoff:
                 break
             wb.delete(key)
             deleted.append(key)
