@@ -41,7 +41,7 @@ def settings(kafka_bootstrap, redis_url, tmp_path):
 
 
 def _until(condition, timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout  # fail-fast bound, not a speed check
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.2)

@@ -49,7 +49,7 @@ def test_unwritable_output_topics_hold_the_worker_back_and_lose_nothing(cluster,
     _max_message_bytes(settings, ["stats", "triggers"], "64")
 
     worker = WorkerThread(settings, CONFIG).start()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 60  # fail-fast bound: a refused write is expected within seconds
     while worker.worker.counters["output_retries"] == 0:
         assert time.monotonic() < deadline and worker.alive(), "no write was refused"
         time.sleep(0.2)
