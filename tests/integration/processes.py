@@ -68,6 +68,11 @@ def log_tail(proc: subprocess.Popen, chars: int = 3000) -> str:
     return open(proc.log_path, errors="replace").read()[-chars:]
 
 
+def _logs(procs) -> str:
+    """The end of each process's log (its last 8,000 characters), for a failure message."""
+    return "".join(f"\n--- {proc.log_path}:\n{log_tail(proc, 8000)}" for proc in procs)
+
+
 def _lag(settings, group: str, roles: list[str]) -> int:
     """Records of `roles`' topics beyond what `group` has committed."""
     consumer = Consumer({**settings.confluent(), "group.id": group, "enable.auto.commit": False})
@@ -104,7 +109,7 @@ def wait_caught_up(settings, procs, quiet_s: float = 3.0, timeout: float = 240.0
         elif time.monotonic() - since >= quiet_s:
             return
         time.sleep(0.5)
-    raise AssertionError("the workers did not catch up in time")
+    raise AssertionError("the workers did not catch up in time" + _logs(procs))
 
 
 def owners(settings, group: str, admin: AdminClient | None = None) -> dict[str, set[int]]:
@@ -124,10 +129,12 @@ def unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
-def wait_for(condition, timeout: float, what: str) -> float:
-    """Until `condition()` holds; how long that took (an AssertionError naming `what` after `timeout`)."""
+def wait_for(condition, timeout: float, what: str, procs=()) -> float:
+    """Until `condition()` holds; how long that took (an AssertionError naming `what` after
+    `timeout`, with the end of each of `procs`' logs, so a hang in CI can be read afterwards)."""
     started = time.monotonic()
     while not condition():
-        assert time.monotonic() - started < timeout, f"{what} did not happen in {timeout} s"  # fail-fast bound
+        if time.monotonic() - started >= timeout:  # fail-fast bound
+            raise AssertionError(f"{what} did not happen in {timeout} s" + _logs(procs))
         time.sleep(0.2)
     return time.monotonic() - started

@@ -118,17 +118,17 @@ def test_a_killed_faust_app_is_taken_over_and_a_joining_one_changes_nothing(clus
 
     a = spawn(settings, tmp_path / "a.log", host="faust")
     b = spawn(settings, tmp_path / "b.log", host="faust")
-    wait_for(lambda: len(owners(settings, group)) == 2, 90, "both apps joining")
+    wait_for(lambda: len(owners(settings, group)) == 2, 90, "both apps joining", [a, b])
     wait_caught_up(settings, [a, b], host="faust")
 
     b.send_signal(signal.SIGKILL)
     assert b.wait(timeout=10) == -signal.SIGKILL
-    wait_for(lambda: list(owners(settings, group).values()) == [set(range(4))], 60, "the survivor taking over")
+    wait_for(lambda: list(owners(settings, group).values()) == [set(range(4))], 60, "the survivor taking over", [a])
 
     _produce(settings, thirds[1], envelope=False)
     c = spawn(settings, tmp_path / "c.log", host="faust")  # joins while the second third is being processed
     _produce(settings, thirds[2], envelope=False)
-    wait_for(lambda: len(owners(settings, group)) == 2, 90, "the third app joining")
+    wait_for(lambda: len(owners(settings, group)) == 2, 90, "the third app joining", [a, c])
     wait_caught_up(settings, [a, c], host="faust")
     stop(a)
     stop(c)
@@ -140,7 +140,7 @@ def test_a_broker_restart_under_a_faust_app_loses_and_doubles_nothing(cluster, k
     settings = cluster(2)
     _produce(settings, sim.events + _flush_events(sim.events, 2), envelope=True)
     app = spawn(settings, tmp_path / "faust.log", host="faust")
-    wait_for(lambda: app.poll() is not None or read_topic(settings, "partials", idle_s=0.2), 90, "partials written")
+    wait_for(lambda: app.poll() is not None or read_topic(settings, "partials", idle_s=0.2), 90, "partials written", [app])
     assert app.poll() is None, log_tail(app)
     kafka_service.restart(downtime=5.0)
     wait_caught_up(settings, [app], host="faust", timeout=300)
@@ -183,7 +183,7 @@ def test_the_retraining_agent_starts_each_retrain_once_across_repeats_and_restar
         publish(triggers + sentinels)
         app = spawn(settings, tmp_path / log_name, host=host, NPO_RETRAIN_LOG=str(log_path))
         wait_for(lambda: {t["trigger_id"] for t in sentinels} <= set(started()) or app.poll() is not None, 120,
-                 "every retrain up to the last ones started")
+                 "every retrain up to the last ones started", [app])
         assert app.poll() is None, log_tail(app, 20000)
         stop(app)
         log = log_tail(app, 10**6)

@@ -47,13 +47,13 @@ def test_a_killed_worker_is_taken_over_and_a_joining_one_changes_nothing(cluster
 
     a = spawn(settings, tmp_path / "a.log")
     b = spawn(settings, tmp_path / "b.log")
-    wait_for(lambda: len(owners(settings, settings.group_id + "-ingest")) == 2, 90, "both workers joining")
+    wait_for(lambda: len(owners(settings, settings.group_id + "-ingest")) == 2, 90, "both workers joining", [a, b])
     wait_caught_up(settings, [a, b])
 
     b.send_signal(signal.SIGKILL)
     assert b.wait(timeout=10) == -signal.SIGKILL
     admin = AdminClient(settings.confluent())  # one client: a new one per look would add to what is measured
-    takeover = wait_for(lambda: _sole_owner(settings, admin), 60, "the survivor taking every partition")
+    takeover = wait_for(lambda: _sole_owner(settings, admin), 60, "the survivor taking every partition", [a])
     print(f"takeover after SIGKILL: {takeover:.1f} s")
     # within the session timeout and a heartbeat, with room for a busy host (the survivor's
     # loop busy with a batch or one group's checkpoint loads, delaying the other group's rejoin)
@@ -62,7 +62,7 @@ def test_a_killed_worker_is_taken_over_and_a_joining_one_changes_nothing(cluster
     _produce(settings, thirds[1])
     c = spawn(settings, tmp_path / "c.log")  # joins while the second third is being processed
     _produce(settings, thirds[2])
-    wait_for(lambda: len(owners(settings, settings.group_id + "-ingest")) == 2, 90, "the third worker joining")
+    wait_for(lambda: len(owners(settings, settings.group_id + "-ingest")) == 2, 90, "the third worker joining", [a, c])
     wait_caught_up(settings, [a, c])
     stop(a)
     stop(c)
