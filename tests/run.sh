@@ -4,10 +4,13 @@
 # and stop the services again. Extra arguments go to pytest.
 #
 # The tests run in two phases: first every test that leaves the broker and Redis
-# running, spread over NPO_TEST_WORKERS pytest-xdist processes (default 2; 1 runs
-# them in this process), then, one at a time, the few that stop or restart a service
-# (marked `serial`). Each test file stays on one process (`--dist loadfile`), so a
-# module's costly fixture (30 simulated days, a secured broker) is built once.
+# running, spread over NPO_TEST_WORKERS pytest-xdist processes (default 3, one more
+# than a small CI machine's 2 cores: an integration test spends most of its time
+# waiting on the broker, a session timeout or a quiet period, so a third process
+# fills those waits; 1 runs them in this process), then, one at a time, the few
+# that stop or restart a service (marked `serial`). Each test file stays on one
+# process (`--dist loadfile`), so a module's costly fixture (30 simulated days, a
+# secured broker) is built once.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
@@ -16,7 +19,7 @@ tests/infra/up.sh
 source "${NPO_INFRA_DIR:-$REPO/.infra}/env.sh"
 trap 'tests/infra/down.sh >/dev/null 2>&1 || true' EXIT
 PY="${PYTHON:-python3}"
-WORKERS="${NPO_TEST_WORKERS:-2}"
+WORKERS="${NPO_TEST_WORKERS:-3}"
 [[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || { echo "NPO_TEST_WORKERS must be a positive integer, not '$WORKERS'" >&2; exit 2; }
 parallel=()
 [ "$WORKERS" -gt 1 ] && parallel=(-n "$WORKERS" --dist loadfile)
