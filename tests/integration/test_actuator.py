@@ -23,7 +23,7 @@ from streams.settings import TOPICS
 from streams.state.redis_store import RedisSink, RedisStore
 from tests.integration.harness import (WorkerThread, json_values, ordered_producer, read_topic, redis_cluster_settings,
                                        redis_store)
-from tests.integration.processes import _spawned, log_tail
+from tests.integration.processes import _spawned, log_tail, wait_for
 from tests.services import delete_topics, unique_prefix
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -41,10 +41,8 @@ def settings(kafka_bootstrap, redis_url, tmp_path):
 
 
 def _until(condition, timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout  # fail-fast bound, not a speed check
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
+    """`wait_for` with this module's usual bound."""
+    wait_for(condition, timeout, what)
 
 
 class ActuatorThread:

@@ -101,10 +101,8 @@ def test_readiness_and_liveness_of_a_real_worker(cluster, sim, tmp_path):
             producer.send(e)
     wait_caught_up(settings, [proc])
     assert _get(port, "/readyz") == (200, "ok\n") and _get(port, "/healthz") == (200, "ok\n")
-    started = time.monotonic()
-    stop(proc)  # SIGTERM: checkpoints, leaves the groups, exits 0
-    # the contract, not a speed check: a stop must fit well inside Kubernetes' 90 s grace period
-    assert time.monotonic() - started < 30, "the stop took longer than a third of the grace period"
+    # SIGTERM: checkpoints, leaves the groups, exits 0, within a third of Kubernetes' 90 s grace period
+    stop(proc, timeout=30)
 
 
 def test_the_dashboard_queries_only_metrics_a_worker_exposes(cluster, sim, tmp_path):
