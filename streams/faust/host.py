@@ -40,7 +40,7 @@ from streams.settings import Settings
 from streams.worker.clients import output_producer, partition_counts
 from streams.worker.faults import crash_point
 from streams.worker.host import PipelineHost
-from streams.worker.retention import check_retention
+from streams.worker.retention import check_gaps, check_retention
 
 log = logging.getLogger("npo.faust")
 
@@ -194,6 +194,8 @@ class FaustHost(PipelineHost):
                     self.merge.drop(p)
                 for tp in tps:
                     moves[tp] = self._move(tp, self.stages.offsets[p].get(tp.topic, 0) if loaded is not None else None)
+                    if loaded is not None:  # a live state's fetches go on where they stood
+                        self.fetch_gaps.moved(tp, self.stages.offsets[p].get(tp.topic))
                     if loaded is not None and tp.topic in self.stages.offsets[p]:
                         resumed[tp] = moves[tp]
             for q in sorted(partials):
@@ -207,7 +209,7 @@ class FaustHost(PipelineHost):
             if moves:  # on the consumer's own thread, as Faust's seeks are
                 await self.app.consumer.seek_wait(moves)
             if resumed:
-                await check_retention(self._books["ingest"], self.stages, self.counters, resumed)
+                await check_retention(self._books["ingest"], self.stages, self.counters, resumed, self.fetch_gaps)
             self._assigned, self._generation = ours, generation
             await self.checkpointer.forget_stale()
 
@@ -257,6 +259,7 @@ class FaustHost(PipelineHost):
     async def ingest(self, messages) -> None:
         """Messages of `scores` and `feedback`, as an agent took them."""
         by_tp: dict[tuple[str, int], list] = {}
+        gaps = {}
         async with self._guarded() as healthy:
             if not healthy:
                 return
@@ -265,7 +268,11 @@ class FaustHost(PipelineHost):
             if by_tp:
                 crash_point("round")  # the last batch done, this one not begun
             for (topic, p), records in by_tp.items():
+                skipped = self.fetch_gaps.skipped(TopicPartition(topic, p), records)
+                if skipped:
+                    gaps[TopicPartition(topic, p)] = skipped
                 self.merge.add(topic, p, records)
+        await check_gaps(self._books["ingest"], self.counters, gaps)  # outside the lock: a request to the broker
         await self.round()
 
     async def aggregate(self, messages) -> None:

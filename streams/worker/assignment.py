@@ -15,7 +15,7 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from streams.worker.checkpointing import Checkpointer
 from streams.worker.merge import CoPartitionMerge
 from streams.worker.monitors import Monitors
-from streams.worker.retention import check_retention
+from streams.worker.retention import FetchGaps, check_retention
 from streams.worker.stages import Stages
 
 ROLES = ("ingest", "aggregate")
@@ -37,9 +37,9 @@ class Assignments:
     partials partitions (held by `monitors`)."""
 
     def __init__(self, stages: Stages, monitors: Monitors, checkpointer: Checkpointer, merge: CoPartitionMerge,
-                 partials_topic: str, counters: Counter) -> None:
+                 partials_topic: str, counters: Counter, fetch_gaps: FetchGaps) -> None:
         self.stages, self.monitors, self.checkpointer, self.merge = stages, monitors, checkpointer, merge
-        self.partials_topic, self.counters = partials_topic, counters
+        self.partials_topic, self.counters, self.fetch_gaps = partials_topic, counters, fetch_gaps
         self.consumers: dict[str, object] = {}
         self._joined: set[str] = set()  # groups whose assignment (possibly empty) has arrived
         self._pending: dict[str, set[int]] = {role: set() for role in ROLES}  # assigned, not yet loaded
@@ -71,6 +71,8 @@ class Assignments:
         self._joined.discard("ingest")
         for p in partitions:
             self.merge.drop(p)  # fetched but unprocessed: fetched again
+            for tp in self._tps("ingest", p):
+                self.fetch_gaps.moved(tp, None)
 
     def _ingest_assigned(self, partitions: set[int]) -> None:
         self._joined.add("ingest")
@@ -110,7 +112,7 @@ class Assignments:
                 else:
                     self._seek_aggregate(consumer, p, tps[0], loaded)
                 consumer.resume(*tps)
-            await check_retention(consumer, self.stages, self.counters, resumed)
+            await check_retention(consumer, self.stages, self.counters, resumed, self.fetch_gaps)
         await self.checkpointer.forget_stale()  # after the loads: no await between checking and seeking
 
     def _seek_ingest(self, consumer, p: int, tps: list, loaded, resumed: dict) -> None:
@@ -118,6 +120,7 @@ class Assignments:
             self.stages.open(p, loaded.state, loaded.offsets, loaded.pointer)
         offsets = self.stages.offsets[p]
         for tp in tps:  # where the state stands; a topic it has not read yet stays where it is
+            self.fetch_gaps.moved(tp, offsets.get(tp.topic))
             if tp.topic in offsets:
                 self.merge.drop(p, (tp.topic,))
                 consumer.seek(tp, offsets[tp.topic])

@@ -2,8 +2,8 @@
 
 A host feeds Kafka records in and says where its partitions stand; this holds the input
 partitions' stages, the partials partitions' monitors, the checkpoint protocol and its
-schedule, the co-partition merge and the output's delivery, and turns what is ready into
-messages to write.
+schedule, the co-partition merge, the input fetches' offset gaps and the output's delivery,
+and turns what is ready into messages to write.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from streams.worker.clients import request_timeout_s
 from streams.worker.merge import CoPartitionMerge
 from streams.worker.monitors import Monitors
 from streams.worker.outputs import Delivery, PartialsRouter, Publisher
+from streams.worker.retention import FetchGaps
 from streams.worker.stages import Stages
 
 log = logging.getLogger("npo.worker")
@@ -49,6 +50,7 @@ class PipelineHost:
                                            settings.checkpoint_interval_s, loading=loading)
         self.merge = CoPartitionMerge(self.topics["scores"], self.topics["feedback"],
                                       idle_s=settings.merge_idle_ms / 1000)
+        self.fetch_gaps = FetchGaps()  # input offsets a fetch skipped (retention while running)
         self.delivery = Delivery(self._send, self.metrics, self.counters)
         self.producer = None
 

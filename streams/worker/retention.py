@@ -1,22 +1,26 @@
-"""Input records a partition's log no longer holds when a checkpoint resumes reading it:
-deleted by retention (or an operator's delete-records) before the pipeline processed them,
-as when every worker stays down longer than the topic's retention. The consumer then starts
-at the log's first offset (it reads with ``auto_offset_reset=earliest``); this makes the gap
-loud: an error log naming the partition and the offsets, and a counter
-(``lost_to_retention`` by topic, ``npo_records_lost_to_retention_total``). The state then
-goes on from the log's first offset, so the next load does not count the same records again.
+"""Input records a partition's log no longer holds when the pipeline comes to read them:
+deleted by retention (or an operator's delete-records) before it processed them. The
+consumer then goes on at the log's first offset (it reads with
+``auto_offset_reset=earliest``) without a word; this makes the gap loud: an error log naming
+the partition and the offsets, and a counter (``lost_to_retention`` by topic,
+``npo_records_lost_to_retention_total``).
 
-Checked once an input partition's state is loaded, from the offsets its checkpoint resumes
-at. Not seen: a partition whose group's committed checkpoint pointer is gone too (Kafka
-deletes a group's offsets `offsets.retention.minutes` after its last member left, 7 days by
-default, like the topics' default retention) starts empty from the log's first record; and
-a consumer that falls behind retention while it runs is reset by its client without a word
-(``npo_consumer_lag`` shows it coming)."""
+Checked in two places. When an input partition's state is loaded, from the offsets its
+checkpoint resumes at (every worker stayed down longer than the topic's retention): the state
+then goes on from the log's first offset, so the next load does not count the same records
+again. And while it runs, at each fetch that skips offsets (:class:`FetchGaps`; a consumer
+that fell behind retention, which ``npo_consumer_lag`` shows coming): transaction markers
+and aborted transactions skip offsets too, so a skip counts only the offsets the log no
+longer holds. Not seen: a partition whose group's committed checkpoint pointer is gone too
+(Kafka deletes a group's offsets `offsets.retention.minutes` after its last member left, 7
+days by default, like the topics' default retention) starts empty from the log's first
+record."""
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Sequence
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
@@ -41,17 +45,78 @@ def count_lost(counters: Counter, resume_at: dict[TopicPartition, int],
 
 
 async def check_retention(consumer, stages, counters: Counter, resume_at: dict[TopicPartition, int],
-                          timeout_s: float = 10.0) -> None:
+                          fetch_gaps: FetchGaps, timeout_s: float = 10.0) -> None:
     """:func:`count_lost` with the log starts `consumer` (an aiokafka consumer) asks for; each
     input partition of `stages` that lost records goes on from its log's first offset
-    (`Stages.skip_to`). A request that fails or takes longer than `timeout_s` is logged and
-    skipped (nothing counted): the check does not hold up a partition's start."""
-    if not resume_at:
-        return
-    try:
-        log_start = await asyncio.wait_for(consumer.beginning_offsets(list(resume_at)), timeout_s)
-    except (KafkaError, asyncio.TimeoutError) as exc:
-        log.warning("could not check whether retention deleted unread records: %r", exc)
-        return
+    (`Stages.skip_to`), where `fetch_gaps` then expects its first fetch. A request that fails
+    or takes longer than `timeout_s` is logged and skipped (nothing counted): the check does
+    not hold up a partition's start."""
+    log_start = await _log_starts(consumer, list(resume_at), timeout_s)
     for tp, first in count_lost(counters, resume_at, log_start).items():
         stages.skip_to(tp.partition, tp.topic, first)
+        fetch_gaps.moved(tp, first)
+
+
+async def _log_starts(consumer, tps: list[TopicPartition], timeout_s: float) -> dict[TopicPartition, int]:
+    """The first offset each of `tps`' logs holds ({} when there are none to ask for, or the
+    request fails or takes longer than `timeout_s`: logged, and nothing is counted)."""
+    if not tps:
+        return {}
+    try:
+        return await asyncio.wait_for(consumer.beginning_offsets(tps), timeout_s)
+    except (KafkaError, asyncio.TimeoutError) as exc:
+        log.warning("could not check whether retention deleted unread records: %r", exc)
+        return {}
+
+
+def missing(expected: int, offsets: Sequence[int]) -> list[tuple[int, int]]:
+    """The ranges ``[start, end)`` of offsets from `expected` up to the last of `offsets`
+    (ascending) that are not among them."""
+    out, at = [], expected
+    for offset in offsets:
+        if offset > at:
+            out.append((at, offset))
+        at = max(at, offset + 1)
+    return out
+
+
+class FetchGaps:
+    """Where each partition's next fetch should begin, to notice a fetch that skipped offsets.
+    A partition whose position is not known (never read, or revoked) is not checked until
+    its first fetch after a seek says where it stands."""
+
+    def __init__(self) -> None:
+        self._next: dict[TopicPartition, int] = {}
+
+    def moved(self, tp: TopicPartition, offset: int | None) -> None:
+        """The consumer was sought to `offset` (None: where it goes is not known)."""
+        if offset is None:
+            self._next.pop(tp, None)
+        else:
+            self._next[tp] = offset
+
+    def skipped(self, tp: TopicPartition, records: Sequence) -> list[tuple[int, int]]:
+        """The offset ranges a fetch of `records` (in offset order) skipped; `tp`'s next fetch
+        then begins after the last of them."""
+        if not records:
+            return []
+        first, last = records[0].offset, records[-1].offset
+        expected = self._next.get(tp, first)
+        self._next[tp] = max(expected, last + 1)
+        if first == expected and last - first + 1 == len(records):  # contiguous: the common case
+            return []
+        return missing(expected, [r.offset for r in records])
+
+
+async def check_gaps(consumer, counters: Counter, gaps: dict[TopicPartition, list[tuple[int, int]]],
+                     timeout_s: float = 10.0) -> None:
+    """Count and log (as :func:`count_lost`) the offsets of `gaps` (fetches skipped them) that
+    are before their log's first offset now, asked of `consumer` (an aiokafka consumer); the
+    rest were transaction markers or aborted records. A request that fails or takes longer
+    than `timeout_s` is logged and nothing counted."""
+    log_start = await _log_starts(consumer, list(gaps), timeout_s)
+    for tp, ranges in gaps.items():
+        first = log_start.get(tp)
+        for start, end in ranges:
+            if first is not None and first > start:
+                count_lost(counters, {tp: start}, {tp: min(end, first)})

@@ -43,6 +43,7 @@ from streams.worker.clients import max_poll_interval_s, output_producer, partiti
 from streams.worker.faults import crash_point
 from streams.worker.host import PipelineHost
 from streams.worker.memory import TRIM_EVERY_S, trim_heap
+from streams.worker.retention import check_gaps
 
 log = logging.getLogger("npo.worker")
 
@@ -56,7 +57,7 @@ class Worker(PipelineHost):
                          loading=lambda role, partition: self.assignments.loading(role, partition),
                          max_poll_interval_s=max_poll_interval_s(settings))
         self.assignments = Assignments(self.stages, self.monitors, self.checkpointer, self.merge,
-                                       self.topics["partials"], self.counters)
+                                       self.topics["partials"], self.counters, self.fetch_gaps)
         self.ingest = self.aggregate = self.reader = None
         self._last_trim = time.monotonic()
 
@@ -134,8 +135,13 @@ class Worker(PipelineHost):
         fetched = await self.ingest.getmany(timeout_ms=100, max_records=20_000)
         if fetched:
             crash_point("round")  # the last batch done, this one not begun
+        gaps = {}
         for tp, records in fetched.items():
+            skipped = self.fetch_gaps.skipped(tp, records)
+            if skipped:
+                gaps[tp] = skipped
             self.merge.add(tp.topic, tp.partition, records)
+        await check_gaps(self.ingest, self.counters, gaps)
         sends = []
         for p, stage in list(self.stages.stages.items()):
             at_end = await self.at_end(p)

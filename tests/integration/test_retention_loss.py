@@ -1,8 +1,13 @@
 """Records deleted from an input log before the worker read them (retention, while every
 worker was down): the worker restarted from its checkpoint counts them by topic, logs them,
 and reads on from the log's first record; nothing else is counted lost, and the next start
-does not count them again."""
+does not count them again. Also while a worker runs and has fallen behind: its client goes
+on at the log's first record without a word, and the worker counts and logs what it skipped."""
 from __future__ import annotations
+
+import os
+import signal
+import time
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -104,3 +109,25 @@ def test_the_faust_host_logs_records_deleted_before_it_read_them(cluster, tmp_pa
     stop(second)
     log = log_tail(second, 10**6)
     assert log.count("deleted before they were read") == 1 and _message(settings, scores_at) in log, log_tail(second)
+
+
+@pytest.mark.parametrize("host", ["worker", "faust"])
+def test_records_deleted_while_a_running_worker_had_not_read_them_are_counted_once(cluster, tmp_path, host):
+    """The worker is stopped (SIGSTOP, shorter than its session) while the later events are
+    produced and the first of their scores deleted, as retention would behind a lagging
+    consumer; it then goes on (SIGCONT) and its next fetch asks for deleted offsets."""
+    settings = cluster(1)
+    earlier, later = _events()
+    _produce(settings, earlier)
+    worker = spawn(settings, tmp_path / "worker.log", host=host)
+    wait_caught_up(settings, [worker], host=host)
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        time.sleep(1.5)  # the fetch in flight is answered, empty: the next one asks for the deleted offsets
+        scores_at, _ = _delete_unread_scores(settings, later)
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    wait_caught_up(settings, [worker], host=host)
+    stop(worker)
+    log = log_tail(worker, 10**6)
+    assert log.count("deleted before they were read") == 1 and _message(settings, scores_at) in log, log_tail(worker)
