@@ -1,12 +1,14 @@
 """A retraining job as a Faust agent on the triggers topic: `faust -A streams.faust.retraining worker --without-web`.
 
 It starts a retrain for each `retrain` trigger once. Trigger ids are deterministic (a
-replay or a second worker publishing the same window's trigger repeats the id), so the
-agent remembers the ids it has acted on in a Faust table, which Faust recovers from its
-changelog on restart and rebalance. The table is the fast path, not the guarantee: a crash
-or an agent restart between acting and recording repeats the act, so the job itself is keyed
-by the trigger id and launching it twice starts it once (as a Kubernetes Job named by the id
-would refuse its twin).
+replay or a second worker publishing the same window's trigger repeats the id), so the job
+itself is keyed by the trigger id and launching it twice starts it once (as a Kubernetes Job
+named by the id would refuse its twin); that holds across crashes, restarts and rebalances.
+Within a process, ids already started are skipped without asking the job system (a bounded
+`SeenIds`). The agent keeps no Faust table: in faust-streaming 0.15.3 a worker with tables
+resumes its input partitions before seeking them to their committed offsets while the
+fetcher already runs (table recovery), and after a restart one input partition could go
+unread until the next rebalance.
 
 Settings come from the environment as for `npo worker` (`NPO_KAFKA_*`, `NPO_TOPIC_PREFIX`,
 `NPO_TOPIC_PARTITIONS`, `NPO_STATE_DIR`); `NPO_RETRAIN_LOG`, if set, is a file that gets one
@@ -21,10 +23,9 @@ import json
 import logging
 import os
 
-from faust.exceptions import PartitionsMismatch
-
 from streams.faust.connect import create_app
 from streams.faust.records import Trigger
+from streams.kafka.triggers import SeenIds
 from streams.settings import load
 
 log = logging.getLogger("npo.retraining")
@@ -33,7 +34,7 @@ RETRY_FIRST_S, RETRY_MAX_S = 1.0, 60.0  # waits between tries to start a job, do
 settings = load()
 app = create_app(settings, settings.group_id + "-retraining", topic_allow_declare=True)
 triggers = app.topic(settings.topic("triggers"), value_type=Trigger, key_serializer="raw")
-started = app.Table("npo-retrains-started", default=bool, partitions=settings.topic_partitions)
+started = SeenIds()
 
 
 def start_retraining(trigger: Trigger) -> None:
@@ -49,8 +50,7 @@ def start_retraining(trigger: Trigger) -> None:
             jobs.seek(0)
             text = jobs.read()
             if trigger.trigger_id in _ids(text):
-                log.warning("retrain %s was started before (acted on, then not recorded); not again",
-                            trigger.trigger_id)
+                log.warning("retrain %s was started before; not again", trigger.trigger_id)
                 return
             # a line cut short by a writer that crashed is ended first, so this one stays whole
             jobs.write(("\n" if text and not text.endswith("\n") else "") + json.dumps(line) + "\n")
@@ -73,9 +73,9 @@ def _ids(text: str) -> set[str]:
 @app.agent(triggers)
 async def retrain(stream):
     async for trigger in stream:
-        if trigger.rule == "retrain" and not started[trigger.trigger_id]:
+        if trigger.rule == "retrain" and trigger.trigger_id not in started:
             await until_started(trigger)
-            remember(trigger.trigger_id)
+            started.add(trigger.trigger_id)
 
 
 async def until_started(trigger: Trigger) -> None:
@@ -94,17 +94,3 @@ async def until_started(trigger: Trigger) -> None:
         await asyncio.sleep(wait)
         wait = min(2 * wait, RETRY_MAX_S)
 
-
-def remember(trigger_id: str) -> None:
-    """Record a started retrain in the table. Faust refuses the write while its metadata does
-    not yet show the changelog topic it has just created (a busy broker, at startup; the
-    metadata is refreshed within `consumer_metadata_max_age_ms`): the table then misses the
-    id, which the job's own key covers (with `NPO_RETRAIN_LOG` set, or a job system that
-    refuses a second job of the same name), and the agent goes on instead of crashing and
-    waiting for its supervisor to restart it."""
-    try:
-        started[trigger_id] = True
-    except PartitionsMismatch as exc:
-        if app.consumer.topic_partitions(started.changelog_topic_name):
-            raise  # the changelog is known and its partitions differ: a misconfiguration
-        log.warning("retrain %s not recorded in the table: %s", trigger_id, exc)

@@ -38,8 +38,6 @@ HOSTS = {  # how each host of the pipeline is started, and the consumer groups i
                   "-l", "warn"], ("-faust-ingest", "-faust-aggregate")),
     "retraining": ([sys.executable, "-m", "faust", "-A", "streams.faust.retraining", "worker", "--without-web", "-l",
                     "info"], ()),
-    "retraining-stale-metadata": ([sys.executable, "-m", "faust", "-A", "tests.integration.retraining_stale_metadata",
-                                   "worker", "--without-web", "-l", "info"], ()),
     "retraining-failing-jobs": ([sys.executable, "-m", "faust", "-A", "tests.integration.retraining_failing_jobs",
                                  "worker", "--without-web", "-l", "info"], ()),
 }
