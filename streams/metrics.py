@@ -99,10 +99,10 @@ class Metrics:
                                         "by role: over npo_checkpoints, the size of one", ["role"], registry=r)
         self.checkpoint_deltas = Counter("npo_checkpoint_deltas", "Of npo_checkpoints, those holding only what "
                                          "changed since the one before (the rest are whole)", ["role"], registry=r)
-        self.records_lost_to_retention = Counter("npo_records_lost_to_retention", "Input records deleted "
-                                                 "(retention, delete-records) before they were processed: before "
-                                                 "its log's first offset where a loaded checkpoint resumes, or "
-                                                 "skipped by a running fetch; by topic",
+        self.records_lost_to_retention = Counter("npo_records_lost_to_retention", "Input or partials records "
+                                                 "deleted (retention, delete-records) before they were processed: "
+                                                 "before its log's first offset where a loaded checkpoint resumes, "
+                                                 "or skipped by a fetch; by topic",
                                                  ["topic"], registry=r)
         self.checkpoint_guard_errors = Counter("npo_checkpoint_guard_errors", "Checkpoints (or their hourly "
                                                "refreshes) not committed because the group's committed pointer "

@@ -51,3 +51,70 @@ def test_a_message_that_lands_early_waits_for_the_one_before_it():
     assert seq.accept(0, 2, 13, "b") == ["b", "c"] and seq.held == 0
     assert seq.accept(0, 2, 14, "b") == [] and seq.resume_offset(15) == 15
     assert seq.applied == {0: 3, 1: 1}
+
+
+@st.composite
+def deleted_before_read(draw):
+    """Messages 1..n of a few input partitions in send order, interleaved, some re-delivered
+    later; the offsets [a, b) deleted before the reader got to them, and restarts after any
+    offset it reads."""
+    counts = draw(st.lists(st.integers(1, 8), min_size=1, max_size=3))
+    queues = [[(src, n) for n in range(1, k + 1)] for src, k in enumerate(counts)]
+    log = []
+    while any(queues):
+        log.append(draw(st.sampled_from([q for q in queues if q])).pop(0))
+    for _ in range(draw(st.integers(0, 4))):  # a re-delivery lands after its original
+        at = draw(st.integers(0, len(log) - 1))
+        log.insert(draw(st.integers(at + 1, len(log))), log[at])
+    a = draw(st.integers(0, len(log)))
+    b = draw(st.integers(a, len(log)))
+    restarts = draw(st.sets(st.integers(0, len(log) - 1), max_size=4))
+    return log, a, b, restarts
+
+
+@settings(max_examples=500, deadline=None)
+@given(deleted_before_read())
+def test_after_messages_are_deleted_unread_every_message_still_in_the_log_is_applied_once_in_order(drawn):
+    """The reader finds offsets [a, b) gone (its fetch jumps from a to b) and gives up on them;
+    restarts from its checkpoints at any point, also between the give-up and the next message
+    of each input partition. Each input partition's applied messages: every one the log still
+    holds, once, in the order sent; a re-delivery that lands after a later message is dropped
+    (before the gap it was applied already; after it, the ones before that message were given up)."""
+    log, a, b, restarts = drawn
+    applied: list[tuple[int, int]] = []
+    seq, offset = PartialsSequencer(), 0
+    while offset < len(log):
+        if a <= offset < b:  # the fetch asks for a deleted offset: the consumer goes on at b
+            applied += [part for _, part in seq.give_up()]
+            offset = b
+            continue
+        src, n = log[offset]
+        applied += seq.accept(src, n, offset, (src, n))
+        offset += 1
+        if offset - 1 in restarts:
+            restarts = restarts - {offset - 1}
+            resume = seq.resume_offset(offset)
+            seq = PartialsSequencer(dict(seq.applied), None if seq.resync is None else sorted(seq.resync.items()))
+            offset = resume
+    kept = [m for i, m in enumerate(log) if not a <= i < b]
+    for src in {s for s, _ in log}:
+        expected: list[int] = []
+        for n in (n for s, n in kept if s == src):
+            if not expected or n > expected[-1]:
+                expected.append(n)
+        assert [n for s, n in applied if s == src] == expected
+    assert seq.held == 0
+
+
+def test_giving_up_applies_what_is_held_and_takes_each_input_s_messages_as_they_come_until_two_in_a_row():
+    seq = PartialsSequencer({0: 1, 1: 4})
+    assert seq.accept(0, 3, 10, "c") == [] and seq.held == 1  # waits for 2
+    assert seq.give_up() == [(0, "c")] and seq.held == 0 and seq.applied == {0: 3, 1: 4}
+    assert seq.accept(1, 3, 11, "old") == []  # a re-delivery of one applied: dropped
+    assert seq.accept(1, 6, 12, "f") == ["f"] and seq.resync == {1: False}  # 5 was deleted
+    assert seq.accept(1, 8, 13, "h") == ["h"] and seq.resync == {1: False}  # 7 was deleted, or comes late
+    assert seq.accept(1, 7, 14, "g") == []  # came late: dropped
+    assert seq.accept(1, 9, 15, "i") == ["i"] and seq.resync == {1: True}  # two in a row
+    assert seq.accept(1, 11, 16, "k") == []  # from now on, order as before: 10 is waited for
+    assert seq.accept(0, 4, 17, "d") == ["d"] and seq.resync == {0: False, 1: True}
+    assert seq.applied == {0: 4, 1: 9}

@@ -63,6 +63,7 @@ class FaustHost(PipelineHost):
         self._assigned: set[tuple[str, int]] = set()  # Faust's current assignment of the NPO topics
         self._next: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset expected from Faust
         self._partials: dict[int, list] = {}  # partials partition -> messages not yet applied
+        self._given_up: set[int] = set()  # partials partitions whose deleted partials are to be given up on
         self._generation: int | None = None  # Faust's consumer generation at the last assignment
         self._revoked_in: int | None = None  # the generation in which partitions were last revoked
         self._lock = asyncio.Lock()  # one round, rebalance or shutdown at a time
@@ -205,6 +206,8 @@ class FaustHost(PipelineHost):
                 if loaded is not None:
                     self.monitors.open(q, loaded.state, loaded.offsets.get(tp.topic))
                     self._partials.pop(q, None)
+                    self._given_up.discard(q)
+                    self.fetch_gaps.moved(tp, self.monitors.offsets.get(q))
                 moves[tp] = self._move(tp, self.monitors.offsets.get(q, 0) if loaded is not None else None)
             if moves:  # on the consumer's own thread, as Faust's seeks are
                 await self.app.consumer.seek_wait(moves)
@@ -258,30 +261,32 @@ class FaustHost(PipelineHost):
 
     async def ingest(self, messages) -> None:
         """Messages of `scores` and `feedback`, as an agent took them."""
-        by_tp: dict[tuple[str, int], list] = {}
-        gaps = {}
+        by_tp: dict[TopicPartition, list] = {}
         async with self._guarded() as healthy:
             if not healthy:
                 return
             for m in self._fresh(messages):
-                by_tp.setdefault((m.topic, m.partition), []).append(m)
+                by_tp.setdefault(TopicPartition(m.topic, m.partition), []).append(m)
             if by_tp:
                 crash_point("round")  # the last batch done, this one not begun
-            for (topic, p), records in by_tp.items():
-                skipped = self.fetch_gaps.skipped(TopicPartition(topic, p), records)
-                if skipped:
-                    gaps[TopicPartition(topic, p)] = skipped
-                self.merge.add(topic, p, records)
+            for tp, records in by_tp.items():
+                self.merge.add(tp.topic, tp.partition, records)
+            gaps = self.fetch_gaps.gaps(by_tp)
         await check_gaps(self._books["ingest"], self.counters, gaps)  # outside the lock: a request to the broker
         await self.round()
 
     async def aggregate(self, messages) -> None:
         """Messages of `partials`, as an agent took them."""
+        by_tp: dict[TopicPartition, list] = {}
         async with self._guarded() as healthy:
             if not healthy:
                 return
             for m in self._fresh(messages):
                 self._partials.setdefault(m.partition, []).append(m)
+                by_tp.setdefault(TopicPartition(m.topic, m.partition), []).append(m)
+            gaps = self.fetch_gaps.gaps(by_tp)
+        for tp in await check_gaps(self._books["aggregate"], self.counters, gaps):
+            self._given_up.add(tp.partition)  # applied at the next round
         await self.round()
 
     async def round(self) -> None:
@@ -298,6 +303,10 @@ class FaustHost(PipelineHost):
             crash_point("batch")
             await self.delivery.deliver(sends)
             sends = []
+            for q in sorted(self._given_up):
+                if self.monitors.get(q) is not None:
+                    sends += self.monitors.give_up(q)  # what the deleted partials held back
+            self._given_up.clear()
             for q, records in sorted(self._partials.items()):
                 if self.monitors.get(q) is not None:
                     sends += self.monitors.add(q, records)

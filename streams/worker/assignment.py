@@ -83,6 +83,8 @@ class Assignments:
 
     def _aggregate_revoked(self, partitions: set[int]) -> None:
         self._joined.discard("aggregate")  # monitors stay until the assignment that follows says whether they come back
+        for q in partitions:
+            self.fetch_gaps.moved(self._tps("aggregate", q)[0], None)
 
     def _aggregate_assigned(self, partitions: set[int]) -> None:
         self._joined.add("aggregate")
@@ -130,5 +132,6 @@ class Assignments:
     def _seek_aggregate(self, consumer, q: int, tp, loaded) -> None:
         if loaded is not None:
             self.monitors.open(q, loaded.state, loaded.offsets.get(tp.topic))
+        self.fetch_gaps.moved(tp, self.monitors.offsets.get(q))
         if q in self.monitors.offsets:
             consumer.seek(tp, self.monitors.offsets[q])

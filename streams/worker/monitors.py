@@ -49,7 +49,8 @@ class Monitors:
         monitor.set_thresholds(self._thresholds)
         if state:
             monitor.load(state["monitor"])
-        self.sequencers[q] = PartialsSequencer({int(i): int(n) for i, n in state.get("applied", [])})
+        self.sequencers[q] = PartialsSequencer({int(i): int(n) for i, n in state.get("applied", [])},
+                                               state.get("resync"))
         self.offsets.pop(q, None)
         if offset is not None:
             self.offsets[q] = offset
@@ -72,7 +73,7 @@ class Monitors:
 
     def add(self, q: int, records: list) -> list[tuple]:
         """Kafka records of partials partition `q`, in offset order: the messages they produce."""
-        monitor, sequencer, sends = self.monitors[q], self.sequencers[q], []
+        sequencer, sends = self.sequencers[q], []
         for r in records:
             self.offsets[q] = r.offset + 1
             self.dirty.add(q)
@@ -82,10 +83,23 @@ class Monitors:
                 log.exception("skipping a malformed partials message", extra={"offset": r.offset})
                 continue
             for ready in sequencer.accept(inp, seq, r.offset, part):
-                out = monitor.add(inp, [ready])
-                sends += self.publisher.windows(out.windows) + self.publisher.triggers(out.triggers)
+                sends += self._apply(q, inp, ready)
         self.metrics.partials_held.labels(str(q)).set(sequencer.held)
         return sends
+
+    def give_up(self, q: int) -> list[tuple]:
+        """Partials of `q` were deleted before they were applied: what they held back is applied
+        now, and the messages they produce."""
+        sends = []
+        for inp, part in self.sequencers[q].give_up():
+            sends += self._apply(q, inp, part)
+        self.dirty.add(q)
+        self.metrics.partials_held.labels(str(q)).set(0)
+        return sends
+
+    def _apply(self, q: int, inp: int, part) -> list[tuple]:
+        out = self.monitors[q].add(inp, [part])
+        return self.publisher.windows(out.windows) + self.publisher.triggers(out.triggers)
 
     def early(self) -> list[tuple]:
         """Early results of every monitor's open windows, when `early_every_s` has passed."""
@@ -105,5 +119,8 @@ class Monitors:
         offset = sequencer.resume_offset(self.offsets[q])
         self.dirty.discard(q)
         topic = self.publisher.topics["partials"]
-        return pack(snapshot.encode("aggregate", {"monitor": monitor.dump(), "offsets": {topic: offset},
-                                                  "applied": [[i, s] for i, s in sequencer.applied.items()]})), offset
+        state = {"monitor": monitor.dump(), "offsets": {topic: offset},
+                 "applied": [[i, s] for i, s in sequencer.applied.items()]}
+        if sequencer.resync is not None:  # partials were given up on (deleted unread)
+            state["resync"] = [[i, s] for i, s in sorted(sequencer.resync.items())]
+        return pack(snapshot.encode("aggregate", state)), offset

@@ -1,15 +1,17 @@
-"""Input records a partition's log no longer holds when the pipeline comes to read them:
-deleted by retention (or an operator's delete-records) before it processed them. The
+"""Input or partials records a partition's log no longer holds when the pipeline comes to read
+them: deleted by retention (or an operator's delete-records) before it processed them. The
 consumer then goes on at the log's first offset (it reads with
 ``auto_offset_reset=earliest``) without a word; this makes the gap loud: an error log naming
 the partition and the offsets, and a counter (``lost_to_retention`` by topic,
-``npo_records_lost_to_retention_total``).
+``npo_records_lost_to_retention_total``). For partials, the host then has the aggregate stop
+waiting for the numbers it lost (`Monitors.give_up`).
 
 Checked in two places. When an input partition's state is loaded, from the offsets its
 checkpoint resumes at (every worker stayed down longer than the topic's retention): the state
 then goes on from the log's first offset, so the next load does not count the same records
-again. And while it runs, at each fetch that skips offsets (:class:`FetchGaps`; a consumer
-that fell behind retention, which ``npo_consumer_lag`` shows coming): transaction markers
+again. And at each fetch that skips offsets (:class:`FetchGaps`: a consumer that fell behind
+retention while it ran, which ``npo_consumer_lag`` shows coming, or an aggregate whose
+checkpoint resumes before its partials log's first offset): transaction markers
 and aborted transactions skip offsets too, so a skip counts only the offsets the log no
 longer holds. Not seen: a partition whose group's committed checkpoint pointer is gone too
 (Kafka deletes a group's offsets `offsets.retention.minutes` after its last member left, 7
@@ -107,16 +109,29 @@ class FetchGaps:
             return []
         return missing(expected, [r.offset for r in records])
 
+    def gaps(self, fetched: dict[TopicPartition, Sequence]) -> dict[TopicPartition, list[tuple[int, int]]]:
+        """:meth:`skipped` of each partition of a fetch (`fetched`: records by partition), for
+        those that skipped some."""
+        gaps = {}
+        for tp, records in fetched.items():
+            skipped = self.skipped(tp, records)
+            if skipped:
+                gaps[tp] = skipped
+        return gaps
+
 
 async def check_gaps(consumer, counters: Counter, gaps: dict[TopicPartition, list[tuple[int, int]]],
-                     timeout_s: float = 10.0) -> None:
+                     timeout_s: float = 10.0) -> set[TopicPartition]:
     """Count and log (as :func:`count_lost`) the offsets of `gaps` (fetches skipped them) that
     are before their log's first offset now, asked of `consumer` (an aiokafka consumer); the
-    rest were transaction markers or aborted records. A request that fails or takes longer
-    than `timeout_s` is logged and nothing counted."""
+    rest were transaction markers or aborted records. The partitions that lost some. A request
+    that fails or takes longer than `timeout_s` is logged and nothing counted."""
     log_start = await _log_starts(consumer, list(gaps), timeout_s)
+    lost = set()
     for tp, ranges in gaps.items():
         first = log_start.get(tp)
         for start, end in ranges:
             if first is not None and first > start:
                 count_lost(counters, {tp: start}, {tp: min(end, first)})
+                lost.add(tp)
+    return lost

@@ -8,6 +8,14 @@ n only after n - 1: one that comes early is held until the gap fills, one alread
 so a checkpoint resumes from the earliest held one's offset and a restart reads it again.
 An idleness note is not numbered (seq 0: whether a partition fell idle depends on the wall
 clock, so a replay need not repeat it) and is applied as it comes.
+
+Messages deleted from the log before they were applied (retention behind a consumer that
+fell more than the topic's retention behind) never come: `give_up` applies what is held
+across its gaps, and then each input partition's messages are taken as they come, whatever
+their numbers (a later one drops an earlier one that comes after it), until two in a row
+follow each other: the ones before may be among the deleted, and a re-delivery of one of
+them can land after them. Where each input partition stands in that is part of the
+checkpoint, so a restart in between goes on the same way.
 """
 from __future__ import annotations
 
@@ -20,9 +28,12 @@ class PartialsSequencer(Generic[Part]):
     """Per partials partition: the last message applied from each input partition, and the
     messages held for a gap before them."""
 
-    def __init__(self, applied: dict[int, int] | None = None) -> None:
+    def __init__(self, applied: dict[int, int] | None = None, resync: list | None = None) -> None:
         self.applied: dict[int, int] = dict(applied or {})
         self._held: dict[int, dict[int, tuple[int, Part]]] = {}  # input -> seq -> (offset, part)
+        # after give_up (None: never): input partition -> whether two in a row have come since
+        # (absent: none has come since)
+        self.resync: dict[int, bool] | None = None if resync is None else {int(i): bool(s) for i, s in resync}
 
     def accept(self, source: int, seq: int, offset: int, part: Part) -> list[Part]:
         """The parts to apply now, in order, once message `seq` of input partition `source`
@@ -32,6 +43,10 @@ class PartialsSequencer(Generic[Part]):
         last = self.applied.get(source, 0)
         if seq <= last:
             return []
+        if self.resync is not None and not self.resync.get(source, False):
+            in_a_row = self.resync.get(source) is False and seq == last + 1  # follows one come since
+            self.resync[source] = in_a_row
+            last = max(last, seq - 1)  # the ones before it may have been deleted: not waited for
         held = self._held.setdefault(source, {})
         held.setdefault(seq, (offset, part))
         ready = []
@@ -41,6 +56,20 @@ class PartialsSequencer(Generic[Part]):
         self.applied[source] = last
         if not held:
             del self._held[source]
+        return ready
+
+    def give_up(self) -> list[tuple[int, Part]]:
+        """Stop waiting for what is missing (it was deleted before it was read): the held
+        messages as (input partition, part), in order across their gaps; from now on each input
+        partition's messages are taken whatever their numbers, until two in a row follow each
+        other."""
+        ready = []
+        for source, held in sorted(self._held.items()):
+            numbers = sorted(held)
+            ready += [(source, held[n][1]) for n in numbers]
+            self.applied[source] = numbers[-1]
+        self._held.clear()
+        self.resync = {}
         return ready
 
     @property

@@ -14,15 +14,19 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streams.config import MonitorConfig
+from streams.demo.runner import encode_messages
 from streams.kafka.producer import EventProducer
+from streams.pipeline import PartitionStage
 from streams.simulate import SimConfig, simulate
-from tests.integration.harness import WorkerThread
+from streams.worker.outputs import PartialsRouter
+from tests.integration.harness import WorkerThread, ordered_producer
 from tests.integration.processes import log_tail, spawn, stop, wait_caught_up
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CONFIG = MonitorConfig()
 LOST = 25
+LOST_PARTIALS = 3
 
 
 def _produce(settings, events) -> None:
@@ -131,3 +135,49 @@ def test_records_deleted_while_a_running_worker_had_not_read_them_are_counted_on
     stop(worker)
     log = log_tail(worker, 10**6)
     assert log.count("deleted before they were read") == 1 and _message(settings, scores_at) in log, log_tail(worker)
+
+
+def _partials_messages(settings) -> list[bytes]:
+    """The partials messages input partition 0 sends for simulated traffic, numbered 1, 2, ...,
+    made as a worker's ingest makes them."""
+    stage = PartitionStage(CONFIG)
+    router = PartialsRouter(settings.topic("partials"), CONFIG.layout.width, partitions=1)
+    messages = []
+    try:
+        for batch in encode_messages(simulate(SimConfig(seed=4, n_windows=12, decisions_per_window=60)).events, 150):
+            for part in stage.process([batch]).partials:
+                messages += [value for _, value, _, _ in router.messages(0, part)]
+    finally:
+        stage.close()
+    return messages
+
+
+@pytest.mark.parametrize("host", ["worker", "faust"])
+def test_partials_deleted_before_the_aggregate_read_them_are_counted_and_it_does_not_wait_for_them(
+        cluster, tmp_path, host):
+    """Partials the aggregate's checkpoint had not reached were deleted while it was down, as
+    partials retention (2 days) would after a longer outage: the restarted aggregate counts
+    and logs them, gives up waiting for their numbers, and applies the rest."""
+    settings = cluster(1)
+    messages = _partials_messages(settings)
+    assert len(messages) > 2 * LOST_PARTIALS
+    producer = ordered_producer(settings)
+
+    def produce(values) -> None:
+        for value in values:
+            producer.produce(settings.topic("partials"), value, partition=0)
+        assert producer.flush(30) == 0
+
+    produce(messages[:LOST_PARTIALS])
+    first = spawn(settings, tmp_path / "first.log", host=host)
+    wait_caught_up(settings, [first], host=host)  # its checkpoint covers them
+    stop(first)
+    produce(messages[LOST_PARTIALS:])
+    _delete(settings, "partials", 2 * LOST_PARTIALS)
+    second = spawn(settings, tmp_path / "second.log", host=host)
+    wait_caught_up(settings, [second], host=host, timeout=120)  # nothing held back: its checkpoint reaches the end
+    stop(second)
+    log = log_tail(second, 10**6)
+    lost = (f"{settings.topic('partials')}[0]: {LOST_PARTIALS} records (offsets {LOST_PARTIALS} to "
+            f"{2 * LOST_PARTIALS - 1}) were deleted before they were read")
+    assert log.count("deleted before they were read") == 1 and lost in log, log_tail(second)
