@@ -3,13 +3,15 @@ brute-force references: offsets anywhere in Kafka's range, gaps from none to hug
 cut anywhere, positions moved or forgotten between fetches."""
 from __future__ import annotations
 
-from collections import namedtuple
+import asyncio
+from collections import Counter, namedtuple
 
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaTimeoutError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.worker.retention import FetchGaps, missing
+from streams.worker.retention import FetchGaps, check_gaps, missing
 
 Record = namedtuple("Record", "offset")
 TP = TopicPartition("scores", 0)
@@ -96,3 +98,36 @@ def test_partitions_are_tracked_apart_and_a_move_back_is_not_a_gap():
     gaps.moved(TP, 5)  # a reload from an older checkpoint replays
     assert gaps.skipped(TP, [Record(5), Record(7)]) == [(6, 7)]
     assert gaps.skipped(other, [Record(11)]) == []
+
+
+class _LogStarts:
+    """A consumer's `beginning_offsets`, which fails `failures` times first (the only part of a
+    consumer `check_gaps` uses)."""
+
+    def __init__(self, starts: dict, failures: int = 0) -> None:
+        self.starts, self.failures, self.asked = starts, failures, 0
+
+    async def beginning_offsets(self, tps):
+        self.asked += 1
+        if self.asked <= self.failures:
+            raise KafkaTimeoutError()
+        return {tp: self.starts[tp] for tp in tps}
+
+
+def test_only_offsets_before_the_log_s_first_are_counted_lost_each_once_and_a_failed_ask_is_tried_again(caplog):
+    other = TopicPartition("scores", 1)
+    gaps, counters = FetchGaps(), Counter()
+    consumer = _LogStarts({TP: 130, other: 7}, failures=2)
+    found = {TP: [(100, 105), (110, 140)], other: [(8, 9)]}  # other: a transaction marker, past the log start
+    with caplog.at_level("WARNING", logger="npo.worker"):
+        lost = asyncio.run(check_gaps(consumer, counters, found, gaps, retry_s=0))
+    assert consumer.asked == 3 and lost == {TP}
+    assert counters == Counter({("lost_to_retention", "scores"): 5 + 20})  # 100-104, 110-129
+    assert sum("could not check" in r.getMessage() for r in caplog.records) == 2
+    # the consumer is sought back (a rebalance kept the partition): the same gap is met again
+    assert asyncio.run(check_gaps(consumer, counters, {TP: [(100, 150)]}, gaps, retry_s=0)) == {TP}
+    assert counters[("lost_to_retention", "scores")] == 25  # nothing twice...
+    consumer.starts[TP] = 160
+    asyncio.run(check_gaps(consumer, counters, {TP: [(100, 170)]}, gaps))
+    assert counters[("lost_to_retention", "scores")] == 25 + 30  # ...but what retention deleted since
+    assert asyncio.run(check_gaps(consumer, counters, {other: [(7, 8)]}, gaps)) == set()

@@ -3,9 +3,11 @@ land in: against the plain definition, over every delivery order with re-deliver
 restarts from a checkpoint at any point."""
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streams.state.snapshot import SnapshotError
 from streams.worker.sequencer import PartialsSequencer
 
 
@@ -56,8 +58,10 @@ def test_a_message_that_lands_early_waits_for_the_one_before_it():
 @st.composite
 def deleted_before_read(draw):
     """Messages 1..n of a few input partitions in send order, interleaved, some re-delivered
-    later; the offsets [a, b) deleted before the reader got to them, and restarts after any
-    offset it reads."""
+    later; the offsets [a, b) deleted before the reader got to them, the log's end `e` when it
+    finds them gone (the rest lands later), and restarts after any offset it reads. Retention
+    deletes old records, long after resends of their time landed: `e` is past every copy of
+    a message sent before offset b."""
     counts = draw(st.lists(st.integers(1, 8), min_size=1, max_size=3))
     queues = [[(src, n) for n in range(1, k + 1)] for src, k in enumerate(counts)]
     log = []
@@ -68,24 +72,23 @@ def deleted_before_read(draw):
         log.insert(draw(st.integers(at + 1, len(log))), log[at])
     a = draw(st.integers(0, len(log)))
     b = draw(st.integers(a, len(log)))
+    first = {}
+    for i, m in enumerate(log):
+        first.setdefault(m, i)
+    e = draw(st.integers(max([b] + [i + 1 for i, m in enumerate(log) if first[m] < b]), len(log)))
     restarts = draw(st.sets(st.integers(0, len(log) - 1), max_size=4))
-    return log, a, b, restarts
+    return log, a, b, e, restarts
 
 
-@settings(max_examples=500, deadline=None)
-@given(deleted_before_read())
-def test_after_messages_are_deleted_unread_every_message_still_in_the_log_is_applied_once_in_order(drawn):
-    """The reader finds offsets [a, b) gone (its fetch jumps from a to b) and gives up on them;
-    restarts from its checkpoints at any point, also between the give-up and the next message
-    of each input partition. Each input partition's applied messages: every one the log still
-    holds, once, in the order sent; a re-delivery that lands after a later message is dropped
-    (before the gap it was applied already; after it, the ones before that message were given up)."""
-    log, a, b, restarts = drawn
+def _read(log, a, b, e, restarts):
+    """What a reader applies of `log` whose offsets [a, b) are gone: its fetch jumps from a to b
+    and it gives up on them (the log then ending at `e`), restarting from its checkpoints after
+    the offsets in `restarts`; and its sequencer at the end."""
     applied: list[tuple[int, int]] = []
     seq, offset = PartialsSequencer(), 0
     while offset < len(log):
-        if a <= offset < b:  # the fetch asks for a deleted offset: the consumer goes on at b
-            applied += [part for _, part in seq.give_up()]
+        if a <= offset < b:
+            applied += [part for _, part in seq.give_up(e)]
             offset = b
             continue
         src, n = log[offset]
@@ -94,8 +97,20 @@ def test_after_messages_are_deleted_unread_every_message_still_in_the_log_is_app
         if offset - 1 in restarts:
             restarts = restarts - {offset - 1}
             resume = seq.resume_offset(offset)
-            seq = PartialsSequencer(dict(seq.applied), None if seq.resync is None else sorted(seq.resync.items()))
+            seq = PartialsSequencer(dict(seq.applied), seq.resync)
             offset = resume
+    return applied, seq
+
+
+@settings(max_examples=1000, deadline=None)
+@given(deleted_before_read())
+def test_after_messages_are_deleted_unread_every_message_still_in_the_log_is_applied_once_in_order(drawn):
+    """Restarts at any point, also between the give-up and the end it noted. Each input
+    partition's applied messages: every one the log still holds, once, in the order sent; a
+    re-delivery that lands after a later message is dropped (before the gap it was applied
+    already; after it, the ones before that message were given up). Nothing is left waiting."""
+    log, a, b, e, restarts = drawn
+    applied, seq = _read(log, a, b, e, restarts)
     kept = [m for i, m in enumerate(log) if not a <= i < b]
     for src in {s for s, _ in log}:
         expected: list[int] = []
@@ -106,15 +121,36 @@ def test_after_messages_are_deleted_unread_every_message_still_in_the_log_is_app
     assert seq.held == 0
 
 
-def test_giving_up_applies_what_is_held_and_takes_each_input_s_messages_as_they_come_until_two_in_a_row():
+@pytest.mark.parametrize("log, a, b, e, applied", [
+    # resends of 1 and 2 landed after 3, which was deleted: 4 does not wait for 3
+    ([(0, 3), (0, 1), (0, 2), (0, 4), (0, 5)], 0, 1, 5, [1, 2, 4, 5]),
+    ([(0, 3), (0, 4), (0, 1), (0, 2), (0, 5)], 0, 2, 5, [1, 2, 5]),
+    # a resend of 1 after 2, which was deleted, and 3 lands after the end noted: it does not wait for 2
+    ([(0, 2), (0, 1), (0, 3), (0, 4)], 0, 1, 2, [1, 3, 4]),
+    # an input partition that sent nothing between the give-up and the end: its next does not wait
+    ([(0, 1), (1, 1), (1, 2), (0, 2), (0, 5), (0, 6)], 1, 4, 4, [1, 5, 6]),
+])
+def test_a_give_up_leaves_nothing_waiting_for_a_deleted_message(log, a, b, e, applied):
+    got, seq = _read(log, a, b, e, set())
+    assert [n for s, n in got if s == 0] == applied and seq.held == 0
+
+
+def test_past_the_end_noted_at_the_give_up_a_message_that_comes_early_waits_again():
     seq = PartialsSequencer({0: 1, 1: 4})
     assert seq.accept(0, 3, 10, "c") == [] and seq.held == 1  # waits for 2
-    assert seq.give_up() == [(0, "c")] and seq.held == 0 and seq.applied == {0: 3, 1: 4}
+    assert seq.give_up(end=20) == [(0, "c")] and seq.held == 0 and seq.applied == {0: 3, 1: 4}
     assert seq.accept(1, 3, 11, "old") == []  # a re-delivery of one applied: dropped
-    assert seq.accept(1, 6, 12, "f") == ["f"] and seq.resync == {1: False}  # 5 was deleted
-    assert seq.accept(1, 8, 13, "h") == ["h"] and seq.resync == {1: False}  # 7 was deleted, or comes late
-    assert seq.accept(1, 7, 14, "g") == []  # came late: dropped
-    assert seq.accept(1, 9, 15, "i") == ["i"] and seq.resync == {1: True}  # two in a row
-    assert seq.accept(1, 11, 16, "k") == []  # from now on, order as before: 10 is waited for
-    assert seq.accept(0, 4, 17, "d") == ["d"] and seq.resync == {0: False, 1: True}
-    assert seq.applied == {0: 4, 1: 9}
+    assert seq.accept(1, 6, 12, "f") == ["f"]  # 5 was deleted
+    assert seq.accept(1, 7, 13, "g") == ["g"] and seq.resync == [20, []]  # before the end: not settled
+    assert seq.accept(1, 9, 20, "i") == ["i"]  # past it, not following 7: 8 was deleted
+    assert seq.accept(1, 10, 21, "j") == ["j"] and seq.resync == [20, [1]]  # settled
+    assert seq.accept(1, 12, 22, "l") == [] and seq.held == 1  # from now on, 11 is waited for
+    assert seq.accept(1, 11, 23, "k") == ["k", "l"]
+    assert seq.accept(0, 4, 24, "d") == ["d"] and seq.resync == [20, [0, 1]]
+    assert seq.applied == {0: 4, 1: 12}
+
+
+@pytest.mark.parametrize("resync", [{"12": 1}, [20], [20, [0, "1"]], ["20", []], [20, [0], 1], [True, []]])
+def test_a_checkpoint_s_malformed_resync_state_is_refused_with_what_it_holds(resync):
+    with pytest.raises(SnapshotError, match="resync state"):
+        PartialsSequencer({0: 1}, resync)

@@ -63,7 +63,8 @@ class FaustHost(PipelineHost):
         self._assigned: set[tuple[str, int]] = set()  # Faust's current assignment of the NPO topics
         self._next: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset expected from Faust
         self._partials: dict[int, list] = {}  # partials partition -> messages not yet applied
-        self._given_up: set[int] = set()  # partials partitions whose deleted partials are to be given up on
+        self._given_up: dict[int, int] = {}  # partials partition -> its log's end when partials were found deleted
+        self._unchecked: set[int] = set()  # partials partitions whose fetch skipped offsets not checked yet
         self._generation: int | None = None  # Faust's consumer generation at the last assignment
         self._revoked_in: int | None = None  # the generation in which partitions were last revoked
         self._lock = asyncio.Lock()  # one round, rebalance or shutdown at a time
@@ -187,6 +188,8 @@ class FaustHost(PipelineHost):
             for q in set(self.monitors.monitors) - partials:
                 self.monitors.drop(q)
                 self._partials.pop(q, None)
+                self._given_up.pop(q, None)
+                self._unchecked.discard(q)
             for p in sorted(inputs):
                 tps = [TopicPartition(t, p) for t in self.merge.topics]
                 loaded = await self.checkpointer.load("ingest", self._books["ingest"], tps, live=p in self.stages.stages)
@@ -206,7 +209,8 @@ class FaustHost(PipelineHost):
                 if loaded is not None:
                     self.monitors.open(q, loaded.state, loaded.offsets.get(tp.topic))
                     self._partials.pop(q, None)
-                    self._given_up.discard(q)
+                    self._given_up.pop(q, None)
+                    self._unchecked.discard(q)
                     self.fetch_gaps.moved(tp, self.monitors.offsets.get(q))
                 moves[tp] = self._move(tp, self.monitors.offsets.get(q, 0) if loaded is not None else None)
             if moves:  # on the consumer's own thread, as Faust's seeks are
@@ -272,7 +276,7 @@ class FaustHost(PipelineHost):
             for tp, records in by_tp.items():
                 self.merge.add(tp.topic, tp.partition, records)
             gaps = self.fetch_gaps.gaps(by_tp)
-        await check_gaps(self._books["ingest"], self.counters, gaps)  # outside the lock: a request to the broker
+        await check_gaps(self._books["ingest"], self.counters, gaps, self.fetch_gaps)  # outside the lock
         await self.round()
 
     async def aggregate(self, messages) -> None:
@@ -285,8 +289,20 @@ class FaustHost(PipelineHost):
                 self._partials.setdefault(m.partition, []).append(m)
                 by_tp.setdefault(TopicPartition(m.topic, m.partition), []).append(m)
             gaps = self.fetch_gaps.gaps(by_tp)
-        for tp in await check_gaps(self._books["aggregate"], self.counters, gaps):
-            self._given_up.add(tp.partition)  # applied at the next round
+            held = {tp: self.monitors.get(tp.partition) for tp in gaps}
+            waiting = {tp: monitor for tp, monitor in held.items() if monitor is not None}
+            self._unchecked |= {tp.partition for tp in waiting}  # not applied until checked
+        if gaps:
+            lost = await check_gaps(self._books["aggregate"], self.counters, gaps, self.fetch_gaps)  # outside the lock
+            async with self._guarded() as healthy:
+                if not healthy:
+                    return
+                for tp, monitor in waiting.items():
+                    if self.monitors.get(tp.partition) is monitor:  # not reloaded meanwhile
+                        self._unchecked.discard(tp.partition)
+                        if tp in lost:
+                            end = max(self.app.consumer.highwater(tp) or 0, by_tp[tp][-1].offset + 1)
+                            self._given_up[tp.partition] = end
         await self.round()
 
     async def round(self) -> None:
@@ -303,14 +319,14 @@ class FaustHost(PipelineHost):
             crash_point("batch")
             await self.delivery.deliver(sends)
             sends = []
-            for q in sorted(self._given_up):
+            for q, end in sorted(self._given_up.items()):
                 if self.monitors.get(q) is not None:
-                    sends += self.monitors.give_up(q)  # what the deleted partials held back
+                    sends += self.monitors.give_up(q, end)  # what the deleted partials held back
             self._given_up.clear()
             for q, records in sorted(self._partials.items()):
-                if self.monitors.get(q) is not None:
+                if self.monitors.get(q) is not None and q not in self._unchecked:
                     sends += self.monitors.add(q, records)
-            self._partials.clear()
+            self._partials = {q: records for q, records in self._partials.items() if q in self._unchecked}
             sends += self.monitors.early()
             if any(m[0] == self.topics["stats"] for m in sends):
                 crash_point("window")

@@ -3,7 +3,8 @@
 It starts a retrain for each `retrain` trigger once. Trigger ids are deterministic (a
 replay or a second worker publishing the same window's trigger repeats the id), so the job
 itself is keyed by the trigger id and launching it twice starts it once (as a Kubernetes Job
-named by the id would refuse its twin); that holds across crashes, restarts and rebalances.
+named by the id would refuse its twin; here, with `NPO_RETRAIN_LOG` set, the log): that holds
+across crashes, restarts and rebalances.
 Within a process, ids already started are skipped without asking the job system (a bounded
 `SeenIds`). The agent keeps no Faust table: in faust-streaming 0.15.3 a worker with tables
 resumes its input partitions before seeking them to their committed offsets while the

@@ -87,11 +87,11 @@ class Monitors:
         self.metrics.partials_held.labels(str(q)).set(sequencer.held)
         return sends
 
-    def give_up(self, q: int) -> list[tuple]:
-        """Partials of `q` were deleted before they were applied: what they held back is applied
-        now, and the messages they produce."""
+    def give_up(self, q: int, end: int) -> list[tuple]:
+        """Partials of `q` were deleted before they were applied (`end`: its log's end offset
+        now): what they held back is applied now; the messages that produces."""
         sends = []
-        for inp, part in self.sequencers[q].give_up():
+        for inp, part in self.sequencers[q].give_up(end):
             sends += self._apply(q, inp, part)
         self.dirty.add(q)
         self.metrics.partials_held.labels(str(q)).set(0)
@@ -122,5 +122,5 @@ class Monitors:
         state = {"monitor": monitor.dump(), "offsets": {topic: offset},
                  "applied": [[i, s] for i, s in sequencer.applied.items()]}
         if sequencer.resync is not None:  # partials were given up on (deleted unread)
-            state["resync"] = [[i, s] for i, s in sorted(sequencer.resync.items())]
+            state["resync"] = sequencer.resync
         return pack(snapshot.encode("aggregate", state)), offset

@@ -54,21 +54,27 @@ async def check_retention(consumer, stages, counters: Counter, resume_at: dict[T
     or takes longer than `timeout_s` is logged and skipped (nothing counted): the check does
     not hold up a partition's start."""
     log_start = await _log_starts(consumer, list(resume_at), timeout_s)
+    resume_at = {tp: max(offset, fetch_gaps.counted_to(tp)) for tp, offset in resume_at.items()}
     for tp, first in count_lost(counters, resume_at, log_start).items():
         stages.skip_to(tp.partition, tp.topic, first)
         fetch_gaps.moved(tp, first)
+        fetch_gaps.counted(tp, first)
 
 
-async def _log_starts(consumer, tps: list[TopicPartition], timeout_s: float) -> dict[TopicPartition, int]:
-    """The first offset each of `tps`' logs holds ({} when there are none to ask for, or the
-    request fails or takes longer than `timeout_s`: logged, and nothing is counted)."""
-    if not tps:
-        return {}
-    try:
-        return await asyncio.wait_for(consumer.beginning_offsets(tps), timeout_s)
-    except (KafkaError, asyncio.TimeoutError) as exc:
-        log.warning("could not check whether retention deleted unread records: %r", exc)
-        return {}
+async def _log_starts(consumer, tps: list[TopicPartition], timeout_s: float,
+                      retry_s: float | None = None) -> dict[TopicPartition, int]:
+    """The first offset each of `tps`' logs holds ({} when there are none to ask for). A request
+    that fails or takes longer than `timeout_s` is logged, and tried again after `retry_s`
+    (None: not tried again, {} returned)."""
+    while tps:
+        try:
+            return await asyncio.wait_for(consumer.beginning_offsets(tps), timeout_s)
+        except (KafkaError, asyncio.TimeoutError) as exc:
+            log.warning("could not check whether retention deleted unread records: %r", exc)
+        if retry_s is None:
+            break
+        await asyncio.sleep(retry_s)
+    return {}
 
 
 def missing(expected: int, offsets: Sequence[int]) -> list[tuple[int, int]]:
@@ -83,12 +89,23 @@ def missing(expected: int, offsets: Sequence[int]) -> list[tuple[int, int]]:
 
 
 class FetchGaps:
-    """Where each partition's next fetch should begin, to notice a fetch that skipped offsets.
-    A partition whose position is not known (never read, or revoked) is not checked until
-    its first fetch after a seek says where it stands."""
+    """Where each partition's next fetch should begin, to notice a fetch that skipped offsets,
+    and up to where its lost records have been counted. A partition whose position is not
+    known (never read, or revoked) is not checked at its first fetch, which says where it
+    stands."""
 
     def __init__(self) -> None:
         self._next: dict[TopicPartition, int] = {}
+        self._counted: dict[TopicPartition, int] = {}  # offsets before it were counted lost, in this process
+
+    def counted_to(self, tp: TopicPartition) -> int:
+        """The offset before which `tp`'s lost records have been counted (0: none)."""
+        return self._counted.get(tp, 0)
+
+    def counted(self, tp: TopicPartition, offset: int) -> None:
+        """`tp`'s lost records before `offset` have been counted (a seek back to before it,
+        as a rebalance or a reload makes, meets the same gap again: not counted twice)."""
+        self._counted[tp] = max(self.counted_to(tp), offset)
 
     def moved(self, tp: TopicPartition, offset: int | None) -> None:
         """The consumer was sought to `offset` (None: where it goes is not known)."""
@@ -121,17 +138,23 @@ class FetchGaps:
 
 
 async def check_gaps(consumer, counters: Counter, gaps: dict[TopicPartition, list[tuple[int, int]]],
-                     timeout_s: float = 10.0) -> set[TopicPartition]:
+                     fetch_gaps: FetchGaps, timeout_s: float = 10.0, retry_s: float = 5.0) -> set[TopicPartition]:
     """Count and log (as :func:`count_lost`) the offsets of `gaps` (fetches skipped them) that
-    are before their log's first offset now, asked of `consumer` (an aiokafka consumer); the
-    rest were transaction markers or aborted records. The partitions that lost some. A request
-    that fails or takes longer than `timeout_s` is logged and nothing counted."""
-    log_start = await _log_starts(consumer, list(gaps), timeout_s)
+    are before their log's first offset now, asked of `consumer` (an aiokafka consumer), and
+    not counted before (`fetch_gaps`); the rest were transaction markers or aborted records.
+    The partitions that lost records. A request that fails or takes longer than `timeout_s` is
+    logged and tried again every `retry_s` until one is answered: the records fetched wait (the
+    aggregate must know whether the partials it waits for are gone)."""
+    log_start = await _log_starts(consumer, list(gaps), timeout_s, retry_s)
     lost = set()
     for tp, ranges in gaps.items():
         first = log_start.get(tp)
         for start, end in ranges:
-            if first is not None and first > start:
-                count_lost(counters, {tp: start}, {tp: min(end, first)})
-                lost.add(tp)
+            if first is None or first <= start:
+                continue  # not deleted: transaction markers or aborted records
+            lost.add(tp)
+            start, end = max(start, fetch_gaps.counted_to(tp)), min(end, first)
+            if end > start:
+                count_lost(counters, {tp: start}, {tp: end})
+                fetch_gaps.counted(tp, end)
     return lost

@@ -11,17 +11,30 @@ clock, so a replay need not repeat it) and is applied as it comes.
 
 Messages deleted from the log before they were applied (retention behind a consumer that
 fell more than the topic's retention behind) never come: `give_up` applies what is held
-across its gaps, and then each input partition's messages are taken as they come, whatever
-their numbers (a later one drops an earlier one that comes after it), until two in a row
-follow each other: the ones before may be among the deleted, and a re-delivery of one of
-them can land after them. Where each input partition stands in that is part of the
-checkpoint, so a restart in between goes on the same way.
+across its gaps, and each input partition's messages are then taken as they come, whatever
+their numbers (one that comes after a later one is dropped), until one at or past the log's
+end as of the give-up follows the last applied: up to that end, resent messages of the
+deleted ones' time can land in any order; past it, an input partition that sent nothing since
+may still be missing deleted numbers. That state is part of the checkpoint, so a restart in
+between goes on the same way.
 """
 from __future__ import annotations
 
 from typing import Generic, TypeVar
 
+from streams.state.snapshot import SnapshotError
+
 Part = TypeVar("Part")
+
+
+def _resync(state) -> tuple[int, set[int]] | None:
+    """The (end offset, settled input partitions) of a checkpoint's resync state (None: none)."""
+    if state is None:
+        return None
+    if (not isinstance(state, (list, tuple)) or len(state) != 2 or type(state[0]) is not int
+            or not isinstance(state[1], (list, tuple)) or any(type(i) is not int for i in state[1])):
+        raise SnapshotError(f"a checkpoint's partials resync state is not [offset, [partition, ...]]: {state!r:.200}")
+    return state[0], set(state[1])
 
 
 class PartialsSequencer(Generic[Part]):
@@ -31,9 +44,8 @@ class PartialsSequencer(Generic[Part]):
     def __init__(self, applied: dict[int, int] | None = None, resync: list | None = None) -> None:
         self.applied: dict[int, int] = dict(applied or {})
         self._held: dict[int, dict[int, tuple[int, Part]]] = {}  # input -> seq -> (offset, part)
-        # after give_up (None: never): input partition -> whether two in a row have come since
-        # (absent: none has come since)
-        self.resync: dict[int, bool] | None = None if resync is None else {int(i): bool(s) for i, s in resync}
+        # after give_up (None: never): the log's end then, and the input partitions settled since
+        self._resync = _resync(resync)
 
     def accept(self, source: int, seq: int, offset: int, part: Part) -> list[Part]:
         """The parts to apply now, in order, once message `seq` of input partition `source`
@@ -43,10 +55,11 @@ class PartialsSequencer(Generic[Part]):
         last = self.applied.get(source, 0)
         if seq <= last:
             return []
-        if self.resync is not None and not self.resync.get(source, False):
-            in_a_row = self.resync.get(source) is False and seq == last + 1  # follows one come since
-            self.resync[source] = in_a_row
-            last = max(last, seq - 1)  # the ones before it may have been deleted: not waited for
+        if self._resync is not None and source not in self._resync[1]:
+            if offset >= self._resync[0] and seq == last + 1:
+                self._resync[1].add(source)  # settled: from now on, gaps are waited for
+            else:
+                last = max(last, seq - 1)  # the ones before it may have been deleted: not waited for
         held = self._held.setdefault(source, {})
         held.setdefault(seq, (offset, part))
         ready = []
@@ -58,19 +71,24 @@ class PartialsSequencer(Generic[Part]):
             del self._held[source]
         return ready
 
-    def give_up(self) -> list[tuple[int, Part]]:
-        """Stop waiting for what is missing (it was deleted before it was read): the held
-        messages as (input partition, part), in order across their gaps; from now on each input
-        partition's messages are taken whatever their numbers, until two in a row follow each
-        other."""
+    def give_up(self, end: int) -> list[tuple[int, Part]]:
+        """Stop waiting for what is missing (it was deleted before it was read; `end`: the
+        log's end offset now): the held messages as (input partition, part), in order across
+        their gaps; from now on each input partition's messages are taken whatever their
+        numbers, until one at or past `end` follows the last applied."""
         ready = []
         for source, held in sorted(self._held.items()):
             numbers = sorted(held)
             ready += [(source, held[n][1]) for n in numbers]
             self.applied[source] = numbers[-1]
         self._held.clear()
-        self.resync = {}
+        self._resync = (end, set())
         return ready
+
+    @property
+    def resync(self) -> list | None:
+        """The state `give_up` began, for a checkpoint (None: no give-up)."""
+        return None if self._resync is None else [self._resync[0], sorted(self._resync[1])]
 
     @property
     def held(self) -> int:

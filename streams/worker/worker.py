@@ -135,9 +135,10 @@ class Worker(PipelineHost):
         fetched = await self.ingest.getmany(timeout_ms=100, max_records=20_000)
         if fetched:
             crash_point("round")  # the last batch done, this one not begun
-        await check_gaps(self.ingest, self.counters, self.fetch_gaps.gaps(fetched))
+        gaps = self.fetch_gaps.gaps(fetched)
         for tp, records in fetched.items():
             self.merge.add(tp.topic, tp.partition, records)
+        await check_gaps(self.ingest, self.counters, gaps, self.fetch_gaps)
         sends = []
         for p, stage in list(self.stages.stages.items()):
             at_end = await self.at_end(p)
@@ -170,9 +171,10 @@ class Worker(PipelineHost):
         """Fetch partials, apply them in each held partition: the messages to write."""
         fetched = await self.aggregate.getmany(timeout_ms=10, max_records=5_000)
         sends = []
-        for tp in await check_gaps(self.aggregate, self.counters, self.fetch_gaps.gaps(fetched)):
+        for tp in await check_gaps(self.aggregate, self.counters, self.fetch_gaps.gaps(fetched), self.fetch_gaps):
             if self.monitors.get(tp.partition) is not None and not self.assignments.loading("aggregate", tp.partition):
-                sends += self.monitors.give_up(tp.partition)  # what the deleted partials held back
+                end = max(self.aggregate.highwater(tp) or 0, fetched[tp][-1].offset + 1)
+                sends += self.monitors.give_up(tp.partition, end)  # what the deleted partials held back
         for tp, records in fetched.items():
             if self.monitors.get(tp.partition) is not None and not self.assignments.loading("aggregate", tp.partition):
                 sends += self.monitors.add(tp.partition, records)
