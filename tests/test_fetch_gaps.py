@@ -121,13 +121,16 @@ def test_only_offsets_before_the_log_s_first_are_counted_lost_each_once_and_a_fa
     found = {TP: [(100, 105), (110, 140)], other: [(8, 9)]}  # other: a transaction marker, past the log start
     with caplog.at_level("WARNING", logger="npo.worker"):
         lost = asyncio.run(check_gaps(consumer, counters, found, gaps, retry_s=0))
-    assert consumer.asked == 3 and lost == {TP}
+    assert consumer.asked == 3 and lost == {TP: 100}  # where its first lost range begins
     assert counters == Counter({("lost_to_retention", "scores"): 5 + 20})  # 100-104, 110-129
     assert sum("could not check" in r.getMessage() for r in caplog.records) == 2
     # the consumer is sought back (a rebalance kept the partition): the same gap is met again
-    assert asyncio.run(check_gaps(consumer, counters, {TP: [(100, 150)]}, gaps, retry_s=0)) == {TP}
+    assert asyncio.run(check_gaps(consumer, counters, {TP: [(100, 150)]}, gaps)) == {TP: 100}
     assert counters[("lost_to_retention", "scores")] == 25  # nothing twice...
     consumer.starts[TP] = 160
     asyncio.run(check_gaps(consumer, counters, {TP: [(100, 170)]}, gaps))
     assert counters[("lost_to_retention", "scores")] == 25 + 30  # ...but what retention deleted since
-    assert asyncio.run(check_gaps(consumer, counters, {other: [(7, 8)]}, gaps)) == set()
+    assert asyncio.run(check_gaps(consumer, counters, {other: [(7, 8)]}, gaps)) == {}
+    consumer.failures = consumer.asked + 1  # without retries, an ask that fails counts nothing
+    assert asyncio.run(check_gaps(consumer, counters, {TP: [(170, 200)]}, gaps)) == {}
+    assert counters[("lost_to_retention", "scores")] == 55

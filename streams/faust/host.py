@@ -40,7 +40,7 @@ from streams.settings import Settings
 from streams.worker.clients import output_producer, partition_counts
 from streams.worker.faults import crash_point
 from streams.worker.host import PipelineHost
-from streams.worker.retention import check_gaps, check_retention
+from streams.worker.retention import RETRY_LOG_START_S, check_gaps, check_retention
 
 log = logging.getLogger("npo.faust")
 
@@ -63,7 +63,8 @@ class FaustHost(PipelineHost):
         self._assigned: set[tuple[str, int]] = set()  # Faust's current assignment of the NPO topics
         self._next: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset expected from Faust
         self._partials: dict[int, list] = {}  # partials partition -> messages not yet applied
-        self._given_up: dict[int, int] = {}  # partials partition -> its log's end when partials were found deleted
+        # partials partition -> (offset its deleted partials begin at, its log's end when found)
+        self._given_up: dict[int, tuple[int, int]] = {}
         self._unchecked: set[int] = set()  # partials partitions whose fetch skipped offsets not checked yet
         self._generation: int | None = None  # Faust's consumer generation at the last assignment
         self._revoked_in: int | None = None  # the generation in which partitions were last revoked
@@ -257,11 +258,15 @@ class FaustHost(PipelineHost):
             try:
                 yield self.failed is None
             except BaseException as exc:
-                self.failed = exc
-                log.error("an NPO round failed; nothing is checkpointed after it (%r)", exc)
-                if not self.app.should_stop:
-                    asyncio.ensure_future(self.app.crash(exc))
+                self._fail(exc)
                 raise
+
+    def _fail(self, exc: BaseException) -> None:
+        """Mark the host failed and crash the app (nothing is checkpointed after it)."""
+        self.failed = exc
+        log.error("an NPO round failed; nothing is checkpointed after it (%r)", exc)
+        if not self.app.should_stop:
+            asyncio.ensure_future(self.app.crash(exc))
 
     async def ingest(self, messages) -> None:
         """Messages of `scores` and `feedback`, as an agent took them."""
@@ -292,8 +297,16 @@ class FaustHost(PipelineHost):
             held = {tp: self.monitors.get(tp.partition) for tp in gaps}
             waiting = {tp: monitor for tp, monitor in held.items() if monitor is not None}
             self._unchecked |= {tp.partition for tp in waiting}  # not applied until checked
+            consuming = self.app.consumer.assignment()
+            ends = {tp: max((self.app.consumer.highwater(tp) if tp in consuming else None) or 0,
+                            by_tp[tp][-1].offset + 1) for tp in waiting}
         if gaps:
-            lost = await check_gaps(self._books["aggregate"], self.counters, gaps, self.fetch_gaps)  # outside the lock
+            try:  # outside the lock: a request to the broker, tried until answered
+                lost = await check_gaps(self._books["aggregate"], self.counters, gaps, self.fetch_gaps,
+                                        retry_s=RETRY_LOG_START_S)
+            except BaseException as exc:
+                self._fail(exc)  # its partials were neither given up on nor applied: start over from the checkpoint
+                raise
             async with self._guarded() as healthy:
                 if not healthy:
                     return
@@ -301,8 +314,7 @@ class FaustHost(PipelineHost):
                     if self.monitors.get(tp.partition) is monitor:  # not reloaded meanwhile
                         self._unchecked.discard(tp.partition)
                         if tp in lost:
-                            end = max(self.app.consumer.highwater(tp) or 0, by_tp[tp][-1].offset + 1)
-                            self._given_up[tp.partition] = end
+                            self._given_up[tp.partition] = (lost[tp], ends[tp])
         await self.round()
 
     async def round(self) -> None:
@@ -319,13 +331,15 @@ class FaustHost(PipelineHost):
             crash_point("batch")
             await self.delivery.deliver(sends)
             sends = []
-            for q, end in sorted(self._given_up.items()):
-                if self.monitors.get(q) is not None:
-                    sends += self.monitors.give_up(q, end)  # what the deleted partials held back
-            self._given_up.clear()
             for q, records in sorted(self._partials.items()):
                 if self.monitors.get(q) is not None and q not in self._unchecked:
+                    if q in self._given_up:  # partials before the gap, what the deleted ones held back, the rest
+                        at, end = self._given_up[q]
+                        sends += self.monitors.add(q, [r for r in records if r.offset < at])
+                        sends += self.monitors.give_up(q, end)
+                        records = [r for r in records if r.offset >= at]
                     sends += self.monitors.add(q, records)
+            self._given_up.clear()
             self._partials = {q: records for q, records in self._partials.items() if q in self._unchecked}
             sends += self.monitors.early()
             if any(m[0] == self.topics["stats"] for m in sends):

@@ -28,6 +28,8 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 log = logging.getLogger("npo.worker")
+RETRY_LOG_START_S = 5.0
+"""Wait between asks for a partials log's first offset, which the aggregate needs answered."""
 
 
 def count_lost(counters: Counter, resume_at: dict[TopicPartition, int],
@@ -138,21 +140,23 @@ class FetchGaps:
 
 
 async def check_gaps(consumer, counters: Counter, gaps: dict[TopicPartition, list[tuple[int, int]]],
-                     fetch_gaps: FetchGaps, timeout_s: float = 10.0, retry_s: float = 5.0) -> set[TopicPartition]:
+                     fetch_gaps: FetchGaps, retry_s: float | None = None,
+                     timeout_s: float = 10.0) -> dict[TopicPartition, int]:
     """Count and log (as :func:`count_lost`) the offsets of `gaps` (fetches skipped them) that
     are before their log's first offset now, asked of `consumer` (an aiokafka consumer), and
     not counted before (`fetch_gaps`); the rest were transaction markers or aborted records.
-    The partitions that lost records. A request that fails or takes longer than `timeout_s` is
-    logged and tried again every `retry_s` until one is answered: the records fetched wait (the
-    aggregate must know whether the partials it waits for are gone)."""
+    The partitions that lost records, each with the offset its first lost range begins at. A
+    request that fails or takes longer than `timeout_s` is logged, and tried again every
+    `retry_s` until one is answered (the fetched records wait: the aggregate must know whether
+    the partials it waits for are gone); with `retry_s` None, nothing is counted then."""
     log_start = await _log_starts(consumer, list(gaps), timeout_s, retry_s)
-    lost = set()
+    lost = {}
     for tp, ranges in gaps.items():
         first = log_start.get(tp)
         for start, end in ranges:
             if first is None or first <= start:
                 continue  # not deleted: transaction markers or aborted records
-            lost.add(tp)
+            lost.setdefault(tp, start)
             start, end = max(start, fetch_gaps.counted_to(tp)), min(end, first)
             if end > start:
                 count_lost(counters, {tp: start}, {tp: end})

@@ -43,7 +43,7 @@ from streams.worker.clients import max_poll_interval_s, output_producer, partiti
 from streams.worker.faults import crash_point
 from streams.worker.host import PipelineHost
 from streams.worker.memory import TRIM_EVERY_S, trim_heap
-from streams.worker.retention import check_gaps
+from streams.worker.retention import RETRY_LOG_START_S, check_gaps
 
 log = logging.getLogger("npo.worker")
 
@@ -170,14 +170,19 @@ class Worker(PipelineHost):
     async def aggregate_round(self) -> list[tuple]:
         """Fetch partials, apply them in each held partition: the messages to write."""
         fetched = await self.aggregate.getmany(timeout_ms=10, max_records=5_000)
+        gaps = self.fetch_gaps.gaps(fetched)
+        ends = {tp: max(self.aggregate.highwater(tp) or 0, fetched[tp][-1].offset + 1) for tp in gaps}
+        lost = await check_gaps(self.aggregate, self.counters, gaps, self.fetch_gaps, retry_s=RETRY_LOG_START_S)
         sends = []
-        for tp in await check_gaps(self.aggregate, self.counters, self.fetch_gaps.gaps(fetched), self.fetch_gaps):
-            if self.monitors.get(tp.partition) is not None and not self.assignments.loading("aggregate", tp.partition):
-                end = max(self.aggregate.highwater(tp) or 0, fetched[tp][-1].offset + 1)
-                sends += self.monitors.give_up(tp.partition, end)  # what the deleted partials held back
         for tp, records in fetched.items():
-            if self.monitors.get(tp.partition) is not None and not self.assignments.loading("aggregate", tp.partition):
-                sends += self.monitors.add(tp.partition, records)
+            q = tp.partition
+            if self.monitors.get(q) is None or self.assignments.loading("aggregate", q):
+                continue
+            if tp in lost:  # partials before the gap, then what the deleted ones held back, then the rest
+                sends += self.monitors.add(q, [r for r in records if r.offset < lost[tp]])
+                sends += self.monitors.give_up(q, ends[tp])
+                records = [r for r in records if r.offset >= lost[tp]]
+            sends += self.monitors.add(q, records)
         sends += self.monitors.early()
         if any(m[0] == self.topics["stats"] for m in sends):
             crash_point("window")
