@@ -16,6 +16,7 @@ from streams.settings import TOPICS
 from streams.state.redis_store import RedisSink
 from tests.integration.harness import (WorkerThread, json_values, ordered_producer, read_topic, redis_cluster_settings,
                                        redis_store)
+from tests.integration.processes import wait_for
 from tests.services import delete_topics, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -71,13 +72,6 @@ def _final(settings, kind: str) -> dict:
             for e in json_values(read_topic(settings, "stats")) if e["final"] and e["window"]["kind"] == kind}
 
 
-def _until(condition, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"  # fail-fast bound, not a speed check
-        time.sleep(0.2)
-
-
 def test_a_threshold_set_in_redis_changes_the_next_evaluation(settings):
     sink = _sink(settings)
     worker = WorkerThread(settings, CONFIG, sink=sink).start()
@@ -89,7 +83,7 @@ def test_a_threshold_set_in_redis_changes_the_next_evaluation(settings):
         store = redis_store(settings)
         store.set_threshold("pol-a", "seg", 0.9)
         assert store.get_threshold("pol-a", "seg") == 0.9
-        _until(lambda: worker.worker.monitors.thresholds.get(("pol-a", "seg")) == 0.9, what="the worker to poll")
+        wait_for(lambda: worker.worker.monitors.thresholds.get(("pol-a", "seg")) == 0.9, 30, "the worker to poll")
         _produce(settings, _windows(6, 12))
         worker.wait_idle()
     finally:
@@ -129,7 +123,7 @@ def test_redis_stopped_and_restarted_mid_run_loses_nothing(settings, redis_servi
     try:
         _produce(settings, sorted(_windows(0, 5) + _windows(0, 2, keys=[QUIET]), key=lambda e: e["ts"]))
         worker.wait_idle()
-        _until(lambda: sink.pending == 0 and sink.written > 0, what="the first flush")
+        wait_for(lambda: sink.pending == 0 and sink.written > 0, 30, "the first flush")
         quiet_before = redis_store(settings).get_stats(*QUIET)
         assert quiet_before is not None
 
@@ -138,17 +132,17 @@ def test_redis_stopped_and_restarted_mid_run_loses_nothing(settings, redis_servi
         _produce(settings, _windows(6, 11))
         worker.wait_idle()
         assert worker.alive()
-        _until(lambda: sink.errors > 0, what="a failed flush")
-        _until(lambda: _scrape(port).get("npo_redis_errors_total", 0) > 0, what="the error metric")
+        wait_for(lambda: sink.errors > 0, 30, "a failed flush")
+        wait_for(lambda: _scrape(port).get("npo_redis_errors_total", 0) > 0, 30, "the error metric")
         time.sleep(max(0.0, 30.0 - (time.monotonic() - down_since)))  # down for 30 s in all
         assert worker.alive() and sink.consecutive_errors > 10
 
         redis_service.start()
-        _until(lambda: sink.consecutive_errors == 0 and sink.pending == 0 and sink.restores == 1,
-               what="the sink to catch up")
+        wait_for(lambda: sink.consecutive_errors == 0 and sink.pending == 0 and sink.restores == 1, 30,
+                 "the sink to catch up")
         _produce(settings, _windows(12, 13))  # and it keeps writing afterwards
         worker.wait_idle()
-        _until(lambda: sink.pending == 0, what="the last flush")
+        wait_for(lambda: sink.pending == 0, 30, "the last flush")
     finally:
         worker.stop()
         sink.stop()
@@ -198,9 +192,9 @@ def test_npo_worker_command_serves_metrics_writes_redis_and_stops_on_sigterm(set
                 return _scrape(port).get('npo_events_in_total{kind="score",topic="score"}', 0) == 4 * 20 * len(KEYS)
             except OSError:
                 return False
-        _until(counted, timeout=60, what="the worker to count every score")
-        _until(lambda: (redis_store(settings).get_stats("pol-a", "seg") or {}).get("tumbling") is not None,
-               timeout=30, what="statistics in Redis")
+        wait_for(counted, 60, "the worker to count every score")
+        wait_for(lambda: (redis_store(settings).get_stats("pol-a", "seg") or {}).get("tumbling") is not None, 30,
+                 "statistics in Redis")
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
