@@ -7,14 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.config import MonitorConfig
-from streams.operators.windows import Partials
 from streams.state.snapshot import SnapshotError
-from streams.worker import partials as partials_codec
-from streams.worker.outputs import RENUMBER_JUMP, PartialsRouter
 from streams.worker.sequencer import PartialsSequencer
-
-WIDTH = MonitorConfig().layout.width
 
 
 @st.composite
@@ -160,50 +154,3 @@ def test_past_the_end_noted_at_the_give_up_a_message_that_comes_early_waits_agai
 def test_a_checkpoint_s_malformed_resync_state_is_refused_with_what_it_holds(resync):
     with pytest.raises(SnapshotError, match="resync state"):
         PartialsSequencer({0: 1}, resync)
-
-
-def _send(router: PartialsRouter, times: int) -> dict[int, list[int]]:
-    """The numbers of `times` rounds of input partition 0's messages, by partials partition."""
-    out: dict[int, list[int]] = {}
-    for _ in range(times):
-        for _, value, _, q in router.messages(0, Partials.empty(WIDTH, 0)):
-            out.setdefault(q, []).append(partials_codec.decode(value, WIDTH)[1])
-    return out
-
-
-def test_an_input_that_skipped_input_renumbers_so_nothing_it_sends_after_is_taken_for_a_repeat():
-    """The input partition sent 7 messages to each partials partition, its checkpoint covers 3;
-    it crashes, and the records after its checkpoint are deleted before it is back: it cannot
-    send messages 4 to 7 again, and what it sends instead must not be dropped as their repeats.
-    A replay from the same checkpoint numbers the same way, so that is dropped as a repeat."""
-    sent = PartialsRouter("partials", WIDTH, partitions=2)
-    _send(sent, 3)
-    checkpoint = sent.numbers(0)
-    receivers = {q: PartialsSequencer() for q in range(2)}
-    for q, numbers in _send(sent, 4).items():  # 1 to 3 were applied before; 4 to 7 now
-        receivers[q].applied[0] = 3
-        assert [n for n in numbers for _ in receivers[q].accept(0, n, 0, n)] == [4, 5, 6, 7]
-
-    def after_the_skip() -> dict[int, list[int]]:
-        router = PartialsRouter("partials", WIDTH, partitions=2)
-        router.restore(0, checkpoint)
-        router.renumber(0)  # (Stages.skip_to)
-        halfway = router.numbers(0)
-        assert halfway == [[0, -(3 + RENUMBER_JUMP)], [1, -(3 + RENUMBER_JUMP)]]  # checkpointed as such
-        return _send(router, 3)
-
-    for q, numbers in after_the_skip().items():
-        first = 3 + RENUMBER_JUMP + 1
-        assert numbers == [-first, first + 1, first + 2]  # the first marked
-        assert sum(len(receivers[q].accept(0, n, 0, n)) for n in numbers) == 3  # none taken for a repeat
-    for q, numbers in after_the_skip().items():  # replayed: the same numbers, repeats
-        assert sum(len(receivers[q].accept(0, n, 0, n)) for n in numbers) == 0
-
-
-def test_the_first_of_a_renumbering_releases_what_waited_and_may_land_after_the_next():
-    seq = PartialsSequencer({0: 3})
-    assert seq.accept(0, 6, 10, "old") == []  # waits for 4 and 5, which the skip means never come
-    assert seq.accept(0, 101, 11, "b") == []  # resent: lands before the first of the renumbering
-    assert seq.accept(0, -100, 12, "a") == ["old", "a", "b"] and seq.held == 0
-    assert seq.applied == {0: 101}
-    assert seq.accept(0, -100, 13, "a") == []  # a replay of it: a repeat

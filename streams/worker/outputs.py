@@ -95,11 +95,6 @@ class Publisher:
         return messages
 
 
-RENUMBER_JUMP = 1 << 32
-"""How far an input partition's partials numbers jump when it skips input (`PartialsRouter.renumber`):
-more messages than it can send to one partials partition between two checkpoints."""
-
-
 class PartialsRouter:
     """Partials of the input partitions as messages to the partials partition of each key,
     numbered 1, 2, ... per (input partition, partials partition), so the receiving side can
@@ -112,23 +107,12 @@ class PartialsRouter:
         self._route: dict[tuple[str, str], int] = {}  # key -> partials partition
 
     def numbers(self, p: int) -> list[list[int]]:
-        """Input partition `p`'s last number sent to each partials partition (checkpointed;
-        negative: the next message is the first of a renumbering, see `renumber`)."""
+        """Input partition `p`'s last number sent to each partials partition (checkpointed)."""
         return sorted([q, n] for q, n in self._seq.get(p, {}).items())
 
     def restore(self, p: int, numbers: list) -> None:
         """Go on from the `numbers` of a checkpoint (none: from the start)."""
         self._seq[p] = {int(q): int(n) for q, n in numbers}
-
-    def renumber(self, p: int) -> None:
-        """Input partition `p` skips input its checkpoint had not covered (deleted by retention):
-        what it sent after that checkpoint it cannot send again, and numbers it reused would be
-        dropped as repeats. Its numbers go on RENUMBER_JUMP further, past anything it can have
-        sent, and the first message to each partials partition says so with its number negated
-        (the receiving side then takes it as the next)."""
-        seq = self._seq.setdefault(p, {})
-        for q in range(self.partitions):
-            seq[q] = -(abs(seq.get(q, 0)) + RENUMBER_JUMP)
 
     def messages(self, p: int, part: Partials) -> list[tuple]:
         """Rows to the partials partition of their key, in messages of bounded size; progress to
@@ -144,10 +128,8 @@ class PartialsRouter:
         for q in range(self.partitions):
             select = np.array(by_partition.get(q, []), dtype=np.int64)
             for rows, closed_through in partials_codec.chunks(part, select):
-                last = seq.get(q, 0)
-                n = seq[q] = abs(last) + 1
-                number = -n if last < 0 else n  # the first of a renumbering is marked
-                out.append((self.topic, partials_codec.encode(part, p, number, rows, closed_through), None, q))
+                n = seq[q] = seq.get(q, 0) + 1
+                out.append((self.topic, partials_codec.encode(part, p, n, rows, closed_through), None, q))
         return out
 
     def idleness_note(self, p: int) -> list[tuple]:

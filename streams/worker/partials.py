@@ -19,8 +19,7 @@ clients and brokers accept by default, however many keys close a pane together."
 
 class PartialMessage(msgspec.Struct, array_like=True, gc=False):
     input_partition: int
-    seq: int  # 1, 2, ... per (input partition, partials partition); replays repeat it. 0: an idleness note;
-    # negative: the first message of a renumbering (`PartialsRouter.renumber`), numbered -seq
+    seq: int  # 1, 2, ... per (input partition, partials partition); replays repeat it. 0: an idleness note
     closed_through: int
     early: bool
     keys: list[tuple[str, str]]

@@ -7,10 +7,7 @@ n only after n - 1: one that comes early is held until the gap fills, one alread
 (a re-delivery or a replay) is dropped. A held message is not yet in the monitor's state,
 so a checkpoint resumes from the earliest held one's offset and a restart reads it again.
 An idleness note is not numbered (seq 0: whether a partition fell idle depends on the wall
-clock, so a replay need not repeat it) and is applied as it comes. An input partition that
-skipped input (deleted before its checkpoint's offsets) renumbers far past anything it sent
-and marks the first message of the new numbers with its number negated: that one is taken as
-the next, and what was held for numbers before it is applied.
+clock, so a replay need not repeat it) and is applied as it comes.
 
 Messages deleted from the log before they were applied (retention behind a consumer that
 fell more than the topic's retention behind) never come: `give_up` applies what is held
@@ -55,13 +52,9 @@ class PartialsSequencer(Generic[Part]):
         (read at `offset`) has arrived: none if it is held or was applied already."""
         if seq == 0:
             return [part]
-        ready = []
-        if seq < 0:  # the first of a renumbering
-            seq = -seq
-            ready = self._renumbered(source, seq)
         last = self.applied.get(source, 0)
         if seq <= last:
-            return ready
+            return []
         if self._resync is not None and source not in self._resync[1]:
             if offset >= self._resync[0] and seq == last + 1:
                 self._resync[1].add(source)  # settled: from now on, gaps are waited for
@@ -69,23 +62,13 @@ class PartialsSequencer(Generic[Part]):
                 last = max(last, seq - 1)  # the ones before it may have been deleted: not waited for
         held = self._held.setdefault(source, {})
         held.setdefault(seq, (offset, part))
+        ready = []
         while last + 1 in held:
             last += 1
             ready.append(held.pop(last)[1])
         self.applied[source] = last
         if not held:
             del self._held[source]
-        return ready
-
-    def _renumbered(self, source: int, seq: int) -> list[Part]:
-        """`source` numbers on from `seq`: what it held for numbers before, which will not come,
-        in order; nothing before `seq` is waited for."""
-        held = self._held.get(source, {})
-        early = sorted(n for n in held if n < seq)
-        ready = [held.pop(n)[1] for n in early]
-        if not held:
-            self._held.pop(source, None)
-        self.applied[source] = max(self.applied.get(source, 0), seq - 1)
         return ready
 
     def give_up(self, end: int) -> list[tuple[int, Part]]:

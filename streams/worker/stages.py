@@ -97,7 +97,6 @@ class Stages:
         the old one would find the same records missing)."""
         if p in self.offsets and self.offsets[p].get(topic, offset) < offset:
             self.offsets[p][topic] = offset
-            self.router.renumber(p)  # what it sent from the records skipped cannot be sent again
             self.dirty.add(p)
 
     def close(self, p: int) -> None:
