@@ -11,7 +11,7 @@ from aiokafka.errors import KafkaTimeoutError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.worker.retention import FetchGaps, check_gaps, missing
+from streams.worker.retention import FetchGaps, check_gaps, check_retention, missing
 
 Record = namedtuple("Record", "offset")
 TP = TopicPartition("scores", 0)
@@ -134,3 +134,24 @@ def test_only_offsets_before_the_log_s_first_are_counted_lost_each_once_and_a_fa
     consumer.failures = consumer.asked + 1  # without retries, an ask that fails counts nothing
     assert asyncio.run(check_gaps(consumer, counters, {TP: [(170, 200)]}, gaps)) == {}
     assert counters[("lost_to_retention", "scores")] == 55
+
+
+class _Stages:
+    """The one method of `Stages` that `check_retention` calls: where each partition goes on."""
+
+    def __init__(self) -> None:
+        self.skipped: list[tuple[int, str, int]] = []
+
+    def skip_to(self, p: int, topic: str, offset: int) -> None:
+        self.skipped.append((p, topic, offset))
+
+
+def test_a_checkpoint_loaded_again_in_the_same_process_goes_on_from_the_log_start_without_counting_twice():
+    gaps, counters, consumer = FetchGaps(), Counter(), _LogStarts({TP: 130})
+    for _ in range(2):  # the partition moved away and back: the same checkpoint is loaded again
+        stages = _Stages()
+        asyncio.run(check_retention(consumer, stages, counters, {TP: 100}, gaps))
+        assert stages.skipped == [(0, "scores", 130)]
+        assert gaps.skipped(TP, [Record(130)]) == []  # its fetch is expected there
+        gaps.moved(TP, 100)
+    assert counters == Counter({("lost_to_retention", "scores"): 30})

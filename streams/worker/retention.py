@@ -56,11 +56,14 @@ async def check_retention(consumer, stages, counters: Counter, resume_at: dict[T
     or takes longer than `timeout_s` is logged and skipped (nothing counted): the check does
     not hold up a partition's start."""
     log_start = await _log_starts(consumer, list(resume_at), timeout_s)
-    resume_at = {tp: max(offset, fetch_gaps.counted_to(tp)) for tp, offset in resume_at.items()}
-    for tp, first in count_lost(counters, resume_at, log_start).items():
-        stages.skip_to(tp.partition, tp.topic, first)
-        fetch_gaps.moved(tp, first)
+    for tp, offset in sorted(resume_at.items()):
+        first = log_start.get(tp)
+        if first is None or first <= offset:
+            continue
+        count_lost(counters, {tp: max(offset, fetch_gaps.counted_to(tp))}, {tp: first})  # what was not counted yet
         fetch_gaps.counted(tp, first)
+        stages.skip_to(tp.partition, tp.topic, first)  # also when counted before: the state goes on from there
+        fetch_gaps.moved(tp, first)
 
 
 async def _log_starts(consumer, tps: list[TopicPartition], timeout_s: float,
