@@ -37,6 +37,8 @@ _digest = functools.cache(sources_digest)  # once a process: sources edited late
 class _AllKernelSources:
     """A locator's stamp: every kernel source, for the kernels' functions only."""
 
+    stamps_all_kernels = True
+
     def get_source_stamp(self):
         return _digest()
 
@@ -47,18 +49,20 @@ class _AllKernelSources:
         return super().from_function(py_func, py_file)
 
 
-class _InTree(_AllKernelSources, caching.InTreeCacheLocator):
-    pass
-
-
-class _UserProvided(_AllKernelSources, caching.UserProvidedCacheLocator):
-    pass
+def _numba(name: str):
+    """A class of numba's caching module, by its name (older numba releases had it with a
+    leading underscore); None if this numba has neither."""
+    return getattr(caching, name, None) or getattr(caching, "_" + name, None)
 
 
 def install() -> None:
-    """Put these locators before numba's own (the user-provided directory first, as numba
-    orders them), for kernels decorated from now on."""
-    classes = caching.CacheImpl._locator_classes
-    for cls in (_InTree, _UserProvided):
-        if cls not in classes:
-            classes.insert(0, cls)
+    """Put locators with this stamp before numba's own (the user-provided directory first, as
+    numba orders them), for kernels decorated from now on. A numba whose cache is laid out
+    otherwise keeps its own stamps."""
+    impl, in_tree, user_provided = map(_numba, ("CacheImpl", "InTreeCacheLocator", "UserProvidedCacheLocator"))
+    classes = getattr(impl, "_locator_classes", None)
+    if not isinstance(classes, list) or in_tree is None or user_provided is None:
+        return
+    for base in (in_tree, user_provided):
+        if not any(getattr(cls, "stamps_all_kernels", False) and issubclass(cls, base) for cls in classes):
+            classes.insert(0, type(f"AllKernels{base.__name__.lstrip('_')}", (_AllKernelSources, base), {}))
