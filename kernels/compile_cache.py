@@ -20,14 +20,15 @@ KERNELS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 def sources_digest(directory: str = KERNELS_DIR) -> bytes:
     """SHA-256 of the names and contents of every .py file under `directory`."""
+    paths = []
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        paths += [os.path.relpath(os.path.join(root, f), directory) for f in files if f.endswith(".py")]
     digest = hashlib.sha256()
-    for root, dirs, files in sorted(os.walk(directory)):
-        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-        for name in sorted(f for f in files if f.endswith(".py")):
-            path = os.path.join(root, name)
-            digest.update(os.path.relpath(path, directory).encode() + b"\0")
-            with open(path, "rb") as source:
-                digest.update(source.read() + b"\0")
+    for path in sorted(paths):
+        digest.update(path.encode() + b"\0")
+        with open(os.path.join(directory, path), "rb") as source:
+            digest.update(source.read() + b"\0")
     return digest.digest()
 
 

@@ -20,7 +20,7 @@ def _tree(root, files: dict[str, bytes]) -> None:
 def test_the_digest_follows_every_source_and_nothing_else(tmp_path):
     _tree(tmp_path, {"a.py": b"x = 1\n", "sub/b.py": b"y = 2\n", "notes.txt": b"n"})
     before = compile_cache.sources_digest(str(tmp_path))
-    _tree(tmp_path, {"__pycache__/a.nbi": b"cached", "sub/__pycache__/b.nbc": b"code", "notes.txt": b"m"})
+    _tree(tmp_path, {"__pycache__/a.nbi": b"cached", "sub/__pycache__/b.py": b"z = 0\n", "notes.txt": b"m"})
     assert compile_cache.sources_digest(str(tmp_path)) == before  # caches and other files: no change
     _tree(tmp_path, {"sub/b.py": b"y = 3\n"})  # a change in a file other kernels import
     changed = compile_cache.sources_digest(str(tmp_path))
