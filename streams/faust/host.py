@@ -294,8 +294,7 @@ class FaustHost(PipelineHost):
                 self._partials.setdefault(m.partition, []).append(m)
                 by_tp.setdefault(TopicPartition(m.topic, m.partition), []).append(m)
             gaps = self.fetch_gaps.gaps(by_tp)
-            held = {tp: self.monitors.get(tp.partition) for tp in gaps}
-            waiting = {tp: monitor for tp, monitor in held.items() if monitor is not None}
+            waiting = {tp: m for tp in gaps if (m := self.monitors.get(tp.partition)) is not None}
             self._unchecked |= {tp.partition for tp in waiting}  # not applied until checked
             consuming = self.app.consumer.assignment()
             ends = {tp: max((self.app.consumer.highwater(tp) if tp in consuming else None) or 0,
@@ -333,12 +332,8 @@ class FaustHost(PipelineHost):
             sends = []
             for q, records in sorted(self._partials.items()):
                 if self.monitors.get(q) is not None and q not in self._unchecked:
-                    if q in self._given_up:  # partials before the gap, what the deleted ones held back, the rest
-                        at, end = self._given_up[q]
-                        sends += self.monitors.add(q, [r for r in records if r.offset < at])
-                        sends += self.monitors.give_up(q, end)
-                        records = [r for r in records if r.offset >= at]
-                    sends += self.monitors.add(q, records)
+                    sends += (self.monitors.add_across_gap(q, records, *self._given_up[q]) if q in self._given_up
+                              else self.monitors.add(q, records))
             self._given_up.clear()
             self._partials = {q: records for q, records in self._partials.items() if q in self._unchecked}
             sends += self.monitors.early()

@@ -87,15 +87,15 @@ class Monitors:
         self.metrics.partials_held.labels(str(q)).set(sequencer.held)
         return sends
 
-    def give_up(self, q: int, end: int) -> list[tuple]:
-        """Partials of `q` were deleted before they were applied (`end`: its log's end offset
-        now): what they held back is applied now; the messages that produces."""
-        sends = []
+    def add_across_gap(self, q: int, records: list, at: int, end: int) -> list[tuple]:
+        """:meth:`add` of records of `q` fetched across partials deleted before they were applied
+        (from offset `at`; `end`: the log's end offset when that was found): the records
+        before, then what the deleted ones held back, then the rest; the messages they produce."""
+        sends = self.add(q, [r for r in records if r.offset < at])
         for inp, part in self.sequencers[q].give_up(end):
             sends += self._apply(q, inp, part)
         self.dirty.add(q)
-        self.metrics.partials_held.labels(str(q)).set(0)
-        return sends
+        return sends + self.add(q, [r for r in records if r.offset >= at])
 
     def _apply(self, q: int, inp: int, part) -> list[tuple]:
         out = self.monitors[q].add(inp, [part])

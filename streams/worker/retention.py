@@ -60,8 +60,7 @@ async def check_retention(consumer, stages, counters: Counter, resume_at: dict[T
         first = log_start.get(tp)
         if first is None or first <= offset:
             continue
-        count_lost(counters, {tp: max(offset, fetch_gaps.counted_to(tp))}, {tp: first})  # what was not counted yet
-        fetch_gaps.counted(tp, first)
+        fetch_gaps.count_lost(counters, tp, offset, first)
         stages.skip_to(tp.partition, tp.topic, first)  # also when counted before: the state goes on from there
         fetch_gaps.moved(tp, first)
 
@@ -103,14 +102,14 @@ class FetchGaps:
         self._next: dict[TopicPartition, int] = {}
         self._counted: dict[TopicPartition, int] = {}  # offsets before it were counted lost, in this process
 
-    def counted_to(self, tp: TopicPartition) -> int:
-        """The offset before which `tp`'s lost records have been counted (0: none)."""
-        return self._counted.get(tp, 0)
-
-    def counted(self, tp: TopicPartition, offset: int) -> None:
-        """`tp`'s lost records before `offset` have been counted (a seek back to before it,
-        as a rebalance or a reload makes, meets the same gap again: not counted twice)."""
-        self._counted[tp] = max(self.counted_to(tp), offset)
+    def count_lost(self, counters: Counter, tp: TopicPartition, start: int, end: int) -> None:
+        """Count and log (:func:`count_lost`) `tp`'s records from `start` to `end` as lost, but
+        those counted before: a seek back, as a rebalance or a reload makes, meets the same
+        gap again."""
+        start = max(start, self._counted.get(tp, 0))
+        if end > start:
+            count_lost(counters, {tp: start}, {tp: end})
+            self._counted[tp] = end
 
     def moved(self, tp: TopicPartition, offset: int | None) -> None:
         """The consumer was sought to `offset` (None: where it goes is not known)."""
@@ -160,8 +159,5 @@ async def check_gaps(consumer, counters: Counter, gaps: dict[TopicPartition, lis
             if first is None or first <= start:
                 continue  # not deleted: transaction markers or aborted records
             lost.setdefault(tp, start)
-            start, end = max(start, fetch_gaps.counted_to(tp)), min(end, first)
-            if end > start:
-                count_lost(counters, {tp: start}, {tp: end})
-                fetch_gaps.counted(tp, end)
+            fetch_gaps.count_lost(counters, tp, start, min(end, first))
     return lost

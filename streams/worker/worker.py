@@ -178,11 +178,8 @@ class Worker(PipelineHost):
             q = tp.partition
             if self.monitors.get(q) is None or self.assignments.loading("aggregate", q):
                 continue
-            if tp in lost:  # partials before the gap, then what the deleted ones held back, then the rest
-                sends += self.monitors.add(q, [r for r in records if r.offset < lost[tp]])
-                sends += self.monitors.give_up(q, ends[tp])
-                records = [r for r in records if r.offset >= lost[tp]]
-            sends += self.monitors.add(q, records)
+            sends += (self.monitors.add_across_gap(q, records, lost[tp], ends[tp]) if tp in lost
+                      else self.monitors.add(q, records))
         sends += self.monitors.early()
         if any(m[0] == self.topics["stats"] for m in sends):
             crash_point("window")
