@@ -199,13 +199,15 @@ def _settings_for(settings, root: str, name: str, state_dir: str | None = None):
                                state_dir=state_dir or settings.state_dir)
 
 
-def fill(settings, events: int, partitions: int, envelope: bool, traffic: dict | None = None) -> dict:
+def fill(settings, events: int, partitions: int, envelope: bool, traffic: dict | None = None,
+         envelope_format: str = "columnar") -> dict:
     """Create the topics of ``settings`` with ``partitions`` each and send them ``events`` events
     of the generator's traffic, flat out, as single events or envelopes; the generator's counts."""
     from streams.kafka.admin import create_topics
 
     create_topics(settings, partitions=partitions)
-    return generate(settings, GenConfig(max_events=events, envelope=envelope, traffic=traffic or {}))
+    return generate(settings, GenConfig(max_events=events, envelope=envelope, envelope_format=envelope_format,
+                                        traffic=traffic or {}))
 
 
 def delete_prefixed(settings, root: str) -> None:
@@ -354,6 +356,7 @@ def bench_pipeline(settings, cfg: BenchConfig, out_dir: str | Path | None = None
     state = tempfile.mkdtemp(prefix="npo-bench-state-")
     single = _settings_for(settings, root, "single", state)
     env = _settings_for(settings, root, "env", state)
+    json_env = _settings_for(settings, root, "jenv", state)  # the same events in JSON envelopes
     faust_env = _settings_for(settings, root, "fenv", state)  # the same envelopes, for the Faust host
     lat_settings = _settings_for(settings, root, "lat", state)
     phases: dict[str, Phase] = {}
@@ -363,6 +366,7 @@ def bench_pipeline(settings, cfg: BenchConfig, out_dir: str | Path | None = None
         progress(f"filling {single.topic_prefix}* and {env.topic_prefix}* with {cfg.events:,} events each")
         filled_single = fill(single, cfg.events, cfg.partitions, False, cfg.traffic)
         filled_env = fill(env, cfg.events, cfg.partitions, True, cfg.traffic)
+        fill(json_env, cfg.events, cfg.partitions, True, cfg.traffic, envelope_format="json")
         fill(faust_env, cfg.events, cfg.partitions, True, cfg.traffic)
         result["fill_single_events_per_s"] = round(filled_single["events"] / filled_single["seconds"])
         result["fill_envelope_events_per_s"] = round(filled_env["events"] / filled_env["seconds"])
@@ -391,11 +395,14 @@ def bench_pipeline(settings, cfg: BenchConfig, out_dir: str | Path | None = None
         one = measure("single", worker_main, single, n)
         envp = measure("envelope", worker_main, env, n)
         result.update(single_events_per_s=_r(one.rate()), envelope_events_per_s=_r(envp.rate()))
+        result["envelope_json_events_per_s"] = _r(measure("envelope_json", worker_main, json_env, n).rate())
         faust = measure("faust_envelope", faust_main, faust_env, n)
         result["faust_envelope_events_per_s"] = _r(faust.rate())
         result["faust_envelope_vs_worker"] = _r(faust.rate() / (envp.rate() or math.nan), 3)
-        stage = measure("in_process", in_process_main, single, n, cfg.partitions, cfg.traffic)
+        stage = measure("in_process", in_process_main, single, n, cfg.partitions, cfg.traffic, "columnar")
         result["in_process_events_per_s"] = _r(stage.rate())
+        json_stage = measure("in_process_json", in_process_main, single, n, cfg.partitions, cfg.traffic, "json")
+        result["in_process_json_events_per_s"] = _r(json_stage.rate())
         result["single_counted"] = one.summaries[0]["events"]
         result["envelope_counted"] = envp.summaries[0]["events"]
         result["single_counters"] = one.summaries[0].get("counters", {})
@@ -424,7 +431,8 @@ def bench_pipeline(settings, cfg: BenchConfig, out_dir: str | Path | None = None
         if all(result.get(k) for k in ("single_events_per_s", "envelope_events_per_s", "two_workers_events_per_s")):
             result["capacity"] = capacity(result)
         raw_rate = result["raw_events_per_s"] or math.nan
-        for path in ("envelope", "faust_envelope", "single", "peer", "two_workers", "in_process"):
+        for path in ("envelope", "envelope_json", "faust_envelope", "single", "peer", "two_workers", "in_process",
+                     "in_process_json"):
             if f"{path}_events_per_s" in result:
                 result[f"{path}_vs_raw"] = _r((result[f"{path}_events_per_s"] or math.nan) / raw_rate, 3)
         result["seconds"] = round(time.time() - started, 1)

@@ -27,6 +27,8 @@ def add_commands(subparsers, bench_subparsers, settings_args) -> None:
     lt.add_argument("--events", type=int, help="stop after this many events")
     lt.add_argument("--single", action="store_true", help="one message per event instead of envelopes")
     lt.add_argument("--envelope-events", type=int, default=1000, help="most events per envelope (default 1000)")
+    lt.add_argument("--envelope-format", choices=("columnar", "json"), default="columnar",
+                    help="envelopes as msgpack columns, as the producer client sends them, or JSON (default columnar)")
     lt.add_argument("--linger-ms", type=float, default=20.0, help="envelope batching time (default 20)")
     lt.add_argument("--processes", type=int, default=1, help="generator processes (share the partitions)")
     lt.add_argument("--group", help="consumer group whose lag to show (default: <NPO_GROUP_ID>-ingest)")
@@ -117,7 +119,8 @@ def _loadtest(args) -> int:
                              warmup_pending=args.warmup_pending, fill_horizons=not args.no_horizon_fill,
                              join_horizon_s=args.join_horizon_hours * 3600.0,
                              partitions=args.partitions,
-                             envelope=not args.single, join_scenarios=args.join_scenarios, traffic=_traffic(args))
+                             envelope=not args.single, envelope_format=args.envelope_format,
+                             join_scenarios=args.join_scenarios, traffic=_traffic(args))
             say = (lambda msg: print(msg, file=sys.stderr if args.json else sys.stdout))
             result = run_soak(settings, cfg, out_dir=args.out, progress=None if args.no_progress else say)
         else:
@@ -139,7 +142,7 @@ def _send(settings, args) -> dict:
         create_topics(settings)
     duration = args.duration if args.duration is not None or args.events is not None else 60.0
     cfg = GenConfig(rate=args.rate, duration_s=duration, max_events=args.events, envelope=not args.single,
-                    envelope_events=args.envelope_events, linger_ms=args.linger_ms, processes=args.processes,
+                    envelope_format=args.envelope_format, envelope_events=args.envelope_events, linger_ms=args.linger_ms, processes=args.processes,
                     traffic=_traffic(args))
     lag = GroupLag(settings, args.group or f"{settings.group_id}-ingest")
     gen = MultiGenerator(settings, cfg).start()

@@ -288,17 +288,19 @@ def raw_confluent_main(settings, expected: int, name: str, queue, stop, sample_s
          name, queue, stop, sample_s)
 
 
-def in_process_main(settings, expected: int, name: str, partitions: int, traffic: dict, queue, stop,
-                    sample_s: float = 0.25) -> None:
-    """The worker's own work without Kafka: the same envelopes the generator sends, through the
-    in-process pipeline (every partition's stage and the monitor), 20,000 events a round, each
-    partition's envelopes in event-time order as the worker's merge would give them. The
-    ceiling of the envelope path: what the worker adds to it is fetching, partials and output."""
+def in_process_main(settings, expected: int, name: str, partitions: int, traffic: dict, envelope_format: str,
+                    queue, stop, sample_s: float = 0.25) -> None:
+    """The worker's own work without Kafka: the same envelopes the generator sends (columnar or
+    JSON), through the in-process pipeline (every partition's stage and the monitor), 20,000
+    events a round, each partition's envelopes in event-time order as the worker's merge would
+    give them. The ceiling of the envelope path: what the worker adds to it is fetching,
+    partials and output."""
     gc.set_threshold(50_000, 20, 100)
     profile_self(name)
     rep = _Reporter(name, queue, sample_s)
     pipe = None
     try:
+        from loadtest.generator import as_columnar
         from loadtest.traffic import Traffic, envelopes
         from streams.config import MonitorConfig
         from streams.pipeline import InProcessPipeline, warm_up
@@ -312,6 +314,8 @@ def in_process_main(settings, expected: int, name: str, partitions: int, traffic
                 by_partition: dict[int, list[tuple[float, bytes]]] = {}
                 hi = min(lo + 20_000, len(chunk), lo + expected - n)
                 for _, p, value, count, max_ts in envelopes(chunk, lo, hi, 1000):
+                    if envelope_format == "columnar":
+                        value = as_columnar(value)
                     by_partition.setdefault(p, []).append((max_ts, value))
                     n += count
                 rounds.extend((p, [v for _, v in sorted(msgs, key=lambda m: m[0])])

@@ -43,6 +43,7 @@ class SoakConfig:
     join_horizon_s: float = 86_400.0
     partitions: int = 4
     envelope: bool = True
+    envelope_format: str = "columnar"
     join_scenarios: int = 0
     sample_s: float = 1.0
     catchup_timeout_s: float = 600.0
@@ -153,7 +154,8 @@ def run_soak(settings, cfg: SoakConfig, out_dir=None, progress=print) -> dict:
             say(f"soak: warm-up, {warm_events:,} events flat out: {cfg.warmup_pending:,} pending scenarios"
                 + (f", and the join ({cfg.join_horizon_s / 3600:g} h) and de-duplication horizons full"
                    if cfg.fill_horizons else ""))
-            warm = generate(s, GenConfig(max_events=warm_events, envelope=cfg.envelope, traffic=cfg.traffic))
+            warm = generate(s, GenConfig(max_events=warm_events, envelope=cfg.envelope,
+                                         envelope_format=cfg.envelope_format, traffic=cfg.traffic))
             next_cycle = warm["cycles"]
             produced.append((time.time(), warm["events"]))
             wait_for(warm["events"], "the warm-up")
@@ -161,7 +163,8 @@ def run_soak(settings, cfg: SoakConfig, out_dir=None, progress=print) -> dict:
         t_warm = time.time()
         drain(cfg.sample_s * 2)
         say(f"soak: {cfg.rate:,.0f} events/s for {cfg.duration_s:g} s")
-        gen_cfg = GenConfig(rate=cfg.rate, duration_s=cfg.duration_s, envelope=cfg.envelope, first_cycle=next_cycle,
+        gen_cfg = GenConfig(rate=cfg.rate, duration_s=cfg.duration_s, envelope=cfg.envelope,
+                            envelope_format=cfg.envelope_format, first_cycle=next_cycle,
                             traffic=cfg.traffic)
         thread, result, sent = run_in_thread(s, gen_cfg)
         last_say = time.time()

@@ -304,8 +304,12 @@ def _not_plain_json(data: bytes) -> Decoded:
         return _slow(data)
     if data[0] == 0:
         return _framed(data)
-    return _rejected("unknown_magic_byte", f"first byte 0x{data[0]:02x} starts neither JSON nor a Schema "
-                     "Registry frame (0x00)", data)
+    from streams import columnar  # it builds on this module
+
+    if columnar.is_columnar(data):
+        return columnar.decode_events(data)
+    return _rejected("unknown_magic_byte", f"first byte 0x{data[0]:02x} starts neither JSON, a Schema "
+                     "Registry frame (0x00) nor a msgpack map (a columnar envelope)", data)
 
 
 def _count_schema_id(data: bytes, n: int = 1) -> None:

@@ -32,6 +32,7 @@ by a plain range constraint, in msgspec and in JSON Schema alike."""
 Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LEN)]
 Unit = Annotated[float, Meta(ge=0.0, le=1.0)]
 EpochSeconds = Annotated[float, Meta(ge=0.0, lt=MAX_EPOCH_S)]
+Weight = Annotated[float, Meta(gt=0.0, le=1000.0)]
 Count = Annotated[int, Meta(ge=0)]
 Decision = Literal["act", "hold", "abstain"]
 FeedbackKind = Literal["like", "override", "abstain"]
@@ -52,6 +53,7 @@ Reason = Literal[
     "too_deep",
     "unknown_magic_byte",
     "truncated_frame",
+    "not_msgpack",
     "join_expired",
 ]
 """Why a message or event was dead-lettered; README.md says what each means."""
@@ -89,7 +91,7 @@ class FeedbackEvent(Struct, tag="feedback", **_TAGGED):
     kind: FeedbackKind
     source: FeedbackSource = "human"
     preferred: Literal["act", "hold"] | None = None
-    weight: Annotated[float, Meta(gt=0.0, le=1000.0)] = 1.0
+    weight: Weight = 1.0
     policy_id: Id | None = None
     segment: Id | None = None
     score: Unit | None = None

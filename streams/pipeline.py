@@ -18,7 +18,8 @@ import numpy as np
 
 from kernels import label_states, scenario_index
 from kernels.detector import MixtureSR
-from streams import codec
+from streams import codec, columnar
+from streams.columns import EventColumns
 from streams.config import MonitorConfig
 from streams.events import FeedbackEvent, ScoreEvent
 from streams.operators.aggregate import Aggregator, WindowResult
@@ -72,7 +73,7 @@ class PartitionStage:
         now = time.time() if now is None else now
         out = Output()
         c = self.counters
-        events, rejected = codec.decode_batch(messages)
+        events, rejected = columnar.decode_batch(messages)
         for i, r in rejected:
             topic, offset = sources(i) if sources else (self.topic, first_offset + i)
             c["dead_letters", r.reason] += 1
@@ -88,7 +89,7 @@ class PartitionStage:
         c["late_events"] += self.windows.late_events - late_before
         return out
 
-    def _ingest(self, events: list) -> Records:
+    def _ingest(self, events: EventColumns) -> Records:
         """De-duplicated, joined records of `events`, with the counters moved."""
         c = self.counters
         got = ingest(events, self.dedup, self.join, self.config.abstention_handling)

@@ -26,6 +26,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI (a depend
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 #: Every mechanism librdkafka and aiokafka implement; only PLAIN and SCRAM take a user and password.
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
+ENVELOPE_FORMATS = ("columnar", "json")
 _PASSWORD_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 MASK = "***"
@@ -122,6 +123,7 @@ class Settings:
     checkpoint_interval_s: float = 30.0  # how often state and the offsets it covers are committed together
     join_memtable_mb: int = 128  # RAM for the memtables of all of a worker's join stores together
     envelope_max_events: int = 1000
+    envelope_format: str = "columnar"  # what the shipped producer sends: columnar (msgpack) or json envelopes
     linger_ms: float = 20.0
     # client properties passed through as they are (their secrets masked in the repr)
     kafka_extra: dict = field(default_factory=dict, hash=False)  # librdkafka name -> value
@@ -154,6 +156,8 @@ class Settings:
             raise ValueError("topic_partitions and topic_replication must be >= 1")
         if not 1 <= self.envelope_max_events <= 10_000:
             raise ValueError("envelope_max_events must be in [1, 10000]")
+        if self.envelope_format not in ENVELOPE_FORMATS:
+            raise ValueError(f"envelope_format must be one of {ENVELOPE_FORMATS}")
         if not 0 <= self.merge_idle_ms <= 60_000:
             raise ValueError("merge_idle_ms must be in [0, 60000]")
         if not 0 < self.partition_idle_ms <= 86_400_000:

@@ -245,7 +245,7 @@ def test_codec_and_schema_agree(data, expected):
 
 def test_table_covers_every_decode_reason():
     assert len(CASES) >= 30
-    assert {r for _, _, expected in CASES for r in expected} == REASONS - {"join_expired"}
+    assert {r for _, _, expected in CASES for r in expected} == REASONS - {"join_expired", "not_msgpack"}
 
 
 def test_defaults_are_applied():
@@ -444,7 +444,7 @@ def test_round_trip_is_identity(event):
 def test_bad_events_cover_every_reason_an_event_can_have():
     """not_json, oversized and the framing reasons concern the whole message, join_expired no message."""
     assert {reason for _, reason in BAD_EVENTS} \
-        == REASONS - {"not_json", "oversized", "unknown_magic_byte", "truncated_frame", "join_expired"}
+        == REASONS - {"not_json", "oversized", "unknown_magic_byte", "truncated_frame", "join_expired", "not_msgpack"}
 
 
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -660,7 +660,7 @@ def test_a_framed_message_decodes_as_its_json_and_its_schema_id_is_counted(data,
     assert codec.schema_ids[schema_id] - before == (0 if oversized else 1)
 
 
-def test_every_first_byte_is_json_a_frame_or_an_unknown_magic_byte():
+def test_every_first_byte_is_json_a_frame_a_columnar_envelope_or_an_unknown_magic_byte():
     for byte in range(256):
         data = bytes([byte]) + js(score())
         reasons = [r.reason for r in codec.decode(data).errors]
@@ -670,6 +670,8 @@ def test_every_first_byte_is_json_a_frame_or_an_unknown_magic_byte():
             assert reasons == ["not_json"], byte
         elif byte in b'{["-0123456789tfn':
             assert reasons == ["not_json"], byte
+        elif 0x80 <= byte <= 0x8F or byte in (0xDE, 0xDF):  # a msgpack map: a columnar envelope
+            assert reasons == ["not_msgpack"], byte
         else:
             assert reasons == ["unknown_magic_byte"], byte
 

@@ -17,6 +17,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streams import codec, columnar
 from streams.events import FeedbackEvent, ScoreEvent
 from streams.operators.dedup import Deduplicator
 from streams.operators.ingest import ingest
@@ -127,9 +128,20 @@ def streams_of_events(draw):
     return events, [0, *cuts, n]
 
 
+def _through(wire: str, events: list):
+    """`events` as ingest takes them from a wire format: objects, or columns decoded from a
+    columnar or a JSON envelope."""
+    if wire == "objects" or not events:
+        return events
+    encode = columnar.encode if wire == "columnar" else codec.encode_envelope
+    got, rejected = columnar.decode_batch([encode(events)])
+    assert not rejected
+    return got
+
+
 @settings(max_examples=300, deadline=None)
-@given(streams_of_events(), st.booleans(), st.booleans())
-def test_ingest_equals_one_event_at_a_time(drawn, abstention_handling, restart):
+@given(streams_of_events(), st.booleans(), st.booleans(), st.sampled_from(["objects", "columnar", "json"]))
+def test_ingest_equals_one_event_at_a_time(drawn, abstention_handling, restart, wire):
     """`restart`: the join and de-duplication state go through their checkpoint at every cut."""
     events, cuts = drawn
     dedup, join = Deduplicator(horizon_s=86_400.0), FeedbackJoin(horizon_s=86_400.0)
@@ -144,7 +156,7 @@ def test_ingest_equals_one_event_at_a_time(drawn, abstention_handling, restart):
                 dedup_again = Deduplicator(horizon_s=86_400.0)
                 dedup_again.load(dedup.dump())
                 dedup = dedup_again
-            out = ingest(events[lo:hi], dedup, join, abstention_handling)
+            out = ingest(_through(wire, events[lo:hi]), dedup, join, abstention_handling)
             got += _rows(out.records)
             for k in counts:
                 counts[k] += getattr(out, k)

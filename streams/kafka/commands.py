@@ -3,11 +3,12 @@ plus the connection flags every Kafka command shares."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import sys
 import uuid
 
-from streams.settings import SASL_MECHANISMS, SECURITY_PROTOCOLS, Settings, load
+from streams.settings import ENVELOPE_FORMATS, SASL_MECHANISMS, SECURITY_PROTOCOLS, Settings, load
 
 #: flag -> Settings field; unset flags fall back to NPO_* variables, then the config file.
 _FLAGS = {
@@ -65,6 +66,8 @@ def add_commands(subparsers, settings_args=settings_args) -> None:
     produce.add_argument("--single", action="store_true", help="one message per event instead of envelopes")
     produce.add_argument("--raw", choices=("scores", "feedback"),
                          help="send each line unchecked to this topic (to inject bad input)")
+    produce.add_argument("--envelope-format", choices=ENVELOPE_FORMATS,
+                         help="columnar (msgpack columns) or json envelopes (default: NPO_ENVELOPE_FORMAT, columnar)")
     settings_args(produce)
     produce.set_defaults(run=_produce)
 
@@ -111,7 +114,10 @@ def _topics_create(args) -> int:
 def _produce(args) -> int:
     from streams.kafka.producer import produce_file
 
-    counts = produce_file(settings_from_args(args), args.file, envelope=not args.single, raw_topic=args.raw)
+    settings = settings_from_args(args)
+    if args.envelope_format:
+        settings = dataclasses.replace(settings, envelope_format=args.envelope_format)
+    counts = produce_file(settings, args.file, envelope=not args.single, raw_topic=args.raw)
     invalid = f", {counts['invalid']} invalid line(s) not sent" if counts["invalid"] else ""
     print(f"npo produce: {counts['lines']} lines, {counts['events']} events in {counts['messages']} messages{invalid}")
     return 1 if counts["invalid"] else 0

@@ -2,7 +2,8 @@
 
 Envelope mode (the default) groups events per (topic, partition) into envelope
 messages of up to ``max_events`` events, so broker and worker handle one message where
-there would be hundreds. Each event's partition is computed here with Kafka's own
+there would be hundreds; columnar envelopes (:mod:`streams.columnar`, the default
+``envelope_format``) unless the settings ask for JSON ones. Each event's partition is computed here with Kafka's own
 murmur2 partitioner on its ``scenario_id``: exactly where a single keyed message for it
 would land. Scores and feedback of one scenario thus meet on the same partition
 number in either mode, which the worker's score-feedback join relies on.
@@ -23,7 +24,7 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Producer
 
-from streams import codec
+from streams import codec, columnar
 from streams.events import MAX_ENVELOPE_EVENTS, FeedbackEvent, ScoreEvent
 from streams.kafka.errors import ClientErrors, KafkaRequestError, KafkaUnavailable, client_config, metadata
 from streams.settings import Settings
@@ -78,6 +79,7 @@ class EventProducer:
     def __init__(self, settings: Settings, envelope: bool = True, max_events: int | None = None,
                  linger_ms: float | None = None, timeout: float = 30.0) -> None:
         self.settings, self.envelope = settings, envelope
+        self._encode_envelope = columnar.encode if settings.envelope_format == "columnar" else codec.encode_envelope
         self.max_events = max_events or settings.envelope_max_events
         if not 1 <= self.max_events <= MAX_ENVELOPE_EVENTS:
             raise ValueError(f"max_events must be in [1, {MAX_ENVELOPE_EVENTS}]")
@@ -190,7 +192,7 @@ class EventProducer:
 
     def _produce_envelopes(self, topic: str, partition: int, events: Sequence) -> None:
         try:
-            data = codec.encode_envelope(events)
+            data = self._encode_envelope(events)
         except ValueError:  # above the codec's own byte limit
             data = None
         if len(events) > 1 and (data is None or len(data) > MAX_ENVELOPE_BYTES):

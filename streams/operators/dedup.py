@@ -74,12 +74,17 @@ class Deduplicator:
         different kinds kept apart without building the strings); `prefixes[0] + ids[i]` when
         `which` is None, by default the id alone. ValueError unless `which` names a prefix
         for each id."""
+        return self.fresh_positions(ids, times, prefixes, which).tolist()
+
+    def fresh_positions(self, ids: list[str], times, prefixes: tuple[bytes, ...] = (b"",),
+                        which=None) -> np.ndarray:
+        """:meth:`fresh` as an int64 array."""
         if len(ids) != len(times):
             raise ValueError("ids and times differ in length")
-        if not ids:
-            return []
+        if not len(ids):
+            return np.zeros(0, np.int64)
         return self._table.take(digests(ids, prefixes, which), np.asarray(times, np.float64), self.horizon_s,
-                                self.max_ids).tolist()
+                                self.max_ids)
 
     def __len__(self) -> int:
         return int(self._table.meta[LIVE])

@@ -16,8 +16,9 @@ The result is exactly what taking the events one at a time would give:
   lands (:meth:`streams.operators.join.FeedbackJoin.labels`).
 
 Why column at a time: a Python loop over every event cost about 5 µs an event, most of the
-envelope path. Here scores (most events) are handled by C-level `map`s and numpy; only
-feedback takes a Python loop.
+envelope path. Here scores (most events) are read from the batch's columns
+(:class:`streams.columns.EventColumns`) by C-level `map`s and numpy; only feedback takes a
+Python loop.
 """
 from __future__ import annotations
 
@@ -26,18 +27,17 @@ from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import compress
-from operator import attrgetter, not_
+from operator import attrgetter
 
 import numpy as np
 
 from kernels.layout import FEEDBACK_EVENT, LIKE, OVERRIDE, SCORE_EVENT
-from streams.events import ScoreEvent
+from streams.columns import EventColumns
 from streams.operators.dedup import Deduplicator
 from streams.operators.join import FeedbackJoin, Pending, pick
 from streams.operators.records import DECISION, KIND, PREFERRED, SOURCE, Records
 
-_SCORE_CONTEXT = attrgetter("policy_id", "segment", "score", "tau", "decision", "ts")
-_EVENT_ID, _SCENARIO_ID, _TS = attrgetter("event_id"), attrgetter("scenario_id"), attrgetter("ts")
+_SCENARIO_ID, _TS = attrgetter("scenario_id"), attrgetter("ts")
 _KIND, _SOURCE = attrgetter("kind"), attrgetter("source")
 _LABELLED = {LIKE, OVERRIDE}.__contains__
 _ABLATION = {**KIND, "abstain": KIND["like"]}  # without abstention handling an abstain counts as a like
@@ -90,30 +90,35 @@ class _Scores:
         return js[k] if k < len(js) else None
 
 
-def ingest(events: list, dedup: Deduplicator, join: FeedbackJoin, abstention_handling: bool = True) -> Ingested:
-    """Records of `events` (decoded, in arrival order), with the join store updated."""
-    is_score = [type(ev) is ScoreEvent for ev in events]
-    kept = dedup.fresh(list(map(_EVENT_ID, events)), list(map(_TS, events)), _ID_PREFIX, is_score)
-    out = Ingested(Records.empty(), duplicates=len(events) - len(kept))
-    if len(kept) < len(events):
-        events = list(map(events.__getitem__, kept))
-        is_score = list(map(is_score.__getitem__, kept))
-    score_pos = list(compress(range(len(events)), is_score))
-    scores = list(map(events.__getitem__, score_pos))
-    sids = list(map(_SCENARIO_ID, scores))
-    contexts = list(map(_SCORE_CONTEXT, scores))
-    batch = _Scores(sids, score_pos)
+def ingest(batch: EventColumns | list, dedup: Deduplicator, join: FeedbackJoin,
+           abstention_handling: bool = True) -> Ingested:
+    """Records of `batch` (decoded events in arrival order, as columns or as a list of
+    event Structs), with the join store updated."""
+    if not isinstance(batch, EventColumns):
+        batch = EventColumns.of_events(batch)
+    kept = dedup.fresh_positions(batch.event_id, batch.ts, _ID_PREFIX, batch.is_score)
+    out = Ingested(Records.empty(), duplicates=len(batch) - len(kept))
+    if len(kept) < len(batch):
+        duplicate = np.ones(len(batch), np.bool_)
+        duplicate[kept] = False
+        batch = batch.without(np.flatnonzero(duplicate))
+    score_pos = np.flatnonzero(batch.is_score).tolist()
+    sids = list(map(batch.scenario_id.__getitem__, score_pos))
+    score_ts = batch.ts[batch.is_score]
+    contexts = list(zip(batch.policy_id, batch.segment, batch.score.tolist(), batch.tau.tolist(), batch.decision,
+                        score_ts.tolist()))
+    batch_scores = _Scores(sids, score_pos)
 
     # feedback parked by earlier batches goes right after the first score of its scenario here
     released_from_store: dict[int, list[Pending]] = {}
     if join.has_waiting:
-        for sid in join.waiting_among(batch.first.keys()):
-            released_from_store[batch.first[sid]] = join.release(sid)
+        for sid in join.waiting_among(batch_scores.first.keys()):
+            released_from_store[batch_scores.first[sid]] = join.release(sid)
     waiting_here: dict[int, list[tuple[int, Pending]]] = {}  # score index -> (position, feedback)
     parked: list[Pending] = []
     feedback = _Feedback()
-    fb_pos = list(compress(range(len(events)), map(not_, is_score)))
-    fbs = list(map(events.__getitem__, fb_pos))
+    fb_pos = np.flatnonzero(~batch.is_score).tolist()
+    fbs = batch.feedback
     out.kinds = Counter(map(_KIND, fbs))
     kinds = KIND if abstention_handling else _ABLATION
     bare, owned = [], []  # (position, event, (pair code, repeat)) of feedback without / with its context
@@ -124,7 +129,7 @@ def ingest(events: list, dedup: Deduplicator, join: FeedbackJoin, abstention_han
     def joins(sid: str, pos: int, ts: float):
         """The score feedback at `pos` with event time `ts` joins, or None."""
         candidates = stored.get(sid, [])
-        here = batch.before(sid, pos)
+        here = batch_scores.before(sid, pos)
         if here:
             candidates = candidates + list(map(contexts.__getitem__, here))
         return pick(candidates, ts) if candidates else None
@@ -141,7 +146,7 @@ def ingest(events: list, dedup: Deduplicator, join: FeedbackJoin, abstention_han
             continue
         out.waiting += 1
         pending = Pending(sid, ev.event_id, ev.ts, ev.kind, ev.source, ev.preferred or "", ev.weight, *label)
-        j = batch.after(sid, pos)
+        j = batch_scores.after(sid, pos)
         if j is None:
             parked.append(pending)
         else:
@@ -152,10 +157,10 @@ def ingest(events: list, dedup: Deduplicator, join: FeedbackJoin, abstention_han
         for p in released:
             feedback.add(score_pos[j] + 0.5, p, (p.pair, p.repeat), contexts[j])
 
-    out.scores = len(scores)
+    out.scores = len(sids)
     join.add_scores(sids, contexts)
     join.park(parked)
-    out.records = _records(contexts, score_pos, feedback, kinds)
+    out.records = _records(batch, score_ts, score_pos, feedback, kinds)
     return out
 
 
@@ -195,22 +200,22 @@ class _Feedback:
         return len(self.order)
 
 
-def _records(contexts: list[tuple], score_pos: list[int], feedback: _Feedback, kinds: dict) -> Records:
-    """Score rows (from their contexts) and feedback rows merged into arrival order, released
-    feedback right after its score. Score rows' constant fields are numpy fills; only the
-    feedback rows' own fields go through Python lists."""
-    n_s, n_f = len(contexts), len(feedback)
+def _records(batch: EventColumns, score_ts: np.ndarray, score_pos: list[int], feedback: _Feedback,
+             kinds: dict) -> Records:
+    """Score rows (from the batch's columns) and feedback rows merged into arrival order,
+    released feedback right after its score. Score rows' constant fields are numpy fills; only
+    the feedback rows' own fields go through Python lists."""
+    n_s, n_f = len(score_pos), len(feedback)
     if not n_s + n_f:
         return Records.empty()
-    policy, segment, score, tau, decision, ts = zip(*contexts) if n_s else ((),) * 6  # one C-level pass
     f8 = lambda values: np.array(values, np.float64)  # noqa: E731
     i8 = lambda values: np.array(values, np.int8)  # noqa: E731
     fill = lambda value, dtype: np.full(n_s, value, dtype)  # noqa: E731
-    columns = {"ts": f8(ts), "decision": i8(list(map(DECISION.__getitem__, decision))), "tau": f8(tau),
+    columns = {"ts": score_ts, "decision": i8(list(map(DECISION.__getitem__, batch.decision))), "tau": batch.tau,
                "kind": fill(0, np.int8), "source": fill(0, np.int8), "preferred": fill(0, np.int8),
-               "score": f8(score), "weight": fill(1.0, np.float64), "pair": fill(-1, np.int8),
-               "repeat": fill(False, np.bool_), "decided": f8(ts), "etype": fill(SCORE_EVENT, np.int8)}
-    keys = list(zip(policy, segment))
+               "score": batch.score, "weight": fill(1.0, np.float64), "pair": fill(-1, np.int8),
+               "repeat": fill(False, np.bool_), "decided": score_ts.copy(), "etype": fill(SCORE_EVENT, np.int8)}
+    keys = list(zip(batch.policy_id, batch.segment))
     if n_f:
         f_policy, f_segment, f_score, _, f_decision, f_decided = zip(*feedback.contexts)
         f_ts, f_kind, f_source, f_preferred, f_weight = zip(*map(_FEEDBACK_FIELDS, feedback.own))

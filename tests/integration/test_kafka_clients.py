@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import re
 import time
 import uuid
 from collections import Counter
@@ -15,7 +17,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
-from streams import codec
+from streams import codec, columnar
 from streams.events import Evidence, ScoreEvent, TriggerEvent, Window
 from streams.kafka.admin import create_topics
 from streams.kafka.commands import add_commands, settings_args
@@ -132,10 +134,12 @@ def test_partition_for_matches_librdkafka(settings):
 
 
 # ----------------------------------------------------------------------------- producer
-@pytest.mark.parametrize("envelope", [True, False], ids=["envelope", "single"])
-def test_producer_delivers_every_event_once_on_its_partition(topics, envelope):
+@pytest.mark.parametrize("envelope,fmt", [(True, "columnar"), (True, "json"), (False, "columnar")],
+                         ids=["columnar-envelope", "json-envelope", "single"])
+def test_producer_delivers_every_event_once_on_its_partition(topics, envelope, fmt):
     events = mixed(2500)
-    with EventProducer(topics, envelope=envelope, max_events=100, linger_ms=60_000) as producer:
+    settings = dataclasses.replace(topics, envelope_format=fmt)
+    with EventProducer(settings, envelope=envelope, max_events=100, linger_ms=60_000) as producer:
         for ev in events:
             producer.send(ev)
     assert (producer.events, producer.errors) == (2500, 0)
@@ -147,7 +151,8 @@ def test_producer_delivers_every_event_once_on_its_partition(topics, envelope):
         decoded = codec.decode(r.value)
         assert not decoded.errors
         assert len(decoded.events) <= (100 if envelope else 1)
-        assert r.value.startswith(b'{"type":"envelope"') == envelope
+        assert columnar.is_columnar(r.value) == (envelope and fmt == "columnar")
+        assert r.value.startswith(b'{"type":"envelope"') == (envelope and fmt == "json")
         assert r.key == decoded.events[0].scenario_id.encode()
         for ev in decoded.events:
             assert r.topic == topics.topic("scores" if isinstance(ev, ScoreEvent) else "feedback")
@@ -201,7 +206,8 @@ def test_produce_file_sends_valid_lines_and_reports_invalid_ones(topics, tmp_pat
     raw = tmp_path / "raw.jsonl"
     raw.write_bytes(b'not json\n\n{"type":"score","v":7}\n')
     assert produce_file(topics, raw, raw_topic="feedback") == {"lines": 2, "events": 0, "messages": 2, "invalid": 0}
-    assert sorted(r.value for r in read_back(topics, ["feedback"]) if not r.value.startswith(b'{"type":"env')) == [
+    envelopes = (lambda value: value.startswith(b'{"type":"env') or columnar.is_columnar(value))
+    assert sorted(r.value for r in read_back(topics, ["feedback"]) if not envelopes(r.value)) == [
         b"not json", b'{"type":"score","v":7}']
 
 
@@ -286,6 +292,14 @@ def test_commands_end_to_end(settings, tmp_path, capsys):
     path.write_bytes(b"\n".join(orjson.dumps(ev) for ev in mixed(10)))
     assert npo("produce", str(path), "--single") == 0
     assert "10 events in 10 messages" in capsys.readouterr().out
+    sent = {}
+    for fmt in ("json", "columnar"):  # envelopes: one a topic-partition
+        assert npo("produce", str(path), "--envelope-format", fmt) == 0
+        sent[fmt] = int(re.search(r"10 events in (\d+) messages", capsys.readouterr().out)[1])
+    records = read_back(settings, ["scores", "feedback"], at_least=10 + sent["json"] + sent["columnar"])
+    assert len(records) == 10 + sent["json"] + sent["columnar"]
+    assert sum(map(columnar.is_columnar, (r.value for r in records))) == sent["columnar"]
+    assert sum(r.value.startswith(b'{"type":"envelope"') for r in records) == sent["json"]
 
     send_triggers(settings, ["a" * 32, "b" * 32])
     assert npo("triggers", "tail", "--from-beginning", "--max", "2", "--idle-timeout", "10") == 0

@@ -1,0 +1,354 @@
+"""Columnar envelopes, version 1: a batch of events as columns of one msgpack map.
+
+Why: a JSON envelope becomes a Python object per event, and one per field, before the
+operators see it. A columnar envelope is one typed msgspec call into lists and float arrays
+that the operators take as they are (:class:`streams.columns.EventColumns`).
+
+The message is a msgpack map (keys are strings; unknown keys are ignored, as in JSON events):
+
+============  ===========================================================================
+``type``      ``"columns"``
+``v``         ``1``
+``producer``  string, optional
+``is_score``  bin of n bytes, 1 <= n <= 10,000: 1 a score row, 0 a feedback row, in arrival order
+``event_id``  array of n strings (1 to 256 characters), as in a JSON event
+``scenario_id``  array of n strings
+``ts``        bin of n float64, little-endian: event times in epoch seconds, [0, 253402300800)
+``scores``    map, needed when any row is a score; each column holds the score rows in order:
+              ``policy_id`` (strings), ``segment`` (strings, optional, default "default"),
+              ``score`` and ``tau`` (bin of float64 LE, each in [0, 1]), ``decision``
+              (strings: act, hold, abstain), ``model_version`` (strings or nil, optional)
+``feedback``  map, needed when any row is feedback; each column holds the feedback rows in
+              order: ``kind`` (strings: like, override, abstain) and, each optional and nil
+              where a row has none, ``source`` (default human), ``preferred``, ``weight``
+              (numbers, default 1), ``policy_id``, ``segment``, ``score``, ``tau``, ``decision``
+============  ===========================================================================
+
+An optional column may be left out, or hold nil for a row that has no value: either way the
+row gets the field's default. Each row must be what the JSON event with the same fields would
+be (the same constraints,
+``schemas/score.schema.json`` and ``schemas/feedback.schema.json``). A bad row is
+dead-lettered on its own, with the reason its JSON event would get and that event as JSON
+for ``original``; faults of the map itself (a column missing or of the wrong length, more
+than 10,000 rows, an unknown ``v``) cost the whole message, as an envelope's own do.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import compress, repeat
+from typing import Annotated, Literal
+
+import msgspec
+import numpy as np
+
+from streams import codec
+from streams.codec import MAX_MESSAGE_BYTES, DecodeError, Rejected
+from streams.columns import EventColumns
+from streams.events import (
+    MAX_ENVELOPE_EVENTS,
+    MAX_EPOCH_S,
+    MAX_ORIGINAL_BYTES,
+    Decision,
+    FeedbackEvent,
+    FeedbackKind,
+    FeedbackSource,
+    Id,
+    ScoreEvent,
+    Unit,
+    Weight,
+)
+
+_F8 = np.dtype("<f8")
+_MSGPACK_MAP = frozenset([*range(0x80, 0x90), 0xDE, 0xDF])
+"""First bytes of a msgpack map; no JSON text and no Schema Registry frame starts with one."""
+
+
+class ScoreColumns(msgspec.Struct, kw_only=True, gc=False):
+    policy_id: list[Id]
+    segment: list[Id | None] | None = None
+    score: bytes
+    tau: bytes
+    decision: list[Decision]
+    model_version: list[Id | None] | None = None
+
+
+class FeedbackColumns(msgspec.Struct, kw_only=True, gc=False):
+    kind: list[FeedbackKind]
+    source: list[FeedbackSource | None] | None = None
+    preferred: list[Literal["act", "hold"] | None] | None = None
+    weight: list[Weight | None] | None = None
+    policy_id: list[Id | None] | None = None
+    segment: list[Id | None] | None = None
+    score: list[Unit | None] | None = None
+    tau: list[Unit | None] | None = None
+    decision: list[Decision | None] | None = None
+
+
+class ColumnarEnvelope(msgspec.Struct, kw_only=True, gc=False):
+    type: Literal["columns"]
+    v: Literal[1]
+    producer: Id | None = None
+    is_score: bytes
+    event_id: Annotated[list[Id], msgspec.Meta(min_length=1, max_length=MAX_ENVELOPE_EVENTS)]
+    scenario_id: list[Id]
+    ts: bytes
+    scores: ScoreColumns | None = None
+    feedback: FeedbackColumns | None = None
+
+
+_DECODER = msgspec.msgpack.Decoder(ColumnarEnvelope)
+_ENCODER = msgspec.msgpack.Encoder()
+_FEEDBACK_OPTIONAL = ("source", "preferred", "weight", "policy_id", "segment", "score", "tau", "decision")
+
+
+def is_columnar(data: bytes) -> bool:
+    """Whether `data` is a msgpack map, as a columnar envelope is."""
+    return bool(data) and data[0] in _MSGPACK_MAP
+
+
+def encode(events: Sequence, producer: str | None = None) -> bytes:
+    """One columnar envelope of score and feedback events (Structs), in their order;
+    ValueError where :func:`decode` would reject it for its size."""
+    if not 1 <= len(events) <= MAX_ENVELOPE_EVENTS:
+        raise ValueError(f"an envelope holds 1..{MAX_ENVELOPE_EVENTS} events, not {len(events)}")
+    is_score = [type(ev) is ScoreEvent for ev in events]
+    scores = list(compress(events, is_score))
+    feedback = [ev for ev in events if type(ev) is not ScoreEvent]
+    message: dict = {"type": "columns", "v": 1, "is_score": bytes(is_score),
+                     "event_id": [ev.event_id for ev in events], "scenario_id": [ev.scenario_id for ev in events],
+                     "ts": _floats([ev.ts for ev in events])}
+    if producer is not None:
+        message["producer"] = producer
+    if scores:
+        message["scores"] = {"policy_id": [s.policy_id for s in scores], "segment": [s.segment for s in scores],
+                             "score": _floats([s.score for s in scores]), "tau": _floats([s.tau for s in scores]),
+                             "decision": [s.decision for s in scores]}
+        if any(s.model_version is not None for s in scores):
+            message["scores"]["model_version"] = [s.model_version for s in scores]
+    if feedback:
+        message["feedback"] = {"kind": [f.kind for f in feedback]}
+        for name in _FEEDBACK_OPTIONAL:
+            column = [getattr(f, name) for f in feedback]
+            if any(value is not None for value in column):  # a column of nils is left out
+                message["feedback"][name] = column
+    data = _ENCODER.encode(message)
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ValueError(f"envelope of {len(data)} bytes > {MAX_MESSAGE_BYTES}")
+    return data
+
+
+def _floats(values: list[float]) -> bytes:
+    return np.array(values, _F8).tobytes()
+
+
+def decode(data: bytes) -> tuple[EventColumns, list[Rejected]]:
+    """The good rows of a columnar envelope, and a rejection for each bad one (or one for
+    the whole message). Never raises."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        return EventColumns.empty(), [Rejected("oversized", f"{len(data)} bytes > {MAX_MESSAGE_BYTES}", data)]
+    try:
+        columns = _columns(_DECODER.decode(data))
+    except (msgspec.DecodeError, RecursionError):  # a ValidationError is a DecodeError
+        columns = None
+    if columns is not None:
+        return columns, []
+    try:
+        events, rejected = _slow(data)
+    except DecodeError as e:
+        return EventColumns.empty(), [Rejected(e.reason, e.detail[:codec.MAX_DETAIL_LEN], data)]
+    return EventColumns.of_events(events), rejected
+
+
+def decode_events(data: bytes) -> codec.Decoded:
+    """:func:`decode` as event Structs (slow: for callers that want objects)."""
+    columns, rejected = decode(data)
+    scores = iter(zip(columns.policy_id, columns.segment, columns.score.tolist(), columns.tau.tolist(),
+                      columns.decision, columns.model_version))
+    feedback = iter(columns.feedback)
+    events = []
+    for score, eid, sid, ts in zip(columns.is_score.tolist(), columns.event_id, columns.scenario_id,
+                                   columns.ts.tolist()):
+        if score:
+            policy, segment, value, tau, decision, version = next(scores)
+            events.append(ScoreEvent(v=1, event_id=eid, scenario_id=sid, policy_id=policy, segment=segment,
+                                     score=value, tau=tau, decision=decision, ts=ts, model_version=version))
+        else:
+            events.append(next(feedback))
+    return codec.Decoded(events, rejected)
+
+
+def decode_batch(messages: Sequence[bytes]) -> tuple[EventColumns, list[tuple[int, Rejected]]]:
+    """The events of `messages` (JSON, framed JSON or columnar, in any mix) in order, as
+    columns, and (message index, rejection) for every problem. A run of messages that are
+    not columnar is decoded by :func:`streams.codec.decode_batch` in one go."""
+    if not any(map(is_columnar, messages)):
+        events, rejected = codec.decode_batch(messages)
+        return EventColumns.of_events(events), rejected
+    parts, rejected = [], []
+    run: list[int] = []
+
+    def flush() -> None:
+        if run:
+            events, bad = codec.decode_batch([messages[i] for i in run])
+            parts.append(EventColumns.of_events(events))
+            rejected.extend((run[i], r) for i, r in bad)
+            run.clear()
+
+    for i, data in enumerate(messages):
+        if not is_columnar(data):
+            run.append(i)
+            continue
+        flush()
+        columns, bad = decode(data)
+        parts.append(columns)
+        rejected.extend((i, r) for r in bad)
+    flush()
+    return EventColumns.concat(parts), rejected
+
+
+def _columns(m: ColumnarEnvelope) -> EventColumns | None:
+    """The rows of a typed-decoded envelope, or None if any check the types could not make
+    fails (lengths, flags, numbers' ranges): then the slow path says which and why."""
+    n = len(m.event_id)
+    if len(m.scenario_id) != n or len(m.is_score) != n or len(m.ts) != 8 * n:
+        return None
+    flags = np.frombuffer(m.is_score, np.uint8)
+    ts = np.frombuffer(m.ts, _F8).astype(np.float64)
+    if flags.max() > 1 or not ((ts >= 0) & (ts < MAX_EPOCH_S)).all():
+        return None
+    is_score = flags.astype(np.bool_)
+    n_scores = int(np.count_nonzero(is_score))
+    s, f = m.scores, m.feedback
+    if (s is None) != (n_scores == 0) or (f is None) != (n_scores == n):
+        return None
+    policy, segment, decision, version, score, tau = [], [], [], [], np.zeros(0), np.zeros(0)
+    if s is not None:
+        lengths = [len(s.policy_id), len(s.decision), len(s.score) / 8, len(s.tau) / 8,
+                   *(len(c) for c in (s.segment, s.model_version) if c is not None)]
+        if any(length != n_scores for length in lengths):
+            return None
+        score, tau = np.frombuffer(s.score, _F8).astype(np.float64), np.frombuffer(s.tau, _F8).astype(np.float64)
+        if not (((score >= 0) & (score <= 1)).all() and ((tau >= 0) & (tau <= 1)).all()):
+            return None
+        policy, decision = s.policy_id, s.decision
+        segment = ["default"] * n_scores if s.segment is None else \
+            [x if x is not None else "default" for x in s.segment] if None in s.segment else s.segment
+        version = s.model_version if s.model_version is not None else [None] * n_scores
+    feedback = []
+    if f is not None:
+        rows = np.flatnonzero(~is_score).tolist()
+        optional = [getattr(f, name) for name in _FEEDBACK_OPTIONAL]
+        if any(len(column) != len(rows) for column in (f.kind, *optional) if column is not None):
+            return None
+        source, preferred, weight, *context = (
+            column if column is not None else repeat(default)
+            for column, default in zip(optional, ("human", None, 1.0, None, None, None, None, None)))
+        ids, sids, times = m.event_id, m.scenario_id, ts.tolist()
+        feedback = [
+            FeedbackEvent(v=1, event_id=ids[i], scenario_id=sids[i], ts=times[i], kind=kind,
+                          source="human" if src is None else src, preferred=pref,
+                          weight=1.0 if w is None else w, policy_id=p, segment=sg, score=sc, tau=t, decision=d)
+            for i, kind, src, pref, w, p, sg, sc, t, d in zip(rows, f.kind, source, preferred, weight, *context)]
+    return EventColumns(is_score, m.event_id, m.scenario_id, ts, policy, segment, score, tau, decision, version,
+                        feedback)
+
+
+# --- slow path: only a failed fast decode gets here ------------------------
+
+
+def _slow(data: bytes) -> tuple[list, list[Rejected]]:
+    """The good rows of `data` as events, and a rejection for each bad row; DecodeError for
+    faults of the message itself."""
+    try:
+        message = msgspec.msgpack.decode(data)
+    except (msgspec.DecodeError, RecursionError) as e:
+        raise DecodeError("not_msgpack", f"a columnar envelope is a msgpack map: {e}") from None
+    if not isinstance(message, dict) or message.get("type") != "columns":
+        raise DecodeError("unknown_type", 'a msgpack message must be a map with "type": "columns"')
+    header = codec._version_1({k: message.get(k) for k in ("v", "producer") if k in message})
+    codec._check_header({**header, "type": "envelope"}, False)
+    n, is_score = _rows(message)
+    rows = _row_values(message, n, is_score)
+    good, bad = [], []
+    for row in rows:
+        try:
+            good.append(codec._check(row, False))
+        except DecodeError as e:
+            raw = _json(row)
+            bad.append(Rejected(e.reason, e.detail[:codec.MAX_DETAIL_LEN], raw[:MAX_ORIGINAL_BYTES], len(raw)))
+    return good, bad
+
+
+def _rows(message: dict) -> tuple[int, list[bool]]:
+    """The number of rows and which are scores; DecodeError if the row columns do not agree."""
+    ids = message.get("event_id")
+    if not isinstance(ids, list) or not ids:
+        raise DecodeError("schema", "event_id must be a non-empty array")
+    n = len(ids)
+    if n > MAX_ENVELOPE_EVENTS:
+        raise DecodeError("oversized", f"{n} events > {MAX_ENVELOPE_EVENTS}")
+    flags = message.get("is_score")
+    if not isinstance(flags, bytes) or len(flags) != n or any(b > 1 for b in flags):
+        raise DecodeError("schema", f"is_score must be bin of {n} bytes, each 0 or 1")
+    _column(message, "scenario_id", n, list)
+    _column(message, "ts", n, bytes)
+    return n, [b == 1 for b in flags]
+
+
+def _column(columns: dict, name: str, n: int, kind: type, optional: bool = False) -> None:
+    """DecodeError unless `columns[name]` holds n values (a list, or bin of n float64)."""
+    value = columns.get(name)
+    if value is None and optional:
+        return
+    size = len(value) // 8 if isinstance(value, bytes) and not len(value) % 8 else -1
+    if not isinstance(value, kind) or (len(value) if kind is list else size) != n:
+        shape = f"an array of {n}" if kind is list else f"bin of {n} float64"
+        raise DecodeError("schema", f"{name} must be {shape}")
+
+
+def _row_values(message: dict, n: int, is_score: list[bool]) -> list[dict]:
+    """Each row as the JSON event it stands for (a dict, unchecked)."""
+    n_scores = sum(is_score)
+    groups = {"scores": (n_scores, {"policy_id": list, "segment": list, "score": bytes, "tau": bytes,
+                                    "decision": list, "model_version": list}, ("segment", "model_version")),
+              "feedback": (n - n_scores, {"kind": list, **dict.fromkeys(_FEEDBACK_OPTIONAL, list)},
+                           _FEEDBACK_OPTIONAL)}
+    values: dict[str, dict[str, list]] = {}
+    for group, (rows, kinds, optional) in groups.items():
+        columns = message.get(group)
+        if not rows:
+            if columns is not None:
+                raise DecodeError("schema", f"{group} given, but no row is one")
+            continue
+        if not isinstance(columns, dict):
+            raise DecodeError("schema", f"{group} must be a map of columns")
+        for name, kind in kinds.items():
+            _column(columns, name, rows, kind, name in optional)
+        values[group] = {name: (_values(columns[name]), name in optional) for name in kinds
+                         if columns.get(name) is not None}
+    ts = _values(message["ts"])
+    taken = {"scores": 0, "feedback": 0}
+    rows_out = []
+    for i, score in enumerate(is_score):
+        group = "scores" if score else "feedback"
+        j = taken[group]
+        taken[group] += 1
+        row = {"type": "score" if score else "feedback", "v": 1, "event_id": message["event_id"][i],
+               "scenario_id": message["scenario_id"][i], "ts": ts[i]}
+        for name, (column, optional) in values[group].items():
+            if column[j] is not None or not optional:  # nil in an optional column: not given
+                row[name] = column[j]
+        rows_out.append(row)
+    return rows_out
+
+
+def _values(column: list | bytes) -> list:
+    return np.frombuffer(column, _F8).tolist() if isinstance(column, bytes) else column
+
+
+def _json(row: dict) -> bytes:
+    """A rejected row as JSON, for the dead letter's `original`."""
+    try:
+        return msgspec.json.encode(row)
+    except (TypeError, RecursionError, OverflowError, UnicodeEncodeError) as e:
+        return f'{{"unencodable row": "{type(e).__name__}"}}'.encode()
