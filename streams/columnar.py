@@ -29,8 +29,9 @@ row gets the field's default. Each row must be what the JSON event with the same
 be (the same constraints,
 ``schemas/score.schema.json`` and ``schemas/feedback.schema.json``). A bad row is
 dead-lettered on its own, with the reason its JSON event would get and that event as JSON
-for ``original``; faults of the map itself (a column missing or of the wrong length, more
-than 10,000 rows, an unknown ``v``) cost the whole message, as an envelope's own do.
+for ``original`` (a cell that is not msgpack: ``not_msgpack``); faults of the map itself (a
+column missing or of the wrong length, more than 10,000 rows, an unknown ``v``) cost the
+whole message, as an envelope's own do.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ from typing import Annotated, Literal
 import msgspec
 import numpy as np
 
+from kernels import msgpack_scan
 from streams import codec
 from streams.codec import MAX_MESSAGE_BYTES, DecodeError, Rejected
 from streams.columns import EventColumns
@@ -254,101 +256,157 @@ def _columns(m: ColumnarEnvelope) -> EventColumns | None:
 
 
 # --- slow path: only a failed fast decode gets here ------------------------
+#
+# The message is taken apart by where its values lie (kernels.msgpack_scan), never decoded
+# whole: only scalar cells are decoded, one at a time, so no nesting recurses and no container
+# a hostile message holds is built. Unknown keys are skipped unread, as by the typed decode.
+
+_TOP = ("type", "v", "producer", "is_score", "event_id", "scenario_id", "ts", "scores", "feedback")
+_SCORE_FIELDS = ("policy_id", "segment", "score", "tau", "decision", "model_version")
+_FLOATS = {"score", "tau"}  # the score columns sent as bin of float64
+_OPTIONAL = {"segment", "model_version", *_FEEDBACK_OPTIONAL}
+_NAMES = {fields: msgpack_scan.names([f.encode() for f in fields])
+          for fields in (_TOP, _SCORE_FIELDS, ("kind", *_FEEDBACK_OPTIONAL))}
+
+
+class _Cell:
+    """A cell that is no scalar of the format: a container (`depth` > 0) or bytes that are not
+    msgpack. Never decoded; it fails the row's check, and shows in the dead letter as its kind."""
+
+    def __init__(self, kind: str, size: int, depth: int = 0) -> None:
+        self.kind, self.size, self.depth = kind, size, depth
+
+    def __repr__(self) -> str:
+        return f"<{self.kind} of {self.size} msgpack bytes>"
+
+
+class _Message:
+    """A columnar envelope's bytes, taken apart value by value."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.buf = np.frombuffer(data, np.uint8)
+
+    def fields(self, at: int, names: tuple[str, ...], what: str) -> dict[str, tuple[int, int, int]]:
+        """(start, end, depth) of each of `names` the map at `at` holds."""
+        status, start, end, depth = msgpack_scan.map_fields(self.buf, at, *_NAMES[names])
+        if status == msgpack_scan.MALFORMED:
+            raise DecodeError("not_msgpack", f"{what}: not valid msgpack")
+        if status != msgpack_scan.OK:
+            raise DecodeError("schema", f"{what} must be a map")
+        return {name: (s, e, d) for name, s, e, d in zip(names, start.tolist(), end.tolist(), depth.tolist())
+                if s >= 0}
+
+    def scalar(self, span: tuple[int, int, int], kind=None):
+        """The value at `span` if it is a scalar (decoded as `kind` if given), else a _Cell."""
+        start, end, depth = span
+        if depth > 0:
+            return _Cell("container", end - start, depth)
+        try:
+            return msgspec.msgpack.decode(self.data[start:end], **({} if kind is None else {"type": kind}))
+        except msgspec.DecodeError:  # a ValidationError too
+            return _Cell("bad value", end - start)
+
+    def column(self, span: tuple[int, int, int], name: str, rows: int, floats: bool = False) -> list:
+        """The `rows` values of a column: its cells, or with `floats` the numbers of its bin."""
+        if floats:
+            value = self.scalar(span, bytes)
+            if not isinstance(value, bytes) or len(value) != 8 * rows:
+                raise DecodeError("schema", f"{name} must be bin of {rows} float64")
+            return np.frombuffer(value, _F8).tolist()
+        status, count, start, end, depth = msgpack_scan.array_items(self.buf, span[0], rows)
+        if status == msgpack_scan.MALFORMED:
+            raise DecodeError("not_msgpack", f"{name}: not valid msgpack")
+        if status != msgpack_scan.OK or count != rows:
+            raise DecodeError("schema", f"{name} must be an array of {rows}")
+        return [self.scalar(cell) for cell in zip(start.tolist(), end.tolist(), depth.tolist())]
 
 
 def _slow(data: bytes) -> tuple[list, list[Rejected]]:
     """The good rows of `data` as events, and a rejection for each bad row; DecodeError for
     faults of the message itself."""
-    try:
-        message = msgspec.msgpack.decode(data)
-    except (msgspec.DecodeError, RecursionError) as e:
-        raise DecodeError("not_msgpack", f"a columnar envelope is a msgpack map: {e}") from None
-    if not isinstance(message, dict) or message.get("type") != "columns":
+    message = _Message(data)
+    top = message.fields(0, _TOP, "a columnar envelope")
+    kind = message.scalar(top["type"]) if "type" in top else None
+    if kind != "columns":
         raise DecodeError("unknown_type", 'a msgpack message must be a map with "type": "columns"')
-    header = codec._version_1({k: message.get(k) for k in ("v", "producer") if k in message})
-    codec._check_header({**header, "type": "envelope"}, False)
-    n, is_score = _rows(message)
-    rows = _row_values(message, n, is_score)
+    header = {name: message.scalar(top[name]) for name in ("v", "producer") if name in top}
+    codec._check_header({**codec._version_1(header), "type": "envelope"}, False)
+    n, is_score = _rows(message, top)
+    groups = {"scores": (_SCORE_FIELDS, sum(is_score)), "feedback": (("kind", *_FEEDBACK_OPTIONAL), n - sum(is_score))}
+    columns: dict[str, dict[str, list]] = {}
+    for group, (names, rows) in groups.items():
+        if group not in top:
+            if rows:
+                raise DecodeError("schema", f"{group} must be a map of columns: {rows} rows are {group}")
+            continue
+        if not rows:
+            raise DecodeError("schema", f"{group} given, but no row is one")
+        given = message.fields(top[group][0], names, group)
+        for name in names:
+            if name not in given and name not in _OPTIONAL:
+                raise DecodeError("schema", f"{group} lacks the column {name}")
+        columns[group] = {name: message.column(given[name], name, rows, group == "scores" and name in _FLOATS)
+                          for name in names if name in given}
+    ts = message.column(top["ts"], "ts", n, floats=True)
+    ids, sids = message.column(top["event_id"], "event_id", n), message.column(top["scenario_id"], "scenario_id", n)
     good, bad = [], []
-    for row in rows:
+    taken = {"scores": 0, "feedback": 0}
+    for i, score in enumerate(is_score):
+        group = "scores" if score else "feedback"
+        j = taken[group]
+        taken[group] += 1
+        row = {"type": "score" if score else "feedback", "v": 1, "event_id": ids[i], "scenario_id": sids[i],
+               "ts": ts[i]}
+        for name, column in columns.get(group, {}).items():
+            if column[j] is not None or name not in _OPTIONAL:  # nil in an optional column: not given
+                row[name] = column[j]
         try:
-            good.append(codec._check(row, False))
+            good.append(_event(row))
         except DecodeError as e:
             raw = _json(row)
             bad.append(Rejected(e.reason, e.detail[:codec.MAX_DETAIL_LEN], raw[:MAX_ORIGINAL_BYTES], len(raw)))
     return good, bad
 
 
-def _rows(message: dict) -> tuple[int, list[bool]]:
+def _event(row: dict):
+    """The event of a row; DecodeError says why not: as for its JSON event, and a cell that is
+    not msgpack is not_msgpack, one nested deeper than an event may be too_deep."""
+    cells = [(name, v) for name, v in row.items() if type(v) is _Cell]
+    for name, cell in cells:
+        if cell.kind == "bad value":
+            raise DecodeError("not_msgpack", f"{name}: not valid msgpack for the format")
+        if 1 + cell.depth > codec.MAX_EVENT_DEPTH:
+            raise DecodeError("too_deep", f"an event nested deeper than {codec.MAX_EVENT_DEPTH}")
+    return codec._check(row, False)
+
+
+def _rows(message: _Message, top: dict) -> tuple[int, list[bool]]:
     """The number of rows and which are scores; DecodeError if the row columns do not agree."""
-    ids = message.get("event_id")
-    if not isinstance(ids, list) or not ids:
+    if "event_id" not in top:
         raise DecodeError("schema", "event_id must be a non-empty array")
-    n = len(ids)
+    status, n, *_ = msgpack_scan.array_items(message.buf, top["event_id"][0], 0)  # its length alone
+    if status == msgpack_scan.NOT_THIS_KIND or (status == msgpack_scan.OK and n == 0):
+        raise DecodeError("schema", "event_id must be a non-empty array")
     if n > MAX_ENVELOPE_EVENTS:
         raise DecodeError("oversized", f"{n} events > {MAX_ENVELOPE_EVENTS}")
-    flags = message.get("is_score")
-    if not isinstance(flags, bytes) or len(flags) != n or any(b > 1 for b in flags):
+    for name in ("scenario_id", "ts", "is_score"):
+        if name not in top:
+            raise DecodeError("schema", f"a columnar envelope lacks {name}")
+    flags = message.scalar(top["is_score"], bytes)
+    if not isinstance(flags, bytes) or len(flags) != n or flags.count(0) + flags.count(1) != n:
         raise DecodeError("schema", f"is_score must be bin of {n} bytes, each 0 or 1")
-    _column(message, "scenario_id", n, list)
-    _column(message, "ts", n, bytes)
     return n, [b == 1 for b in flags]
 
 
-def _column(columns: dict, name: str, n: int, kind: type, optional: bool = False) -> None:
-    """DecodeError unless `columns[name]` holds n values (a list, or bin of n float64)."""
-    value = columns.get(name)
-    if value is None and optional:
-        return
-    size = len(value) // 8 if isinstance(value, bytes) and not len(value) % 8 else -1
-    if not isinstance(value, kind) or (len(value) if kind is list else size) != n:
-        shape = f"an array of {n}" if kind is list else f"bin of {n} float64"
-        raise DecodeError("schema", f"{name} must be {shape}")
-
-
-def _row_values(message: dict, n: int, is_score: list[bool]) -> list[dict]:
-    """Each row as the JSON event it stands for (a dict, unchecked)."""
-    n_scores = sum(is_score)
-    groups = {"scores": (n_scores, {"policy_id": list, "segment": list, "score": bytes, "tau": bytes,
-                                    "decision": list, "model_version": list}, ("segment", "model_version")),
-              "feedback": (n - n_scores, {"kind": list, **dict.fromkeys(_FEEDBACK_OPTIONAL, list)},
-                           _FEEDBACK_OPTIONAL)}
-    values: dict[str, dict[str, list]] = {}
-    for group, (rows, kinds, optional) in groups.items():
-        columns = message.get(group)
-        if not rows:
-            if columns is not None:
-                raise DecodeError("schema", f"{group} given, but no row is one")
-            continue
-        if not isinstance(columns, dict):
-            raise DecodeError("schema", f"{group} must be a map of columns")
-        for name, kind in kinds.items():
-            _column(columns, name, rows, kind, name in optional)
-        values[group] = {name: (_values(columns[name]), name in optional) for name in kinds
-                         if columns.get(name) is not None}
-    ts = _values(message["ts"])
-    taken = {"scores": 0, "feedback": 0}
-    rows_out = []
-    for i, score in enumerate(is_score):
-        group = "scores" if score else "feedback"
-        j = taken[group]
-        taken[group] += 1
-        row = {"type": "score" if score else "feedback", "v": 1, "event_id": message["event_id"][i],
-               "scenario_id": message["scenario_id"][i], "ts": ts[i]}
-        for name, (column, optional) in values[group].items():
-            if column[j] is not None or not optional:  # nil in an optional column: not given
-                row[name] = column[j]
-        rows_out.append(row)
-    return rows_out
-
-
-def _values(column: list | bytes) -> list:
-    return np.frombuffer(column, _F8).tolist() if isinstance(column, bytes) else column
+def _show(cell: _Cell) -> str:
+    return repr(cell)
 
 
 def _json(row: dict) -> bytes:
-    """A rejected row as JSON, for the dead letter's `original`."""
+    """A rejected row as JSON, for the dead letter's `original` (a cell that is no scalar of
+    the format shows as its kind and size)."""
     try:
-        return msgspec.json.encode(row)
-    except (TypeError, RecursionError, OverflowError, UnicodeEncodeError) as e:
+        return msgspec.json.encode(row, enc_hook=_show)
+    except (TypeError, OverflowError, UnicodeEncodeError) as e:
         return f'{{"unencodable row": "{type(e).__name__}"}}'.encode()

@@ -252,3 +252,71 @@ def test_a_batch_without_some_rows_is_the_batch_of_the_rest(events, data):
     gone = sorted(data.draw(st.sets(st.integers(0, len(events) - 1))))
     batch = EventColumns.of_events(events).without(np.array(gone, np.int64))
     assert_same_rows(batch, EventColumns.of_events([ev for i, ev in enumerate(events) if i not in gone]))
+
+
+# --- the slow path takes a message apart without decoding it whole --------------------------
+
+def _with_cell(rows: list[dict], marker: str, cell: bytes, **extra) -> bytes:
+    """`by_hand(rows)` with the str cell `marker` (4 characters) replaced by raw msgpack `cell`."""
+    data = by_hand(rows, **extra)
+    assert data.count(b"\xa4" + marker.encode()) == 1
+    return data.replace(b"\xa4" + marker.encode(), cell)
+
+
+UNREADABLE = {  # msgpack the typed decode skips unread in an unknown key, but a plain decode refuses
+    "invalid utf-8": b"\xa3\xff\xfe\xfd", "timestamp of 10^9 ns": b"\xd7\xff" + ((0x3FFFFFFF << 34) | 5).to_bytes(8, "big"),
+    "a map as a key": b"\x81\x81\x01\x01\x01", "nested 5,000 deep": b"\x91" * 5000 + b"\x90",
+    "8 MB of empty maps": b"\xdd" + (7_000_000).to_bytes(4, "big") + b"\x80" * 7_000_000,
+}
+
+
+@pytest.mark.parametrize("cell", UNREADABLE.values(), ids=UNREADABLE.keys())
+def test_an_unknown_key_is_skipped_unread_when_a_row_is_bad(cell):
+    data = _with_cell([SCORE, feedback(event_id="")], "@@@@", cell, zz="@@@@")
+    decoded = codec.decode(data)
+    assert [e.event_id for e in decoded.events] == ["e-1"]
+    assert [r.reason for r in decoded.errors] == ["bad_value"]
+
+
+@pytest.mark.parametrize(("depth", "reason"), [(1, "schema"), (12, "schema"), (13, "schema"), (14, "too_deep"),
+                                               (2000, "too_deep"), (100_000, "too_deep")])
+def test_a_nested_cell_costs_its_row_alone_with_the_reason_of_its_json_event(depth, reason):
+    rows = [score(event_id="a"), feedback(policy_id="@@@@"), score(event_id="b")]
+    decoded = codec.decode(_with_cell(rows, "@@@@", b"\x91" * (depth - 1) + b"\x90"))
+    assert [e.event_id for e in decoded.events] == ["a", "b"]
+    assert [r.reason for r in decoded.errors] == [reason]
+    assert b"container of" in decoded.errors[0].raw  # shown by its kind, never decoded
+    if depth < 1000:  # the JSON envelope of the same rows (deeper, Python's json gives up)
+        value: list = []
+        for _ in range(depth - 1):
+            value = [value]
+        want = codec.decode(as_json_envelope([rows[0], feedback(policy_id=value), rows[2]]))
+        assert [r.reason for r in want.errors] == [reason]
+
+
+def test_a_cell_that_is_not_msgpack_costs_its_row_alone():
+    decoded = codec.decode(_with_cell([score(event_id="a"), feedback(policy_id="@@@@")], "@@@@", b"\xa3\xff\xfe\xfd"))
+    assert [e.event_id for e in decoded.events] == ["a"] and [r.reason for r in decoded.errors] == ["not_msgpack"]
+
+
+def test_taking_apart_a_hostile_message_builds_none_of_its_containers():
+    import tracemalloc
+
+    huge = b"\xdd" + (7_000_000).to_bytes(4, "big") + b"\x80" * 7_000_000
+    for data in (_with_cell([SCORE, feedback(policy_id="@@@@")], "@@@@", huge),  # in a row's cell
+                 _with_cell([SCORE], "@@@@", huge, v=2, zz="@@@@")):  # in an unknown key, the message bad
+        codec.decode(data)  # compiled once
+        tracemalloc.start()
+        try:
+            decoded = codec.decode(data)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert decoded.errors and peak < 2 * len(data), peak
+
+
+def test_a_message_too_short_for_what_it_declares_is_not_msgpack():
+    data = by_hand([SCORE, feedback(event_id="")])
+    for cut in range(1, len(data)):
+        decoded = codec.decode(data[:cut])
+        assert not decoded.events and [r.reason for r in decoded.errors] == ["not_msgpack"], cut
