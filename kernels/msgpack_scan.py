@@ -116,6 +116,12 @@ def _skip(buf, at):
 
 
 @numba.njit(cache=True, nogil=True)
+def value_end(buf, at):
+    """Where the value at `at` ends; -1 if it is malformed."""
+    return _skip(buf, at)[0]
+
+
+@numba.njit(cache=True, nogil=True)
 def map_fields(buf, at, wanted, wanted_ends):
     """(status, start, end, depth) of the values the map at `at` holds under each wanted key
     (a str key whose bytes are `wanted[wanted_ends[k-1]:wanted_ends[k]]`); start -1 for a

@@ -395,7 +395,8 @@ def bench_pipeline(settings, cfg: BenchConfig, out_dir: str | Path | None = None
         one = measure("single", worker_main, single, n)
         envp = measure("envelope", worker_main, env, n)
         result.update(single_events_per_s=_r(one.rate()), envelope_events_per_s=_r(envp.rate()))
-        result["envelope_json_events_per_s"] = _r(measure("envelope_json", worker_main, json_env, n).rate())
+        json_envp = measure("envelope_json", worker_main, json_env, n)
+        result["envelope_json_events_per_s"] = _r(json_envp.rate())
         faust = measure("faust_envelope", faust_main, faust_env, n)
         result["faust_envelope_events_per_s"] = _r(faust.rate())
         result["faust_envelope_vs_worker"] = _r(faust.rate() / (envp.rate() or math.nan), 3)
@@ -405,6 +406,7 @@ def bench_pipeline(settings, cfg: BenchConfig, out_dir: str | Path | None = None
         result["in_process_json_events_per_s"] = _r(json_stage.rate())
         result["single_counted"] = one.summaries[0]["events"]
         result["envelope_counted"] = envp.summaries[0]["events"]
+        result["envelope_json_counted"] = json_envp.summaries[0]["events"]
         result["single_counters"] = one.summaries[0].get("counters", {})
         if cfg.peer:
             peer_n = min(cfg.peer_events, n)

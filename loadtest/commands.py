@@ -5,6 +5,8 @@ import json
 import sys
 import time
 
+from streams.settings import ENVELOPE_FORMATS
+
 
 def _traffic_args(p) -> None:
     g = p.add_argument_group("traffic (the simulator's block, replayed cycle after cycle)")
@@ -27,7 +29,7 @@ def add_commands(subparsers, bench_subparsers, settings_args) -> None:
     lt.add_argument("--events", type=int, help="stop after this many events")
     lt.add_argument("--single", action="store_true", help="one message per event instead of envelopes")
     lt.add_argument("--envelope-events", type=int, default=1000, help="most events per envelope (default 1000)")
-    lt.add_argument("--envelope-format", choices=("columnar", "json"), default="columnar",
+    lt.add_argument("--envelope-format", choices=ENVELOPE_FORMATS, default="columnar",
                     help="envelopes as msgpack columns, as the producer client sends them, or JSON (default columnar)")
     lt.add_argument("--linger-ms", type=float, default=20.0, help="envelope batching time (default 20)")
     lt.add_argument("--processes", type=int, default=1, help="generator processes (share the partitions)")
@@ -142,8 +144,8 @@ def _send(settings, args) -> dict:
         create_topics(settings)
     duration = args.duration if args.duration is not None or args.events is not None else 60.0
     cfg = GenConfig(rate=args.rate, duration_s=duration, max_events=args.events, envelope=not args.single,
-                    envelope_format=args.envelope_format, envelope_events=args.envelope_events, linger_ms=args.linger_ms, processes=args.processes,
-                    traffic=_traffic(args))
+                    envelope_format=args.envelope_format, envelope_events=args.envelope_events,
+                    linger_ms=args.linger_ms, processes=args.processes, traffic=_traffic(args))
     lag = GroupLag(settings, args.group or f"{settings.group_id}-ingest")
     gen = MultiGenerator(settings, cfg).start()
     bar = None

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from loadtest.traffic import ROLES, Traffic, envelopes
+from streams.settings import ENVELOPE_FORMATS
 
 FLAT_OUT_BATCH = 20_000
 """Events taken per round when there is no rate limit."""
@@ -81,8 +82,8 @@ class GenConfig:
             raise ValueError("processes must be >= 1")
         if not 1 <= self.envelope_events <= 10_000:
             raise ValueError("envelope_events must be in [1, 10000]")
-        if self.envelope_format not in ("columnar", "json"):
-            raise ValueError("envelope_format must be columnar or json")
+        if self.envelope_format not in ENVELOPE_FORMATS:
+            raise ValueError(f"envelope_format must be one of {ENVELOPE_FORMATS}")
 
 
 def producer_config(settings) -> dict:

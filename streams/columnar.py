@@ -164,8 +164,8 @@ def decode(data: bytes) -> tuple[EventColumns, list[Rejected]]:
 def decode_events(data: bytes) -> codec.Decoded:
     """:func:`decode` as event Structs (slow: for callers that want objects)."""
     columns, rejected = decode(data)
-    scores = iter(zip(columns.policy_id, columns.segment, columns.score.tolist(), columns.tau.tolist(),
-                      columns.decision, columns.model_version))
+    scores = zip(columns.policy_id, columns.segment, columns.score.tolist(), columns.tau.tolist(),
+                 columns.decision, columns.model_version)
     feedback = iter(columns.feedback)
     events = []
     for score, eid, sid, ts in zip(columns.is_score.tolist(), columns.event_id, columns.scenario_id,
@@ -233,8 +233,9 @@ def _columns(m: ColumnarEnvelope) -> EventColumns | None:
         if not (((score >= 0) & (score <= 1)).all() and ((tau >= 0) & (tau <= 1)).all()):
             return None
         policy, decision = s.policy_id, s.decision
-        segment = ["default"] * n_scores if s.segment is None else \
-            [x if x is not None else "default" for x in s.segment] if None in s.segment else s.segment
+        segment = s.segment if s.segment is not None else ["default"] * n_scores
+        if None in segment:  # nil: not given
+            segment = [x if x is not None else "default" for x in segment]
         version = s.model_version if s.model_version is not None else [None] * n_scores
     feedback = []
     if f is not None:
@@ -242,9 +243,7 @@ def _columns(m: ColumnarEnvelope) -> EventColumns | None:
         optional = [getattr(f, name) for name in _FEEDBACK_OPTIONAL]
         if any(len(column) != len(rows) for column in (f.kind, *optional) if column is not None):
             return None
-        source, preferred, weight, *context = (
-            column if column is not None else repeat(default)
-            for column, default in zip(optional, ("human", None, 1.0, None, None, None, None, None)))
+        source, preferred, weight, *context = (column if column is not None else repeat(None) for column in optional)
         ids, sids, times = m.event_id, m.scenario_id, ts.tolist()
         feedback = [
             FeedbackEvent(v=1, event_id=ids[i], scenario_id=sids[i], ts=times[i], kind=kind,
@@ -263,6 +262,7 @@ def _columns(m: ColumnarEnvelope) -> EventColumns | None:
 
 _TOP = ("type", "v", "producer", "is_score", "event_id", "scenario_id", "ts", "scores", "feedback")
 _SCORE_FIELDS = ("policy_id", "segment", "score", "tau", "decision", "model_version")
+_NIL = b"\xc0"
 _FLOATS = {"score", "tau"}  # the score columns sent as bin of float64
 _OPTIONAL = {"segment", "model_version", *_FEEDBACK_OPTIONAL}
 _NAMES = {fields: msgpack_scan.names([f.encode() for f in fields])
@@ -295,7 +295,7 @@ class _Message:
         if status != msgpack_scan.OK:
             raise DecodeError("schema", f"{what} must be a map")
         return {name: (s, e, d) for name, s, e, d in zip(names, start.tolist(), end.tolist(), depth.tolist())
-                if s >= 0}
+                if s >= 0 and self.data[s:e] != _NIL}  # nil: not given, as the typed decode reads it
 
     def scalar(self, span: tuple[int, int, int], kind=None):
         """The value at `span` if it is a scalar (decoded as `kind` if given), else a _Cell."""
@@ -326,6 +326,8 @@ def _slow(data: bytes) -> tuple[list, list[Rejected]]:
     """The good rows of `data` as events, and a rejection for each bad row; DecodeError for
     faults of the message itself."""
     message = _Message(data)
+    if msgpack_scan.value_end(message.buf, 0) != len(data):
+        raise DecodeError("not_msgpack", "a columnar envelope is one msgpack map: bytes are missing or follow it")
     top = message.fields(0, _TOP, "a columnar envelope")
     kind = message.scalar(top["type"]) if "type" in top else None
     if kind != "columns":
@@ -399,14 +401,10 @@ def _rows(message: _Message, top: dict) -> tuple[int, list[bool]]:
     return n, [b == 1 for b in flags]
 
 
-def _show(cell: _Cell) -> str:
-    return repr(cell)
-
-
 def _json(row: dict) -> bytes:
     """A rejected row as JSON, for the dead letter's `original` (a cell that is no scalar of
     the format shows as its kind and size)."""
     try:
-        return msgspec.json.encode(row, enc_hook=_show)
+        return msgspec.json.encode(row, enc_hook=repr)
     except (TypeError, OverflowError, UnicodeEncodeError) as e:
         return f'{{"unencodable row": "{type(e).__name__}"}}'.encode()

@@ -57,13 +57,15 @@ class EventColumns:
 
     @classmethod
     def of_events(cls, events: list) -> EventColumns:
-        """Score and feedback events (Structs), in arrival order, as columns."""
+        """Score and feedback events (Structs), in arrival order, as columns (a C-level `map`
+        a field: reading a row's fields as one tuple and transposing costs more)."""
         is_score = [type(ev) is ScoreEvent for ev in events]
         scores = list(compress(events, is_score))
+        n, n_scores = len(events), len(scores)
         return cls(np.array(is_score, np.bool_), list(map(_EVENT_ID, events)), list(map(_SCENARIO_ID, events)),
-                   np.fromiter(map(_TS, events), np.float64, len(events)), list(map(_POLICY, scores)),
-                   list(map(_SEGMENT, scores)), np.fromiter(map(_SCORE, scores), np.float64, len(scores)),
-                   np.fromiter(map(_TAU, scores), np.float64, len(scores)), list(map(_DECISION, scores)),
+                   np.fromiter(map(_TS, events), np.float64, n), list(map(_POLICY, scores)),
+                   list(map(_SEGMENT, scores)), np.fromiter(map(_SCORE, scores), np.float64, n_scores),
+                   np.fromiter(map(_TAU, scores), np.float64, n_scores), list(map(_DECISION, scores)),
                    list(map(_MODEL_VERSION, scores)), list(compress(events, map(not_, is_score))))
 
     @classmethod

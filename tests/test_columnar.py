@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from streams import codec, columnar
 from streams.columns import EventColumns
-from streams.events import MAX_ENVELOPE_EVENTS, Reason
+from streams.events import MAX_ENVELOPE_EVENTS, Reason, ScoreEvent
 from tests.test_codec import events as any_event
 from tests.test_codec import frame, js
 
@@ -264,7 +264,8 @@ def _with_cell(rows: list[dict], marker: str, cell: bytes, **extra) -> bytes:
 
 
 UNREADABLE = {  # msgpack the typed decode skips unread in an unknown key, but a plain decode refuses
-    "invalid utf-8": b"\xa3\xff\xfe\xfd", "timestamp of 10^9 ns": b"\xd7\xff" + ((0x3FFFFFFF << 34) | 5).to_bytes(8, "big"),
+    "invalid utf-8": b"\xa3\xff\xfe\xfd",
+    "timestamp of 10^9 ns": b"\xd7\xff" + ((0x3FFFFFFF << 34) | 5).to_bytes(8, "big"),
     "a map as a key": b"\x81\x81\x01\x01\x01", "nested 5,000 deep": b"\x91" * 5000 + b"\x90",
     "8 MB of empty maps": b"\xdd" + (7_000_000).to_bytes(4, "big") + b"\x80" * 7_000_000,
 }
@@ -320,3 +321,19 @@ def test_a_message_too_short_for_what_it_declares_is_not_msgpack():
     for cut in range(1, len(data)):
         decoded = codec.decode(data[:cut])
         assert not decoded.events and [r.reason for r in decoded.errors] == ["not_msgpack"], cut
+
+
+@pytest.mark.parametrize("bad_row", [False, True], ids=["fast path", "slow path"])
+def test_nil_for_a_whole_optional_column_or_map_is_not_given_on_both_paths(bad_row):
+    """As a Go producer's nil slice or pointer arrives; the slow path must read it as the typed
+    decode does, or one bad row would cost the message."""
+    rows = [score(), score(event_id="e-2", score=2.0 if bad_row else 0.5), feedback()]
+    message = {**_columns(rows), "producer": None}
+    message["scores"]["segment"] = message["scores"]["model_version"] = None
+    message["feedback"]["source"] = None
+    decoded = codec.decode(_encoded(message))
+    assert [e.event_id for e in decoded.events] == (["e-1", "f-1"] if bad_row else ["e-1", "e-2", "f-1"])
+    assert [r.reason for r in decoded.errors] == (["bad_value"] if bad_row else [])
+    assert {e.segment for e in decoded.events if type(e) is ScoreEvent} == {"default"}
+    message = {**_columns([score(), score(event_id="e-2", score=2.0 if bad_row else 0.5)]), "feedback": None}
+    assert len(codec.decode(_encoded(message)).events) == (1 if bad_row else 2)

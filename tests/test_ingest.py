@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams import codec, columnar
+from streams.columns import EventColumns
 from streams.events import FeedbackEvent, ScoreEvent
 from streams.operators.dedup import Deduplicator
 from streams.operators.ingest import ingest
@@ -132,7 +133,7 @@ def _through(wire: str, events: list):
     """`events` as ingest takes them from a wire format: objects, or columns decoded from a
     columnar or a JSON envelope."""
     if wire == "objects" or not events:
-        return events
+        return EventColumns.of_events(events)
     encode = columnar.encode if wire == "columnar" else codec.encode_envelope
     got, rejected = columnar.decode_batch([encode(events)])
     assert not rejected
@@ -178,8 +179,8 @@ def test_released_feedback_comes_right_after_its_score_across_batches():
                        ts=T0 + 10)
     dedup, join = Deduplicator(), FeedbackJoin()
     try:
-        assert len(ingest(fb[:2], dedup, join).records) == 0  # parked in the store
-        out = ingest([fb[2], score, other], dedup, join)
+        assert len(ingest(EventColumns.of_events(fb[:2]), dedup, join).records) == 0  # parked in the store
+        out = ingest(EventColumns.of_events([fb[2], score, other]), dedup, join)
     finally:
         join.close()
     # parked first (in the order they came), then this batch's, then the next event
@@ -293,7 +294,8 @@ def test_feedback_on_a_rescored_scenario_joins_by_event_time_not_delivery_order(
             events = _rescored(order) + fbs
             dedup, join = Deduplicator(), FeedbackJoin()
             try:
-                got = ingest(events[:cut], dedup, join).records.keys + ingest(events[cut:], dedup, join).records.keys
+                got = [key for part in (events[:cut], events[cut:])
+                       for key in ingest(EventColumns.of_events(part), dedup, join).records.keys]
             finally:
                 join.close()
             assert got[2:] == [("p", "at20"), ("p", "at10"), ("p", "at10")], (order, cut)

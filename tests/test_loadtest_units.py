@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from loadtest.bench import REQUIRED_KEYS, Phase, check_result, median_phase, pick_raw, trigger_latencies
-from loadtest.generator import GenConfig, RateLimiter
+from loadtest.generator import GenConfig, RateLimiter, as_columnar
 from loadtest.traffic import FEEDBACK, SCORE, Traffic, envelopes, partitions_of
 from streams import codec
 from streams.kafka.producer import partition_for
@@ -40,7 +40,9 @@ def test_gen_config_needs_an_end():
         GenConfig()
     with pytest.raises(ValueError):
         GenConfig(max_events=10, processes=0)
-    assert GenConfig(duration_s=1.0).envelope
+    assert GenConfig(duration_s=1.0).envelope and GenConfig(duration_s=1.0).envelope_format == "columnar"
+    with pytest.raises(ValueError, match="envelope_format"):
+        GenConfig(max_events=10, envelope_format="avro")
 
 
 def test_numba_partitioner_matches_kafka_murmur2():
@@ -93,6 +95,7 @@ def test_envelopes_keep_order_and_every_event(traffic):
     for role, part, value, n, max_ts in envelopes(chunk, 0, len(chunk), 40):
         decoded = codec.decode(value)
         assert decoded.errors == [] and len(decoded.events) == n <= 40
+        assert codec.decode(as_columnar(value)) == decoded  # what the generator sends by default
         assert {type(e).__name__ for e in decoded.events} == {"ScoreEvent" if role == SCORE else "FeedbackEvent"}
         assert {partition_for(e.scenario_id.encode(), 4) for e in decoded.events} == {part}
         assert max(e.ts for e in decoded.events) == pytest.approx(max_ts, abs=1e-3)

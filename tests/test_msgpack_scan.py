@@ -37,6 +37,8 @@ def test_array_items_are_where_each_item_lies_and_how_deep(items):
     if items:
         assert msgpack_scan.array_items(buf(data), 0, len(items) - 1)[0] == msgpack_scan.TOO_MANY
     assert msgpack_scan.map_fields(buf(data), 0, *msgpack_scan.names([b"a"]))[0] == msgpack_scan.NOT_THIS_KIND
+    assert msgpack_scan.value_end(buf(data + b"\x01"), 0) == len(data)
+    assert msgpack_scan.value_end(buf(data[:-1]), 0) == -1 or not items
 
 
 @settings(max_examples=400, deadline=None)

@@ -1,11 +1,11 @@
 """The client platform teams use to publish score and feedback events: the fast path.
 
-Envelope mode (the default) groups events per (topic, partition) into envelope
-messages of up to ``max_events`` events, so broker and worker handle one message where
-there would be hundreds; columnar envelopes (:mod:`streams.columnar`, the default
-``envelope_format``) unless the settings ask for JSON ones. Each event's partition is computed here with Kafka's own
-murmur2 partitioner on its ``scenario_id``: exactly where a single keyed message for it
-would land. Scores and feedback of one scenario thus meet on the same partition
+Envelope mode (the default) groups events per (topic, partition) into envelope messages
+of up to ``max_events`` events, so broker and worker handle one message where there would
+be hundreds: columnar envelopes (:mod:`streams.columnar`), unless the settings'
+``envelope_format`` asks for JSON ones. Each event's partition is computed here with
+Kafka's own murmur2 partitioner on its ``scenario_id``: exactly where a single keyed
+message for it would land. Scores and feedback of one scenario thus meet on the same partition
 number in either mode, which the worker's score-feedback join relies on.
 
 Nothing invalid is sent: every event is first checked by the worker's own decoder

@@ -90,12 +90,8 @@ class _Scores:
         return js[k] if k < len(js) else None
 
 
-def ingest(batch: EventColumns | list, dedup: Deduplicator, join: FeedbackJoin,
-           abstention_handling: bool = True) -> Ingested:
-    """Records of `batch` (decoded events in arrival order, as columns or as a list of
-    event Structs), with the join store updated."""
-    if not isinstance(batch, EventColumns):
-        batch = EventColumns.of_events(batch)
+def ingest(batch: EventColumns, dedup: Deduplicator, join: FeedbackJoin, abstention_handling: bool = True) -> Ingested:
+    """Records of `batch` (decoded events in arrival order), with the join store updated."""
     kept = dedup.fresh_positions(batch.event_id, batch.ts, _ID_PREFIX, batch.is_score)
     out = Ingested(Records.empty(), duplicates=len(batch) - len(kept))
     if len(kept) < len(batch):
@@ -211,10 +207,11 @@ def _records(batch: EventColumns, score_ts: np.ndarray, score_pos: list[int], fe
     f8 = lambda values: np.array(values, np.float64)  # noqa: E731
     i8 = lambda values: np.array(values, np.int8)  # noqa: E731
     fill = lambda value, dtype: np.full(n_s, value, dtype)  # noqa: E731
-    columns = {"ts": score_ts, "decision": i8(list(map(DECISION.__getitem__, batch.decision))), "tau": batch.tau,
-               "kind": fill(0, np.int8), "source": fill(0, np.int8), "preferred": fill(0, np.int8),
-               "score": batch.score, "weight": fill(1.0, np.float64), "pair": fill(-1, np.int8),
-               "repeat": fill(False, np.bool_), "decided": score_ts.copy(), "etype": fill(SCORE_EVENT, np.int8)}
+    columns = {"ts": score_ts, "decision": i8(list(map(DECISION.__getitem__, batch.decision))),
+               "tau": batch.tau.copy(), "kind": fill(0, np.int8), "source": fill(0, np.int8),
+               "preferred": fill(0, np.int8), "score": batch.score.copy(), "weight": fill(1.0, np.float64),
+               "pair": fill(-1, np.int8), "repeat": fill(False, np.bool_), "decided": score_ts.copy(),
+               "etype": fill(SCORE_EVENT, np.int8)}
     keys = list(zip(batch.policy_id, batch.segment))
     if n_f:
         f_policy, f_segment, f_score, _, f_decision, f_decided = zip(*feedback.contexts)

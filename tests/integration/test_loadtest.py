@@ -37,7 +37,8 @@ def test_bench_pipeline_reports_every_figure(kafka_bootstrap, tmp_path):
                   "--latency-seconds", "4", "--timeout", "120", "--topic-prefix", unique_prefix("lt"),
                   "--out", str(tmp_path), "--json")
     assert check_result(result) == [], result
-    assert result["single_counted"] == n and result["envelope_counted"] == n
+    assert result["single_counted"] == result["envelope_counted"] == result["envelope_json_counted"] == n
+    assert result["envelope_json_events_per_s"] > 0 and result["in_process_json_events_per_s"] > 0
     assert result["two_workers_counted"] >= n and result["two_workers_events_per_s"] > 0
     assert result["latency_triggers_timed"] > 0
     for client in ("aiokafka", "confluent"):  # each plain consumer: the median of its drains
@@ -47,8 +48,8 @@ def test_bench_pipeline_reports_every_figure(kafka_bootstrap, tmp_path):
     assert result["raw_client"] == faster and result["raw_events_per_s"] == result[f"raw_{faster}_events_per_s"]
     assert result["single_vs_raw"] == round(result["single_events_per_s"] / result["raw_events_per_s"], 3)
     assert result["in_process_events_per_s"] > 0 and result["in_process_vs_raw"] > 0
-    assert set(result["peak_rss_mb"]) >= {"raw_aiokafka", "raw_confluent", "single", "envelope", "in_process", "peer",
-                                          "two_workers", "latency"}
+    assert set(result["peak_rss_mb"]) >= {"raw_aiokafka", "raw_confluent", "single", "envelope", "envelope_json",
+                                          "in_process", "in_process_json", "peer", "two_workers", "latency"}
     assert (tmp_path / "bench.png").stat().st_size > 0 and (tmp_path / "bench.html").is_file()
 
 
