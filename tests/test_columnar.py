@@ -337,3 +337,30 @@ def test_nil_for_a_whole_optional_column_or_map_is_not_given_on_both_paths(bad_r
     assert {e.segment for e in decoded.events if type(e) is ScoreEvent} == {"default"}
     message = {**_columns([score(), score(event_id="e-2", score=2.0 if bad_row else 0.5)]), "feedback": None}
     assert len(codec.decode(_encoded(message)).events) == (1 if bad_row else 2)
+
+
+cell_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=300) | st.sampled_from(["act", "hold", "abstain", "like", "override", "audit", "", "x" * 257]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=8)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(any_event, min_size=1, max_size=6), st.data())
+def test_one_mutated_field_gives_the_json_envelope_s_events_and_reasons(events, data):
+    rows = [msgspec.to_builtins(ev) for ev in events]
+    i = data.draw(st.integers(0, len(rows) - 1))
+    fields = sorted(set(rows[i]) - {"type", "v"} | ({"segment", "weight", "source", "preferred"}
+                                                    if rows[i]["type"] == "feedback" else {"segment"}))
+    name = data.draw(st.sampled_from(fields))
+    value = data.draw(cell_values)
+    optional = name not in ("event_id", "scenario_id", "ts", "policy_id", "score", "tau", "decision", "kind") \
+        or rows[i]["type"] == "feedback" and name not in ("event_id", "scenario_id", "ts", "kind")
+    if value is None and optional:  # nil in an optional column is "not given", unlike JSON's null
+        return
+    if name == "ts" or rows[i]["type"] == "score" and name in FLOATS:  # a bin column holds float64 alone
+        if type(value) is not float:
+            return
+    rows[i] = {**rows[i], name: value}
+    same_as_json(rows)
