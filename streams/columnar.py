@@ -264,7 +264,7 @@ _TOP = ("type", "v", "producer", "is_score", "event_id", "scenario_id", "ts", "s
 _SCORE_FIELDS = ("policy_id", "segment", "score", "tau", "decision", "model_version")
 _NIL = b"\xc0"
 _FLOATS = {"score", "tau"}  # the score columns sent as bin of float64
-_OPTIONAL = {"segment", "model_version", *_FEEDBACK_OPTIONAL}
+_OPTIONAL = {"scores": {"segment", "model_version"}, "feedback": set(_FEEDBACK_OPTIONAL)}  # columns, by map
 _NAMES = {fields: msgpack_scan.names([f.encode() for f in fields])
           for fields in (_TOP, _SCORE_FIELDS, ("kind", *_FEEDBACK_OPTIONAL))}
 
@@ -346,7 +346,7 @@ def _slow(data: bytes) -> tuple[list, list[Rejected]]:
             raise DecodeError("schema", f"{group} given, but no row is one")
         given = message.fields(top[group][0], names, group)
         for name in names:
-            if name not in given and name not in _OPTIONAL:
+            if name not in given and name not in _OPTIONAL[group]:
                 raise DecodeError("schema", f"{group} lacks the column {name}")
         columns[group] = {name: message.column(given[name], name, rows, group == "scores" and name in _FLOATS)
                           for name in names if name in given}
@@ -361,7 +361,7 @@ def _slow(data: bytes) -> tuple[list, list[Rejected]]:
         row = {"type": "score" if score else "feedback", "v": 1, "event_id": ids[i], "scenario_id": sids[i],
                "ts": ts[i]}
         for name, column in columns.get(group, {}).items():
-            if column[j] is not None or name not in _OPTIONAL:  # nil in an optional column: not given
+            if column[j] is not None or name not in _OPTIONAL[group]:  # nil in an optional column: not given
                 row[name] = column[j]
         try:
             good.append(_event(row))
@@ -401,10 +401,17 @@ def _rows(message: _Message, top: dict) -> tuple[int, list[bool]]:
     return n, [b == 1 for b in flags]
 
 
+def _shown(value) -> str:
+    """What JSON cannot hold, shown by its kind: a _Cell, or a msgpack ext."""
+    if isinstance(value, msgspec.msgpack.Ext):
+        return f"<msgpack ext of type {value.code}, {len(value.data)} bytes>"
+    return repr(value)
+
+
 def _json(row: dict) -> bytes:
     """A rejected row as JSON, for the dead letter's `original` (a cell that is no scalar of
     the format shows as its kind and size)."""
     try:
-        return msgspec.json.encode(row, enc_hook=repr)
+        return msgspec.json.encode(row, enc_hook=_shown)
     except (TypeError, OverflowError, UnicodeEncodeError) as e:
         return f'{{"unencodable row": "{type(e).__name__}"}}'.encode()

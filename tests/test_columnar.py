@@ -167,6 +167,9 @@ MESSAGE_FAULTS = [  # (what is wrong with the message itself, its change, the re
     ("score column short", {"scores": {**_columns()["scores"], "score": f8([])}}, "schema"),
     ("decision column short", {"scores": {**_columns()["scores"], "decision": []}}, "schema"),
     ("kind column missing", {"feedback": {"source": ["human"]}}, "schema"),
+    *((f"{name} column missing", {"scores": {k: v for k, v in _columns()["scores"].items() if k != name}}, "schema")
+      for name in ("policy_id", "score", "tau", "decision")),
+    ("tau column nil", {"scores": {**_columns()["scores"], "tau": None}}, "schema"),
     ("weight column long", {"feedback": {"kind": ["like"], "weight": [1.0, 2.0]}}, "schema"),
 ]
 
@@ -293,6 +296,13 @@ def test_a_nested_cell_costs_its_row_alone_with_the_reason_of_its_json_event(dep
             value = [value]
         want = codec.decode(as_json_envelope([rows[0], feedback(policy_id=value), rows[2]]))
         assert [r.reason for r in want.errors] == [reason]
+
+
+def test_an_ext_cell_shows_in_the_dead_letter_by_its_type_and_size():
+    decoded = codec.decode(_with_cell([score(event_id="a"), feedback(policy_id="@@@@")], "@@@@", b"\xd6\x05abcd"))
+    (rejected,) = decoded.errors
+    assert (rejected.reason, msgspec.json.decode(rejected.raw)["policy_id"]) == (
+        "schema", "<msgpack ext of type 5, 4 bytes>")
 
 
 def test_a_cell_that_is_not_msgpack_costs_its_row_alone():
