@@ -1,13 +1,16 @@
-"""Hostile input at a running worker: random bytes, truncated and oversized envelopes, deeply
-nested JSON, huge strings, wrong types, unknown versions, interleaved with good records. The
+"""Hostile input at a running worker: random bytes, truncated and oversized envelopes (JSON and
+columnar), deeply nested JSON, huge strings, wrong types, unknown versions, interleaved with
+good records. The
 worker stays up, every bad record is dead-lettered once with its reason, the good records
 around them are all counted, and memory does not grow with what was thrown at it.
-(The decoders alone are fuzzed with hypothesis in tests/test_codec.py.)"""
+(The decoders alone are fuzzed with hypothesis in tests/test_codec.py and tests/test_columnar.py.)"""
 from __future__ import annotations
 
 import random
 from collections import Counter
 
+import msgspec
+import numpy as np
 import orjson
 import pytest
 
@@ -28,9 +31,25 @@ def _envelope(events: list[dict]) -> bytes:
     return orjson.dumps({"type": "envelope", "v": 1, "events": events})
 
 
+def _columnar(events: list[dict], scores: list[float] | None = None) -> bytes:
+    """A columnar envelope of score events (`scores`: their score column, as given)."""
+    f8 = (lambda values: np.array(values, "<f8").tobytes())
+    return msgspec.msgpack.encode({
+        "type": "columns", "v": 1, "is_score": bytes([1] * len(events)), "event_id": [e["event_id"] for e in events],
+        "scenario_id": [e["scenario_id"] for e in events], "ts": f8([e["ts"] for e in events]),
+        "scores": {"policy_id": [e["policy_id"] for e in events], "segment": [e["segment"] for e in events],
+                   "score": f8(scores or [e["score"] for e in events]), "tau": f8([e["tau"] for e in events]),
+                   "decision": [e["decision"] for e in events]}})
+
+
 def _hostile(rnd: random.Random, i: int) -> tuple[bytes, str | None]:
     """One bad message and the reason it must be dead-lettered with (None: any reason)."""
-    kind = i % 8
+    kind = i % 10
+    if kind == 8:
+        whole = _columnar([_score(10_000_000 + i * 100 + k) for k in range(50)])
+        return whole[: rnd.randint(1, len(whole) - 1)], "not_msgpack"
+    if kind == 9:  # a column claiming 2^32 - 1 cells it does not hold
+        return _columnar([_score(0)]).replace(b"\xa8event_id\x91", b"\xa8event_id\xdd\xff\xff\xff\xff"), "not_msgpack"
     if kind == 0:
         return rnd.randbytes(rnd.randint(0, 2000)), None
     if kind == 1:
@@ -72,7 +91,14 @@ def test_a_running_worker_survives_hostile_input(settings):
     for round_ in range(4):
         for i in range(60):
             n = round_ * 1000 + i * 10
-            if i % 3 == 0:  # an envelope of good events with one bad event inside
+            if i % 6 == 3:  # a columnar envelope of good events with one bad row inside
+                events = [_score(n + k) for k in range(6)]
+                producer.produce(settings.topic("scores"), _columnar(events, [0.6] * 5 + [float("inf")]),
+                                 key=f"c{n}".encode())
+                good_scores += 5
+                n_bad += 1
+                expected_reasons["bad_value"] += 1
+            elif i % 3 == 0:  # an envelope of good events with one bad event inside
                 events = [_score(n + k) for k in range(5)] + [{**_score(n + 5), "score": float("inf")}]
                 producer.produce(settings.topic("scores"), _envelope(events[:5]).replace(
                     b"]}", b',{"type":"score","v":1,"event_id":"bad","scenario_id":"b","policy_id":"p",'
