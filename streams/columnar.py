@@ -24,9 +24,9 @@ The message is a msgpack map (keys are strings; unknown keys are ignored, as in 
               (numbers, default 1), ``policy_id``, ``segment``, ``score``, ``tau``, ``decision``
 ============  ===========================================================================
 
-An optional column may be left out, or hold nil for a row that has no value: either way the
-row gets the field's default. Each row must be what the JSON event with the same fields would
-be (the same constraints,
+An optional column (or map) may be left out or be nil, and an optional column may hold nil
+for a row that has no value: either way the row gets the field's default. Each row must be
+what the JSON event with the same fields would be (the same constraints:
 ``schemas/score.schema.json`` and ``schemas/feedback.schema.json``). A bad row is
 dead-lettered on its own, with the reason its JSON event would get and that event as JSON
 for ``original`` (a cell that is not msgpack: ``not_msgpack``); faults of the map itself (a
@@ -66,6 +66,8 @@ _MSGPACK_MAP = frozenset([*range(0x80, 0x90), 0xDE, 0xDF])
 
 
 class ScoreColumns(msgspec.Struct, kw_only=True, gc=False):
+    """The score rows' columns (``scores``)."""
+
     policy_id: list[Id]
     segment: list[Id | None] | None = None
     score: bytes
@@ -75,6 +77,8 @@ class ScoreColumns(msgspec.Struct, kw_only=True, gc=False):
 
 
 class FeedbackColumns(msgspec.Struct, kw_only=True, gc=False):
+    """The feedback rows' columns (``feedback``)."""
+
     kind: list[FeedbackKind]
     source: list[FeedbackSource | None] | None = None
     preferred: list[Literal["act", "hold"] | None] | None = None
@@ -87,6 +91,9 @@ class FeedbackColumns(msgspec.Struct, kw_only=True, gc=False):
 
 
 class ColumnarEnvelope(msgspec.Struct, kw_only=True, gc=False):
+    """The typed decode of the fast path; lengths, flags and numbers' ranges are checked after
+    it (:func:`_columns`)."""
+
     type: Literal["columns"]
     v: Literal[1]
     producer: Id | None = None
