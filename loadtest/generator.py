@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from loadtest.traffic import ROLES, Traffic, envelopes
+from streams import codec, columnar
 from streams.settings import ENVELOPE_FORMATS
 
 FLAT_OUT_BATCH = 20_000
@@ -214,8 +215,6 @@ def _send(producer, topics: list[str], chunk, lo: int, hi: int, cfg: GenConfig) 
 
 def as_columnar(envelope: bytes) -> bytes:
     """The columnar envelope of a JSON one's events."""
-    from streams import codec, columnar
-
     return columnar.encode(codec.decode(envelope).events)
 
 

@@ -36,8 +36,8 @@ whole message, as an envelope's own do.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import compress, repeat
-from typing import Annotated, Literal
+from itertools import repeat
+from typing import Annotated, Any, Literal
 
 import msgspec
 import numpy as np
@@ -108,6 +108,9 @@ class ColumnarEnvelope(msgspec.Struct, kw_only=True, gc=False):
 _DECODER = msgspec.msgpack.Decoder(ColumnarEnvelope)
 _ENCODER = msgspec.msgpack.Encoder()
 _FEEDBACK_OPTIONAL = ("source", "preferred", "weight", "policy_id", "segment", "score", "tau", "decision")
+_FEEDBACK_FIELDS = ("kind", *_FEEDBACK_OPTIONAL)
+_DEFAULT_SOURCE, _DEFAULT_WEIGHT = (next(f.default for f in msgspec.structs.fields(FeedbackEvent) if f.name == name)
+                                    for name in ("source", "weight"))  # what a nil cell stands for
 
 
 def is_columnar(data: bytes) -> bool:
@@ -120,34 +123,27 @@ def encode(events: Sequence, producer: str | None = None) -> bytes:
     ValueError where :func:`decode` would reject it for its size."""
     if not 1 <= len(events) <= MAX_ENVELOPE_EVENTS:
         raise ValueError(f"an envelope holds 1..{MAX_ENVELOPE_EVENTS} events, not {len(events)}")
-    is_score = [type(ev) is ScoreEvent for ev in events]
-    scores = list(compress(events, is_score))
-    feedback = [ev for ev in events if type(ev) is not ScoreEvent]
-    message: dict = {"type": "columns", "v": 1, "is_score": bytes(is_score),
-                     "event_id": [ev.event_id for ev in events], "scenario_id": [ev.scenario_id for ev in events],
-                     "ts": _floats([ev.ts for ev in events])}
+    batch = EventColumns.of_events(events)
+    message: dict = {"type": "columns", "v": 1, "is_score": batch.is_score.astype(np.uint8).tobytes(),
+                     "event_id": batch.event_id, "scenario_id": batch.scenario_id, "ts": batch.ts.astype(_F8).tobytes()}
     if producer is not None:
         message["producer"] = producer
-    if scores:
-        message["scores"] = {"policy_id": [s.policy_id for s in scores], "segment": [s.segment for s in scores],
-                             "score": _floats([s.score for s in scores]), "tau": _floats([s.tau for s in scores]),
-                             "decision": [s.decision for s in scores]}
-        if any(s.model_version is not None for s in scores):
-            message["scores"]["model_version"] = [s.model_version for s in scores]
-    if feedback:
-        message["feedback"] = {"kind": [f.kind for f in feedback]}
+    if batch.policy_id:
+        message["scores"] = {"policy_id": batch.policy_id, "segment": batch.segment,
+                             "score": batch.score.astype(_F8).tobytes(), "tau": batch.tau.astype(_F8).tobytes(),
+                             "decision": batch.decision}
+        if any(version is not None for version in batch.model_version):
+            message["scores"]["model_version"] = batch.model_version
+    if batch.feedback:
+        message["feedback"] = {"kind": [f.kind for f in batch.feedback]}
         for name in _FEEDBACK_OPTIONAL:
-            column = [getattr(f, name) for f in feedback]
+            column = [getattr(f, name) for f in batch.feedback]
             if any(value is not None for value in column):  # a column of nils is left out
                 message["feedback"][name] = column
     data = _ENCODER.encode(message)
     if len(data) > MAX_MESSAGE_BYTES:
         raise ValueError(f"envelope of {len(data)} bytes > {MAX_MESSAGE_BYTES}")
     return data
-
-
-def _floats(values: list[float]) -> bytes:
-    return np.array(values, _F8).tobytes()
 
 
 def decode(data: bytes) -> tuple[EventColumns, list[Rejected]]:
@@ -190,9 +186,6 @@ def decode_batch(messages: Sequence[bytes]) -> tuple[EventColumns, list[tuple[in
     """The events of `messages` (JSON, framed JSON or columnar, in any mix) in order, as
     columns, and (message index, rejection) for every problem. A run of messages that are
     not columnar is decoded by :func:`streams.codec.decode_batch` in one go."""
-    if not any(map(is_columnar, messages)):
-        events, rejected = codec.decode_batch(messages)
-        return EventColumns.of_events(events), rejected
     parts, rejected = [], []
     run: list[int] = []
 
@@ -254,8 +247,9 @@ def _columns(m: ColumnarEnvelope) -> EventColumns | None:
         ids, sids, times = m.event_id, m.scenario_id, ts.tolist()
         feedback = [
             FeedbackEvent(v=1, event_id=ids[i], scenario_id=sids[i], ts=times[i], kind=kind,
-                          source="human" if src is None else src, preferred=pref,
-                          weight=1.0 if w is None else w, policy_id=p, segment=sg, score=sc, tau=t, decision=d)
+                          source=_DEFAULT_SOURCE if src is None else src, preferred=pref,
+                          weight=_DEFAULT_WEIGHT if w is None else w, policy_id=p, segment=sg, score=sc, tau=t,
+                          decision=d)
             for i, kind, src, pref, w, p, sg, sc, t, d in zip(rows, f.kind, source, preferred, weight, *context)]
     return EventColumns(is_score, m.event_id, m.scenario_id, ts, policy, segment, score, tau, decision, version,
                         feedback)
@@ -273,7 +267,7 @@ _NIL = b"\xc0"
 _FLOATS = {"score", "tau"}  # the score columns sent as bin of float64
 _OPTIONAL = {"scores": {"segment", "model_version"}, "feedback": set(_FEEDBACK_OPTIONAL)}  # columns, by map
 _NAMES = {fields: msgpack_scan.names([f.encode() for f in fields])
-          for fields in (_TOP, _SCORE_FIELDS, ("kind", *_FEEDBACK_OPTIONAL))}
+          for fields in (_TOP, _SCORE_FIELDS, _FEEDBACK_FIELDS)}
 
 
 class _Cell:
@@ -304,13 +298,13 @@ class _Message:
         return {name: (s, e, d) for name, s, e, d in zip(names, start.tolist(), end.tolist(), depth.tolist())
                 if s >= 0 and self.data[s:e] != _NIL}  # nil: not given, as the typed decode reads it
 
-    def scalar(self, span: tuple[int, int, int], kind=None):
-        """The value at `span` if it is a scalar (decoded as `kind` if given), else a _Cell."""
+    def scalar(self, span: tuple[int, int, int], kind=Any):
+        """The value at `span` if it is a scalar (decoded as `kind`), else a _Cell."""
         start, end, depth = span
         if depth > 0:
             return _Cell("container", end - start, depth)
         try:
-            return msgspec.msgpack.decode(self.data[start:end], **({} if kind is None else {"type": kind}))
+            return msgspec.msgpack.decode(self.data[start:end], type=kind)
         except msgspec.DecodeError:  # a ValidationError too
             return _Cell("bad value", end - start)
 
@@ -342,7 +336,7 @@ def _slow(data: bytes) -> tuple[list, list[Rejected]]:
     header = {name: message.scalar(top[name]) for name in ("v", "producer") if name in top}
     codec._check_header({**codec._version_1(header), "type": "envelope"}, False)
     n, is_score = _rows(message, top)
-    groups = {"scores": (_SCORE_FIELDS, sum(is_score)), "feedback": (("kind", *_FEEDBACK_OPTIONAL), n - sum(is_score))}
+    groups = {"scores": (_SCORE_FIELDS, sum(is_score)), "feedback": (_FEEDBACK_FIELDS, n - sum(is_score))}
     columns: dict[str, dict[str, list]] = {}
     for group, (names, rows) in groups.items():
         if group not in top:
