@@ -34,7 +34,7 @@ import numpy as np
 from kernels.layout import FEEDBACK_EVENT, LIKE, OVERRIDE, SCORE_EVENT
 from streams.columns import EventColumns
 from streams.operators.dedup import Deduplicator
-from streams.operators.join import FeedbackJoin, Pending, pick
+from streams.operators.join import Contexts, FeedbackJoin, Pending, pick
 from streams.operators.records import DECISION, KIND, PREFERRED, SOURCE, Records
 
 _SCENARIO_ID, _TS = attrgetter("scenario_id"), attrgetter("ts")
@@ -101,8 +101,8 @@ def ingest(batch: EventColumns, dedup: Deduplicator, join: FeedbackJoin, abstent
     score_pos = np.flatnonzero(batch.is_score).tolist()
     sids = list(map(batch.scenario_id.__getitem__, score_pos))
     score_ts = batch.ts[batch.is_score]
-    contexts = list(zip(batch.policy_id, batch.segment, batch.score.tolist(), batch.tau.tolist(), batch.decision,
-                        score_ts.tolist()))
+    contexts = Contexts(batch.policy_id, batch.segment, batch.score.tolist(), batch.tau.tolist(), batch.decision,
+                        score_ts.tolist())
     batch_scores = _Scores(sids, score_pos)
 
     # feedback parked by earlier batches goes right after the first score of its scenario here
@@ -212,7 +212,7 @@ def _records(batch: EventColumns, score_ts: np.ndarray, score_pos: list[int], fe
                "preferred": fill(0, np.int8), "score": batch.score.copy(), "weight": fill(1.0, np.float64),
                "pair": fill(-1, np.int8), "repeat": fill(False, np.bool_), "decided": score_ts.copy(),
                "etype": fill(SCORE_EVENT, np.int8)}
-    keys = list(zip(batch.policy_id, batch.segment))
+    policy, segment = batch.policy_id, batch.segment
     if n_f:
         f_policy, f_segment, f_score, _, f_decision, f_decided = zip(*feedback.contexts)
         f_ts, f_kind, f_source, f_preferred, f_weight = zip(*map(_FEEDBACK_FIELDS, feedback.own))
@@ -223,10 +223,11 @@ def _records(batch: EventColumns, score_ts: np.ndarray, score_pos: list[int], fe
                 "weight": f8(f_weight), "pair": i8(feedback.pair), "repeat": np.array(feedback.repeat, np.bool_),
                 "decided": f8(f_decided), "etype": np.full(n_f, FEEDBACK_EVENT, np.int8)}
         columns = {name: np.concatenate((column, more[name])) for name, column in columns.items()}
-        keys += zip(f_policy, f_segment)
         arrival = np.argsort(np.array(score_pos + feedback.order, np.float64), kind="stable")
-        keys = list(map(keys.__getitem__, arrival.tolist()))
+        order = arrival.tolist()
+        policy = list(map([*policy, *f_policy].__getitem__, order))
+        segment = list(map([*segment, *f_segment].__getitem__, order))
         columns = {name: column[arrival] for name, column in columns.items()}
-    return Records(keys, columns["ts"], columns["etype"], columns["decision"], columns["tau"],
+    return Records(policy, segment, columns["ts"], columns["etype"], columns["decision"], columns["tau"],
                    columns["kind"], columns["source"], columns["preferred"], columns["score"], columns["weight"],
                    columns["pair"], columns["repeat"], columns["decided"])

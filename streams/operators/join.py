@@ -33,7 +33,7 @@ import logging
 import math
 import tempfile
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from itertools import islice
 from operator import itemgetter
 from typing import NamedTuple
@@ -69,6 +69,29 @@ class Context(NamedTuple):
     tau: float
     decision: str
     ts: float
+
+
+class Contexts:
+    """Decisions' contexts as columns (policy_id, segment, score, tau, decision, ts), read as
+    rows like a list of `Context` tuples: a row is built when asked for (`contexts[i]`), or
+    handed out one at a time by iterating, where `zip` reuses one tuple for every row. A tuple
+    a score cost its allocation and the cyclic collector's time for every score of a batch,
+    where only the few that feedback joins are ever read as rows."""
+
+    __slots__ = ("columns",)
+
+    def __init__(self, policy_id: list[str], segment: list[str], score: list[float], tau: list[float],
+                 decision: list[str], ts: list[float]) -> None:
+        self.columns = (policy_id, segment, score, tau, decision, ts)
+
+    def __len__(self) -> int:
+        return len(self.columns[0])
+
+    def __getitem__(self, i: int) -> tuple:
+        return tuple(column[i] for column in self.columns)
+
+    def __iter__(self) -> Iterator[tuple]:
+        return zip(*self.columns)
 
 
 class Pending(NamedTuple):
@@ -337,12 +360,13 @@ class FeedbackJoin:
             if self._logged > self._track_limit:  # a delta would not pay: stop paying for the log
                 self._log, self._logged, self._changed_all = [], 0, True
 
-    def add_scores(self, scenario_ids: list[str], contexts: list[tuple]) -> None:
-        """Remember a batch of decisions: (policy_id, segment, score, tau, decision, ts) each."""
+    def add_scores(self, scenario_ids: list[str], contexts: Sequence[tuple]) -> None:
+        """Remember a batch of decisions: (policy_id, segment, score, tau, decision, ts) each
+        (a list of tuples, or `Contexts`)."""
         if scenario_ids:
             self._store_scores(list(map(str.encode, scenario_ids)), contexts)
 
-    def _store_scores(self, ids: list[bytes], contexts: list[tuple], expiry_key: bytes | None = None,
+    def _store_scores(self, ids: list[bytes], contexts: Sequence[tuple], expiry_key: bytes | None = None,
                       logged: bool = True) -> None:
         """Write a batch of scores under the next serials, with their expiry entry: a new one,
         or under `expiry_key` (the entry of their batch in a state of the earlier layout)."""

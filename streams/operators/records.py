@@ -19,9 +19,13 @@ PREFERRED[None] = PREFERRED[""] = 0  # none given (an event's None, a parked one
 
 @dataclass
 class Records:
-    """One entry per event: key, event time, type, and the fields the kernels read."""
+    """One entry per event: key (policy_id, segment), event time, type, and the fields the kernels read.
 
-    keys: list
+    The key is two columns of strings, not a list of tuples: a tuple a record cost its
+    allocation and the cyclic collector's time, about a twentieth of the worker."""
+
+    policy_id: list[str]
+    segment: list[str]
     ts: np.ndarray
     etype: np.ndarray
     decision: np.ndarray
@@ -37,19 +41,24 @@ class Records:
 
     def __post_init__(self) -> None:
         if self.pair is None:
-            self.pair = np.full(len(self.keys), -1, np.int8)
+            self.pair = np.full(len(self), -1, np.int8)
         if self.repeat is None:
-            self.repeat = np.zeros(len(self.keys), np.bool_)
+            self.repeat = np.zeros(len(self), np.bool_)
         if self.decided is None:
-            self.decided = np.full(len(self.keys), np.nan)
+            self.decided = np.full(len(self), np.nan)
 
     @classmethod
     def empty(cls) -> "Records":
         f8, i8 = np.empty(0), np.empty(0, np.int8)
-        return cls([], f8, i8, i8, f8, i8, i8, i8, f8, f8)
+        return cls([], [], f8, i8, i8, f8, i8, i8, i8, f8, f8)
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.policy_id)
+
+    @property
+    def keys(self) -> list[tuple[str, str]]:
+        """(policy_id, segment) of each record."""
+        return list(zip(self.policy_id, self.segment))
 
     def split(self, lo: int, hi: int, slot: np.ndarray, pane_s: float) -> tuple[ScoreBatch, FeedbackBatch]:
         """Records [lo, hi) as a score batch and a feedback batch, with their slots; a

@@ -107,11 +107,13 @@ class KeyIndex:
             self.keys.append(key)
         return i
 
-    def ids_of(self, keys: list[tuple[str, str]]) -> np.ndarray:
-        """`id` of each key (keys are few and long-lived: nearly always all known already)."""
-        ids = list(map(self.ids.get, keys))
+    def ids_of(self, policy_ids: list[str], segments: list[str]) -> np.ndarray:
+        """`id` of each key (policy_ids[i], segments[i]). Keys are few and long-lived, so nearly
+        always all known already; then `zip` hands the lookup one tuple it reuses, not a new
+        one a key."""
+        ids = list(map(self.ids.get, zip(policy_ids, segments)))
         if None in ids:
-            ids = list(map(self.id, keys))
+            ids = list(map(self.id, zip(policy_ids, segments)))
         return np.array(ids, dtype=np.int64)
 
 
@@ -139,7 +141,7 @@ class PartitionWindows:
         """Add one batch of records (arrival order); return closed panes and early snapshots."""
         if not len(records):
             return []
-        ids = self.keys.ids_of(records.keys)
+        ids = self.keys.ids_of(records.policy_id, records.segment)
         self._ensure(len(self.keys.keys))
         ts = records.ts
         pane_s, grace, early_s = self.spec.tumbling_s, self.spec.grace_s, self.spec.early_s
