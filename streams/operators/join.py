@@ -88,7 +88,8 @@ class Contexts:
         return len(self.columns[0])
 
     def __getitem__(self, i: int) -> tuple:
-        return tuple(column[i] for column in self.columns)
+        policy_id, segment, score, tau, decision, ts = self.columns
+        return policy_id[i], segment[i], score[i], tau[i], decision[i], ts[i]
 
     def __iter__(self) -> Iterator[tuple]:
         return zip(*self.columns)
