@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from kernels.layout import PAIR_AUDIT_OVERRIDES
 from streams.operators.dedup import digests
-from streams.operators.join import FeedbackJoin
+from streams.operators.join import Contexts, FeedbackJoin
 from tests.join_checkpoints import checkpoint_and_reload
 
 T0 = 1_767_225_600.0
@@ -230,3 +230,27 @@ def test_a_batch_that_cannot_be_written_leaves_the_store_and_its_index_as_they_w
         assert [c.ts for c in join.scores_of(["a"])["a"]] == [T0, T0 + 1]
     finally:
         join.close()
+
+
+@given(st.lists(st.tuples(st.sampled_from(IDS), st.sampled_from(["p", "q" * 300]), st.sampled_from(["s", ""]),
+                          st.floats(0, 1), st.floats(0, 1), st.sampled_from(["act", "hold", "abstain"]),
+                          st.floats(0, 3 * 86_400)), min_size=1, max_size=30))
+@settings(max_examples=40, deadline=None)
+def test_contexts_as_columns_store_exactly_what_the_rows_as_tuples_store(rows):
+    """`Contexts` reads like the list of rows it holds as columns, and a store given it holds
+    the same bytes as one given the rows as tuples."""
+    sids = [r[0] for r in rows]
+    tuples = [(*r[1:6], T0 + r[6]) for r in rows]
+    contexts = Contexts(*map(list, zip(*tuples)))
+    assert len(contexts) == len(tuples) and list(contexts) == tuples
+    assert [contexts[i] for i in range(len(tuples))] == tuples
+    with pytest.raises(TypeError):
+        contexts[0:2]
+    stores = [FeedbackJoin(None), FeedbackJoin(None)]
+    try:
+        stores[0].add_scores(sids, tuples)
+        stores[1].add_scores(sids, contexts)
+        assert list(stores[0].db.items()) == list(stores[1].db.items())
+    finally:
+        for store in stores:
+            store.close()

@@ -73,7 +73,7 @@ class Context(NamedTuple):
 
 class Contexts:
     """Decisions' contexts as columns (policy_id, segment, score, tau, decision, ts), read as
-    rows like a list of `Context` tuples: a row is built when asked for (`contexts[i]`), or
+    rows like a list of 6-tuples: a row is built when asked for (`contexts[i]`), or
     handed out one at a time by iterating, where `zip` reuses one tuple for every row. A tuple
     a score cost its allocation and the cyclic collector's time for every score of a batch,
     where only the few that feedback joins are ever read as rows."""
@@ -88,6 +88,8 @@ class Contexts:
         return len(self.columns[0])
 
     def __getitem__(self, i: int) -> tuple:
+        if not isinstance(i, int):
+            raise TypeError(f"Contexts are indexed by row number, not {type(i).__name__}")
         policy_id, segment, score, tau, decision, ts = self.columns
         return policy_id[i], segment[i], score[i], tau[i], decision[i], ts[i]
 
