@@ -27,6 +27,16 @@ OK, NOT_THIS_KIND, MALFORMED, TOO_MANY = 0, 1, 2, 3
 (a reserved byte, or the value runs past the end); the array holds more items than allowed."""
 
 
+def warm_up() -> None:
+    """Run every kernel once: Numba loads (or compiles) each on first use, half a second or
+    more that would otherwise fall in the first batch with a columnar envelope that fails its
+    typed decode."""
+    data = np.frombuffer(b"\x81\xa1a\x92\x01\x91\x02", np.uint8)  # {"a": [1, [2]]}
+    value_end(data, 0)
+    _, start, _, _ = map_fields(data, 0, *names([b"a"]))
+    array_items(data, int(start[0]), 2)
+
+
 def names(wanted: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     """Key names for :func:`map_fields`: their UTF-8 bytes joined, and where each ends."""
     return np.frombuffer(b"".join(wanted) or b"\0", np.uint8), np.cumsum([len(w) for w in wanted]).astype(np.int64)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kernels import label_states, scenario_index
+from kernels import label_states, msgpack_scan, scenario_index
 from kernels.detector import MixtureSR
 from streams import codec, columnar
 from streams.columns import EventColumns
@@ -324,5 +324,6 @@ def warm_up(config: MonitorConfig, state_dir: str | None = None) -> None:
             MixtureSR(0.5, 1.0).peek([(0.5, 1.0)])  # the rules' mid-window look, which these events do not reach
             scenario_index.warm_up()  # the join's index kernels these events do not reach (growth, expiry)
             label_states.warm_up()  # and its label states'
+            msgpack_scan.warm_up()  # and the slow path of columnar envelopes
         finally:
             stage.close()

@@ -188,6 +188,19 @@ def test_warm_up_loads_the_kernel_and_scipy_before_the_first_batch():
     assert out.stdout.split() == ["1", "True"], out.stdout
 
 
+def test_warm_up_loads_the_columnar_slow_path_kernels():
+    """In a fresh interpreter: the kernels that take a columnar envelope apart are loaded at
+    start, not in the first batch whose envelope fails its typed decode."""
+    import subprocess
+    import sys
+
+    code = ("from kernels import msgpack_scan as m\nfrom streams.config import MonitorConfig\n"
+            "from streams.pipeline import warm_up\nwarm_up(MonitorConfig())\n"
+            "print(*(len(k.signatures) for k in (m.value_end, m.map_fields, m.array_items)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["1", "1", "1"], out.stdout
+
+
 def test_a_biased_feedback_channel_is_caught_end_to_end_and_a_healthy_key_is_left_alone():
     """Reviewers who label like on half the decisions they should override, audited on the same
     decisions: the pipeline pairs the labels and monitor_degraded names the channel; the

@@ -75,8 +75,8 @@ class Contexts:
     """Decisions' contexts as columns (policy_id, segment, score, tau, decision, ts), read as
     rows like a list of 6-tuples: a row is built when asked for (`contexts[i]`), or
     handed out one at a time by iterating, where `zip` reuses one tuple for every row. A tuple
-    a score cost its allocation and the cyclic collector's time for every score of a batch,
-    where only the few that feedback joins are ever read as rows."""
+    a score cost its allocation and freeing for every score of a batch, where only the few
+    that feedback joins are ever read as rows."""
 
     __slots__ = ("columns",)
 

@@ -21,8 +21,8 @@ PREFERRED[None] = PREFERRED[""] = 0  # none given (an event's None, a parked one
 class Records:
     """One entry per event: key (policy_id, segment), event time, type, and the fields the kernels read.
 
-    The key is two columns of strings, not a list of tuples: a tuple a record cost its
-    allocation and the cyclic collector's time, about a twentieth of the worker."""
+    The key is two columns of strings, not a list of tuples: building a tuple a record cost
+    about a twentieth of the worker on envelopes."""
 
     policy_id: list[str]
     segment: list[str]
