@@ -297,9 +297,9 @@ def _starts_json(data: bytes) -> bool:
 
 
 def _not_plain_json(data: bytes) -> Decoded:
-    """A message that failed the fast decode: unwrapped if it is a Schema Registry frame,
-    rejected as unknown_magic_byte if no JSON can start with its first byte, else judged
-    by the slow path."""
+    """A message that failed the fast decode: judged by the slow path if JSON can start with
+    its first byte, unwrapped if it is a Schema Registry frame, decoded as a columnar envelope
+    if it is a msgpack map, else rejected as unknown_magic_byte."""
     if _starts_json(data):
         return _slow(data)
     if data[0] == 0:

@@ -107,8 +107,8 @@ class ColumnarEnvelope(msgspec.Struct, kw_only=True, gc=False):
 
 _DECODER = msgspec.msgpack.Decoder(ColumnarEnvelope)
 _ENCODER = msgspec.msgpack.Encoder()
-_FEEDBACK_OPTIONAL = ("source", "preferred", "weight", "policy_id", "segment", "score", "tau", "decision")
-_FEEDBACK_FIELDS = ("kind", *_FEEDBACK_OPTIONAL)
+_FEEDBACK_FIELDS = tuple(f.name for f in msgspec.structs.fields(FeedbackColumns))
+_FEEDBACK_OPTIONAL = tuple(f.name for f in msgspec.structs.fields(FeedbackColumns) if not f.required)
 _DEFAULT_SOURCE, _DEFAULT_WEIGHT = (next(f.default for f in msgspec.structs.fields(FeedbackEvent) if f.name == name)
                                     for name in ("source", "weight"))  # what a nil cell stands for
 
@@ -261,11 +261,12 @@ def _columns(m: ColumnarEnvelope) -> EventColumns | None:
 # whole: only scalar cells are decoded, one at a time, so no nesting recurses and no container
 # a hostile message holds is built. Unknown keys are skipped unread, as by the typed decode.
 
-_TOP = ("type", "v", "producer", "is_score", "event_id", "scenario_id", "ts", "scores", "feedback")
-_SCORE_FIELDS = ("policy_id", "segment", "score", "tau", "decision", "model_version")
+_TOP = tuple(f.name for f in msgspec.structs.fields(ColumnarEnvelope))
+_SCORE_FIELDS = tuple(f.name for f in msgspec.structs.fields(ScoreColumns))
 _NIL = b"\xc0"
-_FLOATS = {"score", "tau"}  # the score columns sent as bin of float64
-_OPTIONAL = {"scores": {"segment", "model_version"}, "feedback": set(_FEEDBACK_OPTIONAL)}  # columns, by map
+_FLOATS = {f.name for f in msgspec.structs.fields(ScoreColumns) if f.type is bytes}  # sent as bin of float64
+_OPTIONAL = {"scores": {f.name for f in msgspec.structs.fields(ScoreColumns) if not f.required},
+             "feedback": set(_FEEDBACK_OPTIONAL)}  # columns, by map
 _NAMES = {fields: msgpack_scan.names([f.encode() for f in fields])
           for fields in (_TOP, _SCORE_FIELDS, _FEEDBACK_FIELDS)}
 
@@ -334,7 +335,7 @@ def _slow(data: bytes) -> tuple[list, list[Rejected]]:
     if kind != "columns":
         raise DecodeError("unknown_type", 'a msgpack message must be a map with "type": "columns"')
     header = {name: message.scalar(top[name]) for name in ("v", "producer") if name in top}
-    codec._check_header({**codec._version_1(header), "type": "envelope"}, False)
+    codec._check_header({**header, "type": "envelope"}, False)
     n, is_score = _rows(message, top)
     groups = {"scores": (_SCORE_FIELDS, sum(is_score)), "feedback": (_FEEDBACK_FIELDS, n - sum(is_score))}
     columns: dict[str, dict[str, list]] = {}
