@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from loadtest.generator import GenConfig, generate, run_in_thread
+from streams.settings import DEFAULT_ENVELOPE_FORMAT
 
 WARMUP_TRIGGERS_S = 5.0
 """Triggers read in the first seconds after the first one are left out of the after-warm-up p99."""
@@ -200,7 +201,7 @@ def _settings_for(settings, root: str, name: str, state_dir: str | None = None):
 
 
 def fill(settings, events: int, partitions: int, envelope: bool, traffic: dict | None = None,
-         envelope_format: str = "columnar") -> dict:
+         envelope_format: str = DEFAULT_ENVELOPE_FORMAT) -> dict:
     """Create the topics of ``settings`` with ``partitions`` each and send them ``events`` events
     of the generator's traffic, flat out, as single events or envelopes; the generator's counts."""
     from streams.kafka.admin import create_topics

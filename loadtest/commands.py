@@ -5,7 +5,7 @@ import json
 import sys
 import time
 
-from streams.settings import ENVELOPE_FORMATS
+from streams.settings import DEFAULT_ENVELOPE_FORMAT, ENVELOPE_FORMATS
 
 
 def _traffic_args(p) -> None:
@@ -29,7 +29,7 @@ def add_commands(subparsers, bench_subparsers, settings_args) -> None:
     lt.add_argument("--events", type=int, help="stop after this many events")
     lt.add_argument("--single", action="store_true", help="one message per event instead of envelopes")
     lt.add_argument("--envelope-events", type=int, default=1000, help="most events per envelope (default 1000)")
-    lt.add_argument("--envelope-format", choices=ENVELOPE_FORMATS, default="columnar",
+    lt.add_argument("--envelope-format", choices=ENVELOPE_FORMATS, default=DEFAULT_ENVELOPE_FORMAT,
                     help="envelopes as msgpack columns, as the producer client sends them, or JSON (default columnar)")
     lt.add_argument("--linger-ms", type=float, default=20.0, help="envelope batching time (default 20)")
     lt.add_argument("--processes", type=int, default=1, help="generator processes (share the partitions)")

@@ -25,7 +25,7 @@ import numpy as np
 
 from loadtest.traffic import ROLES, Traffic, envelopes
 from streams import codec, columnar
-from streams.settings import ENVELOPE_FORMATS
+from streams.settings import DEFAULT_ENVELOPE_FORMAT, ENVELOPE_FORMATS
 
 FLAT_OUT_BATCH = 20_000
 """Events taken per round when there is no rate limit."""
@@ -69,7 +69,7 @@ class GenConfig:
     duration_s: float | None = None
     max_events: int | None = None
     envelope: bool = True
-    envelope_format: str = "columnar"  # as the shipped producer sends them, or "json"
+    envelope_format: str = DEFAULT_ENVELOPE_FORMAT  # as the shipped producer sends them, or "json"
     envelope_events: int = 1000
     linger_ms: float = 20.0
     processes: int = 1

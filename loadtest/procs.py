@@ -186,7 +186,8 @@ def by_partition(messages) -> tuple[dict[tuple[str, int], list[bytes]], int]:
 def _raw(open_fetch, settings, expected: int, name: str, queue, stop, sample_s: float) -> None:
     """A raw baseline: ``open_fetch(settings, summary)`` (an async context manager) gives ``fetch()``,
     which returns what one fetch got as lists of values, one a topic-partition; each list is decoded
-    as the worker does (``codec.decode_batch``), until ``expected`` events. The summary adds
+    into events (``codec.decode_batch``, the decode the worker makes of JSON messages before it
+    puts their events into columns), until ``expected`` events. The summary adds
     ``bytes`` (message values read) and ``errors`` (error events a client handed back)."""
     gc.set_threshold(50_000, 20, 100)
     profile_self(name)
@@ -271,8 +272,8 @@ async def _confluent_fetch(settings, seen: dict, properties: dict, records: int)
 def raw_main(settings, expected: int, name: str, queue, stop, sample_s: float = 0.25, records: int = FETCH_RECORDS,
              overrides: dict | None = None) -> None:
     """The aiokafka baseline: ``getmany`` as the worker fetches (its consumer settings, range
-    assignor, up to ``records`` a round), plus decoding every message as the worker does
-    (``codec.decode_batch``, a topic-partition's batch a call), nothing else. ``overrides``:
+    assignor, up to ``records`` a round), plus decoding every message into events
+    (``codec.decode_batch``, a topic-partition's batch a call, as in :func:`_raw`), nothing else. ``overrides``:
     aiokafka consumer keywords over the worker's."""
     _raw(functools.partial(_aiokafka_fetch, overrides=overrides or {}, records=records), settings, expected, name,
          queue, stop, sample_s)
@@ -283,7 +284,7 @@ def raw_confluent_main(settings, expected: int, name: str, queue, stop, sample_s
     """The confluent-kafka (librdkafka) baseline over the same two topics: ``Consumer.consume``
     of up to ``records`` (the worker's 20,000) that are queued, or the first to arrive
     within 0.1 s, as a tuned consumer (:data:`CONFLUENT_CONSUMER`, then ``properties``); the
-    messages grouped by topic-partition (:func:`by_partition`) and decoded as the worker does."""
+    messages grouped by topic-partition (:func:`by_partition`) and decoded as in :func:`_raw`."""
     _raw(functools.partial(_confluent_fetch, properties=properties or {}, records=records), settings, expected,
          name, queue, stop, sample_s)
 

@@ -32,6 +32,7 @@ import numpy as np
 from loadtest.generator import GenConfig, generate, run_in_thread
 from loadtest.traffic import SCORE, Traffic
 from streams.config import MonitorConfig
+from streams.settings import DEFAULT_ENVELOPE_FORMAT
 
 
 @dataclasses.dataclass
@@ -43,7 +44,7 @@ class SoakConfig:
     join_horizon_s: float = 86_400.0
     partitions: int = 4
     envelope: bool = True
-    envelope_format: str = "columnar"
+    envelope_format: str = DEFAULT_ENVELOPE_FORMAT
     join_scenarios: int = 0
     sample_s: float = 1.0
     catchup_timeout_s: float = 600.0

@@ -27,6 +27,8 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 #: Every mechanism librdkafka and aiokafka implement; only PLAIN and SCRAM take a user and password.
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
 ENVELOPE_FORMATS = ("columnar", "json")
+DEFAULT_ENVELOPE_FORMAT = "columnar"
+"""What the shipped producer sends, and so the load tools by default."""
 _PASSWORD_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 MASK = "***"
@@ -123,7 +125,7 @@ class Settings:
     checkpoint_interval_s: float = 30.0  # how often state and the offsets it covers are committed together
     join_memtable_mb: int = 128  # RAM for the memtables of all of a worker's join stores together
     envelope_max_events: int = 1000
-    envelope_format: str = "columnar"  # what the shipped producer sends: columnar (msgpack) or json envelopes
+    envelope_format: str = DEFAULT_ENVELOPE_FORMAT  # what the shipped producer sends: columnar (msgpack) or json envelopes
     linger_ms: float = 20.0
     # client properties passed through as they are (their secrets masked in the repr)
     kafka_extra: dict = field(default_factory=dict, hash=False)  # librdkafka name -> value
