@@ -112,8 +112,9 @@ def worker_main(settings, expected: int | None, name: str, queue, stop, sample_s
                 t0 = time.time()
                 await worker.step()
                 n = counted(worker.counters)
-                rep.progress(t0, n, (lambda: (join_keys(worker), worker.counters["checkpoints", "ingest"],
-                                              worker.counters["checkpoint_bytes", "ingest"])) if join_stats else None)
+                rep.progress(t0, n, (lambda: (join_keys(worker), *(worker.counters[name, "ingest"] for name in (
+                    "checkpoints", "checkpoint_bytes", "checkpoint_deltas", "checkpoint_delta_bytes"))))
+                             if join_stats else None)
                 if expected is not None and n >= expected:
                     break
         finally:

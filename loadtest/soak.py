@@ -58,27 +58,34 @@ def _median(values: list[float]) -> float:
 def checkpoint_sizes(counters: dict) -> dict:
     """Checkpoints the worker committed from its start to the end of the soak (warm-up
     included, the last ones at its stop not), by role, how many of them were deltas, and
-    their mean uncompressed size: a whole checkpoint's size follows the partition's state,
-    a delta's the input since the one before."""
+    their mean uncompressed size, of all and of the deltas alone: a whole checkpoint's size
+    follows the partition's state, a delta's the input since the one before."""
     out = {}
     for role in ("ingest", "aggregate"):
         n, size = counters.get(f"checkpoints|{role}", 0), counters.get(f"checkpoint_bytes|{role}", 0)
+        deltas = counters.get(f"checkpoint_deltas|{role}", 0)
+        delta_size = counters.get(f"checkpoint_delta_bytes|{role}", 0)
         out[f"{role}_checkpoints"] = n
-        out[f"{role}_checkpoint_deltas"] = counters.get(f"checkpoint_deltas|{role}", 0)
+        out[f"{role}_checkpoint_deltas"] = deltas
         out[f"{role}_checkpoint_bytes_mean"] = round(size / n) if n else None
+        out[f"{role}_checkpoint_delta_bytes_mean"] = round(delta_size / deltas) if deltas else None
     return out
 
 
 def steady_checkpoints(samples: list[tuple], start: float, end: float) -> dict:
-    """The input partitions' checkpoints committed in the constant phase (`samples`: time, count
-    so far, bytes so far) and their mean size: what a checkpoint costs once the state is full."""
+    """The input partitions' checkpoints committed in the constant phase (`samples`: time, then
+    so far: checkpoints, their bytes, deltas, their bytes), their mean size, and that of the
+    deltas among them: what a checkpoint costs once the state is full."""
     inside = [s for s in samples if start <= s[0] <= end]
     before = [s for s in samples if s[0] < start]
     if not inside:
-        return {"ingest_checkpoints_in_soak": 0, "ingest_checkpoint_bytes_in_soak_mean": None}
+        return {"ingest_checkpoints_in_soak": 0, "ingest_checkpoint_bytes_in_soak_mean": None,
+                "ingest_checkpoint_deltas_in_soak": 0, "ingest_checkpoint_delta_bytes_in_soak_mean": None}
     first = before[-1] if before else inside[0]
-    n, size = inside[-1][1] - first[1], inside[-1][2] - first[2]
-    return {"ingest_checkpoints_in_soak": n, "ingest_checkpoint_bytes_in_soak_mean": round(size / n) if n else None}
+    n, size, deltas, delta_size = (last - was for last, was in zip(inside[-1][1:5], first[1:5]))
+    return {"ingest_checkpoints_in_soak": n, "ingest_checkpoint_bytes_in_soak_mean": round(size / n) if n else None,
+            "ingest_checkpoint_deltas_in_soak": deltas,
+            "ingest_checkpoint_delta_bytes_in_soak_mean": round(delta_size / deltas) if deltas else None}
 
 
 def warmup_events(traffic: Traffic, pending: int, partitions: int, config: MonitorConfig | None) -> int:
@@ -106,7 +113,7 @@ def run_soak(settings, cfg: SoakConfig, out_dir=None, progress=print) -> dict:
     ctx = mp.get_context("spawn")
     q, stop = ctx.Queue(), ctx.Event()
     samples: list[tuple] = []  # (t, events, rss_mb, join_keys, who)
-    checkpoints: list[tuple] = []  # (t, ingest checkpoints so far, their bytes so far)
+    checkpoints: list[tuple] = []  # (t, ingest checkpoints so far, their bytes, deltas so far, their bytes)
     produced: list[tuple] = []
     summary: dict = {}
     proc = None
@@ -122,10 +129,11 @@ def run_soak(settings, cfg: SoakConfig, out_dir=None, progress=print) -> dict:
             if msg[0] == "error":
                 raise RuntimeError(f"soak worker failed: {msg[2]}")
             if msg[0] == "sample":
-                extra = msg[5]  # (join keys, ingest checkpoints, their bytes), as the worker counts them
+                # (join keys, ingest checkpoints, their bytes, deltas, their bytes), as the worker counts them
+                extra = msg[5]
                 samples.append((msg[2], msg[3], msg[4], extra[0] if extra else None, msg[1]))
                 if extra:
-                    checkpoints.append((msg[2], extra[1], extra[2]))
+                    checkpoints.append((msg[2], *extra[1:]))
             elif msg[0] == "done":
                 summary.update(msg[2])
 

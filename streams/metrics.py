@@ -99,6 +99,10 @@ class Metrics:
                                         "by role: over npo_checkpoints, the size of one", ["role"], registry=r)
         self.checkpoint_deltas = Counter("npo_checkpoint_deltas", "Of npo_checkpoints, those holding only what "
                                          "changed since the one before (the rest are whole)", ["role"], registry=r)
+        self.checkpoint_delta_bytes = Counter("npo_checkpoint_delta_bytes", "Of npo_checkpoint_bytes, those of the "
+                                              "deltas: over npo_checkpoint_deltas, the size of one, which follows "
+                                              "the input rate where a whole checkpoint's follows the state",
+                                              ["role"], registry=r)
         self.records_lost_to_retention = Counter("npo_records_lost_to_retention", "Input or partials records "
                                                  "deleted (retention, delete-records) before they were processed: "
                                                  "before its log's first offset where a loaded checkpoint resumes, "
@@ -154,7 +158,8 @@ class Metrics:
                 self.triggers.labels(rule=labels[0]).inc(delta)
             elif name == "lost_to_retention":
                 self.records_lost_to_retention.labels(topic=labels[0]).inc(delta)
-            elif name in ("checkpoints", "checkpoint_bytes", "checkpoint_deltas", "checkpoint_guard_errors"):
+            elif name in ("checkpoints", "checkpoint_bytes", "checkpoint_deltas", "checkpoint_delta_bytes",
+                          "checkpoint_guard_errors"):
                 getattr(self, name).labels(role=labels[0]).inc(delta)
             elif name in ("duplicates", "late_events", "redis_errors", "joined_late", "waiting_for_score",
                           "expired_scores", "output_retries", "checkpoint_write_errors"):

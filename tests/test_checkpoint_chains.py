@@ -188,6 +188,8 @@ def test_the_schedule_writes_a_whole_checkpoint_then_deltas_and_a_load_of_the_ch
 
     async def run():
         p1 = await checkpoint(True)
+        whole = ck.counters["checkpoint_bytes", "ingest"]
+        assert whole > 0 and ck.counters["checkpoint_delta_bytes", "ingest"] == 0
         p2 = await checkpoint(True)
         assert len(pieces(p1)) == 1 and _ids(p2)[0] == _ids(p1)[0] and len(pieces(p2)) == 2
         assert log.tombstoned() == set()  # p1's only piece is p2's first
@@ -196,6 +198,8 @@ def test_the_schedule_writes_a_whole_checkpoint_then_deltas_and_a_load_of_the_ch
         assert _ids(p4)[:2] == _ids(p2) and len(pieces(p4)) == 3
         assert len(log.tombstoned()) == 1 and not log.tombstoned() & set(_ids(p4))  # p3's own piece only
         assert ck.counters["checkpoint_deltas", "ingest"] == 2 and ck.counters["checkpoints", "ingest"] == 3
+        # the deltas' bytes are what the committed checkpoints hold beyond the whole one
+        assert 0 < ck.counters["checkpoint_delta_bytes", "ingest"] == ck.counters["checkpoint_bytes", "ingest"] - whole
 
         loaded = await ck.load("ingest", None, [tp], live=False)
         assert loaded.pointer == p4 and len(loaded.state["deltas"]) == 2

@@ -305,21 +305,28 @@ def test_capacity_sizes_a_bus_from_the_measured_rates_and_says_what_it_needs():
         main([__file__])  # not a bench result: a clear error, not a traceback
 
 
-def test_soak_reports_each_role_s_checkpoints_and_their_mean_size():
+def test_soak_reports_each_role_s_checkpoints_and_their_mean_size_of_all_and_of_deltas():
     from loadtest.soak import checkpoint_sizes
 
     assert checkpoint_sizes({"checkpoints|ingest": 4, "checkpoint_bytes|ingest": 4_000_002, "checkpoints|aggregate": 0,
-                             "checkpoint_deltas|ingest": 3}) \
+                             "checkpoint_deltas|ingest": 3, "checkpoint_delta_bytes|ingest": 900_000}) \
         == {"ingest_checkpoints": 4, "ingest_checkpoint_deltas": 3, "ingest_checkpoint_bytes_mean": 1_000_000,
-            "aggregate_checkpoints": 0, "aggregate_checkpoint_deltas": 0, "aggregate_checkpoint_bytes_mean": None}
+            "ingest_checkpoint_delta_bytes_mean": 300_000, "aggregate_checkpoints": 0,
+            "aggregate_checkpoint_deltas": 0, "aggregate_checkpoint_bytes_mean": None,
+            "aggregate_checkpoint_delta_bytes_mean": None}
 
 
 def test_soak_reports_the_checkpoints_of_its_constant_phase_alone():
     from loadtest.soak import steady_checkpoints
 
-    samples = [(1.0, 2, 200), (9.0, 3, 400), (11.0, 4, 1_400), (15.0, 6, 3_400), (30.0, 7, 4_400)]
-    # constant phase 10..20: from the last sample before it (3 checkpoints, 400 bytes) to 6, 3,400
-    assert steady_checkpoints(samples, 10.0, 20.0) == {"ingest_checkpoints_in_soak": 3,
-                                                       "ingest_checkpoint_bytes_in_soak_mean": 1_000}
+    # (time, then so far: checkpoints, their bytes, deltas, their bytes)
+    samples = [(1.0, 2, 200, 1, 50), (9.0, 3, 400, 2, 100), (11.0, 4, 1_400, 2, 100), (15.0, 6, 3_400, 4, 700),
+               (30.0, 7, 4_400, 4, 700)]
+    # constant phase 10..20: from the last sample before it (3 checkpoints, 400 bytes; 2 deltas, 100 bytes)
+    # to 6, 3,400 and 4, 700: 3 checkpoints of 1,000 bytes on average, 2 of them deltas of 300
+    assert steady_checkpoints(samples, 10.0, 20.0) == {
+        "ingest_checkpoints_in_soak": 3, "ingest_checkpoint_bytes_in_soak_mean": 1_000,
+        "ingest_checkpoint_deltas_in_soak": 2, "ingest_checkpoint_delta_bytes_in_soak_mean": 300}
     assert steady_checkpoints(samples, 40.0, 50.0)["ingest_checkpoint_bytes_in_soak_mean"] is None
-    assert steady_checkpoints([(11.0, 4, 1_400)], 10.0, 20.0)["ingest_checkpoints_in_soak"] == 0
+    assert steady_checkpoints([(11.0, 4, 1_400, 0, 0)], 10.0, 20.0)["ingest_checkpoints_in_soak"] == 0
+    assert steady_checkpoints(samples[:3], 10.0, 20.0)["ingest_checkpoint_delta_bytes_in_soak_mean"] is None

@@ -337,6 +337,7 @@ class Checkpointer:
         self.counters["checkpoint_bytes", role] += packed.size
         if base:
             self.counters["checkpoint_deltas", role] += 1
+            self.counters["checkpoint_delta_bytes", role] += packed.size
         return True
 
     async def _supersede(self, name: str, pointer: str) -> None:

@@ -85,4 +85,6 @@ def test_short_soak(kafka_bootstrap, tmp_path):
     assert result["join_keys_at_end"] >= 5000
     assert result["rss_at_start_mb"] > 0 and result["rss_max_mb"] > 0
     assert result["join_found"] == result["join_probe"] and result["join_rss_mb"] > 0
+    assert 0 <= result["ingest_checkpoint_deltas_in_soak"] <= result["ingest_checkpoints_in_soak"]
+    assert "ingest_checkpoint_delta_bytes_mean" in result and "ingest_checkpoint_delta_bytes_in_soak_mean" in result
     assert (tmp_path / "soak.png").is_file()
