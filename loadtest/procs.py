@@ -1,7 +1,9 @@
 """The measured processes: the raw consumer baselines (aiokafka and confluent-kafka) and the pipeline worker.
 
 Each runs in its own spawned process, so its peak RSS is its own, and reports over a
-queue: ``("sample", name, t, events, rss_mb, join_keys or None)`` every ``sample_s`` while it works, then
+queue: ``("sample", name, t, events, rss_mb, stats or None)`` every ``sample_s`` while it works (a
+soak worker's stats: join keys, then its input partitions' checkpoints, their bytes, deltas and
+their bytes, all so far), then
 ``("done", name, summary)``. Events are counted the way each path sees them: the raw
 baseline counts decoded events, the worker counts events accepted plus duplicates
 suppressed (``counted(worker.counters)``), which is every event produced to its topics.
@@ -112,7 +114,7 @@ def worker_main(settings, expected: int | None, name: str, queue, stop, sample_s
                 t0 = time.time()
                 await worker.step()
                 n = counted(worker.counters)
-                rep.progress(t0, n, (lambda: (join_keys(worker), *(worker.counters[name, "ingest"] for name in (
+                rep.progress(t0, n, (lambda: (join_keys(worker), *(worker.counters[counter, "ingest"] for counter in (
                     "checkpoints", "checkpoint_bytes", "checkpoint_deltas", "checkpoint_delta_bytes"))))
                              if join_stats else None)
                 if expected is not None and n >= expected:

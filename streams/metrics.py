@@ -101,7 +101,8 @@ class Metrics:
                                          "changed since the one before (the rest are whole)", ["role"], registry=r)
         self.checkpoint_delta_bytes = Counter("npo_checkpoint_delta_bytes", "Of npo_checkpoint_bytes, those of the "
                                               "deltas: over npo_checkpoint_deltas, the size of one, which follows "
-                                              "the input rate where a whole checkpoint's follows the state",
+                                              "the input since the checkpoint before where a whole checkpoint's "
+                                              "follows the state",
                                               ["role"], registry=r)
         self.records_lost_to_retention = Counter("npo_records_lost_to_retention", "Input or partials records "
                                                  "deleted (retention, delete-records) before they were processed: "

@@ -86,5 +86,9 @@ def test_short_soak(kafka_bootstrap, tmp_path):
     assert result["rss_at_start_mb"] > 0 and result["rss_max_mb"] > 0
     assert result["join_found"] == result["join_probe"] and result["join_rss_mb"] > 0
     assert 0 <= result["ingest_checkpoint_deltas_in_soak"] <= result["ingest_checkpoints_in_soak"]
-    assert "ingest_checkpoint_delta_bytes_mean" in result and "ingest_checkpoint_delta_bytes_in_soak_mean" in result
+    assert result["ingest_checkpoint_deltas_in_soak"] <= result["ingest_checkpoint_deltas"]
+    assert (result["ingest_checkpoint_delta_bytes_mean"] is None) == (result["ingest_checkpoint_deltas"] == 0)
+    if result["ingest_checkpoint_deltas"]:
+        assert 0 < result["ingest_checkpoint_delta_bytes_mean"] <= result["ingest_checkpoint_bytes_mean"] * \
+            result["ingest_checkpoints"] / result["ingest_checkpoint_deltas"]
     assert (tmp_path / "soak.png").is_file()
