@@ -19,6 +19,9 @@ import gc
 import os
 import time
 
+CHECKPOINT_COUNTERS = ("checkpoints", "checkpoint_bytes", "checkpoint_deltas", "checkpoint_delta_bytes")
+"""The worker's checkpoint counters a soak follows, in the order its samples carry them."""
+
 
 def rss_mb(pid: int | str = "self") -> tuple[float, float]:
     """(current, peak) resident set size in MiB, from /proc (psutil is not a dependency)."""
@@ -114,8 +117,8 @@ def worker_main(settings, expected: int | None, name: str, queue, stop, sample_s
                 t0 = time.time()
                 await worker.step()
                 n = counted(worker.counters)
-                rep.progress(t0, n, (lambda: (join_keys(worker), *(worker.counters[counter, "ingest"] for counter in (
-                    "checkpoints", "checkpoint_bytes", "checkpoint_deltas", "checkpoint_delta_bytes"))))
+                rep.progress(t0, n, (lambda: (join_keys(worker), *(worker.counters[counter, "ingest"]
+                                                                   for counter in CHECKPOINT_COUNTERS)))
                              if join_stats else None)
                 if expected is not None and n >= expected:
                     break

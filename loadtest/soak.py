@@ -30,6 +30,7 @@ import uuid
 import numpy as np
 
 from loadtest.generator import GenConfig, generate, run_in_thread
+from loadtest.procs import CHECKPOINT_COUNTERS
 from loadtest.traffic import SCORE, Traffic
 from streams.config import MonitorConfig
 from streams.settings import DEFAULT_ENVELOPE_FORMAT
@@ -55,6 +56,10 @@ def _median(values: list[float]) -> float:
     return float(np.median(values)) if values else math.nan
 
 
+def _mean(total: float, n: int) -> int | None:
+    return round(total / n) if n else None
+
+
 def checkpoint_sizes(counters: dict) -> dict:
     """Checkpoints the worker committed from its start to the end of the soak (warm-up
     included, the last ones at its stop not), by role, how many of them were deltas, and
@@ -62,13 +67,11 @@ def checkpoint_sizes(counters: dict) -> dict:
     follows the partition's state, a delta's the input since the one before."""
     out = {}
     for role in ("ingest", "aggregate"):
-        n, size = counters.get(f"checkpoints|{role}", 0), counters.get(f"checkpoint_bytes|{role}", 0)
-        deltas = counters.get(f"checkpoint_deltas|{role}", 0)
-        delta_size = counters.get(f"checkpoint_delta_bytes|{role}", 0)
+        n, size, deltas, delta_size = (counters.get(f"{name}|{role}", 0) for name in CHECKPOINT_COUNTERS)
         out[f"{role}_checkpoints"] = n
         out[f"{role}_checkpoint_deltas"] = deltas
-        out[f"{role}_checkpoint_bytes_mean"] = round(size / n) if n else None
-        out[f"{role}_checkpoint_delta_bytes_mean"] = round(delta_size / deltas) if deltas else None
+        out[f"{role}_checkpoint_bytes_mean"] = _mean(size, n)
+        out[f"{role}_checkpoint_delta_bytes_mean"] = _mean(delta_size, deltas)
     return out
 
 
@@ -78,14 +81,13 @@ def steady_checkpoints(samples: list[tuple], start: float, end: float) -> dict:
     deltas among them: what a checkpoint costs once the state is full."""
     inside = [s for s in samples if start <= s[0] <= end]
     before = [s for s in samples if s[0] < start]
-    if not inside:
-        return {"ingest_checkpoints_in_soak": 0, "ingest_checkpoint_bytes_in_soak_mean": None,
-                "ingest_checkpoint_deltas_in_soak": 0, "ingest_checkpoint_delta_bytes_in_soak_mean": None}
-    first = before[-1] if before else inside[0]
-    n, size, deltas, delta_size = (last - was for last, was in zip(inside[-1][1:5], first[1:5]))
-    return {"ingest_checkpoints_in_soak": n, "ingest_checkpoint_bytes_in_soak_mean": round(size / n) if n else None,
+    n = size = deltas = delta_size = 0
+    if inside:
+        first = before[-1] if before else inside[0]
+        n, size, deltas, delta_size = (last - was for last, was in zip(inside[-1][1:], first[1:]))
+    return {"ingest_checkpoints_in_soak": n, "ingest_checkpoint_bytes_in_soak_mean": _mean(size, n),
             "ingest_checkpoint_deltas_in_soak": deltas,
-            "ingest_checkpoint_delta_bytes_in_soak_mean": round(delta_size / deltas) if deltas else None}
+            "ingest_checkpoint_delta_bytes_in_soak_mean": _mean(delta_size, deltas)}
 
 
 def warmup_events(traffic: Traffic, pending: int, partitions: int, config: MonitorConfig | None) -> int:
@@ -129,8 +131,7 @@ def run_soak(settings, cfg: SoakConfig, out_dir=None, progress=print) -> dict:
             if msg[0] == "error":
                 raise RuntimeError(f"soak worker failed: {msg[2]}")
             if msg[0] == "sample":
-                # (join keys, ingest checkpoints, their bytes, deltas, their bytes), as the worker counts them
-                extra = msg[5]
+                extra = msg[5]  # (join keys, *CHECKPOINT_COUNTERS of the input partitions), as the worker counts them
                 samples.append((msg[2], msg[3], msg[4], extra[0] if extra else None, msg[1]))
                 if extra:
                     checkpoints.append((msg[2], *extra[1:]))
