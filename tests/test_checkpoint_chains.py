@@ -225,13 +225,16 @@ def test_the_schedule_writes_a_whole_checkpoint_then_deltas_and_a_load_of_the_ch
         host.stages.close_all()
 
 
-def test_the_log_of_changes_holds_a_batch_in_a_third_of_its_msgpack_bytes_and_gives_it_back_whole():
+def test_the_log_of_changes_holds_a_batch_in_half_its_msgpack_bytes_and_gives_it_back_whole():
     """The log grows between a partition's checkpoints, and is most of what a worker's RSS swings
     by: each batch is kept LZ4-compressed (ids and names repeat within a batch), and a delta made
-    from it holds exactly the entries written, in order."""
+    from it holds exactly the entries written, in order: a batch's score pages hold its scores."""
     import random
 
+    import numpy as np
+
     from streams.operators.join import FeedbackJoin
+    from streams.operators.score_pages import rows_at
 
     rng = random.Random(3)
     join = FeedbackJoin(None, horizon_s=86_400.0)
@@ -242,13 +245,15 @@ def test_the_log_of_changes_holds_a_batch_in_a_third_of_its_msgpack_bytes_and_gi
         contexts = [(f"policy-{i % 5}-triage", f"region-{i % 3}", rng.random(), 0.5, "act", 1.7e9 + b + i / 1e4)
                     for i in range(5000)]
         join.add_scores(sids, contexts)
-        written += [msgspec.msgpack.encode(c) for c in contexts]
+        written += contexts
     taken = join.take_changes()
     entries = [e for part in join.changes_lazily(taken)[1] for e in msgspec.msgpack.decode(part)]
-    assert len(entries) == taken.entries == 20_000 + 4 * 2  # and a serial and an expiry entry a batch
-    assert [v for k, v in entries if k.startswith(b"s:")] == written
+    assert len(entries) == taken.entries == 4 * (20 + 2)  # 20 pages of 256, a serial and an expiry entry a batch
+    pages = {k: v for k, v in entries if k.startswith(b"p:")}
+    serials = np.concatenate([np.arange(256 * (b * 20 + 1), 256 * (b * 20 + 1) + 5000) for b in range(4)])
+    assert rows_at(serials, lambda keys: [pages.get(k) for k in keys]) == written
     plain = len(msgspec.msgpack.encode(entries))
-    assert sum(map(len, taken.log)) < plain / 3
+    assert sum(map(len, taken.log)) < plain / 2
     join.close()
 
 
@@ -258,7 +263,9 @@ def test_a_delta_names_no_score_deletions_but_a_load_of_it_deletes_the_expired_s
     turns over between checkpoints would otherwise name every expired score). A score
     written and expired between two captures is put by the delta, with its entry, and
     deleted again by the entry's deletion."""
+
     from streams.operators.join import FeedbackJoin
+    from streams.operators.score_pages import rows_at
 
     ctx = lambda ts: ("p", "default", 0.5, 0.5, "act", ts)  # noqa: E731
     join = FeedbackJoin(None, horizon_s=10.0, expire_every_s=0.0)
@@ -273,10 +280,11 @@ def test_a_delta_names_no_score_deletions_but_a_load_of_it_deletes_the_expired_s
     parts = list(parts)
     entries = [(k, v) for part in parts for k, v in msgspec.msgpack.decode(part)]
     assert len(entries) == taken.entries
-    # young's and now's scores, numbered after old's
-    assert [(k, msgspec.msgpack.decode(v)[5]) for k, v in entries if k.startswith(b"s:")] == \
-        [(b"s:" + (2).to_bytes(8, "big"), 1.0), (b"s:" + (3).to_bytes(8, "big"), 30.0)]
-    assert all(v is not None for k, v in entries if k.startswith(b"s:"))  # no score deletion is named
+    # young's and now's score pages, numbered after old's (a batch starts a page)
+    pages = [(k, v) for k, v in entries if k.startswith(b"p:")]
+    assert [k for k, _ in pages] == [b"p:" + (2).to_bytes(8, "big"), b"p:" + (3).to_bytes(8, "big")]
+    assert [row[5] for row in rows_at([512, 768], lambda keys: [dict(pages)[k] for k in keys])] == [1.0, 30.0]
+    assert all(v is not None for _, v in pages)  # no score deletion is named
     assert join.expired_scores == 2
     expired = [k for k, v in entries if k.startswith(b"x:") and v is None]
     assert len(expired) == 2  # old's entry, and young's (written and expired in between)
@@ -288,8 +296,9 @@ def test_a_delta_names_no_score_deletions_but_a_load_of_it_deletes_the_expired_s
     join.expire()  # nothing left to expire: a batch that changes nothing is not logged
     assert join.take_changes().log == []
     assert join.changed_share() == 0.0
-    join.add_scores([f"s{i}" for i in range(10)], [ctx(31.0)] * 10)
-    assert 0.5 < join.changed_share() <= 12 / 3  # most of the store is new: a whole checkpoint pays
+    for batch in range(3):
+        join.add_scores([f"s{batch}-{i}" for i in range(10)], [ctx(31.0)] * 10)
+    assert 0.5 < join.changed_share() <= 9 / 3  # most of the store is new: a whole checkpoint pays
     for j in (join, again):
         j.close()
 
@@ -337,11 +346,13 @@ def test_a_join_that_changed_in_more_keys_than_it_tracks_drops_the_set_and_is_ch
     ctx = lambda ts: ("p", "default", 0.5, 0.5, "act", ts)  # noqa: E731
     stage = PartitionStage(MonitorConfig())
     join = stage.join
-    join.add_scores([f"a{i}" for i in range(20)], [ctx(0.0)] * 20)
-    stage.committed(stage.capture())  # tracking starts; the limit is half of ~22 keys
+    for i in range(20):  # a batch of one score each: a page and an expiry entry, and the serial
+        join.add_scores([f"a{i}"], [ctx(0.0)])
+    stage.committed(stage.capture())  # tracking starts; the limit is half of the ~41 keys
     join.add_scores(["b0", "b1"], [ctx(1.0)] * 2)
     assert join.changed_share() < 0.5 and stage.delta_pays()
-    join.add_scores([f"c{i}" for i in range(20)], [ctx(2.0)] * 20)
+    for i in range(20):
+        join.add_scores([f"c{i}"], [ctx(2.0)])
     assert join.changed_share() == float("inf") and not stage.delta_pays()
     capture = stage.capture(delta=True)
     assert capture.delta is False and capture.changed.log is None

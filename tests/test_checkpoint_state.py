@@ -95,20 +95,20 @@ def test_checkpoint_bytes_that_do_not_fit_are_refused():
 
 
 def test_pieces_are_written_in_formats_code_that_misreads_them_refuses_and_older_ones_are_still_read():
-    """Score keys numbered in arrival order are format 3 (whole) and 4 (delta): code that read
-    format 2 wholes and format 2 or 3 deltas would not find those scores, so it refuses them.
-    A delta's join entries are write batches, whose expired scores only their expiry entry's
-    deletion names (format 3 on): code that reads format 2 deltas would keep them. Every older
-    format is still read."""
+    """Scores kept in pages are format 4 (whole) and 5 (delta), as score keys numbered in
+    arrival order were format 3 and 4: code that read the formats before would not find those
+    scores, so it refuses them. A delta's join entries are write batches, whose expired scores
+    only their expiry entry's deletion names (format 3 on): code that reads format 2 deltas
+    would keep them. Every older format is still read."""
     msgpack = snapshot.msgspec.msgpack
-    assert msgpack.decode(snapshot.encode("ingest.delta", {}))["format"] == snapshot.DELTA_FORMAT == 4
-    assert msgpack.decode(snapshot.encode("ingest", {}))["format"] == snapshot.FORMAT == 3
-    for kind, fmt in [("ingest", 2), ("ingest.delta", 2), ("ingest.delta", 3)]:
+    assert msgpack.decode(snapshot.encode("ingest.delta", {}))["format"] == snapshot.DELTA_FORMAT == 5
+    assert msgpack.decode(snapshot.encode("ingest", {}))["format"] == snapshot.FORMAT == 4
+    for kind, fmt in [("ingest", 2), ("ingest", 3), ("ingest.delta", 2), ("ingest.delta", 3), ("ingest.delta", 4)]:
         assert snapshot.decode(kind, msgpack.encode({"format": fmt, "kind": kind, "state": {"a": 1}})) == {"a": 1}
-    with pytest.raises(snapshot.SnapshotError, match="format-2/3 ingest"):
-        snapshot.decode("ingest", msgpack.encode({"format": 4, "kind": "ingest", "state": {"a": 1}}))
-    with pytest.raises(snapshot.SnapshotError, match="format-2/3/4 ingest.delta"):
-        snapshot.decode("ingest.delta", msgpack.encode({"format": 5, "kind": "ingest.delta", "state": {}}))
+    with pytest.raises(snapshot.SnapshotError, match="format-2/3/4 ingest"):
+        snapshot.decode("ingest", msgpack.encode({"format": 5, "kind": "ingest", "state": {"a": 1}}))
+    with pytest.raises(snapshot.SnapshotError, match="format-2/3/4/5 ingest.delta"):
+        snapshot.decode("ingest.delta", msgpack.encode({"format": 6, "kind": "ingest.delta", "state": {}}))
 
 
 def test_an_empty_partials_list_round_trips():

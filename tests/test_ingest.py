@@ -216,7 +216,7 @@ def test_expiring_a_scenario_first_score_keeps_its_newer_one():
         join.add_scores(["x"], [("p", "a", 0.2, 0.5, "hold", T0 + 90)])  # re-scored
         join.add_scores(["y"], [("p", "a", 0.9, 0.5, "act", T0 + 120)])
         join.expire()  # the first score's index entry is past the horizon, the newer score is not
-        assert join.lookup(["x"])[0].ts == T0 + 90
+        assert join.lookup(["x"])[0][5] == T0 + 90
         assert join.expired_scores == 1
         join.add_scores(["z"], [("p", "a", 0.9, 0.5, "act", T0 + 200)])
         join.expire()

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 import msgspec
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -119,7 +120,7 @@ def test_the_store_answers_what_one_score_at_a_time_gives_through_expiry_and_che
         join.close()
 
 
-LEGACY = Path(__file__).parent / "data" / "join_legacy_layout.msgpack"
+DATA = Path(__file__).parent / "data"
 LEGACY_IDS = ["a", "b", "a\x00b", "a\x00", "c" * 256, "é"]
 
 
@@ -128,15 +129,17 @@ def _answers(join: FeedbackJoin) -> dict:
             "expired_scores": join.expired_scores, "waiting": join.waiting_feedback}
 
 
-def test_a_state_of_the_earlier_key_layout_is_converted_as_it_is_taken_and_answers_as_before():
-    """The fixture holds a whole state and a delta written by the join when score keys were
-    `s:<scenario id>\\0<n>` (no "layout" in the state), with what that join answered after
-    each and after a last batch and expiry: scores (a scenario scored twice in a batch, one
-    re-scored in a later batch, a newer score that expires before an older one, ids with NUL
-    bytes and of 256 characters), parked feedback and a label state. Loaded now, each batch's
-    scores are stored again under serials, and the store answers the same."""
-    doc = msgspec.msgpack.decode(LEGACY.read_bytes())
-    assert "layout" not in doc["whole"] and "layout" not in doc["delta"]
+@pytest.mark.parametrize(("fixture", "layout"), [("join_legacy_layout.msgpack", None), ("join_layout2.msgpack", 2)])
+def test_a_state_of_an_earlier_key_layout_is_converted_as_it_is_taken_and_answers_as_before(fixture, layout):
+    """Each fixture holds a whole state and a delta written by the join when it kept a key a
+    score (`s:<scenario id>\\0<n>`, no "layout" in the state; then `s:<serial>`, layout 2,
+    with `r:` keys of re-scored scenarios under those serials), with what that join answered
+    after each and after a last batch and expiry: scores (a scenario scored twice in a batch,
+    one re-scored in a later batch, a newer score that expires before an older one, ids with
+    NUL bytes and of 256 characters), parked feedback and a label state. Loaded now, each
+    batch's scores are stored again in pages, and the store answers the same."""
+    doc = msgspec.msgpack.decode((DATA / fixture).read_bytes())
+    assert doc["whole"].get("layout") == doc["delta"].get("layout") == layout
     ctx = lambda ts: ("p", "seg", 0.5, 0.5, "act", T0 + ts)  # noqa: E731
     join = FeedbackJoin(None, horizon_s=300.0, expire_every_s=0.0)
     try:
@@ -152,7 +155,7 @@ def test_a_state_of_the_earlier_key_layout_is_converted_as_it_is_taken_and_answe
         join.load(doc["whole"])
         join.apply(doc["delta"])
         assert _answers(join) == {k: doc["after_delta"][k] for k in ("scores", "expired_scores", "waiting")}
-        assert all(len(k) == 10 for k in join.db.keys() if k.startswith(b"s:"))  # every score under a serial
+        assert not [k for k in join.db.keys() if k.startswith(b"s:")]  # every score in a page
         again.load(join.dump())  # and it is checkpointed in this layout
         join.take_changes()
         for store in (join, again):
@@ -164,7 +167,7 @@ def test_a_state_of_the_earlier_key_layout_is_converted_as_it_is_taken_and_answe
         third.load(doc["whole"])
         third.apply(doc["delta"])
         third.apply({**counters, "parts": list(parts)})
-        assert {**_answers(third), "unmatched": []} == doc["after_more"]
+        assert _answers(third) == {k: v for k, v in doc["after_more"].items() if k != "unmatched"}
         assert third.dump() == join.dump()
     finally:
         join.close()
@@ -175,8 +178,8 @@ def test_a_state_of_the_earlier_key_layout_is_converted_as_it_is_taken_and_answe
 def test_a_state_of_an_unknown_layout_is_refused():
     join = FeedbackJoin(None)
     try:
-        with pytest.raises(ValueError, match="unknown layout 3"):
-            join.load({**join.dump(), "layout": 3})
+        with pytest.raises(ValueError, match="unknown layout 4"):
+            join.load({**join.dump(), "layout": 4})
     finally:
         join.close()
 
@@ -212,9 +215,9 @@ def test_ids_crafted_to_share_a_murmur3_digest_are_two_scenarios():
     try:
         join.add_scores([victim], [("victim-policy", "s", 0.5, 0.5, "act", T0)])
         join.add_scores([attacker], [("attacker-policy", "s", 0.5, 0.5, "act", T0 + 1)])
-        assert [c.policy_id for c in join.scores_of([victim])[victim]] == ["victim-policy"]
+        assert [c[0] for c in join.scores_of([victim])[victim]] == ["victim-policy"]
         joined = join.lookup([attacker, victim], [T0 + 5] * 2)
-        assert [c.policy_id for c in joined] == ["attacker-policy", "victim-policy"]
+        assert [c[0] for c in joined] == ["attacker-policy", "victim-policy"]
     finally:
         join.close()
 
@@ -225,9 +228,9 @@ def test_a_batch_that_cannot_be_written_leaves_the_store_and_its_index_as_they_w
         join.add_scores(["a"], [("p", "s", 0.5, 0.5, "act", T0)])
         with pytest.raises(ValueError):  # an event time with no millisecond: no expiry key
             join.add_scores(["b", "a"], [("p", "s", 0.5, 0.5, "act", math.nan), ("p", "s", 0.5, 0.5, "act", T0)])
-        assert {sid: [c.ts for c in found] for sid, found in join.scores_of(["a", "b"]).items()} == {"a": [T0]}
+        assert {sid: [c[5] for c in found] for sid, found in join.scores_of(["a", "b"]).items()} == {"a": [T0]}
         join.add_scores(["a"], [("p", "s", 0.5, 0.5, "act", T0 + 1)])
-        assert [c.ts for c in join.scores_of(["a"])["a"]] == [T0, T0 + 1]
+        assert [c[5] for c in join.scores_of(["a"])["a"]] == [T0, T0 + 1]
     finally:
         join.close()
 
@@ -241,16 +244,21 @@ def test_contexts_as_columns_store_exactly_what_the_rows_as_tuples_store(rows):
     the same bytes as one given the rows as tuples."""
     sids = [r[0] for r in rows]
     tuples = [(*r[1:6], T0 + r[6]) for r in rows]
-    contexts = Contexts(*map(list, zip(*tuples)))
-    assert len(contexts) == len(tuples) and list(contexts) == tuples
-    assert [contexts[i] for i in range(len(tuples))] == tuples
-    with pytest.raises(TypeError):
-        contexts[0:2]
-    stores = [FeedbackJoin(None), FeedbackJoin(None)]
+    policy, segment, score, tau, decision, ts = map(list, zip(*tuples))
+    contexts = Contexts(policy, segment, score, tau, decision, ts)
+    as_arrays = Contexts(policy, segment, np.array(score), np.array(tau), decision, np.array(ts))
+    for each in (contexts, as_arrays):
+        assert len(each) == len(tuples) and list(each) == tuples
+        assert [each[i] for i in range(len(tuples))] == tuples
+        assert all(type(x) is float for row in [*each, each[0]] for x in row[2:4] + row[5:])
+        with pytest.raises(TypeError):
+            each[0:2]
+    stores = [FeedbackJoin(None), FeedbackJoin(None), FeedbackJoin(None)]
     try:
         stores[0].add_scores(sids, tuples)
         stores[1].add_scores(sids, contexts)
-        assert list(stores[0].db.items()) == list(stores[1].db.items())
+        stores[2].add_scores(sids, as_arrays)
+        assert list(stores[0].db.items()) == list(stores[1].db.items()) == list(stores[2].db.items())
     finally:
         for store in stores:
             store.close()

@@ -101,8 +101,7 @@ def ingest(batch: EventColumns, dedup: Deduplicator, join: FeedbackJoin, abstent
     score_pos = np.flatnonzero(batch.is_score).tolist()
     sids = list(map(batch.scenario_id.__getitem__, score_pos))
     score_ts = batch.ts[batch.is_score]
-    contexts = Contexts(batch.policy_id, batch.segment, batch.score.tolist(), batch.tau.tolist(), batch.decision,
-                        score_ts.tolist())
+    contexts = Contexts(batch.policy_id, batch.segment, batch.score, batch.tau, batch.decision, score_ts)
     batch_scores = _Scores(sids, score_pos)
 
     # feedback parked by earlier batches goes right after the first score of its scenario here

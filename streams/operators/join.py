@@ -7,25 +7,27 @@ atomic batch per call; the expiry index has one entry per batch, not per
 event. What outlives the horizon is counted: expired scores and unmatched
 feedback (returned, so the caller can dead-letter it).
 
-Every score is kept under its own key, numbered in arrival order (`s:<serial>`), so
-RocksDB appends it to its memtable rather than inserting it at a random place (about 0.5
-against 2 to 2.5 µs a score on UUID scenario ids). A scenario's scores are found through a
-compiled index from the scenario to its latest score (:mod:`kernels.scenario_index`, rebuilt
-from the store after a load). A scenario scored more than once (rare, but some ids are scored
-again and again) also keeps a key per score, `r:<sid>\\0<serial>`, so all of its scores are
-found and feedback can take the one its event time asks for (:func:`pick`). The same
-store remembers, per labelled scenario, whether it was labelled before and the first labels
-of its audit pair (:meth:`FeedbackJoin.labels`): a key each, which checkpoints carry, read
-into a compiled table (:mod:`kernels.label_states`) that is rebuilt from them after a load.
+Scores are numbered in arrival order (serials) and kept in pages of up to 256, a batch's
+own, under keys that follow that order (:mod:`streams.operators.score_pages`), so RocksDB
+appends them to its memtable rather than inserting each at a random place, and a batch of
+4,000 scores is a few entries to write, expire, log and dump instead of 4,000. A scenario's
+scores are found through a compiled index from the scenario to its latest score's serial
+(:mod:`kernels.scenario_index`, rebuilt from the store after a load). A scenario scored more
+than once (rare, but some ids are scored again and again) also keeps a key per score,
+`r:<sid>\\0<serial>`, so all of its scores are found and feedback can take the one its event
+time asks for (:func:`pick`). The same store remembers, per labelled scenario, whether it was
+labelled before and the first labels of its audit pair (:meth:`FeedbackJoin.labels`): a key
+each, which checkpoints carry, read into a compiled table (:mod:`kernels.label_states`) that
+is rebuilt from them after a load.
 
 What each write batch since the last checkpoint put or deleted is logged in order, its keys
 and their values as one LZ4-compressed msgpack array pair, so a checkpoint can hold just that
 (:meth:`FeedbackJoin.changes_lazily`) without reading the store back, and a load can take it
-on top of the earlier ones (:meth:`FeedbackJoin.apply`). The log costs about 30 bytes an entry
-(4 to 5 times less than uncompressed), in one buffer a batch, which a malloc trim can hand
-back: it grows between a partition's checkpoints, and its size is most of what a worker's RSS
-swings by. Expired scores are not in it: the deletion of their batch's expiry entry implies
-theirs.
+on top of the earlier ones (:meth:`FeedbackJoin.apply`). The log costs about 20 bytes a score
+(half its size uncompressed: the batch's scenario ids and the pages' rows), in one buffer a
+batch, which a malloc trim can hand back: it grows between a partition's checkpoints, and its
+size is most of what a worker's RSS swings by. Expired scores are not in it: the deletion of
+their batch's expiry entry implies theirs.
 """
 from __future__ import annotations
 
@@ -46,17 +48,27 @@ from rocksdict import Options, Rdict, WriteBatch, WriteBufferManager, WriteOptio
 from kernels.label_states import LabelStates, pack, unpack
 from kernels.scenario_index import ScenarioIndex
 from streams.operators.dedup import digests_of_bytes
+from streams.operators.score_pages import (
+    PREFIX as _PAGE,
+    batch_page_keys,
+    check_page,
+    first_serial,
+    numbered_keys,
+    page_values,
+    rows_at,
+)
 
 log = logging.getLogger(__name__)
-_SCORE, _FEEDBACK, _EXPIRY = b"s:", b"f:", b"x:"
+_SCORE, _FEEDBACK, _EXPIRY = b"s:", b"f:", b"x:"  # s: a score each, in states of layouts 1 and 2
 _RESCORED = b"r:"  # per score of a scenario scored more than once: r:<sid>\0<serial>, empty value
 _LABELS = b"l:"  # per labelled scenario: (first channel label, audit state, event time written)
-_SERIAL = b"m:serial"  # last number given to a score key
-_LAYOUT = 2
-"""Of the stored keys, in a state's counters: 2 numbers score keys in arrival order. A state
-without it (score keys `s:<sid>\\0<n>`) is converted as it is taken (:meth:`FeedbackJoin._take`)."""
+_SERIAL = b"m:serial"  # last serial given to a score
+_LAYOUT = 3
+"""Of the stored keys, in a state's counters: 3 keeps scores in pages (`p:`). States of the
+earlier layouts, a key a score (2: `s:<serial>`; 1, without a layout: `s:<sid>\\0<n>`), are
+converted as they are taken (:meth:`FeedbackJoin._take`)."""
 # what the expiry index's entries list, by kind
-_INDEXED = {b"N": _SCORE, b"F": _FEEDBACK, b"L": _LABELS}
+_INDEXED = {b"N": _PAGE, b"F": _FEEDBACK, b"L": _LABELS}
 _encode, _decode = msgspec.msgpack.encode, msgspec.msgpack.decode
 
 
@@ -72,16 +84,16 @@ class Context(NamedTuple):
 
 
 class Contexts:
-    """Decisions' contexts as columns (policy_id, segment, score, tau, decision, ts), read as
-    rows like a list of 6-tuples: a row is built when asked for (`contexts[i]`), or
-    handed out one at a time by iterating, where `zip` reuses one tuple for every row. A tuple
-    a score cost its allocation and freeing for every score of a batch, where only the few
-    that feedback joins are ever read as rows."""
+    """Decisions' contexts as columns (policy_id, segment, score, tau, decision, ts; the
+    numbers as lists or float64 arrays), read as rows of Python values like a list of
+    6-tuples: a row is built when asked for (`contexts[i]`), or handed out one at a time by
+    iterating. A tuple a score cost its allocation and freeing for every score of a batch,
+    where only the few that feedback joins are ever read as rows; and the store takes the
+    numbers' arrays as they are (:mod:`streams.operators.score_pages`)."""
 
     __slots__ = ("columns",)
 
-    def __init__(self, policy_id: list[str], segment: list[str], score: list[float], tau: list[float],
-                 decision: list[str], ts: list[float]) -> None:
+    def __init__(self, policy_id: list[str], segment: list[str], score, tau, decision: list[str], ts) -> None:
         self.columns = (policy_id, segment, score, tau, decision, ts)
 
     def __len__(self) -> int:
@@ -91,10 +103,15 @@ class Contexts:
         if not isinstance(i, int):
             raise TypeError(f"Contexts are indexed by row number, not {type(i).__name__}")
         policy_id, segment, score, tau, decision, ts = self.columns
-        return policy_id[i], segment[i], score[i], tau[i], decision[i], ts[i]
+        return policy_id[i], segment[i], float(score[i]), float(tau[i]), decision[i], float(ts[i])
 
     def __iter__(self) -> Iterator[tuple]:
-        return zip(*self.columns)
+        policy_id, segment, score, tau, decision, ts = self.columns
+        return zip(policy_id, segment, *map(_floats, (score, tau)), decision, _floats(ts))
+
+
+def _floats(values) -> list[float]:
+    return values.tolist() if isinstance(values, np.ndarray) else values
 
 
 class Pending(NamedTuple):
@@ -137,20 +154,16 @@ def _scores_batch(refs: bytes) -> tuple[int, list[bytes]]:
     return _decode(refs, type=tuple[int, list[bytes]])
 
 
-def _score_keys(refs: bytes) -> list[bytes]:
-    """The score keys an "N" expiry entry's value lists."""
+def _page_keys(refs: bytes) -> list[bytes]:
+    """The keys of the pages of the scores an "N" expiry entry's value lists."""
     first, ids = _scores_batch(refs)
-    return _keys_of(np.arange(first, first + len(ids)))
+    return batch_page_keys(first, len(ids))
 
 
-def _keys_of(serials) -> list[bytes]:
-    """The keys of scores numbered `serials`: `s:` and the serial as 8 big-endian bytes, so they
-    sort in arrival order (built as one array: a Python format a key cost nine times as much)."""
-    serials = np.asarray(serials, ">u8")
-    keys = np.empty((len(serials), 10), np.uint8)
-    keys[:, :2] = np.frombuffer(_SCORE, np.uint8)
-    keys[:, 2:] = serials.view(np.uint8).reshape(-1, 8)
-    return keys.view("V10").ravel().tolist()
+def _serial_keys(serials) -> list[bytes]:
+    """The keys a state of layout 2 gave scores numbered `serials`: `s:` and the serial as 8
+    big-endian bytes."""
+    return numbered_keys(_SCORE, serials)
 
 
 def _scenario_keys(ids: list[bytes]) -> np.ndarray:
@@ -170,9 +183,16 @@ _CONTEXTS = msgspec.msgpack.Decoder(list[Context])
 
 
 def _contexts(values: list[bytes]) -> list[Context]:
-    """Stored score values (msgpack arrays) as contexts, in one decode: a msgpack array of
-    them is their concatenation after an array header (half the cost of a call each)."""
+    """Score values of a state of layout 1 or 2 (msgpack arrays, a score each) as contexts,
+    in one decode: a msgpack array of them is their concatenation after an array header."""
     return _CONTEXTS.decode(b"\xdd" + len(values).to_bytes(4, "big") + b"".join(values))
+
+
+def _columns_of(contexts: Sequence[tuple]) -> tuple:
+    """Contexts (a list of tuples, or `Contexts`) as their six columns."""
+    if isinstance(contexts, Contexts):
+        return contexts.columns
+    return tuple(list(map(itemgetter(i), contexts)) for i in range(6))
 
 
 def _rescored_keys(ids: list[bytes], serials) -> list[bytes]:
@@ -273,7 +293,7 @@ class FeedbackJoin:
         self._write.disable_wal = True
         self._waiting: dict[str, int] = {}  # scenario_id -> parked feedback count (small: the rare case)
         self._parked = 0  # feedback parked so far: numbers their keys, so release keeps arrival order
-        self._serial = 0  # numbers score keys (kept in the store: `_SERIAL`)
+        self._serial = 0  # the last serial given to a score (kept in the store: `_SERIAL`)
         self._by_scenario: ScenarioIndex | None = None  # built from the store when first asked
         self._labelled: LabelStates | None = None  # likewise
         self._clock = float("-inf")
@@ -371,12 +391,13 @@ class FeedbackJoin:
 
     def _store_scores(self, ids: list[bytes], contexts: Sequence[tuple], expiry_key: bytes | None = None,
                       logged: bool = True) -> None:
-        """Write a batch of scores under the next serials, with their expiry entry: a new one,
-        or under `expiry_key` (the entry of their batch in a state of the earlier layout)."""
-        first = self._serial + 1
+        """Write a batch of scores in pages under the next serials, with their expiry entry: a
+        new one, or under `expiry_key` (the entry of their batch in a state of an earlier layout)."""
+        first = first_serial(self._serial)
         serials = np.arange(first, first + len(ids))
-        keys, values = _keys_of(serials), list(map(_encode, contexts))
-        max_ts = max(map(itemgetter(5), contexts))
+        columns = _columns_of(contexts)
+        keys, values = batch_page_keys(first, len(ids)), page_values(columns)
+        max_ts = float(np.max(columns[5]))
         wb = WriteBatch(raw_mode=True)
         if expiry_key is None:
             index = self._index(wb, max_ts, b"N", [first, ids])
@@ -403,8 +424,9 @@ class FeedbackJoin:
         self._serial = int(serials[-1])
         self._clock = max(self._clock, max_ts)
 
-    def scores_of(self, scenario_ids) -> dict[str, list[Context]]:
-        """Every stored score of these scenarios, in arrival order (scenarios without one left out)."""
+    def scores_of(self, scenario_ids) -> dict[str, list[tuple]]:
+        """Every stored score of these scenarios, in arrival order, as (policy_id, segment,
+        score, tau, decision, ts) (scenarios without one left out)."""
         if not scenario_ids:
             return {}
         sids = list(set(scenario_ids))
@@ -412,13 +434,13 @@ class FeedbackJoin:
         latest, rescored = self._scenarios().get(_scenario_keys(ids))
         found = np.flatnonzero(latest)
         if not rescored[found].any():  # one score each (the usual case): no Python loop
-            contexts = _contexts(self.db[_keys_of(latest[found])])
+            contexts = rows_at(latest[found], self.db.__getitem__)
             return dict(zip(map(sids.__getitem__, found.tolist()), map(list, zip(contexts))))
         serials: dict[str, list[int]] = {}
         for i in found.tolist():
             serials[sids[i]] = self._rescored_serials(ids[i]) if rescored[i] else [int(latest[i])]
         listed = [s for found in serials.values() for s in found]
-        contexts = iter(_contexts(self.db[_keys_of(listed)]))
+        contexts = iter(rows_at(listed, self.db.__getitem__))
         return {sid: list(islice(contexts, len(found))) for sid, found in serials.items()}
 
     def _rescored_serials(self, sid: bytes) -> list[int]:
@@ -427,7 +449,7 @@ class FeedbackJoin:
         own = _RESCORED + sid + b"\x00"
         return [int.from_bytes(k[-8:], "big") for k in self._keys(own) if len(k) == len(own) + 8]
 
-    def lookup(self, scenario_ids: list[str], at: list[float] | None = None) -> list[Context | None]:
+    def lookup(self, scenario_ids: list[str], at: list[float] | None = None) -> list[tuple | None]:
         """The stored score feedback at event times `at` (default: any time after every score)
         joins, per scenario (:func:`pick`; None where no score is known)."""
         stored = self.scores_of(scenario_ids)
@@ -538,13 +560,13 @@ class FeedbackJoin:
             kind = key[-1:]
             prefix = _INDEXED[kind]
             if kind == b"N":
-                # a score's key is written once, with this entry, and deleted only here: it is
-                # not read back (old keys lie in files on disk; most of what expires is scores),
+                # a score page is written once, with this entry, and deleted only here: it is
+                # not read back (old pages lie in files on disk; most of what expires is scores),
                 # and a delta names only this entry's deletion, which implies theirs (`_take`)
-                keys = _score_keys(refs)
-                deque(map(wb.delete, keys), maxlen=0)
-                self.expired_scores += len(keys)
-                expired_scores.append(_scores_batch(refs))
+                batch = _scores_batch(refs)
+                deque(map(wb.delete, batch_page_keys(batch[0], len(batch[1]))), maxlen=0)
+                self.expired_scores += len(batch[1])
+                expired_scores.append(batch)
                 continue
             refs = _decode(refs, type=list[bytes])
             if kind == b"L":
@@ -692,7 +714,7 @@ class FeedbackJoin:
     def _take(self, state: dict, entries_type) -> None:
         self._log = self._log if self._log is not None else []
         layout = state.get("layout", 1)
-        if layout not in (1, _LAYOUT):
+        if layout not in (1, 2, _LAYOUT):
             raise ValueError(f"join state: unknown layout {layout!r}")
         entries = (e for part in state["parts"] for e in _entries(part, entries_type))
         if layout == _LAYOUT:
@@ -700,7 +722,7 @@ class FeedbackJoin:
             self._note_stored()
             self._by_scenario = None  # built from the store when next asked for
         else:
-            self._convert(entries, whole=entries_type is _WHOLE)
+            self._convert(entries, whole=entries_type is _WHOLE, layout=layout)
         self._labelled = None  # built from the store when next asked for
         self._track_limit = max(_TRACK_MIN, self._key_count() // 2)
         self._seq, self._parked = int(state["seq"]), max(self._parked, int(state["parked"]))
@@ -709,7 +731,8 @@ class FeedbackJoin:
 
     def _put_entries(self, entries) -> None:
         """Write (key, value) entries of this layout in order (None: delete), in one batch; the
-        deletion of a score expiry entry deletes the scores it lists."""
+        deletion of a score expiry entry deletes the score pages it lists. ValueError for a
+        score page that is not one."""
         wb = WriteBatch(raw_mode=True)
         expiries: dict[bytes, bytes] = {}  # score expiry entries put by these entries, not yet in the store
         for key, value in entries:
@@ -717,19 +740,26 @@ class FeedbackJoin:
             if value is None:
                 if is_scores_expiry:  # its scores expired with it
                     refs = expiries.pop(key, None) or self.db.get(key)
-                    deque(map(wb.delete, _score_keys(refs) if refs is not None else ()), maxlen=0)
+                    deque(map(wb.delete, _page_keys(refs) if refs is not None else ()), maxlen=0)
                 wb.delete(key)
             else:
                 if is_scores_expiry:
                     expiries[key] = value
+                elif key.startswith(_PAGE):
+                    try:
+                        check_page(value)
+                    except ValueError as e:
+                        raise ValueError(f"join state: {e}") from e
                 wb.put(key, value)
         self.db.write(wb, self._write)
 
-    def _convert(self, entries, whole: bool) -> None:
-        """Take entries of a state whose score keys were `s:<id>\\0<n>`: each batch of scores
-        is stored again under serials (in the order the batches came, so a whole state's are
-        numbered as they came), keeping its expiry entry's key; the rest as it is. Score
-        deletions are left out: the deletion of their batch's expiry entry implies them."""
+    def _convert(self, entries, whole: bool, layout: int) -> None:
+        """Take entries of a state of an earlier layout, a key a score (1: `s:<id>\\0<n>`, 2:
+        `s:<serial>`): each batch of scores is stored again in pages (in the order the batches
+        came, so a whole state's are numbered as they came), keeping its expiry entry's key; the
+        rest as it is. Score deletions are left out: the deletion of their batch's expiry entry
+        implies them; so are the `r:` keys of layout 2, which name its serials: storing the
+        batches again makes them anew."""
         self._note_stored()
         scores: dict[bytes, bytes] = {}  # the batches' scores, until their expiry entry comes
         batches: list[tuple[int, bytes, list[bytes]]] = []  # (its first number, expiry key, ids)
@@ -738,7 +768,7 @@ class FeedbackJoin:
             if key.startswith(_SCORE):
                 if value is not None:
                     scores[key] = value
-            elif key == _SERIAL:
+            elif key == _SERIAL or key.startswith(_RESCORED):
                 continue  # numbered the old keys; serials go on from this store's own
             elif key[-1:] == b"N" and key.startswith(_EXPIRY):
                 if value is not None:
@@ -747,7 +777,7 @@ class FeedbackJoin:
                     if whole:
                         continue
                     self._put_entries(kept)
-                    self._convert_batch(*batches.pop(), scores)
+                    self._convert_batch(*batches.pop(), scores, layout)
                     kept = []
                     continue
                 self._put_entries(kept)
@@ -757,7 +787,7 @@ class FeedbackJoin:
                 wb.delete(key)
                 going = None if refs is None else self._scores_going([_scores_batch(refs)])
                 if going is not None:
-                    deque(map(wb.delete, [*_score_keys(refs), *going.rescored_keys()]), maxlen=0)
+                    deque(map(wb.delete, [*_page_keys(refs), *going.rescored_keys()]), maxlen=0)
                 self.db.write(wb, self._write)
                 if going is not None:
                     self._forgot(going)
@@ -765,16 +795,18 @@ class FeedbackJoin:
                 kept.append((key, value))
         self._put_entries(kept)
         for batch in sorted(batches):
-            self._convert_batch(*batch, scores)
+            self._convert_batch(*batch, scores, layout)
         if scores:  # a store reopened by that code could overwrite a batch's entry: its scores never expired
             log.warning("join state: scores without their batch's expiry entry left out",
                         extra={"scores": len(scores)})
         self._note_stored()
 
-    def _convert_batch(self, first: int, expiry_key: bytes, ids: list[bytes], scores: dict[bytes, bytes]) -> None:
-        """Store again, under serials, the scores an expiry entry of the `s:<id>\\0<n>` layout lists."""
+    def _convert_batch(self, first: int, expiry_key: bytes, ids: list[bytes], scores: dict[bytes, bytes],
+                       layout: int) -> None:
+        """Store again, in pages, the scores an expiry entry of an earlier `layout` lists."""
+        keys = _legacy_score_keys(first, ids) if layout == 1 else _serial_keys(np.arange(first, first + len(ids)))
         try:
-            contexts = [tuple(_decode(scores.pop(key))) for key in _legacy_score_keys(first, ids)]
+            contexts = _contexts([scores.pop(key) for key in keys])
         except KeyError as e:
             raise ValueError(f"join state: a score its expiry entry lists is missing: {e.args[0]!r}") from e
         clock = self._clock

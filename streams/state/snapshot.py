@@ -13,15 +13,17 @@ import cramjam
 import msgspec
 import numpy as np
 
-FORMAT = 3
-"""Of a whole piece. 3: the join's score keys are numbered in arrival order, which code that
-read format 2 would not find, so it refuses these; 2: coverage by decision time, label states,
-partials numbered per partition. Format 2 is still read (its join is converted as it loads)."""
-DELTA_FORMAT = 4
-"""Of a delta piece. 4: score keys as in format 3; 3: its join entries are the write batches
-in order, where a score's expiry is its batch's expiry entry's deletion (which the same delta
-may have put): code that read format 2 would keep such scores. Formats 2 and 3 are still read."""
-_READS = {False: {2, FORMAT}, True: {2, 3, DELTA_FORMAT}}  # formats read, by whether the piece is a delta
+FORMAT = 4
+"""Of a whole piece. 4: the join keeps its scores in pages, which code that read format 3 would
+not find, so it refuses these; 3: the join's score keys are numbered in arrival order; 2:
+coverage by decision time, label states, partials numbered per partition. Formats 2 and 3 are
+still read (their join is converted as it loads)."""
+DELTA_FORMAT = 5
+"""Of a delta piece. 5: scores in pages, as in format 4; 4: score keys as in format 3; 3: its
+join entries are the write batches in order, where a score's expiry is its batch's expiry
+entry's deletion (which the same delta may have put): code that read format 2 would keep
+such scores. Formats 2 to 4 are still read."""
+_READS = {False: {2, 3, FORMAT}, True: {2, 3, 4, DELTA_FORMAT}}  # formats read, by whether the piece is a delta
 _ARRAY_EXT = 1
 _DTYPES = {"<f8": np.float64, "<i8": np.int64, "<u8": np.uint64}
 

@@ -1,0 +1,145 @@
+"""Score pages: how the join stores a batch's scores, up to 256 to a RocksDB value.
+
+Why: a key a score cost a Python call to encode its value and another to put it, and as many
+entries to expire, to log for a delta and to dump in a whole checkpoint. A page is built from
+the batch's columns by numpy and read back by it: fixed-width rows (score, tau and event time
+as float64, the decision's code, and the page's own codes for policy_id and segment) and the
+page's strings, one msgpack pair.
+
+Scores are numbered (serials) in arrival order, and a batch's first serial starts a page
+(:func:`first_serial`), so the score with serial `s` is row `s % PAGE_ROWS` of page
+`s // PAGE_ROWS`, and every page holds the scores of one batch: it is written once, with
+its batch, and deleted with it.
+
+>>> columns = (["p", "q"], ["seg", "seg"], [0.5, 1.0], [0.25, 0.5], ["hold", "act"], [10.0, 11.0])
+>>> first = first_serial(0)
+>>> pages = dict(zip(batch_page_keys(first, 2), page_values(columns)))
+>>> rows_at(np.array([first + 1, first]), lambda keys: [pages.get(k) for k in keys])
+[('q', 'seg', 1.0, 0.5, 'act', 11.0), ('p', 'seg', 0.5, 0.25, 'hold', 10.0)]
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+import struct
+from itertools import chain
+
+import msgspec
+import numpy as np
+
+from kernels.layout import DECISIONS
+from streams.operators.records import DECISION
+
+PAGE_ROWS = 256
+PREFIX = b"p:"
+"""A page's key: the prefix and its number (serial // PAGE_ROWS) as 8 big-endian bytes, so
+pages sort in arrival order."""
+_ROW = np.dtype([("score", "<f8"), ("tau", "<f8"), ("ts", "<f8"), ("policy", "<u2"), ("segment", "<u2"),
+                 ("decision", "u1")])  # packed: 29 bytes a score
+_UNPACK = struct.Struct("<dddHHB").unpack_from  # a row of _ROW
+_SHARED_STRINGS = 32
+"""A batch with up to this many policy and segment names gives each page all of them."""
+_encode = msgspec.msgpack.Encoder().encode
+_PAGE = msgspec.msgpack.Decoder(tuple[bytes, list[str]])
+
+Columns = tuple[Sequence[str], Sequence[str], Sequence[float], Sequence[float], Sequence[str], Sequence[float]]
+"""A batch's scores as columns: policy_id, segment, score, tau, decision, event time."""
+
+
+def first_serial(last: int) -> int:
+    """The serial of the next batch's first score, after serials up to `last`: the first of
+    the next page."""
+    return (last // PAGE_ROWS + 1) * PAGE_ROWS
+
+
+def batch_page_keys(first: int, n: int) -> list[bytes]:
+    """The keys of the pages of a batch of `n` scores numbered from `first`."""
+    return page_keys(np.arange(first // PAGE_ROWS, (first + max(n, 1) - 1) // PAGE_ROWS + 1))
+
+
+def page_keys(pages) -> list[bytes]:
+    """The keys of pages numbered `pages`."""
+    return numbered_keys(PREFIX, pages)
+
+
+def numbered_keys(prefix: bytes, numbers) -> list[bytes]:
+    """Keys of a two-byte `prefix` and each number as 8 big-endian bytes, so they sort in the
+    numbers' order (built as one array: a Python format a key costs nine times as much)."""
+    numbers = np.asarray(numbers, ">u8")
+    keys = np.empty((len(numbers), 10), np.uint8)
+    keys[:, :2] = np.frombuffer(prefix, np.uint8)
+    keys[:, 2:] = numbers.view(np.uint8).reshape(-1, 8)
+    return keys.view("V10").ravel().tolist()
+
+
+def page_values(columns: Columns) -> list[bytes]:
+    """The values of a batch's pages, in order: rows `PAGE_ROWS` at a time. Strings are coded
+    once for the batch; a batch with many is coded again per page, so a page holds only those
+    it uses."""
+    policy, segment, score, tau, decision, ts = columns
+    n = len(policy)
+    rows = np.empty(n, _ROW)
+    rows["score"], rows["tau"], rows["ts"] = score, tau, ts
+    rows["decision"] = np.fromiter(map(DECISION.__getitem__, decision), np.uint8, n)
+    strings = list(dict.fromkeys(chain(policy, segment)))
+    code = dict(zip(strings, range(len(strings))))
+    codes = np.fromiter(map(code.__getitem__, chain(policy, segment)), np.int64, 2 * n)
+    values = []
+    for lo in range(0, n, PAGE_ROWS):
+        hi = min(n, lo + PAGE_ROWS)
+        page, names = rows[lo:hi], strings
+        if len(strings) <= _SHARED_STRINGS:
+            page["policy"], page["segment"] = codes[lo:hi], codes[n + lo:n + hi]
+        else:
+            used, own = np.unique(np.concatenate((codes[lo:hi], codes[n + lo:n + hi])), return_inverse=True)
+            page["policy"], page["segment"] = own[:hi - lo], own[hi - lo:]
+            names = [strings[u] for u in used.tolist()]
+        values.append(_encode((page.tobytes(), names)))
+    return values
+
+
+def check_page(value: bytes) -> None:
+    """ValueError unless `value` is a page (a state's entries are checked as they are taken)."""
+    _table(value)
+
+
+def _decode_page(value: bytes) -> tuple[bytes, list[str]]:
+    try:
+        return _PAGE.decode(value)
+    except msgspec.DecodeError as e:
+        raise ValueError(f"score page: {e}") from e
+
+
+def _table(value: bytes) -> tuple[np.ndarray, list[str]]:
+    """A page's rows and strings; ValueError if `value` is not a page."""
+    raw, strings = _decode_page(value)
+    if not 0 < len(raw) <= PAGE_ROWS * _ROW.itemsize or len(raw) % _ROW.itemsize:
+        raise ValueError(f"score page: {len(raw)} bytes of rows")
+    rows = np.frombuffer(raw, _ROW)
+    if len(rows) and (max(rows["policy"].max(), rows["segment"].max()) >= len(strings)
+                      or rows["decision"].max() >= len(DECISIONS)):
+        raise ValueError("score page: a code with no string or decision")
+    return rows, strings
+
+
+def rows_at(serials, fetch: Callable[[list[bytes]], list[bytes | None]]) -> list[tuple]:
+    """The scores numbered `serials` as rows (policy_id, segment, score, tau, decision, event
+    time), in that order; their pages read with `fetch` (keys to values, None where there is
+    none) once each, and each row unpacked where it lies. KeyError for a score not stored."""
+    serials = np.asarray(serials, np.int64)
+    if not len(serials):
+        return []
+    pages, which = np.unique(serials // PAGE_ROWS, return_inverse=True)
+    raws, names = [], []
+    for page, value in zip(pages.tolist(), fetch(page_keys(pages))):
+        if value is None:
+            raise KeyError(f"score page {page} is not stored")
+        raw, strings = _decode_page(value)
+        raws.append(raw)
+        names.append(strings)
+    which = which.tolist()
+    try:
+        rows = list(map(_UNPACK, map(raws.__getitem__, which), (serials % PAGE_ROWS * _ROW.itemsize).tolist()))
+    except struct.error:
+        raise KeyError("a score beyond its page's rows is not stored") from None
+    return [(n[p], n[s], score, tau, DECISIONS[d], ts)
+            for n, (score, tau, ts, p, s, d) in zip(map(names.__getitem__, which), rows)]
