@@ -134,15 +134,9 @@ def worker_main(settings, expected: int | None, name: str, queue, stop, sample_s
 
 
 def join_keys(worker) -> int:
-    """Scores held by the worker's join (RocksDB's key estimate over its partitions): the
-    pending scenarios, since a score is kept for the whole horizon."""
-    total = 0
-    for stage in list(worker.stages.stages.values()):
-        try:
-            total += int(stage.join.db.property_int_value("rocksdb.estimate-num-keys") or 0)
-        except Exception:  # noqa: BLE001 - a closed store during a rebalance
-            pass
-    return total
+    """Scores held by the worker's join over its partitions: the pending scenarios, since a
+    score is kept for the whole horizon."""
+    return sum(stage.join.pending_scores for stage in list(worker.stages.stages.values()))
 
 
 FETCH_TIMEOUT_MS, FETCH_RECORDS = 100, 20_000

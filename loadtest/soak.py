@@ -260,7 +260,7 @@ def _join_main(n: int, batch: int, result) -> None:
             join.add_scores(ids, ctxs)
             ts += k * 1e-3
             peak_seen = max(peak_seen, rss_mb()[0])
-        keys = int(join.db.property_int_value("rocksdb.estimate-num-keys") or 0)
+        keys = join.pending_scores
         probe = join.lookup([f"stationary-7-{i // 1000:06d}-{i % 1000:05d}~000000" for i in range(0, n, max(1, n // 1000))])
         cur, peak = rss_mb()
         disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)

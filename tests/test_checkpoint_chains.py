@@ -248,7 +248,8 @@ def test_the_log_of_changes_holds_a_batch_in_half_its_msgpack_bytes_and_gives_it
         written += contexts
     taken = join.take_changes()
     entries = [e for part in join.changes_lazily(taken)[1] for e in msgspec.msgpack.decode(part)]
-    assert len(entries) == taken.entries == 4 * (20 + 2)  # 20 pages of 256, a serial and an expiry entry a batch
+    assert len(entries) == 4 * (20 + 2)  # 20 pages of 256, a serial and an expiry entry a batch
+    assert taken.rows == 20_000 + 4 * 2  # a page counts as its scores
     pages = {k: v for k, v in entries if k.startswith(b"p:")}
     serials = np.concatenate([np.arange(256 * (b * 20 + 1), 256 * (b * 20 + 1) + 5000) for b in range(4)])
     assert rows_at(serials, lambda keys: [pages.get(k) for k in keys]) == written
@@ -279,7 +280,7 @@ def test_a_delta_names_no_score_deletions_but_a_load_of_it_deletes_the_expired_s
     counters, parts = join.changes_lazily(taken)
     parts = list(parts)
     entries = [(k, v) for part in parts for k, v in msgspec.msgpack.decode(part)]
-    assert len(entries) == taken.entries
+    assert len(entries) == taken.rows  # a page of one score is one row
     # young's and now's score pages, numbered after old's (a batch starts a page)
     pages = [(k, v) for k, v in entries if k.startswith(b"p:")]
     assert [k for k, _ in pages] == [b"p:" + (2).to_bytes(8, "big"), b"p:" + (3).to_bytes(8, "big")]
@@ -296,9 +297,8 @@ def test_a_delta_names_no_score_deletions_but_a_load_of_it_deletes_the_expired_s
     join.expire()  # nothing left to expire: a batch that changes nothing is not logged
     assert join.take_changes().log == []
     assert join.changed_share() == 0.0
-    for batch in range(3):
-        join.add_scores([f"s{batch}-{i}" for i in range(10)], [ctx(31.0)] * 10)
-    assert 0.5 < join.changed_share() <= 9 / 3  # most of the store is new: a whole checkpoint pays
+    join.add_scores([f"s{i}" for i in range(10)], [ctx(31.0)] * 10)
+    assert 0.5 < join.changed_share() <= 12 / 3  # most of the store is new: a whole checkpoint pays
     for j in (join, again):
         j.close()
 
@@ -346,13 +346,11 @@ def test_a_join_that_changed_in_more_keys_than_it_tracks_drops_the_set_and_is_ch
     ctx = lambda ts: ("p", "default", 0.5, 0.5, "act", ts)  # noqa: E731
     stage = PartitionStage(MonitorConfig())
     join = stage.join
-    for i in range(20):  # a batch of one score each: a page and an expiry entry, and the serial
-        join.add_scores([f"a{i}"], [ctx(0.0)])
-    stage.committed(stage.capture())  # tracking starts; the limit is half of the ~41 keys
+    join.add_scores([f"a{i}" for i in range(20)], [ctx(0.0)] * 20)
+    stage.committed(stage.capture())  # tracking starts; the limit is half of ~23 rows (a score each)
     join.add_scores(["b0", "b1"], [ctx(1.0)] * 2)
     assert join.changed_share() < 0.5 and stage.delta_pays()
-    for i in range(20):
-        join.add_scores([f"c{i}"], [ctx(2.0)])
+    join.add_scores([f"c{i}" for i in range(20)], [ctx(2.0)] * 20)
     assert join.changed_share() == float("inf") and not stage.delta_pays()
     capture = stage.capture(delta=True)
     assert capture.delta is False and capture.changed.log is None

@@ -3,8 +3,8 @@ each batch forgotten whole once the event-time clock has passed its latest score
 horizon (checked at most once every `expire_every_s` of event time, to the millisecond).
 
 Hypothesis draws what makes a store of scores hard to keep: few scenarios, re-scored within a
-batch and across batches, with ids that hold NUL bytes, share prefixes, or run to the schema's
-256 characters; event times that jump by zero to days, out of order, so a scenario's newer
+batch and across batches, in batches of one score to over two pages of them (256 a page),
+with ids that hold NUL bytes, share prefixes, or run to the schema's 256 characters; event times that jump by zero to days, out of order, so a scenario's newer
 score can expire before its older one; and checkpoints at any point, whole or as a chain of
 deltas, that a new store is loaded from.
 """
@@ -54,6 +54,9 @@ class Model:
         self.expired += sum(len(b[1]) for b in gone)
         self.batches = [b for b in self.batches if _ms(b[0]) >= cutoff]
 
+    def pending(self) -> int:
+        return sum(len(scores) for _, scores in self.batches)
+
     def scores_of(self, sids) -> dict[str, list[tuple]]:
         out: dict[str, list[tuple]] = {}
         for _, scores in self.batches:
@@ -82,7 +85,8 @@ def histories(draw):
                 batch.append((draw(st.sampled_from(IDS)), ("p", draw(st.sampled_from(["s", ""])),
                                                            draw(st.sampled_from([0.1, 0.5, 0.9])), 0.5,
                                                            draw(st.sampled_from(["act", "hold"])), ts)))
-            ops.append(("scores", batch))
+            # now and then a batch over a page of scores (256) or two, cut anywhere
+            ops.append(("scores", batch * draw(st.sampled_from([1, 1, 1, 1, 52, 103, 256]))))
         elif op == "query":
             ops.append(("query", draw(st.lists(st.sampled_from(IDS), min_size=1, max_size=4))))
         elif op == "capture":
@@ -110,12 +114,13 @@ def test_the_store_answers_what_one_score_at_a_time_gives_through_expiry_and_che
             elif op == "query":
                 assert {sid: [tuple(c) for c in found] for sid, found in join.scores_of(arg).items()} \
                     == model.scores_of(set(arg))
+                assert join.pending_scores == model.pending()
             else:  # a checkpoint, and a new store loaded from its chain
                 join, chain = checkpoint_and_reload(
                     join, chain, arg, lambda: FeedbackJoin(None, horizon_s=HORIZON_S, expire_every_s=every))
         assert {sid: [tuple(c) for c in found] for sid, found in join.scores_of(IDS).items()} \
             == model.scores_of(set(IDS))
-        assert join.expired_scores == model.expired
+        assert join.expired_scores == model.expired and join.pending_scores == model.pending()
     finally:
         join.close()
 

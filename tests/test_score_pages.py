@@ -1,6 +1,7 @@
 """Score pages against the rows they were built from: any batch size (pages cut anywhere), any
 ids and names the schemas accept, every decision, and scores read back in any order, once or
-many times; and pages that are not pages are refused with a reason, also in a join's state."""
+many times; and pages that are not pages, or that their batch's expiry entry does not list
+exactly, are refused with a reason in a join's state before anything is written."""
 from __future__ import annotations
 
 import msgspec
@@ -14,8 +15,8 @@ from streams.operators.join import FeedbackJoin
 from streams.operators.score_pages import (
     PAGE_ROWS,
     batch_page_keys,
-    check_page,
     first_serial,
+    page_rows,
     page_values,
     rows_at,
 )
@@ -73,19 +74,76 @@ def test_a_score_not_stored_is_a_key_error():
 ])
 def test_a_value_that_is_not_a_page_is_refused_with_its_reason(value, reason):
     with pytest.raises(ValueError, match=reason):
-        check_page(value)
+        page_rows(value)
 
 
-def test_a_state_with_a_bad_page_is_refused_as_a_join_state():
+def _page(rows: int) -> bytes:
+    return page_values((["p"] * rows, ["s"] * rows, [0.5] * rows, [0.5] * rows, ["act"] * rows, [1.0] * rows))[0]
+
+
+def _n(first: int, n: int) -> bytes:
+    return msgspec.msgpack.encode([first, [b"a"] * n])
+
+
+P, X = b"p:" + (2).to_bytes(8, "big"), b"x:000000000000100000000001N"  # the second page; the expiry entry
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    (lambda e: {**e, P: b"\x92\xc4\x01\x00\x90"}, "score page"),
+    (lambda e: {**e, P: _page(43)}, "page 1 of 2 missing or not of 44 rows"),
+    (lambda e: {k: v for k, v in e.items() if k != P}, "page 1 of 2 missing"),
+    (lambda e: {**e, X: _n(257, 300)}, "from serial 257"),
+    (lambda e: {**e, X: _n(256, 0)}, "of 0 scores"),
+    (lambda e: {**e, b"m:serial": b"554"}, "the last is 554"),
+    (lambda e: {**e, b"m:serial": b"%d" % (1 << 62)}, "out of range"),
+    (lambda e: {**e, b"m:serial": b"x"}, "invalid literal"),
+    (lambda e: {**e, X: b"\x92\x01"}, "score expiry entry"),
+    (lambda e: {**e, b"p:" + (9).to_bytes(8, "big"): _page(3)}, "1 score pages that no expiry entry lists"),
+    (lambda e: {**e, X[:-2] + b"2N": _n(256, 300)}, "page 0 of 2 missing"),  # a second entry for the same pages
+])
+def test_a_state_whose_pages_its_expiry_entries_do_not_list_exactly_is_refused_before_anything_is_written(
+        change, reason):
+    """A whole state of a batch of 300 scores (two pages under serials 256..555) with one thing
+    changed. Loaded, each would fail later, when feedback asks for a score (a page missing or
+    short), join the wrong score (a batch whose rows start mid-page), or let one batch's expiry
+    delete another's page."""
     join = FeedbackJoin(None)
+    again = FeedbackJoin(None)
     try:
-        join.add_scores(["a"], [("p", "s", 0.5, 0.5, "act", 1.0)])
+        join.add_scores(["a"] * 300, [("p", "s", 0.5, 0.5, "act", 100.0)] * 300)
         state = join.dump()
-        entries = [(k, b"\x92\xc4\x01\x00\x90" if k.startswith(b"p:") else v)
-                   for part in state["parts"] for k, v in msgspec.msgpack.decode(part)]
-        again = FeedbackJoin(None)
-        with pytest.raises(ValueError, match="join state: score page"):
-            again.load({**state, "parts": [msgspec.msgpack.encode(entries)]})
-        again.close()
+        entries = dict(e for part in state["parts"] for e in msgspec.msgpack.decode(part))
+        entries = {(X if k.startswith(b"x:") else k): v for k, v in entries.items()}
+        assert sorted(k for k in entries if k[:2] in (b"p:", b"x:")) == [b"p:" + (1).to_bytes(8, "big"), P, X]
+        again.load({**state, "parts": [msgspec.msgpack.encode(sorted(entries.items()))]})  # unchanged: taken
+        assert again.pending_scores == 300 and again.lookup(["a"])[0][5] == 100.0
+        fresh = FeedbackJoin(None)
+        try:
+            with pytest.raises(ValueError, match=f"join state: .*{reason}"):
+                fresh.load({**state, "parts": [msgspec.msgpack.encode(sorted(change(entries).items()))]})
+            assert list(fresh.db.keys()) == []
+        finally:
+            fresh.close()
     finally:
         join.close()
+        again.close()
+
+
+def test_a_delta_that_writes_a_page_the_store_holds_again_is_refused():
+    join = FeedbackJoin(None)
+    again = FeedbackJoin(None)
+    try:
+        join.add_scores(["a"], [("p", "s", 0.5, 0.5, "act", 100.0)])
+        join.take_changes()
+        again.load(join.dump())
+        join.add_scores(["b"], [("p", "s", 0.5, 0.5, "act", 101.0)])
+        counters, parts = join.changes_lazily(join.take_changes())
+        entries = [(b"p:" + (1).to_bytes(8, "big") if k.startswith(b"p:") else k,
+                    msgspec.msgpack.encode([256, [b"b"]]) if k[-1:] == b"N" else v)
+                   for part in parts for k, v in msgspec.msgpack.decode(part)]
+        with pytest.raises(ValueError, match="join state: a score page the store holds is written again"):
+            again.apply({**counters, "parts": [msgspec.msgpack.encode(entries)]})
+        assert again.lookup(["a", "b"]) == [("p", "s", 0.5, 0.5, "act", 100.0), None]
+    finally:
+        join.close()
+        again.close()

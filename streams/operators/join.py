@@ -49,11 +49,12 @@ from kernels.label_states import LabelStates, pack, unpack
 from kernels.scenario_index import ScenarioIndex
 from streams.operators.dedup import digests_of_bytes
 from streams.operators.score_pages import (
+    PAGE_ROWS,
     PREFIX as _PAGE,
     batch_page_keys,
-    check_page,
     first_serial,
     numbered_keys,
+    page_rows,
     page_values,
     rows_at,
 )
@@ -63,6 +64,7 @@ _SCORE, _FEEDBACK, _EXPIRY = b"s:", b"f:", b"x:"  # s: a score each, in states o
 _RESCORED = b"r:"  # per score of a scenario scored more than once: r:<sid>\0<serial>, empty value
 _LABELS = b"l:"  # per labelled scenario: (first channel label, audit state, event time written)
 _SERIAL = b"m:serial"  # last serial given to a score
+_MAX_SERIAL = 1 << 62  # the scenario index holds a serial shifted by a bit in an int64
 _LAYOUT = 3
 """Of the stored keys, in a state's counters: 3 keeps scores in pages (`p:`). States of the
 earlier layouts, a key a score (2: `s:<serial>`; 1, without a layout: `s:<sid>\\0<n>`), are
@@ -154,6 +156,26 @@ def _scores_batch(refs: bytes) -> tuple[int, list[bytes]]:
     return _decode(refs, type=tuple[int, list[bytes]])
 
 
+def _checked_batch(refs: bytes, pages: dict[bytes, int], serial: int) -> int:
+    """The number of scores an "N" expiry entry of a state lists, its pages taken out of
+    `pages` (page key: rows): ValueError unless its first serial starts a page, its scores
+    are numbered up to `serial` at most, and `pages` holds each of its pages with all of
+    their rows (a page is listed once, so no expiry deletes another batch's page)."""
+    try:
+        first, ids = _scores_batch(refs)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise ValueError(f"score expiry entry: {e}") from e
+    if not ids or first % PAGE_ROWS or not 0 < first <= serial - len(ids) + 1:
+        raise ValueError(f"score expiry entry of {len(ids)} scores from serial {first} (the last is {serial})")
+    keys = batch_page_keys(first, len(ids))
+    for i, key in enumerate(keys):
+        rows = PAGE_ROWS if i < len(keys) - 1 else (len(ids) - 1) % PAGE_ROWS + 1
+        if pages.pop(key, None) != rows:
+            raise ValueError(f"score expiry entry from serial {first}: page {i} of {len(keys)} missing or not "
+                             f"of {rows} rows")
+    return len(ids)
+
+
 def _page_keys(refs: bytes) -> list[bytes]:
     """The keys of the pages of the scores an "N" expiry entry's value lists."""
     first, ids = _scores_batch(refs)
@@ -212,7 +234,8 @@ def _legacy_score_keys(first: int, ids: list[bytes]) -> list[bytes]:
 
 
 _TRACK_MIN = 100_000
-"""Entries always logged for the next delta; beyond it, at most half the store's keys."""
+"""Rows always logged for the next delta; beyond it, at most half the store's rows (an entry
+is a row, a score page as many as it holds scores)."""
 
 
 class _Going(NamedTuple):
@@ -234,10 +257,10 @@ class Changes(NamedTuple):
     """What `FeedbackJoin.take_changes` took: the write batches since the take before, each as
     an LZ4 block of the msgpack pair (keys, their values, None where deleted), in the order
     they were written (:func:`_batch_entries`), None when more changed than is tracked (half
-    the store's keys); and how many entries they hold."""
+    the store's rows); and how many rows they hold (an entry each, a score page its scores)."""
 
     log: list[bytes] | None
-    entries: int
+    rows: int
 
 
 def _logged_batch(keys: list[bytes], values: list[bytes | None]) -> bytes:
@@ -294,6 +317,7 @@ class FeedbackJoin:
         self._waiting: dict[str, int] = {}  # scenario_id -> parked feedback count (small: the rare case)
         self._parked = 0  # feedback parked so far: numbers their keys, so release keeps arrival order
         self._serial = 0  # the last serial given to a score (kept in the store: `_SERIAL`)
+        self._scores = 0  # scores stored (the rows of the score pages)
         self._by_scenario: ScenarioIndex | None = None  # built from the store when first asked
         self._labelled: LabelStates | None = None  # likewise
         self._clock = float("-inf")
@@ -303,14 +327,15 @@ class FeedbackJoin:
         # the write batches since the last checkpoint (see `Changes`); None until a checkpoint is
         # taken or loaded (a store never checkpointed keeps no log)
         self._log: list[bytes] | None = None
-        self._logged = 0  # entries in the log
-        # past this many logged entries the log is dropped and the next checkpoint is whole
+        self._logged = 0  # rows in the log
+        # past this many logged rows the log is dropped and the next checkpoint is whole
         self._track_limit = _TRACK_MIN
         self._changed_all = False
         self._note_stored()
         # a reopened store's expiry keys go on numbering after its own, so none is overwritten
         # (a load takes the numbering from its state instead)
         self._seq = max([0, *(int(key[18:26]) for key in self._keys(_EXPIRY))])
+        self._scores = sum(len(_scores_batch(refs)[1]) for key, refs in self._items(_EXPIRY) if key[-1:] == b"N")
 
     def _note_stored(self) -> None:
         """Take the parked-feedback counts and the key serial from the store's entries."""
@@ -373,13 +398,14 @@ class FeedbackJoin:
         wb.put(key, value)
         return key, value
 
-    def _commit(self, wb: WriteBatch, keys: list[bytes], values: list[bytes | None]) -> None:
-        """Write a batch that gives `keys` their `values` (None: deleted); expired scores it
-        deletes are left out of `keys` (their expiry entry's deletion implies them)."""
+    def _commit(self, wb: WriteBatch, keys: list[bytes], values: list[bytes | None], scores: int = 0) -> None:
+        """Write a batch that gives `keys` their `values` (None: deleted), of which score pages
+        holding `scores` scores; expired scores it deletes are left out of `keys` (their expiry
+        entry's deletion implies them)."""
         self.db.write(wb, self._write)
         if keys and self._log is not None and not self._changed_all:
             self._log.append(_logged_batch(keys, values))
-            self._logged += len(keys)
+            self._logged += len(keys) + scores
             if self._logged > self._track_limit:  # a delta would not pay: stop paying for the log
                 self._log, self._logged, self._changed_all = [], 0, True
 
@@ -397,6 +423,7 @@ class FeedbackJoin:
         serials = np.arange(first, first + len(ids))
         columns = _columns_of(contexts)
         keys, values = batch_page_keys(first, len(ids)), page_values(columns)
+        pages = len(keys)  # a row each in the log, where they hold len(ids)
         max_ts = float(np.max(columns[5]))
         wb = WriteBatch(raw_mode=True)
         if expiry_key is None:
@@ -415,12 +442,13 @@ class FeedbackJoin:
             serial = b"%d" % serials[-1]
             wb.put(_SERIAL, serial)
             if logged:
-                self._commit(wb, [*keys, _SERIAL, index[0]], [*values, serial, index[1]])
+                self._commit(wb, [*keys, _SERIAL, index[0]], [*values, serial, index[1]], len(ids) - pages)
             else:
                 self.db.write(wb, self._write)
         except BaseException:
             self._by_scenario = None  # it took scores the store did not: built again from the store
             raise
+        self._scores += len(ids)
         self._serial = int(serials[-1])
         self._clock = max(self._clock, max_ts)
 
@@ -565,7 +593,6 @@ class FeedbackJoin:
                 # and a delta names only this entry's deletion, which implies theirs (`_take`)
                 batch = _scores_batch(refs)
                 deque(map(wb.delete, batch_page_keys(batch[0], len(batch[1]))), maxlen=0)
-                self.expired_scores += len(batch[1])
                 expired_scores.append(batch)
                 continue
             refs = _decode(refs, type=list[bytes])
@@ -582,6 +609,7 @@ class FeedbackJoin:
                 unmatched.append(Pending(sid, *_decode(v)))
                 released.append(sid)
         going = self._scores_going(expired_scores) if expired_scores else None
+        expired = sum(len(ids) for _, ids in expired_scores)
         if going is not None:
             rescored = going.rescored_keys()
             deque(map(wb.delete, rescored), maxlen=0)
@@ -590,6 +618,8 @@ class FeedbackJoin:
         deque(map(wb.delete, unlabelled_keys), maxlen=0)
         self._commit(wb, [*deleted, *unlabelled_keys], [None] * (len(deleted) + len(unlabelled_keys)))
         # what is kept beside the store follows it only now that the batch is written
+        self.expired_scores += expired
+        self._scores -= expired
         for sid in released:
             left = self._waiting.pop(sid, 1) - 1
             if left > 0:
@@ -660,18 +690,24 @@ class FeedbackJoin:
         are logged afresh."""
         taken = Changes(None if self._changed_all else self._log or [], self._logged)
         self._log, self._logged, self._changed_all = [], 0, False
-        self._track_limit = max(_TRACK_MIN, self._key_count() // 2)
+        self._track_limit = max(_TRACK_MIN, self._row_count() // 2)
         return taken
 
-    def _key_count(self) -> int:
-        return int(self.db.property_int_value("rocksdb.estimate-num-keys") or 0)
+    def _row_count(self) -> int:
+        """The store's rows: its keys (RocksDB's estimate), a score page counted as its scores."""
+        return int(self.db.property_int_value("rocksdb.estimate-num-keys") or 0) + self._scores
+
+    @property
+    def pending_scores(self) -> int:
+        """Scores stored: those that have not expired."""
+        return self._scores
 
     def changed_share(self) -> float:
-        """Entries logged since changes were last taken, over the keys stored (RocksDB's
-        estimate): past about a half, a delta would hold about as much as the whole store."""
+        """Rows logged since changes were last taken, over the rows stored (`_row_count`): past
+        about a half, a delta would hold about as much as the whole store."""
         if self._changed_all:
             return math.inf
-        return self._logged / max(1, self._key_count()) if self._logged else 0.0
+        return self._logged / max(1, self._row_count()) if self._logged else 0.0
 
     def keep_changes(self, taken: Changes) -> None:
         """Log what `take_changes` gave again, before what was logged since: the checkpoint that
@@ -679,7 +715,7 @@ class FeedbackJoin:
         if taken.log is None or self._changed_all:
             self._log, self._logged, self._changed_all = [], 0, True
         else:
-            self._log, self._logged = [*taken.log, *(self._log or ())], taken.entries + self._logged
+            self._log, self._logged = [*taken.log, *(self._log or ())], taken.rows + self._logged
 
     def changes_lazily(self, taken: Changes, slice_size: int = 50_000) -> tuple[dict, Iterator[bytes]]:
         """(counters, parts) as `dump_lazily` gives them, but of what `take_changes` gave just
@@ -724,34 +760,52 @@ class FeedbackJoin:
         else:
             self._convert(entries, whole=entries_type is _WHOLE, layout=layout)
         self._labelled = None  # built from the store when next asked for
-        self._track_limit = max(_TRACK_MIN, self._key_count() // 2)
+        self._track_limit = max(_TRACK_MIN, self._row_count() // 2)
         self._seq, self._parked = int(state["seq"]), max(self._parked, int(state["parked"]))
         self._clock, self._last_expiry = float(state["clock"]), float(state["last_expiry"])
         self.expired_scores, self.unmatched_feedback = int(state["expired_scores"]), int(state["unmatched_feedback"])
 
     def _put_entries(self, entries) -> None:
         """Write (key, value) entries of this layout in order (None: delete), in one batch; the
-        deletion of a score expiry entry deletes the score pages it lists. ValueError for a
-        score page that is not one."""
+        deletion of a score expiry entry deletes the score pages it lists. ValueError, before
+        anything is written, unless every score page put is one and is listed by a score
+        expiry entry put after it (as a whole state's keys sort and a delta's batches come), in
+        full, under serials up to the store's last (see `_checked_batch`), and none was stored
+        before."""
         wb = WriteBatch(raw_mode=True)
         expiries: dict[bytes, bytes] = {}  # score expiry entries put by these entries, not yet in the store
-        for key, value in entries:
-            is_scores_expiry = key[-1:] == b"N" and key.startswith(_EXPIRY)
-            if value is None:
-                if is_scores_expiry:  # its scores expired with it
-                    refs = expiries.pop(key, None) or self.db.get(key)
-                    deque(map(wb.delete, _page_keys(refs) if refs is not None else ()), maxlen=0)
-                wb.delete(key)
-            else:
+        pages: dict[bytes, int] = {}  # score pages put and not yet listed: their rows
+        serial, scores = int(self.db.get(_SERIAL) or 0), self._scores
+        try:
+            for key, value in entries:
+                is_scores_expiry = key[-1:] == b"N" and key.startswith(_EXPIRY)
+                if value is None:
+                    if is_scores_expiry:  # its scores expired with it
+                        refs = expiries.pop(key, None) or self.db.get(key)
+                        if refs is not None:
+                            first, ids = _scores_batch(refs)
+                            deque(map(wb.delete, batch_page_keys(first, len(ids))), maxlen=0)
+                            scores -= len(ids)
+                    wb.delete(key)
+                    continue
                 if is_scores_expiry:
+                    scores += _checked_batch(value, pages, serial)
                     expiries[key] = value
                 elif key.startswith(_PAGE):
-                    try:
-                        check_page(value)
-                    except ValueError as e:
-                        raise ValueError(f"join state: {e}") from e
+                    if self.db.get(key) is not None:  # serials only grow: a page is never written twice
+                        raise ValueError("a score page the store holds is written again")
+                    pages[key] = page_rows(value)
+                elif key == _SERIAL:
+                    serial = int(value)
+                    if not 0 <= serial < _MAX_SERIAL:
+                        raise ValueError(f"score serial {serial} out of range")
                 wb.put(key, value)
+        except ValueError as e:
+            raise ValueError(f"join state: {e}") from e
+        if pages:
+            raise ValueError(f"join state: {len(pages)} score pages that no expiry entry lists")
         self.db.write(wb, self._write)
+        self._scores = scores
 
     def _convert(self, entries, whole: bool, layout: int) -> None:
         """Take entries of a state of an earlier layout, a key a score (1: `s:<id>\\0<n>`, 2:
@@ -791,6 +845,7 @@ class FeedbackJoin:
                 self.db.write(wb, self._write)
                 if going is not None:
                     self._forgot(going)
+                    self._scores -= len(going.ids)
             else:
                 kept.append((key, value))
         self._put_entries(kept)

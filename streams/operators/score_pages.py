@@ -53,7 +53,7 @@ def first_serial(last: int) -> int:
 
 def batch_page_keys(first: int, n: int) -> list[bytes]:
     """The keys of the pages of a batch of `n` scores numbered from `first`."""
-    return page_keys(np.arange(first // PAGE_ROWS, (first + max(n, 1) - 1) // PAGE_ROWS + 1))
+    return page_keys(np.arange(first // PAGE_ROWS, (first + n - 1) // PAGE_ROWS + 1))
 
 
 def page_keys(pages) -> list[bytes]:
@@ -97,9 +97,10 @@ def page_values(columns: Columns) -> list[bytes]:
     return values
 
 
-def check_page(value: bytes) -> None:
-    """ValueError unless `value` is a page (a state's entries are checked as they are taken)."""
-    _table(value)
+def page_rows(value: bytes) -> int:
+    """How many scores page `value` holds; ValueError if it is not a page (a state's entries
+    are checked as they are taken)."""
+    return len(_table(value)[0])
 
 
 def _decode_page(value: bytes) -> tuple[bytes, list[str]]:
