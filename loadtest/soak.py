@@ -264,9 +264,13 @@ def _join_main(n: int, batch: int, result) -> None:
         probe = join.lookup([f"stationary-7-{i // 1000:06d}-{i % 1000:05d}~000000" for i in range(0, n, max(1, n // 1000))])
         cur, peak = rss_mb()
         disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+        fill_s, t0 = time.time() - t0, time.time()
+        whole = sum(map(len, join.dump_lazily()[1]))  # a whole checkpoint's join, before compression
         result.put({"join_scenarios": n, "join_keys": keys, "join_found": sum(c is not None for c in probe),
                     "join_probe": len(probe), "join_rss_mb": round(cur, 1), "join_peak_rss_mb": round(peak, 1),
-                    "join_disk_mb": round(disk / 2**20, 1), "join_fill_s": round(time.time() - t0, 1)})
+                    "join_disk_mb": round(disk / 2**20, 1), "join_fill_s": round(fill_s, 1),
+                    "join_whole_bytes_per_scenario": round(whole / max(1, n), 1),
+                    "join_whole_dump_s": round(time.time() - t0, 1)})
     finally:
         join.close()
         shutil.rmtree(path, ignore_errors=True)

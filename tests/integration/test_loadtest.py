@@ -85,6 +85,8 @@ def test_short_soak(kafka_bootstrap, tmp_path):
     assert result["join_keys_at_end"] >= 5000
     assert result["rss_at_start_mb"] > 0 and result["rss_max_mb"] > 0
     assert result["join_found"] == result["join_probe"] and result["join_rss_mb"] > 0
+    assert result["join_keys"] == result["join_scenarios"] == 20_000  # the scores held, counted
+    assert 29 < result["join_whole_bytes_per_scenario"] < 200  # a row of 29 bytes and its id, at least
     assert 0 <= result["ingest_checkpoint_deltas_in_soak"] <= result["ingest_checkpoints_in_soak"]
     assert result["ingest_checkpoint_deltas_in_soak"] <= result["ingest_checkpoint_deltas"]
     assert (result["ingest_checkpoint_delta_bytes_mean"] is None) == (result["ingest_checkpoint_deltas"] == 0)
