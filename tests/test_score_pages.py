@@ -147,3 +147,23 @@ def test_a_delta_that_writes_a_page_the_store_holds_again_is_refused():
     finally:
         join.close()
         again.close()
+
+
+def test_a_join_is_dumped_and_its_changes_taken_in_slices_that_count_a_page_as_its_scores():
+    """A slice bounds a round's share of a checkpoint: counted in entries, one slice could
+    take every page of a store, 256 times the scores a slice of other keys holds."""
+    join = FeedbackJoin(None)
+    again = FeedbackJoin(None)
+    try:
+        join.take_changes()
+        for b in range(3):
+            join.add_scores([f"s{b}-{i}" for i in range(1000)], [("p", "s", 0.5, 0.5, "act", 100.0 + b)] * 1000)
+        for counters, parts in (join.dump_lazily(slice_size=600), join.changes_lazily(join.take_changes(), 600)):
+            parts = list(parts)
+            pages = [sum(k.startswith(b"p:") for k, _ in msgspec.msgpack.decode(part)) for part in parts]
+            assert sum(pages) == 12 and max(pages) == 3  # 600 rows: two pages, and the third that passes them
+        again.load({**counters, "parts": parts})  # the changes since a capture of an empty store: all of it
+        assert again.dump() == join.dump() and again.pending_scores == 3000
+    finally:
+        join.close()
+        again.close()

@@ -233,6 +233,22 @@ def _legacy_score_keys(first: int, ids: list[bytes]) -> list[bytes]:
     return keys
 
 
+def _slices(entries: Iterator[tuple], size: int) -> Iterator[list[tuple]]:
+    """`entries` in lists of about `size` rows, a score page counted as the `PAGE_ROWS` scores
+    it may hold (else a slice of pages would hold 256 times the scores of one of other keys,
+    and a round that takes it would pause the stream as long)."""
+    chunk: list[tuple] = []
+    rows = 0
+    for entry in entries:
+        chunk.append(entry)
+        rows += PAGE_ROWS if entry[0][:2] == _PAGE else 1
+        if rows >= size:
+            yield chunk
+            chunk, rows = [], 0
+    if chunk:
+        yield chunk
+
+
 _TRACK_MIN = 100_000
 """Rows always logged for the next delta; beyond it, at most half the store's rows (an entry
 is a row, a score page as many as it holds scores)."""
@@ -669,16 +685,11 @@ class FeedbackJoin:
 
     def dump_lazily(self, slice_size: int = 50_000) -> tuple[dict, Iterator[bytes]]:
         """(counters, parts): the entries as of this call, as msgpack-encoded lists of (key,
-        value) of `slice_size` entries each, produced one per `next` (a RocksDB iterator is a
-        point-in-time view, so writes after this call are not seen). A large store is then
-        written out a slice at a time, between batches, instead of in one long pause."""
+        value) of about `slice_size` rows each (`_slices`), produced one per `next` (a RocksDB
+        iterator is a point-in-time view, so writes after this call are not seen). A large store
+        is then written out a slice at a time, between batches, instead of in one long pause."""
         entries = iter(self.db.items())  # the view is fixed here, not at the first `next`
-
-        def parts() -> Iterator[bytes]:
-            while chunk := list(islice(entries, slice_size)):
-                yield _encode(chunk)
-
-        return self._counters(), parts()
+        return self._counters(), map(_encode, _slices(entries, slice_size))
 
     def _counters(self) -> dict:
         return {"layout": _LAYOUT, "seq": self._seq, "parked": self._parked, "clock": self._clock,
@@ -726,12 +737,7 @@ class FeedbackJoin:
             for logged in taken.log:  # the taken log is not written to again
                 yield from _batch_entries(logged)
 
-        def parts() -> Iterator[bytes]:
-            pending = entries()
-            while chunk := list(islice(pending, slice_size)):
-                yield _encode(chunk)
-
-        return self._counters(), parts()
+        return self._counters(), map(_encode, _slices(entries(), slice_size))
 
     def dump(self) -> dict:
         """Plain values (for a checkpoint): the counters and every entry (in `parts`)."""

@@ -2,9 +2,9 @@
 
 Why: a key a score cost a Python call to encode its value and another to put it, and as many
 entries to expire, to log for a delta and to dump in a whole checkpoint. A page is built from
-the batch's columns by numpy and read back by it: fixed-width rows (score, tau and event time
-as float64, the decision's code, and the page's own codes for policy_id and segment) and the
-page's strings, one msgpack pair.
+the batch's columns by numpy, and a score is read back where it lies, with one `struct`
+unpack: fixed-width rows (score, tau and event time as float64, the decision's code, and the
+page's own codes for policy_id and segment) and the page's strings, one msgpack pair.
 
 Scores are numbered (serials) in arrival order, and a batch's first serial starts a page
 (:func:`first_serial`), so the score with serial `s` is row `s % PAGE_ROWS` of page
@@ -19,8 +19,8 @@ its batch, and deleted with it.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 import struct
+from collections.abc import Callable, Sequence
 from itertools import chain
 
 import msgspec
@@ -116,8 +116,7 @@ def _table(value: bytes) -> tuple[np.ndarray, list[str]]:
     if not 0 < len(raw) <= PAGE_ROWS * _ROW.itemsize or len(raw) % _ROW.itemsize:
         raise ValueError(f"score page: {len(raw)} bytes of rows")
     rows = np.frombuffer(raw, _ROW)
-    if len(rows) and (max(rows["policy"].max(), rows["segment"].max()) >= len(strings)
-                      or rows["decision"].max() >= len(DECISIONS)):
+    if max(rows["policy"].max(), rows["segment"].max()) >= len(strings) or rows["decision"].max() >= len(DECISIONS):
         raise ValueError("score page: a code with no string or decision")
     return rows, strings
 
