@@ -176,9 +176,9 @@ def _checked_batch(refs: bytes, pages: dict[bytes, int], serial: int) -> int:
     return len(ids)
 
 
-def _page_keys(refs: bytes) -> list[bytes]:
-    """The keys of the pages of the scores an "N" expiry entry's value lists."""
-    first, ids = _scores_batch(refs)
+def _page_keys(batch: tuple[int, list[bytes]]) -> list[bytes]:
+    """The keys of the pages of a batch of scores, as an "N" expiry entry lists it (`_scores_batch`)."""
+    first, ids = batch
     return batch_page_keys(first, len(ids))
 
 
@@ -333,7 +333,6 @@ class FeedbackJoin:
         self._waiting: dict[str, int] = {}  # scenario_id -> parked feedback count (small: the rare case)
         self._parked = 0  # feedback parked so far: numbers their keys, so release keeps arrival order
         self._serial = 0  # the last serial given to a score (kept in the store: `_SERIAL`)
-        self._scores = 0  # scores stored (the rows of the score pages)
         self._by_scenario: ScenarioIndex | None = None  # built from the store when first asked
         self._labelled: LabelStates | None = None  # likewise
         self._clock = float("-inf")
@@ -351,6 +350,7 @@ class FeedbackJoin:
         # a reopened store's expiry keys go on numbering after its own, so none is overwritten
         # (a load takes the numbering from its state instead)
         self._seq = max([0, *(int(key[18:26]) for key in self._keys(_EXPIRY))])
+        # the scores stored (the rows of the score pages), of a reopened store too
         self._scores = sum(len(_scores_batch(refs)[1]) for key, refs in self._items(_EXPIRY) if key[-1:] == b"N")
 
     def _note_stored(self) -> None:
@@ -608,7 +608,7 @@ class FeedbackJoin:
                 # not read back (old pages lie in files on disk; most of what expires is scores),
                 # and a delta names only this entry's deletion, which implies theirs (`_take`)
                 batch = _scores_batch(refs)
-                deque(map(wb.delete, batch_page_keys(batch[0], len(batch[1]))), maxlen=0)
+                deque(map(wb.delete, _page_keys(batch)), maxlen=0)
                 expired_scores.append(batch)
                 continue
             refs = _decode(refs, type=list[bytes])
@@ -789,9 +789,9 @@ class FeedbackJoin:
                     if is_scores_expiry:  # its scores expired with it
                         refs = expiries.pop(key, None) or self.db.get(key)
                         if refs is not None:
-                            first, ids = _scores_batch(refs)
-                            deque(map(wb.delete, batch_page_keys(first, len(ids))), maxlen=0)
-                            scores -= len(ids)
+                            batch = _scores_batch(refs)
+                            deque(map(wb.delete, _page_keys(batch)), maxlen=0)
+                            scores -= len(batch[1])
                     wb.delete(key)
                     continue
                 if is_scores_expiry:
@@ -845,9 +845,10 @@ class FeedbackJoin:
                 refs = self.db.get(key)
                 wb = WriteBatch(raw_mode=True)
                 wb.delete(key)
-                going = None if refs is None else self._scores_going([_scores_batch(refs)])
+                batch = None if refs is None else _scores_batch(refs)
+                going = None if batch is None else self._scores_going([batch])
                 if going is not None:
-                    deque(map(wb.delete, [*_page_keys(refs), *going.rescored_keys()]), maxlen=0)
+                    deque(map(wb.delete, [*_page_keys(batch), *going.rescored_keys()]), maxlen=0)
                 self.db.write(wb, self._write)
                 if going is not None:
                     self._forgot(going)
