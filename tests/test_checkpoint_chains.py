@@ -15,7 +15,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from streams.config import MonitorConfig
-from streams.kafka.checkpoints import MAX_PIECES, CheckpointError, CheckpointStore, extendable, pieces
+from streams.kafka.checkpoints import MAX_PIECES, CheckpointError, CheckpointStore, Packed, extendable, pieces
 from streams.simulate import SimConfig, simulate
 from streams.state import snapshot
 from streams.worker.checkpoint_schedule import CheckpointSchedule
@@ -216,8 +216,10 @@ def test_the_schedule_writes_a_whole_checkpoint_then_deltas_and_a_load_of_the_ch
         assert not log.tombstoned() & set(_ids(p6))
 
         host.stages.open(1, {}, {}, "")  # a stage whose changes count from nothing
-        assert host.stages.capture(1, base=p6).body.delta is False
-        host.stages.capturing = None
+        c = host.stages.capture(1, base=p6)
+        assert c.body.delta is False and host.stages.captures == {1: c}
+        host.stages.taken(c)
+        assert host.stages.captures == {}
 
     try:
         asyncio.run(run())
@@ -361,20 +363,21 @@ def test_a_join_that_changed_in_more_keys_than_it_tracks_drops_the_set_and_is_ch
     stage.close()
 
 
-def test_the_schedule_takes_a_partition_s_delta_before_other_partitions_whole_checkpoints_but_not_forever(
-        monkeypatch):
-    """A partition checkpointed whole is checkpointed again, as a delta, before the partitions
-    still waiting for their whole checkpoints (else its join may turn over meanwhile and its
-    next checkpoint be whole too); at most as many deltas in a row as partitions are held
-    while a whole one waits; each partition at most once an interval; none between owners."""
+def test_the_schedule_takes_deltas_and_whole_checkpoints_in_two_lanes_each_oldest_first(monkeypatch):
+    """One delta and one whole checkpoint may be under way at once, of different partitions: a
+    whole checkpoint of a large join, which takes many rounds, never holds the other
+    partitions' deltas back (they would then hold more than the interval's changes, and their
+    chains reach their whole state sooner). Within a lane, the partition begun longest ago goes
+    first; each partition at most once an interval; none between owners; none twice at once."""
     from streams.worker import checkpoint_schedule
 
     now, begun = [100.0], []
     monkeypatch.setattr(checkpoint_schedule.time, "monotonic", lambda: now[0])
 
-    class Stages:  # partitions 0 and 1 would be deltas against their bases, 2 and 3 whole
-        stages = dict.fromkeys(range(4))
-        dirty = {0, 1, 2, 3}  # every partition keeps moving
+    class Stages:  # partitions 0 and 1 would be deltas against their bases, 2, 3 and 4 whole
+        stages = dict.fromkeys(range(5))
+        dirty = {0, 1, 2, 3, 4}  # every partition keeps moving
+        captures = {}
 
         @staticmethod
         def delta_ready(p, base):
@@ -382,29 +385,32 @@ def test_the_schedule_takes_a_partition_s_delta_before_other_partitions_whole_ch
 
         @staticmethod
         def capture(p, base):
-            begun.append((p, base if Stages.delta_ready(p, base) else ""))
+            base = base if Stages.delta_ready(p, base) else ""
+            begun.append((p, base))
+            Stages.captures[p] = SimpleNamespace(partition=p, base=base)
 
     checkpointer = SimpleNamespace(delta_base=lambda role, p: f"base{p}")
 
-    def run(schedule, times):
+    def run(schedule, times, done=()):
+        """The partitions begun at each time, after the captures of `done[i]` finished."""
         picks = []
-        for t in times:
+        for i, t in enumerate(times):
             now[0] = t
-            picks.append(p := schedule.next_partition(t))
-            if p is not None:
+            for p in (done[i] if i < len(done) else ()):
+                del Stages.captures[p]
+            picks.append(ps := schedule.next_partitions(t))
+            for p in ps:
                 schedule.begin(p)
         return picks
 
-    schedule = CheckpointSchedule(checkpointer, Stages, None, "partials", 10.0, loading=lambda role, p: p == 3)
-    # deltas first, oldest first, then the whole one; 3 is between owners; nothing is due
-    # again until 10 s after it was begun
-    assert run(schedule, [100.0] * 5 + [105.0, 110.0, 110.0, 110.0, 110.0]) == [0, 1, 2, None, None, None,
-                                                                             0, 1, 2, None]
-    assert begun[:3] == [(0, "base0"), (1, "base1"), (2, "")]
-
-    schedule = CheckpointSchedule(checkpointer, Stages, None, "partials", 0.0)
-    # four partitions held: four deltas at most while 2 and 3 wait, then the longer-waiting one
-    assert run(schedule, [float(t) for t in range(12)]) == [0, 1, 0, 1, 2, 0, 1, 0, 1, 3, 0, 1]
+    schedule = CheckpointSchedule(checkpointer, Stages, None, "partials", 10.0, loading=lambda role, p: p == 4)
+    # a delta and a whole at once; 4 is between owners; a lane waits while its checkpoint is
+    # under way, and a partition is not due again until 10 s after it was begun
+    picks = run(schedule, [100.0, 101.0, 102.0, 103.0, 104.0, 111.0, 112.0],
+                done=[(), (), (0,), (1,), (2,), (), (0, 3)])
+    assert picks == [[0, 2], [], [1], [], [3], [0], [1, 2]]
+    assert begun[:3] == [(0, "base0"), (2, ""), (1, "base1")]
+    assert Stages.captures.keys() == {1, 2}  # one of each lane
 
 
 def test_rounds_longer_than_the_interval_still_begin_input_checkpoints(monkeypatch):
@@ -414,7 +420,7 @@ def test_rounds_longer_than_the_interval_still_begin_input_checkpoints(monkeypat
 
     now, begun = [0.0], []
     monkeypatch.setattr(checkpoint_schedule.time, "monotonic", lambda: now[0])
-    stages = SimpleNamespace(stages={0: None}, dirty={0}, capturing=None, delta_ready=lambda p, base: False,
+    stages = SimpleNamespace(stages={0: None}, dirty={0}, captures={}, delta_ready=lambda p, base: False,
                              capture=lambda p, base: begun.append(p))
     monitors = SimpleNamespace(dirty=set())
     schedule = CheckpointSchedule(SimpleNamespace(delta_base=lambda role, p: ""), stages, monitors, "partials", 0.5)
@@ -426,3 +432,39 @@ def test_rounds_longer_than_the_interval_still_begin_input_checkpoints(monkeypat
 
     asyncio.run(rounds())
     assert begun == [0, 0, 0]
+
+
+def test_a_round_steps_each_checkpoint_under_way_but_not_one_whose_partition_was_revoked_meanwhile():
+    """Each round takes a step of both lanes' checkpoints. A partition revoked while another's
+    checkpoint is written (the round awaits the broker, and a rebalance may run then) has its
+    store closed: its checkpoint is dropped, never stepped again."""
+    steps, saved = [], []
+
+    class Capture(SimpleNamespace):
+        def step(self):
+            steps.append(self.partition)
+            self.left -= 1
+            return self.left > 0
+
+        def packed(self):
+            return Packed(b"", 7)
+
+    captures = {0: Capture(partition=0, base="", left=1, offsets={}, stage=None),
+                1: Capture(partition=1, base="b", left=5, offsets={}, stage=None)}
+
+    async def save(consumer, role, p, packed, commits, still, base=""):
+        saved.append(p)
+        del captures[1]  # revoked during the write of 0's checkpoint
+        return True
+
+    stages = SimpleNamespace(stages={}, dirty=set(), captures=captures, get=lambda p: None,
+                             taken=lambda c: captures.pop(c.partition), settle=lambda c, pointer: None)
+    checkpointer = SimpleNamespace(save=save, pointer=lambda role, p: "x", delta_base=lambda role, p: "")
+    schedule = CheckpointSchedule(checkpointer, stages, SimpleNamespace(dirty=set()), "partials", 1e9)
+    schedule.consumers = {"ingest": None}
+    asyncio.run(schedule.step())
+    assert steps == [0] and saved == [0] and captures == {}
+
+    captures.update({0: Capture(partition=0, base="", left=3), 1: Capture(partition=1, base="b", left=3)})
+    asyncio.run(schedule.step())
+    assert steps == [0, 0, 1]  # one step of each, in one round

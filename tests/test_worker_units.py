@@ -521,7 +521,7 @@ def test_an_idle_partition_with_another_worker_s_checkpoint_in_force_is_checkpoi
 
     owner, group, live, answers, now = _contest(monkeypatch)
     tp = TopicPartition("t", 0)
-    stages = SimpleNamespace(stages={0: object()}, dirty=set(), capturing=None)
+    stages = SimpleNamespace(stages={0: object()}, dirty=set(), captures={})
     monitors = SimpleNamespace(monitors={3: object()}, dirty=set())
     schedule = CheckpointSchedule(owner, stages, monitors, "partials", 1.0)
     schedule.consumers = {"ingest": None, "aggregate": None}

@@ -1,20 +1,19 @@
 """When each held partition is checkpointed, shared by every host of the pipeline.
 
 Every `interval_s` the monitors that moved are checkpointed at once (they are small: open
-windows and rule memory). Input partitions are checkpointed one at a time, each at most once
-every `interval_s` and only if it moved: each round takes one step of one partition's
-checkpoint (capture its state, or take one slice of its join store, or write and commit it).
-The state is that of the capture; the stage goes on processing meanwhile, so a large join
-store never stalls the stream. A host calls `step` once a round, after the round's output
-has been acknowledged.
+windows and rule memory). Input partitions are checkpointed each at most once every
+`interval_s` and only if it moved, a step at a time: each round takes one step of each
+checkpoint under way (capture its state, or take one slice of its join store, or write and
+commit it). The state is that of the capture; the stage goes on processing meanwhile, so a
+large join store never stalls the stream. A host calls `step` once a round, after the
+round's output has been acknowledged.
 
-A partition whose checkpoint can be a delta goes before one that must be whole, oldest
-first, but at most as many deltas in a row as partitions are held while a whole one waits.
-A delta holds the keys changed since its partition's last capture, so it must come before
-half the join has changed: a partition that has just been checkpointed whole is then
-checkpointed again, as a small delta, while the other partitions' whole checkpoints
-(which may take a minute each on a large join) are still to come, instead of after all of
-them, by which time its join may have turned over and its next one would be whole too.
+Two checkpoints may be under way at once, in two lanes: one delta and one whole, each of a
+different partition, oldest first within its lane. A whole checkpoint of a large join takes
+a slice of it a round, a minute or more; in one lane, every other partition's delta would
+wait behind it and hold the changes of that minute, the sum of a chain's deltas would reach
+its whole state sooner, and the next checkpoint would be whole too, so that checkpoints grew
+with the join. In their own lane, deltas keep to the interval and hold what it changed.
 Every hour, the checkpoints in force whose commit is a day old are committed again
 (`Checkpointer.refresh`), so a partition that receives nothing keeps its offsets in a group
 Kafka would otherwise let them expire from.
@@ -47,7 +46,6 @@ class CheckpointSchedule:
         self.partials_topic, self.interval_s, self.loading = partials_topic, interval_s, loading
         self.consumers: dict[str, object] = {}
         self._begun: dict[int, float] = {}  # input partition -> when its last checkpoint was begun
-        self._deltas_in_a_row = 0  # deltas begun since a whole checkpoint was, while one was due
         self._last = self._last_refresh = time.monotonic()
 
     async def step(self) -> None:
@@ -55,13 +53,13 @@ class CheckpointSchedule:
         now = time.monotonic()
         if now - self._last_refresh >= REFRESH_EVERY_S:  # first: a busy schedule must not starve it
             await self.refresh(REFRESH_AGE_S)
-        elif self.stages.capturing is not None:
-            await self._stage_step()
-        else:  # both in one round: rounds longer than the interval must not starve either
-            if now - self._last >= self.interval_s:
-                await self._monitors()
-            if (p := self.next_partition(now)) is not None:
-                self.begin(p)
+            return
+        await self._step_captures()
+        # all in one round: rounds longer than the interval must not starve any
+        if now - self._last >= self.interval_s:
+            await self._monitors()
+        for p in self.next_partitions(now):
+            self.begin(p)
 
     async def refresh(self, max_age_s: float) -> None:
         """Commit again each held partition's checkpoint whose commit is older than `max_age_s`.
@@ -82,27 +80,37 @@ class CheckpointSchedule:
     async def all(self) -> None:
         """Checkpoint every partition that moved since its last checkpoint, now (a clean stop)."""
         await self._monitors()
-        while self.stages.capturing is not None:
-            await self._stage_step()
+        await self._finish()
         for p in sorted(self.stages.dirty):
             if p in self.stages.dirty and not self.loading("ingest", p):
                 self.begin(p)
-                while self.stages.capturing is not None:
-                    await self._stage_step()
+                await self._finish()
 
-    def next_partition(self, now: float) -> int | None:
-        """The input partition to checkpoint next (see the module's docstring), or None: those
-        that moved, are not between owners, and were last begun `interval_s` ago or more."""
-        due = [p for p in sorted(self.stages.dirty) if not self.loading("ingest", p)
+    async def _finish(self) -> None:
+        """Take every checkpoint under way to its end."""
+        while self.stages.captures:
+            await self._step_captures()
+
+    async def _step_captures(self) -> None:
+        """One step of each checkpoint under way; one whose partition was revoked during another's
+        write is no longer listed, and its store is closed: it is not stepped."""
+        for c in list(self.stages.captures.values()):
+            if self.stages.captures.get(c.partition) is c:
+                await self._stage_step(c)
+
+    def next_partitions(self, now: float) -> list[int]:
+        """The input partitions to checkpoint next, one for each free lane (see the module's
+        docstring), of those that moved, have no checkpoint under way, are not between owners,
+        and were last begun `interval_s` ago or more."""
+        under_way = self.stages.captures
+        due = [p for p in sorted(self.stages.dirty) if p not in under_way and not self.loading("ingest", p)
                and now - self._begun.get(p, float("-inf")) >= self.interval_s]
         deltas = [p for p in due if self.stages.delta_ready(p, self.checkpointer.delta_base("ingest", p))]
         wholes = [p for p in due if p not in deltas]
+        busy = {bool(c.base) for c in under_way.values()}  # True: the delta lane, False: the whole one
         oldest = lambda p: self._begun.get(p, float("-inf"))  # noqa: E731
-        if deltas and (not wholes or self._deltas_in_a_row < len(self.stages.stages)):
-            self._deltas_in_a_row += bool(wholes)
-            return min(deltas, key=oldest)
-        self._deltas_in_a_row = 0
-        return min(wholes, key=oldest) if wholes else None
+        return [min(lane, key=oldest) for lane, is_delta in ((deltas, True), (wholes, False))
+                if lane and is_delta not in busy]
 
     def begin(self, p: int) -> None:
         """Begin input partition `p`'s checkpoint now: a delta if it can be one."""
@@ -124,11 +132,10 @@ class CheckpointSchedule:
                                                 still=lambda q=q, m=monitor: self._still("aggregate", q, self.monitors.get(q) is m)):
                 self.monitors.dirty.add(q)
 
-    async def _stage_step(self) -> None:
-        c = self.stages.capturing
+    async def _stage_step(self, c) -> None:
         if c.step():
             return
-        self.stages.capturing = None
+        self.stages.taken(c)
         packed = c.packed()
         commits = {TopicPartition(t, c.partition): o for t, o in c.offsets.items()}
         done = await self.checkpointer.save(self.consumers["ingest"], "ingest", c.partition, packed, commits,

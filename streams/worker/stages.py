@@ -62,7 +62,7 @@ class Stages:
         self.offsets: dict[int, dict[str, int]] = {}  # input partition -> next offset of each input topic
         self.dirty: set[int] = set()  # moved since their last checkpoint
         self.bases: dict[int, str] = {}  # partition -> pointer of the checkpoint its changes count from
-        self.capturing: Capture | None = None  # the checkpoint being taken (one at a time)
+        self.captures: dict[int, Capture] = {}  # partition -> its checkpoint being taken
         self._dirs: dict[int, str] = {}
         self._last_read: dict[int, float] = {}  # when each last had records (monotonic)
         self._idle: set[int] = set()  # partitions whose idleness has been sent
@@ -101,8 +101,7 @@ class Stages:
 
     def close(self, p: int) -> None:
         stage = self.stages.pop(p, None)
-        if self.capturing is not None and self.capturing.stage is stage:
-            self.capturing = None  # its store iterator goes before the store does
+        self.captures.pop(p, None)  # its store iterator goes before the store does
         if stage is not None:
             stage.close()
         path = self._dirs.pop(p, None)
@@ -150,17 +149,22 @@ class Stages:
         return self.router.idleness_note(p)
 
     def capture(self, p: int, base: str = "") -> Capture | None:
-        """Begin `p`'s checkpoint as of now, as `capturing` (None if `p` is not held): a delta
-        against `base` (the checkpoint in force, if one may be followed) when the stage's
-        changes count from it and are much smaller than its state, else whole."""
+        """Begin `p`'s checkpoint as of now, listed in `captures` until `taken` (None if `p` is
+        not held): a delta against `base` (the checkpoint in force, if one may be followed) when
+        the stage's changes count from it and are much smaller than its state, else whole."""
         stage = self.stages.get(p)
         if stage is None:
             return None
         self.dirty.discard(p)
         body = stage.capture(delta=self.delta_ready(p, base))
-        self.capturing = Capture(p, stage, body, self.router.numbers(p), dict(self.offsets[p]),
-                                 base if body.delta else "")
-        return self.capturing
+        capture = self.captures[p] = Capture(p, stage, body, self.router.numbers(p), dict(self.offsets[p]),
+                                             base if body.delta else "")
+        return capture
+
+    def taken(self, c: Capture) -> None:
+        """`c`'s state is all taken (its last `step` returned False): it is no longer listed."""
+        if self.captures.get(c.partition) is c:
+            del self.captures[c.partition]
 
     def delta_ready(self, p: int, base: str) -> bool:
         """Whether `p`'s checkpoint would now be a delta against `base` (the checkpoint in force,
