@@ -218,6 +218,8 @@ def test_the_schedule_writes_a_whole_checkpoint_then_deltas_and_a_load_of_the_ch
         host.stages.open(1, {}, {}, "")  # a stage whose changes count from nothing
         c = host.stages.capture(1, base=p6)
         assert c.body.delta is False and host.stages.captures == {1: c}
+        with pytest.raises(RuntimeError, match="already under way"):  # it would take c's changes
+            host.stages.capture(1, base=p6)
         host.stages.taken(c)
         assert host.stages.captures == {}
 

@@ -94,8 +94,8 @@ class CheckpointSchedule:
     async def _step_captures(self) -> None:
         """One step of each checkpoint under way; one whose partition was revoked during another's
         write is no longer listed, and its store is closed: it is not stepped."""
-        for c in list(self.stages.captures.values()):
-            if self.stages.captures.get(c.partition) is c:
+        for p in list(self.stages.captures):  # numbers: a dropped capture is not kept alive meanwhile
+            if (c := self.stages.captures.get(p)) is not None:
                 await self._stage_step(c)
 
     def next_partitions(self, now: float) -> list[int]:

@@ -155,6 +155,8 @@ class Stages:
         stage = self.stages.get(p)
         if stage is None:
             return None
+        if p in self.captures:  # a second would take the changes the first holds, on the same base
+            raise RuntimeError(f"a checkpoint of input partition {p} is already under way")
         self.dirty.discard(p)
         body = stage.capture(delta=self.delta_ready(p, base))
         capture = self.captures[p] = Capture(p, stage, body, self.router.numbers(p), dict(self.offsets[p]),
