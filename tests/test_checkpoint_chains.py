@@ -436,15 +436,20 @@ def test_rounds_longer_than_the_interval_still_begin_input_checkpoints(monkeypat
     assert begun == [0, 0, 0]
 
 
-def test_a_round_steps_each_checkpoint_under_way_but_not_one_whose_partition_was_revoked_meanwhile():
-    """Each round takes a step of both lanes' checkpoints. A partition revoked while another's
-    checkpoint is written (the round awaits the broker, and a rebalance may run then) has its
-    store closed: its checkpoint is dropped, never stepped again."""
-    steps, saved = [], []
+def test_a_round_steps_each_checkpoint_under_way_but_not_one_whose_partition_was_revoked_meanwhile(monkeypatch):
+    """Each round takes a step of both lanes' checkpoints: slices for up to the step's budget.
+    A partition revoked while another's checkpoint is written (the round awaits the broker, and
+    a rebalance may run then) has its store closed: its checkpoint is dropped, never stepped
+    again."""
+    from streams.worker import checkpoint_schedule
+
+    steps, saved, clock = [], [], [0.0]
+    monkeypatch.setattr(checkpoint_schedule.time, "perf_counter", lambda: clock[0])
 
     class Capture(SimpleNamespace):
-        def step(self):
+        def step(self):  # a slice takes 0.6 of the budget
             steps.append(self.partition)
+            clock[0] += 0.6 * checkpoint_schedule.STEP_BUDGET_S
             self.left -= 1
             return self.left > 0
 
@@ -467,6 +472,7 @@ def test_a_round_steps_each_checkpoint_under_way_but_not_one_whose_partition_was
     asyncio.run(schedule.step())
     assert steps == [0] and saved == [0] and captures == {}
 
-    captures.update({0: Capture(partition=0, base="", left=3), 1: Capture(partition=1, base="b", left=3)})
+    captures.update({0: Capture(partition=0, base="", left=4), 1: Capture(partition=1, base="b", left=4)})
     asyncio.run(schedule.step())
-    assert steps == [0, 0, 1]  # one step of each, in one round
+    assert steps == [0, 0, 0, 1, 1]  # two slices of each in one round: the second passes the budget
+    assert captures[0].left == captures[1].left == 2

@@ -3,9 +3,9 @@
 Every `interval_s` the monitors that moved are checkpointed at once (they are small: open
 windows and rule memory). Input partitions are checkpointed each at most once every
 `interval_s` and only if it moved, a step at a time: each round takes one step of each
-checkpoint under way (capture its state, or take one slice of its join store, or write and
-commit it). The state is that of the capture; the stage goes on processing meanwhile, so a
-large join store never stalls the stream. A host calls `step` once a round, after the
+checkpoint under way (capture its state, or take slices of its join store for up to
+`STEP_BUDGET_S`, or write and commit it). The state is that of the capture; the stage goes on
+processing meanwhile, so a large join store never stalls the stream. A host calls `step` once a round, after the
 round's output has been acknowledged.
 
 Two checkpoints may be under way at once, in two lanes: one delta and one whole, each of a
@@ -29,6 +29,11 @@ from streams.worker.memory import trim_heap
 from streams.worker.monitors import Monitors
 from streams.worker.stages import Stages
 
+STEP_BUDGET_S = 0.04
+"""How long a round goes on taking slices of one checkpoint (it takes one at least). A slice
+takes some 25 ms; one a round, at the five rounds a second of a worker at half its rate, made
+a partition's delta of 10 s of input take a second or two, and the lane of deltas, going
+round the partitions one at a time, fell behind the interval."""
 REFRESH_EVERY_S = 3_600.0
 """How often the schedule looks for checkpoints whose commit is old."""
 REFRESH_AGE_S = 86_400.0
@@ -133,8 +138,10 @@ class CheckpointSchedule:
                 self.monitors.dirty.add(q)
 
     async def _stage_step(self, c) -> None:
-        if c.step():
-            return
+        started = time.perf_counter()
+        while c.step():
+            if time.perf_counter() - started >= STEP_BUDGET_S:
+                return
         self.stages.taken(c)
         packed = c.packed()
         commits = {TopicPartition(t, c.partition): o for t, o in c.offsets.items()}
