@@ -190,6 +190,13 @@ class StageCapture:
         """The checkpoint body (call after `step` returned False)."""
         return {**self._head, "join": {**self._head["join"], "parts": self._packed}}
 
+    def take_state(self) -> dict:
+        """`state`, handed over: the capture keeps none of its parts, so they are freed once the
+        caller is done with them (encoded, a large join's whole checkpoint is then in memory
+        twice while it is compressed, not three times)."""
+        state, self._packed = self.state(), []
+        return state
+
 
 class Monitor:
     """Merges partials from all partitions into final windows and evaluates the rules."""

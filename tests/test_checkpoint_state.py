@@ -138,6 +138,28 @@ def test_a_lazily_dumped_join_holds_the_entries_of_the_moment_it_was_asked_for()
     again.close()
 
 
+def test_a_packed_checkpoint_holds_the_capture_s_parts_and_the_capture_keeps_none_of_them(by_partition):
+    """A large join's whole checkpoint is a few hundred megabytes: once encoded, its parts are
+    the capture's no longer (they are freed before the blob is compressed), and the compressed
+    bytes are not copied again; what is written is still the whole state."""
+    import cramjam
+
+    from streams.worker.stages import Capture
+
+    stage = PartitionStage(CONFIG)
+    stage.process(by_partition[0][:800], now=0.0)
+    body = stage.capture(slice_size=50)
+    while body.step():
+        pass
+    expected = snapshot.encode("ingest", {"stage": body.state(), "seq": [[1, 2]], "offsets": {"t": 9}})
+    assert len(body.state()["join"]["parts"]) > 1
+    packed = Capture(0, stage, body, [[1, 2]], {"t": 9}).packed()
+    assert body.state()["join"]["parts"] == []
+    assert isinstance(packed.data, memoryview) and packed.size == len(expected)
+    assert bytes(cramjam.zstd.decompress(packed.data)) == expected
+    stage.close()
+
+
 def test_a_stage_checkpoint_holds_its_state_as_of_the_capture_while_processing_goes_on(by_partition):
     """The worker captures a stage, goes on processing while the join is written out, and
     encodes the checkpoint afterwards: what it encodes must be the captured moment, or a

@@ -55,16 +55,19 @@ async def committed(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> di
 
 
 class Packed(NamedTuple):
-    """A checkpoint ready to write: zstd-compressed, with its uncompressed size."""
+    """A checkpoint ready to write: zstd-compressed (bytes, or a view of the compressor's
+    buffer), with its uncompressed size."""
 
-    data: bytes
+    data: bytes | memoryview
     size: int
 
 
 def pack(blob: bytes) -> Packed:
     """Compress a checkpoint. Call it on the encoded blob directly (``pack(encode(...))``): the
-    uncompressed blob is then freed before the write, instead of living as long as it."""
-    return Packed(bytes(cramjam.zstd.compress(blob)), len(blob))
+    uncompressed blob is then freed before the write, instead of living as long as it. The
+    compressed bytes stay in the compressor's buffer (a copy would be a third checkpoint-sized
+    buffer beside the blob while it is compressed); chunks are copied out as they are sent."""
+    return Packed(memoryview(cramjam.zstd.compress(blob)), len(blob))
 
 
 class CheckpointStore:
@@ -83,7 +86,7 @@ class CheckpointStore:
         chunks = max(1, -(-len(data) // CHUNK_BYTES))
         futures, offsets = [], []
         for i in range(chunks):
-            piece = data[i * CHUNK_BYTES:(i + 1) * CHUNK_BYTES]
+            piece = bytes(data[i * CHUNK_BYTES:(i + 1) * CHUNK_BYTES])
             futures.append(await self.producer.send(self.topic, piece, key=f"{name}/{ckid}/{i}".encode(),
                                                     partition=partition))
             if len(futures) >= IN_FLIGHT_CHUNKS:

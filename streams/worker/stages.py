@@ -46,7 +46,9 @@ class Capture:
 
     def packed(self) -> Packed:
         kind = "ingest.delta" if self.body.delta else "ingest"
-        return pack(snapshot.encode(kind, {"stage": self.body.state(), "seq": self.numbers, "offsets": self.offsets}))
+        # the parts are freed once encoded (`take_state`), before the blob is compressed
+        return pack(snapshot.encode(kind, {"stage": self.body.take_state(), "seq": self.numbers,
+                                           "offsets": self.offsets}))
 
 
 class Stages:
