@@ -5,15 +5,16 @@ windows and rule memory). Input partitions are checkpointed each at most once ev
 `interval_s` and only if it moved, a step at a time: each round takes one step of each
 checkpoint under way (capture its state, or take slices of its join store for up to
 `STEP_BUDGET_S`, or write and commit it). The state is that of the capture; the stage goes on
-processing meanwhile, so a large join store never stalls the stream. A host calls `step` once a round, after the
-round's output has been acknowledged.
+processing meanwhile, so a large join store never stalls the stream. A host calls `step`
+once a round, after the round's output has been acknowledged.
 
 Two checkpoints may be under way at once, in two lanes: one delta and one whole, each of a
 different partition, oldest first within its lane. A whole checkpoint of a large join takes
-a slice of it a round, a minute or more; in one lane, every other partition's delta would
-wait behind it and hold the changes of that minute, the sum of a chain's deltas would reach
-its whole state sooner, and the next checkpoint would be whole too, so that checkpoints grew
+fifty rounds or more, tens of seconds; in one lane, every other partition's delta would wait
+behind it and hold the changes of that time, the sum of a chain's deltas would reach its
+whole state sooner, and the next checkpoint would be whole too, so that checkpoints grew
 with the join. In their own lane, deltas keep to the interval and hold what it changed.
+
 Every hour, the checkpoints in force whose commit is a day old are committed again
 (`Checkpointer.refresh`), so a partition that receives nothing keeps its offsets in a group
 Kafka would otherwise let them expire from.
