@@ -845,9 +845,10 @@ class FeedbackJoin:
                 refs = self.db.get(key)
                 wb = WriteBatch(raw_mode=True)
                 wb.delete(key)
-                batch = None if refs is None else _scores_batch(refs)
-                going = None if batch is None else self._scores_going([batch])
-                if going is not None:
+                going = None
+                if refs is not None:
+                    batch = _scores_batch(refs)
+                    going = self._scores_going([batch])
                     deque(map(wb.delete, [*_page_keys(batch), *going.rescored_keys()]), maxlen=0)
                 self.db.write(wb, self._write)
                 if going is not None:
