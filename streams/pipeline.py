@@ -191,9 +191,8 @@ class StageCapture:
         return {**self._head, "join": {**self._head["join"], "parts": self._packed}}
 
     def take_state(self) -> dict:
-        """`state`, handed over: the capture keeps none of its parts, so they are freed once the
-        caller is done with them (encoded, a large join's whole checkpoint is then in memory
-        twice while it is compressed, not three times)."""
+        """`state`, handed over: the capture keeps none of its parts, so each is freed as soon as
+        the caller is done with it (`snapshot.encode_pieces` lets go of each once encoded)."""
         state, self._packed = self.state(), []
         return state
 

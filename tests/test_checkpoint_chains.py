@@ -7,15 +7,19 @@ can be chosen. Against a real broker, the worker's fault tests cover the same ch
 from __future__ import annotations
 
 import asyncio
+import random
 from types import SimpleNamespace
 
 import msgspec
 import orjson
 import pytest
 from aiokafka import TopicPartition
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.config import MonitorConfig
-from streams.kafka.checkpoints import MAX_PIECES, CheckpointError, CheckpointStore, Packed, extendable, pieces
+from streams.kafka.checkpoints import (CHUNK_BYTES, MAX_PIECES, CheckpointError, CheckpointStore, Packed, chunks,
+                                      extendable, pack_pieces, pieces)
 from streams.simulate import SimConfig, simulate
 from streams.state import snapshot
 from streams.worker.checkpoint_schedule import CheckpointSchedule
@@ -58,6 +62,47 @@ def _store() -> tuple[CheckpointStore, _Log]:
 
 def _ids(pointer: str) -> list[str]:
     return [p["id"] for p in pieces(pointer)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=40), max_size=8), st.integers(1, 16))
+def test_chunks_cut_the_frames_concatenation_into_equal_pieces_wherever_the_frames_end(frames, size):
+    """A checkpoint's frames (of any sizes, empty ones too) are written as chunks of exactly
+    the chunk size, but the last, whose concatenation is the frames' (one empty chunk for an
+    empty checkpoint, so it still has a record to point at)."""
+    cut = list(chunks([memoryview(f) for f in frames], size))
+    whole = b"".join(frames)
+    assert b"".join(cut) == whole
+    assert all(len(c) == size for c in cut[:-1]) and 0 < len(cut[-1]) <= size if whole else cut == [b""]
+    assert len(cut) == max(1, -(-len(whole) // size))
+
+
+def test_pieces_are_packed_small_ones_gathered_into_frames_of_about_the_frame_size_large_ones_alone(monkeypatch):
+    import cramjam
+
+    from streams.kafka import checkpoints
+
+    monkeypatch.setattr(checkpoints, "FRAME_BYTES", 20)
+    packed = pack_pieces([b"a" * 10] * 5 + [memoryview(b"b" * 50), b"c" * 3])
+    assert [bytes(cramjam.zstd.decompress(f)) for f in packed.frames] == [b"a" * 20, b"a" * 20, b"a" * 10,
+                                                                          b"b" * 50, b"c" * 3]
+    assert packed.size == 103
+    assert [bytes(cramjam.zstd.decompress(f)) for f in pack_pieces([]).frames] == [b""]
+
+
+def test_a_checkpoint_packed_in_pieces_reads_back_as_their_concatenation():
+    """A piece per frame, cut into chunks across the frames' ends: read back, it decompresses
+    to the whole encoding, checked against its digest."""
+    store, _ = _store()
+    rng = random.Random(0)  # incompressible: the frames are about as large as the pieces
+    pieces_ = [b"head" * 50, b"", rng.randbytes(CHUNK_BYTES - 100), rng.randbytes(CHUNK_BYTES + 200)]
+
+    async def run():
+        pointer = await store.write("g-ingest/0", pack_pieces(list(pieces_)))
+        assert pieces(pointer)[0]["chunks"] == 3
+        assert await store.read("g-ingest/0", pointer) == [b"".join(pieces_)]
+
+    asyncio.run(run())
 
 
 def test_a_delta_s_pointer_names_its_base_s_pieces_and_a_read_returns_them_all_in_order():
@@ -454,7 +499,7 @@ def test_a_round_steps_each_checkpoint_under_way_but_not_one_whose_partition_was
             return self.left > 0
 
         def packed(self):
-            return Packed(b"", 7)
+            return Packed([], 7)
 
     captures = {0: Capture(partition=0, base="", left=1, offsets={}, stage=None),
                 1: Capture(partition=1, base="b", left=5, offsets={}, stage=None)}

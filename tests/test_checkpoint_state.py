@@ -138,26 +138,58 @@ def test_a_lazily_dumped_join_holds_the_entries_of_the_moment_it_was_asked_for()
     again.close()
 
 
-def test_a_packed_checkpoint_holds_the_capture_s_parts_and_the_capture_keeps_none_of_them(by_partition):
-    """A large join's whole checkpoint is a few hundred megabytes: once encoded, its parts are
-    the capture's no longer (they are freed before the blob is compressed), and the compressed
-    bytes are not copied again; what is written is still the whole state."""
+def test_a_packed_checkpoint_is_its_encoding_in_small_frames_and_loads_as_the_capture(by_partition, monkeypatch):
+    """A large join's whole checkpoint is a few hundred megabytes: it is encoded and compressed
+    a piece at a time into frames of about `FRAME_BYTES`, never held whole uncompressed, and
+    the capture keeps none of its parts; the frames together are still exactly the state's
+    encoding, and a stage loaded from them is the captured one."""
     import cramjam
 
+    from streams.kafka import checkpoints
     from streams.worker.stages import Capture
 
+    monkeypatch.setattr(checkpoints, "FRAME_BYTES", 2_000)
     stage = PartitionStage(CONFIG)
     stage.process(by_partition[0][:800], now=0.0)
     body = stage.capture(slice_size=50)
     while body.step():
         pass
-    expected = snapshot.encode("ingest", {"stage": body.state(), "seq": [[1, 2]], "offsets": {"t": 9}})
-    assert len(body.state()["join"]["parts"]) > 1
+    parts = list(body.state()["join"]["parts"])
+    # the state with a list of its own: packing empties the capture's
+    state = {**body.state(), "join": {**body.state()["join"], "parts": parts}}
+    assert len(parts) > 1
     packed = Capture(0, stage, body, [[1, 2]], {"t": 9}).packed()
     assert body.state()["join"]["parts"] == []
-    assert isinstance(packed.data, memoryview) and packed.size == len(expected)
-    assert bytes(cramjam.zstd.decompress(packed.data)) == expected
+    expected = snapshot.encode("ingest", {"stage": state, "seq": [[1, 2]], "offsets": {"t": 9}})
+    assert len(packed.frames) > len(parts) // 4
+    assert packed.size == len(expected) and bytes(cramjam.zstd.decompress(b"".join(packed.frames))) == expected
+    loaded = PartitionStage(CONFIG)
+    loaded.load(snapshot.decode("ingest", expected)["stage"])
+    assert _encoded(loaded.dump()) == _encoded(stage.dump())
     stage.close()
+    loaded.close()
+
+
+def _encoded(state: dict) -> bytes:
+    return snapshot.encode("ingest", state)
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 65_535, 65_536])
+def test_a_state_encoded_in_pieces_is_byte_for_byte_its_encoding(n):
+    """`encode_pieces` writes some msgpack headers itself (maps, the consumed list, large
+    arrays): with each of the three sizes of a list's and a map's header, and large arrays of
+    every dtype checkpointed (one big-endian, one not contiguous), the pieces make exactly the
+    bytes `encode` gives, and the consumed list's items are let go of."""
+    big = snapshot.BIG_ARRAY_BYTES // 8
+    arrays = {"f": np.linspace(0, 1, big), "i": np.arange(-big, big, dtype=">i8"),
+              "u": np.arange(2 * big, dtype=np.uint64)[::2], "small": np.arange(3)}
+    tail = [[i, b"x" * (i % 7)] for i in range(n)]
+    state = {"a": 1, "stage": {"dedup": arrays, "join": {"seq": 3, "parts": tail}, "windows": [1, 2]},
+             "wide": {f"k{i}": i for i in range(n)}}
+    expected = snapshot.encode("ingest", state)
+    pieces = snapshot.encode_pieces("ingest", state, ("stage", "join", "parts"))
+    assert b"".join(pieces) == expected
+    assert tail == [None] * n
 
 
 def test_a_stage_checkpoint_holds_its_state_as_of_the_capture_while_processing_goes_on(by_partition):

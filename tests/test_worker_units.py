@@ -165,7 +165,7 @@ class _Store:
         self.forgotten.append(pointer)
 
 
-_PACKED = Packed(b"", 7)  # a checkpoint of 7 bytes uncompressed
+_PACKED = Packed([], 7)  # a checkpoint of 7 bytes uncompressed
 
 
 def _checkpointer(commits, committed=None, store=None):

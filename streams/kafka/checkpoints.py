@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 import cramjam
@@ -55,19 +56,68 @@ async def committed(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> di
 
 
 class Packed(NamedTuple):
-    """A checkpoint ready to write: zstd-compressed (bytes, or a view of the compressor's
-    buffer), with its uncompressed size."""
+    """A checkpoint ready to write: zstd frames (bytes, or views of the compressor's buffers)
+    whose concatenation is its compressed form, and its uncompressed size."""
 
-    data: bytes | memoryview
+    frames: list
     size: int
 
 
 def pack(blob: bytes) -> Packed:
-    """Compress a checkpoint. Call it on the encoded blob directly (``pack(encode(...))``): the
-    uncompressed blob is then freed before the write, instead of living as long as it. The
-    compressed bytes stay in the compressor's buffer (a copy would be a third checkpoint-sized
-    buffer beside the blob while it is compressed); chunks are copied out as they are sent."""
-    return Packed(memoryview(cramjam.zstd.compress(blob)), len(blob))
+    """Compress a checkpoint into one frame. Call it on the encoded blob directly
+    (``pack(encode(...))``): the uncompressed blob is then freed before the write, instead of
+    living as long as it. The compressed bytes stay in the compressor's buffer (a copy would be
+    a third checkpoint-sized buffer beside the blob while it is compressed)."""
+    return Packed([memoryview(cramjam.zstd.compress(blob))], len(blob))
+
+
+FRAME_BYTES = 1 << 20
+"""`pack_pieces` compresses pieces at least this large as frames of their own and gathers
+smaller ones into frames of about this size."""
+
+
+def pack_pieces(pieces: Iterable[bytes | memoryview]) -> Packed:
+    """Compress a checkpoint given as the pieces of its encoding (`snapshot.encode_pieces`):
+    the whole uncompressed checkpoint is never in one buffer (a zstd stream of frames
+    decompresses to the concatenation of what each held)."""
+    frames, size, small = [], 0, bytearray()
+
+    def frame(data) -> None:
+        frames.append(memoryview(cramjam.zstd.compress(data)))
+
+    for piece in pieces:
+        size += len(piece)
+        if len(piece) >= FRAME_BYTES:
+            if small:
+                frame(small)
+                small.clear()
+            frame(piece)
+        else:
+            small += piece
+            if len(small) >= FRAME_BYTES:
+                frame(small)
+                small.clear()
+    if small or not frames:
+        frame(small)
+    return Packed(frames, size)
+
+
+def chunks(frames: list, size: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """The concatenation of `frames` cut into pieces of `size` bytes (the last may be shorter,
+    and an empty checkpoint is one empty piece), each a copy made as it is asked for."""
+    buf, cut = bytearray(), False
+    for frame in frames:
+        view = memoryview(frame).cast("B")
+        while len(view):
+            take = size - len(buf)
+            buf += view[:take]
+            view = view[take:]
+            if len(buf) == size:
+                yield bytes(buf)
+                buf.clear()
+                cut = True
+    if buf or not cut:
+        yield bytes(buf)
 
 
 class CheckpointStore:
@@ -80,20 +130,19 @@ class CheckpointStore:
         """Store a packed checkpoint under `name`; return the pointer to commit with the
         offsets it covers: `packed` alone, or (a delta) the chain of `base` followed by it.
         Chunks are cut as they are sent, at most IN_FLIGHT_CHUNKS unacknowledged."""
-        data = packed.data
         ckid = uuid.uuid4().hex[:16]
         partition = partition_for(name.encode(), self.partitions)
-        chunks = max(1, -(-len(data) // CHUNK_BYTES))
+        digest = hashlib.sha256()
         futures, offsets = [], []
-        for i in range(chunks):
-            piece = bytes(data[i * CHUNK_BYTES:(i + 1) * CHUNK_BYTES])
+        for i, piece in enumerate(chunks(packed.frames)):
+            digest.update(piece)
             futures.append(await self.producer.send(self.topic, piece, key=f"{name}/{ckid}/{i}".encode(),
                                                     partition=partition))
             if len(futures) >= IN_FLIGHT_CHUNKS:
                 offsets.append((await futures.pop(0)).offset)
         offsets += [(await f).offset for f in futures]
         piece = {"id": ckid, "partition": partition, "first": min(offsets), "last": max(offsets),
-                 "chunks": chunks, "bytes": packed.size, "sha256": hashlib.sha256(data).hexdigest()}
+                 "chunks": len(offsets), "bytes": packed.size, "sha256": digest.hexdigest()}
         chain = pieces(base) + [piece] if base else [piece]
         if len(chain) > MAX_PIECES:
             raise ValueError(f"a chain holds at most {MAX_PIECES} pieces")

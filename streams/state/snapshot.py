@@ -8,6 +8,7 @@ evaluated, and a blob that does not decode to the expected shape is refused.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import cramjam
 import msgspec
@@ -38,7 +39,9 @@ def _enc_hook(obj):
         dtype = a.dtype.newbyteorder("<").str
         if dtype not in _DTYPES:
             raise TypeError(f"arrays of {a.dtype} are not checkpointed")
-        return msgspec.msgpack.Ext(_ARRAY_EXT, msgspec.msgpack.encode([dtype, list(a.shape), a.astype(dtype).tobytes()]))
+        # a view of the array's bytes (no copy unless its byte order must change)
+        raw = memoryview(a.astype(dtype, copy=False).reshape(-1).view(np.uint8))
+        return msgspec.msgpack.Ext(_ARRAY_EXT, msgspec.msgpack.encode([dtype, list(a.shape), raw]))
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, np.floating):
@@ -63,6 +66,55 @@ def encode(kind: str, state: dict) -> bytes:
     """`state` (a stage's or monitor's dump plus the worker's own fields) as bytes."""
     fmt = DELTA_FORMAT if kind.endswith(".delta") else FORMAT
     return _encoder.encode({"format": fmt, "kind": kind, "state": state})
+
+
+def encode_pieces(kind: str, state: dict, consumed: tuple[str, ...]) -> Iterator[bytes | memoryview]:
+    """`encode(kind, state)` in pieces whose concatenation is the same bytes, so a large state
+    is never copied into one buffer: arrays of `BIG_ARRAY_BYTES` or more come as views of
+    their own bytes, and the items of the list at `consumed` (nested keys of `state`) one at
+    a time, each let go of (in that list) once encoded."""
+    fmt = DELTA_FORMAT if kind.endswith(".delta") else FORMAT
+    return _pieces({"format": fmt, "kind": kind, "state": state}, ("state", *consumed))
+
+
+BIG_ARRAY_BYTES = 1 << 20
+"""Arrays this large are encoded as views of their bytes by `encode_pieces`, not copied."""
+
+
+def _pieces(value, consumed: tuple[str, ...]) -> Iterator[bytes | memoryview]:
+    if isinstance(value, dict):
+        yield _header(len(value), 0x80, b"\xde", b"\xdf")
+        for key, item in value.items():
+            yield _encoder.encode(key)
+            if consumed[:1] != (key,):
+                yield from _pieces(item, ())
+            elif len(consumed) > 1:
+                yield from _pieces(item, consumed[1:])
+            else:
+                yield _header(len(item), 0x90, b"\xdc", b"\xdd")
+                for i, part in enumerate(item):
+                    item[i] = None
+                    yield _encoder.encode(part)
+    elif isinstance(value, np.ndarray) and value.nbytes >= BIG_ARRAY_BYTES:
+        a = np.ascontiguousarray(value)
+        dtype = a.dtype.newbyteorder("<").str
+        if dtype not in _DTYPES:
+            raise TypeError(f"arrays of {a.dtype} are not checkpointed")
+        raw = memoryview(a.astype(dtype, copy=False).reshape(-1).view(np.uint8))
+        # as `_enc_hook` encodes it, the bytes' own bin 32 header in place of an empty bin 8
+        inner = _encoder.encode([dtype, list(a.shape), b""])[:-2] + b"\xc6" + len(raw).to_bytes(4, "big")
+        yield b"\xc9" + (len(inner) + len(raw)).to_bytes(4, "big") + bytes([_ARRAY_EXT]) + inner
+        yield raw
+    else:
+        yield _encoder.encode(value)
+
+
+def _header(n: int, fix: int, two: bytes, four: bytes) -> bytes:
+    """msgpack's header of a map or an array of `n` items (the fix form's first byte, then
+    the marks of the 16-bit and the 32-bit forms)."""
+    if n < 16:
+        return bytes([fix | n])
+    return two + n.to_bytes(2, "big") if n < 1 << 16 else four + n.to_bytes(4, "big")
 
 
 def decode(kind: str, blob: bytes) -> dict:

@@ -1,8 +1,9 @@
 """Handing freed heap memory back to the operating system, after each large checkpoint and
 every few seconds.
 
-A checkpoint of a big join store passes through buffers of its size (compressed parts, the
-encoded blob), and RocksDB frees each memtable it flushes (64 MB a store). glibc keeps freed
+A checkpoint of a big join store passes through buffers of its size (its compressed parts,
+then the frames they are packed into), and RocksDB frees each memtable it flushes (64 MB a
+store). glibc keeps freed
 heap pages mapped, so the worker's RSS stayed at the largest checkpoint so far and climbed
 by some 300 MB between checkpoints in the soak. `malloc_trim` returns them; it takes well
 under a millisecond.

@@ -20,12 +20,15 @@ from rocksdict import WriteBufferManager
 
 from streams import codec
 from streams.config import MonitorConfig
-from streams.kafka.checkpoints import Packed, pack
+from streams.kafka.checkpoints import Packed, pack_pieces
 from streams.pipeline import PartitionStage, StageCapture
 from streams.state import snapshot
 from streams.worker.outputs import PartialsRouter
 
 log = logging.getLogger("npo.worker")
+
+_PARTS = ("stage", "join", "parts")
+"""Where an ingest checkpoint's state holds the join's compressed slices (a list)."""
 
 
 @dataclass
@@ -46,9 +49,11 @@ class Capture:
 
     def packed(self) -> Packed:
         kind = "ingest.delta" if self.body.delta else "ingest"
-        # the parts are freed once encoded (`take_state`), before the blob is compressed
-        return pack(snapshot.encode(kind, {"stage": self.body.take_state(), "seq": self.numbers,
-                                           "offsets": self.offsets}))
+        # the join's parts (most of a large state, each compressed already) are encoded and
+        # framed one at a time and let go of as they are, the de-duplication ids compressed
+        # from their arrays: the checkpoint is never held whole uncompressed, nor twice
+        return pack_pieces(snapshot.encode_pieces(kind, {"stage": self.body.take_state(), "seq": self.numbers,
+                                                         "offsets": self.offsets}, _PARTS))
 
 
 class Stages:
