@@ -187,13 +187,16 @@ class StageCapture:
         return True
 
     def state(self) -> dict:
-        """The checkpoint body (call after `step` returned False)."""
+        """The checkpoint body (call after `step` returned False, before `take_state`)."""
+        if self._head is None:
+            raise RuntimeError("the capture's state was handed over")
         return {**self._head, "join": {**self._head["join"], "parts": self._packed}}
 
     def take_state(self) -> dict:
-        """`state`, handed over: the capture keeps none of its parts, so each is freed as soon as
-        the caller is done with it (`snapshot.encode_pieces` lets go of each once encoded)."""
-        state, self._packed = self.state(), []
+        """`state`, handed over: the capture keeps none of it, so each part is freed as soon as
+        the caller is done with it (`snapshot.encode_pieces` lets go of each once encoded), and
+        the rest (the de-duplication ids above all) once the caller lets go of the whole."""
+        state, self._head, self._packed = self.state(), None, []
         return state
 
 

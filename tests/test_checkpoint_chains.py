@@ -69,12 +69,14 @@ def _ids(pointer: str) -> list[str]:
 def test_chunks_cut_the_frames_concatenation_into_equal_pieces_wherever_the_frames_end(frames, size):
     """A checkpoint's frames (of any sizes, empty ones too) are written as chunks of exactly
     the chunk size, but the last, whose concatenation is the frames' (one empty chunk for an
-    empty checkpoint, so it still has a record to point at)."""
-    cut = list(chunks([memoryview(f) for f in frames], size))
+    empty checkpoint, so it still has a record to point at); the frames are let go of."""
+    given = [memoryview(f) for f in frames]
+    cut = list(chunks(given, size))
     whole = b"".join(frames)
     assert b"".join(cut) == whole
     assert all(len(c) == size for c in cut[:-1]) and 0 < len(cut[-1]) <= size if whole else cut == [b""]
     assert len(cut) == max(1, -(-len(whole) // size))
+    assert given == [None] * len(frames)  # each let go of once copied out
 
 
 def test_pieces_are_packed_small_ones_gathered_into_frames_of_about_the_frame_size_large_ones_alone(monkeypatch):

@@ -104,10 +104,11 @@ def pack_pieces(pieces: Iterable[bytes | memoryview]) -> Packed:
 
 def chunks(frames: list, size: int = CHUNK_BYTES) -> Iterator[bytes]:
     """The concatenation of `frames` cut into pieces of `size` bytes (the last may be shorter,
-    and an empty checkpoint is one empty piece), each a copy made as it is asked for."""
+    and an empty checkpoint is one empty piece), each a copy made as it is asked for. `frames`
+    is consumed: each is let go of (in that list) once copied out."""
     buf, cut = bytearray(), False
-    for frame in frames:
-        view = memoryview(frame).cast("B")
+    for i, frame in enumerate(frames):
+        view, frames[i] = memoryview(frame).cast("B"), None
         while len(view):
             take = size - len(buf)
             buf += view[:take]
@@ -129,7 +130,8 @@ class CheckpointStore:
     async def write(self, name: str, packed: Packed, base: str = "") -> str:
         """Store a packed checkpoint under `name`; return the pointer to commit with the
         offsets it covers: `packed` alone, or (a delta) the chain of `base` followed by it.
-        Chunks are cut as they are sent, at most IN_FLIGHT_CHUNKS unacknowledged."""
+        Chunks are cut as they are sent, at most IN_FLIGHT_CHUNKS unacknowledged, and each
+        frame of `packed` is let go of once sent (`chunks`)."""
         ckid = uuid.uuid4().hex[:16]
         partition = partition_for(name.encode(), self.partitions)
         digest = hashlib.sha256()
