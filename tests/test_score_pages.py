@@ -149,6 +149,35 @@ def test_a_delta_that_writes_a_page_the_store_holds_again_is_refused():
         again.close()
 
 
+def test_a_join_s_slices_end_at_their_byte_size_too_so_the_expiry_entries_of_large_batches_are_not_one(
+        monkeypatch):
+    """An expiry entry is a row that lists its whole batch's scenario ids: by rows alone, all of
+    a large store's would be one slice, hundreds of megabytes. By bytes as well, each slice
+    stays within the bound but for the entry that passes it."""
+    from streams.operators import join as join_module
+
+    monkeypatch.setattr(join_module, "SLICE_BYTES", 20_000)
+    join = FeedbackJoin(None)
+    again = FeedbackJoin(None)
+    try:
+        for b in range(12):
+            join.add_scores([f"scenario-{b}-{i}-" + "x" * 40 for i in range(300)],
+                            [("p", "s", 0.5, 0.5, "act", 100.0 + b)] * 300)
+        counters, parts = join.dump_lazily(slice_size=50_000)
+        parts = list(parts)
+        entries = [msgspec.msgpack.decode(part) for part in parts]
+        largest = max(len(k) + len(v) for slice_ in entries for k, v in slice_)
+        assert len(parts) > 3
+        assert all(sum(len(k) + len(v) for k, v in slice_) < 20_000 + largest for slice_ in entries)
+        expiry = [sum(k.startswith(b"x:") for k, _ in slice_) for slice_ in entries]
+        assert sum(expiry) == 12 and max(expiry) < 12  # the expiry entries are in several slices
+        again.load({**counters, "parts": parts})
+        assert again.dump() == join.dump() and again.pending_scores == 3600
+    finally:
+        join.close()
+        again.close()
+
+
 def test_a_join_is_dumped_and_its_changes_taken_in_slices_that_count_a_page_as_its_scores():
     """A slice bounds a round's share of a checkpoint: counted in entries, one slice could
     take every page of a store, 256 times the scores a slice of other keys holds."""

@@ -233,18 +233,27 @@ def _legacy_score_keys(first: int, ids: list[bytes]) -> list[bytes]:
     return keys
 
 
+SLICE_BYTES = 4 << 20
+"""A slice of a checkpoint's join entries ends once its keys and values reach this size, if
+its rows have not ended it before: an expiry entry lists its whole batch's scenario ids (some
+40 KB), so the few thousand of a large store, a row each, made one slice of 150 MB that took
+a round over a second and as many megabytes again to encode."""
+
+
 def _slices(entries: Iterator[tuple], size: int) -> Iterator[list[tuple]]:
-    """`entries` in lists of about `size` rows, a score page counted as the `PAGE_ROWS` scores
-    it may hold (else a slice of pages would hold 256 times the scores of one of other keys,
-    and a round that takes it would pause the stream as long)."""
+    """`entries` in lists of about `size` rows or `SLICE_BYTES` bytes, whichever comes first, a
+    score page counted as the `PAGE_ROWS` scores it may hold (else a slice of pages would hold
+    256 times the scores of one of other keys, and a round that takes it would pause the
+    stream as long)."""
     chunk: list[tuple] = []
-    rows = 0
+    rows = nbytes = 0
     for entry in entries:
         chunk.append(entry)
         rows += PAGE_ROWS if entry[0][:2] == _PAGE else 1
-        if rows >= size:
+        nbytes += len(entry[0]) + len(entry[1] or b"")
+        if rows >= size or nbytes >= SLICE_BYTES:
             yield chunk
-            chunk, rows = [], 0
+            chunk, rows, nbytes = [], 0, 0
     if chunk:
         yield chunk
 
