@@ -25,9 +25,8 @@ and their values as one LZ4-compressed msgpack array pair, so a checkpoint can h
 (:meth:`FeedbackJoin.changes_lazily`) without reading the store back, and a load can take it
 on top of the earlier ones (:meth:`FeedbackJoin.apply`). The log costs about 20 bytes a score
 (half its size uncompressed: the batch's scenario ids and the pages' rows), in one buffer a
-batch, which a malloc trim can hand back: it grows between a partition's checkpoints, and its
-size is most of what a worker's RSS swings by. Expired scores are not in it: the deletion of
-their batch's expiry entry implies theirs.
+batch, which a malloc trim can hand back: it grows between a partition's checkpoints. Expired
+scores are not in it: the deletion of their batch's expiry entry implies theirs.
 """
 from __future__ import annotations
 
