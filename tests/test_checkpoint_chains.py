@@ -92,17 +92,26 @@ def test_pieces_are_packed_small_ones_gathered_into_frames_of_about_the_frame_si
     assert [bytes(cramjam.zstd.decompress(f)) for f in pack_pieces([]).frames] == [b""]
 
 
-def test_a_checkpoint_packed_in_pieces_reads_back_as_their_concatenation():
-    """A piece per frame, cut into chunks across the frames' ends: read back, it decompresses
-    to the whole encoding, checked against its digest."""
+def test_a_checkpoint_packed_in_pieces_reads_back_as_their_concatenation(monkeypatch):
+    """Frames cut into chunks across the frames' ends: read back, they decompress to the whole
+    encoding, checked against its digest; one that decompresses to less than its pointer
+    declares is refused."""
+    from streams.kafka import checkpoints
+
+    monkeypatch.setattr(checkpoints, "FRAME_BYTES", 4096)
     store, _ = _store()
     rng = random.Random(0)  # incompressible: the frames are about as large as the pieces
     pieces_ = [b"head" * 50, b"", rng.randbytes(CHUNK_BYTES - 100), rng.randbytes(CHUNK_BYTES + 200)]
 
     async def run():
-        pointer = await store.write("g-ingest/0", pack_pieces(list(pieces_)))
+        packed = pack_pieces(list(pieces_))
+        assert len(packed.frames) == 3  # the head and the empty piece gathered, the large ones alone
+        pointer = await store.write("g-ingest/0", packed)
         assert pieces(pointer)[0]["chunks"] == 3
         assert await store.read("g-ingest/0", pointer) == [b"".join(pieces_)]
+        short = await store.write("g-ingest/0", Packed(pack_pieces([b"abc"]).frames, 4))
+        with pytest.raises(CheckpointError, match="3 bytes, not the 4"):
+            await store.read("g-ingest/0", short)
 
     asyncio.run(run())
 

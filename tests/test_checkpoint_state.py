@@ -175,15 +175,21 @@ def _encoded(state: dict) -> bytes:
     return snapshot.encode("ingest", state)
 
 
+@pytest.mark.parametrize("every_array", [False, True])
 @pytest.mark.parametrize("n", [0, 1, 15, 16, 65_535, 65_536])
-def test_a_state_encoded_in_pieces_is_byte_for_byte_its_encoding(n):
-    """`encode_pieces` writes some msgpack headers itself (maps, the consumed list, large
-    arrays): with each of the three sizes of a list's and a map's header, and large arrays of
-    every dtype checkpointed (one big-endian, one not contiguous), the pieces make exactly the
-    bytes `encode` gives, and the consumed list's items are let go of."""
+def test_a_state_encoded_in_pieces_is_byte_for_byte_its_encoding(n, every_array, monkeypatch):
+    """`encode_pieces` writes some msgpack headers itself (maps, the consumed list, arrays from
+    their own bytes): with each of the three sizes of a list's and a map's header, and arrays
+    of every dtype checkpointed (one big-endian, one not contiguous, and, when every array is
+    taken from its bytes, small and empty ones, whose ext and bin headers are the short
+    forms), the pieces make exactly the bytes `encode` gives, and the consumed list's items
+    are let go of."""
     big = snapshot.BIG_ARRAY_BYTES // 8
+    if every_array:
+        monkeypatch.setattr(snapshot, "BIG_ARRAY_BYTES", 0)
     arrays = {"f": np.linspace(0, 1, big), "i": np.arange(-big, big, dtype=">i8"),
-              "u": np.arange(2 * big, dtype=np.uint64)[::2], "small": np.arange(3)}
+              "u": np.arange(2 * big, dtype=np.uint64)[::2], "small": np.arange(3), "empty": np.zeros((0, 2)),
+              "one": np.array(7.5), "mid": np.arange(5_000)}
     tail = [[i, b"x" * (i % 7)] for i in range(n)]
     state = {"a": 1, "stage": {"dedup": arrays, "join": {"seq": 3, "parts": tail}, "windows": [1, 2]},
              "wide": {f"k{i}": i for i in range(n)}}

@@ -178,9 +178,11 @@ class CheckpointStore:
             raise CheckpointError(f"checkpoint {p['id']} of {name}: checksum mismatch")
         out = bytearray(p["bytes"])
         try:
-            cramjam.zstd.decompress_into(data, out)
+            got = cramjam.zstd.decompress_into(data, out)
         except cramjam.DecompressionError as e:
             raise CheckpointError(f"checkpoint {p['id']} of {name}: {e}") from e
+        if got != p["bytes"]:
+            raise CheckpointError(f"checkpoint {p['id']} of {name}: {got} bytes, not the {p['bytes']} it declares")
         return bytes(out)
 
     async def forget(self, name: str, pointer: str, keep: list[str] = ()) -> None:

@@ -693,9 +693,10 @@ class FeedbackJoin:
 
     def dump_lazily(self, slice_size: int = 50_000) -> tuple[dict, Iterator[bytes]]:
         """(counters, parts): the entries as of this call, as msgpack-encoded lists of (key,
-        value) of about `slice_size` rows each (`_slices`), produced one per `next` (a RocksDB
-        iterator is a point-in-time view, so writes after this call are not seen). A large store
-        is then written out a slice at a time, between batches, instead of in one long pause."""
+        value) of about `slice_size` rows or `SLICE_BYTES` each (`_slices`), produced one per
+        `next` (a RocksDB iterator is a point-in-time view, so writes after this call are not
+        seen). A large store is then written out a slice at a time, between batches, instead of
+        in one long pause."""
         entries = iter(self.db.items())  # the view is fixed here, not at the first `next`
         return self._counters(), map(_encode, _slices(entries, slice_size))
 

@@ -33,15 +33,19 @@ class SnapshotError(ValueError):
     """A checkpoint that cannot be taken back."""
 
 
+def _array_bytes(obj: np.ndarray) -> tuple[str, list[int], memoryview]:
+    """(dtype, shape, bytes) of an array as a checkpoint holds it: little-endian, in C order,
+    the bytes a view of the array's own unless its byte order or layout must change."""
+    a = np.ascontiguousarray(obj)
+    dtype = a.dtype.newbyteorder("<").str
+    if dtype not in _DTYPES:
+        raise TypeError(f"arrays of {a.dtype} are not checkpointed")
+    return dtype, list(a.shape), memoryview(a.astype(dtype, copy=False).reshape(-1).view(np.uint8))
+
+
 def _enc_hook(obj):
     if isinstance(obj, np.ndarray):
-        a = np.ascontiguousarray(obj)
-        dtype = a.dtype.newbyteorder("<").str
-        if dtype not in _DTYPES:
-            raise TypeError(f"arrays of {a.dtype} are not checkpointed")
-        # a view of the array's bytes (no copy unless its byte order must change)
-        raw = memoryview(a.astype(dtype, copy=False).reshape(-1).view(np.uint8))
-        return msgspec.msgpack.Ext(_ARRAY_EXT, msgspec.msgpack.encode([dtype, list(a.shape), raw]))
+        return msgspec.msgpack.Ext(_ARRAY_EXT, msgspec.msgpack.encode(_array_bytes(obj)))
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, np.floating):
@@ -70,9 +74,9 @@ def encode(kind: str, state: dict) -> bytes:
 
 def encode_pieces(kind: str, state: dict, consumed: tuple[str, ...]) -> Iterator[bytes | memoryview]:
     """`encode(kind, state)` in pieces whose concatenation is the same bytes, so a large state
-    is never copied into one buffer: arrays of `BIG_ARRAY_BYTES` or more come as views of
-    their own bytes, and the items of the list at `consumed` (nested keys of `state`) one at
-    a time, each let go of (in that list) once encoded."""
+    is never copied into one buffer: arrays of `BIG_ARRAY_BYTES` or more that are values of
+    its maps come as views of their own bytes, and the items of the list at `consumed`
+    (nested keys of `state`) one at a time, each let go of (in that list) once encoded."""
     fmt = DELTA_FORMAT if kind.endswith(".delta") else FORMAT
     return _pieces({"format": fmt, "kind": kind, "state": state}, ("state", *consumed))
 
@@ -96,14 +100,12 @@ def _pieces(value, consumed: tuple[str, ...]) -> Iterator[bytes | memoryview]:
                     item[i] = None
                     yield _encoder.encode(part)
     elif isinstance(value, np.ndarray) and value.nbytes >= BIG_ARRAY_BYTES:
-        a = np.ascontiguousarray(value)
-        dtype = a.dtype.newbyteorder("<").str
-        if dtype not in _DTYPES:
-            raise TypeError(f"arrays of {a.dtype} are not checkpointed")
-        raw = memoryview(a.astype(dtype, copy=False).reshape(-1).view(np.uint8))
-        # as `_enc_hook` encodes it, the bytes' own bin 32 header in place of an empty bin 8
-        inner = _encoder.encode([dtype, list(a.shape), b""])[:-2] + b"\xc6" + len(raw).to_bytes(4, "big")
-        yield b"\xc9" + (len(inner) + len(raw)).to_bytes(4, "big") + bytes([_ARRAY_EXT]) + inner
+        dtype, shape, raw = _array_bytes(value)
+        # as `_enc_hook` encodes it: the ext's header, then [dtype, shape, bin] up to the bytes
+        inner = _encoder.encode([dtype, shape, b""])[:-2] + _sized(len(raw), b"\xc4", b"\xc5", b"\xc6")
+        size = len(inner) + len(raw)
+        fixed = {1: b"\xd4", 2: b"\xd5", 4: b"\xd6", 8: b"\xd7", 16: b"\xd8"}.get(size)
+        yield (fixed or _sized(size, b"\xc7", b"\xc8", b"\xc9")) + bytes([_ARRAY_EXT]) + inner
         yield raw
     else:
         yield _encoder.encode(value)
@@ -112,8 +114,14 @@ def _pieces(value, consumed: tuple[str, ...]) -> Iterator[bytes | memoryview]:
 def _header(n: int, fix: int, two: bytes, four: bytes) -> bytes:
     """msgpack's header of a map or an array of `n` items (the fix form's first byte, then
     the marks of the 16-bit and the 32-bit forms)."""
-    if n < 16:
-        return bytes([fix | n])
+    return bytes([fix | n]) if n < 16 else _sized(n, None, two, four)
+
+
+def _sized(n: int, one: bytes | None, two: bytes, four: bytes) -> bytes:
+    """A msgpack mark followed by `n` in the fewest bytes its forms allow (8-bit, with `one`;
+    16-bit; 32-bit)."""
+    if one is not None and n < 1 << 8:
+        return one + bytes([n])
     return two + n.to_bytes(2, "big") if n < 1 << 16 else four + n.to_bytes(4, "big")
 
 
