@@ -63,14 +63,6 @@ class Packed(NamedTuple):
     size: int
 
 
-def pack(blob: bytes) -> Packed:
-    """Compress a checkpoint into one frame. Call it on the encoded blob directly
-    (``pack(encode(...))``): the uncompressed blob is then freed before the write, instead of
-    living as long as it. The compressed bytes stay in the compressor's buffer (a copy would be
-    a third checkpoint-sized buffer beside the blob while it is compressed)."""
-    return Packed([memoryview(cramjam.zstd.compress(blob))], len(blob))
-
-
 FRAME_BYTES = 1 << 20
 """`pack_pieces` compresses pieces at least this large as frames of their own and gathers
 smaller ones into frames of about this size."""
@@ -79,7 +71,8 @@ smaller ones into frames of about this size."""
 def pack_pieces(pieces: Iterable[bytes | memoryview]) -> Packed:
     """Compress a checkpoint given as the pieces of its encoding (`snapshot.encode_pieces`):
     the whole uncompressed checkpoint is never in one buffer (a zstd stream of frames
-    decompresses to the concatenation of what each held)."""
+    decompresses to the concatenation of what each held). The frames stay in the compressor's
+    buffers; chunks are copied out of them as they are sent."""
     frames, size, small = [], 0, bytearray()
 
     def frame(data) -> None:
@@ -87,19 +80,24 @@ def pack_pieces(pieces: Iterable[bytes | memoryview]) -> Packed:
 
     for piece in pieces:
         size += len(piece)
-        if len(piece) >= FRAME_BYTES:
-            if small:
-                frame(small)
-                small.clear()
-            frame(piece)
-        else:
+        alone = len(piece) >= FRAME_BYTES
+        if not alone:
             small += piece
-            if len(small) >= FRAME_BYTES:
-                frame(small)
-                small.clear()
+        if small and (alone or len(small) >= FRAME_BYTES):
+            frame(small)
+            small.clear()
+        if alone:
+            frame(piece)
     if small or not frames:
         frame(small)
     return Packed(frames, size)
+
+
+def pack(blob: bytes) -> Packed:
+    """Compress a checkpoint encoded in one blob (a monitor's, which is small). Call it on the
+    encoded blob directly (``pack(encode(...))``): the blob is then freed before the write,
+    instead of living as long as it."""
+    return pack_pieces([blob])
 
 
 def chunks(frames: list, size: int = CHUNK_BYTES) -> Iterator[bytes]:

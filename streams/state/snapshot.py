@@ -68,8 +68,12 @@ _decoder = msgspec.msgpack.Decoder(ext_hook=_ext_hook)
 
 def encode(kind: str, state: dict) -> bytes:
     """`state` (a stage's or monitor's dump plus the worker's own fields) as bytes."""
-    fmt = DELTA_FORMAT if kind.endswith(".delta") else FORMAT
-    return _encoder.encode({"format": fmt, "kind": kind, "state": state})
+    return _encoder.encode(_document(kind, state))
+
+
+def _document(kind: str, state: dict) -> dict:
+    """What a checkpoint piece encodes: `state` under its format and kind."""
+    return {"format": DELTA_FORMAT if kind.endswith(".delta") else FORMAT, "kind": kind, "state": state}
 
 
 def encode_pieces(kind: str, state: dict, consumed: tuple[str, ...]) -> Iterator[bytes | memoryview]:
@@ -77,8 +81,7 @@ def encode_pieces(kind: str, state: dict, consumed: tuple[str, ...]) -> Iterator
     is never copied into one buffer: arrays of `BIG_ARRAY_BYTES` or more that are values of
     its maps come as views of their own bytes, and the items of the list at `consumed`
     (nested keys of `state`) one at a time, each let go of (in that list) once encoded."""
-    fmt = DELTA_FORMAT if kind.endswith(".delta") else FORMAT
-    return _pieces({"format": fmt, "kind": kind, "state": state}, ("state", *consumed))
+    return _pieces(_document(kind, state), ("state", *consumed))
 
 
 BIG_ARRAY_BYTES = 1 << 20
