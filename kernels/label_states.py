@@ -1,17 +1,22 @@
 """The join's label states in native arrays: per labelled scenario, the first label from a
-channel other than the audit, the audit's state, and when the state last changed.
+channel other than the audit, the audit's state, and the latest event time at which it changed.
 
 Why: the states were read from the store (a RocksDB multi-get of keys in no order) and
 stepped through in Python for every labelled feedback event, about 5 µs each. Here one
-kernel takes a batch in order. The store still keeps every state under its own key, which
-checkpoints carry; this table is derived from those keys, so it is rebuilt after a load
-and never checkpointed.
+kernel takes a batch in order. The store keeps, with each batch's expiry entry, the states
+the batch changed; this table is derived from those entries (:meth:`LabelStates.merge`), so
+it is rebuilt after a load and never checkpointed.
 
 A state is one int64: ``ms << 4 | (audit + 1) << 2 | (channel + 1)``, where ``channel`` is
 the first channel label (LIKE 0, OVERRIDE 1, or -1 for none yet), ``audit`` is the first
 audit label, -1 for none yet, or 2 once the scenario's audit pair is complete, and ``ms`` is
-the event time (in milliseconds) of the batch that last changed it. A state holds a label,
-so it is never 0, which stands for "no state".
+the latest event time (in milliseconds) of the batches that changed it. A state holds a
+label, so it is never 0, which stands for "no state".
+
+A scenario is forgotten once every batch that changed it is past the horizon, with those
+batches' entries, so the store's entries that name a scenario all came after it was last
+forgotten. A change only ever sets a field that was unset or completes the pair, so each
+field of the latest state is the largest of those entries: they merge in any order.
 
 >>> import numpy as np
 >>> states = LabelStates()
@@ -22,6 +27,9 @@ so it is never 0, which stands for "no state".
 ([-1, 1, -1], [False, True, False], [True, True, True])
 >>> [x.tolist() for x in unpack(states.get(d[:1]))]  # (channel, audit, ms)
 [[0], [2], [5000]]
+>>> codes, _, _ = states.label(d[2:], np.array([True]), np.array([1]), 4_000)  # an earlier batch
+>>> codes.tolist(), [x.tolist() for x in unpack(states.get(d[2:]))]  # pairs, keeps the latest time
+([1], [[0], [2], [5000]])
 >>> states.forget_older(d, 6_000).tolist(), len(states)  # the second row names a forgotten one
 ([True, False, True], 0)
 """
@@ -57,9 +65,9 @@ class LabelStates(DigestMap):
     def label(self, digests: np.ndarray, audit: np.ndarray, labels: np.ndarray,
               ms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Take a batch of labelled feedback in order (its scenarios, whether each is from the
-        audit, its label); states it changes are stamped `ms`. Returns, per event, the code of
-        the audit pair it completes (-1 for none), whether its scenario had a state before it,
-        and whether it changed the state.
+        audit, its label); states it changes are stamped `ms`, unless stamped later already.
+        Returns, per event, the code of the audit pair it completes (-1 for none), whether its
+        scenario had a state before it, and whether it changed the state.
 
         A scenario pairs its first audit label with its first label from any other channel;
         the event that brings the second of the two gets the pair's code, once."""
@@ -76,10 +84,11 @@ class LabelStates(DigestMap):
         """The scenarios' states, 0 where none."""
         return self.values_of(digests)
 
-    def put(self, digests: np.ndarray, values: np.ndarray) -> None:
-        """Set the scenarios' states (a rebuild from the store)."""
+    def merge(self, digests: np.ndarray, values: np.ndarray) -> None:
+        """Merge states into the scenarios' (a rebuild from the store's entries, in any
+        order): each field, and the event time, the larger of the two."""
         self._reserve(len(digests))
-        _put(digests, np.asarray(values, np.int64), self.keys, self.state, self.values, self.meta, self.salt)
+        _merge(digests, np.asarray(values, np.int64), self.keys, self.state, self.values, self.meta, self.salt)
 
     def forget(self, digests: np.ndarray) -> None:
         """Forget the scenarios' states."""
@@ -98,7 +107,7 @@ def warm_up() -> None:
     second that would otherwise fall in the first batch that labels, grows or expires."""
     states, d = LabelStates(2), np.arange(4, dtype=np.uint64).reshape(2, 2)
     states.label(d, np.array([True, False]), np.array([0, 1]), 1)  # grows: rehashes
-    states.put(d, states.get(d))
+    states.merge(d, states.get(d))
     states.forget_older(d, 2)
 
 
@@ -127,16 +136,21 @@ def _label(digests, audit, labels, ms, pair_code, keys, state, values, meta, sal
             else:
                 code, audit_state = pair_code[label, channel], PAIRED
         if change:
-            values[slot] = (ms << 4) | ((audit_state + 1) << 2) | (channel + 1)
+            stamp = ms if not repeats[i] else max(ms, values[slot] >> 4)
+            values[slot] = (stamp << 4) | ((audit_state + 1) << 2) | (channel + 1)
         codes[i], changed[i] = code, change
 
 
 @numba.njit(cache=True, nogil=True)
-def _put(digests, new, keys, state, values, meta, salt):
+def _merge(digests, new, keys, state, values, meta, salt):
     for i in range(digests.shape[0]):
         hi, lo = digests[i, 0], digests[i, 1]
         slot = find_slot(keys, state, hi, lo, salt)
-        values[slot if slot >= 0 else claim(keys, state, slot, hi, lo, meta)] = new[i]
+        if slot < 0:
+            values[claim(keys, state, slot, hi, lo, meta)] = new[i]
+            continue
+        v, w = values[slot], new[i]
+        values[slot] = (max(v >> 4, w >> 4) << 4) | max(v & 12, w & 12) | max(v & 3, w & 3)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -134,15 +134,34 @@ def _answers(join: FeedbackJoin) -> dict:
             "expired_scores": join.expired_scores, "waiting": join.waiting_feedback}
 
 
-@pytest.mark.parametrize(("fixture", "layout"), [("join_legacy_layout.msgpack", None), ("join_layout2.msgpack", 2)])
+def _label_answers(chain: list[dict]) -> list:
+    """What a store loaded from `chain` answers to a channel like, then an audit like, on every id
+    (as the layout-3 fixture's writer asked it)."""
+    join = FeedbackJoin(None, horizon_s=300.0, expire_every_s=0.0)
+    try:
+        join.load(chain[0])
+        for delta in chain[1:]:
+            join.apply(delta)
+        n, now = len(LEGACY_IDS), [join._clock] * len(LEGACY_IDS)
+        return [list(join.labels(LEGACY_IDS, [False] * n, [0] * n, now)),
+                list(join.labels(LEGACY_IDS, [True] * n, [0] * n, now))]
+    finally:
+        join.close()
+
+
+@pytest.mark.parametrize(("fixture", "layout"), [("join_legacy_layout.msgpack", None), ("join_layout2.msgpack", 2),
+                                                   ("join_layout3.msgpack", 3)])
 def test_a_state_of_an_earlier_key_layout_is_converted_as_it_is_taken_and_answers_as_before(fixture, layout):
     """Each fixture holds a whole state and a delta written by the join when it kept a key a
     score (`s:<scenario id>\\0<n>`, no "layout" in the state; then `s:<serial>`, layout 2,
     with `r:` keys of re-scored scenarios under those serials), with what that join answered
     after each and after a last batch and expiry: scores (a scenario scored twice in a batch,
     one re-scored in a later batch, a newer score that expires before an older one, ids with
-    NUL bytes and of 256 characters), parked feedback and a label state. Loaded now, each
-    batch's scores are stored again in pages, and the store answers the same."""
+    NUL bytes and of 256 characters), parked feedback and a label state; then a key a score in
+    pages, layout 3, with label states still a key a scenario (`l:<sid>`), and what that join
+    answered of every scenario's labels. Loaded now, each batch's scores are stored again in
+    pages, the label states move into their batches' expiry entries, and the store answers
+    the same."""
     doc = msgspec.msgpack.decode((DATA / fixture).read_bytes())
     assert doc["whole"].get("layout") == doc["delta"].get("layout") == layout
     ctx = lambda ts: ("p", "seg", 0.5, 0.5, "act", T0 + ts)  # noqa: E731
@@ -160,7 +179,10 @@ def test_a_state_of_an_earlier_key_layout_is_converted_as_it_is_taken_and_answer
         join.load(doc["whole"])
         join.apply(doc["delta"])
         assert _answers(join) == {k: doc["after_delta"][k] for k in ("scores", "expired_scores", "waiting")}
-        assert not [k for k in join.db.keys() if k.startswith(b"s:")]  # every score in a page
+        assert not [k for k in join.db.keys() if k[:2] in (b"s:", b"l:")]  # every score in a page, no label keys
+        if "labels_after_whole" in doc:
+            assert _label_answers([doc["whole"]]) == doc["labels_after_whole"]
+            assert _label_answers([doc["whole"], doc["delta"]]) == doc["labels_after_delta"]
         again.load(join.dump())  # and it is checkpointed in this layout
         join.take_changes()
         for store in (join, again):
@@ -183,8 +205,8 @@ def test_a_state_of_an_earlier_key_layout_is_converted_as_it_is_taken_and_answer
 def test_a_state_of_an_unknown_layout_is_refused():
     join = FeedbackJoin(None)
     try:
-        with pytest.raises(ValueError, match="unknown layout 4"):
-            join.load({**join.dump(), "layout": 4})
+        with pytest.raises(ValueError, match="unknown layout 5"):
+            join.load({**join.dump(), "layout": 5})
     finally:
         join.close()
 

@@ -5,8 +5,9 @@ and a reopened store.
 The model is the rule written out plainly: a scenario's first label from each side (the
 audit, any other channel) is remembered; the event that brings the second side's first label
 carries the pair's code; any label after a scenario's first is a repeat; a scenario is
-forgotten once the batch that last recorded one of its first labels is a horizon of event
-time old (to the millisecond), at the next expiry. Hypothesis draws few scenarios (ids with NUL
+forgotten once every batch that recorded one of its first labels is a horizon of event time
+old (to the millisecond: the latest of them, which a later batch may precede), at the next
+expiry. Hypothesis draws few scenarios (ids with NUL
 bytes, of 256 characters), both sides in any order, event times that step by zero to days or
 back, and checkpoints, whole or as deltas, and reopens at any point.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import math
 import tempfile
 
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import example, given, settings
@@ -40,8 +42,7 @@ class Model:
 
     def __init__(self) -> None:
         self.first: dict[tuple[str, bool], int] = {}  # (scenario, from the audit) -> its first label
-        self.changed: dict[str, float] = {}  # scenario -> when one of its first labels was last recorded
-        self.entries: dict[str, list[int]] = {}  # scenario -> ms of the batches that recorded one, not yet expired
+        self.changed: dict[str, float] = {}  # scenario -> the latest event time of the batches that recorded one
         self.clock = -math.inf
 
     def labels(self, sids, audit, labels, ts) -> tuple[list[int], list[bool]]:
@@ -59,23 +60,17 @@ class Model:
                         PAIR_AUDIT_OVERRIDES if audit_label == OVERRIDE else PAIR_CHANNEL_OVERRIDES
             codes.append(code)
         for sid in recorded:
-            self.changed[sid] = max(ts)
-            self.entries.setdefault(sid, []).append(_ms(max(ts)))
+            self.changed[sid] = max(self.changed.get(sid, -math.inf), *ts)
         if recorded:
             self.clock = max(self.clock, max(ts))
         return codes, repeats
 
     def expire(self, horizon_s: float) -> None:
         """The expiry passes the batches more than a horizon old, to the millisecond; a
-        scenario one of them recorded is forgotten if its last change is that old."""
+        scenario all of whose recording batches it passed is forgotten."""
         if self.clock == -math.inf:
             return
-        cutoff_ts = self.clock - horizon_s
-        for sid, entries in self.entries.items():
-            passed = [ms for ms in entries if ms < _ms(cutoff_ts)]
-            self.entries[sid] = [ms for ms in entries if ms >= _ms(cutoff_ts)]
-            if passed and self.changed.get(sid, math.inf) < cutoff_ts:
-                self.forget(sid)
+        self.forget_older(_ms(self.clock - horizon_s))
 
     def forget(self, sid: str) -> None:
         del self.changed[sid]
@@ -83,7 +78,7 @@ class Model:
         self.first.pop((sid, False), None)
 
     def forget_older(self, ms: int) -> set[str]:
-        """Forget the scenarios last changed before `ms` (the table's own rule)."""
+        """Forget the scenarios whose latest change is before `ms` (the table's own rule)."""
         gone = {s for s, changed in self.changed.items() if _ms(changed) < ms}
         for sid in gone:
             self.forget(sid)
@@ -120,6 +115,10 @@ def histories(draw):
 @example([("labels", [("a", False, LIKE, T0)]), ("labels", [("a", True, LIKE, T0 + 1)]),  # changed twice, then
           ("labels", [("b", False, LIKE, T0 + 1 + HORIZON_S + 0.0005)]),  # a cutoff in its last change's ms
           ("expire", None), ("labels", [("a", False, OVERRIDE, T0 + 1 + HORIZON_S + 0.0005)])])
+@example([("labels", [("a", False, LIKE, T0 + 100)]), ("labels", [("a", True, OVERRIDE, T0 + 50)]),  # out of order:
+          ("labels", [("b", False, LIKE, T0 + 51 + HORIZON_S)]), ("expire", None),  # passes only the second batch
+          ("capture", False), ("labels", [("a", True, LIKE, T0 + 51 + HORIZON_S)]),  # a is kept, paired, as loaded
+          ("labels", [("b", True, LIKE, T0 + 101 + HORIZON_S)]), ("expire", None), ("reopen", None)])
 def test_the_join_labels_as_the_model_does_through_expiry_checkpoints_and_reopens(ops):
     model = Model()
     with tempfile.TemporaryDirectory(prefix="npo-labels-") as root:
@@ -200,12 +199,51 @@ def test_an_expiry_or_a_rebuild_that_fails_leaves_the_labels_as_the_store_holds_
     assert join.labels(["a"], [True], [OVERRIDE], [T0 + 2 * HORIZON_S]) == ([PAIR_AUDIT_OVERRIDES], [True])
     join.close()
 
-    join = FeedbackJoin(str(tmp_path), horizon_s=HORIZON_S, expire_every_s=0.0)  # reopened: built from its keys
+    join = FeedbackJoin(str(tmp_path), horizon_s=HORIZON_S, expire_every_s=0.0)  # reopened: built from its entries
     with monkeypatch.context() as m:
-        m.setattr(LabelStates, "put", failing)
+        m.setattr(LabelStates, "merge", failing)
         with pytest.raises(OSError):
             join.labels(["a"], [False], [OVERRIDE], [T0 + 2 * HORIZON_S])
     assert join.labels(["a", "c"], [False, True], [OVERRIDE, LIKE], [T0 + 2 * HORIZON_S] * 2) == ([-1, -1], [True, False])
     with pytest.raises(ValueError, match="differ in length"):
         join.labels(["a", "c"], [False], [OVERRIDE], [T0])
     join.close()
+
+
+@pytest.mark.parametrize(("fields", "ids"), [(b"\x00", [b"a"]), (b"\x03", [b"a"]), (b"\x05", [b"a"]),
+                                             (b"\x01\x01", [b"a"]), (b"", [b"a"]), (b"\x10", [b"a"])])
+def test_a_state_whose_label_entry_holds_no_state_is_refused_before_anything_is_written(fields, ids):
+    """A label expiry entry lists its scenarios and a byte of label fields each: a count that
+    differs, or a byte no state can hold (none, a channel field of 3, an audit label beside a
+    channel label, bits above the four), is refused as the state loads, and the store is left
+    empty."""
+    join = FeedbackJoin(None, horizon_s=HORIZON_S, expire_every_s=0.0)
+    join.labels(["a"], [False], [LIKE], [T0])
+    state = join.dump()
+    join.close()
+    entries = msgspec.msgpack.decode(state["parts"][0])
+    at = next(i for i, (key, _) in enumerate(entries) if key.startswith(b"x:") and key.endswith(b"L"))
+    entries[at][1] = msgspec.msgpack.encode([ids, fields])
+    again = FeedbackJoin(None, horizon_s=HORIZON_S, expire_every_s=0.0)
+    try:
+        with pytest.raises(ValueError, match="label expiry entry"):
+            again.load({**state, "parts": [msgspec.msgpack.encode(entries)]})
+        assert list(again.db.keys()) == []
+    finally:
+        again.close()
+
+
+def test_a_legacy_label_key_that_holds_no_state_is_refused():
+    """A state of layout 3 kept a label state a key, `(channel, audit, event time)`: one whose
+    fields are out of range is refused as it converts, not taken as some other state."""
+    state = {"layout": 3, "seq": 1, "parked": 0, "clock": T0, "last_expiry": -math.inf, "expired_scores": 0,
+             "unmatched_feedback": 0}
+    for value in ([2, -1, T0], [-1, -1, T0], [0, 1, T0], ["x", 0, T0]):
+        entries = [[b"l:a", msgspec.msgpack.encode(value)],
+                   [b"x:0001767225600000000000001L", msgspec.msgpack.encode([b"a"])]]
+        join = FeedbackJoin(None, horizon_s=HORIZON_S, expire_every_s=0.0)
+        try:
+            with pytest.raises(ValueError, match="label state"):
+                join.load({**state, "parts": [msgspec.msgpack.encode(entries)]})
+        finally:
+            join.close()

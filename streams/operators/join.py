@@ -16,9 +16,11 @@ scores are found through a compiled index from the scenario to its latest score'
 than once (rare, but some ids are scored again and again) also keeps a key per score,
 `r:<sid>\\0<serial>`, so all of its scores are found and feedback can take the one its event
 time asks for (:func:`pick`). The same store remembers, per labelled scenario, whether it was
-labelled before and the first labels of its audit pair (:meth:`FeedbackJoin.labels`): a key
-each, which checkpoints carry, read into a compiled table (:mod:`kernels.label_states`) that
-is rebuilt from them after a load.
+labelled before and the first labels of its audit pair (:meth:`FeedbackJoin.labels`): the
+states a batch changed are kept in that batch's expiry entry, a byte a scenario beside its id,
+and a compiled table (:mod:`kernels.label_states`) holds the latest, merged from the entries
+after a load. A key a labelled scenario, as the earlier layouts kept them, cost a put in no
+order (about 2 µs in RocksDB's memtable) for each first label.
 
 What each write batch since the last checkpoint put or deleted is logged in order, its keys
 and their values as one LZ4-compressed msgpack array pair, so a checkpoint can hold just that
@@ -44,7 +46,7 @@ import msgspec
 import numpy as np
 from rocksdict import Options, Rdict, WriteBatch, WriteBufferManager, WriteOptions
 
-from kernels.label_states import LabelStates, pack, unpack
+from kernels.label_states import LabelStates, pack
 from kernels.scenario_index import ScenarioIndex
 from streams.operators.dedup import digests_of_bytes
 from streams.operators.score_pages import (
@@ -61,15 +63,15 @@ from streams.operators.score_pages import (
 log = logging.getLogger(__name__)
 _SCORE, _FEEDBACK, _EXPIRY = b"s:", b"f:", b"x:"  # s: a score each, in states of layouts 1 and 2
 _RESCORED = b"r:"  # per score of a scenario scored more than once: r:<sid>\0<serial>, empty value
-_LABELS = b"l:"  # per labelled scenario: (first channel label, audit state, event time written)
+_LABELS = b"l:"  # in states of layouts 1 to 3, per labelled scenario: (channel label, audit state, event time)
 _SERIAL = b"m:serial"  # last serial given to a score
 _MAX_SERIAL = 1 << 62  # the scenario index holds a serial shifted by a bit in an int64
-_LAYOUT = 3
-"""Of the stored keys, in a state's counters: 3 keeps scores in pages (`p:`). States of the
-earlier layouts, a key a score (2: `s:<serial>`; 1, without a layout: `s:<sid>\\0<n>`), are
-converted as they are taken (:meth:`FeedbackJoin._take`)."""
-# what the expiry index's entries list, by kind
-_INDEXED = {b"N": _PAGE, b"F": _FEEDBACK, b"L": _LABELS}
+_LAYOUT = 4
+"""Of the stored keys, in a state's counters: 4 keeps the label states a batch changed in its
+expiry entry; 3 kept them a key a scenario (`l:`), and so did the layouts before it, which
+kept a key a score (2: `s:<serial>`; 1, without a layout: `s:<sid>\\0<n>`) where 3 keeps
+scores in pages (`p:`). States of the earlier layouts are converted as they are taken
+(:meth:`FeedbackJoin._take`)."""
 _encode, _decode = msgspec.msgpack.encode, msgspec.msgpack.decode
 
 
@@ -173,6 +175,25 @@ def _checked_batch(refs: bytes, pages: dict[bytes, int], serial: int) -> int:
             raise ValueError(f"score expiry entry from serial {first}: page {i} of {len(keys)} missing or not "
                              f"of {rows} rows")
     return len(ids)
+
+
+_LABEL_FIELDS = np.zeros(256, np.bool_)
+_LABEL_FIELDS[[1, 2, 4, 8, 13, 14]] = True
+"""A label state's low four bits (`LabelStates`), as an "L" expiry entry holds them: a channel
+label alone (1, 2), an audit label alone (4, 8), or a channel label and a complete pair (13, 14)."""
+
+
+def _label_batch(refs: bytes) -> tuple[list[bytes], np.ndarray]:
+    """(scenario ids, the label fields of their states as uint8) of an "L" expiry entry's value:
+    the states its batch left them in. ValueError unless each id has one, and each is a state."""
+    try:
+        ids, fields = _decode(refs, type=tuple[list[bytes], bytes])
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise ValueError(f"label expiry entry: {e}") from e
+    states = np.frombuffer(fields, np.uint8)
+    if len(states) != len(ids) or not _LABEL_FIELDS[states].all():
+        raise ValueError(f"label expiry entry of {len(ids)} scenarios and {len(states)} states, not all labels")
+    return ids, states
 
 
 def _page_keys(batch: tuple[int, list[bytes]]) -> list[bytes]:
@@ -313,10 +334,6 @@ def _millis(ts: float) -> int:
     return max(0, int(ts * 1000))
 
 
-def _ms(ts: float) -> bytes:
-    return b"%016d" % _millis(ts)
-
-
 class FeedbackJoin:
     """Disk-backed two-way join with an event-time horizon, batch at a time."""
 
@@ -385,13 +402,18 @@ class FeedbackJoin:
         return self._by_scenario
 
     def _label_states(self) -> LabelStates:
-        """The label state of every scenario with an `l:` key, read from the store a slice at a time."""
+        """The label state of every scenario its "L" expiry entries name, merged from them a
+        slice of entries at a time (each state stamped with its entry's event time)."""
         if self._labelled is None:
             states = LabelStates()
-            entries = self._items(_LABELS)
-            while chunk := list(islice(entries, 50_000)):
-                channel, audit, ts = zip(*(_decode(value) for _, value in chunk))
-                states.put(_scenario_keys([key[2:] for key, _ in chunk]), pack(channel, audit, list(map(_millis, ts))))
+            keys = (key for key in self._keys(_EXPIRY) if key[-1:] == b"L")
+            while chunk := list(islice(keys, 10_000)):
+                ids, values = [], []
+                for key, refs in zip(chunk, self.db[chunk]):
+                    batch, fields = _label_batch(refs)
+                    ids += batch
+                    values.append((int(key[2:18]) << 4) | fields.astype(np.int64))
+                states.merge(_scenario_keys(ids), np.concatenate(values))
             self._labelled = states  # kept only once whole
         return self._labelled
 
@@ -413,12 +435,14 @@ class FeedbackJoin:
                 return
             yield key, value
 
-    def _index(self, wb: WriteBatch, max_ts: float, kind: bytes, refs: list) -> tuple[bytes, bytes]:
-        """One expiry entry for a batch's keys: a kind of `_INDEXED` (N scores, F feedback, L
-        label states), the keys without prefix as a msgpack list (ids may hold
-        any character); for N, [serial of the first score, scenario ids]. Its key and value."""
+    def _index(self, wb: WriteBatch, ms: int, kind: bytes, refs: list) -> tuple[bytes, bytes]:
+        """One expiry entry for a batch: its kind (N scores, F parked feedback, L label states)
+        and what it lists, as msgpack (ids may hold any character): for N, [serial of the first
+        score, scenario ids]; for F, the parked keys without their prefix; for L, [scenario ids,
+        the label fields of their states, a byte each]. It is keyed by `ms`, the batch's latest
+        event time in milliseconds (a label entry's, its states'). Its key and value."""
         self._seq += 1
-        key, value = _EXPIRY + _ms(max_ts) + b"%08d" % (self._seq % 10**8) + kind, _encode(refs)
+        key, value = _EXPIRY + b"%016d" % ms + b"%08d" % (self._seq % 10**8) + kind, _encode(refs)
         wb.put(key, value)
         return key, value
 
@@ -451,7 +475,7 @@ class FeedbackJoin:
         max_ts = float(np.max(columns[5]))
         wb = WriteBatch(raw_mode=True)
         if expiry_key is None:
-            index = self._index(wb, max_ts, b"N", [first, ids])
+            index = self._index(wb, _millis(max_ts), b"N", [first, ids])
         else:
             index = expiry_key, _encode([first, ids])
             wb.put(*index)
@@ -523,7 +547,7 @@ class FeedbackJoin:
             wb.put(keys[-1], values[-1])
             self._waiting[p.scenario_id] = self._waiting.get(p.scenario_id, 0) + 1
         max_ts = max(p.ts for p in pending)
-        index = self._index(wb, max_ts, b"F", refs)
+        index = self._index(wb, _millis(max_ts), b"F", refs)
         self._commit(wb, [*keys, index[0]], [*values, index[1]])
         self._clock = max(self._clock, max_ts)
 
@@ -559,10 +583,9 @@ class FeedbackJoin:
         two gets the code, and a scenario pairs once. Repeat: the scenario was labelled before,
         so this label is a second look at the same decision (the sequential rules count one
         label a decision). Both within the horizon: a scenario's label state is forgotten by
-        the expiry that passes an entry of a batch that changed it, once the last batch that
-        changed it is more than a horizon old. The states are kept in a compiled table
-        (:mod:`kernels.label_states`); those the call changes are written to the store in one
-        batch."""
+        the expiry that passes the last, in event time, of the batches that changed it. The
+        states are kept in a compiled table (:mod:`kernels.label_states`); those the call
+        changes are written to the store in its expiry entries (`_store_labels`)."""
         if not len(scenario_ids) == len(audit) == len(labels) == len(ts):
             raise ValueError("scenario_ids, audit, labels and ts differ in length")
         if not scenario_ids:
@@ -574,22 +597,29 @@ class FeedbackJoin:
         if changed.any():
             at = np.flatnonzero(changed).tolist()
             rows = list(dict(zip(map(ids.__getitem__, at), at)).values())  # a changed row of each scenario
-            channel, audit_state, _ = unpack(states.get(digests[rows]))
             try:
-                self._store_labels([ids[i] for i in rows], channel.tolist(), audit_state.tolist(), max_ts)
+                self._store_labels([ids[i] for i in rows], states.get(digests[rows]), max_ts)
             except BaseException:
                 self._labelled = None  # it took states the store did not: built again from the store
                 raise
         return codes.tolist(), repeats.tolist()
 
-    def _store_labels(self, refs: list[bytes], channel: list[int], audit: list[int], max_ts: float) -> None:
-        """Write the label states of scenarios `refs`, with one expiry entry for them."""
+    def _store_labels(self, refs: list[bytes], states: np.ndarray, max_ts: float) -> None:
+        """Write the label states of scenarios `refs` (as the table holds them) in expiry
+        entries, one for each event time they are stamped with: the batch's own, and, of a
+        scenario changed before by a batch with a later event time, that one's. So the entry
+        that holds a scenario's latest state is the last of its entries to expire, and the
+        scenario is forgotten with it, not before (as an entry of its earlier state that
+        survived it would bring it back in a rebuild)."""
         wb = WriteBatch(raw_mode=True)
-        keys = list(map(_LABELS.__add__, refs))
-        values = [_encode((c, a, max_ts)) for c, a in zip(channel, audit)]
-        deque(map(wb.put, keys, values), maxlen=0)
-        index = self._index(wb, max_ts, b"L", refs)
-        self._commit(wb, [*keys, index[0]], [*values, index[1]])
+        keys, values = [], []
+        fields, stamps = (states & 15).astype(np.uint8), states >> 4
+        for stamp in np.unique(stamps).tolist():
+            at = np.flatnonzero(stamps == stamp)
+            key, value = self._index(wb, stamp, b"L", [[refs[i] for i in at.tolist()], fields[at].tobytes()])
+            keys.append(key)
+            values.append(value)
+        self._commit(wb, keys, values)
         self._clock = max(self._clock, max_ts)
 
     def expire(self) -> list[Pending]:
@@ -597,7 +627,8 @@ class FeedbackJoin:
         if self._clock == float("-inf") or self._clock - self._last_expiry < self.expire_every_s:
             return []  # no event time yet (only feedback that carried its context), or expired lately
         self._last_expiry = self._clock
-        cutoff = _EXPIRY + _ms(self._clock - self.horizon_s)
+        cutoff_ms = _millis(self._clock - self.horizon_s)
+        cutoff = _EXPIRY + b"%016d" % cutoff_ms
         unmatched: list[Pending] = []
         wb = WriteBatch(raw_mode=True)
         deleted = []
@@ -610,7 +641,6 @@ class FeedbackJoin:
             wb.delete(key)
             deleted.append(key)
             kind = key[-1:]
-            prefix = _INDEXED[kind]
             if kind == b"N":
                 # a score page is written once, with this entry, and deleted only here: it is
                 # not read back (old pages lie in files on disk; most of what expires is scores),
@@ -619,11 +649,10 @@ class FeedbackJoin:
                 deque(map(wb.delete, _page_keys(batch)), maxlen=0)
                 expired_scores.append(batch)
                 continue
-            refs = _decode(refs, type=list[bytes])
             if kind == b"L":
-                labelled += refs
+                labelled += _decode(refs, type=tuple[list[bytes], bytes])[0]
                 continue
-            keys = [prefix + r for r in refs]
+            keys = [_FEEDBACK + r for r in _decode(refs, type=list[bytes])]
             for k, v in zip(keys, self.db[keys]):
                 if v is None:
                     continue
@@ -638,9 +667,7 @@ class FeedbackJoin:
             rescored = going.rescored_keys()
             deque(map(wb.delete, rescored), maxlen=0)
             deleted += rescored
-        unlabelled, unlabelled_keys = self._labels_going(labelled)
-        deque(map(wb.delete, unlabelled_keys), maxlen=0)
-        self._commit(wb, [*deleted, *unlabelled_keys], [None] * (len(deleted) + len(unlabelled_keys)))
+        self._commit(wb, deleted, [None] * len(deleted))
         # what is kept beside the store follows it only now that the batch is written
         self.expired_scores += expired
         self._scores -= expired
@@ -650,27 +677,10 @@ class FeedbackJoin:
                 self._waiting[sid] = left
         if going is not None:
             self._forgot(going)
-        if len(unlabelled):
-            self._label_states().forget(unlabelled)
+        if labelled:  # those all of whose batches are past the horizon: this expiry deleted their entries
+            self._label_states().forget_older(_scenario_keys(labelled), cutoff_ms)
         self.unmatched_feedback += len(unmatched)
         return unmatched
-
-    def _labels_going(self, ids: list[bytes]) -> tuple[np.ndarray, list[bytes]]:
-        """(digests, keys) of the label states of scenarios `ids` (those of expiring entries)
-        that last changed before the horizon: a state changed since is left for the newer
-        change's entry to expire. The table knows the millisecond of a change; within the
-        cutoff's own millisecond the stored event time decides."""
-        if not ids:
-            return np.empty((0, 2), np.uint64), []
-        digests = _scenario_keys(ids)
-        values = self._label_states().get(digests)
-        cutoff_ts = self._clock - self.horizon_s
-        cutoff, changed = _millis(cutoff_ts), values >> 4
-        going = (values != 0) & (changed < cutoff)
-        for i in np.flatnonzero((values != 0) & (changed == cutoff)).tolist():
-            going[i] = _decode(self.db[_LABELS + ids[i]])[2] < cutoff_ts
-        at = np.flatnonzero(going)
-        return digests[at], [_LABELS + ids[i] for i in at.tolist()]
 
     def _scores_going(self, batches: list[tuple[int, list[bytes]]]) -> "_Going":
         """The scores of `batches` ([first serial, scenario ids] each), about to be deleted."""
@@ -765,28 +775,31 @@ class FeedbackJoin:
     def _take(self, state: dict, entries_type) -> None:
         self._log = self._log if self._log is not None else []
         layout = state.get("layout", 1)
-        if layout not in (1, 2, _LAYOUT):
+        if layout not in (1, 2, 3, _LAYOUT):
             raise ValueError(f"join state: unknown layout {layout!r}")
         entries = (e for part in state["parts"] for e in _entries(part, entries_type))
-        if layout == _LAYOUT:
-            self._put_entries(entries)
+        if layout >= 3:
+            self._put_entries(entries, labels_of=layout)
             self._note_stored()
             self._by_scenario = None  # built from the store when next asked for
         else:
             self._convert(entries, whole=entries_type is _WHOLE, layout=layout)
+        if layout < _LAYOUT:
+            self._convert_labels()
         self._labelled = None  # built from the store when next asked for
         self._track_limit = max(_TRACK_MIN, self._row_count() // 2)
         self._seq, self._parked = int(state["seq"]), max(self._parked, int(state["parked"]))
         self._clock, self._last_expiry = float(state["clock"]), float(state["last_expiry"])
         self.expired_scores, self.unmatched_feedback = int(state["expired_scores"]), int(state["unmatched_feedback"])
 
-    def _put_entries(self, entries) -> None:
+    def _put_entries(self, entries, labels_of: int = _LAYOUT) -> None:
         """Write (key, value) entries of this layout in order (None: delete), in one batch; the
         deletion of a score expiry entry deletes the score pages it lists. ValueError, before
         anything is written, unless every score page put is one and is listed by a score
         expiry entry put after it (as a whole state's keys sort and a delta's batches come), in
         full, under serials up to the store's last (see `_checked_batch`), and none was stored
-        before."""
+        before; and every label expiry entry put holds states (`_label_batch`), unless the
+        entries keep label states as layout `labels_of` < 4 did (`_convert_labels`)."""
         wb = WriteBatch(raw_mode=True)
         expiries: dict[bytes, bytes] = {}  # score expiry entries put by these entries, not yet in the store
         pages: dict[bytes, int] = {}  # score pages put and not yet listed: their rows
@@ -814,6 +827,8 @@ class FeedbackJoin:
                     serial = int(value)
                     if not 0 <= serial < _MAX_SERIAL:
                         raise ValueError(f"score serial {serial} out of range")
+                elif labels_of == _LAYOUT and key[-1:] == b"L" and key.startswith(_EXPIRY):
+                    _label_batch(value)
                 wb.put(key, value)
         except ValueError as e:
             raise ValueError(f"join state: {e}") from e
@@ -821,6 +836,39 @@ class FeedbackJoin:
             raise ValueError(f"join state: {len(pages)} score pages that no expiry entry lists")
         self.db.write(wb, self._write)
         self._scores = scores
+
+    def _convert_labels(self) -> None:
+        """Move the label states a state of layouts 1 to 3 kept a key a scenario (`l:<sid>`)
+        into the "L" expiry entries that list the scenarios: each entry that lists ids alone
+        gets their states, of those that have one (a scenario forgotten since lost its key, so
+        an entry of a batch before that names it no more); then the keys go. A slice of
+        entries at a time, so RAM holds a slice, not the store's states. A scenario changed by
+        a batch with an earlier event time than one before it is now kept until the later
+        batch is past the horizon (the rule of `labels`), where layout 3 forgot it with the
+        earlier one."""
+        legacy = msgspec.msgpack.Decoder(list[bytes])
+        keys = (key for key in self._keys(_EXPIRY) if key[-1:] == b"L")  # a RocksDB iterator is a fixed view
+        while chunk := list(islice(keys, 10_000)):
+            wb = WriteBatch(raw_mode=True)
+            for key, refs in zip(chunk, self.db[chunk]):
+                try:
+                    ids = legacy.decode(refs)
+                except msgspec.ValidationError:  # holds states: converted with an earlier part of its chain
+                    continue
+                held = [(i, v) for i, v in zip(ids, self.db[[_LABELS + i for i in ids]]) if v is not None]
+                if not held:
+                    wb.delete(key)
+                    continue
+                try:
+                    channel, audit, _ = zip(*(_decode(v, type=tuple[int, int, float]) for _, v in held))
+                except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                    raise ValueError(f"join state: label state: {e}") from e
+                fields = pack(channel, audit, 0)
+                if not _LABEL_FIELDS[fields & 255].all() or (fields >> 4).any():
+                    raise ValueError("join state: a label state holds no label")
+                wb.put(key, _encode([[i for i, _ in held], fields.astype(np.uint8).tobytes()]))
+            self.db.write(wb, self._write)
+        self.db.delete_range(_LABELS, b"l;")  # every `l:` key (";" follows ":")
 
     def _convert(self, entries, whole: bool, layout: int) -> None:
         """Take entries of a state of an earlier layout, a key a score (1: `s:<id>\\0<n>`, 2:
@@ -845,11 +893,11 @@ class FeedbackJoin:
                     batches.append((first, key, ids))
                     if whole:
                         continue
-                    self._put_entries(kept)
+                    self._put_entries(kept, labels_of=layout)
                     self._convert_batch(*batches.pop(), scores, layout)
                     kept = []
                     continue
-                self._put_entries(kept)
+                self._put_entries(kept, labels_of=layout)
                 kept = []
                 refs = self.db.get(key)
                 wb = WriteBatch(raw_mode=True)
@@ -865,7 +913,7 @@ class FeedbackJoin:
                     self._scores -= len(going.ids)
             else:
                 kept.append((key, value))
-        self._put_entries(kept)
+        self._put_entries(kept, labels_of=layout)
         for batch in sorted(batches):
             self._convert_batch(*batch, scores, layout)
         if scores:  # a store reopened by that code could overwrite a batch's entry: its scores never expired
