@@ -48,19 +48,13 @@ _PAIR_CODE = np.array([[PAIR_AGREE, PAIR_CHANNEL_OVERRIDES], [PAIR_AUDIT_OVERRID
 """Pair code of (audit label, channel label), labels LIKE 0 / OVERRIDE 1."""
 
 
-def pack(channel, audit, ms) -> np.ndarray:
-    """States of (channel label, audit field, ms), as the table holds them."""
-    ms, audit, channel = (np.asarray(x, np.int64) for x in (ms, audit, channel))
-    return (ms << 4) | ((audit + 1) << 2) | (channel + 1)
-
-
 def unpack(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(channel label, audit field, ms) of states."""
     return (values & 3) - 1, ((values >> 2) & 3) - 1, values >> 4
 
 
 class LabelStates(DigestMap):
-    """Scenario digest -> its label state (:func:`pack`)."""
+    """Scenario digest -> its label state (one int64, as the module says)."""
 
     def label(self, digests: np.ndarray, audit: np.ndarray, labels: np.ndarray,
               ms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -90,12 +84,9 @@ class LabelStates(DigestMap):
         self._reserve(len(digests))
         _merge(digests, np.asarray(values, np.int64), self.keys, self.state, self.values, self.meta, self.salt)
 
-    def forget(self, digests: np.ndarray) -> None:
-        """Forget the scenarios' states."""
-        self.forget_older(digests, np.iinfo(np.int64).max)
-
     def forget_older(self, digests: np.ndarray, ms: int) -> np.ndarray:
-        """Forget those of the scenarios whose state last changed before `ms`; which were."""
+        """Forget those of the scenarios whose state is stamped before `ms` (the latest event
+        time of their changes); which were."""
         out = np.empty(len(digests), np.bool_)
         _forget_older(digests, np.int64(ms), self.keys, self.state, self.values, self.meta, self.salt, out)
         self._reserve(0)

@@ -202,6 +202,27 @@ def test_a_state_of_an_earlier_key_layout_is_converted_as_it_is_taken_and_answer
         third.close()
 
 
+def test_a_layout_3_chain_converts_to_what_its_whole_state_converts_to():
+    """A layout-3 delta that forgets a scenario an entry of its chain's whole state still names
+    (a batch with an earlier event time changed it after that entry's), then labels it anew:
+    the entry converted with the whole state takes the scenario's new state, so the chain
+    loads as the whole state written after the delta does, and answers as that join did."""
+    doc = msgspec.msgpack.decode((DATA / "join_layout3.msgpack").read_bytes())["relabel"]
+    assert doc["whole"]["layout"] == doc["delta"]["layout"] == doc["whole_after"]["layout"] == 3
+    chained = FeedbackJoin(None, horizon_s=300.0, expire_every_s=0.0)
+    whole = FeedbackJoin(None, horizon_s=300.0, expire_every_s=0.0)
+    try:
+        chained.load(doc["whole"])
+        chained.apply(doc["delta"])
+        whole.load(doc["whole_after"])
+        assert chained.dump() == whole.dump()
+        for store in (chained, whole):
+            assert [list(store.labels(["x", "y"], [True, True], [0, 0], [T0 + 351] * 2))] == doc["labels_after"]
+    finally:
+        chained.close()
+        whole.close()
+
+
 def test_a_state_of_an_unknown_layout_is_refused():
     join = FeedbackJoin(None)
     try:

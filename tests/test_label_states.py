@@ -233,17 +233,41 @@ def test_a_state_whose_label_entry_holds_no_state_is_refused_before_anything_is_
         again.close()
 
 
-def test_a_legacy_label_key_that_holds_no_state_is_refused():
+_LEGACY_KEY = b"x:%016d%08dL" % (_ms(T0), 1)
+
+
+@pytest.mark.parametrize(("label_value", "refs", "match"), [
+    *(([*fields, T0], [b"a"], "label state") for fields in ([2, -1], [-1, -1], [0, 1], ["x", 0], [2**63, 0],
+                                                               [0, -2**63])),
+    *(([0, -1, T0], refs, "label expiry entry") for refs in (5, [1, 2], [[b"a"], b"\x07"]))])
+def test_a_legacy_label_key_that_holds_no_state_is_refused(label_value, refs, match):
     """A state of layout 3 kept a label state a key, `(channel, audit, event time)`: one whose
-    fields are out of range is refused as it converts, not taken as some other state."""
+    fields are out of range is refused as it converts, not taken as some other state; so is a
+    label expiry entry that lists neither ids alone nor ids and their states."""
     state = {"layout": 3, "seq": 1, "parked": 0, "clock": T0, "last_expiry": -math.inf, "expired_scores": 0,
              "unmatched_feedback": 0}
-    for value in ([2, -1, T0], [-1, -1, T0], [0, 1, T0], ["x", 0, T0]):
-        entries = [[b"l:a", msgspec.msgpack.encode(value)],
-                   [b"x:0001767225600000000000001L", msgspec.msgpack.encode([b"a"])]]
-        join = FeedbackJoin(None, horizon_s=HORIZON_S, expire_every_s=0.0)
-        try:
-            with pytest.raises(ValueError, match="label state"):
-                join.load({**state, "parts": [msgspec.msgpack.encode(entries)]})
-        finally:
-            join.close()
+    entries = [[b"l:a", msgspec.msgpack.encode(label_value)], [_LEGACY_KEY, msgspec.msgpack.encode(refs)]]
+    join = FeedbackJoin(None, horizon_s=HORIZON_S, expire_every_s=0.0)
+    try:
+        with pytest.raises(ValueError, match=match):
+            join.load({**state, "parts": [msgspec.msgpack.encode(entries)]})
+    finally:
+        join.close()
+
+
+@pytest.mark.parametrize("key", [b"x:abcdefghijklmnop00000001L", b"x:L", b"x:-000000000000001000000001L",
+                                 b"x:000176722560000000000001LL", b"x:000176722560000000000001Q"])
+def test_an_expiry_entry_whose_key_holds_no_time_is_refused(key):
+    """A label entry's states are stamped with the event time its key holds, and expiry reads
+    it there: a key of any other shape is refused as the state loads."""
+    join = FeedbackJoin(None, horizon_s=HORIZON_S, expire_every_s=0.0)
+    join.labels(["a"], [False], [LIKE], [T0])
+    state = join.dump()
+    join.close()
+    entries = [[key if k.startswith(b"x:") else k, v] for k, v in msgspec.msgpack.decode(state["parts"][0])]
+    again = FeedbackJoin(None, horizon_s=HORIZON_S, expire_every_s=0.0)
+    try:
+        with pytest.raises(ValueError, match="expiry entry key"):
+            again.load({**state, "parts": [msgspec.msgpack.encode(entries)]})
+    finally:
+        again.close()

@@ -19,7 +19,8 @@ time asks for (:func:`pick`). The same store remembers, per labelled scenario, w
 labelled before and the first labels of its audit pair (:meth:`FeedbackJoin.labels`): the
 states a batch changed are kept in that batch's expiry entry, a byte a scenario beside its id,
 and a compiled table (:mod:`kernels.label_states`) holds the latest, merged from the entries
-after a load. A key a labelled scenario, as the earlier layouts kept them, cost a put in no
+after a load; a state is forgotten with the last of its entries, to the millisecond, as
+scores are. A key a labelled scenario, as the earlier layouts kept them, cost a put in no
 order (about 2 µs in RocksDB's memtable) for each first label.
 
 What each write batch since the last checkpoint put or deleted is logged in order, its keys
@@ -46,7 +47,7 @@ import msgspec
 import numpy as np
 from rocksdict import Options, Rdict, WriteBatch, WriteBufferManager, WriteOptions
 
-from kernels.label_states import LabelStates, pack
+from kernels.label_states import LabelStates
 from kernels.scenario_index import ScenarioIndex
 from streams.operators.dedup import digests_of_bytes
 from streams.operators.score_pages import (
@@ -175,6 +176,14 @@ def _checked_batch(refs: bytes, pages: dict[bytes, int], serial: int) -> int:
             raise ValueError(f"score expiry entry from serial {first}: page {i} of {len(keys)} missing or not "
                              f"of {rows} rows")
     return len(ids)
+
+
+def _expiry_key_checked(key: bytes) -> bytes:
+    """An expiry entry's key, `x:`, 16 digits of event time in ms, 8 of its number and a kind
+    (N, F or L): ValueError for any other (a label entry's stamp is read from it)."""
+    if len(key) != 27 or not key[2:26].isdigit() or key[26:] not in (b"N", b"F", b"L"):
+        raise ValueError(f"expiry entry key {key[:40]!r}")
+    return key
 
 
 _LABEL_FIELDS = np.zeros(256, np.bool_)
@@ -332,6 +341,29 @@ def _entries(part: bytes, entries_type) -> list:
 def _millis(ts: float) -> int:
     """Event time in whole milliseconds, as expiry keys and label states hold it."""
     return max(0, int(ts * 1000))
+
+
+def _noting_labels(entries: Iterator[tuple], relabelled: set[bytes]) -> Iterator[tuple]:
+    """`entries` as they are, noting in `relabelled` the scenario of each `l:` key among them."""
+    for entry in entries:
+        if entry[0][:2] == _LABELS:
+            relabelled.add(entry[0][2:])
+        yield entry
+
+
+def _legacy_label_fields(value: bytes | int) -> int:
+    """The label fields (a byte) of a label state as an `l:` key of layouts 1 to 3 held it,
+    `(channel label, audit state, event time)`; a byte of fields is taken as it is."""
+    if isinstance(value, int):
+        return value
+    try:
+        channel, audit, _ = _decode(value, type=tuple[int, int, float])
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise ValueError(f"join state: label state: {e}") from e
+    fields = ((audit + 1) << 2 | (channel + 1)) if -1 <= channel <= 1 and -1 <= audit <= 2 else 0
+    if not _LABEL_FIELDS[fields]:
+        raise ValueError(f"join state: label state ({channel}, {audit}) holds no label")
+    return fields
 
 
 class FeedbackJoin:
@@ -778,6 +810,9 @@ class FeedbackJoin:
         if layout not in (1, 2, 3, _LAYOUT):
             raise ValueError(f"join state: unknown layout {layout!r}")
         entries = (e for part in state["parts"] for e in _entries(part, entries_type))
+        relabelled: set[bytes] = set()  # scenarios whose `l:` key entries of an earlier layout put or delete
+        if layout < _LAYOUT:
+            entries = _noting_labels(entries, relabelled)
         if layout >= 3:
             self._put_entries(entries, labels_of=layout)
             self._note_stored()
@@ -785,7 +820,7 @@ class FeedbackJoin:
         else:
             self._convert(entries, whole=entries_type is _WHOLE, layout=layout)
         if layout < _LAYOUT:
-            self._convert_labels()
+            self._convert_labels(relabelled)
         self._labelled = None  # built from the store when next asked for
         self._track_limit = max(_TRACK_MIN, self._row_count() // 2)
         self._seq, self._parked = int(state["seq"]), max(self._parked, int(state["parked"]))
@@ -806,6 +841,8 @@ class FeedbackJoin:
         serial, scores = int(self.db.get(_SERIAL) or 0), self._scores
         try:
             for key, value in entries:
+                if key.startswith(_EXPIRY):
+                    _expiry_key_checked(key)
                 is_scores_expiry = key[-1:] == b"N" and key.startswith(_EXPIRY)
                 if value is None:
                     if is_scores_expiry:  # its scores expired with it
@@ -837,36 +874,42 @@ class FeedbackJoin:
         self.db.write(wb, self._write)
         self._scores = scores
 
-    def _convert_labels(self) -> None:
+    def _convert_labels(self, relabelled: set[bytes]) -> None:
         """Move the label states a state of layouts 1 to 3 kept a key a scenario (`l:<sid>`)
-        into the "L" expiry entries that list the scenarios: each entry that lists ids alone
-        gets their states, of those that have one (a scenario forgotten since lost its key, so
-        an entry of a batch before that names it no more); then the keys go. A slice of
-        entries at a time, so RAM holds a slice, not the store's states. A scenario changed by
-        a batch with an earlier event time than one before it is now kept until the later
-        batch is past the horizon (the rule of `labels`), where layout 3 forgot it with the
-        earlier one."""
+        into the "L" expiry entries that list the scenarios, so the store holds what a whole
+        state of that layout, converted, would: each entry that lists ids alone gets their
+        states, of those that have one (a scenario forgotten since lost its key, so an entry
+        of a batch before that names it no more); an entry converted with an earlier part of
+        the chain takes the states of the scenarios `relabelled` (whose keys this part put or
+        deleted) afresh, or drops those forgotten; then the keys go. A slice of entries at a
+        time, so RAM holds a slice, not the store's states.
+
+        What the rule of `labels` then does differently from those layouts: a scenario changed
+        by a batch with an earlier event time than one before it is kept until the later batch
+        is past the horizon, where they forgot it with the earlier one; and a state is
+        forgotten to the millisecond, where they compared its event time within the cutoff's
+        own millisecond."""
         legacy = msgspec.msgpack.Decoder(list[bytes])
         keys = (key for key in self._keys(_EXPIRY) if key[-1:] == b"L")  # a RocksDB iterator is a fixed view
         while chunk := list(islice(keys, 10_000)):
             wb = WriteBatch(raw_mode=True)
             for key, refs in zip(chunk, self.db[chunk]):
                 try:
-                    ids = legacy.decode(refs)
+                    ids, fields = legacy.decode(refs), None
                 except msgspec.ValidationError:  # holds states: converted with an earlier part of its chain
-                    continue
-                held = [(i, v) for i, v in zip(ids, self.db[[_LABELS + i for i in ids]]) if v is not None]
-                if not held:
+                    ids, fields = _label_batch(refs)
+                    if not relabelled.intersection(ids):
+                        continue
+                except msgspec.DecodeError as e:
+                    raise ValueError(f"join state: label expiry entry: {e}") from e
+                states = self.db[[_LABELS + i for i in ids]]
+                if fields is not None:  # the states of scenarios not relabelled stay as they are
+                    states = [v if i in relabelled else int(f) for i, v, f in zip(ids, states, fields.tolist())]
+                held = [(i, v) for i, v in zip(ids, states) if v is not None]
+                if held:
+                    wb.put(key, _encode([[i for i, _ in held], bytes(map(_legacy_label_fields, (v for _, v in held)))]))
+                else:
                     wb.delete(key)
-                    continue
-                try:
-                    channel, audit, _ = zip(*(_decode(v, type=tuple[int, int, float]) for _, v in held))
-                except (msgspec.DecodeError, msgspec.ValidationError) as e:
-                    raise ValueError(f"join state: label state: {e}") from e
-                fields = pack(channel, audit, 0)
-                if not _LABEL_FIELDS[fields & 255].all() or (fields >> 4).any():
-                    raise ValueError("join state: a label state holds no label")
-                wb.put(key, _encode([[i for i, _ in held], fields.astype(np.uint8).tobytes()]))
             self.db.write(wb, self._write)
         self.db.delete_range(_LABELS, b"l;")  # every `l:` key (";" follows ":")
 
