@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from streams.worker.memory import small_pages_for_arrays
+
 
 def _demo(args) -> int:
     from streams.demo.demo import run_demo
@@ -150,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     # The pipeline allocates many short-lived objects per event; collecting the
     # young generation less often saves a third of the time and changes nothing else.
     gc.set_threshold(50_000, 20, 100)
+    small_pages_for_arrays()
     return args.run(args)
 
 

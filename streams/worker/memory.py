@@ -1,5 +1,5 @@
 """Handing freed heap memory back to the operating system, after each large checkpoint and
-every second.
+every second; and the page size numpy asks for.
 
 A checkpoint of a big join store passes through buffers of its size (its compressed parts,
 then the frames they are packed into), and RocksDB frees each memtable it flushes (64 MB a
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+import sys
 
 _libc = None
 _path = ctypes.util.find_library("c")
@@ -35,4 +37,23 @@ def trim_heap() -> bool:
     if _libc is None:
         return False
     _libc.malloc_trim(0)
+    return True
+
+
+HUGE_PAGES_VARIABLE = "NUMPY_MADVISE_HUGEPAGE"
+
+
+def small_pages_for_arrays() -> bool:
+    """Unless `NUMPY_MADVISE_HUGEPAGE` is set, have numpy not advise transparent huge pages
+    for its arrays of 4 MB and more, which it does where the kernel's policy is `madvise` (as
+    on Ubuntu and Debian). numpy reads the variable as it is imported, so this must run
+    before that (the processes a command spawns inherit it): False if it came too late.
+
+    Why: the worker allocates large arrays all the time (its compiled tables as they grow,
+    a batch's columns), and each 2 MB page faulted in is zeroed whole; in process the
+    pipeline ran 9% faster without them (2M events, three runs each), its tables' growth
+    a quarter as long."""
+    if "numpy" in sys.modules:
+        return False
+    os.environ.setdefault(HUGE_PAGES_VARIABLE, "0")
     return True
