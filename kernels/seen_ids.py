@@ -99,20 +99,22 @@ def _pow2(n: int) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def _home(hi, salt, mask):
-    """A digest's first slot: splitmix64's finalizer of its high half xor the table's salt."""
+def _home(hi, salt, slots):
+    """A digest's first slot of `slots` (any number below 2^32): splitmix64's finalizer of its
+    high half xor the table's salt, its top 32 bits scaled to the table (a multiply and a
+    shift, so a table need not be a power of two)."""
     z = hi ^ salt
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     z = z ^ (z >> np.uint64(31))
-    return np.int64(z & np.uint64(mask))
+    return np.int64(((z >> np.uint64(32)) * np.uint64(slots)) >> np.uint64(32))
 
 
 @numba.njit(cache=True, nogil=True)
 def find_slot(keys, state, hi, lo, salt):
     """Slot of digest (hi, lo), or -1-(first free slot on its probe path) when absent."""
-    mask = state.shape[0] - 1
-    i = _home(hi, salt, mask)
+    slots = state.shape[0]
+    i = _home(hi, salt, slots)
     free = np.int64(-1)
     while True:
         s = state[i]
@@ -122,7 +124,9 @@ def find_slot(keys, state, hi, lo, salt):
             return i
         if s == DELETED and free < 0:
             free = i
-        i = (i + 1) & mask
+        i += 1
+        if i == slots:
+            i = 0
 
 
 @numba.njit(cache=True, nogil=True)

@@ -155,7 +155,7 @@ def model_now(model: Model) -> float:
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 5), st.booleans(), st.sampled_from([LIKE, OVERRIDE])), max_size=60),
-       st.lists(st.integers(0, 60), max_size=4), st.sampled_from([2, 1024]))
+       st.lists(st.integers(0, 60), max_size=4), st.sampled_from([2, 1000, 1024]))
 def test_the_table_alone_matches_the_model_with_growth_and_forgetting(events, cuts, slots):
     """The kernel on tiny tables (every batch grows or rebuilds it) against the model; each
     batch's states stamped with its index, and those older than two batches forgotten."""

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import kernels.digest_map
 from kernels.digest_map import DEAD
 from kernels.scenario_index import ScenarioIndex
 
@@ -32,8 +33,17 @@ def batches(draw):
 
 
 @settings(max_examples=300, deadline=None)
-@given(batches(), st.sampled_from([2, 8, 1024]))
-def test_the_index_answers_as_a_dict_does(ops, slots):
+@given(batches(), st.sampled_from([2, 3, 8, 1000, 1024]), st.sampled_from([1 << 20, 4]))
+def test_the_index_answers_as_a_dict_does(ops, slots, double_below):
+    """Tables of any size, growing by doubling or by a quarter (from `DOUBLE_BELOW` slots)."""
+    kept, kernels.digest_map.DOUBLE_BELOW = kernels.digest_map.DOUBLE_BELOW, double_below
+    try:
+        _answers_as_a_dict(ops, slots)
+    finally:
+        kernels.digest_map.DOUBLE_BELOW = kept
+
+
+def _answers_as_a_dict(ops, slots):
     index, ref = ScenarioIndex(slots), {}  # ref: digest -> (latest, scored more than once)
     serial = 0
     for op, digests, numbers, flags in ops:
@@ -104,6 +114,24 @@ def test_a_table_most_of_whose_scenarios_expired_shrinks_and_keeps_the_rest():
     assert [x.tolist() for x in index.get(d[:2])] == [[7, 2], [True, True]]
 
 
-def test_the_table_s_size_must_be_a_power_of_two():
-    with pytest.raises(ValueError, match="power of two"):
-        ScenarioIndex(1000)
+def test_a_large_table_grows_by_a_quarter_and_finds_every_scenario(monkeypatch):
+    """From `DOUBLE_BELOW` slots on a table grows by a quarter, to sizes that are no power of
+    two, when its live scenarios would pass three quarters of it (to fill five eighths at most)."""
+    monkeypatch.setattr(kernels.digest_map, "DOUBLE_BELOW", 4096)
+    index, sizes = ScenarioIndex(), []
+    d = np.random.default_rng(3).integers(0, 2**63, size=(20_000, 2), dtype=np.uint64)
+    for lo in range(0, 20_000, 500):
+        index.put(d[lo:lo + 500], np.arange(lo + 1, lo + 501))
+        sizes.append(len(index.state))
+    chain = [1024, 2048, 4096]
+    while chain[-1] < 40_000:
+        chain.append(chain[-1] + chain[-1] // 4)  # 5120, 6400, 8000, ...
+    assert set(sizes) <= set(chain) and len(set(sizes)) > 8
+    assert sizes[-1] == 30_516  # the first of them that 20,000 fill to three quarters at most
+    assert index.get(d)[0].tolist() == list(range(1, 20_001))
+
+
+@pytest.mark.parametrize("slots", [0, 1, 1 << 32])
+def test_a_table_has_two_slots_at_least_and_fewer_than_two_to_the_32(slots):
+    with pytest.raises(ValueError, match="at least 2 and below 2"):
+        ScenarioIndex(slots)
