@@ -7,7 +7,7 @@ state). The table grows when its live entries pass five eighths of it: to twice 
 while it is small, by a quarter from `DOUBLE_BELOW` slots on (a table of millions of
 scenarios then grows in steps of tens of megabytes, not hundreds); it reclaims deleted slots
 by rebuilding in place, and halves when they fill less than a sixteenth, so an entry costs
-40 to 80 bytes. The subclasses add the kernels that read and write the values; they grow
+40 to 80 bytes (40 to 50 in a table past `DOUBLE_BELOW`). The subclasses add the kernels that read and write the values; they grow
 the table (:meth:`DigestMap._reserve`) between batches.
 
 >>> table = DigestMap()
