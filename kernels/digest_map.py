@@ -3,12 +3,15 @@ compiled indexes (:mod:`kernels.scenario_index`, :mod:`kernels.label_states`) sh
 
 Open addressing with :mod:`kernels.seen_ids`' linear probing and a secret salt of its own
 (so crafted ids cannot pile onto one probe path). A slot costs 25 bytes (digest, value,
-state). The table grows when its live entries pass five eighths of it: to twice its size
-while it is small, by a quarter from `DOUBLE_BELOW` slots on (a table of millions of
-scenarios then grows in steps of tens of megabytes, not hundreds); it reclaims deleted slots
-by rebuilding in place, and halves when they fill less than a sixteenth, so an entry costs
-40 to 80 bytes (40 to 50 in a table past `DOUBLE_BELOW`). The subclasses add the kernels that read and write the values; they grow
-the table (:meth:`DigestMap._reserve`) between batches.
+state). When live and deleted entries would fill over three quarters of it, the table is
+rebuilt in place if its live entries fill five eighths of it at most, which reclaims the
+deleted slots, else it grows until they do: to twice its size while it is small, by a quarter
+from `DOUBLE_BELOW` slots on (a table of millions of scenarios then grows in steps of tens
+of megabytes, not hundreds). It halves when live entries fill less than a sixteenth. A
+growing table's live entries fill five sixteenths to three quarters of it, 33 to 80 bytes an
+entry (past `DOUBLE_BELOW`, a half to three quarters: 33 to 50 bytes). The subclasses add the
+kernels that read and write the values; they grow the table (:meth:`DigestMap._reserve`)
+between batches.
 
 >>> table = DigestMap()
 >>> len(table), table.nbytes
@@ -68,7 +71,9 @@ class DigestMap:
         if size == slots and 4 * (live + dead) <= 3 * slots:
             return
         while 8 * live > 5 * size:
-            size = 2 * size if size < DOUBLE_BELOW else size + size // 4
+            size = 2 * size if size < DOUBLE_BELOW else size + max(1, size // 4)
+        if size >= 1 << 32:  # the home slot is scaled from 32 bits of the hash
+            raise ValueError(f"a table of {size} slots: over 2^32")
         self._rehash(size)
 
     def _rehash(self, slots: int) -> None:

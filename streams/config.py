@@ -30,8 +30,8 @@ class MonitorConfig:
     def __post_init__(self) -> None:
         if self.stats.l_budget != self.triggers.l_budget:
             raise ValueError("stats.l_budget and triggers.l_budget must agree")
-        if self.dedup_horizon_s <= 0 or self.join_horizon_s <= 0 or self.dedup_max_ids < 1:
-            raise ValueError("dedup and join horizons must be > 0, dedup_max_ids >= 1")
+        if self.dedup_horizon_s <= 0 or self.join_horizon_s <= 0 or not 1 <= self.dedup_max_ids < 2**31:
+            raise ValueError("dedup and join horizons must be > 0, dedup_max_ids in [1, 2^31)")
 
     @property
     def layout(self) -> StateLayout:

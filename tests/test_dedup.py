@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streams.config import MonitorConfig
 from streams.operators.dedup import Deduplicator
 
 
@@ -124,8 +125,11 @@ def test_a_checkpoint_continues_exactly_and_bad_ones_are_refused():
             Deduplicator(horizon_s=300, max_ids=500).load({k: v for k, v in good.items() if k != missing})
     with pytest.raises(ValueError, match="max_ids"):
         Deduplicator(horizon_s=300, max_ids=5).load(first.dump())
-    with pytest.raises(ValueError, match="max_ids"):
-        Deduplicator(max_ids=2**63)
+    for too_many in (2**31, 2**63):  # a table of 2^32 slots holds 2^31 ids at most
+        with pytest.raises(ValueError, match="max_ids"):
+            Deduplicator(max_ids=too_many)
+    with pytest.raises(ValueError, match="dedup_max_ids"):
+        MonitorConfig(dedup_max_ids=2**31)
     with pytest.raises(UnicodeEncodeError):  # not a crash of the process
         Deduplicator().fresh(["\ud800"], [1.0])
 

@@ -32,7 +32,8 @@ def _numpy_huge_pages(code: str, **env: str) -> str:
     """What `code` (run in a fresh interpreter, then numpy imported) prints, and whether numpy
     then advises huge pages."""
     environ = {k: v for k, v in os.environ.items() if k != HUGE_PAGES_VARIABLE} | env
-    done = subprocess.run([sys.executable, "-c", f"{code}\nimport numpy._core.multiarray as m\n"
+    done = subprocess.run([sys.executable, "-c", f"{code}\nimport numpy\n"
+                           "m = numpy._core.multiarray if hasattr(numpy, '_core') else numpy.core.multiarray\n"
                            "print(m._get_madvise_hugepage())"], capture_output=True, text=True, env=environ,
                           timeout=60)
     assert done.returncode == 0, done.stderr
@@ -41,10 +42,11 @@ def _numpy_huge_pages(code: str, **env: str) -> str:
 
 def test_npo_runs_numpy_without_huge_pages_unless_told_otherwise():
     """Every `npo` command sets NUMPY_MADVISE_HUGEPAGE=0 before numpy is imported (here, a
-    command that stops at once: a replay of a missing file), unless it is set already; the
-    switch says when it came too late to matter."""
+    command that stops at once: a replay of a missing file), unless it is set already, and so
+    does an import of the Faust host; the switch says when it came too late to matter."""
     run_npo = "import streams.cli as c\nprint(c.main(['replay', '/nonexistent.jsonl']))"
     assert _numpy_huge_pages(run_npo) == "2 False"
     assert _numpy_huge_pages(run_npo, **{HUGE_PAGES_VARIABLE: "1"}) == "2 True"
     assert _numpy_huge_pages("import numpy\nfrom streams.worker.memory import small_pages_for_arrays as f\n"
                              "print(f())") == "False True"
+    assert _numpy_huge_pages("import streams.faust\nprint(2)") == "2 False"  # the Faust host's worker

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kernels.digest_map
-from kernels.digest_map import DEAD
+from kernels.digest_map import DEAD, LIVE
 from kernels.scenario_index import ScenarioIndex
 
 # few distinct halves: digests that share one half, and probe paths that cross
@@ -135,3 +135,12 @@ def test_a_large_table_grows_by_a_quarter_and_finds_every_scenario(monkeypatch):
 def test_a_table_has_two_slots_at_least_and_fewer_than_two_to_the_32(slots):
     with pytest.raises(ValueError, match="at least 2 and below 2"):
         ScenarioIndex(slots)
+
+
+def test_a_table_never_grows_past_2_to_the_32_slots():
+    """A digest's home slot is scaled from 32 bits of its hash: a table that would need more
+    slots is refused before anything is allocated."""
+    index = ScenarioIndex()
+    index.meta[LIVE] = 3 << 30  # as if it held 3.2 billion scenarios
+    with pytest.raises(ValueError, match="over 2\\^32"):
+        index.put(np.array([[1, 2]], np.uint64), np.array([1]))

@@ -43,8 +43,8 @@ class Deduplicator:
     """
 
     def __init__(self, horizon_s: float = 86_400.0, max_ids: int = 2_000_000) -> None:
-        if not horizon_s > 0 or not 1 <= max_ids < 2**40:
-            raise ValueError("horizon_s must be > 0 and max_ids in [1, 2^40)")
+        if not horizon_s > 0 or not 1 <= max_ids < 2**31:
+            raise ValueError("horizon_s must be > 0 and max_ids in [1, 2^31)")  # a table of 2^32 slots at most
         self.horizon_s = float(horizon_s)
         self.max_ids = int(max_ids)
         self._table = Table()

@@ -69,9 +69,9 @@ _SERIAL = b"m:serial"  # last serial given to a score
 _MAX_SERIAL = 1 << 62  # the scenario index holds a serial shifted by a bit in an int64
 _LAYOUT = 4
 """Of the stored keys, in a state's counters: 4 keeps the label states a batch changed in its
-expiry entry; 3 kept them a key a scenario (`l:`), and so did the layouts before it, which
-kept a key a score (2: `s:<serial>`; 1, without a layout: `s:<sid>\\0<n>`) where 3 keeps
-scores in pages (`p:`). States of the earlier layouts are converted as they are taken
+expiry entry, where the layouts before it kept a key a labelled scenario (`l:`); 3 and 4 keep
+scores in pages (`p:`), where 2 kept a key a score (`s:<serial>`), and 1, without a layout,
+`s:<sid>\\0<n>`. States of the earlier layouts are converted as they are taken
 (:meth:`FeedbackJoin._take`)."""
 _encode, _decode = msgspec.msgpack.encode, msgspec.msgpack.decode
 
@@ -178,12 +178,11 @@ def _checked_batch(refs: bytes, pages: dict[bytes, int], serial: int) -> int:
     return len(ids)
 
 
-def _expiry_key_checked(key: bytes) -> bytes:
-    """An expiry entry's key, `x:`, 16 digits of event time in ms, 8 of its number and a kind
-    (N, F or L): ValueError for any other (a label entry's stamp is read from it)."""
+def _check_expiry_key(key: bytes) -> None:
+    """ValueError unless `key` is an expiry entry's: `x:`, 16 digits of event time in ms, 8 of
+    its number and a kind (N, F or L). A label entry's states are stamped with that time."""
     if len(key) != 27 or not key[2:26].isdigit() or key[26:] not in (b"N", b"F", b"L"):
         raise ValueError(f"expiry entry key {key[:40]!r}")
-    return key
 
 
 _LABEL_FIELDS = np.zeros(256, np.bool_)
@@ -842,7 +841,7 @@ class FeedbackJoin:
         try:
             for key, value in entries:
                 if key.startswith(_EXPIRY):
-                    _expiry_key_checked(key)
+                    _check_expiry_key(key)
                 is_scores_expiry = key[-1:] == b"N" and key.startswith(_EXPIRY)
                 if value is None:
                     if is_scores_expiry:  # its scores expired with it
