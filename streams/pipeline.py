@@ -55,11 +55,12 @@ class PartitionStage:
     """Per-input-partition work, in arrival order."""
 
     def __init__(self, config: MonitorConfig, topic: str = "in-process", partition: int = 0,
-                 join_path: str | None = None, counters: Counter | None = None, write_buffers=None) -> None:
+                 join_path: str | None = None, counters: Counter | None = None, write_buffers=None,
+                 block_cache=None) -> None:
         self.config, self.topic, self.partition = config, topic, partition
         self.counters = counters if counters is not None else Counter()
         self.dedup = Deduplicator(config.dedup_horizon_s, config.dedup_max_ids)
-        self.join = FeedbackJoin(join_path, config.join_horizon_s, write_buffers=write_buffers)
+        self.join = FeedbackJoin(join_path, config.join_horizon_s, write_buffers=write_buffers, block_cache=block_cache)
         self.windows = PartitionWindows(config.windows, config.layout)
 
     def process(self, messages: list[bytes], first_offset: int = 0, now: float | None = None,

@@ -124,6 +124,7 @@ class Settings:
     state_dir: str = "npo-state"
     checkpoint_interval_s: float = 30.0  # how often state and the offsets it covers are committed together
     join_memtable_mb: int = 128  # RAM for the memtables of all of a worker's join stores together
+    join_block_cache_mb: int = 32  # RAM for the blocks those stores read, cached, together
     envelope_max_events: int = 1000
     envelope_format: str = DEFAULT_ENVELOPE_FORMAT  # what the shipped producer sends: columnar (msgpack) or json envelopes
     linger_ms: float = 20.0
@@ -168,6 +169,8 @@ class Settings:
             raise ValueError("checkpoint_interval_s must be in [0.05, 3600]")
         if not 8 <= self.join_memtable_mb <= 65_536:
             raise ValueError("join_memtable_mb must be in [8, 65536]")
+        if not 1 <= self.join_block_cache_mb <= 65_536:
+            raise ValueError("join_block_cache_mb must be in [1, 65536]")
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError("metrics_port must be a TCP port (0 disables the endpoint)")
 

@@ -240,6 +240,32 @@ def test_scenario_ids_with_nul_and_newline_expire_and_release_only_their_own():
         join.close()
 
 
+def test_join_stores_sharing_a_block_cache_keep_the_blocks_they_read_within_it():
+    """A worker's partitions share one cache of the blocks they read (RocksDB's default is 32 MB
+    a store, so a worker's RAM grew with its partitions): stores that read back more than the
+    cache holds report one usage, within its capacity, where one alone caches more."""
+    from rocksdict import Cache
+
+    capacity = 1 << 20
+    shared = Cache(capacity)
+    stores = [FeedbackJoin(block_cache=shared) for _ in range(3)]
+    alone = FeedbackJoin()
+    usage = lambda store: store.db.property_int_value("rocksdb.block-cache-usage")  # noqa: E731
+    try:
+        ctx = ("pol", "seg", 0.5, 0.5, "act", 1000.0)
+        ids = [f"scn-{i:06d}-{'x' * 40}" for i in range(160_000)]
+        for store in [*stores, alone]:
+            for lo in range(0, len(ids), 5_000):
+                store.add_scores(ids[lo:lo + 5_000], [ctx] * 5_000)
+            store.db.flush()  # the pages now lie in a file: reading them fills the cache
+            assert len(store.scores_of(ids[::7])) == len(ids[::7])
+        assert len({usage(store) for store in stores}) == 1 and usage(stores[0]) <= capacity
+        assert usage(alone) > 2 * capacity  # one store with a cache of its own holds more
+    finally:
+        for store in [*stores, alone]:
+            store.close()
+
+
 def test_join_stores_sharing_a_write_buffer_budget_keep_their_memtables_within_it():
     """A worker's partitions share one memtable budget: without it each store may hold two
     64 MB memtables, so a worker's RAM grew with the partitions it owned. RocksDB's limit is

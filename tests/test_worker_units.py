@@ -804,11 +804,13 @@ def test_a_step_trims_the_heap_every_few_seconds(monkeypatch):
 
 
 def test_every_partition_s_join_store_shares_the_worker_s_memtable_budget(tmp_path):
-    w = _worker(state_dir=str(tmp_path), join_memtable_mb=32)
+    w = _worker(state_dir=str(tmp_path), join_memtable_mb=32, join_block_cache_mb=8)
     try:
         stages = [w.stages.open(p, {}, {}) for p in range(3)]
         assert all(s.join.write_buffers is w.stages.write_buffers for s in stages)
         assert w.stages.write_buffers.get_buffer_size() == 32 << 20
+        assert all(s.join.block_cache is w.stages.block_cache for s in stages)  # and its block cache
+        assert {s.join.db.property_int_value("rocksdb.block-cache-capacity") for s in stages} == {8 << 20}
     finally:
         w.stages.close_all()
     assert not list(tmp_path.iterdir())  # each join store's directory goes with its stage
@@ -817,6 +819,9 @@ def test_every_partition_s_join_store_shares_the_worker_s_memtable_budget(tmp_pa
     with pytest.raises(ValueError, match="join_memtable_mb"):
         load(overrides={"join_memtable_mb": 4}, env={})
     assert load(env={"NPO_JOIN_MEMTABLE_MB": "256"}).join_memtable_mb == 256
+    with pytest.raises(ValueError, match="join_block_cache_mb"):
+        load(overrides={"join_block_cache_mb": 0}, env={})
+    assert load(env={"NPO_JOIN_BLOCK_CACHE_MB": "64"}).join_block_cache_mb == 64
 
 
 def test_a_checkpoint_in_force_is_committed_again_once_its_commit_is_old():

@@ -45,7 +45,7 @@ from typing import NamedTuple
 import cramjam
 import msgspec
 import numpy as np
-from rocksdict import Options, Rdict, WriteBatch, WriteBufferManager, WriteOptions
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteBufferManager, WriteOptions
 
 from kernels.label_states import LabelStates
 from kernels.scenario_index import ScenarioIndex
@@ -369,18 +369,23 @@ class FeedbackJoin:
     """Disk-backed two-way join with an event-time horizon, batch at a time."""
 
     def __init__(self, path: str | None = None, horizon_s: float = 7 * 86_400.0, expire_every_s: float = 60.0,
-                 write_buffers: WriteBufferManager | None = None):
-        """`write_buffers`: a memtable budget shared with other stores (a worker's partitions);
-        without one each store may hold two 64 MB memtables, so RAM would grow with partitions."""
+                 write_buffers: WriteBufferManager | None = None, block_cache: Cache | None = None):
+        """`write_buffers`, `block_cache`: a memtable budget and a cache of read blocks shared
+        with other stores (a worker's partitions); without them each store may hold two 64 MB
+        memtables and a 32 MB cache of its own, so RAM would grow with partitions."""
         if horizon_s <= 0:
             raise ValueError("horizon_s must be > 0")
         self.horizon_s, self.expire_every_s = horizon_s, expire_every_s
-        self.write_buffers = write_buffers
+        self.write_buffers, self.block_cache = write_buffers, block_cache  # outlive the store
         self._tmp = None if path else tempfile.TemporaryDirectory(prefix="npo-join-")
         options = Options(raw_mode=True)
         if write_buffers is not None:  # memtables a quarter of the budget: four stores fit it
             options.set_write_buffer_manager(write_buffers)
             options.set_write_buffer_size(min(64 << 20, max(1 << 20, write_buffers.get_buffer_size() // 4)))
+        if block_cache is not None:
+            tables = BlockBasedOptions()
+            tables.set_block_cache(block_cache)
+            options.set_block_based_table_factory(tables)
         self.db = Rdict(path or self._tmp.name, options=options)
         # no write-ahead log: this store lives as long as its stage; a restarted worker loads
         # the stage from its checkpoint on Kafka, never from this directory

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from rocksdict import WriteBufferManager
+from rocksdict import Cache, WriteBufferManager
 
 from streams import codec
 from streams.config import MonitorConfig
@@ -60,11 +60,14 @@ class Stages:
     """Input partition -> its stage, its offsets, and whether it moved since its checkpoint."""
 
     def __init__(self, config: MonitorConfig, state_dir: str, topics: dict[str, str], router: PartialsRouter,
-                 counters: Counter, metrics, memtable_mb: int = 64, idle_ms: float = 60_000) -> None:
+                 counters: Counter, metrics, memtable_mb: int = 64, idle_ms: float = 60_000,
+                 block_cache_mb: int = 32) -> None:
         self.config, self.state_dir, self.topics, self.router = config, state_dir, topics, router
         self.counters, self.metrics, self.idle_s = counters, metrics, idle_ms / 1000
-        # one memtable budget for every partition's join store: RAM does not grow with partitions
+        # one memtable budget and one block cache for every partition's join store: RAM does not
+        # grow with partitions
         self.write_buffers = WriteBufferManager(memtable_mb << 20, False)
+        self.block_cache = Cache(block_cache_mb << 20)
         self.stages: dict[int, PartitionStage] = {}
         self.offsets: dict[int, dict[str, int]] = {}  # input partition -> next offset of each input topic
         self.dirty: set[int] = set()  # moved since their last checkpoint
@@ -86,7 +89,7 @@ class Stages:
         path = self._dirs[p] = tempfile.mkdtemp(prefix=f"join-p{p}-", dir=self.state_dir)
         stage = self.stages[p] = PartitionStage(self.config, topic=self.topics["scores"], partition=p,
                                                 join_path=path, counters=self.counters,
-                                                write_buffers=self.write_buffers)
+                                                write_buffers=self.write_buffers, block_cache=self.block_cache)
         if state:
             stage.load(state["stage"])
             for delta in state.get("deltas", ()):
