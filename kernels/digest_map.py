@@ -24,7 +24,7 @@ import secrets
 import numba
 import numpy as np
 
-from kernels.seen_ids import DELETED, FULL, claim_slot, find_slot
+from kernels.seen_ids import DELETED, FULL, MAX_SLOTS, claim_slot, find_slot
 
 LIVE, DEAD = range(2)  # meta (int64): live entries, deleted slots not yet reclaimed
 DOUBLE_BELOW = 1 << 20
@@ -36,7 +36,7 @@ class DigestMap:
     """The arrays (keys, slot states, values, meta) and their growth."""
 
     def __init__(self, slots: int = 1024) -> None:
-        if not 2 <= slots < 1 << 32:
+        if not 2 <= slots < MAX_SLOTS:
             raise ValueError(f"slots must be at least 2 and below 2^32: {slots}")
         self.keys = np.zeros((slots, 2), np.uint64)
         self.state = np.zeros(slots, np.uint8)
@@ -72,7 +72,7 @@ class DigestMap:
             return
         while 8 * live > 5 * size:
             size = 2 * size if size < DOUBLE_BELOW else size + max(1, size // 4)
-        if size >= 1 << 32:  # the home slot is scaled from 32 bits of the hash
+        if size >= MAX_SLOTS:
             raise ValueError(f"a table of {size} slots: over 2^32")
         self._rehash(size)
 

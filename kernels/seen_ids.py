@@ -22,6 +22,8 @@ import numpy as np
 HEAD, TAIL, LIVE, DEAD, DUPLICATES, EVICTED = range(6)  # meta (int64): ring positions are absolute
 CLOCK, NEXT_EXPIRY = range(2)  # times (float64)
 EMPTY, FULL, DELETED = 0, 1, 2  # a slot's state (kernels.scenario_index's table uses them too)
+MAX_SLOTS = 1 << 32
+"""The most slots a table may have: a digest's home slot is scaled from 32 bits of its hash."""
 
 
 class Table:
@@ -100,7 +102,7 @@ def _pow2(n: int) -> int:
 
 @numba.njit(cache=True, nogil=True)
 def _home(hi, salt, slots):
-    """A digest's first slot of `slots` (any number below 2^32): splitmix64's finalizer of its
+    """A digest's first slot of `slots` (up to `MAX_SLOTS`): splitmix64's finalizer of its
     high half xor the table's salt, its top 32 bits scaled to the table (a multiply and a
     shift, so a table need not be a power of two)."""
     z = hi ^ salt

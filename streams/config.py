@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from kernels.layout import StateLayout
 from kernels.params import StatsParams
+from kernels.seen_ids import MAX_SLOTS
 from streams.operators.triggers import TriggerConfig, config_version
 from streams.operators.windows import WindowSpec
 
@@ -30,7 +31,7 @@ class MonitorConfig:
     def __post_init__(self) -> None:
         if self.stats.l_budget != self.triggers.l_budget:
             raise ValueError("stats.l_budget and triggers.l_budget must agree")
-        if self.dedup_horizon_s <= 0 or self.join_horizon_s <= 0 or not 1 <= self.dedup_max_ids < 2**31:
+        if self.dedup_horizon_s <= 0 or self.join_horizon_s <= 0 or not 1 <= self.dedup_max_ids < MAX_SLOTS // 2:
             raise ValueError("dedup and join horizons must be > 0, dedup_max_ids in [1, 2^31)")
 
     @property

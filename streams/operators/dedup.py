@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from kernels import murmur3
-from kernels.seen_ids import CLOCK, DUPLICATES, EVICTED, HEAD, LIVE, NEXT_EXPIRY, TAIL, Table
+from kernels.seen_ids import CLOCK, DUPLICATES, EVICTED, HEAD, LIVE, MAX_SLOTS, NEXT_EXPIRY, TAIL, Table
 
 
 def digests(ids: list[str], prefixes: tuple[bytes, ...] = (b"",), which=None) -> np.ndarray:
@@ -43,8 +43,8 @@ class Deduplicator:
     """
 
     def __init__(self, horizon_s: float = 86_400.0, max_ids: int = 2_000_000) -> None:
-        if not horizon_s > 0 or not 1 <= max_ids < 2**31:
-            raise ValueError("horizon_s must be > 0 and max_ids in [1, 2^31)")  # a table of 2^32 slots at most
+        if not horizon_s > 0 or not 1 <= max_ids < MAX_SLOTS // 2:  # its table holds twice its ids' slots
+            raise ValueError("horizon_s must be > 0 and max_ids in [1, 2^31)")
         self.horizon_s = float(horizon_s)
         self.max_ids = int(max_ids)
         self._table = Table()

@@ -437,15 +437,22 @@ class FeedbackJoin:
             self._by_scenario = index  # kept only once whole: a build that fails is tried again
         return self._by_scenario
 
+    def _expiry_slices(self, kind: bytes) -> Iterator[list[tuple[bytes, bytes]]]:
+        """The expiry entries of one kind, (key, value), in slices of 10,000: keys are walked
+        and only this kind's values read (a score entry's lists a batch's ids). A RocksDB
+        iterator is a fixed view, so the store may be written between slices."""
+        keys = (key for key in self._keys(_EXPIRY) if key[-1:] == kind)
+        while chunk := list(islice(keys, 10_000)):
+            yield list(zip(chunk, self.db[chunk]))
+
     def _label_states(self) -> LabelStates:
         """The label state of every scenario its "L" expiry entries name, merged from them a
         slice of entries at a time (each state stamped with its entry's event time)."""
         if self._labelled is None:
             states = LabelStates()
-            keys = (key for key in self._keys(_EXPIRY) if key[-1:] == b"L")
-            while chunk := list(islice(keys, 10_000)):
+            for entries in self._expiry_slices(b"L"):
                 ids, values = [], []
-                for key, refs in zip(chunk, self.db[chunk]):
+                for key, refs in entries:
                     batch, fields = _label_batch(refs)
                     ids += batch
                     values.append((int(key[2:18]) << 4) | fields.astype(np.int64))
@@ -894,10 +901,9 @@ class FeedbackJoin:
         forgotten to the millisecond, where they compared its event time within the cutoff's
         own millisecond."""
         legacy = msgspec.msgpack.Decoder(list[bytes])
-        keys = (key for key in self._keys(_EXPIRY) if key[-1:] == b"L")  # a RocksDB iterator is a fixed view
-        while chunk := list(islice(keys, 10_000)):
+        for entries in self._expiry_slices(b"L"):
             wb = WriteBatch(raw_mode=True)
-            for key, refs in zip(chunk, self.db[chunk]):
+            for key, refs in entries:
                 try:
                     ids, fields = legacy.decode(refs), None
                 except msgspec.ValidationError:  # holds states: converted with an earlier part of its chain
