@@ -114,8 +114,9 @@ class Metrics:
                                                "could not be read before the commit",
                                                ["role"], registry=r)
         self.checkpoint_write_errors = Counter("npo_checkpoint_write_errors", "Checkpoint writes, and deletions "
-                                               "of superseded ones, that the broker refused or did not answer in "
-                                               "time (each is tried again)", registry=r)
+                                               "of superseded ones or of what a write given up sent, that the "
+                                               "broker refused or did not answer in time (each is tried again)",
+                                               registry=r)
         self.kernel_seconds = Histogram("npo_kernel_seconds", "Time per partition batch (decode to partials)",
                                         registry=r, buckets=(0.001, 0.005, 0.02, 0.05, 0.1, 0.5, 1, 5))
         self.redis_errors = Counter("npo_redis_errors", "Failed Redis flushes and threshold polls", registry=r)

@@ -114,12 +114,13 @@ class PartitionStage:
         return Output(partials=self.windows.drain())
 
     def capture(self, slice_size: int = 50_000, delta: bool = False) -> "StageCapture":
-        """This stage's checkpoint as of now, its join entries taken a slice at a time by
-        `StageCapture.step` while the stage goes on processing (a large join store never
-        stalls the stream). With `delta`, only what changed since the last checkpoint that
-        came into force (`committed`); else the whole state. Either way, what changes from
-        now on counts toward the next checkpoint; if this one does not come into force, say
-        so (`abandoned`) and the next one holds its changes too."""
+        """This stage's checkpoint as of now, its join entries taken a slice at a time
+        (`StageCapture.step`, or `packed_parts` as a worker writes them) while the stage goes
+        on processing (a large join store never stalls the stream). With `delta`, only what
+        changed since the last checkpoint that came into force (`committed`); else the whole
+        state. Either way, what changes from now on counts toward the next checkpoint; if this
+        one does not come into force, say so (`abandoned`) and the next one holds its changes
+        too."""
         changed = self.join.take_changes()
         delta = delta and changed.log is not None  # None: more changed than was tracked
         if delta:
@@ -172,7 +173,8 @@ class PartitionStage:
 
 class StageCapture:
     """A stage's checkpoint being taken: its state as of `PartitionStage.capture`, the join's
-    entries (all, or the changed ones for a `delta`) compressed one slice per `step`."""
+    entries (all, or the changed ones for a `delta`) compressed a slice at a time: kept, one
+    per `step` (`state` holds them), or handed on as taken (`packed_parts`)."""
 
     def __init__(self, head: dict, parts: Iterator[bytes], delta: bool = False, changed: Changes | None = None,
                  position: tuple[int, int] = (0, 0)) -> None:
@@ -181,11 +183,27 @@ class StageCapture:
 
     def step(self) -> bool:
         """Take one more slice of the join's entries; False once all are taken."""
-        part = next(self._parts, None)
+        part = next(self._unreleased(), None)
         if part is None:
             return False
         self._packed.append(snapshot.pack_part(part))
         return True
+
+    def packed_parts(self) -> Iterator[list]:
+        """The join's slices not yet taken, each compressed as it is taken (`snapshot.pack_part`)
+        and kept by nobody here: for a checkpoint written as it is taken."""
+        while (part := next(self._unreleased(), None)) is not None:
+            yield snapshot.pack_part(part)
+
+    def _unreleased(self) -> Iterator[bytes]:
+        if self._parts is None:
+            raise RuntimeError("the capture was released: its join store may be closed")
+        return self._parts
+
+    def release(self) -> None:
+        """Let go of the join store's view (before the store closes): taking a slice after is
+        an error."""
+        self._parts = None
 
     def state(self) -> dict:
         """The checkpoint body (call after `step` returned False, before `take_state`)."""
@@ -194,9 +212,9 @@ class StageCapture:
         return {**self._head, "join": {**self._head["join"], "parts": self._packed}}
 
     def take_state(self) -> dict:
-        """`state`, handed over: the capture keeps none of it, so each part is freed as soon as
-        the caller is done with it (`snapshot.encode_pieces` lets go of each once encoded), and
-        the rest (the de-duplication ids above all) once the caller lets go of the whole."""
+        """`state`, handed over: the capture keeps none of it, so it is freed (the
+        de-duplication ids above all) once the caller lets go of it (`snapshot.stream_pieces`
+        does once it has given it)."""
         state, self._head, self._packed = self.state(), None, []
         return state
 

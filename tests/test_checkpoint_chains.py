@@ -14,12 +14,13 @@ import msgspec
 import orjson
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaTimeoutError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.config import MonitorConfig
-from streams.kafka.checkpoints import (CHUNK_BYTES, MAX_PIECES, CheckpointError, CheckpointStore, Packed, chunks,
-                                      extendable, pack_pieces, pieces)
+from streams.kafka.checkpoints import (CHUNK_BYTES, MAX_PIECES, CheckpointError, CheckpointStore, Packed, extendable,
+                                      pack_pieces, pieces)
 from streams.simulate import SimConfig, simulate
 from streams.state import snapshot
 from streams.worker.checkpoint_schedule import CheckpointSchedule
@@ -65,30 +66,72 @@ def _ids(pointer: str) -> list[str]:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.binary(max_size=40), max_size=8), st.integers(1, 16))
-def test_chunks_cut_the_frames_concatenation_into_equal_pieces_wherever_the_frames_end(frames, size):
-    """A checkpoint's frames (of any sizes, empty ones too) are written as chunks of exactly
-    the chunk size, but the last, whose concatenation is the frames' (one empty chunk for an
-    empty checkpoint, so it still has a record to point at); the frames are let go of."""
-    given = [memoryview(f) for f in frames]
-    cut = list(chunks(given, size))
-    whole = b"".join(frames)
-    assert b"".join(cut) == whole
-    assert all(len(c) == size for c in cut[:-1]) and 0 < len(cut[-1]) <= size if whole else cut == [b""]
-    assert len(cut) == max(1, -(-len(whole) // size))
-    assert given == [None] * len(frames)  # each let go of once copied out
+@given(st.lists(st.binary(max_size=40), max_size=8), st.integers(1, 16), st.booleans())
+def test_a_piece_writer_cuts_the_frames_concatenation_into_equal_chunks_wherever_the_frames_end(frames, size,
+                                                                                                 abandoned):
+    """Compressed bytes written in frames of any sizes (empty ones too) go out as chunks of
+    exactly the chunk size as they fill, but the last, sent at the close, whose concatenation
+    is the frames' (one empty chunk for an empty piece, so it still has a record to point
+    at); a write given up half-way deletes every chunk it sent, and only those."""
+    from streams.kafka import checkpoints
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(checkpoints, "CHUNK_BYTES", size)
+        mp.setattr(checkpoints, "IN_FLIGHT_CHUNKS", 2)
+        store, log = _store()
+        whole = b"".join(frames)
+
+        async def run():
+            writer = store.writer("g-ingest/0")
+            for i, frame in enumerate(frames):
+                await writer.write(memoryview(frame))
+                assert len(log.messages) == (len(b"".join(frames[:i + 1]))) // size  # sent as they fill
+            if abandoned:
+                await writer.abandon()
+                return None
+            return await writer.close(len(whole))
+
+        pointer = asyncio.run(run())
+    sent = [v for _, v in log.messages if v is not None]
+    if abandoned:
+        assert len(sent) == len(whole) // size
+        assert sorted(k for k, v in log.messages if v is None) == sorted(k for k, v in log.messages if v is not None)
+        return
+    assert b"".join(sent) == whole
+    assert all(len(c) == size for c in sent[:-1]) and 0 < len(sent[-1]) <= size if whole else sent == [b""]
+    assert len(sent) == max(1, -(-len(whole) // size)) == pieces(pointer)[0]["chunks"]
+    assert [k.decode() for k, _ in log.messages] == [f"g-ingest/0/{pieces(pointer)[0]['id']}/{i}"
+                                                       for i in range(len(sent))]
 
 
-def test_pieces_are_packed_small_ones_gathered_into_frames_of_about_the_frame_size_large_ones_alone(monkeypatch):
+def test_pieces_are_framed_small_ones_gathered_to_about_the_frame_size_large_ones_in_slices_of_it(monkeypatch):
+    """A frame is a step's work: small pieces gathered to about `FRAME_BYTES` or up to a None
+    (where a checkpoint's join slice ends), a large one cut in slices of `FRAME_BYTES`;
+    frames come only as they are asked for."""
     import cramjam
 
     from streams.kafka import checkpoints
 
     monkeypatch.setattr(checkpoints, "FRAME_BYTES", 20)
-    packed = pack_pieces([b"a" * 10] * 5 + [memoryview(b"b" * 50), b"c" * 3])
-    assert [bytes(cramjam.zstd.decompress(f)) for f in packed.frames] == [b"a" * 20, b"a" * 20, b"a" * 10,
-                                                                          b"b" * 50, b"c" * 3]
-    assert packed.size == 103
+    taken = []
+
+    def given():
+        for piece in [b"a" * 10] * 5 + [memoryview(b"b" * 50), b"c" * 3]:
+            taken.append(len(piece))
+            yield piece
+
+    framer = checkpoints.Framer(given())
+    frames = iter(framer)
+    assert bytes(cramjam.zstd.decompress(next(frames))) == b"a" * 20 and taken == [10, 10]
+    assert [bytes(cramjam.zstd.decompress(f)) for f in frames] == [b"a" * 20, b"a" * 10, b"b" * 20, b"b" * 20,
+                                                                   b"b" * 10, b"c" * 3]
+    assert framer.size == 103
+    marked = checkpoints.Framer([None, b"a" * 3, None, None, b"b" * 4, b"c" * 30, b"d", None, b"e"])
+    assert [bytes(cramjam.zstd.decompress(f)) for f in marked] == [b"a" * 3, b"b" * 4, b"c" * 20, b"c" * 10, b"d",
+                                                                   b"e"]  # a None ends a frame, if one is begun
+    assert marked.size == 39
+    packed = pack_pieces([b"x" * 5])
+    assert [bytes(cramjam.zstd.decompress(f)) for f in packed.frames] == [b"x" * 5] and packed.size == 5
     assert [bytes(cramjam.zstd.decompress(f)) for f in pack_pieces([]).frames] == [b""]
 
 
@@ -105,7 +148,7 @@ def test_a_checkpoint_packed_in_pieces_reads_back_as_their_concatenation(monkeyp
 
     async def run():
         packed = pack_pieces(list(pieces_))
-        assert len(packed.frames) == 3  # the head and the empty piece gathered, the large ones alone
+        assert len(packed.frames) == 1 + 128 + 129  # the head and the empty piece gathered, the large ones sliced
         pointer = await store.write("g-ingest/0", packed)
         assert pieces(pointer)[0]["chunks"] == 3
         assert await store.read("g-ingest/0", pointer) == [b"".join(pieces_)]
@@ -278,6 +321,96 @@ def test_the_schedule_writes_a_whole_checkpoint_then_deltas_and_a_load_of_the_ch
             host.stages.capture(1, base=p6)
         host.stages.taken(c)
         assert host.stages.captures == {}
+
+    try:
+        asyncio.run(run())
+    finally:
+        host.stages.close_all()
+
+
+def test_a_checkpoint_is_sent_as_it_is_taken_and_one_given_up_half_way_is_deleted(tmp_path, messages, monkeypatch):
+    """A whole checkpoint's chunks go out round by round as its join is taken, so it is never
+    held whole. Its partition revoked half-way, the capture lets go of the join store's view
+    before the store closes, gives no more frames, and the next round deletes every chunk it
+    sent and nothing else; nothing is committed. The next owner's checkpoint is whole and
+    loads as its state."""
+    from streams.kafka import checkpoints
+    from streams.pipeline import PartitionStage
+    from streams.settings import load
+    from streams.worker import checkpoint_schedule
+    from streams.worker.worker import Worker
+
+    monkeypatch.setattr(checkpoints, "CHUNK_BYTES", 50)
+    monkeypatch.setattr(checkpoints, "FRAME_BYTES", 200)
+    monkeypatch.setattr(PartitionStage.capture, "__defaults__", (40, False))  # slices of 40 entries
+    monkeypatch.setattr(checkpoint_schedule, "STEP_BUDGET_S", 0.0)  # a frame a round
+    commits = []
+
+    async def commit(consumer, offsets):
+        commits.append(offsets)
+        return True
+
+    async def read_committed(consumer, tps):
+        return {tp: (1, next(iter(commits[-1].values()))[1]) for tp in tps} if commits else {}
+
+    host = Worker(load(overrides={"topic_prefix": "u.", "state_dir": str(tmp_path)}, env={}))
+    store, log = _store()
+    ck = Checkpointer("g", store, commit=commit, read_committed=read_committed)
+    schedule = CheckpointSchedule(ck, host.stages, host.monitors, "partials", 1e9)
+    schedule.consumers = {"ingest": None, "aggregate": None}
+    host.router.partitions = 2
+    tp = TopicPartition(host.stages.topics["scores"], 0)
+
+    def fed(p):
+        host.stages.open(p, {}, {})
+        host.stages.process(p, [SimpleNamespace(value=m, topic=tp.topic, offset=j) for j, m in enumerate(messages)])
+        return host.stages.capture(p)
+
+    async def run():
+        c = fed(0)
+        for _ in range(3):
+            await schedule.step()
+        sent = len(log.messages)
+        assert sent > 0 and c.writer.chunks == sent and host.stages.captures == {0: c}
+        await schedule.step()
+        assert len(log.messages) > sent  # more with each round, as the join is taken
+        host.stages.close(0)  # revoked half-way
+        assert host.stages.dropped == [(0, c.writer)] and not list(tmp_path.glob("join-p0-*"))
+        with pytest.raises(RuntimeError, match="released"):  # its checkpoint would lack the join
+            c.next_frame()
+        with pytest.raises(RuntimeError, match="released"):
+            c.body.step()
+        written = {k for k, v in log.messages}
+        await schedule.all()  # a clean stop deletes them too
+        assert host.stages.dropped == [] and commits == []
+        assert {k for k, v in log.messages if v is None} == written and len(log.tombstoned()) == 1
+
+        c = fed(0)  # its write fails half-way: counted, nothing in force, deleted after the next commit
+        await schedule.step()
+        sent, send = len(log.messages), log.send
+
+        async def refused(*args, **kwargs):
+            raise KafkaTimeoutError("broker away")
+
+        log.send = refused
+        await schedule.step()
+        assert ck.counters["checkpoint_write_errors"] == 1 and commits == [] and len(log.messages) == sent
+        assert host.stages.captures[0] is not c  # its partition is checkpointed again, whole
+        with pytest.raises(RuntimeError, match="released"):
+            c.next_frame()
+        log.send = send
+        host.stages.close(0)
+        assert host.stages.dropped == []  # the new one had written nothing
+
+        c = fed(0)
+        assert not c.body.delta
+        await schedule.all()
+        assert len(commits) == 1 and ck.counters["checkpoint_bytes", "ingest"] == c.size > 1_000 * 50
+        assert len(log.tombstoned()) == 2  # the failed write's chunks, once a commit landed
+        assert {k for k, v in log.messages if v is None} == {k for k, v in log.messages[:sent] if v is not None}
+        loaded = await ck.load("ingest", None, [tp], live=False)
+        again = host.stages.open(1, loaded.state, loaded.offsets, loaded.pointer)
+        assert snapshot.encode("ingest", again.dump()) == snapshot.encode("ingest", host.stages.get(0).dump())
 
     try:
         asyncio.run(run())
@@ -478,7 +611,7 @@ def test_rounds_longer_than_the_interval_still_begin_input_checkpoints(monkeypat
 
     now, begun = [0.0], []
     monkeypatch.setattr(checkpoint_schedule.time, "monotonic", lambda: now[0])
-    stages = SimpleNamespace(stages={0: None}, dirty={0}, captures={}, delta_ready=lambda p, base: False,
+    stages = SimpleNamespace(stages={0: None}, dirty={0}, captures={}, dropped=[], delta_ready=lambda p, base: False,
                              capture=lambda p, base: begun.append(p))
     monitors = SimpleNamespace(dirty=set())
     schedule = CheckpointSchedule(SimpleNamespace(delta_base=lambda role, p: ""), stages, monitors, "partials", 0.5)
@@ -493,42 +626,72 @@ def test_rounds_longer_than_the_interval_still_begin_input_checkpoints(monkeypat
 
 
 def test_a_round_steps_each_checkpoint_under_way_but_not_one_whose_partition_was_revoked_meanwhile(monkeypatch):
-    """Each round takes a step of both lanes' checkpoints: slices for up to the step's budget.
-    A partition revoked while another's checkpoint is written (the round awaits the broker, and
-    a rebalance may run then) has its store closed: its checkpoint is dropped, never stepped
-    again."""
+    """Each round takes a step of both lanes' checkpoints: frames written for up to the step's
+    budget. A partition revoked while a checkpoint is written (the round awaits the broker,
+    and a rebalance may run then) has its store closed: its checkpoint is dropped, never
+    stepped again, and what it wrote is deleted at the next round."""
     from streams.worker import checkpoint_schedule
 
-    steps, saved, clock = [], [], [0.0]
+    steps, written, saved, abandoned, clock = [], [], [], [], [0.0]
     monkeypatch.setattr(checkpoint_schedule.time, "perf_counter", lambda: clock[0])
 
     class Capture(SimpleNamespace):
-        def step(self):  # a slice takes 0.6 of the budget
+        writer, size = None, 7
+
+        def next_frame(self):  # a frame takes 0.6 of the budget
+            if not self.left:
+                return None
             steps.append(self.partition)
             clock[0] += 0.6 * checkpoint_schedule.STEP_BUDGET_S
             self.left -= 1
-            return self.left > 0
+            return b"frame"
 
-        def packed(self):
-            return Packed([], 7)
+        def release(self):
+            self.left = 0
 
+    def revoke(p):  # as `Stages.close` does
+        if (c := captures.pop(p)).writer is not None:
+            stages.dropped.append((p, c.writer))
+
+    class Writer(SimpleNamespace):
+        async def write(self, frame):
+            written.append(self.p)
+            if self.p in revoked_in_write:
+                revoke(self.p)
+
+    revoked_in_write = set()
     captures = {0: Capture(partition=0, base="", left=1, offsets={}, stage=None),
                 1: Capture(partition=1, base="b", left=5, offsets={}, stage=None)}
 
-    async def save(consumer, role, p, packed, commits, still, base=""):
+    async def finish(consumer, role, p, writer, size, commits, still, base=""):
+        assert writer.p == p and size == 7
         saved.append(p)
-        del captures[1]  # revoked during the write of 0's checkpoint
+        if saved == [0]:
+            revoke(1)  # revoked during the commit of 0's first checkpoint
         return True
 
-    stages = SimpleNamespace(stages={}, dirty=set(), captures=captures, get=lambda p: None,
+    async def abandon(role, p, writer):
+        abandoned.append((p, writer.p))
+
+    stages = SimpleNamespace(stages={}, dirty=set(), captures=captures, dropped=[], get=lambda p: None,
                              taken=lambda c: captures.pop(c.partition), settle=lambda c, pointer: None)
-    checkpointer = SimpleNamespace(save=save, pointer=lambda role, p: "x", delta_base=lambda role, p: "")
+    checkpointer = SimpleNamespace(writer=lambda role, p: Writer(p=p), finish=finish, abandon=abandon,
+                                   pointer=lambda role, p: "x", delta_base=lambda role, p: "")
     schedule = CheckpointSchedule(checkpointer, stages, SimpleNamespace(dirty=set()), "partials", 1e9)
     schedule.consumers = {"ingest": None}
     asyncio.run(schedule.step())
-    assert steps == [0] and saved == [0] and captures == {}
+    assert steps == written == [0] and saved == [0] and captures == {}
+    assert stages.dropped == [] and abandoned == []  # 1 had written nothing: nothing to delete
 
-    captures.update({0: Capture(partition=0, base="", left=4), 1: Capture(partition=1, base="b", left=4)})
+    captures.update({0: Capture(partition=0, base="", left=4, offsets={}, stage=None),
+                     1: Capture(partition=1, base="b", left=4, offsets={}, stage=None)})
     asyncio.run(schedule.step())
-    assert steps == [0, 0, 0, 1, 1]  # two slices of each in one round: the second passes the budget
+    assert steps[1:] == written[1:] == [0, 0, 1, 1]  # two frames of each in one round: the second passes the budget
     assert captures[0].left == captures[1].left == 2
+
+    revoked_in_write.add(0)  # revoked during the write of one of its own frames: not asked for another
+    asyncio.run(schedule.step())
+    assert steps[5:] == [0, 1, 1] and 0 not in captures and captures[1].left == 0 and saved == [0]
+    assert [p for p, _ in stages.dropped] == [0] and abandoned == []
+    asyncio.run(schedule.step())
+    assert abandoned == [(0, 0)] and stages.dropped == [] and saved == [0, 1]  # what 0 wrote is deleted

@@ -111,6 +111,44 @@ def test_pieces_are_written_in_formats_code_that_misreads_them_refuses_and_older
         snapshot.decode("ingest.delta", msgpack.encode({"format": 6, "kind": "ingest.delta", "state": {}}))
 
 
+@pytest.mark.parametrize("items", [0, 1, 300])
+def test_a_streamed_piece_decodes_to_its_state_and_bad_ones_are_refused(items):
+    """A streamed piece (the document in a bin, then its tail's items in bins of their own)
+    decodes to the state it was given, its tail back in place; code that reads single
+    documents only refuses it. One cut anywhere, a bin running past the end, a document with
+    no tail or a tail that is not an empty list of its state is refused."""
+    msgpack = snapshot.msgspec.msgpack
+    tail = [[i, b"p" * (i % 300)] for i in range(items)]
+    state = {"stage": {"join": {"seq": 3, "parts": []}, "dedup": {"ids": np.arange(70_000)}}, "offsets": {"t": 1}}
+    blob = b"".join(filter(None, snapshot.stream_pieces("ingest", state, ("stage", "join", "parts"), iter(tail))))
+    expected = {**state, "stage": {**state["stage"], "join": {"seq": 3, "parts": tail}}}
+    assert snapshot.encode("ingest", snapshot.decode("ingest", blob)) == snapshot.encode("ingest", expected)
+    with pytest.raises((snapshot.msgspec.DecodeError, AttributeError)):  # what code before streamed pieces did
+        msgpack.decode(blob).get("format")
+    for cut in {1, 2, len(blob) // 2, len(blob) - 1}:
+        with pytest.raises(snapshot.SnapshotError):
+            snapshot.decode("ingest", blob[:cut])
+    with pytest.raises(snapshot.SnapshotError, match="undecodable"):
+        snapshot.decode("ingest", blob + b"\xc1")
+    with pytest.raises(snapshot.SnapshotError, match="runs past"):
+        snapshot.decode("ingest", blob + b"\xc4\x05ab")
+
+    def streamed(doc: dict) -> bytes:
+        head = snapshot._encoder.encode({"format": snapshot.FORMAT, "kind": "ingest", **doc})
+        return b"\xc6" + len(head).to_bytes(4, "big") + head
+
+    for doc in [{"state": {"a": []}}, {"state": {"a": []}, "tail": []}, {"state": {"a": [1]}, "tail": ["a"]},
+                {"state": {"a": {}}, "tail": ["a"]}, {"state": {"a": []}, "tail": ["b"]},
+                {"state": {"a": []}, "tail": [1]}, {"state": [], "tail": ["a"]}, {"state": {"a": []}, "tail": "a"},
+                {"state": {"a": np.arange(3)}, "tail": ["a"]}, {"state": {"a": np.arange(0)}, "tail": ["a"]}]:
+        with pytest.raises(snapshot.SnapshotError, match="tail"):
+            snapshot.decode("ingest", streamed(doc))
+    assert snapshot.decode("ingest", streamed({"state": {"a": []}, "tail": ["a"]})) == {"a": []}
+    with pytest.raises(snapshot.SnapshotError, match="format-2/3/4 ingest"):
+        snapshot.decode("ingest", b"".join(filter(None, snapshot.stream_pieces("ingest.delta", {"a": []}, ("a",),
+                                                                                iter([])))))
+
+
 def test_an_empty_partials_list_round_trips():
     monitor = Monitor(CONFIG, partitions=2)
     monitor.add(0, [Partials.empty(CONFIG.layout.width, 5)])
@@ -138,11 +176,12 @@ def test_a_lazily_dumped_join_holds_the_entries_of_the_moment_it_was_asked_for()
     again.close()
 
 
-def test_a_packed_checkpoint_is_its_encoding_in_small_frames_and_loads_as_the_capture(by_partition, monkeypatch):
-    """A large join's whole checkpoint is a few hundred megabytes: it is encoded and compressed
-    a piece at a time into frames of about `FRAME_BYTES`, never held whole uncompressed, and
-    the capture keeps none of its state; the frames together are still exactly the state's
-    encoding, and a stage loaded from them is the captured one."""
+def test_a_checkpoint_is_written_as_its_join_is_taken_and_loads_as_the_capture(by_partition, monkeypatch):
+    """A large join's whole checkpoint is a few hundred megabytes: it is given as zstd frames
+    of about `FRAME_BYTES`, the join's slices taken only as frames are asked for, so neither
+    is ever held whole, and the capture keeps none of its state; the frames together
+    decompress to a streamed piece that decodes to exactly the captured state, and a stage
+    loaded from it is the captured one."""
     import cramjam
 
     from streams.kafka import checkpoints
@@ -151,21 +190,29 @@ def test_a_packed_checkpoint_is_its_encoding_in_small_frames_and_loads_as_the_ca
     monkeypatch.setattr(checkpoints, "FRAME_BYTES", 2_000)
     stage = PartitionStage(CONFIG)
     stage.process(by_partition[0][:800], now=0.0)
-    body = stage.capture(slice_size=50)
-    while body.step():
+    twin = stage.capture(slice_size=50)  # the same moment, taken whole the plain way
+    while twin.step():
         pass
-    parts = list(body.state()["join"]["parts"])
-    # the state with a list of its own: packing empties the capture's
-    state = {**body.state(), "join": {**body.state()["join"], "parts": parts}}
-    assert len(parts) > 1
-    packed = Capture(0, stage, body, [[1, 2]], {"t": 9}).packed()
+    state = twin.take_state()
+    stage.abandoned(twin)
+    body = stage.capture(slice_size=50)
+    taken = []
+    parts = body.packed_parts
+    monkeypatch.setattr(body, "packed_parts", lambda: (taken.append(p) or p for p in parts()))
+    capture = Capture(0, stage, body, [[1, 2]], {"t": 9})
+    frames = [capture.next_frame()]
     with pytest.raises(RuntimeError, match="handed over"):
         body.state()
-    expected = snapshot.encode("ingest", {"stage": state, "seq": [[1, 2]], "offsets": {"t": 9}})
-    assert len(packed.frames) > len(parts) // 4
-    assert packed.size == len(expected) and bytes(cramjam.zstd.decompress(b"".join(packed.frames))) == expected
+    assert len(taken) < len(state["join"]["parts"]) // 2  # slices are taken as frames are asked for
+    while (frame := capture.next_frame()) is not None:
+        frames.append(frame)
+    data = bytes(cramjam.zstd.decompress(b"".join(frames)))
+    assert len(taken) == len(state["join"]["parts"]) > 1 and len(frames) > len(taken) // 4
+    assert capture.size == len(data) and data[:1] in (b"\xc5", b"\xc6")  # a bin: the streamed form
+    expected = {"stage": state, "seq": [[1, 2]], "offsets": {"t": 9}}
+    assert snapshot.encode("ingest", snapshot.decode("ingest", data)) == snapshot.encode("ingest", expected)
     loaded = PartitionStage(CONFIG)
-    loaded.load(snapshot.decode("ingest", expected)["stage"])
+    loaded.load(snapshot.decode("ingest", data)["stage"])
     assert _encoded(loaded.dump()) == _encoded(stage.dump())
     stage.close()
     loaded.close()
@@ -177,13 +224,13 @@ def _encoded(state: dict) -> bytes:
 
 @pytest.mark.parametrize("every_array", [False, True])
 @pytest.mark.parametrize("n", [0, 1, 15, 16, 65_535, 65_536])
-def test_a_state_encoded_in_pieces_is_byte_for_byte_its_encoding(n, every_array, monkeypatch):
-    """`encode_pieces` writes some msgpack headers itself (maps, the consumed list, arrays from
-    their own bytes): with each of the three sizes of a list's and a map's header, and arrays
-    of every dtype checkpointed (one big-endian, one not contiguous, and, when every array is
-    taken from its bytes, small and empty ones, whose ext and bin headers are the short
-    forms), the pieces make exactly the bytes `encode` gives, and the consumed list's items
-    are let go of."""
+def test_a_streamed_piece_s_document_is_byte_for_byte_its_encoding(n, every_array, monkeypatch):
+    """`stream_pieces` writes some msgpack headers itself (maps, arrays from their own bytes,
+    the bins around the document and each item): with each of the three sizes of a map's
+    header, and arrays of every dtype checkpointed (one big-endian, one not contiguous, and,
+    when every array is taken from its bytes, small and empty ones, whose ext and bin
+    headers are the short forms), the document's bin holds exactly the bytes `encode`
+    gives it, and each item's bin its encoding."""
     big = snapshot.BIG_ARRAY_BYTES // 8
     if every_array:
         monkeypatch.setattr(snapshot, "BIG_ARRAY_BYTES", 0)
@@ -191,12 +238,15 @@ def test_a_state_encoded_in_pieces_is_byte_for_byte_its_encoding(n, every_array,
               "u": np.arange(2 * big, dtype=np.uint64)[::2], "small": np.arange(3), "empty": np.zeros((0, 2)),
               "one": np.array(7.5), "mid": np.arange(5_000)}
     tail = [[i, b"x" * (i % 7)] for i in range(n)]
-    state = {"a": 1, "stage": {"dedup": arrays, "join": {"seq": 3, "parts": tail}, "windows": [1, 2]},
+    state = {"a": 1, "stage": {"dedup": arrays, "join": {"seq": 3, "parts": []}, "windows": [1, 2]},
              "wide": {f"k{i}": i for i in range(n)}}
-    expected = snapshot.encode("ingest", state)
-    pieces = snapshot.encode_pieces("ingest", state, ("stage", "join", "parts"))
-    assert b"".join(pieces) == expected
-    assert tail == [None] * n
+    expected = snapshot.msgspec.msgpack.Encoder(enc_hook=snapshot._enc_hook).encode(
+        {"format": snapshot.FORMAT, "kind": "ingest", "state": state, "tail": ["stage", "join", "parts"]})
+    pieces = list(snapshot.stream_pieces("ingest", state, ("stage", "join", "parts"), iter(tail)))
+    assert pieces.count(None) == n  # each item ends where a frame may
+    bins = snapshot._bins(b"".join(p for p in pieces if p is not None))
+    assert bytes(bins[0]) == expected and len(bins) == n + 1
+    assert [bytes(b) for b in bins[1:]] == [snapshot.msgspec.msgpack.encode(t) for t in tail]
 
 
 def test_a_stage_checkpoint_holds_its_state_as_of_the_capture_while_processing_goes_on(by_partition):

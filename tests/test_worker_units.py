@@ -277,6 +277,45 @@ def test_a_checkpoint_write_that_cannot_succeed_if_tried_again_still_ends_the_wo
     assert ck.counters["checkpoint_write_errors"] == 0
 
 
+@pytest.mark.parametrize("error", ["KafkaTimeoutError", "NotLeaderForPartitionError", "ProducerClosed"])
+def test_a_checkpoint_written_as_it_is_taken_fails_as_a_packed_one_does(error):
+    """A write of a checkpoint as it is taken that times out or fails retriably, at its close or
+    at the deletion of what a write given up sent, is counted and leaves nothing in force;
+    any other error ends the worker. A close that lands is committed and counted."""
+    import aiokafka.errors
+    from aiokafka import TopicPartition
+
+    exc = getattr(aiokafka.errors, error)()
+    ck = _always_committing(_Store())
+
+    class Writer:
+        def __init__(self, fails=True):
+            self.fails = fails
+
+        async def close(self, size, base=""):
+            if self.fails:
+                raise exc
+            return "ck-streamed"
+
+        async def abandon(self):
+            raise exc
+
+    tp = TopicPartition("t", 0)
+    finish = lambda w: ck.finish(None, "ingest", 0, w, 11, {tp: 1}, lambda: True)  # noqa: E731
+    if exc.retriable or isinstance(exc, aiokafka.errors.KafkaTimeoutError):
+        assert asyncio.run(finish(Writer())) is False
+        asyncio.run(ck.abandon("ingest", 0, Writer()))
+        assert ck.counters["checkpoint_write_errors"] == 2 and ck.pointer("ingest", 0) == ""
+    else:
+        with pytest.raises(type(exc)):
+            asyncio.run(finish(Writer()))
+        with pytest.raises(type(exc)):
+            asyncio.run(ck.abandon("ingest", 0, Writer()))
+        assert ck.counters["checkpoint_write_errors"] == 0
+    assert asyncio.run(finish(Writer(fails=False))) is True
+    assert ck.pointer("ingest", 0) == "ck-streamed" and ck.counters["checkpoint_bytes", "ingest"] == 11
+
+
 def test_deletions_still_to_do_are_kept_when_the_task_doing_them_is_cancelled():
     store = _FailingStore(asyncio.CancelledError())
     ck = _always_committing(store)

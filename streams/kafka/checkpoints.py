@@ -3,14 +3,15 @@ metadata of the very offset commit that covers them.
 
 A checkpoint is zstd-compressed and cut into chunks of at most `CHUNK_BYTES`, each
 keyed `<name>/<id>/<index>` (a fresh id per checkpoint, so no writer ever overwrites
-another's chunks). The consumer group's offset commit carries a pointer to it in its
+another's chunks), sent as its bytes are made (`PieceWriter`): a large one is never held
+whole. The consumer group's offset commit carries a pointer to it in its
 metadata: state and the offsets it covers are committed in one request, so a
 restart finds either both or neither. Once a newer checkpoint is committed, the
-older one's chunks are deleted with tombstones; a checkpoint written but never
-committed (the writer died in between, or the broker refused part of it) is simply
-never read. One whose commit was refused after a rebalance may still have landed, so
-the worker deletes it only once a later commit supersedes it or the group is found
-pointing elsewhere.
+older one's chunks are deleted with tombstones, and so are those of a write given up
+half-way. A checkpoint written but never committed (the writer died in between, or the
+broker refused part of it) is simply never read. One whose commit was refused after a
+rebalance may still have landed, so the worker deletes it only once a later commit
+supersedes it or the group is found pointing elsewhere.
 
 A checkpoint may be a chain: a whole state followed by up to `MAX_PIECES - 1` deltas,
 each holding what changed since the piece before it. The pointer lists every piece, so
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
+from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
@@ -64,33 +66,57 @@ class Packed(NamedTuple):
 
 
 FRAME_BYTES = 1 << 20
-"""`pack_pieces` compresses pieces at least this large as frames of their own and gathers
-smaller ones into frames of about this size."""
+"""`Framer` gathers small pieces into frames of about this size and cuts large ones in slices
+of it."""
+
+
+class Framer:
+    """Compresses a checkpoint given as the pieces of its encoding (`snapshot.stream_pieces`,
+    or a single blob) as it is iterated: a zstd frame per step, of small pieces gathered to
+    about `FRAME_BYTES` (or up to a None piece, which ends a frame early) or of a
+    `FRAME_BYTES` slice of a large one (a zstd stream of frames decompresses to the
+    concatenation of what each held). The whole uncompressed checkpoint is never in one
+    buffer, and each step's work is bounded. `size`: the bytes compressed so far."""
+
+    def __init__(self, pieces: Iterable[bytes | memoryview | None]) -> None:
+        self._pieces, self.size = iter(pieces), 0
+
+    def __iter__(self) -> Iterator[memoryview]:
+        small, framed = bytearray(), False
+        for piece in self._pieces:
+            if piece is None or len(piece) < FRAME_BYTES:
+                if piece is not None:
+                    self.size += len(piece)
+                    small += piece
+                if small and (piece is None or len(small) >= FRAME_BYTES):
+                    yield _frame(small)
+                    small.clear()
+                    framed = True
+                continue
+            self.size += len(piece)
+            if small:
+                yield _frame(small)
+                small.clear()
+            view = memoryview(piece).cast("B")
+            del piece
+            for at in range(0, len(view), FRAME_BYTES):
+                yield _frame(view[at:at + FRAME_BYTES])
+            framed = True
+            del view
+        if small or not framed:
+            yield _frame(small)
+
+
+def _frame(data) -> memoryview:
+    return memoryview(cramjam.zstd.compress(data))
 
 
 def pack_pieces(pieces: Iterable[bytes | memoryview]) -> Packed:
-    """Compress a checkpoint given as the pieces of its encoding (`snapshot.encode_pieces`):
-    the whole uncompressed checkpoint is never in one buffer (a zstd stream of frames
-    decompresses to the concatenation of what each held). The frames stay in the compressor's
-    buffers; chunks are copied out of them as they are sent."""
-    frames, size, small = [], 0, bytearray()
-
-    def frame(data) -> None:
-        frames.append(memoryview(cramjam.zstd.compress(data)))
-
-    for piece in pieces:
-        size += len(piece)
-        alone = len(piece) >= FRAME_BYTES
-        if not alone:
-            small += piece
-        if small and (alone or len(small) >= FRAME_BYTES):
-            frame(small)
-            small.clear()
-        if alone:
-            frame(piece)
-    if small or not frames:
-        frame(small)
-    return Packed(frames, size)
+    """A checkpoint given as the pieces of its encoding, compressed whole (`Framer`). The frames
+    stay in the compressor's buffers; chunks are copied out of them as they are sent."""
+    framer = Framer(pieces)
+    frames = list(framer)
+    return Packed(frames, framer.size)
 
 
 def pack(blob: bytes) -> Packed:
@@ -100,23 +126,77 @@ def pack(blob: bytes) -> Packed:
     return pack_pieces([blob])
 
 
-def chunks(frames: list, size: int = CHUNK_BYTES) -> Iterator[bytes]:
-    """The concatenation of `frames` cut into pieces of `size` bytes (the last may be shorter,
-    and an empty checkpoint is one empty piece), each a copy made as it is asked for. `frames`
-    is consumed: each is let go of (in that list) once copied out."""
-    buf, cut = bytearray(), False
-    for i, frame in enumerate(frames):
-        view, frames[i] = memoryview(frame).cast("B"), None
-        while len(view):
-            take = size - len(buf)
-            buf += view[:take]
-            view = view[take:]
-            if len(buf) == size:
-                yield bytes(buf)
-                buf.clear()
-                cut = True
-    if buf or not cut:
-        yield bytes(buf)
+class PieceWriter:
+    """One checkpoint piece being written: compressed bytes go in as they are made (`write`),
+    chunks of `CHUNK_BYTES` go out as they fill, keyed `<name>/<id>/<index>`, at most
+    `IN_FLIGHT_CHUNKS` unacknowledged; `close` sends the rest and gives the pointer. A piece
+    abandoned before its close leaves chunks nobody reads: `abandon` deletes them."""
+
+    def __init__(self, producer: AIOKafkaProducer, topic: str, name: str, partition: int) -> None:
+        self.producer, self.topic, self.name, self.partition = producer, topic, name, partition
+        self.id = uuid.uuid4().hex[:16]
+        self.chunks = 0  # sent so far
+        self._buf = bytearray()
+        self._digest = hashlib.sha256()
+        self._futures: deque = deque()
+        self._offsets: list[int] = []
+
+    async def write(self, data) -> None:
+        """Append compressed bytes; a chunk is sent each time one fills."""
+        self._buf += data
+        while len(self._buf) >= CHUNK_BYTES:
+            chunk = bytes(self._buf[:CHUNK_BYTES])
+            del self._buf[:CHUNK_BYTES]
+            await self._send(chunk)
+
+    async def _send(self, chunk: bytes) -> None:
+        self._digest.update(chunk)
+        key = f"{self.name}/{self.id}/{self.chunks}".encode()
+        self._futures.append(await self.producer.send(self.topic, chunk, key=key, partition=self.partition))
+        self.chunks += 1
+        if len(self._futures) >= IN_FLIGHT_CHUNKS:
+            self._offsets.append((await self._futures.popleft()).offset)
+
+    async def close(self, size: int, base: str = "") -> str:
+        """Send what is left (an empty piece is one empty chunk, so it still has a record to
+        point at) and wait for every chunk; the pointer to commit with the offsets the piece
+        covers: the piece alone, or (a delta) the chain of `base` followed by it. `size`: its
+        uncompressed bytes."""
+        if self._buf or not self.chunks:
+            chunk = bytes(self._buf)
+            self._buf.clear()
+            await self._send(chunk)
+        while self._futures:
+            self._offsets.append((await self._futures.popleft()).offset)
+        piece = {"id": self.id, "partition": self.partition, "first": min(self._offsets),
+                 "last": max(self._offsets), "chunks": self.chunks, "bytes": size,
+                 "sha256": self._digest.hexdigest()}
+        chain = pieces(base) + [piece] if base else [piece]
+        if len(chain) > MAX_PIECES:
+            raise ValueError(f"a chain holds at most {MAX_PIECES} pieces")
+        return orjson.dumps({"v": 2, "chain": [[p[f] for f in _FIELDS] for p in chain]}).decode()
+
+    async def abandon(self) -> None:
+        """Tombstones for the chunks sent, once those not yet acknowledged are answered (the
+        ones refused are deleted too: a refusal may have landed); raises the first error of
+        the tombstones the broker refused."""
+        self._buf.clear()
+        futures, self._futures = list(self._futures), deque()
+        await asyncio.gather(*futures, return_exceptions=True)
+        await _deleted(await _tombstones(self.producer, self.topic, self.name, self.id, self.partition, self.chunks))
+
+
+async def _tombstones(producer, topic: str, name: str, ckid: str, partition: int, chunks: int) -> list:
+    """Send a tombstone for each chunk of a piece (compaction then drops them); their futures."""
+    return [await producer.send(topic, None, key=f"{name}/{ckid}/{i}".encode(), partition=partition)
+            for i in range(chunks)]
+
+
+async def _deleted(acks: list) -> None:
+    """Wait for tombstones' acknowledgements; raise the first error of those refused."""
+    for outcome in await asyncio.gather(*acks, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 class CheckpointStore:
@@ -125,28 +205,19 @@ class CheckpointStore:
     def __init__(self, producer: AIOKafkaProducer, reader: AIOKafkaConsumer, topic: str, partitions: int) -> None:
         self.producer, self.reader, self.topic, self.partitions = producer, reader, topic, partitions
 
+    def writer(self, name: str) -> PieceWriter:
+        """A piece of `name` to write as its bytes are made, on the partition `name` hashes to."""
+        return PieceWriter(self.producer, self.topic, name, partition_for(name.encode(), self.partitions))
+
     async def write(self, name: str, packed: Packed, base: str = "") -> str:
-        """Store a packed checkpoint under `name`; return the pointer to commit with the
-        offsets it covers: `packed` alone, or (a delta) the chain of `base` followed by it.
-        Chunks are cut as they are sent, at most IN_FLIGHT_CHUNKS unacknowledged, and each
-        frame of `packed` is let go of once sent (`chunks`)."""
-        ckid = uuid.uuid4().hex[:16]
-        partition = partition_for(name.encode(), self.partitions)
-        digest = hashlib.sha256()
-        futures, offsets = [], []
-        for i, piece in enumerate(chunks(packed.frames)):
-            digest.update(piece)
-            futures.append(await self.producer.send(self.topic, piece, key=f"{name}/{ckid}/{i}".encode(),
-                                                    partition=partition))
-            if len(futures) >= IN_FLIGHT_CHUNKS:
-                offsets.append((await futures.pop(0)).offset)
-        offsets += [(await f).offset for f in futures]
-        piece = {"id": ckid, "partition": partition, "first": min(offsets), "last": max(offsets),
-                 "chunks": len(offsets), "bytes": packed.size, "sha256": digest.hexdigest()}
-        chain = pieces(base) + [piece] if base else [piece]
-        if len(chain) > MAX_PIECES:
-            raise ValueError(f"a chain holds at most {MAX_PIECES} pieces")
-        return orjson.dumps({"v": 2, "chain": [[p[f] for f in _FIELDS] for p in chain]}).decode()
+        """Store a packed checkpoint under `name`; return the pointer to commit with the offsets
+        it covers (`PieceWriter.close`). Each frame of `packed` is let go of once sent."""
+        writer = self.writer(name)
+        for i, frame in enumerate(packed.frames):
+            packed.frames[i] = None
+            await writer.write(frame)
+            del frame
+        return await writer.close(packed.size, base)
 
     async def read(self, name: str, pointer: str) -> list[bytes]:
         """The pieces of the checkpoint `pointer` names, the whole state first, each checked
@@ -191,12 +262,8 @@ class CheckpointStore:
         acks = []
         for p in pieces(pointer):
             if p["id"] not in kept:
-                for i in range(p["chunks"]):
-                    acks.append(await self.producer.send(self.topic, None, key=f"{name}/{p['id']}/{i}".encode(),
-                                                         partition=p["partition"]))
-        for outcome in await asyncio.gather(*acks, return_exceptions=True):
-            if isinstance(outcome, BaseException):
-                raise outcome
+                acks += await _tombstones(self.producer, self.topic, name, p["id"], p["partition"], p["chunks"])
+        await _deleted(acks)
 
 
 def pieces(pointer: str) -> list[dict]:

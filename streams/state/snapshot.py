@@ -4,6 +4,12 @@ msgpack (msgspec) of the plain values the operators' `dump` methods return;
 numpy arrays travel as a msgpack extension holding dtype, shape and raw
 little-endian bytes, checked on the way back. Nothing is unpickled or
 evaluated, and a blob that does not decode to the expected shape is refused.
+
+A piece is one msgpack document ({"format", "kind", "state"}), or, streamed, a sequence of
+msgpack bins: the document, whose "tail" names a list in its state that it holds empty, then
+that list's items, each encoded in a bin of its own. A streamed piece is written while its
+tail is still being taken (`stream_pieces`), so a large join never waits whole in memory for
+its write; a reader finds the items' ends from the bins' headers.
 """
 from __future__ import annotations
 
@@ -76,32 +82,39 @@ def _document(kind: str, state: dict) -> dict:
     return {"format": DELTA_FORMAT if kind.endswith(".delta") else FORMAT, "kind": kind, "state": state}
 
 
-def encode_pieces(kind: str, state: dict, consumed: tuple[str, ...]) -> Iterator[bytes | memoryview]:
-    """`encode(kind, state)` in pieces whose concatenation is the same bytes, so a large state
-    is never copied into one buffer: arrays of `BIG_ARRAY_BYTES` or more that are values of
-    its maps come as views of their own bytes, and the items of the list at `consumed`
-    (nested keys of `state`) one at a time, each let go of (in that list) once encoded."""
-    return _pieces(_document(kind, state), ("state", *consumed))
-
-
 BIG_ARRAY_BYTES = 1 << 20
-"""Arrays this large are encoded as views of their bytes by `encode_pieces`, not copied."""
+"""Arrays this large are encoded as views of their bytes by `stream_pieces`, not copied."""
 
 
-def _pieces(value, consumed: tuple[str, ...]) -> Iterator[bytes | memoryview]:
+def stream_pieces(kind: str, state: dict, tail: tuple[str, ...],
+                  items: Iterator) -> Iterator[bytes | memoryview | None]:
+    """A streamed piece of `state` (see the module's docstring) in pieces whose concatenation
+    is its bytes: the document first (the list at `tail`, nested keys of `state`, must be
+    empty), its arrays of `BIG_ARRAY_BYTES` or more as views of their own bytes (not copied,
+    and let go of once given); then each of `items`, taken as it is needed, followed by None,
+    which marks where a compressor may end a frame (`checkpoints.Framer`)."""
+    doc = {**_document(kind, state), "tail": list(tail)}
+    del state
+    head = list(_pieces(doc))
+    del doc
+    yield _sized(sum(map(len, head)), b"\xc4", b"\xc5", b"\xc6")
+    head.reverse()
+    while head:
+        yield head.pop()
+    for item in items:
+        data = _encoder.encode(item)
+        yield _sized(len(data), b"\xc4", b"\xc5", b"\xc6")
+        yield data
+        yield None
+
+
+def _pieces(value) -> Iterator[bytes | memoryview]:
+    """`_encoder.encode(value)` in pieces: maps' headers written here, large arrays as views."""
     if isinstance(value, dict):
         yield _header(len(value), 0x80, b"\xde", b"\xdf")
         for key, item in value.items():
             yield _encoder.encode(key)
-            if consumed[:1] != (key,):
-                yield from _pieces(item, ())
-            elif len(consumed) > 1:
-                yield from _pieces(item, consumed[1:])
-            else:
-                yield _header(len(item), 0x90, b"\xdc", b"\xdd")
-                for i, part in enumerate(item):
-                    item[i] = None
-                    yield _encoder.encode(part)
+            yield from _pieces(item)
     elif isinstance(value, np.ndarray) and value.nbytes >= BIG_ARRAY_BYTES:
         dtype, shape, raw = _array_bytes(value)
         # as `_enc_hook` encodes it: the ext's header, then [dtype, shape, bin] up to the bytes
@@ -129,15 +142,49 @@ def _sized(n: int, one: bytes | None, two: bytes, four: bytes) -> bytes:
 
 
 def decode(kind: str, blob: bytes) -> dict:
-    """The state `encode` was given; SnapshotError if `blob` is not a `kind` checkpoint."""
+    """The state `encode` or `stream_pieces` was given (a streamed piece's tail put back in its
+    place); SnapshotError if `blob` is not a `kind` checkpoint."""
+    streamed = blob[:1] in (b"\xc4", b"\xc5", b"\xc6")
+    bins = _bins(blob) if streamed else [blob]
     try:
-        doc = _decoder.decode(blob)
+        doc = _decoder.decode(bins[0])
+        items = [_decoder.decode(b) for b in bins[1:]]
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise SnapshotError(f"undecodable checkpoint: {e}") from e
     formats = _READS[kind.endswith(".delta")]
     if not isinstance(doc, dict) or doc.get("format") not in formats or doc.get("kind") != kind:
         raise SnapshotError(f"not a format-{'/'.join(map(str, sorted(formats)))} {kind} checkpoint")
+    if streamed:
+        _tail_list(doc, kind).extend(items)
     return doc["state"]
+
+
+def _bins(blob: bytes) -> list[memoryview]:
+    """The contents of the msgpack bins `blob` is a sequence of; SnapshotError unless it is one."""
+    view, at, out = memoryview(blob), 0, []
+    while at < len(view):
+        width = {0xC4: 1, 0xC5: 2, 0xC6: 4}.get(view[at])
+        start = at + 1 + (width or 0)
+        if width is None or start > len(view):
+            raise SnapshotError(f"undecodable checkpoint: no bin at byte {at} of a streamed piece")
+        end = start + int.from_bytes(view[at + 1:start], "big")
+        if end > len(view):
+            raise SnapshotError(f"undecodable checkpoint: a bin at byte {at} runs past the piece's end")
+        out.append(view[start:end])
+        at = end
+    return out
+
+
+def _tail_list(doc: dict, kind: str) -> list:
+    """The empty list a streamed piece's document names as its tail."""
+    tail, at = doc.get("tail"), doc.get("state")
+    if not isinstance(tail, list) or not tail:
+        raise SnapshotError(f"a streamed {kind} checkpoint without a tail")
+    for key in tail:
+        at = at.get(key) if isinstance(at, dict) and isinstance(key, str) else None
+    if type(at) is not list or at:
+        raise SnapshotError(f"a streamed {kind} checkpoint's tail {tail!r} is not an empty list of its state")
+    return at
 
 
 def decode_chain(kind: str, blobs: list[bytes]) -> dict:

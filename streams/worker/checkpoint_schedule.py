@@ -3,10 +3,11 @@
 Every `interval_s` the monitors that moved are checkpointed at once (they are small: open
 windows and rule memory). Input partitions are checkpointed each at most once every
 `interval_s` and only if it moved, a step at a time: each round takes one step of each
-checkpoint under way (capture its state, or take slices of its join store for up to
-`STEP_BUDGET_S`, or write and commit it). The state is that of the capture; the stage goes on
-processing meanwhile, so a large join store never stalls the stream. A host calls `step`
-once a round, after the round's output has been acknowledged.
+checkpoint under way (capture its state; or write its frames to Kafka for up to
+`STEP_BUDGET_S`, slices of its join store taken as they are needed; or commit it). The state
+is that of the capture; the stage goes on processing meanwhile, so a large join store never
+stalls the stream, and no checkpoint is held whole in memory. A host calls `step` once a
+round, after the round's output has been acknowledged.
 
 Two checkpoints may be under way at once, in two lanes: one delta and one whole, each of a
 different partition, oldest first within its lane. A whole checkpoint of a large join takes
@@ -24,17 +25,18 @@ from __future__ import annotations
 import time
 
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 
 from streams.worker.checkpointing import Checkpointer
 from streams.worker.memory import trim_heap
 from streams.worker.monitors import Monitors
-from streams.worker.stages import Stages
+from streams.worker.stages import Capture, Stages
 
 STEP_BUDGET_S = 0.04
-"""How long a round goes on taking slices of one checkpoint (it takes one at least). A slice
-takes some 25 ms; one a round, at the five rounds a second of a worker at half its rate, made
-a partition's delta of 10 s of input take a second or two, and the lane of deltas, going
-round the partitions one at a time, fell behind the interval."""
+"""How long a round goes on writing one checkpoint's frames (one at least). A slice of the
+join takes some 25 ms to take and compress: at one a round, at the five rounds a second of a
+worker at half its rate, a partition's delta of 10 s of input would take a second or two, and
+the lane of deltas, going round the partitions one at a time, would fall behind the interval."""
 REFRESH_EVERY_S = 3_600.0
 """How often the schedule looks for checkpoints whose commit is old."""
 REFRESH_AGE_S = 86_400.0
@@ -96,10 +98,19 @@ class CheckpointSchedule:
         """Take every checkpoint under way to its end."""
         while self.stages.captures:
             await self._step_captures()
+        await self._abandon_dropped()
+
+    async def _abandon_dropped(self) -> None:
+        """Delete what the checkpoints dropped with their partitions sent."""
+        while self.stages.dropped:
+            partition, writer = self.stages.dropped.pop()
+            await self.checkpointer.abandon("ingest", partition, writer)
 
     async def _step_captures(self) -> None:
         """One step of each checkpoint under way; one whose partition was revoked during another's
-        write is no longer listed, and its store is closed: it is not stepped."""
+        write is no longer listed, and its store is closed: it is not stepped, and what it
+        wrote is deleted."""
+        await self._abandon_dropped()
         for p in list(self.stages.captures):  # numbers: a dropped capture is not kept alive meanwhile
             if (c := self.stages.captures.get(p)) is not None:
                 await self._stage_step(c)
@@ -138,17 +149,30 @@ class CheckpointSchedule:
                                                 still=lambda q=q, m=monitor: self._still("aggregate", q, self.monitors.get(q) is m)):
                 self.monitors.dirty.add(q)
 
-    async def _stage_step(self, c) -> None:
+    async def _stage_step(self, c: Capture) -> None:
+        """Write `c`'s frames for up to `STEP_BUDGET_S` (one at least); once all are written,
+        commit it."""
+        if c.writer is None:
+            c.writer = self.checkpointer.writer("ingest", c.partition)
         started = time.perf_counter()
-        while c.step():
-            if time.perf_counter() - started >= STEP_BUDGET_S:
-                return
+        try:
+            while (frame := c.next_frame()) is not None:
+                await c.writer.write(frame)
+                del frame
+                if self.stages.captures.get(c.partition) is not c:  # revoked meanwhile: dropped
+                    return
+                if time.perf_counter() - started >= STEP_BUDGET_S:
+                    return
+        except KafkaError as exc:
+            self.checkpointer.write_failed(exc, "ingest", c.partition, c.writer)
+            self.stages.taken(c)
+            c.release()
+            self.stages.settle(c, "")
+            return
         self.stages.taken(c)
-        packed = c.packed()
         commits = {TopicPartition(t, c.partition): o for t, o in c.offsets.items()}
-        done = await self.checkpointer.save(self.consumers["ingest"], "ingest", c.partition, packed, commits,
-                                            still=lambda: self._still("ingest", c.partition, self.stages.get(c.partition) is c.stage),
-                                            base=c.base)
-        del packed
+        still = lambda: self._still("ingest", c.partition, self.stages.get(c.partition) is c.stage)  # noqa: E731
+        done = await self.checkpointer.finish(self.consumers["ingest"], "ingest", c.partition, c.writer, c.size,
+                                              commits, still, base=c.base)
         trim_heap()
         self.stages.settle(c, self.checkpointer.pointer("ingest", c.partition) if done else "")

@@ -27,7 +27,9 @@ the owner would never commit again until the next rebalance.
 A write that times out (an outage longer than the producer's request timeout) or fails with
 an error Kafka marks retriable leaves nothing in force: the partition is checkpointed again
 at its next turn, and the chunks that did land are never read. A deletion that fails so is
-tried again after the next commit that lands. Other errors end the worker.
+tried again after the next commit that lands. Other errors end the worker. An input
+partition's checkpoint is written as it is taken (`writer`, then `finish`); one whose
+partition is revoked half-way has the chunks it sent deleted (`abandon`).
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ from typing import NamedTuple
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, KafkaTimeoutError
 from aiokafka.util import wait_for
 
-from streams.kafka.checkpoints import Packed, committed, extendable
+from streams.kafka.checkpoints import Packed, PieceWriter, committed, extendable
 from streams.state import snapshot
 from streams.worker.faults import crash_point, refused
 
@@ -120,6 +122,7 @@ class Checkpointer:
         self._pointers: dict[str, str] = {}  # checkpoint name -> pointer this worker last committed
         self._unsure: dict[str, list[str]] = {}  # name -> pointers whose commit may have landed
         self._stale: list[tuple[str, str]] = []  # (name, pointer) found not committed: to delete
+        self._given_up: list[tuple[str, PieceWriter]] = []  # writes given up half-way whose chunks are to delete
         self._in_force: dict[str, tuple[dict, float]] = {}  # name -> ({tp: (offset, pointer)}, when committed)
         self._contested: dict[str, tuple[str, float]] = {}  # name -> (another worker's pointer in force, seen since)
         self._over: dict[str, str] = {}  # name -> another worker's pointer a commit that may have landed went over
@@ -181,9 +184,14 @@ class Checkpointer:
         return pointer if extendable(pointer) and self.name(role, partition) not in self._contested else ""
 
     async def forget_stale(self) -> None:
-        """Delete the checkpoints `adopt` found were never committed, and those whose deletion
-        failed before; stop at the first that fails again (the broker is away). Those not
-        deleted stay listed, also when the task is cancelled meanwhile."""
+        """Delete the chunks of writes given up half-way (`abandon`), the checkpoints `adopt`
+        found were never committed, and those whose deletion failed before; stop at the first
+        that fails again (the broker is away). Those not deleted stay listed, also when the
+        task is cancelled meanwhile."""
+        while self._given_up and await self._delete_sent(*self._given_up[-1]):
+            self._given_up.pop()
+        if self._given_up:
+            return
         stale, self._stale = self._stale, []
         try:
             while stale and await self._forget(*stale[-1], requeue=False):
@@ -214,11 +222,42 @@ class Checkpointer:
         if refused(self.store.topic):
             raise KafkaTimeoutError("refused by NPO_REFUSE_SEND (fault test)")
 
-    async def write(self, role: str, partition: int, packed: Packed, base: str = "") -> str:
-        """Write a checkpoint (not yet in force), a delta if `base` names the one it follows;
-        its pointer. KafkaError when the broker refuses it or does not answer in time."""
-        self._injected_refusal()
-        return await self.store.write(self.name(role, partition), packed, base)
+    def writer(self, role: str, partition: int) -> PieceWriter:
+        """A checkpoint piece of the partition to write as its bytes are made (`finish` commits it)."""
+        return self.store.writer(self.name(role, partition))
+
+    def write_failed(self, exc: KafkaError, role: str, partition: int, writer: PieceWriter | None = None) -> None:
+        """A checkpoint's write failed with `exc`: counted if `transient` (nothing is in force,
+        the partition is checkpointed again at its next turn, and what `writer` sent is deleted
+        after the next commit that lands), raised otherwise."""
+        if not transient(exc):
+            raise exc
+        log.warning("checkpoint not written (tried again at its next turn): %r", exc,
+                    extra={"checkpoint": self.name(role, partition)})
+        self.counters["checkpoint_write_errors"] += 1
+        if writer is not None:
+            self._given_up.append((self.name(role, partition), writer))
+
+    async def abandon(self, role: str, partition: int, writer: PieceWriter) -> None:
+        """Delete the chunks a write of the partition's checkpoint given up half-way sent (the
+        partition went to another worker meanwhile); if the broker refuses or does not answer
+        in time, the write is listed and tried again after the next commit that lands."""
+        name = self.name(role, partition)
+        if not await self._delete_sent(name, writer):
+            self._given_up.append((name, writer))
+
+    async def _delete_sent(self, name: str, writer: PieceWriter) -> bool:
+        try:
+            self._injected_refusal()
+            await writer.abandon()
+            return True
+        except KafkaError as exc:
+            if not transient(exc):
+                raise
+            log.warning("chunks of a checkpoint given up not deleted yet (tried again after the next commit): %r",
+                        exc, extra={"checkpoint": name})
+            self.counters["checkpoint_write_errors"] += 1
+            return False
 
     async def commit(self, consumer, role: str, partition: int, pointer: str, offsets: dict, still,
                      whole: bool = False) -> bool:
@@ -319,25 +358,39 @@ class Checkpointer:
 
     async def save(self, consumer, role: str, partition: int, packed: Packed, offsets: dict, still,
                    base: str = "") -> bool:
-        """`write`, then `commit`: True when the checkpoint is in force. A write that fails
-        with a `transient` error is counted and leaves nothing in force (tried again next
-        turn); any other error ends the worker, as a restart is what clears it."""
+        """Write a packed checkpoint (a delta if `base` names the checkpoint it follows), then
+        `commit` it: True when it is in force. A write that fails with a `transient` error is
+        counted and leaves nothing in force (tried again next turn); any other error ends the
+        worker, as a restart is what clears it."""
         try:
-            pointer = await self.write(role, partition, packed, base)
+            self._injected_refusal()
+            pointer = await self.store.write(self.name(role, partition), packed, base)
         except KafkaError as exc:
-            if not transient(exc):
-                raise
-            log.warning("checkpoint not written (tried again at its next turn): %r", exc,
-                        extra={"checkpoint": self.name(role, partition)})
-            self.counters["checkpoint_write_errors"] += 1
+            self.write_failed(exc, role, partition)
             return False
+        return await self._committed(consumer, role, partition, pointer, packed.size, offsets, still, base)
+
+    async def finish(self, consumer, role: str, partition: int, writer: PieceWriter, size: int, offsets: dict,
+                     still, base: str = "") -> bool:
+        """`save` for a checkpoint written as it was taken (`writer`, `size` uncompressed bytes):
+        close its write, then commit it."""
+        try:
+            self._injected_refusal()
+            pointer = await writer.close(size, base)
+        except KafkaError as exc:
+            self.write_failed(exc, role, partition, writer)
+            return False
+        return await self._committed(consumer, role, partition, pointer, size, offsets, still, base)
+
+    async def _committed(self, consumer, role: str, partition: int, pointer: str, size: int, offsets: dict,
+                         still, base: str) -> bool:
         crash_point("checkpoint")
         if not await self.commit(consumer, role, partition, pointer, offsets, still, whole=not base):
             return False
-        self.counters["checkpoint_bytes", role] += packed.size
+        self.counters["checkpoint_bytes", role] += size
         if base:
             self.counters["checkpoint_deltas", role] += 1
-            self.counters["checkpoint_delta_bytes", role] += packed.size
+            self.counters["checkpoint_delta_bytes", role] += size
         return True
 
     async def _supersede(self, name: str, pointer: str) -> None:

@@ -14,13 +14,14 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from rocksdict import Cache, WriteBufferManager
 
 from streams import codec
 from streams.config import MonitorConfig
-from streams.kafka.checkpoints import Packed, pack_pieces
+from streams.kafka.checkpoints import Framer, PieceWriter
 from streams.pipeline import PartitionStage, StageCapture
 from streams.state import snapshot
 from streams.worker.outputs import PartialsRouter
@@ -34,8 +35,9 @@ _PARTS = ("stage", "join", "parts")
 @dataclass
 class Capture:
     """An input partition's checkpoint being taken: its stage as of one moment, with the
-    partials numbers and offsets of that moment; `step` takes the join a slice at a time.
-    `base`: the checkpoint in force it is a delta against ("" when whole)."""
+    partials numbers and offsets of that moment, given as zstd frames (`next_frame`) that the
+    schedule writes (`writer`) as they come. `base`: the checkpoint in force it is a delta
+    against ("" when whole)."""
 
     partition: int
     stage: PartitionStage
@@ -43,17 +45,39 @@ class Capture:
     numbers: list
     offsets: dict[str, int]
     base: str = ""
+    writer: PieceWriter | None = None
+    _framer: Framer | None = field(default=None, repr=False)
+    _frames: Iterator[memoryview] | None = field(default=None, repr=False)
+    _released: bool = field(default=False, repr=False)
 
-    def step(self) -> bool:
-        return self.body.step()
+    def next_frame(self) -> memoryview | None:
+        """The checkpoint's next zstd frame, None once all are given: a streamed piece
+        (`snapshot.stream_pieces`) of the stage's state, partials numbers and offsets first,
+        then the join's entries (most of a large state), a slice taken and compressed as
+        frames are asked for. Neither the join nor the checkpoint is ever held whole; the
+        stage's state is handed over at the first call."""
+        if self._released:
+            raise RuntimeError(f"the checkpoint of input partition {self.partition} was released")
+        if self._frames is None:
+            kind = "ingest.delta" if self.body.delta else "ingest"
+            state = {"stage": self.body.take_state(), "seq": self.numbers, "offsets": self.offsets}
+            self._framer = Framer(snapshot.stream_pieces(kind, state, _PARTS, self.body.packed_parts()))
+            del state
+            self._frames = iter(self._framer)
+        return next(self._frames, None)
 
-    def packed(self) -> Packed:
-        kind = "ingest.delta" if self.body.delta else "ingest"
-        # the join's parts (most of a large state, each compressed already) are encoded and
-        # framed one at a time and let go of as they are, the de-duplication ids compressed
-        # from their arrays: the checkpoint is never held whole uncompressed, nor twice
-        return pack_pieces(snapshot.encode_pieces(kind, {"stage": self.body.take_state(), "seq": self.numbers,
-                                                         "offsets": self.offsets}, _PARTS))
+    @property
+    def size(self) -> int:
+        """The uncompressed bytes of the frames given so far (of all, once they are)."""
+        return self._framer.size if self._framer is not None else 0
+
+    def release(self) -> None:
+        """Let go of the join store's view and of the frames not yet given (before the store
+        closes): asking for a frame after is an error (its checkpoint would lack the join)."""
+        self.body.release()
+        if self._frames is not None:
+            self._frames.close()
+        self._framer, self._frames, self._released = None, None, True
 
 
 class Stages:
@@ -73,6 +97,7 @@ class Stages:
         self.dirty: set[int] = set()  # moved since their last checkpoint
         self.bases: dict[int, str] = {}  # partition -> pointer of the checkpoint its changes count from
         self.captures: dict[int, Capture] = {}  # partition -> its checkpoint being taken
+        self.dropped: list[tuple[int, PieceWriter]] = []  # writes begun by captures closed with their partition
         self._dirs: dict[int, str] = {}
         self._last_read: dict[int, float] = {}  # when each last had records (monotonic)
         self._idle: set[int] = set()  # partitions whose idleness has been sent
@@ -111,7 +136,11 @@ class Stages:
 
     def close(self, p: int) -> None:
         stage = self.stages.pop(p, None)
-        self.captures.pop(p, None)  # its store iterator goes before the store does
+        capture = self.captures.pop(p, None)
+        if capture is not None:
+            capture.release()  # its store view goes before the store does
+            if capture.writer is not None:  # what it wrote is deleted at the schedule's next step
+                self.dropped.append((p, capture.writer))
         if stage is not None:
             stage.close()
         path = self._dirs.pop(p, None)
@@ -174,7 +203,8 @@ class Stages:
         return capture
 
     def taken(self, c: Capture) -> None:
-        """`c`'s state is all taken (its last `step` returned False): it is no longer listed."""
+        """`c`'s state is all taken (it gave its last frame), or its write failed: it is no longer
+        listed."""
         if self.captures.get(c.partition) is c:
             del self.captures[c.partition]
 
