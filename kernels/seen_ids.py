@@ -87,9 +87,13 @@ class Table:
         return self.between(int(self.meta[HEAD]), int(self.meta[TAIL]))
 
     def between(self, first: int, end: int) -> tuple[np.ndarray, np.ndarray]:
-        """(digests, times) of the ring's absolute positions [first, end), all held."""
-        at = np.arange(first, end) % self.ring_ts.shape[0]
-        return self.ring_keys[at], self.ring_ts[at]
+        """(digests, times) of the ring's absolute positions [first, end), all held: copies of
+        at most two runs of the ring (a whole checkpoint takes every id held, and an index
+        array of their positions would cost a third as much again)."""
+        size = self.ring_ts.shape[0]
+        lo, hi = first % size, first % size + (end - first)
+        runs = [slice(lo, min(hi, size)), slice(0, max(0, hi - size))]
+        return np.concatenate([self.ring_keys[r] for r in runs]), np.concatenate([self.ring_ts[r] for r in runs])
 
     @property
     def nbytes(self) -> int:

@@ -149,3 +149,23 @@ def test_any_stream_cap_horizon_and_batching_decide_as_the_reference(seed, max_i
     assert batched == singly
     assert (d.evicted, len(d)) == (evicted, len(held))
     assert d.duplicates == len(ids) - len(singly)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 5), st.integers(0, 10_000), st.data())
+def test_the_ids_between_two_ring_positions_are_theirs_in_order_wherever_the_ring_wraps(log_size, first, data):
+    """A checkpoint takes the ids held as runs of the ring (it wraps at its end): any span of
+    at most the ring's size, from any absolute position, gives each position's id in turn."""
+    from kernels.seen_ids import Table
+
+    size = 1 << log_size
+    table = Table(slots=4, ring=size)
+    table.ring_keys[:] = np.arange(2 * size, dtype=np.uint64).reshape(size, 2)
+    table.ring_ts[:] = np.arange(size) / 2
+    end = first + data.draw(st.integers(0, size))
+    keys, ts = table.between(first, end)
+    at = [p % size for p in range(first, end)]
+    assert keys.tolist() == [table.ring_keys[i].tolist() for i in at] and ts.tolist() == [table.ring_ts[i] for i in at]
+    assert keys.shape == (end - first, 2) and keys.dtype == np.uint64 and ts.dtype == np.float64
+    keys[:] = 0  # a copy: the ring is not written through it
+    assert table.ring_keys.ravel().tolist() == list(range(2 * size))
