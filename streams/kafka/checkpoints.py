@@ -8,8 +8,8 @@ whole. The consumer group's offset commit carries a pointer to it in its
 metadata: state and the offsets it covers are committed in one request, so a
 restart finds either both or neither. Once a newer checkpoint is committed, the
 older one's chunks are deleted with tombstones, and so are those of a write given up
-half-way. A checkpoint written but never committed (the writer died in between, or the
-broker refused part of it) is simply never read. One whose commit was refused after a
+half-way (`PieceWriter.abandon`). A checkpoint written but never committed (the writer died
+in between, or the broker refused part of it) is never read. One whose commit was refused after a
 rebalance may still have landed, so the worker deletes it only once a later commit
 supersedes it or the group is found pointing elsewhere.
 

@@ -24,12 +24,13 @@ stayed in force for the grace (`contest_grace_s`), the other was a member that h
 the owner commits a whole checkpoint over it and deletes the other's pieces. Without that
 the owner would never commit again until the next rebalance.
 
-A write that times out (an outage longer than the producer's request timeout) or fails with
-an error Kafka marks retriable leaves nothing in force: the partition is checkpointed again
-at its next turn, and the chunks that did land are never read. A deletion that fails so is
-tried again after the next commit that lands. Other errors end the worker. An input
-partition's checkpoint is written as it is taken (`writer`, then `finish`); one whose
-partition is revoked half-way has the chunks it sent deleted (`abandon`).
+An input partition's checkpoint is written as it is taken (`writer`, then `finish`); a
+monitor's, small, at once (`save`). A write that times out (an outage longer than the
+producer's request timeout) or fails with an error Kafka marks retriable leaves nothing in
+force: the partition is checkpointed again at its next turn, and the chunks that did land
+are never read (an input partition's are deleted after the next commit that lands, as are
+those of a write whose partition is revoked half-way: `abandon`). A deletion that fails so
+is tried again after the next commit that lands. Other errors end the worker.
 """
 from __future__ import annotations
 
