@@ -7,8 +7,9 @@ random place in a skip list (which cost 2 to 2.5 µs a score on UUID scenario id
 feedback event needs, its scenario's scores, is then found here, in a
 :class:`kernels.digest_map.DigestMap` (33 to 50 bytes a scenario in a large table: 10M
 pending scenarios take 330 to 500 MB; while the table grows, the old and the new are held at
-once, 2.25 times the old's size from a million slots on, where it grows by a quarter). The table is derived from the store's expiry entries (which list every stored
-score's scenario), so it is rebuilt after a load and never checkpointed.
+once, 2.25 times the old's size from a million slots on, where it grows by a quarter). The
+table is derived from the store's expiry entries (which list every stored score's scenario),
+so it is rebuilt after a load and never checkpointed.
 The kernels take a batch one scenario at a time, in order.
 
 >>> import numpy as np
