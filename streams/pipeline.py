@@ -18,6 +18,7 @@ import numpy as np
 
 from kernels import label_states, msgpack_scan, scenario_index
 from kernels.detector import MixtureSR
+from kernels.held_ids import HeldColumn
 from streams import codec, columnar
 from streams.columns import EventColumns
 from streams.config import MonitorConfig
@@ -115,8 +116,9 @@ class PartitionStage:
 
     def capture(self, slice_size: int = 50_000, delta: bool = False) -> "StageCapture":
         """This stage's checkpoint as of now, its join entries taken a slice at a time
-        (`StageCapture.step`, or `packed_parts` as a worker writes them) while the stage goes
-        on processing (a large join store never stalls the stream). With `delta`, only what
+        (`StageCapture.step`, or `packed_parts` as a worker writes them) and its
+        de-duplication ids read from their table as they are encoded, while the stage goes
+        on processing (a large state is never copied whole at once). With `delta`, only what
         changed since the last checkpoint that came into force (`committed`); else the whole
         state. Either way, what changes from now on counts toward the next checkpoint; if this
         one does not come into force, say so (`abandoned`) and the next one holds its changes
@@ -125,10 +127,10 @@ class PartitionStage:
         delta = delta and changed.log is not None  # None: more changed than was tracked
         if delta:
             join, parts = self.join.changes_lazily(changed, slice_size)
-            dedup = self.dedup.changes()
+            dedup = self.dedup.changes(held=True)
         else:
             join, parts = self.join.dump_lazily(slice_size)
-            dedup = self.dedup.dump()
+            dedup = self.dedup.dump(held=True)
         return StageCapture({"dedup": dedup, "join": join, "windows": self.windows.dump()}, parts, delta,
                             changed, self.dedup.position())
 
@@ -174,7 +176,9 @@ class PartitionStage:
 class StageCapture:
     """A stage's checkpoint being taken: its state as of `PartitionStage.capture`, the join's
     entries (all, or the changed ones for a `delta`) compressed a slice at a time: kept, one
-    per `step` (`state` holds them), or handed on as taken (`packed_parts`)."""
+    per `step` (`state` holds them), or handed on as taken (`packed_parts`). Its
+    de-duplication ids stay in their table until they are read (`state`, or as
+    `snapshot.stream_pieces` encodes what `take_state` hands over)."""
 
     def __init__(self, head: dict, parts: Iterator[bytes], delta: bool = False, changed: Changes | None = None,
                  position: tuple[int, int] = (0, 0)) -> None:
@@ -201,22 +205,30 @@ class StageCapture:
         return self._parts
 
     def release(self) -> None:
-        """Let go of the join store's view (before the store closes): taking a slice after is
-        an error."""
-        self._parts = None
+        """Let go of the join store's view (before the store closes) and of the state not handed
+        over (its held ids are no longer guarded): taking a slice or the state after is an
+        error."""
+        self._parts, self._head = None, None
 
     def state(self) -> dict:
-        """The checkpoint body (call after `step` returned False, before `take_state`)."""
-        if self._head is None:
-            raise RuntimeError("the capture's state was handed over")
-        return {**self._head, "join": {**self._head["join"], "parts": self._packed}}
+        """The checkpoint body, in plain values and arrays (call after `step` returned False,
+        before `take_state`)."""
+        if self._head is not None:  # the held ids read now, once: kept as arrays from then on
+            dedup = self._head["dedup"]
+            self._head["dedup"] = {k: v.array() if isinstance(v, HeldColumn) else v for k, v in dedup.items()}
+        return self._whole()
 
     def take_state(self) -> dict:
-        """`state`, handed over: the capture keeps none of it, so it is freed (the
-        de-duplication ids above all) once the caller lets go of it (`snapshot.stream_pieces`
-        does once it has given it)."""
-        state, self._head, self._packed = self.state(), None, []
+        """The checkpoint body, handed over: its de-duplication ids still `HeldColumn`s, for
+        `snapshot.stream_pieces` to read as it encodes them. The capture keeps none of it, so
+        it is freed once the caller lets go of it."""
+        state, self._head, self._packed = self._whole(), None, []
         return state
+
+    def _whole(self) -> dict:
+        if self._head is None:
+            raise RuntimeError("the capture's state was handed over or released")
+        return {**self._head, "join": {**self._head["join"], "parts": self._packed}}
 
 
 class Monitor:

@@ -2,6 +2,7 @@
 exactly as if nothing had happened (what makes a restarted worker's results identical)."""
 from __future__ import annotations
 
+import itertools
 import random
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from streams.config import MonitorConfig
 from streams.demo.runner import run_partitioned
 from streams.kafka.producer import partition_for
+from streams.operators.dedup import Deduplicator
 from streams.operators.windows import Partials
 from streams.pipeline import Monitor, PartitionStage
 from streams.simulate import SimConfig, simulate
@@ -176,25 +178,37 @@ def test_a_lazily_dumped_join_holds_the_entries_of_the_moment_it_was_asked_for()
     again.close()
 
 
-def test_a_checkpoint_is_written_as_its_join_is_taken_and_loads_as_the_capture(by_partition, monkeypatch):
+@pytest.mark.parametrize("goes_on", [False, True])
+def test_a_checkpoint_is_written_as_its_join_is_taken_and_loads_as_the_capture(by_partition, goes_on, monkeypatch):
     """A large join's whole checkpoint is a few hundred megabytes: it is given as zstd frames
-    of about `FRAME_BYTES`, the join's slices taken only as frames are asked for, so neither
-    is ever held whole, and the capture keeps none of its state; the frames together
-    decompress to a streamed piece that decodes to exactly the captured state, and a stage
-    loaded from it is the captured one."""
+    of about `FRAME_BYTES`, the join's slices taken only as frames are asked for and the
+    de-duplication ids read from their table as they are encoded, so none of them is ever
+    held whole, and the capture keeps none of its state; the frames together decompress to
+    a streamed piece that decodes to exactly the captured state, and a stage loaded from it
+    is the captured one. When the stage `goes_on` taking messages between frames (with a
+    cap of 400 ids in a ring of 512, so unread ids are overwritten), what is written is still
+    the moment of the capture."""
     import cramjam
 
     from streams.kafka import checkpoints
     from streams.worker.stages import Capture
 
-    monkeypatch.setattr(checkpoints, "FRAME_BYTES", 2_000)
-    stage = PartitionStage(CONFIG)
-    stage.process(by_partition[0][:800], now=0.0)
+    from kernels.held_ids import HeldIds
+
+    monkeypatch.setattr(checkpoints, "FRAME_BYTES", 500)
+    monkeypatch.setattr(snapshot, "BIG_ARRAY_BYTES", 100)  # ids read in slices of 100 bytes, a few a frame
+    copied, guard = [], HeldIds.guard
+    monkeypatch.setattr(HeldIds, "guard", lambda self, *a: guard(self, *a) and not copied.append(self.copied))
+    config = MonitorConfig(dedup_max_ids=400)
+    messages = by_partition[0]
+    stage = PartitionStage(config)
+    stage.process(messages[:800], now=0.0)
     twin = stage.capture(slice_size=50)  # the same moment, taken whole the plain way
     while twin.step():
         pass
-    state = twin.take_state()
+    state = twin.state()
     stage.abandoned(twin)
+    at_capture = _encoded(stage.dump())
     body = stage.capture(slice_size=50)
     taken = []
     parts = body.packed_parts
@@ -204,16 +218,21 @@ def test_a_checkpoint_is_written_as_its_join_is_taken_and_loads_as_the_capture(b
     with pytest.raises(RuntimeError, match="handed over"):
         body.state()
     assert len(taken) < len(state["join"]["parts"]) // 2  # slices are taken as frames are asked for
+    later = iter(messages[800:5000])
     while (frame := capture.next_frame()) is not None:
         frames.append(frame)
+        if goes_on:
+            stage.process(list(itertools.islice(later, 60)), now=0.0)
+    assert (max(copied, default=0) > 0) == goes_on  # unread ids were about to be overwritten
     data = bytes(cramjam.zstd.decompress(b"".join(frames)))
     assert len(taken) == len(state["join"]["parts"]) > 1 and len(frames) > len(taken) // 4
     assert capture.size == len(data) and data[:1] in (b"\xc5", b"\xc6")  # a bin: the streamed form
     expected = {"stage": state, "seq": [[1, 2]], "offsets": {"t": 9}}
     assert snapshot.encode("ingest", snapshot.decode("ingest", data)) == snapshot.encode("ingest", expected)
-    loaded = PartitionStage(CONFIG)
+    loaded = PartitionStage(config)
     loaded.load(snapshot.decode("ingest", data)["stage"])
-    assert _encoded(loaded.dump()) == _encoded(stage.dump())
+    assert _encoded(loaded.dump()) == at_capture
+    assert (_encoded(stage.dump()) != at_capture) == goes_on
     stage.close()
     loaded.close()
 
@@ -229,8 +248,9 @@ def test_a_streamed_piece_s_document_is_byte_for_byte_its_encoding(n, every_arra
     the bins around the document and each item): with each of the three sizes of a map's
     header, and arrays of every dtype checkpointed (one big-endian, one not contiguous, and,
     when every array is taken from its bytes, small and empty ones, whose ext and bin
-    headers are the short forms), the document's bin holds exactly the bytes `encode`
-    gives it, and each item's bin its encoding."""
+    headers are the short forms), and de-duplication ids held in their table (50,000, or
+    one), the document's bin holds exactly the bytes `encode` gives it, and each item's bin
+    its encoding."""
     big = snapshot.BIG_ARRAY_BYTES // 8
     if every_array:
         monkeypatch.setattr(snapshot, "BIG_ARRAY_BYTES", 0)
@@ -238,10 +258,14 @@ def test_a_streamed_piece_s_document_is_byte_for_byte_its_encoding(n, every_arra
               "u": np.arange(2 * big, dtype=np.uint64)[::2], "small": np.arange(3), "empty": np.zeros((0, 2)),
               "one": np.array(7.5), "mid": np.arange(5_000)}
     tail = [[i, b"x" * (i % 7)] for i in range(n)]
+    dedup = Deduplicator(max_ids=50_000)
+    dedup.fresh([str(i) for i in range(60_000 if every_array else 1)], list(range(60_000 if every_array else 1)))
     state = {"a": 1, "stage": {"dedup": arrays, "join": {"seq": 3, "parts": []}, "windows": [1, 2]},
              "wide": {f"k{i}": i for i in range(n)}}
     expected = snapshot.msgspec.msgpack.Encoder(enc_hook=snapshot._enc_hook).encode(
-        {"format": snapshot.FORMAT, "kind": "ingest", "state": state, "tail": ["stage", "join", "parts"]})
+        {"format": snapshot.FORMAT, "kind": "ingest", "state": {**state, "ids": dedup.dump()},
+         "tail": ["stage", "join", "parts"]})
+    state["ids"] = dedup.dump(held=True)  # read from their table as they are given
     pieces = list(snapshot.stream_pieces("ingest", state, ("stage", "join", "parts"), iter(tail)))
     assert pieces.count(None) == n  # each item ends where a frame may
     bins = snapshot._bins(b"".join(p for p in pieces if p is not None))

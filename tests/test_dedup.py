@@ -169,3 +169,97 @@ def test_the_ids_between_two_ring_positions_are_theirs_in_order_wherever_the_rin
     assert keys.shape == (end - first, 2) and keys.dtype == np.uint64 and ts.dtype == np.float64
     keys[:] = 0  # a copy: the ring is not written through it
     assert table.ring_keys.ravel().tolist() == list(range(2 * size))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 10**6), st.integers(1, 700), st.floats(0.5, 500.0), st.booleans(), st.data())
+def test_held_ids_read_later_are_those_of_their_moment_however_the_table_moves_on(seed, max_ids, horizon_s,
+                                                                                   since_mark, data):
+    """A checkpoint leaves the ids it takes in their table and reads them a slice at a time
+    while batches go on coming in: whatever comes meanwhile (ids evicted by the cap or
+    forgotten with the horizon, event-time gaps of up to days, a ring that wraps many times
+    or grows, a table replaced by a load), and however the reads are cut, each column read
+    gives exactly what a copy taken at the capture holds. Captures never read stop being
+    guarded once let go of."""
+    import gc
+
+    rng = random.Random(seed)
+    d = Deduplicator(horizon_s=horizon_s, max_ids=max_ids)
+    clock, fresh = 0.0, itertools.count(4 * max_ids)
+
+    def batch() -> None:
+        nonlocal clock
+        n = rng.choice([0, 1, 3, rng.randint(1, max_ids), max_ids, 3 * max_ids])
+        # all new ids (a batch then writes as many positions as it has ids), or some repeated
+        share = rng.choice([1.0, 0.9, 0.3])
+        ids = [f"e{next(fresh) if rng.random() < share else rng.randrange(4 * max_ids)}" for _ in range(n)]
+        times = []
+        for _ in range(n):
+            # mostly within the horizon (the cap evicts), now and then a gap of a horizon or of days
+            clock += rng.choices([0.0, rng.random() * horizon_s / max_ids, horizon_s, 3 * 86_400.0], [50, 50, 1, 1])[0]
+            times.append(clock - rng.random() * horizon_s / 2)  # some late: the clock does not move
+        d.fresh(ids, times)
+
+    for _ in range(rng.randint(0, 4)):
+        batch()
+    d.mark(d.position())
+    for _ in range(rng.randint(0, 3)):
+        batch()
+    copy = d.changes() if since_mark else d.dump()
+    held = d.changes(held=True) if since_mark else d.dump(held=True)
+    d.dump(held=True)  # a capture never read, let go of at once
+    gc.collect()
+    got = {"digests": [], "ts": []}
+    readers = {k: held[k].slices(data.draw(st.integers(1, 400), label=f"{k} bytes")) for k in got}
+    order = data.draw(st.permutations(["digests", "ts"]))
+    while readers:
+        step = rng.choices(["read", "batch", "load"], [10, 6, 1])[0]
+        if step == "batch":
+            batch()
+        elif step == "load":
+            d.load(d.dump())
+        else:
+            k = next(k for k in order if k in readers)
+            piece = next(readers[k], None)
+            if piece is None:
+                del readers[k]
+            else:
+                got[k].append(piece)
+    for k in got:
+        assert held[k].shape == copy[k].shape and held[k].dtype == copy[k].dtype
+        whole = np.concatenate([*got[k], copy[k][:0]])
+        assert whole.dtype == copy[k].dtype and whole.tolist() == copy[k].tolist()
+    batch()
+    assert d.held == 0  # read whole, or let go of: nothing guarded any more
+
+
+def test_held_ids_are_copied_aside_only_as_batches_reach_them():
+    """The ring keeps room for the cap rounded up to a power of two: while reads keep ahead
+    of the batches, a capture copies nothing but the slices it reads; a batch that could
+    overwrite unread positions has just those copied aside first, in each column as far as
+    it is unread."""
+    from kernels.held_ids import HeldIds
+    from kernels.seen_ids import Table
+    from streams.operators.dedup import digests
+
+    table, first = Table(), digests([f"a{i}" for i in range(1_000)])
+    table.take(first, np.arange(1_000.0), 1e9, 1_000)  # a ring of 1,024 slots
+    held = HeldIds(table, 0, 1_000)
+    keys, ts = held.columns()
+
+    def take(n: int, name: str) -> None:
+        assert held.guard(table, n)
+        table.take(digests([f"{name}{i}" for i in range(n)]), np.full(n, 1e4), 1e9, 1_000)
+
+    take(24, "b")  # into the ring's 24 free slots
+    assert held.copied == 0
+    take(100, "c")  # over the 100 oldest, in both columns
+    assert held.copied == 2 * 100
+    times = ts.slices(8 * 150)
+    # at most 150 positions a slice: what was copied aside, then the ring
+    assert [next(times).tolist(), next(times).tolist()] == [list(range(100)), list(range(100, 250))]
+    take(100, "d")  # over the next 100: the times are read past them, the keys not
+    assert held.copied == 200 + 100
+    assert keys.array().tolist() == first.tolist()
+    assert np.concatenate(list(times)).tolist() == list(range(250, 1_000))
+    assert not held.guard(table, 1)  # all read: nothing left to guard

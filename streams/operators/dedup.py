@@ -1,9 +1,12 @@
 """Duplicate suppression: an event id counts once within a horizon, in bounded memory."""
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from kernels import murmur3
+from kernels.held_ids import HeldColumn, HeldIds
 from kernels.seen_ids import CLOCK, DUPLICATES, EVICTED, HEAD, LIVE, MAX_SLOTS, NEXT_EXPIRY, TAIL, Table
 
 
@@ -49,6 +52,7 @@ class Deduplicator:
         self.max_ids = int(max_ids)
         self._table = Table()
         self._mark = (0, 0)
+        self._held: list[weakref.ref] = []  # HeldIds not yet read, guarded before each batch
 
     @property
     def duplicates(self) -> int:
@@ -57,6 +61,12 @@ class Deduplicator:
     @property
     def evicted(self) -> int:
         return int(self._table.meta[EVICTED])
+
+    @property
+    def held(self) -> int:
+        """Captures of ids (`dump` or `changes` with `held`) still guarded: not yet read, nor let go of."""
+        self._held = [r for r in self._held if (h := r()) is not None and h.guarded_by(self._table)]
+        return len(self._held)
 
     @property
     def nbytes(self) -> int:
@@ -83,15 +93,20 @@ class Deduplicator:
             raise ValueError("ids and times differ in length")
         if not len(ids):
             return np.zeros(0, np.int64)
+        if self._held:
+            self._held = [r for r in self._held if (h := r()) is not None and h.guard(self._table, len(ids))]
         return self._table.take(digests(ids, prefixes, which), np.asarray(times, np.float64), self.horizon_s,
                                 self.max_ids)
 
     def __len__(self) -> int:
         return int(self._table.meta[LIVE])
 
-    def dump(self) -> dict:
-        """Plain values and arrays (for a checkpoint) from which `load` rebuilds this exact state."""
-        keys, ts = self._table.in_order()
+    def dump(self, held: bool = False) -> dict:
+        """Plain values and arrays (for a checkpoint) from which `load` rebuilds this exact state.
+        With `held`, the ids are `HeldColumn`s instead, read from the table only as they are
+        written out (:mod:`kernels.held_ids`), while ids go on being taken in."""
+        head, tail = self.position()
+        keys, ts = self._ids(head, tail, held)
         return {"digests": keys, "ts": ts, **self._scalars()}
 
     def load(self, state: dict) -> None:
@@ -117,13 +132,22 @@ class Deduplicator:
         """`changes` from now on are those since `position` (one `position` gave)."""
         self._mark = position
 
-    def changes(self) -> dict:
+    def changes(self, held: bool = False) -> dict:
         """What changed since the mark, for `apply`: how many of the ids held then were
-        forgotten, the ids taken in since that are still held, and the scalars."""
+        forgotten, the ids taken in since that are still held (`HeldColumn`s with `held`, as
+        in `dump`), and the scalars."""
         (head, tail), (marked_head, marked_tail) = self.position(), self._mark
-        keys, ts = self._table.between(max(head, marked_tail), tail)
+        keys, ts = self._ids(max(head, marked_tail), tail, held)
         return {"drop": min(head, marked_tail) - marked_head, "digests": keys, "ts": ts,
                 **self._scalars()}
+
+    def _ids(self, first: int, end: int, held: bool) -> tuple[np.ndarray | HeldColumn, np.ndarray | HeldColumn]:
+        """The ids at the queue's positions [first, end): copied, or `held` in the table."""
+        if not held:
+            return self._table.between(first, end)
+        ids = HeldIds(self._table, first, end)
+        self._held.append(weakref.ref(ids))
+        return ids.columns()
 
     def apply(self, delta: dict) -> None:
         """Take `changes` on top of the state they were taken against (a load, then the
@@ -134,7 +158,8 @@ class Deduplicator:
             raise ValueError(f"deduplicator delta: cannot drop {drop!r} of {len(keys)} ids")
         try:
             new_keys, new_ts = delta["digests"], delta["ts"]
-            keys, ts = np.concatenate([keys[drop:], new_keys]), np.concatenate([ts[drop:], np.asarray(new_ts, np.float64)])
+            keys = np.concatenate([keys[drop:], new_keys])
+            ts = np.concatenate([ts[drop:], np.asarray(new_ts, np.float64)])
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"deduplicator delta: {e!r}") from e
         self.load({**delta, "digests": keys, "ts": ts})

@@ -20,6 +20,8 @@ import cramjam
 import msgspec
 import numpy as np
 
+from kernels.held_ids import HeldColumn
+
 FORMAT = 4
 """Of a whole piece. 4: the join keeps its scores in pages, which code that read format 3 would
 not find, so it refuses these; 3: the join's score keys are numbered in arrival order; 2:
@@ -50,6 +52,8 @@ def _array_bytes(obj: np.ndarray) -> tuple[str, list[int], memoryview]:
 
 
 def _enc_hook(obj):
+    if isinstance(obj, HeldColumn):
+        obj = obj.array()
     if isinstance(obj, np.ndarray):
         return msgspec.msgpack.Ext(_ARRAY_EXT, msgspec.msgpack.encode(_array_bytes(obj)))
     if isinstance(obj, np.integer):
@@ -83,7 +87,8 @@ def _document(kind: str, state: dict) -> dict:
 
 
 BIG_ARRAY_BYTES = 1 << 20
-"""Arrays this large are encoded as views of their bytes by `stream_pieces`, not copied."""
+"""Arrays this large are encoded as views of their bytes by `stream_pieces`, not copied; a
+`HeldColumn` is read in slices of this size."""
 
 
 def stream_pieces(kind: str, state: dict, tail: tuple[str, ...],
@@ -97,10 +102,14 @@ def stream_pieces(kind: str, state: dict, tail: tuple[str, ...],
     del state
     head = list(_pieces(doc))
     del doc
-    yield _sized(sum(map(len, head)), b"\xc4", b"\xc5", b"\xc6")
+    yield _sized(sum(p.nbytes if isinstance(p, HeldColumn) else len(p) for p in head), b"\xc4", b"\xc5", b"\xc6")
     head.reverse()
     while head:
-        yield head.pop()
+        piece = head.pop()
+        if isinstance(piece, HeldColumn):
+            yield from _held_bytes(piece)
+        else:
+            yield piece
     for item in items:
         data = _encoder.encode(item)
         yield _sized(len(data), b"\xc4", b"\xc5", b"\xc6")
@@ -108,8 +117,9 @@ def stream_pieces(kind: str, state: dict, tail: tuple[str, ...],
         yield None
 
 
-def _pieces(value) -> Iterator[bytes | memoryview]:
-    """`_encoder.encode(value)` in pieces: maps' headers written here, large arrays as views."""
+def _pieces(value) -> Iterator[bytes | memoryview | HeldColumn]:
+    """`_encoder.encode(value)` in pieces: maps' headers written here, large arrays as views,
+    held columns as themselves (their bytes are read as they are written)."""
     if isinstance(value, dict):
         yield _header(len(value), 0x80, b"\xde", b"\xdf")
         for key, item in value.items():
@@ -117,14 +127,33 @@ def _pieces(value) -> Iterator[bytes | memoryview]:
             yield from _pieces(item)
     elif isinstance(value, np.ndarray) and value.nbytes >= BIG_ARRAY_BYTES:
         dtype, shape, raw = _array_bytes(value)
-        # as `_enc_hook` encodes it: the ext's header, then [dtype, shape, bin] up to the bytes
-        inner = _encoder.encode([dtype, shape, b""])[:-2] + _sized(len(raw), b"\xc4", b"\xc5", b"\xc6")
-        size = len(inner) + len(raw)
-        fixed = {1: b"\xd4", 2: b"\xd5", 4: b"\xd6", 8: b"\xd7", 16: b"\xd8"}.get(size)
-        yield (fixed or _sized(size, b"\xc7", b"\xc8", b"\xc9")) + bytes([_ARRAY_EXT]) + inner
+        yield _array_header(dtype, shape, len(raw))
         yield raw
+    elif isinstance(value, HeldColumn):  # its bytes read only as they are given (`_held_bytes`)
+        yield _array_header(np.dtype(value.dtype).newbyteorder("<").str, list(value.shape), value.nbytes)
+        yield value
     else:
         yield _encoder.encode(value)
+
+
+def _held_bytes(column: HeldColumn) -> Iterator[memoryview]:
+    """A held column's bytes as an array's are encoded, read from its table a slice at a time."""
+    given = 0
+    for piece in column.slices(BIG_ARRAY_BYTES):
+        raw = _array_bytes(piece)[2]
+        given += len(raw)
+        yield raw
+    if given != column.nbytes:
+        raise RuntimeError(f"held ids gave {given} bytes of {column.nbytes}")
+
+
+def _array_header(dtype: str, shape: list[int], nbytes: int) -> bytes:
+    """What `_enc_hook` encodes of an array before its `nbytes` bytes: the ext's header, then
+    [dtype, shape, bin] up to the bin's contents."""
+    inner = _encoder.encode([dtype, shape, b""])[:-2] + _sized(nbytes, b"\xc4", b"\xc5", b"\xc6")
+    size = len(inner) + nbytes
+    fixed = {1: b"\xd4", 2: b"\xd5", 4: b"\xd6", 8: b"\xd7", 16: b"\xd8"}.get(size)
+    return (fixed or _sized(size, b"\xc7", b"\xc8", b"\xc9")) + bytes([_ARRAY_EXT]) + inner
 
 
 def _header(n: int, fix: int, two: bytes, four: bytes) -> bytes:

@@ -1,9 +1,8 @@
 """Handing freed heap memory back to the operating system, after each large checkpoint and
 every second; and the page size numpy asks for.
 
-A whole checkpoint copies the de-duplication ids (48 MB a partition of 2M ids) and passes
-its join through buffers a slice at a time, and RocksDB frees each memtable it flushes (64 MB
-a store). glibc keeps freed heap pages mapped, so without a trim the worker's RSS stays at
+A checkpoint passes its de-duplication ids and its join through buffers a slice at a time,
+and RocksDB frees each memtable it flushes (64 MB a store). glibc keeps freed heap pages mapped, so without a trim the worker's RSS stays at
 the largest of these so far. `malloc_trim` returns them.
 """
 from __future__ import annotations
