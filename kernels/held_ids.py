@@ -8,7 +8,8 @@ the checkpoint is written, while the table goes on taking ids in.
 The ring is written only at its back, in ring order, so the positions a batch can
 overwrite are always the oldest of a capture's still unread: :meth:`HeldIds.guard`, called
 before each batch, copies just those aside. A capture read soon after it is taken copies
-nothing but its slices.
+nothing but its slices; one read more slowly than batches overwrite the ring copies at most
+its whole self, a batch at a time, as a copy at the capture did.
 """
 from __future__ import annotations
 
