@@ -13,6 +13,7 @@ its whole self, a batch at a time, as a copy at the capture did.
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 
 import numpy as np
@@ -25,24 +26,25 @@ KEYS, TIMES = 0, 1
 
 class HeldIds:
     """The ring's absolute positions [first, end) of `table` as they are now: each column
-    given once, a slice at a time (:meth:`slices`), however the table changes meanwhile, as
-    long as :meth:`guard` is called before each batch it takes.
+    given once, a slice at a time (:meth:`slices`), however the table changes meanwhile (it
+    calls :meth:`guard` before each batch it takes, for as long as this is alive and unread).
 
-    >>> t = Table()
-    >>> _ = t.take(np.array([[1, 1], [2, 2]], np.uint64), np.array([10.0, 11.0]), 100.0, 2)
-    >>> held = HeldIds(t, 0, 2)
-    >>> held.guard(t, 2)  # the next batch evicts both, and may overwrite their slots
-    True
-    >>> _ = t.take(np.array([[3, 3], [4, 4]], np.uint64), np.array([12.0, 13.0]), 100.0, 2)
+    >>> t = Table(slots=8, ring=4)
+    >>> _ = t.take(np.array([[1, 1], [2, 2], [3, 3]], np.uint64), np.array([10.0, 11.0, 12.0]), 100.0, 3)
+    >>> held = HeldIds(t, 0, 3)
     >>> keys, times = held.columns()
-    >>> [s.tolist() for s in times.slices(8)], times.shape
-    ([[10.0], [11.0]], (2,))
+    >>> _ = t.take(np.array([[4, 4], [5, 5]], np.uint64), np.array([13.0, 14.0]), 100.0, 3)
+    >>> held.copied, t.ring_ts.tolist()  # the oldest was copied aside, then overwritten
+    (2, [14.0, 11.0, 12.0, 13.0])
+    >>> [s.tolist() for s in times.slices(16)], times.shape
+    ([[10.0], [11.0, 12.0]], (3,))
     >>> keys.array().tolist()
-    [[1, 1], [2, 2]]
+    [[1, 1], [2, 2], [3, 3]]
     """
 
     def __init__(self, table: Table, first: int, end: int) -> None:
         self._columns = (table.ring_keys, table.ring_ts)  # the arrays written at this moment
+        table.holds.append(weakref.ref(self))
         self.first, self.end = first, end
         self._read = [first, first]  # per column: positions given so far
         self._saved: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])  # copies of [read, saved_end)
@@ -116,8 +118,12 @@ class HeldColumn:
         return self._held.slices(self._column, max(1, most_bytes // self._row_bytes))
 
     def array(self) -> np.ndarray:
-        """The values as one array."""
-        return np.concatenate([*self.slices(max(1, self.nbytes)), np.zeros((0, *self.shape[1:]), self.dtype)])
+        """The values as one array (each slice copied into it once)."""
+        out, at = np.empty(self.shape, self.dtype), 0
+        for piece in self.slices(max(1, self.nbytes)):
+            out[at:at + len(piece)] = piece
+            at += len(piece)
+        return out
 
 
 def _copy(column: np.ndarray, start: int, stop: int) -> np.ndarray:

@@ -15,6 +15,7 @@ travel in two small arrays, ``meta`` and ``times``, indexed by the names below.
 from __future__ import annotations
 
 import secrets
+import weakref
 
 import numba
 import numpy as np
@@ -39,6 +40,7 @@ class Table:
         # where a digest sits depends on a secret: crafted ids cannot pile onto one probe path
         # (the table is rebuilt from the ring on load, so the salt need not persist)
         self.salt = np.uint64(secrets.randbits(64))
+        self.holds: list[weakref.ref] = []  # captures of the ring not yet read (`kernels.held_ids`)
 
     @classmethod
     def holding(cls, keys: np.ndarray, ts: np.ndarray, counters: tuple[int, int],
@@ -58,7 +60,10 @@ class Table:
 
     def take(self, digests: np.ndarray, ts: np.ndarray, horizon_s: float, max_ids: int) -> np.ndarray:
         """Positions of the batch's ids seen for the first time (:func:`fresh`), after making
-        room for them."""
+        room for them, and after the captures of the ring still being read copy aside what the
+        batch may overwrite (:meth:`HeldIds.guard <kernels.held_ids.HeldIds.guard>`)."""
+        if self.holds:
+            self.holds = [r for r in self.holds if (h := r()) is not None and h.guard(self, len(digests))]
         self.reserve(min(int(self.meta[LIVE]) + len(digests), max_ids + 1))
         out = np.empty(len(digests), np.int64)
         n = fresh(digests, ts, self.keys, self.state, self.ring_keys, self.ring_ts, self.meta, self.times,
@@ -88,8 +93,8 @@ class Table:
 
     def between(self, first: int, end: int) -> tuple[np.ndarray, np.ndarray]:
         """(digests, times) of the ring's absolute positions [first, end), all held: copies of
-        at most two runs of the ring (a whole checkpoint takes every id held, and an index
-        array of their positions would cost a third as much again)."""
+        at most two runs of the ring (a dump takes every id held, and an index array of their
+        positions would cost a third as much again)."""
         size = self.ring_ts.shape[0]
         lo, hi = first % size, first % size + (end - first)
         runs = [slice(lo, min(hi, size)), slice(0, max(0, hi - size))]

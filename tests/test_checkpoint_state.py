@@ -237,6 +237,32 @@ def test_a_checkpoint_is_written_as_its_join_is_taken_and_loads_as_the_capture(b
     loaded.close()
 
 
+def test_a_checkpoint_released_half_way_leaves_nothing_of_its_ids_guarded(by_partition, monkeypatch):
+    """A partition revoked while its checkpoint is written releases the capture: the ids it
+    had not read yet are no longer guarded (nothing keeps copying them aside), and one not
+    yet begun lets go of them too."""
+    from streams.kafka import checkpoints
+    from streams.worker.stages import Capture
+
+    monkeypatch.setattr(checkpoints, "FRAME_BYTES", 500)
+    monkeypatch.setattr(snapshot, "BIG_ARRAY_BYTES", 100)
+    stage = PartitionStage(MonitorConfig(dedup_max_ids=400))
+    stage.process(by_partition[0][:800], now=0.0)
+    begun = Capture(0, stage, stage.capture(slice_size=50), [], {"t": 1})
+    assert begun.next_frame() is not None
+    assert stage.dedup.held == 1  # the ids are read a frame at a time
+    begun.release()
+    stage.abandoned(begun.body)
+    waiting = Capture(0, stage, stage.capture(slice_size=50), [], {"t": 1})
+    assert stage.dedup.held == 1
+    waiting.release()
+    stage.process(by_partition[0][800:900], now=0.0)
+    assert stage.dedup.held == 0
+    with pytest.raises(RuntimeError, match="released"):
+        begun.next_frame()
+    stage.close()
+
+
 def _encoded(state: dict) -> bytes:
     return snapshot.encode("ingest", state)
 

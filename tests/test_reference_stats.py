@@ -394,7 +394,7 @@ def test_tie_tolerance_is_small():
 # --------------------------------------------------------------------------- doctests
 
 DOCTEST_MODULES = [kernels.layout.__name__, "kernels.detector", "kernels.scenario_index", "kernels.label_states",
-                   "kernels.digest_map", "kernels.murmur3"] + [
+                   "kernels.digest_map", "kernels.murmur3", "kernels.held_ids"] + [
     m.name for m in pkgutil.iter_modules(kernels.reference.__path__, prefix="kernels.reference.")
 ]
 

@@ -1,8 +1,6 @@
 """Duplicate suppression: an event id counts once within a horizon, in bounded memory."""
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 
 from kernels import murmur3
@@ -52,7 +50,6 @@ class Deduplicator:
         self.max_ids = int(max_ids)
         self._table = Table()
         self._mark = (0, 0)
-        self._held: list[weakref.ref] = []  # HeldIds not yet read, guarded before each batch
 
     @property
     def duplicates(self) -> int:
@@ -65,8 +62,9 @@ class Deduplicator:
     @property
     def held(self) -> int:
         """Captures of ids (`dump` or `changes` with `held`) still guarded: not yet read, nor let go of."""
-        self._held = [r for r in self._held if (h := r()) is not None and h.guarded_by(self._table)]
-        return len(self._held)
+        t = self._table
+        t.holds = [r for r in t.holds if (h := r()) is not None and h.guarded_by(t)]
+        return len(t.holds)
 
     @property
     def nbytes(self) -> int:
@@ -93,8 +91,6 @@ class Deduplicator:
             raise ValueError("ids and times differ in length")
         if not len(ids):
             return np.zeros(0, np.int64)
-        if self._held:
-            self._held = [r for r in self._held if (h := r()) is not None and h.guard(self._table, len(ids))]
         return self._table.take(digests(ids, prefixes, which), np.asarray(times, np.float64), self.horizon_s,
                                 self.max_ids)
 
@@ -145,9 +141,7 @@ class Deduplicator:
         """The ids at the queue's positions [first, end): copied, or `held` in the table."""
         if not held:
             return self._table.between(first, end)
-        ids = HeldIds(self._table, first, end)
-        self._held.append(weakref.ref(ids))
-        return ids.columns()
+        return HeldIds(self._table, first, end).columns()
 
     def apply(self, delta: dict) -> None:
         """Take `changes` on top of the state they were taken against (a load, then the
