@@ -6,8 +6,8 @@ passed through. Here they stay in the table's ring and are copied a slice at a t
 the checkpoint is written, while the table goes on taking ids in.
 
 The ring is written only at its back, in ring order, so the positions a batch can
-overwrite are always the oldest of a capture's still unread: :meth:`HeldIds.guard`, called
-before each batch, copies just those aside. A capture read soon after it is taken copies
+overwrite are always the oldest of a capture's still unread: :meth:`HeldIds.guard`, which
+`Table.take` calls before each batch, copies just those aside. A capture read soon after it is taken copies
 nothing but its slices; one read more slowly than batches overwrite the ring copies at most
 its whole self, a batch at a time, as a copy at the capture did.
 """

@@ -190,10 +190,9 @@ def test_a_checkpoint_is_written_as_its_join_is_taken_and_loads_as_the_capture(b
     the moment of the capture."""
     import cramjam
 
+    from kernels.held_ids import HeldIds
     from streams.kafka import checkpoints
     from streams.worker.stages import Capture
-
-    from kernels.held_ids import HeldIds
 
     monkeypatch.setattr(checkpoints, "FRAME_BYTES", 500)
     monkeypatch.setattr(snapshot, "BIG_ARRAY_BYTES", 100)  # ids read in slices of 100 bytes, a few a frame
