@@ -70,6 +70,11 @@ class Table:
                   self.salt, horizon_s, max_ids, out)
         return out[:n]
 
+    def held(self) -> int:
+        """Captures of the ring still guarded (:mod:`kernels.held_ids`): alive and not yet read."""
+        self.holds = [r for r in self.holds if (h := r()) is not None and h.guarded_by(self)]
+        return len(self.holds)
+
     def reserve(self, held: int) -> None:
         """Room for `held` ids at once: the table at most half full, the ring holding them all."""
         if held > self.ring_ts.shape[0]:

@@ -62,9 +62,7 @@ class Deduplicator:
     @property
     def held(self) -> int:
         """Captures of ids (`dump` or `changes` with `held`) still guarded: not yet read, nor let go of."""
-        t = self._table
-        t.holds = [r for r in t.holds if (h := r()) is not None and h.guarded_by(t)]
-        return len(t.holds)
+        return self._table.held()
 
     @property
     def nbytes(self) -> int:

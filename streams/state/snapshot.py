@@ -102,7 +102,7 @@ def stream_pieces(kind: str, state: dict, tail: tuple[str, ...],
     del state
     head = list(_pieces(doc))
     del doc
-    yield _sized(sum(p.nbytes if isinstance(p, HeldColumn) else len(p) for p in head), b"\xc4", b"\xc5", b"\xc6")
+    yield _bin_header(sum(p.nbytes if isinstance(p, HeldColumn) else len(p) for p in head))
     head.reverse()
     while head:
         piece = head.pop()
@@ -112,7 +112,7 @@ def stream_pieces(kind: str, state: dict, tail: tuple[str, ...],
             yield piece
     for item in items:
         data = _encoder.encode(item)
-        yield _sized(len(data), b"\xc4", b"\xc5", b"\xc6")
+        yield _bin_header(len(data))
         yield data
         yield None
 
@@ -150,10 +150,19 @@ def _held_bytes(column: HeldColumn) -> Iterator[memoryview]:
 def _array_header(dtype: str, shape: list[int], nbytes: int) -> bytes:
     """What `_enc_hook` encodes of an array before its `nbytes` bytes: the ext's header, then
     [dtype, shape, bin] up to the bin's contents."""
-    inner = _encoder.encode([dtype, shape, b""])[:-2] + _sized(nbytes, b"\xc4", b"\xc5", b"\xc6")
+    inner = _encoder.encode([dtype, shape, b""])[:-2] + _bin_header(nbytes)
     size = len(inner) + nbytes
     fixed = {1: b"\xd4", 2: b"\xd5", 4: b"\xd6", 8: b"\xd7", 16: b"\xd8"}.get(size)
     return (fixed or _sized(size, b"\xc7", b"\xc8", b"\xc9")) + bytes([_ARRAY_EXT]) + inner
+
+
+_BIN_WIDTHS = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+"""msgpack's bin marks (8-, 16- and 32-bit forms) and the bytes of the length after each."""
+
+
+def _bin_header(n: int) -> bytes:
+    """msgpack's header of a bin of `n` bytes."""
+    return _sized(n, b"\xc4", b"\xc5", b"\xc6")
 
 
 def _header(n: int, fix: int, two: bytes, four: bytes) -> bytes:
@@ -173,7 +182,7 @@ def _sized(n: int, one: bytes | None, two: bytes, four: bytes) -> bytes:
 def decode(kind: str, blob: bytes) -> dict:
     """The state `encode` or `stream_pieces` was given (a streamed piece's tail put back in its
     place); SnapshotError if `blob` is not a `kind` checkpoint."""
-    streamed = blob[:1] in (b"\xc4", b"\xc5", b"\xc6")
+    streamed = bool(blob) and blob[0] in _BIN_WIDTHS
     bins = _bins(blob) if streamed else [blob]
     try:
         doc = _decoder.decode(bins[0])
@@ -192,7 +201,7 @@ def _bins(blob: bytes) -> list[memoryview]:
     """The contents of the msgpack bins `blob` is a sequence of; SnapshotError unless it is one."""
     view, at, out = memoryview(blob), 0, []
     while at < len(view):
-        width = {0xC4: 1, 0xC5: 2, 0xC6: 4}.get(view[at])
+        width = _BIN_WIDTHS.get(view[at])
         start = at + 1 + (width or 0)
         if width is None or start > len(view):
             raise SnapshotError(f"undecodable checkpoint: no bin at byte {at} of a streamed piece")

@@ -2,8 +2,9 @@
 every second; and the page size numpy asks for.
 
 A checkpoint passes its de-duplication ids and its join through buffers a slice at a time,
-and RocksDB frees each memtable it flushes (64 MB a store). glibc keeps freed heap pages mapped, so without a trim the worker's RSS stays at
-the largest of these so far. `malloc_trim` returns them.
+and RocksDB frees each memtable it flushes (64 MB a store). glibc keeps freed heap pages
+mapped, so without a trim the worker's RSS stays at the largest of these so far.
+`malloc_trim` returns them.
 """
 from __future__ import annotations
 
