@@ -16,18 +16,20 @@ The result is exactly what taking the events one at a time would give:
   lands (:meth:`streams.operators.join.FeedbackJoin.labels`).
 
 Why column at a time: a Python loop over every event cost about 5 µs an event, most of the
-envelope path. Here scores (most events) are read from the batch's columns
-(:class:`streams.columns.EventColumns`) by C-level `map`s and numpy; only feedback takes a
-Python loop.
+envelope path. Here events are read from the batch's columns
+(:class:`streams.columns.EventColumns`) by C-level `map`s and numpy, and so is the score
+feedback joins when its scenario has one score or none (:func:`_joined`). Only feedback that
+waits for its score, or whose scenario has several scores to choose from, takes a Python loop.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
-from itertools import compress
-from operator import attrgetter
+from itertools import chain, compress
+from operator import attrgetter, contains, itemgetter
 
 import numpy as np
 
@@ -43,7 +45,7 @@ _LABELLED = {LIKE, OVERRIDE}.__contains__
 _ABLATION = {**KIND, "abstain": KIND["like"]}  # without abstention handling an abstain counts as a like
 _OWN_CONTEXT = attrgetter("policy_id", "score", "tau", "decision")  # all set: feedback needs no join
 _FEEDBACK_FIELDS = attrgetter("ts", "kind", "source", "preferred", "weight")
-_UNLABELLED = (-1, False)
+_PAIR, _REPEAT, _FIRST = attrgetter("pair"), attrgetter("repeat"), itemgetter(0)
 _ID_PREFIX = (b"f:", b"s:")  # by "is a score": score and feedback ids are separate namespaces
 
 
@@ -98,135 +100,195 @@ def ingest(batch: EventColumns, dedup: Deduplicator, join: FeedbackJoin, abstent
         duplicate = np.ones(len(batch), np.bool_)
         duplicate[kept] = False
         batch = batch.without(np.flatnonzero(duplicate))
-    score_pos = np.flatnonzero(batch.is_score).tolist()
-    sids = list(map(batch.scenario_id.__getitem__, score_pos))
+    score_pos = np.flatnonzero(batch.is_score)
+    sids = list(map(batch.scenario_id.__getitem__, score_pos.tolist()))
     score_ts = batch.ts[batch.is_score]
     contexts = Contexts(batch.policy_id, batch.segment, batch.score, batch.tau, batch.decision, score_ts)
-    batch_scores = _Scores(sids, score_pos)
-
-    # feedback parked by earlier batches goes right after the first score of its scenario here
-    released_from_store: dict[int, list[Pending]] = {}
-    if join.has_waiting:
-        for sid in join.waiting_among(batch_scores.first.keys()):
-            released_from_store[batch_scores.first[sid]] = join.release(sid)
-    waiting_here: dict[int, list[tuple[int, Pending]]] = {}  # score index -> (position, feedback)
-    parked: list[Pending] = []
+    batch_scores = _Scores(sids, score_pos.tolist())
+    table = _ContextTable(contexts)
     feedback = _Feedback()
-    fb_pos = np.flatnonzero(~batch.is_score).tolist()
     fbs = batch.feedback
     out.kinds = Counter(map(_KIND, fbs))
     kinds = KIND if abstention_handling else _ABLATION
-    bare, owned = [], []  # (position, event, (pair code, repeat)) of feedback without / with its context
-    for pos, ev, label, own in zip(fb_pos, fbs, _labels(fbs, join, kinds), map(_OWN_CONTEXT, fbs)):
-        (bare if None in own else owned).append((pos, ev, label))
-    stored = join.scores_of([ev.scenario_id for _, ev, _ in bare + owned])
 
-    def joins(sid: str, pos: int, ts: float):
-        """The score feedback at `pos` with event time `ts` joins, or None."""
-        candidates = stored.get(sid, [])
-        here = batch_scores.before(sid, pos)
-        if here:
-            candidates = candidates + list(map(contexts.__getitem__, here))
-        return pick(candidates, ts) if candidates else None
-
-    for pos, ev, label in owned:
-        ctx = joins(ev.scenario_id, pos, ev.ts)
-        feedback.add(pos, ev, label, (ev.policy_id, ev.segment or "default", ev.score, ev.tau, ev.decision,
-                                      math.nan if ctx is None else ctx[5]))
-    for pos, ev, label in bare:
-        sid = ev.scenario_id
-        ctx = joins(sid, pos, ev.ts)
-        if ctx is not None:
-            feedback.add(pos, ev, label, ctx)
-            continue
-        out.waiting += 1
-        pending = Pending(sid, ev.event_id, ev.ts, ev.kind, ev.source, ev.preferred or "", ev.weight, *label)
-        j = batch_scores.after(sid, pos)
-        if j is None:
-            parked.append(pending)
-        else:
-            waiting_here.setdefault(j, []).append((pos, pending))
-    for j in sorted(released_from_store.keys() | waiting_here.keys()):
-        released = released_from_store.get(j, []) + [p for _, p in waiting_here.get(j, [])]
-        out.joined_late += len(released)
-        for p in released:
-            feedback.add(score_pos[j] + 0.5, p, (p.pair, p.repeat), contexts[j])
-
+    # feedback parked by earlier batches goes right after the first score of its scenario here
+    released: dict[int, list[Pending]] = {}  # score index -> the feedback it releases, in order
+    if join.has_waiting:
+        for sid in join.waiting_among(batch_scores.first.keys()):
+            released[batch_scores.first[sid]] = join.release(sid)
+    parked: list[Pending] = []
+    if fbs:
+        fb_pos, fb_ts = np.flatnonzero(~batch.is_score), batch.ts[~batch.is_score]
+        fb_sids = list(map(_SCENARIO_ID, fbs))
+        pair, repeat = _labels(fbs, join, kinds)
+        joined = _joined(fb_sids, fb_pos, fb_ts, batch_scores, score_pos, join.scores_of(fb_sids), table)
+        owned = ~np.fromiter(map(contains, map(_OWN_CONTEXT, fbs), itertools.repeat(None)), np.bool_, len(fbs))
+        waits = ~owned & (joined < 0)
+        now = np.flatnonzero(~waits)  # feedback that has its context now: its own, or its score's
+        row = joined[now]
+        own = owned[now]
+        row[own] = table.add(list(map(_own_context, map(fbs.__getitem__, now[own].tolist()))))
+        feedback.add(fb_pos[now], list(map(fbs.__getitem__, now.tolist())), pair[now], repeat[now], row,
+                     table.ts_of(joined[now]))
+        for i in np.flatnonzero(waits).tolist():  # feedback that waits for its score (few)
+            ev = fbs[i]
+            out.waiting += 1
+            pending = Pending(ev.scenario_id, ev.event_id, ev.ts, ev.kind, ev.source, ev.preferred or "", ev.weight,
+                              int(pair[i]), bool(repeat[i]))
+            j = batch_scores.after(ev.scenario_id, int(fb_pos[i]))
+            if j is None:
+                parked.append(pending)
+            else:
+                released.setdefault(j, []).append(pending)
+    out.joined_late = feedback.add_released(released, score_pos, score_ts)
     out.scores = len(sids)
     join.add_scores(sids, contexts)
     join.park(parked)
-    out.records = _records(batch, score_ts, score_pos, feedback, kinds)
+    out.records = _records(batch, score_ts, score_pos, feedback, table, kinds)
     return out
 
 
-def _labels(fbs: list, join: FeedbackJoin, kinds: dict) -> list[tuple[int, bool]]:
-    """(audit-pair code it completes on arrival or -1, whether its scenario was labelled
-    before) of each feedback event, in log order; (-1, False) for an abstention."""
+def _joined(sids: list[str], pos: np.ndarray, ts: np.ndarray, here: _Scores, score_pos: np.ndarray,
+            stored: dict[str, list[tuple]], table: _ContextTable) -> np.ndarray:
+    """The row of `table` of the score each feedback event (scenario, position in the batch,
+    event time) joins (:func:`streams.operators.join.pick`), -1 for none. Its candidates are its
+    scenario's scores `stored` by earlier batches and those of this batch before it. With one
+    candidate or none, the usual case, it is found by numpy; a scenario with more goes through
+    `pick` (and the one picked into `table`)."""
+    n = len(sids)
+    first = np.fromiter(map(here.first.get, sids, itertools.repeat(-1)), np.int64, n)
+    before = first >= 0
+    before[before] = score_pos[first[before]] < pos[before]  # its scenario's first score here came before it
+    held = np.fromiter(map(len, map(stored.get, sids, itertools.repeat(()))), np.int64, n)
+    joined = np.where(before & (held == 0), first, -1)
+    alone = ~before & (held == 1)
+    several = (before & (held > 0)) | (held > 1)
+    if here.many:  # a scenario scored more than once in this batch may have several scores before it
+        many = np.fromiter(map(here.many.__contains__, sids), np.bool_, n)
+        joined[many], alone, several = -1, alone & ~many, several | many
+    at = np.flatnonzero(alone).tolist()
+    if at:
+        joined[at] = table.add(list(map(_FIRST, map(stored.__getitem__, map(sids.__getitem__, at)))))
+    for i in np.flatnonzero(several).tolist():
+        sid = sids[i]
+        candidates = stored.get(sid, []) + list(map(table.contexts.__getitem__, here.before(sid, int(pos[i]))))
+        if candidates:
+            joined[i] = table.add([pick(candidates, float(ts[i]))])[0]
+    return joined
+
+
+def _own_context(ev) -> tuple:
+    """The context feedback carries, as a joined score's (its decision's event time unknown)."""
+    return ev.policy_id, ev.segment or "default", ev.score, ev.tau, ev.decision, math.nan
+
+
+def _labels(fbs: list, join: FeedbackJoin, kinds: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The audit-pair code each feedback event completes on arrival (-1: none), and whether its
+    scenario was labelled before, in log order; -1 and False for an abstention."""
     labels = list(map(kinds.__getitem__, map(_KIND, fbs)))
     labelled = list(compress(range(len(fbs)), map(_LABELLED, labels)))
-    out = [_UNLABELLED] * len(fbs)
+    pair, repeat = np.full(len(fbs), -1, np.int8), np.zeros(len(fbs), np.bool_)
     if labelled:
         events = list(map(fbs.__getitem__, labelled))
         codes, repeats = join.labels(list(map(_SCENARIO_ID, events)), list(map("audit".__eq__, map(_SOURCE, events))),
                                      list(map(labels.__getitem__, labelled)), list(map(_TS, events)))
-        for i, code, repeat in zip(labelled, codes, repeats):
-            out[i] = (code, repeat)
-    return out
+        pair[labelled], repeat[labelled] = codes, repeats
+    return pair, repeat
+
+
+class _ContextTable:
+    """The contexts a batch's records take: its scores' (a row each, in order), then those that
+    feedback brought or joined from elsewhere (stored scores, its own), added as rows."""
+
+    def __init__(self, contexts: Contexts) -> None:
+        self.contexts = contexts
+        self.more: list[tuple] = []
+
+    def add(self, rows: list[tuple]) -> np.ndarray:
+        """The row numbers of these contexts, added."""
+        start = len(self.contexts) + len(self.more)
+        self.more += rows
+        return np.arange(start, start + len(rows))
+
+    def ts_of(self, rows: np.ndarray) -> np.ndarray:
+        """The event times of these rows' decisions (NaN for -1, or where unknown)."""
+        ts = np.concatenate((self.contexts.columns[5], [row[5] for row in self.more], [math.nan]))
+        return ts[rows]
+
+    def columns(self) -> tuple:
+        """(policy_id, segment, score, decision) of every row, -1 the last."""
+        policy, segment, score, _, decision, _ = self.contexts.columns
+        if not self.more:
+            return policy, segment, score, decision
+        m_policy, m_segment, m_score, _, m_decision, _ = zip(*self.more)
+        return ([*policy, *m_policy], [*segment, *m_segment], np.concatenate((score, m_score)),
+                [*decision, *m_decision])
 
 
 class _Feedback:
-    """Joined feedback: its place in arrival order, its own fields, and its decision's context."""
+    """Joined feedback as columns: its place in arrival order, its own fields (from the events,
+    or Pending: both have those of _FEEDBACK_FIELDS), and its context (a row of the batch's
+    _ContextTable) and decision's event time."""
 
     def __init__(self) -> None:
-        self.order: list[float] = []
-        self.own: list = []  # events, or Pending (both have the fields of _FEEDBACK_FIELDS)
-        self.pair: list[int] = []
-        self.repeat: list[bool] = []
-        self.contexts: list[tuple] = []  # (policy_id, segment, score, tau, decision, decision's ts)
+        self.order, self.own, self.pair, self.repeat, self.context, self.decided = [], [], [], [], [], []
 
-    def add(self, order: float, own, label: tuple[int, bool], ctx: tuple) -> None:
-        self.order.append(order)
-        self.own.append(own)
-        self.pair.append(label[0])
-        self.repeat.append(label[1])
-        self.contexts.append(ctx)
+    def add(self, order: np.ndarray, own: list, pair: np.ndarray, repeat: np.ndarray, context: np.ndarray,
+            decided: np.ndarray) -> None:
+        for name, values in zip(("order", "own", "pair", "repeat", "context", "decided"),
+                                (order.astype(np.float64), own, pair, repeat, context, decided)):
+            getattr(self, name).append(values)
+
+    def add_released(self, released: dict[int, list[Pending]], score_pos: np.ndarray, score_ts: np.ndarray) -> int:
+        """Add the feedback each score releases (score index -> feedback), right after its score;
+        how many."""
+        if not released:
+            return 0
+        at = sorted(released)
+        scores = np.repeat(np.array(at, np.int64), [len(released[j]) for j in at])
+        pending = [p for j in at for p in released[j]]
+        self.add(score_pos[scores] + 0.5, pending, np.array(list(map(_PAIR, pending)), np.int8),
+                 np.array(list(map(_REPEAT, pending)), np.bool_), scores, score_ts[scores])
+        return len(pending)
+
+    def columns(self) -> tuple:
+        """(order, own, pair, repeat, context, decided), each in one piece."""
+        return (np.concatenate(self.order), list(chain.from_iterable(self.own)), np.concatenate(self.pair),
+                np.concatenate(self.repeat), np.concatenate(self.context), np.concatenate(self.decided))
 
     def __len__(self) -> int:
-        return len(self.order)
+        return sum(map(len, self.own))
 
 
-def _records(batch: EventColumns, score_ts: np.ndarray, score_pos: list[int], feedback: _Feedback,
-             kinds: dict) -> Records:
+def _records(batch: EventColumns, score_ts: np.ndarray, score_pos: np.ndarray, feedback: _Feedback,
+             table: _ContextTable, kinds: dict) -> Records:
     """Score rows (from the batch's columns) and feedback rows merged into arrival order,
-    released feedback right after its score. Score rows' constant fields are numpy fills; only
-    the feedback rows' own fields go through Python lists."""
+    released feedback right after its score. Score rows' constant fields are numpy fills;
+    feedback rows' contexts are gathered from `table`, and only their own fields go through
+    Python lists."""
     n_s, n_f = len(score_pos), len(feedback)
     if not n_s + n_f:
         return Records.empty()
-    f8 = lambda values: np.array(values, np.float64)  # noqa: E731
-    i8 = lambda values: np.array(values, np.int8)  # noqa: E731
     fill = lambda value, dtype: np.full(n_s, value, dtype)  # noqa: E731
-    columns = {"ts": score_ts, "decision": i8(list(map(DECISION.__getitem__, batch.decision))),
-               "tau": batch.tau.copy(), "kind": fill(0, np.int8), "source": fill(0, np.int8),
-               "preferred": fill(0, np.int8), "score": batch.score.copy(), "weight": fill(1.0, np.float64),
-               "pair": fill(-1, np.int8), "repeat": fill(False, np.bool_), "decided": score_ts.copy(),
-               "etype": fill(SCORE_EVENT, np.int8)}
-    policy, segment = batch.policy_id, batch.segment
+    i8 = lambda values: np.fromiter(values, np.int8)  # noqa: E731
+    columns = {"ts": score_ts, "tau": batch.tau.copy(), "kind": fill(0, np.int8), "source": fill(0, np.int8),
+               "preferred": fill(0, np.int8), "weight": fill(1.0, np.float64), "pair": fill(-1, np.int8),
+               "repeat": fill(False, np.bool_), "decided": score_ts.copy(), "etype": fill(SCORE_EVENT, np.int8)}
+    rows = np.arange(n_s)  # each record's row of `table`
     if n_f:
-        f_policy, f_segment, f_score, _, f_decision, f_decided = zip(*feedback.contexts)
-        f_ts, f_kind, f_source, f_preferred, f_weight = zip(*map(_FEEDBACK_FIELDS, feedback.own))
-        more = {"ts": f8(f_ts), "decision": i8(list(map(DECISION.__getitem__, f_decision))),
-                "tau": np.zeros(n_f), "kind": i8(list(map(kinds.__getitem__, f_kind))),
-                "source": i8(list(map(SOURCE.__getitem__, f_source))),
-                "preferred": i8(list(map(PREFERRED.__getitem__, f_preferred))), "score": f8(f_score),
-                "weight": f8(f_weight), "pair": i8(feedback.pair), "repeat": np.array(feedback.repeat, np.bool_),
-                "decided": f8(f_decided), "etype": np.full(n_f, FEEDBACK_EVENT, np.int8)}
-        columns = {name: np.concatenate((column, more[name])) for name, column in columns.items()}
-        arrival = np.argsort(np.array(score_pos + feedback.order, np.float64), kind="stable")
-        order = arrival.tolist()
-        policy = list(map([*policy, *f_policy].__getitem__, order))
-        segment = list(map([*segment, *f_segment].__getitem__, order))
-        columns = {name: column[arrival] for name, column in columns.items()}
-    return Records(policy, segment, columns["ts"], columns["etype"], columns["decision"], columns["tau"],
-                   columns["kind"], columns["source"], columns["preferred"], columns["score"], columns["weight"],
+        order, own, pair, repeat, context, decided = feedback.columns()
+        f_ts, f_kind, f_source, f_preferred, f_weight = zip(*map(_FEEDBACK_FIELDS, own))
+        more = {"ts": np.array(f_ts, np.float64), "tau": np.zeros(n_f), "kind": i8(map(kinds.__getitem__, f_kind)),
+                "source": i8(map(SOURCE.__getitem__, f_source)),
+                "preferred": i8(map(PREFERRED.__getitem__, f_preferred)), "weight": np.array(f_weight, np.float64),
+                "pair": pair, "repeat": repeat, "decided": decided,
+                "etype": np.full(n_f, FEEDBACK_EVENT, np.int8)}
+        arrival = np.argsort(np.concatenate((score_pos.astype(np.float64), order)), kind="stable")
+        columns = {name: np.concatenate((column, more[name]))[arrival] for name, column in columns.items()}
+        rows = np.concatenate((rows, context))[arrival]
+    policy, segment, score, decision = table.columns()
+    at = rows.tolist()
+    return Records(list(map(policy.__getitem__, at)), list(map(segment.__getitem__, at)), columns["ts"],
+                   columns["etype"], i8(map(DECISION.__getitem__, map(decision.__getitem__, at))), columns["tau"],
+                   columns["kind"], columns["source"], columns["preferred"], score[rows], columns["weight"],
                    columns["pair"], columns["repeat"], columns["decided"])
