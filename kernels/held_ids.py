@@ -73,6 +73,7 @@ class HeldIds:
                 self._saved[c].append(_copy(column, start, at_risk))
                 self._saved_end[c] = at_risk
                 self.copied += at_risk - start
+                table.bytes_copied_aside += self._saved[c][-1].nbytes
         return True
 
     def columns(self) -> tuple["HeldColumn", "HeldColumn"]:

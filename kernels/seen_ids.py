@@ -41,6 +41,7 @@ class Table:
         # (the table is rebuilt from the ring on load, so the salt need not persist)
         self.salt = np.uint64(secrets.randbits(64))
         self.holds: list[weakref.ref] = []  # captures of the ring not yet read (`kernels.held_ids`)
+        self.bytes_copied_aside = 0  # by those captures, before batches overwrote what they had not read
 
     @classmethod
     def holding(cls, keys: np.ndarray, ts: np.ndarray, counters: tuple[int, int],

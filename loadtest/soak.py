@@ -64,8 +64,10 @@ def checkpoint_sizes(counters: dict) -> dict:
     """Checkpoints the worker committed from its start to the end of the soak (warm-up
     included, the last ones at its stop not), by role, how many of them were deltas, and
     their mean uncompressed size, of all and of the deltas alone: a whole checkpoint's size
-    follows the partition's state, a delta's the input since the one before."""
-    out = {}
+    follows the partition's state, a delta's the input since the one before. And the bytes
+    of de-duplication ids copied aside because a checkpoint was read more slowly than the
+    ids' ring was written."""
+    out = {"ingest_checkpoint_bytes_copied_aside": counters.get("checkpoint_bytes_copied_aside", 0)}
     for role in ("ingest", "aggregate"):
         n, size, deltas, delta_size = (counters.get(f"{name}|{role}", 0) for name in CHECKPOINT_COUNTERS)
         out[f"{role}_checkpoints"] = n

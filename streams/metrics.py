@@ -113,6 +113,9 @@ class Metrics:
                                                "refreshes) not committed because the group's committed pointer "
                                                "could not be read before the commit",
                                                ["role"], registry=r)
+        self.checkpoint_bytes_copied_aside = Counter(
+            "npo_checkpoint_bytes_copied_aside", "De-duplication ids a checkpoint being written had not read yet, "
+            "copied aside before a batch overwrote them: zero while checkpoint writes keep up", registry=r)
         self.checkpoint_write_errors = Counter("npo_checkpoint_write_errors", "Checkpoint writes, and deletions "
                                                "of superseded ones or of what a write given up sent, that the "
                                                "broker refused or did not answer in time (each is tried again)",
@@ -164,7 +167,8 @@ class Metrics:
                           "checkpoint_guard_errors"):
                 getattr(self, name).labels(role=labels[0]).inc(delta)
             elif name in ("duplicates", "late_events", "redis_errors", "joined_late", "waiting_for_score",
-                          "expired_scores", "output_retries", "checkpoint_write_errors"):
+                          "expired_scores", "output_retries", "checkpoint_write_errors",
+                          "checkpoint_bytes_copied_aside"):
                 getattr(self, name).inc(delta)
 
 

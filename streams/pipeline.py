@@ -94,7 +94,10 @@ class PartitionStage:
     def _ingest(self, events: EventColumns) -> Records:
         """De-duplicated, joined records of `events`, with the counters moved."""
         c = self.counters
+        copied_before = self.dedup.bytes_copied_aside
         got = ingest(events, self.dedup, self.join, self.config.abstention_handling)
+        if self.dedup.bytes_copied_aside > copied_before:
+            c["checkpoint_bytes_copied_aside"] += self.dedup.bytes_copied_aside - copied_before
         c["duplicates"] += got.duplicates
         c["events_in", "score"] += got.scores
         for kind, n in got.kinds.items():

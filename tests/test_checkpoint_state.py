@@ -223,6 +223,8 @@ def test_a_checkpoint_is_written_as_its_join_is_taken_and_loads_as_the_capture(b
         if goes_on:
             stage.process(list(itertools.islice(later, 60)), now=0.0)
     assert (max(copied, default=0) > 0) == goes_on  # unread ids were about to be overwritten
+    aside = stage.counters["checkpoint_bytes_copied_aside"]  # a digest 16 bytes, a time 8
+    assert 8 * max(copied, default=0) <= aside <= 16 * max(copied, default=0)
     data = bytes(cramjam.zstd.decompress(b"".join(frames)))
     assert len(taken) == len(state["join"]["parts"]) > 1 and len(frames) > len(taken) // 4
     assert capture.size == len(data) and data[:1] in (b"\xc5", b"\xc6")  # a bin: the streamed form

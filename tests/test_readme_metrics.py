@@ -20,7 +20,8 @@ def _exposed() -> tuple[set[str], set[str]]:
                   ("checkpoint_deltas", "ingest"): 1, ("checkpoint_delta_bytes", "ingest"): 1,
                   ("checkpoint_guard_errors", "ingest"): 1, "duplicates": 1, "late_events": 1,
                   "redis_errors": 1, "joined_late": 1, "waiting_for_score": 1, "expired_scores": 1,
-                  "output_retries": 1, "checkpoint_write_errors": 1, ("lost_to_retention", "npo.scores"): 1})
+                  "output_retries": 1, "checkpoint_write_errors": 1, "checkpoint_bytes_copied_aside": 1,
+                  ("lost_to_retention", "npo.scores"): 1})
     metrics.kernel_seconds.observe(0.01)
     metrics.undelivered.set(0)
     metrics.consumer_lag.labels(topic="npo.scores", partition="0").set(0)

@@ -69,6 +69,12 @@ class Deduplicator:
         """Bytes the remembered ids take (the table's arrays)."""
         return self._table.nbytes
 
+    @property
+    def bytes_copied_aside(self) -> int:
+        """Bytes of held ids copied aside so far, before batches overwrote them unread: none
+        while checkpoints are read faster than the ring wraps (:mod:`kernels.held_ids`)."""
+        return self._table.bytes_copied_aside
+
     def first_time(self, event_id: str, ts: float) -> bool:
         """True the first time `event_id` is seen within the horizon."""
         return bool(self.fresh([event_id], [ts]))
