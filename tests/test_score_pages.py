@@ -15,6 +15,7 @@ from streams.operators.join import FeedbackJoin
 from streams.operators.score_pages import (
     PAGE_ROWS,
     batch_page_keys,
+    columns_at,
     first_serial,
     page_rows,
     page_values,
@@ -51,6 +52,26 @@ def test_pages_give_back_exactly_the_rows_of_their_batches(batches, data):
     got = rows_at(np.array([serials[i] for i in asked], np.int64), fetch)
     assert got == [rows[i] for i in asked]  # bit for bit: floats as float64
     assert len(fetched) == len(set(fetched))  # a page is read once a call
+    columns = columns_at(np.array([serials[i] for i in asked], np.int64), fetch)
+    expected = list(zip(*[rows[i] for i in asked])) or [()] * 6
+    assert [list(c) if isinstance(c, list) else c.tolist() for c in columns] == list(map(list, expected))
+
+
+def test_pages_read_together_never_lend_each_other_strings():
+    """Columns gather the rows of several pages at once, their strings in one list: a page
+    whose codes run past its own strings is refused, not read into its neighbour's."""
+    row = np.zeros(1, [("score", "<f8"), ("tau", "<f8"), ("ts", "<f8"), ("policy", "<u2"), ("segment", "<u2"),
+                       ("decision", "u1")])
+    row["segment"] = 1  # the page has one string: code 1 would be the next page's first
+    pages = {batch_page_keys(256, 1)[0]: msgspec.msgpack.encode((row.tobytes(), ["p"])),
+             batch_page_keys(512, 1)[0]: msgspec.msgpack.encode((np.zeros(1, row.dtype).tobytes(), ["q"]))}
+    fetch = lambda keys: [pages.get(k) for k in keys]  # noqa: E731
+    assert columns_at(np.array([512]), fetch)[:2] == (["q"], ["q"])
+    with pytest.raises(ValueError, match="no string"):
+        columns_at(np.array([256, 512]), fetch)
+    pages[batch_page_keys(256, 1)[0]] = msgspec.msgpack.encode((b"\x00" * 30, ["p"]))  # a row and a byte
+    with pytest.raises(ValueError, match="not whole"):
+        columns_at(np.array([256, 512]), fetch)
 
 
 def test_a_score_not_stored_is_a_key_error():

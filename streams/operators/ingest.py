@@ -29,7 +29,7 @@ from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import chain, compress
-from operator import attrgetter, contains, itemgetter
+from operator import attrgetter, contains
 
 import numpy as np
 
@@ -45,7 +45,7 @@ _LABELLED = {LIKE, OVERRIDE}.__contains__
 _ABLATION = {**KIND, "abstain": KIND["like"]}  # without abstention handling an abstain counts as a like
 _OWN_CONTEXT = attrgetter("policy_id", "score", "tau", "decision")  # all set: feedback needs no join
 _FEEDBACK_FIELDS = attrgetter("ts", "kind", "source", "preferred", "weight")
-_PAIR, _REPEAT, _FIRST = attrgetter("pair"), attrgetter("repeat"), itemgetter(0)
+_PAIR, _REPEAT = attrgetter("pair"), attrgetter("repeat")
 _ID_PREFIX = (b"f:", b"s:")  # by "is a score": score and feedback ids are separate namespaces
 
 
@@ -121,7 +121,7 @@ def ingest(batch: EventColumns, dedup: Deduplicator, join: FeedbackJoin, abstent
         fb_pos, fb_ts = np.flatnonzero(~batch.is_score), batch.ts[~batch.is_score]
         fb_sids = list(map(_SCENARIO_ID, fbs))
         pair, repeat = _labels(fbs, join, kinds)
-        joined = _joined(fb_sids, fb_pos, fb_ts, batch_scores, score_pos, join.scores_of(fb_sids), table)
+        joined = _joined(fb_sids, fb_pos, fb_ts, batch_scores, score_pos, join, table)
         owned = ~np.fromiter(map(contains, map(_OWN_CONTEXT, fbs), itertools.repeat(None)), np.bool_, len(fbs))
         waits = ~owned & (joined < 0)
         now = np.flatnonzero(~waits)  # feedback that has its context now: its own, or its score's
@@ -149,29 +149,31 @@ def ingest(batch: EventColumns, dedup: Deduplicator, join: FeedbackJoin, abstent
 
 
 def _joined(sids: list[str], pos: np.ndarray, ts: np.ndarray, here: _Scores, score_pos: np.ndarray,
-            stored: dict[str, list[tuple]], table: _ContextTable) -> np.ndarray:
+            join: FeedbackJoin, table: _ContextTable) -> np.ndarray:
     """The row of `table` of the score each feedback event (scenario, position in the batch,
     event time) joins (:func:`streams.operators.join.pick`), -1 for none. Its candidates are its
-    scenario's scores `stored` by earlier batches and those of this batch before it. With one
-    candidate or none, the usual case, it is found by numpy; a scenario with more goes through
-    `pick` (and the one picked into `table`)."""
+    scenario's scores stored by earlier batches and those of this batch before it. With one
+    candidate or none, the usual case, it is found by numpy (a stored one read into `table` as
+    columns); a scenario with more goes through `pick`, and the one picked into `table`."""
     n = len(sids)
     first = np.fromiter(map(here.first.get, sids, itertools.repeat(-1)), np.int64, n)
     before = first >= 0
     before[before] = score_pos[first[before]] < pos[before]  # its scenario's first score here came before it
-    held = np.fromiter(map(len, map(stored.get, sids, itertools.repeat(()))), np.int64, n)
-    joined = np.where(before & (held == 0), first, -1)
-    alone = ~before & (held == 1)
-    several = (before & (held > 0)) | (held > 1)
+    latest, rescored = join.latest_of(sids)  # serial of its latest stored score (0: none); more than one stored
+    stored = latest > 0
+    joined = np.where(before & ~stored, first, -1)
+    alone = ~before & stored & ~rescored
+    several = (before & stored) | rescored
     if here.many:  # a scenario scored more than once in this batch may have several scores before it
         many = np.fromiter(map(here.many.__contains__, sids), np.bool_, n)
         joined[many], alone, several = -1, alone & ~many, several | many
-    at = np.flatnonzero(alone).tolist()
-    if at:
-        joined[at] = table.add(list(map(_FIRST, map(stored.__getitem__, map(sids.__getitem__, at)))))
-    for i in np.flatnonzero(several).tolist():
+    if alone.any():
+        joined[alone] = table.add_columns(join.contexts_at(latest[alone]))
+    at = np.flatnonzero(several).tolist()
+    stored_of = join.scores_of(list(map(sids.__getitem__, at)))
+    for i in at:
         sid = sids[i]
-        candidates = stored.get(sid, []) + list(map(table.contexts.__getitem__, here.before(sid, int(pos[i]))))
+        candidates = stored_of.get(sid, []) + list(map(table.contexts.__getitem__, here.before(sid, int(pos[i]))))
         if candidates:
             joined[i] = table.add([pick(candidates, float(ts[i]))])[0]
     return joined
@@ -202,27 +204,35 @@ class _ContextTable:
 
     def __init__(self, contexts: Contexts) -> None:
         self.contexts = contexts
-        self.more: list[tuple] = []
+        self.rows = len(contexts)
+        self.more: list[tuple] = []  # added rows as columns (policy_id, segment, score, tau, decision, ts)
 
     def add(self, rows: list[tuple]) -> np.ndarray:
-        """The row numbers of these contexts, added."""
-        start = len(self.contexts) + len(self.more)
-        self.more += rows
-        return np.arange(start, start + len(rows))
+        """The row numbers of these contexts (6-tuples), added."""
+        return self.add_columns(tuple(zip(*rows))) if rows else np.zeros(0, np.int64)
+
+    def add_columns(self, columns: tuple) -> np.ndarray:
+        """The row numbers of these contexts (as columns), added."""
+        start = self.rows
+        self.rows += len(columns[0])
+        self.more.append(columns)
+        return np.arange(start, self.rows)
 
     def ts_of(self, rows: np.ndarray) -> np.ndarray:
         """The event times of these rows' decisions (NaN for -1, or where unknown)."""
-        ts = np.concatenate((self.contexts.columns[5], [row[5] for row in self.more], [math.nan]))
-        return ts[rows]
+        return np.concatenate((self._column(5), [math.nan]))[rows]
 
     def columns(self) -> tuple:
-        """(policy_id, segment, score, decision) of every row, -1 the last."""
-        policy, segment, score, _, decision, _ = self.contexts.columns
+        """(policy_id, segment, score, decision) of every row."""
+        return self._column(0), self._column(1), self._column(2), self._column(4)
+
+    def _column(self, c: int):
+        base = self.contexts.columns[c]
         if not self.more:
-            return policy, segment, score, decision
-        m_policy, m_segment, m_score, _, m_decision, _ = zip(*self.more)
-        return ([*policy, *m_policy], [*segment, *m_segment], np.concatenate((score, m_score)),
-                [*decision, *m_decision])
+            return base
+        if isinstance(base, np.ndarray):
+            return np.concatenate((base, *(np.asarray(m[c], np.float64) for m in self.more)))
+        return list(chain(base, *(m[c] for m in self.more)))
 
 
 class _Feedback:

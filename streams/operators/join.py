@@ -53,7 +53,9 @@ from streams.operators.dedup import digests_of_bytes
 from streams.operators.score_pages import (
     PAGE_ROWS,
     PREFIX as _PAGE,
+    Columns,
     batch_page_keys,
+    columns_at,
     first_serial,
     numbered_keys,
     page_rows,
@@ -561,6 +563,16 @@ class FeedbackJoin:
         listed = [s for found in serials.values() for s in found]
         contexts = iter(rows_at(listed, self.db.__getitem__))
         return {sid: list(islice(contexts, len(found))) for sid, found in serials.items()}
+
+    def latest_of(self, scenario_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(serial of the latest stored score, 0 for none; whether more than one is stored) of
+        each scenario."""
+        return self._scenarios().get(_scenario_keys(list(map(str.encode, scenario_ids))))
+
+    def contexts_at(self, serials: np.ndarray) -> Columns:
+        """The stored scores numbered `serials` (from `latest_of`) as columns: policy_id,
+        segment, score, tau, decision, event time."""
+        return columns_at(serials, self.db.__getitem__)
 
     def _rescored_serials(self, sid: bytes) -> list[int]:
         """The serials of a re-scored scenario's stored scores, in arrival order (its `r:` keys;

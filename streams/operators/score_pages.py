@@ -19,9 +19,9 @@ its batch, and deleted with it.
 """
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Sequence
 from itertools import chain
+from operator import getitem
 
 import msgspec
 import numpy as np
@@ -35,11 +35,12 @@ PREFIX = b"p:"
 pages sort in arrival order."""
 _ROW = np.dtype([("score", "<f8"), ("tau", "<f8"), ("ts", "<f8"), ("policy", "<u2"), ("segment", "<u2"),
                  ("decision", "u1")])  # packed: 29 bytes a score
-_UNPACK = struct.Struct("<dddHHB").unpack_from  # a row of _ROW
 _SHARED_STRINGS = 32
 """A batch with up to this many policy and segment names gives each page all of them."""
 _encode = msgspec.msgpack.Encoder().encode
 _PAGE = msgspec.msgpack.Decoder(tuple[bytes, list[str]])
+_PAGE_VIEW = msgspec.msgpack.Decoder(tuple[msgspec.Raw, list[str]])  # the rows left where they lie
+_BIN_HEADER = {0xC4: 2, 0xC5: 3, 0xC6: 5}  # a msgpack bin's header size, by its first byte
 
 Columns = tuple[Sequence[str], Sequence[str], Sequence[float], Sequence[float], Sequence[str], Sequence[float]]
 """A batch's scores as columns: policy_id, segment, score, tau, decision, event time."""
@@ -110,6 +111,19 @@ def _decode_page(value: bytes) -> tuple[bytes, list[str]]:
         raise ValueError(f"score page: {e}") from e
 
 
+def _page_view(value: bytes) -> tuple[memoryview, list[str]]:
+    """A page's rows, as a view of `value` (not copied), and its strings."""
+    try:
+        raw, strings = _PAGE_VIEW.decode(value)
+    except msgspec.DecodeError as e:
+        raise ValueError(f"score page: {e}") from e
+    rows = memoryview(raw)
+    header = _BIN_HEADER.get(rows[0]) if len(rows) else None
+    if header is None:
+        raise ValueError("score page: its rows are not a bin")
+    return rows[header:], strings
+
+
 def _table(value: bytes) -> tuple[np.ndarray, list[str]]:
     """A page's rows and strings; ValueError if `value` is not a page."""
     raw, strings = _decode_page(value)
@@ -123,23 +137,44 @@ def _table(value: bytes) -> tuple[np.ndarray, list[str]]:
 
 def rows_at(serials, fetch: Callable[[list[bytes]], list[bytes | None]]) -> list[tuple]:
     """The scores numbered `serials` as rows (policy_id, segment, score, tau, decision, event
-    time), in that order; their pages read with `fetch` (keys to values, None where there is
-    none) once each, and each row unpacked where it lies. KeyError for a score not stored."""
+    time), in that order (:func:`columns_at`, read across)."""
+    policy, segment, score, tau, decision, ts = columns_at(serials, fetch)
+    return list(zip(policy, segment, score.tolist(), tau.tolist(), decision, ts.tolist()))
+
+
+def columns_at(serials, fetch: Callable[[list[bytes]], list[bytes | None]]) -> Columns:
+    """The scores numbered `serials` as columns (policy_id, segment and decision as lists, the
+    numbers as float64 arrays), in that order; their pages read with `fetch` (keys to values,
+    None where there is none) once each, and their rows cut out of them and read by numpy (a
+    page is 256 rows: joining the pages whole would copy tens of times what is read). KeyError
+    for a score not stored."""
     serials = np.asarray(serials, np.int64)
     if not len(serials):
-        return []
+        return [], [], np.zeros(0), np.zeros(0), [], np.zeros(0)
     pages, which = np.unique(serials // PAGE_ROWS, return_inverse=True)
     raws, names = [], []
     for page, value in zip(pages.tolist(), fetch(page_keys(pages))):
         if value is None:
             raise KeyError(f"score page {page} is not stored")
-        raw, strings = _decode_page(value)
+        raw, strings = _page_view(value)
         raws.append(raw)
         names.append(strings)
-    which = which.tolist()
-    try:
-        rows = list(map(_UNPACK, map(raws.__getitem__, which), (serials % PAGE_ROWS * _ROW.itemsize).tolist()))
-    except struct.error:
-        raise KeyError("a score beyond its page's rows is not stored") from None
-    return [(n[p], n[s], score, tau, DECISIONS[d], ts)
-            for n, (score, tau, ts, p, s, d) in zip(map(names.__getitem__, which), rows)]
+    size = np.fromiter(map(len, raws), np.int64, len(raws))
+    held = size // _ROW.itemsize  # rows of each page
+    row = serials % PAGE_ROWS
+    if (size % _ROW.itemsize).any():
+        raise ValueError("score page: its rows are not whole")
+    if (row >= held[which]).any():
+        raise KeyError("a score beyond its page's rows is not stored")
+    at = row * _ROW.itemsize
+    rows = np.frombuffer(b"".join(map(getitem, map(raws.__getitem__, which.tolist()),
+                                      map(slice, at.tolist(), (at + _ROW.itemsize).tolist()))), _ROW)
+    n_names = np.fromiter(map(len, names), np.int64, len(names))
+    if (np.maximum(rows["policy"], rows["segment"]) >= n_names[which]).any():
+        raise ValueError("score page: a code with no string")
+    first_name = (np.cumsum(n_names) - n_names)[which]  # where each row's page's strings start in `strings`
+    strings = list(chain.from_iterable(names))
+    return (list(map(strings.__getitem__, (first_name + rows["policy"]).tolist())),
+            list(map(strings.__getitem__, (first_name + rows["segment"]).tolist())),
+            rows["score"].copy(), rows["tau"].copy(), list(map(DECISIONS.__getitem__, rows["decision"].tolist())),
+            rows["ts"].copy())
