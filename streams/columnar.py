@@ -36,7 +36,6 @@ whole message, as an envelope's own do.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import repeat
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -45,7 +44,7 @@ import numpy as np
 from kernels import msgpack_scan
 from streams import codec
 from streams.codec import MAX_MESSAGE_BYTES, DecodeError, Rejected
-from streams.columns import EventColumns
+from streams.columns import EventColumns, FeedbackFields
 from streams.events import (
     MAX_ENVELOPE_EVENTS,
     MAX_EPOCH_S,
@@ -109,8 +108,8 @@ _DECODER = msgspec.msgpack.Decoder(ColumnarEnvelope)
 _ENCODER = msgspec.msgpack.Encoder()
 _FEEDBACK_FIELDS = tuple(f.name for f in msgspec.structs.fields(FeedbackColumns))
 _FEEDBACK_OPTIONAL = tuple(f.name for f in msgspec.structs.fields(FeedbackColumns) if not f.required)
-_DEFAULT_SOURCE, _DEFAULT_WEIGHT = (next(f.default for f in msgspec.structs.fields(FeedbackEvent) if f.name == name)
-                                    for name in ("source", "weight"))  # what a nil cell stands for
+_FEEDBACK_DEFAULTS = {f.name: f.default for f in msgspec.structs.fields(FeedbackEvent)
+                      if f.name in _FEEDBACK_OPTIONAL}  # what a nil cell stands for
 
 
 def is_columnar(data: bytes) -> bool:
@@ -134,10 +133,10 @@ def encode(events: Sequence, producer: str | None = None) -> bytes:
                              "decision": batch.decision}
         if any(version is not None for version in batch.model_version):
             message["scores"]["model_version"] = batch.model_version
-    if batch.feedback:
-        message["feedback"] = {"kind": [f.kind for f in batch.feedback]}
+    if len(batch.feedback):
+        message["feedback"] = {"kind": batch.feedback.kind}
         for name in _FEEDBACK_OPTIONAL:
-            column = [getattr(f, name) for f in batch.feedback]
+            column = getattr(batch.feedback, name)
             if any(value is not None for value in column):  # a column of nils is left out
                 message["feedback"][name] = column
     data = _ENCODER.encode(message)
@@ -169,7 +168,7 @@ def decode_events(data: bytes) -> codec.Decoded:
     columns, rejected = decode(data)
     scores = zip(columns.policy_id, columns.segment, columns.score.tolist(), columns.tau.tolist(),
                  columns.decision, columns.model_version)
-    feedback = iter(columns.feedback)
+    feedback = iter(columns.feedback_events())
     events = []
     for score, eid, sid, ts in zip(columns.is_score.tolist(), columns.event_id, columns.scenario_id,
                                    columns.ts.tolist()):
@@ -237,22 +236,25 @@ def _columns(m: ColumnarEnvelope) -> EventColumns | None:
         if None in segment:  # nil: not given
             segment = [x if x is not None else "default" for x in segment]
         version = s.model_version if s.model_version is not None else [None] * n_scores
-    feedback = []
+    feedback = EventColumns.empty().feedback
     if f is not None:
-        rows = np.flatnonzero(~is_score).tolist()
+        n_feedback = n - n_scores
         optional = [getattr(f, name) for name in _FEEDBACK_OPTIONAL]
-        if any(len(column) != len(rows) for column in (f.kind, *optional) if column is not None):
+        if any(len(column) != n_feedback for column in (f.kind, *optional) if column is not None):
             return None
-        source, preferred, weight, *context = (column if column is not None else repeat(None) for column in optional)
-        ids, sids, times = m.event_id, m.scenario_id, ts.tolist()
-        feedback = [
-            FeedbackEvent(v=1, event_id=ids[i], scenario_id=sids[i], ts=times[i], kind=kind,
-                          source=_DEFAULT_SOURCE if src is None else src, preferred=pref,
-                          weight=_DEFAULT_WEIGHT if w is None else w, policy_id=p, segment=sg, score=sc, tau=t,
-                          decision=d)
-            for i, kind, src, pref, w, p, sg, sc, t, d in zip(rows, f.kind, source, preferred, weight, *context)]
+        feedback = FeedbackFields(f.kind, *(_filled(column, _FEEDBACK_DEFAULTS[name], n_feedback)
+                                            for name, column in zip(_FEEDBACK_OPTIONAL, optional)))
     return EventColumns(is_score, m.event_id, m.scenario_id, ts, policy, segment, score, tau, decision, version,
                         feedback)
+
+
+def _filled(column: list | None, default, n: int) -> list:
+    """A feedback column with `default` for its nils (all of it, if it was left out)."""
+    if column is None:
+        return [default] * n
+    if default is not None and None in column:
+        return [default if value is None else value for value in column]
+    return column
 
 
 # --- slow path: only a failed fast decode gets here ------------------------

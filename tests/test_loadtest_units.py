@@ -311,7 +311,8 @@ def test_soak_reports_each_role_s_checkpoints_and_their_mean_size_of_all_and_of_
     assert checkpoint_sizes({"checkpoints|ingest": 4, "checkpoint_bytes|ingest": 4_000_002, "checkpoints|aggregate": 0,
                              "checkpoint_deltas|ingest": 3, "checkpoint_delta_bytes|ingest": 900_000,
                              "checkpoint_bytes_copied_aside": 48}) \
-        == {"ingest_checkpoint_bytes_copied_aside": 48, "ingest_checkpoints": 4, "ingest_checkpoint_deltas": 3, "ingest_checkpoint_bytes_mean": 1_000_000,
+        == {"ingest_checkpoint_bytes_copied_aside": 48,
+            "ingest_checkpoints": 4, "ingest_checkpoint_deltas": 3, "ingest_checkpoint_bytes_mean": 1_000_000,
             "ingest_checkpoint_delta_bytes_mean": 300_000, "aggregate_checkpoints": 0,
             "aggregate_checkpoint_deltas": 0, "aggregate_checkpoint_bytes_mean": None,
             "aggregate_checkpoint_delta_bytes_mean": None}

@@ -29,23 +29,19 @@ from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import chain, compress
-from operator import attrgetter, contains
+from operator import attrgetter, is_not
 
 import numpy as np
 
 from kernels.layout import FEEDBACK_EVENT, LIKE, OVERRIDE, SCORE_EVENT
-from streams.columns import EventColumns
+from streams.columns import EventColumns, FeedbackFields
 from streams.operators.dedup import Deduplicator
 from streams.operators.join import Contexts, FeedbackJoin, Pending, pick
 from streams.operators.records import DECISION, KIND, PREFERRED, SOURCE, Records
 
-_SCENARIO_ID, _TS = attrgetter("scenario_id"), attrgetter("ts")
-_KIND, _SOURCE = attrgetter("kind"), attrgetter("source")
 _LABELLED = {LIKE, OVERRIDE}.__contains__
 _ABLATION = {**KIND, "abstain": KIND["like"]}  # without abstention handling an abstain counts as a like
-_OWN_CONTEXT = attrgetter("policy_id", "score", "tau", "decision")  # all set: feedback needs no join
-_FEEDBACK_FIELDS = attrgetter("ts", "kind", "source", "preferred", "weight")
-_PAIR, _REPEAT = attrgetter("pair"), attrgetter("repeat")
+_PENDING_FIELDS = attrgetter("ts", "kind", "source", "preferred", "weight", "pair", "repeat")
 _ID_PREFIX = (b"f:", b"s:")  # by "is a score": score and feedback ids are separate namespaces
 
 
@@ -108,7 +104,7 @@ def ingest(batch: EventColumns, dedup: Deduplicator, join: FeedbackJoin, abstent
     table = _ContextTable(contexts)
     feedback = _Feedback()
     fbs = batch.feedback
-    out.kinds = Counter(map(_KIND, fbs))
+    out.kinds = Counter(fbs.kind)
     kinds = KIND if abstention_handling else _ABLATION
 
     # feedback parked by earlier batches goes right after the first score of its scenario here
@@ -117,25 +113,25 @@ def ingest(batch: EventColumns, dedup: Deduplicator, join: FeedbackJoin, abstent
         for sid in join.waiting_among(batch_scores.first.keys()):
             released[batch_scores.first[sid]] = join.release(sid)
     parked: list[Pending] = []
-    if fbs:
+    if len(fbs):
         fb_pos, fb_ts = np.flatnonzero(~batch.is_score), batch.ts[~batch.is_score]
-        fb_sids = list(map(_SCENARIO_ID, fbs))
-        pair, repeat = _labels(fbs, join, kinds)
+        fb_sids = list(map(batch.scenario_id.__getitem__, fb_pos.tolist()))
+        pair, repeat = _labels(fbs, fb_sids, fb_ts, join, kinds)
         joined = _joined(fb_sids, fb_pos, fb_ts, batch_scores, score_pos, join, table)
-        owned = ~np.fromiter(map(contains, map(_OWN_CONTEXT, fbs), itertools.repeat(None)), np.bool_, len(fbs))
+        owned = _with_context(fbs)
         waits = ~owned & (joined < 0)
         now = np.flatnonzero(~waits)  # feedback that has its context now: its own, or its score's
         row = joined[now]
         own = owned[now]
-        row[own] = table.add(list(map(_own_context, map(fbs.__getitem__, now[own].tolist()))))
-        feedback.add(fb_pos[now], list(map(fbs.__getitem__, now.tolist())), pair[now], repeat[now], row,
+        row[own] = table.add_columns(_own_contexts(fbs.take(now[own].tolist())))
+        feedback.add(fb_pos[now], fb_ts[now], fbs.take(now.tolist()), pair[now], repeat[now], row,
                      table.ts_of(joined[now]))
         for i in np.flatnonzero(waits).tolist():  # feedback that waits for its score (few)
-            ev = fbs[i]
             out.waiting += 1
-            pending = Pending(ev.scenario_id, ev.event_id, ev.ts, ev.kind, ev.source, ev.preferred or "", ev.weight,
-                              int(pair[i]), bool(repeat[i]))
-            j = batch_scores.after(ev.scenario_id, int(fb_pos[i]))
+            sid, pos = fb_sids[i], int(fb_pos[i])
+            pending = Pending(sid, batch.event_id[pos], float(fb_ts[i]), fbs.kind[i], fbs.source[i],
+                              fbs.preferred[i] or "", fbs.weight[i], int(pair[i]), bool(repeat[i]))
+            j = batch_scores.after(sid, pos)
             if j is None:
                 parked.append(pending)
             else:
@@ -179,21 +175,36 @@ def _joined(sids: list[str], pos: np.ndarray, ts: np.ndarray, here: _Scores, sco
     return joined
 
 
-def _own_context(ev) -> tuple:
-    """The context feedback carries, as a joined score's (its decision's event time unknown)."""
-    return ev.policy_id, ev.segment or "default", ev.score, ev.tau, ev.decision, math.nan
+def _with_context(fbs: FeedbackFields) -> np.ndarray:
+    """Whether each feedback row carries its decision's context whole: it needs no join."""
+    n = len(fbs)
+    owned = np.ones(n, np.bool_)
+    for column in (fbs.policy_id, fbs.score, fbs.tau, fbs.decision):
+        if column.count(None) == n:
+            return np.zeros(n, np.bool_)
+        owned &= np.fromiter(map(is_not, column, itertools.repeat(None)), np.bool_, n)
+    return owned
 
 
-def _labels(fbs: list, join: FeedbackJoin, kinds: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The audit-pair code each feedback event completes on arrival (-1: none), and whether its
-    scenario was labelled before, in log order; -1 and False for an abstention."""
-    labels = list(map(kinds.__getitem__, map(_KIND, fbs)))
+def _own_contexts(fbs: FeedbackFields) -> tuple:
+    """The contexts feedback carries, as columns of a joined score's (its decision's event time
+    unknown)."""
+    segment = [s if s is not None else "default" for s in fbs.segment]
+    return fbs.policy_id, segment, fbs.score, fbs.tau, fbs.decision, [math.nan] * len(fbs)
+
+
+def _labels(fbs: FeedbackFields, sids: list[str], ts: np.ndarray, join: FeedbackJoin,
+            kinds: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The audit-pair code each feedback row (its scenario, event time) completes on arrival
+    (-1: none), and whether its scenario was labelled before, in log order; -1 and False for an
+    abstention."""
+    labels = list(map(kinds.__getitem__, fbs.kind))
     labelled = list(compress(range(len(fbs)), map(_LABELLED, labels)))
     pair, repeat = np.full(len(fbs), -1, np.int8), np.zeros(len(fbs), np.bool_)
     if labelled:
-        events = list(map(fbs.__getitem__, labelled))
-        codes, repeats = join.labels(list(map(_SCENARIO_ID, events)), list(map("audit".__eq__, map(_SOURCE, events))),
-                                     list(map(labels.__getitem__, labelled)), list(map(_TS, events)))
+        codes, repeats = join.labels(list(map(sids.__getitem__, labelled)),
+                                     list(map("audit".__eq__, map(fbs.source.__getitem__, labelled))),
+                                     list(map(labels.__getitem__, labelled)), ts[labelled].tolist())
         pair[labelled], repeat[labelled] = codes, repeats
     return pair, repeat
 
@@ -236,18 +247,20 @@ class _ContextTable:
 
 
 class _Feedback:
-    """Joined feedback as columns: its place in arrival order, its own fields (from the events,
-    or Pending: both have those of _FEEDBACK_FIELDS), and its context (a row of the batch's
-    _ContextTable) and decision's event time."""
+    """Joined feedback as columns: its place in arrival order, its own fields (event time,
+    kind, source, preferred, weight: from the batch's rows, or from Pending), its audit pair
+    and repeat, its context (a row of the batch's _ContextTable) and its decision's event time."""
+
+    _NAMES = ("order", "ts", "kind", "source", "preferred", "weight", "pair", "repeat", "context", "decided")
+    _LISTS = {"kind", "source", "preferred", "weight"}  # the rest are arrays
 
     def __init__(self) -> None:
-        self.order, self.own, self.pair, self.repeat, self.context, self.decided = [], [], [], [], [], []
+        self.parts: list[tuple] = []
 
-    def add(self, order: np.ndarray, own: list, pair: np.ndarray, repeat: np.ndarray, context: np.ndarray,
-            decided: np.ndarray) -> None:
-        for name, values in zip(("order", "own", "pair", "repeat", "context", "decided"),
-                                (order.astype(np.float64), own, pair, repeat, context, decided)):
-            getattr(self, name).append(values)
+    def add(self, order: np.ndarray, ts: np.ndarray, own: FeedbackFields, pair: np.ndarray, repeat: np.ndarray,
+            context: np.ndarray, decided: np.ndarray) -> None:
+        self.parts.append((order.astype(np.float64), ts, own.kind, own.source, own.preferred, own.weight, pair,
+                           repeat, context, decided))
 
     def add_released(self, released: dict[int, list[Pending]], score_pos: np.ndarray, score_ts: np.ndarray) -> int:
         """Add the feedback each score releases (score index -> feedback), right after its score;
@@ -257,17 +270,18 @@ class _Feedback:
         at = sorted(released)
         scores = np.repeat(np.array(at, np.int64), [len(released[j]) for j in at])
         pending = [p for j in at for p in released[j]]
-        self.add(score_pos[scores] + 0.5, pending, np.array(list(map(_PAIR, pending)), np.int8),
-                 np.array(list(map(_REPEAT, pending)), np.bool_), scores, score_ts[scores])
+        ts, kind, source, preferred, weight, pair, repeat = map(list, zip(*map(_PENDING_FIELDS, pending)))
+        self.parts.append((score_pos[scores] + 0.5, np.array(ts, np.float64), kind, source, preferred, weight,
+                           np.array(pair, np.int8), np.array(repeat, np.bool_), scores, score_ts[scores]))
         return len(pending)
 
-    def columns(self) -> tuple:
-        """(order, own, pair, repeat, context, decided), each in one piece."""
-        return (np.concatenate(self.order), list(chain.from_iterable(self.own)), np.concatenate(self.pair),
-                np.concatenate(self.repeat), np.concatenate(self.context), np.concatenate(self.decided))
+    def columns(self) -> dict:
+        """Each column in one piece, by name."""
+        return {name: list(chain.from_iterable(part[c] for part in self.parts)) if name in self._LISTS
+                else np.concatenate([part[c] for part in self.parts]) for c, name in enumerate(self._NAMES)}
 
     def __len__(self) -> int:
-        return sum(map(len, self.own))
+        return sum(len(part[0]) for part in self.parts)
 
 
 def _records(batch: EventColumns, score_ts: np.ndarray, score_pos: np.ndarray, feedback: _Feedback,
@@ -286,16 +300,15 @@ def _records(batch: EventColumns, score_ts: np.ndarray, score_pos: np.ndarray, f
                "repeat": fill(False, np.bool_), "decided": score_ts.copy(), "etype": fill(SCORE_EVENT, np.int8)}
     rows = np.arange(n_s)  # each record's row of `table`
     if n_f:
-        order, own, pair, repeat, context, decided = feedback.columns()
-        f_ts, f_kind, f_source, f_preferred, f_weight = zip(*map(_FEEDBACK_FIELDS, own))
-        more = {"ts": np.array(f_ts, np.float64), "tau": np.zeros(n_f), "kind": i8(map(kinds.__getitem__, f_kind)),
-                "source": i8(map(SOURCE.__getitem__, f_source)),
-                "preferred": i8(map(PREFERRED.__getitem__, f_preferred)), "weight": np.array(f_weight, np.float64),
-                "pair": pair, "repeat": repeat, "decided": decided,
-                "etype": np.full(n_f, FEEDBACK_EVENT, np.int8)}
-        arrival = np.argsort(np.concatenate((score_pos.astype(np.float64), order)), kind="stable")
+        f = feedback.columns()
+        more = {"ts": f["ts"], "tau": np.zeros(n_f), "kind": i8(map(kinds.__getitem__, f["kind"])),
+                "source": i8(map(SOURCE.__getitem__, f["source"])),
+                "preferred": i8(map(PREFERRED.__getitem__, f["preferred"])),
+                "weight": np.array(f["weight"], np.float64), "pair": f["pair"], "repeat": f["repeat"],
+                "decided": f["decided"], "etype": np.full(n_f, FEEDBACK_EVENT, np.int8)}
+        arrival = np.argsort(np.concatenate((score_pos.astype(np.float64), f["order"])), kind="stable")
         columns = {name: np.concatenate((column, more[name]))[arrival] for name, column in columns.items()}
-        rows = np.concatenate((rows, context))[arrival]
+        rows = np.concatenate((rows, f["context"]))[arrival]
     policy, segment, score, decision = table.columns()
     at = rows.tolist()
     return Records(list(map(policy.__getitem__, at)), list(map(segment.__getitem__, at)), columns["ts"],
