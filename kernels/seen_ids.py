@@ -62,10 +62,11 @@ class Table:
     def take(self, digests: np.ndarray, ts: np.ndarray, horizon_s: float, max_ids: int) -> np.ndarray:
         """Positions of the batch's ids seen for the first time (:func:`fresh`), after making
         room for them, and after the captures of the ring still being read copy aside what the
-        batch may overwrite (:meth:`HeldIds.guard <kernels.held_ids.HeldIds.guard>`)."""
+        batch may overwrite (:meth:`HeldIds.guard <kernels.held_ids.HeldIds.guard>`): room first,
+        as a ring that grows leaves the old arrays, and what they hold, as they are."""
+        self.reserve(min(int(self.meta[LIVE]) + len(digests), max_ids + 1))
         if self.holds:
             self.holds = [r for r in self.holds if (h := r()) is not None and h.guard(self, len(digests))]
-        self.reserve(min(int(self.meta[LIVE]) + len(digests), max_ids + 1))
         out = np.empty(len(digests), np.int64)
         n = fresh(digests, ts, self.keys, self.state, self.ring_keys, self.ring_ts, self.meta, self.times,
                   self.salt, horizon_s, max_ids, out)

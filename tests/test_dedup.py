@@ -258,11 +258,30 @@ def test_held_ids_are_copied_aside_only_as_batches_reach_them():
     assert held.copied == 0
     take(100, "c")  # over the 100 oldest, in both columns
     assert held.copied == 2 * 100
+    assert table.bytes_copied_aside == 100 * (16 + 8)  # a digest 16 bytes, a time 8
     times = ts.slices(8 * 150)
     # at most 150 positions a slice: what was copied aside, then the ring
     assert [next(times).tolist(), next(times).tolist()] == [list(range(100)), list(range(100, 250))]
     take(100, "d")  # over the next 100: the times are read past them, the keys not
     assert held.copied == 200 + 100
+    assert table.bytes_copied_aside == 100 * (16 + 8) + 100 * 16
     assert keys.array().tolist() == first.tolist()
     assert np.concatenate(list(times)).tolist() == list(range(250, 1_000))
     assert not held.guard(table, 1)  # all read: nothing left to guard
+
+
+def test_a_ring_that_grows_under_a_capture_leaves_it_whole_and_copies_nothing():
+    """A batch that makes the ring grow writes into new arrays: the capture's stay as they
+    are, so nothing is copied aside (or counted as copied)."""
+    from kernels.held_ids import HeldIds
+    from kernels.seen_ids import Table
+    from streams.operators.dedup import digests
+
+    table, first = Table(ring=4), digests([f"a{i}" for i in range(4)])
+    table.take(first, np.arange(4.0), 1e9, 1_000)  # the ring full
+    held = HeldIds(table, 0, 4)
+    table.take(digests(["b0", "b1"]), np.full(2, 9.0), 1e9, 1_000)  # it grows to 8 slots
+    assert table.ring_ts.shape[0] == 8 and held.copied == 0 and table.bytes_copied_aside == 0
+    assert table.held() == 0  # no longer guarded: its arrays are not written again
+    keys, ts = held.columns()
+    assert keys.array().tolist() == first.tolist() and ts.array().tolist() == [0.0, 1.0, 2.0, 3.0]

@@ -171,6 +171,22 @@ def test_ingest_equals_one_event_at_a_time(drawn, abstention_handling, restart, 
         join.close()
 
 
+def test_feedback_that_carries_its_context_without_a_segment_counts_under_default():
+    """No segment, or an empty one (the wire refuses it, a caller's objects may hold it), is the
+    segment "default", and the decision's event time comes from the score it would join."""
+    context = dict(v=1, scenario_id="x", kind="like", policy_id="p", score=0.3, tau=0.4, decision="hold")
+    events = [ScoreEvent(v=1, event_id="s", scenario_id="x", policy_id="q", score=0.9, tau=0.5, decision="act", ts=T0),
+              FeedbackEvent(event_id="f1", ts=T0 + 1, segment=None, **context),
+              FeedbackEvent(event_id="f2", ts=T0 + 2, segment="", **context)]
+    join = FeedbackJoin(horizon_s=86_400.0)
+    try:
+        records = ingest(EventColumns.of_events(events), Deduplicator(), join).records
+        assert records.keys == [("q", "default"), ("p", "default"), ("p", "default")]
+        assert records.decided.tolist() == [T0, T0, T0] and records.score.tolist() == [0.9, 0.3, 0.3]
+    finally:
+        join.close()
+
+
 def test_released_feedback_comes_right_after_its_score_across_batches():
     fb = [FeedbackEvent(v=1, event_id=f"f{i}", scenario_id="x", ts=T0 + i, kind="override") for i in (3, 1, 2)]
     score = ScoreEvent(v=1, event_id="s", scenario_id="x", policy_id="p", score=0.9, tau=0.5, decision="act",

@@ -155,7 +155,7 @@ def _joined(sids: list[str], pos: np.ndarray, ts: np.ndarray, here: _Scores, sco
     first = np.fromiter(map(here.first.get, sids, itertools.repeat(-1)), np.int64, n)
     before = first >= 0
     before[before] = score_pos[first[before]] < pos[before]  # its scenario's first score here came before it
-    latest, rescored = join.latest_of(sids)  # serial of its latest stored score (0: none); more than one stored
+    latest, rescored = join.latest_of(sids)  # serial of its latest stored score (0: none); scored more than once
     stored = latest > 0
     joined = np.where(before & ~stored, first, -1)
     alone = ~before & stored & ~rescored
@@ -189,7 +189,7 @@ def _with_context(fbs: FeedbackFields) -> np.ndarray:
 def _own_contexts(fbs: FeedbackFields) -> tuple:
     """The contexts feedback carries, as columns of a joined score's (its decision's event time
     unknown)."""
-    segment = [s if s is not None else "default" for s in fbs.segment]
+    segment = [s or "default" for s in fbs.segment]
     return fbs.policy_id, segment, fbs.score, fbs.tau, fbs.decision, [math.nan] * len(fbs)
 
 

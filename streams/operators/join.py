@@ -565,8 +565,8 @@ class FeedbackJoin:
         return {sid: list(islice(contexts, len(found))) for sid, found in serials.items()}
 
     def latest_of(self, scenario_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(serial of the latest stored score, 0 for none; whether more than one is stored) of
-        each scenario."""
+        """(serial of the latest stored score, 0 for none; whether the scenario was scored more
+        than once, so it may have more stored) of each scenario."""
         return self._scenarios().get(_scenario_keys(list(map(str.encode, scenario_ids))))
 
     def contexts_at(self, serials: np.ndarray) -> Columns:

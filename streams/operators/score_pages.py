@@ -2,9 +2,10 @@
 
 Why: a key a score cost a Python call to encode its value and another to put it, and as many
 entries to expire, to log for a delta and to dump in a whole checkpoint. A page is built from
-the batch's columns by numpy, and a score is read back where it lies, with one `struct`
-unpack: fixed-width rows (score, tau and event time as float64, the decision's code, and the
-page's own codes for policy_id and segment) and the page's strings, one msgpack pair.
+the batch's columns by numpy, and scores are read back by cutting their rows out of their
+pages where they lie and reading them with numpy: fixed-width rows (score, tau and event time
+as float64, the decision's code, and the page's own codes for policy_id and segment) and the
+page's strings, one msgpack pair.
 
 Scores are numbered (serials) in arrival order, and a batch's first serial starts a page
 (:func:`first_serial`), so the score with serial `s` is row `s % PAGE_ROWS` of page
