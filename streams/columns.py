@@ -1,8 +1,8 @@
 """A batch of decoded events as columns: what the operators take.
 
 Why columns: a batch decoded from a columnar envelope (:mod:`streams.columnar`) never becomes
-an object per score, and the operators read rows straight from these lists and arrays, feedback's own fields too
-(:class:`FeedbackFields`). JSON events are put into the same shape
+an object per event, and the operators read rows straight from these lists and arrays,
+feedback's own fields too (:class:`FeedbackFields`). JSON events are put into the same shape
 (:meth:`EventColumns.of_events`), so there is one ingest path for both wire formats.
 
 >>> from streams.events import ScoreEvent

@@ -97,10 +97,10 @@ def ingest(batch: EventColumns, dedup: Deduplicator, join: FeedbackJoin, abstent
         duplicate[kept] = False
         batch = batch.without(np.flatnonzero(duplicate))
     score_pos = np.flatnonzero(batch.is_score)
-    sids = list(map(batch.scenario_id.__getitem__, score_pos.tolist()))
+    sids = list(map(batch.scenario_id.__getitem__, score_at := score_pos.tolist()))
     score_ts = batch.ts[batch.is_score]
     contexts = Contexts(batch.policy_id, batch.segment, batch.score, batch.tau, batch.decision, score_ts)
-    batch_scores = _Scores(sids, score_pos.tolist())
+    batch_scores = _Scores(sids, score_at)
     table = _ContextTable(contexts)
     feedback = _Feedback()
     fbs = batch.feedback
@@ -124,8 +124,9 @@ def ingest(batch: EventColumns, dedup: Deduplicator, join: FeedbackJoin, abstent
         row = joined[now]
         own = owned[now]
         row[own] = table.add_columns(_own_contexts(fbs.take(now[own].tolist())))
-        feedback.add(fb_pos[now], fb_ts[now], fbs.take(now.tolist()), pair[now], repeat[now], row,
-                     table.ts_of(joined[now]))
+        at = now.tolist()  # of its own fields, its record takes these
+        own_fields = (list(map(column.__getitem__, at)) for column in (fbs.kind, fbs.source, fbs.preferred, fbs.weight))
+        feedback.add(fb_pos[now], fb_ts[now], *own_fields, pair[now], repeat[now], row, table.ts_of(joined[now]))
         for i in np.flatnonzero(waits).tolist():  # feedback that waits for its score (few)
             out.waiting += 1
             sid, pos = fb_sids[i], int(fb_pos[i])
@@ -257,10 +258,10 @@ class _Feedback:
     def __init__(self) -> None:
         self.parts: list[tuple] = []
 
-    def add(self, order: np.ndarray, ts: np.ndarray, own: FeedbackFields, pair: np.ndarray, repeat: np.ndarray,
-            context: np.ndarray, decided: np.ndarray) -> None:
-        self.parts.append((order.astype(np.float64), ts, own.kind, own.source, own.preferred, own.weight, pair,
-                           repeat, context, decided))
+    def add(self, order: np.ndarray, ts: np.ndarray, kind: list, source: list, preferred: list, weight: list,
+            pair: np.ndarray, repeat: np.ndarray, context: np.ndarray, decided: np.ndarray) -> None:
+        self.parts.append((order.astype(np.float64), ts, kind, source, preferred, weight, pair, repeat, context,
+                           decided))
 
     def add_released(self, released: dict[int, list[Pending]], score_pos: np.ndarray, score_ts: np.ndarray) -> int:
         """Add the feedback each score releases (score index -> feedback), right after its score;
@@ -271,8 +272,8 @@ class _Feedback:
         scores = np.repeat(np.array(at, np.int64), [len(released[j]) for j in at])
         pending = [p for j in at for p in released[j]]
         ts, kind, source, preferred, weight, pair, repeat = map(list, zip(*map(_PENDING_FIELDS, pending)))
-        self.parts.append((score_pos[scores] + 0.5, np.array(ts, np.float64), kind, source, preferred, weight,
-                           np.array(pair, np.int8), np.array(repeat, np.bool_), scores, score_ts[scores]))
+        self.add(score_pos[scores] + 0.5, np.array(ts, np.float64), kind, source, preferred, weight,
+                 np.array(pair, np.int8), np.array(repeat, np.bool_), scores, score_ts[scores])
         return len(pending)
 
     def columns(self) -> dict:
