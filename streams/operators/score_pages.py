@@ -40,8 +40,6 @@ _SHARED_STRINGS = 32
 """A batch with up to this many policy and segment names gives each page all of them."""
 _encode = msgspec.msgpack.Encoder().encode
 _PAGE = msgspec.msgpack.Decoder(tuple[bytes, list[str]])
-_PAGE_VIEW = msgspec.msgpack.Decoder(tuple[msgspec.Raw, list[str]])  # the rows left where they lie
-_BIN_HEADER = {0xC4: 2, 0xC5: 3, 0xC6: 5}  # a msgpack bin's header size, by its first byte
 
 Columns = tuple[Sequence[str], Sequence[str], Sequence[float], Sequence[float], Sequence[str], Sequence[float]]
 """A batch's scores as columns: policy_id, segment, score, tau, decision, event time."""
@@ -112,19 +110,6 @@ def _decode_page(value: bytes) -> tuple[bytes, list[str]]:
         raise ValueError(f"score page: {e}") from e
 
 
-def _page_view(value: bytes) -> tuple[memoryview, list[str]]:
-    """A page's rows, as a view of `value` (not copied), and its strings."""
-    try:
-        raw, strings = _PAGE_VIEW.decode(value)
-    except msgspec.DecodeError as e:
-        raise ValueError(f"score page: {e}") from e
-    rows = memoryview(raw)
-    header = _BIN_HEADER.get(rows[0]) if len(rows) else None
-    if header is None:
-        raise ValueError("score page: its rows are not a bin")
-    return rows[header:], strings
-
-
 def _table(value: bytes) -> tuple[np.ndarray, list[str]]:
     """A page's rows and strings; ValueError if `value` is not a page."""
     raw, strings = _decode_page(value)
@@ -157,7 +142,7 @@ def columns_at(serials, fetch: Callable[[list[bytes]], list[bytes | None]]) -> C
     for page, value in zip(pages.tolist(), fetch(page_keys(pages))):
         if value is None:
             raise KeyError(f"score page {page} is not stored")
-        raw, strings = _page_view(value)
+        raw, strings = _decode_page(value)
         raws.append(raw)
         names.append(strings)
     size = np.fromiter(map(len, raws), np.int64, len(raws))
