@@ -232,6 +232,24 @@ def test_a_state_of_an_unknown_layout_is_refused():
         join.close()
 
 
+def test_a_score_page_that_expiry_deleted_is_not_read_from_the_newest_pages_kept_in_memory():
+    """The newest pages are kept as they were written, to join feedback without reading the
+    store; expiry drops those it deletes, so a score past the horizon is gone there too."""
+    join = FeedbackJoin(None, horizon_s=100.0, expire_every_s=0.0)
+    try:
+        join.add_scores(["a"], [("p", "seg", 0.5, 0.5, "act", T0)])
+        old, _ = join.latest_of(["a"])
+        assert join.contexts_at(old)[0] == ["p"]
+        join.add_scores(["b"], [("q", "seg", 0.5, 0.5, "hold", T0 + 500)])
+        new, _ = join.latest_of(["b"])
+        assert join.expire() == [] and join.expired_scores == 1
+        with pytest.raises(KeyError, match="not stored"):
+            join.contexts_at(old)
+        assert join.contexts_at(new)[0] == ["q"]
+    finally:
+        join.close()
+
+
 def test_a_reopened_store_numbers_its_expiry_entries_after_the_ones_it_holds(tmp_path):
     """Numbered from 0 again, the reopened store's first batch in the same millisecond would
     overwrite the expiry entry of the batch before: those scores would never expire, and the

@@ -14,11 +14,13 @@ from kernels.layout import DECISIONS
 from streams.operators.join import FeedbackJoin
 from streams.operators.score_pages import (
     PAGE_ROWS,
+    RecentPages,
     batch_page_keys,
     columns_at,
+    encode_page,
     first_serial,
     page_rows,
-    page_values,
+    page_tables,
     rows_at,
 )
 
@@ -32,13 +34,17 @@ ROW = st.tuples(NAMES, NAMES, st.floats(0, 1), st.floats(0, 1), st.sampled_from(
        data=st.data())
 def test_pages_give_back_exactly_the_rows_of_their_batches(batches, data):
     stored, serials, rows = {}, [], []
+    recent = RecentPages(data.draw(st.integers(1, 8)))  # the newest pages, as their writer keeps them
     last = data.draw(st.integers(0, 2**40))
     for batch in batches:
         first = first_serial(last)
         assert first % PAGE_ROWS == 0 and first > last
-        keys, values = batch_page_keys(first, len(batch)), page_values(tuple(zip(*batch)))
+        tables = page_tables(tuple(zip(*batch)))
+        keys, values = batch_page_keys(first, len(batch)), list(map(encode_page, tables))
         assert len(keys) == len(values) == -(-len(batch) // PAGE_ROWS) and not stored.keys() & set(keys)
         stored.update(zip(keys, values))
+        recent.add(first // PAGE_ROWS, tables)
+        assert len(recent) <= recent.size
         serials += range(first, first + len(batch))
         rows += batch
         last = first + len(batch) - 1
@@ -55,6 +61,11 @@ def test_pages_give_back_exactly_the_rows_of_their_batches(batches, data):
     columns = columns_at(np.array([serials[i] for i in asked], np.int64), fetch)
     expected = list(zip(*[rows[i] for i in asked])) or [()] * 6
     assert [list(c) if isinstance(c, list) else c.tolist() for c in columns] == list(map(list, expected))
+    fetched.clear()
+    columns = columns_at(np.array([serials[i] for i in asked], np.int64), fetch, recent)
+    assert [list(c) if isinstance(c, list) else c.tolist() for c in columns] == list(map(list, expected))
+    assert not any(recent.get(int.from_bytes(key[2:], "big")) for key in fetched)  # the store only for the others
+    assert recent.get(serials[-1] // PAGE_ROWS) is not None  # the newest page is always held
 
 
 def test_pages_read_together_never_lend_each_other_strings():
@@ -76,7 +87,7 @@ def test_pages_read_together_never_lend_each_other_strings():
 
 def test_a_score_not_stored_is_a_key_error():
     columns = (["p"] * 3, ["s"] * 3, [0.5] * 3, [0.5] * 3, ["act"] * 3, [1.0] * 3)
-    values = dict(zip(batch_page_keys(256, 3), page_values(columns)))
+    values = dict(zip(batch_page_keys(256, 3), map(encode_page, page_tables(columns))))
     fetch = lambda keys: [values.get(k) for k in keys]  # noqa: E731
     with pytest.raises(KeyError, match="beyond its page"):
         rows_at(np.array([259]), fetch)
@@ -99,7 +110,8 @@ def test_a_value_that_is_not_a_page_is_refused_with_its_reason(value, reason):
 
 
 def _page(rows: int) -> bytes:
-    return page_values((["p"] * rows, ["s"] * rows, [0.5] * rows, [0.5] * rows, ["act"] * rows, [1.0] * rows))[0]
+    columns = (["p"] * rows, ["s"] * rows, [0.5] * rows, [0.5] * rows, ["act"] * rows, [1.0] * rows)
+    return encode_page(page_tables(columns)[0])
 
 
 def _n(first: int, n: int) -> bytes:

@@ -59,7 +59,9 @@ from streams.operators.score_pages import (
     first_serial,
     numbered_keys,
     page_rows,
-    page_values,
+    RecentPages,
+    encode_page,
+    page_tables,
     rows_at,
 )
 
@@ -397,6 +399,7 @@ class FeedbackJoin:
         self._parked = 0  # feedback parked so far: numbers their keys, so release keeps arrival order
         self._serial = 0  # the last serial given to a score (kept in the store: `_SERIAL`)
         self._by_scenario: ScenarioIndex | None = None  # built from the store when first asked
+        self._recent = RecentPages()  # the newest score pages, as the store holds them
         self._labelled: LabelStates | None = None  # likewise
         self._clock = float("-inf")
         self._last_expiry = float("-inf")
@@ -515,7 +518,8 @@ class FeedbackJoin:
         first = first_serial(self._serial)
         serials = np.arange(first, first + len(ids))
         columns = _columns_of(contexts)
-        keys, values = batch_page_keys(first, len(ids)), page_values(columns)
+        tables = page_tables(columns)
+        keys, values = batch_page_keys(first, len(ids)), list(map(encode_page, tables))
         pages = len(keys)  # a row each in the log, where they hold len(ids)
         max_ts = float(np.max(columns[5]))
         wb = WriteBatch(raw_mode=True)
@@ -541,6 +545,7 @@ class FeedbackJoin:
         except BaseException:
             self._by_scenario = None  # it took scores the store did not: built again from the store
             raise
+        self._recent.add(first // PAGE_ROWS, tables)
         self._scores += len(ids)
         self._serial = int(serials[-1])
         self._clock = max(self._clock, max_ts)
@@ -555,13 +560,13 @@ class FeedbackJoin:
         latest, rescored = self._scenarios().get(_scenario_keys(ids))
         found = np.flatnonzero(latest)
         if not rescored[found].any():  # one score each (the usual case): no Python loop
-            contexts = rows_at(latest[found], self.db.__getitem__)
+            contexts = rows_at(latest[found], self.db.__getitem__, self._recent)
             return dict(zip(map(sids.__getitem__, found.tolist()), map(list, zip(contexts))))
         serials: dict[str, list[int]] = {}
         for i in found.tolist():
             serials[sids[i]] = self._rescored_serials(ids[i]) if rescored[i] else [int(latest[i])]
         listed = [s for found in serials.values() for s in found]
-        contexts = iter(rows_at(listed, self.db.__getitem__))
+        contexts = iter(rows_at(listed, self.db.__getitem__, self._recent))
         return {sid: list(islice(contexts, len(found))) for sid, found in serials.items()}
 
     def latest_of(self, scenario_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -572,7 +577,7 @@ class FeedbackJoin:
     def contexts_at(self, serials: np.ndarray) -> Columns:
         """The stored scores numbered `serials` (from `latest_of`) as columns: policy_id,
         segment, score, tau, decision, event time."""
-        return columns_at(serials, self.db.__getitem__)
+        return columns_at(serials, self.db.__getitem__, self._recent)
 
     def _rescored_serials(self, sid: bytes) -> list[int]:
         """The serials of a re-scored scenario's stored scores, in arrival order (its `r:` keys;
@@ -732,6 +737,7 @@ class FeedbackJoin:
                 self._waiting[sid] = left
         if going is not None:
             self._forgot(going)
+            self._recent.forget_through(max((first + len(ids) - 1) // PAGE_ROWS for first, ids in expired_scores))
         if labelled:  # those all of whose batches are past the horizon: this expiry deleted their entries
             self._label_states().forget_older(_scenario_keys(labelled), cutoff_ms)
         self.unmatched_feedback += len(unmatched)
@@ -845,6 +851,7 @@ class FeedbackJoin:
         if layout < _LAYOUT:
             self._convert_labels(relabelled)
         self._labelled = None  # built from the store when next asked for
+        self._recent.clear()  # the store's pages are now those of the state
         self._track_limit = max(_TRACK_MIN, self._row_count() // 2)
         self._seq, self._parked = int(state["seq"]), max(self._parked, int(state["parked"]))
         self._clock, self._last_expiry = float(state["clock"]), float(state["last_expiry"])

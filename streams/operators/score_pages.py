@@ -14,7 +14,7 @@ its batch, and deleted with it.
 
 >>> columns = (["p", "q"], ["seg", "seg"], [0.5, 1.0], [0.25, 0.5], ["hold", "act"], [10.0, 11.0])
 >>> first = first_serial(0)
->>> pages = dict(zip(batch_page_keys(first, 2), page_values(columns)))
+>>> pages = dict(zip(batch_page_keys(first, 2), map(encode_page, page_tables(columns))))
 >>> rows_at(np.array([first + 1, first]), lambda keys: [pages.get(k) for k in keys])
 [('q', 'seg', 1.0, 0.5, 'act', 11.0), ('p', 'seg', 0.5, 0.25, 'hold', 10.0)]
 """
@@ -43,6 +43,10 @@ _PAGE = msgspec.msgpack.Decoder(tuple[bytes, list[str]])
 
 Columns = tuple[Sequence[str], Sequence[str], Sequence[float], Sequence[float], Sequence[str], Sequence[float]]
 """A batch's scores as columns: policy_id, segment, score, tau, decision, event time."""
+Page = tuple[bytes, list[str]]
+"""A page's rows (packed `_ROW`s) and the strings their codes name."""
+RECENT_PAGES = 256
+"""Pages `RecentPages` holds by default: 65,536 scores, some 2 MB a partition."""
 
 
 def first_serial(last: int) -> int:
@@ -71,10 +75,10 @@ def numbered_keys(prefix: bytes, numbers) -> list[bytes]:
     return keys.view("V10").ravel().tolist()
 
 
-def page_values(columns: Columns) -> list[bytes]:
-    """The values of a batch's pages, in order: rows `PAGE_ROWS` at a time. Strings are coded
-    once for the batch; a batch with many is coded again per page, so a page holds only those
-    it uses."""
+def page_tables(columns: Columns) -> list[Page]:
+    """A batch's pages, in order, as (rows, strings): rows `PAGE_ROWS` at a time. Strings are
+    coded once for the batch; a batch with many is coded again per page, so a page holds only
+    those it uses."""
     policy, segment, score, tau, decision, ts = columns
     n = len(policy)
     rows = np.empty(n, _ROW)
@@ -83,7 +87,7 @@ def page_values(columns: Columns) -> list[bytes]:
     strings = list(dict.fromkeys(chain(policy, segment)))
     code = dict(zip(strings, range(len(strings))))
     codes = np.fromiter(map(code.__getitem__, chain(policy, segment)), np.int64, 2 * n)
-    values = []
+    pages = []
     for lo in range(0, n, PAGE_ROWS):
         hi = min(n, lo + PAGE_ROWS)
         page, names = rows[lo:hi], strings
@@ -93,8 +97,44 @@ def page_values(columns: Columns) -> list[bytes]:
             used, own = np.unique(np.concatenate((codes[lo:hi], codes[n + lo:n + hi])), return_inverse=True)
             page["policy"], page["segment"] = own[:hi - lo], own[hi - lo:]
             names = [strings[u] for u in used.tolist()]
-        values.append(_encode((page.tobytes(), names)))
-    return values
+        pages.append((page.tobytes(), names))
+    return pages
+
+
+def encode_page(page: Page) -> bytes:
+    """A page as the store holds it: one msgpack pair of its rows and its strings."""
+    return _encode(page)
+
+
+class RecentPages:
+    """The newest pages written, up to `size`, as (rows, strings) by page number: feedback
+    mostly comes soon after its score, and reading its page back from the store and decoding
+    it was most of what joining it cost. Whoever writes and deletes the pages keeps this in
+    step (:meth:`add`, :meth:`forget_through`, :meth:`clear`)."""
+
+    def __init__(self, size: int = RECENT_PAGES) -> None:
+        self.size = size
+        self._pages: dict[int, Page] = {}  # in page order: each batch's pages come after the last
+
+    def __len__(self) -> int:
+        return len(self._pages)
+
+    def get(self, page: int) -> Page | None:
+        return self._pages.get(page)
+
+    def add(self, first: int, pages: list[Page]) -> None:
+        """Pages numbered from `first` on, newer than any held; the oldest go past `size`."""
+        self._pages.update(zip(range(first, first + len(pages)), pages))
+        while len(self._pages) > self.size:
+            del self._pages[next(iter(self._pages))]
+
+    def forget_through(self, last: int) -> None:
+        """Drop the pages numbered up to `last` (deleted from the store)."""
+        while self._pages and (oldest := next(iter(self._pages))) <= last:
+            del self._pages[oldest]
+
+    def clear(self) -> None:
+        self._pages.clear()
 
 
 def page_rows(value: bytes) -> int:
@@ -121,30 +161,32 @@ def _table(value: bytes) -> tuple[np.ndarray, list[str]]:
     return rows, strings
 
 
-def rows_at(serials, fetch: Callable[[list[bytes]], list[bytes | None]]) -> list[tuple]:
+def rows_at(serials, fetch: Callable[[list[bytes]], list[bytes | None]], recent: RecentPages | None = None
+            ) -> list[tuple]:
     """The scores numbered `serials` as rows (policy_id, segment, score, tau, decision, event
     time), in that order (:func:`columns_at`, read across)."""
-    policy, segment, score, tau, decision, ts = columns_at(serials, fetch)
+    policy, segment, score, tau, decision, ts = columns_at(serials, fetch, recent)
     return list(zip(policy, segment, score.tolist(), tau.tolist(), decision, ts.tolist()))
 
 
-def columns_at(serials, fetch: Callable[[list[bytes]], list[bytes | None]]) -> Columns:
+def columns_at(serials, fetch: Callable[[list[bytes]], list[bytes | None]], recent: RecentPages | None = None
+               ) -> Columns:
     """The scores numbered `serials` as columns (policy_id, segment and decision as lists, the
-    numbers as float64 arrays), in that order; their pages read with `fetch` (keys to values,
-    None where there is none) once each, and their rows cut out of them and read by numpy (a
-    page is 256 rows: joining the pages whole would copy tens of times what is read). KeyError
-    for a score not stored."""
+    numbers as float64 arrays), in that order; their pages taken from `recent` where it holds
+    them, else read with `fetch` (keys to values, None where there is none), once each, and
+    their rows cut out of them and read by numpy (a page is 256 rows: joining the pages whole
+    would copy tens of times what is read). KeyError for a score not stored."""
     serials = np.asarray(serials, np.int64)
     if not len(serials):
         return [], [], np.zeros(0), np.zeros(0), [], np.zeros(0)
     pages, which = np.unique(serials // PAGE_ROWS, return_inverse=True)
-    raws, names = [], []
-    for page, value in zip(pages.tolist(), fetch(page_keys(pages))):
+    tables = list(map(recent.get, pages.tolist())) if recent is not None else [None] * len(pages)
+    missing = [i for i, table in enumerate(tables) if table is None]
+    for i, value in zip(missing, fetch(page_keys(pages[missing])) if missing else ()):
         if value is None:
-            raise KeyError(f"score page {page} is not stored")
-        raw, strings = _decode_page(value)
-        raws.append(raw)
-        names.append(strings)
+            raise KeyError(f"score page {int(pages[i])} is not stored")
+        tables[i] = _decode_page(value)
+    raws, names = [raw for raw, _ in tables], [strings for _, strings in tables]
     size = np.fromiter(map(len, raws), np.int64, len(raws))
     held = size // _ROW.itemsize  # rows of each page
     row = serials % PAGE_ROWS
