@@ -2,23 +2,26 @@
 from __future__ import annotations
 
 import asyncio
-from collections import namedtuple
+from collections import Counter, namedtuple
 from itertools import repeat
 
 import msgspec
 import numpy as np
 import pytest
+from aiokafka import TopicPartition
 
 import schemas
 from kernels.layout import PAIR_B, PAIR_N, StateLayout
 from streams.config import MonitorConfig
 from streams.events import WindowStatsEvent
+from streams.metrics import Metrics
 from streams.kafka.checkpoints import Packed
 from streams.operators.aggregate import WindowResult
 from streams.operators.windows import Partials
 from streams.worker import partials as codec
 from streams.worker.merge import CoPartitionMerge
-from streams.worker.outputs import window_stats_events
+from streams.worker.outputs import Delivery, window_stats_events
+from streams.worker.own_partials import written_ends
 
 Rec = namedtuple("Rec", "topic timestamp offset")
 
@@ -73,6 +76,35 @@ def test_merge_ties_go_to_scores_first():
 def test_merge_rejects_a_negative_wait():
     with pytest.raises(ValueError):
         CoPartitionMerge("s", "f", idle_s=-1)
+
+
+Ack = namedtuple("Ack", "topic partition offset")
+
+
+def test_delivery_gives_each_message_s_acknowledgement_in_order_also_after_retries(monkeypatch):
+    """What the worker learns of where its writes landed (to read its own partials in the same
+    round) comes from delivery, whose retries must not reorder it."""
+    no_wait = asyncio.sleep
+    monkeypatch.setattr(asyncio, "sleep", lambda s: no_wait(0))
+    offsets, refusals = {}, {"b": 2}  # message "b" is refused twice, then written
+
+    async def send(topic, value, key, partition):  # as aiokafka's: the acknowledgement to await
+        if refusals.get(value, 0):
+            refusals[value] -= 1
+            raise TimeoutError("refused")
+        offsets[partition] = offsets.get(partition, -1) + 1
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(Ack(topic, partition, offsets[partition]))
+        return done
+
+    counters = Counter()
+    delivery = Delivery(send, Metrics(), counters)
+    messages = [("t", "a", None, 0), ("t", "b", None, 0), ("u", "c", None, 1)]
+    acks = asyncio.run(delivery.deliver(messages))
+    assert acks == [Ack("t", 0, 0), Ack("t", 0, 1), Ack("u", 1, 0)]
+    assert counters["output_retries"] == 2 and delivery.undelivered == 0
+    assert written_ends(acks, "t") == {TopicPartition("t", 0): 2}
+    assert written_ends(acks, "u") == {TopicPartition("u", 1): 1} and written_ends(acks, "v") == {}
 
 
 def test_window_stats_events_follow_the_schema():
@@ -825,7 +857,7 @@ def test_a_step_trims_the_heap_every_few_seconds(monkeypatch):
     monkeypatch.setattr(worker_module.time, "monotonic", lambda: now[0])
     w = _worker()
 
-    async def nothing():
+    async def nothing(*written):
         return []
 
     async def loaded():

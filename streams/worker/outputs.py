@@ -150,23 +150,29 @@ class Delivery:
         self.send, self.metrics, self.counters = send, metrics, counters
         self.undelivered = 0  # messages waiting for a retry
 
-    async def deliver(self, messages: list[tuple]) -> None:
+    async def deliver(self, messages: list[tuple]) -> list:
+        """Write `messages`; their acknowledgements (record metadata), in their order."""
+        acks: list = [None] * len(messages)
+        waiting = list(range(len(messages)))
         delay = 0.2
-        while messages:
-            outcome = await self._send(messages)
-            failed = [(m, r) for m, r in zip(messages, outcome) if isinstance(r, BaseException)]
+        while waiting:
+            outcome = await self._send([messages[i] for i in waiting])
+            failed = [(i, r) for i, r in zip(waiting, outcome) if isinstance(r, BaseException)]
+            for i, r in zip(waiting, outcome):
+                acks[i] = r
             self.undelivered = len(failed)
             self.metrics.undelivered.set(len(failed))
             if failed:
                 self.counters["output_retries"] += len(failed)
-                topics = sorted({m[0] for m, _ in failed})
+                topics = sorted({messages[i][0] for i, _ in failed})
                 log.warning("could not write %d message(s) to %s (%s); retrying in %.1f s",
                             len(failed), topics, failed[0][1], delay)
                 # alive (a restart would not help), but holding back: not ready
                 self.metrics.health.beat(f"output to {', '.join(topics)} refused; retrying")
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, 5.0)
-            messages = [m for m, _ in failed]
+            waiting = [i for i, _ in failed]
+        return acks
 
     async def _send(self, messages: list[tuple]) -> list:
         """Each message's acknowledgement, or the exception that refused it."""

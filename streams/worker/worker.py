@@ -9,9 +9,10 @@ partition's progress, so it knows when a pane is final everywhere.
 Aggregate (consumer group `<group>-aggregate`): each `partials` partition feeds one
 `Monitor` (`monitors.py`), which merges the input partitions' partials into final
 tumbling, hopping and cumulative windows, evaluates the rules, and publishes window
-statistics and triggers. The latest statistics and cool-downs go to Redis through a sink
-that never blocks this loop; thresholds set in Redis are polled every few seconds and
-used from the next evaluation on.
+statistics and triggers. A round applies the partials its own ingest has just written to
+the partials partitions it aggregates (`own_partials.py`), not a round later. The latest
+statistics and cool-downs go to Redis through a sink that never blocks this loop;
+thresholds set in Redis are polled every few seconds and used from the next evaluation on.
 
 State and offsets are recovered together (`checkpointing.py`): every
 `checkpoint_interval_s` each partition that moved is checkpointed, after everything its
@@ -43,6 +44,7 @@ from streams.worker.clients import max_poll_interval_s, output_producer, partiti
 from streams.worker.faults import crash_point
 from streams.worker.host import PipelineHost
 from streams.worker.memory import TRIM_EVERY_S, trim_heap
+from streams.worker.own_partials import fetch_through, written_ends
 from streams.worker.retention import RETRY_LOG_START_S, check_gaps
 
 log = logging.getLogger("npo.worker")
@@ -116,10 +118,11 @@ class Worker(PipelineHost):
             await self.stop()
 
     async def step(self) -> None:
-        """One round: ingest what arrived, aggregate what the ingest stage produced."""
+        """One round: ingest what arrived, aggregate what the ingest stage produced (the partials
+        it has just written among them)."""
         await self.assignments.load()
-        await self.delivery.deliver(await self.ingest_round())
-        await self.delivery.deliver(await self.aggregate_round())
+        written = await self.delivery.deliver(await self.ingest_round())
+        await self.delivery.deliver(await self.aggregate_round(written_ends(written, self.topics["partials"])))
         await self.schedule.step()
         self.poll_thresholds()
         self.metrics.sync(self.counters)
@@ -167,9 +170,13 @@ class Worker(PipelineHost):
                 self.metrics.consumer_lag.labels(topic, str(p)).set(high - position + self.merge.pending_on(topic, p))
         return at_end
 
-    async def aggregate_round(self) -> list[tuple]:
-        """Fetch partials, apply them in each held partition: the messages to write."""
-        fetched = await self.aggregate.getmany(timeout_ms=10, max_records=5_000)
+    async def aggregate_round(self, written: dict[TopicPartition, int] | None = None) -> list[tuple]:
+        """Fetch partials, apply them in each held partition: the messages to write. `written`:
+        up to where this round's ingest wrote to each partials partition; those this worker
+        aggregates are read through there (`own_partials`)."""
+        own = {tp: end for tp, end in (written or {}).items()
+               if self.monitors.get(q := tp.partition) is not None and not self.assignments.loading("aggregate", q)}
+        fetched = await fetch_through(self.aggregate, own, timeout_ms=10, max_records=5_000)
         gaps = self.fetch_gaps.gaps(fetched)
         ends = {tp: max(self.aggregate.highwater(tp) or 0, fetched[tp][-1].offset + 1) for tp in gaps}
         lost = await check_gaps(self.aggregate, self.counters, gaps, self.fetch_gaps, retry_s=RETRY_LOG_START_S)
