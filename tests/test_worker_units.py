@@ -107,6 +107,46 @@ def test_delivery_gives_each_message_s_acknowledgement_in_order_also_after_retri
     assert written_ends(acks, "u") == {TopicPartition("u", 1): 1} and written_ends(acks, "v") == {}
 
 
+class _ScriptedConsumer:
+    """What `fetch_through` asks of an aiokafka consumer, answering each fetch from a script."""
+
+    def __init__(self, held, paused, fetches) -> None:
+        self.held, self._paused, self.fetches, self.asked = set(held), set(paused), list(fetches), []
+        self.at = {tp: 0 for tp in held}
+
+    def assignment(self):
+        return self.held
+
+    def paused(self):
+        return self._paused
+
+    async def position(self, tp):
+        return self.at[tp]
+
+    async def getmany(self, *partitions, timeout_ms=0, max_records=None):
+        self.asked.append(partitions)
+        out = self.fetches.pop(0) if self.fetches else {}
+        for tp, records in out.items():
+            self.at[tp] = records[-1].offset + 1
+        return out
+
+
+def test_a_round_waits_only_for_partitions_it_reads_and_keeps_every_partition_s_records():
+    """Partitions not held, or paused until a rebalance's load, are not waited for; a later
+    fetch's records of partitions not waited for are kept, after those fetched before."""
+    from streams.worker.own_partials import fetch_through
+
+    a, b, c, d = (TopicPartition("partials", q) for q in range(4))
+    rec = lambda offset: Rec("partials", 0, offset)  # noqa: E731
+    consumer = _ScriptedConsumer([a, b, c], [c], [{a: [rec(0)], b: [rec(0)]}, {b: [rec(1)]}, {a: [rec(1), rec(2)]}])
+    fetched = asyncio.run(fetch_through(consumer, {a: 3, c: 5, d: 9}, timeout_ms=10, max_records=100, wait_s=30.0))
+    assert {tp: [r.offset for r in records] for tp, records in fetched.items()} == {a: [0, 1, 2], b: [0, 1]}
+    assert consumer.asked == [(), (), ()]  # every fetch of every partition; none once `a` is read through 3
+    idle = _ScriptedConsumer([a, b, c], [c], [{}])
+    assert asyncio.run(fetch_through(idle, {b: 0, c: 5, d: 9}, timeout_ms=10, max_records=100, wait_s=30.0)) == {}
+    assert idle.asked == [()]  # `b` is read through its end, `c` paused, `d` not held: no wait
+
+
 def test_window_stats_events_follow_the_schema():
     config = MonitorConfig()
     layout = config.layout

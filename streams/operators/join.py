@@ -727,6 +727,8 @@ class FeedbackJoin:
             rescored = going.rescored_keys()
             deque(map(wb.delete, rescored), maxlen=0)
             deleted += rescored
+        for first, ids in expired_scores:  # first: pages kept in memory may go early, never late
+            self._recent.forget(range(first // PAGE_ROWS, (first + len(ids) - 1) // PAGE_ROWS + 1))
         self._commit(wb, deleted, [None] * len(deleted))
         # what is kept beside the store follows it only now that the batch is written
         self.expired_scores += expired
@@ -737,7 +739,6 @@ class FeedbackJoin:
                 self._waiting[sid] = left
         if going is not None:
             self._forgot(going)
-            self._recent.forget_through(max((first + len(ids) - 1) // PAGE_ROWS for first, ids in expired_scores))
         if labelled:  # those all of whose batches are past the horizon: this expiry deleted their entries
             self._label_states().forget_older(_scenario_keys(labelled), cutoff_ms)
         self.unmatched_feedback += len(unmatched)
@@ -834,6 +835,7 @@ class FeedbackJoin:
         self._take(state, _CHANGES)
 
     def _take(self, state: dict, entries_type) -> None:
+        self._recent.clear()  # the store's pages become those of the state
         self._log = self._log if self._log is not None else []
         layout = state.get("layout", 1)
         if layout not in (1, 2, 3, _LAYOUT):
@@ -851,7 +853,6 @@ class FeedbackJoin:
         if layout < _LAYOUT:
             self._convert_labels(relabelled)
         self._labelled = None  # built from the store when next asked for
-        self._recent.clear()  # the store's pages are now those of the state
         self._track_limit = max(_TRACK_MIN, self._row_count() // 2)
         self._seq, self._parked = int(state["seq"]), max(self._parked, int(state["parked"]))
         self._clock, self._last_expiry = float(state["clock"]), float(state["last_expiry"])

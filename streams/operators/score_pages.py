@@ -20,7 +20,7 @@ its batch, and deleted with it.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
 from operator import getitem
 
@@ -110,7 +110,7 @@ class RecentPages:
     """The newest pages written, up to `size`, as (rows, strings) by page number: feedback
     mostly comes soon after its score, and reading its page back from the store and decoding
     it was most of what joining it cost. Whoever writes and deletes the pages keeps this in
-    step (:meth:`add`, :meth:`forget_through`, :meth:`clear`)."""
+    step (:meth:`add`, :meth:`forget`, :meth:`clear`)."""
 
     def __init__(self, size: int = RECENT_PAGES) -> None:
         self.size = size
@@ -128,10 +128,10 @@ class RecentPages:
         while len(self._pages) > self.size:
             del self._pages[next(iter(self._pages))]
 
-    def forget_through(self, last: int) -> None:
-        """Drop the pages numbered up to `last` (deleted from the store)."""
-        while self._pages and (oldest := next(iter(self._pages))) <= last:
-            del self._pages[oldest]
+    def forget(self, pages: Iterable[int]) -> None:
+        """Drop pages numbered `pages` (deleted from the store), those held."""
+        for page in pages:
+            self._pages.pop(page, None)
 
     def clear(self) -> None:
         self._pages.clear()

@@ -36,29 +36,32 @@ def written_ends(acks: Iterable, topic: str) -> dict[TopicPartition, int]:
 async def fetch_through(consumer, ends: dict[TopicPartition, int], timeout_ms: int, max_records: int,
                         wait_s: float = WAIT_S) -> dict[TopicPartition, list]:
     """What `consumer` (an aiokafka consumer) fetches, as its `getmany(timeout_ms=...,
-    max_records=...)` would give it, and then, for up to `wait_s`, the records of each
-    partition of `ends` that it still holds, until its position reaches that partition's end:
-    records by partition, in offset order. Stops early at `max_records` records."""
+    max_records=...)` would give it, then more of what it fetches, for up to `wait_s`, until
+    each partition of `ends` that it reads (held, not paused) has been read through its end:
+    records by partition, in offset order. Stops early at `max_records` records. Every
+    partition's records are taken, not only those waited for: aiokafka fetches a broker's
+    partitions together, and sends that broker no new fetch while any of them has records
+    left unread."""
     fetched = {tp: list(records) for tp, records in
                (await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)).items()}
     deadline = time.monotonic() + wait_s
     while (count := sum(map(len, fetched.values()))) < max_records:
-        lagging = await _behind(consumer, ends)
         left = deadline - time.monotonic()
-        if not lagging or left <= 0:
+        if left <= 0 or not await _behind(consumer, ends):
             break
-        more = await consumer.getmany(*lagging, timeout_ms=max(1, round(left * 1000)), max_records=max_records - count)
+        more = await consumer.getmany(timeout_ms=max(1, round(left * 1000)), max_records=max_records - count)
         for tp, records in more.items():
             fetched.setdefault(tp, []).extend(records)
     return fetched
 
 
 async def _behind(consumer, ends: dict[TopicPartition, int]) -> list[TopicPartition]:
-    """The partitions of `ends` that `consumer` holds and has not read through their end."""
+    """The partitions of `ends` that `consumer` reads (held and not paused: one a rebalance
+    has just assigned is paused until it is loaded) and has not read through their end."""
     behind = []
     for tp, end in sorted(ends.items()):
         try:
-            if tp in consumer.assignment() and await consumer.position(tp) < end:
+            if tp in consumer.assignment() and tp not in consumer.paused() and await consumer.position(tp) < end:
                 behind.append(tp)
         except IllegalStateError:  # revoked while its position was asked for
             pass
