@@ -3,9 +3,9 @@
 Why: a trigger is published by the aggregate stage once the partials that close its window
 arrive there, through the partials topic. The aggregate's fetch returns what its consumer has
 already buffered, which is what the round before wrote; the partials this round's ingest just
-wrote, acknowledged a few milliseconds earlier, would wait a whole round more (a round is some
-100 to 300 ms at half the worker's rate). So the worker notes up to where its own writes to
-the partials partitions it aggregates reach, and fetches those partitions through that end,
+wrote, acknowledged a few milliseconds earlier, would wait a whole round more (30 to 400 ms
+at 71,000 events/s on two cores). So the worker notes up to where its own writes to the
+partials partitions it aggregates reach, and fetches those partitions through that end,
 waiting a bounded time for them.
 """
 from __future__ import annotations
