@@ -38,13 +38,13 @@ _ROW = np.dtype([("score", "<f8"), ("tau", "<f8"), ("ts", "<f8"), ("policy", "<u
                  ("decision", "u1")])  # packed: 29 bytes a score
 _SHARED_STRINGS = 32
 """A batch with up to this many policy and segment names gives each page all of them."""
-_encode = msgspec.msgpack.Encoder().encode
-_PAGE = msgspec.msgpack.Decoder(tuple[bytes, list[str]])
 
 Columns = tuple[Sequence[str], Sequence[str], Sequence[float], Sequence[float], Sequence[str], Sequence[float]]
 """A batch's scores as columns: policy_id, segment, score, tau, decision, event time."""
 Page = tuple[bytes, list[str]]
 """A page's rows (packed `_ROW`s) and the strings their codes name."""
+_encode = msgspec.msgpack.Encoder().encode
+_PAGE = msgspec.msgpack.Decoder(Page)
 RECENT_PAGES = 256
 """Pages `RecentPages` holds by default: 65,536 scores, some 2 MB a partition."""
 
@@ -143,7 +143,7 @@ def page_rows(value: bytes) -> int:
     return len(_table(value)[0])
 
 
-def _decode_page(value: bytes) -> tuple[bytes, list[str]]:
+def _decode_page(value: bytes) -> Page:
     try:
         return _PAGE.decode(value)
     except msgspec.DecodeError as e:

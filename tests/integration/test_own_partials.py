@@ -4,6 +4,7 @@ the new ones for the next round."""
 from __future__ import annotations
 
 import asyncio
+from contextlib import asynccontextmanager
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -25,6 +26,21 @@ def settings(kafka_bootstrap):
     delete_topics(kafka_bootstrap, [s.topic(role) for role in TOPICS])
 
 
+@asynccontextmanager
+async def _clients(settings, *tps: TopicPartition):
+    """The worker's output producer, and a consumer as its aggregate's, assigned `tps`."""
+    producer = output_producer(settings)
+    consumer = AIOKafkaConsumer(**settings.aiokafka(), enable_auto_commit=False, auto_offset_reset="earliest")
+    await producer.start()
+    await consumer.start()
+    try:
+        consumer.assign(list(tps))
+        yield producer, consumer
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
 def test_a_round_reads_through_the_partials_it_wrote_past_what_its_consumer_had_buffered(settings):
     topic = settings.topic("partials")
     held, other = TopicPartition(topic, 0), TopicPartition(topic, 1)
@@ -33,12 +49,7 @@ def test_a_round_reads_through_the_partials_it_wrote_past_what_its_consumer_had_
         return await asyncio.gather(*[await producer.send(topic, v, partition=partition) for v in values])
 
     async def go() -> tuple[list, dict, dict]:
-        producer = output_producer(settings)
-        consumer = AIOKafkaConsumer(**settings.aiokafka(), enable_auto_commit=False, auto_offset_reset="earliest")
-        await producer.start()
-        await consumer.start()
-        try:
-            consumer.assign([held])  # partition 1 is aggregated by another worker
+        async with _clients(settings, held) as (producer, consumer):  # partition 1 is aggregated elsewhere
             older = await write(producer, [b"older-%d" % i for i in range(50)], 0)
             while consumer.highwater(held) is None or consumer.highwater(held) < older[-1].offset + 1:
                 await asyncio.sleep(0.05)  # the fetcher has the older records buffered
@@ -47,9 +58,6 @@ def test_a_round_reads_through_the_partials_it_wrote_past_what_its_consumer_had_
             ends = written_ends([*newer, *elsewhere], topic)
             fetched = await fetch_through(consumer, ends, timeout_ms=10, max_records=5_000, wait_s=30.0)
             return older + newer, ends, fetched
-        finally:
-            await consumer.stop()
-            await producer.stop()
 
     written, ends, fetched = asyncio.run(go())
     assert ends == {held: written[-1].offset + 1, other: 1}
@@ -63,18 +71,10 @@ def test_a_round_stops_reading_at_its_record_budget(settings):
     tp = TopicPartition(topic, 0)
 
     async def go() -> list:
-        producer = output_producer(settings)
-        consumer = AIOKafkaConsumer(**settings.aiokafka(), enable_auto_commit=False, auto_offset_reset="earliest")
-        await producer.start()
-        await consumer.start()
-        try:
-            consumer.assign([tp])
+        async with _clients(settings, tp) as (producer, consumer):
             acks = await asyncio.gather(*[await producer.send(topic, b"%d" % i, partition=0) for i in range(30)])
             fetched = await fetch_through(consumer, written_ends(acks, topic), timeout_ms=1_000, max_records=10,
                                           wait_s=30.0)
             return fetched.get(tp, [])
-        finally:
-            await consumer.stop()
-            await producer.stop()
 
     assert [r.value for r in asyncio.run(go())] == [b"%d" % i for i in range(10)]
