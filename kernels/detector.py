@@ -61,11 +61,15 @@ def _update(log_r, up, down, poisson, log_pi, x, n):
 
 
 @njit(cache=True)
-def _peek(log_r, up, down, poisson, log_pi, x, n, rows):
-    trial = log_r.copy()
-    for i in rows:
-        _step(trial, up, down, poisson, x[i], n[i], trial)
-    return _mix(trial, log_pi)
+def _peek_each(log_r, up, down, poisson, log_pi, x, n, rows, bounds):
+    out = np.empty(log_r.shape[0])
+    trial = np.empty(log_r.shape[1])
+    for k in range(log_r.shape[0]):
+        trial[:] = log_r[k]
+        for i in rows[bounds[k]:bounds[k + 1]]:
+            _step(trial, up, down, poisson, x[i], n[i], trial)
+        out[k] = _mix(trial, log_pi)
+    return out
 
 
 class MixtureSR(ReferenceMixtureSR):
@@ -98,12 +102,29 @@ class MixtureSR(ReferenceMixtureSR):
     def peek(self, updates: list[tuple[float, float]]) -> float:
         """log R after `updates` ((x, n) pairs), without keeping them."""
         xn = np.array(updates, dtype=np.float64).reshape(-1, 2)
-        return self.peek_rows(xn[:, 0], xn[:, 1], np.arange(len(xn)))
-
-    def peek_rows(self, x: np.ndarray, n: np.ndarray, rows: np.ndarray) -> float:
-        """`peek` of the updates (x[i], n[i]) for i in `rows`, in that order: columns of a
-        window result looked at without copying them."""
-        return _peek(self._log_r, self._up, self._down, self.poisson, self.log_pi, x, n, rows)
+        return float(peek_each([self], xn[:, 0], xn[:, 1], np.arange(len(xn)), np.array([0, len(xn)]))[0])
 
     def get(self) -> float:
         return _mix(self._log_r, self.log_pi)
+
+
+def peek_each(detectors: list[MixtureSR], x: np.ndarray, n: np.ndarray, rows: np.ndarray,
+              bounds: np.ndarray) -> np.ndarray:
+    """`peek` of detector k of the updates (x[i], n[i]) for i in rows[bounds[k]:bounds[k + 1]],
+    in that order, for every k in one call: the rules look at every key's rollback detector in
+    each early snapshot, and a call a key cost more than the arithmetic. The detectors must
+    share their parameters (p0, tail, alternatives), as one rule's detectors of all keys do.
+
+    >>> from kernels.reference.sequential import sr_threshold
+    >>> a, b = MixtureSR(0.10, sr_threshold(8640, 0.05)), MixtureSR(0.10, sr_threshold(8640, 0.05))
+    >>> x, n = np.array([25.0, 5.0, 25.0]), np.array([100.0, 100.0, 100.0])
+    >>> looks = peek_each([a, b], x, n, rows=np.array([0, 2, 1]), bounds=np.array([0, 2, 3]))
+    >>> bool(looks[0] == a.peek([(25, 100), (25, 100)])), bool(looks[1] == b.peek([(5, 100)]))
+    (True, True)
+    """
+    if not detectors:
+        return np.empty(0)
+    first = detectors[0]
+    log_r = np.stack([d._log_r for d in detectors])
+    return _peek_each(log_r, first._up, first._down, first.poisson, first.log_pi, np.ascontiguousarray(x, np.float64),
+                      np.ascontiguousarray(n, np.float64), np.asarray(rows, np.int64), np.asarray(bounds, np.int64))

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels.detector import MixtureSR
+from kernels.detector import MixtureSR, peek_each
 from kernels.reference.sequential import MixtureSR as Reference
 
 rates = st.floats(1e-9, 1 - 1e-9).filter(lambda p: 0.0 < p < 1.0)
@@ -57,3 +58,29 @@ def test_state_round_trips_as_plain_floats_and_reset_starts_over():
 
 def _same(a: float, b: float) -> bool:
     return a == b or (math.isnan(a) and math.isnan(b))
+
+
+@settings(max_examples=200, deadline=None)
+@given(p0=rates, upper=st.booleans(), poisson=st.booleans(), histories=st.lists(updates(), max_size=6),
+       data=st.data())
+def test_looks_at_many_detectors_in_one_call_are_each_ones_own_look(p0, upper, poisson, histories, data):
+    """`peek_each`, one call for all detectors, gives each detector what the reference's own
+    look gives, bit for bit: rows in any order, shared or not looked at, groups of any size."""
+    if poisson:
+        upper = False
+    compiled = [MixtureSR(p0, 10.0, upper, poisson) for _ in histories]
+    references = [Reference(p0, 10.0, upper, poisson) for _ in histories]
+    for c, r, history in zip(compiled, references, histories):
+        for x, n in history:
+            c.update(x, n)
+            r.update(x, n)
+    columns = data.draw(updates(max_size=20))
+    x, n = np.array([u[0] for u in columns]), np.array([u[1] for u in columns])
+    index = st.integers(0, max(len(columns) - 1, 0))
+    looks = [data.draw(st.lists(index, max_size=5 if columns else 0)) for _ in histories]
+    bounds = np.cumsum([0, *map(len, looks)])
+    got = peek_each(compiled, x, n, np.array([i for look in looks for i in look], dtype=np.int64), bounds)
+    assert len(got) == len(histories)
+    for value, reference, look in zip(got.tolist(), references, looks):
+        assert _same(value, reference.peek([columns[i] for i in look]))
+    assert [c.log_r for c in compiled] == [r.log_r for r in references]  # looks keep nothing

@@ -8,10 +8,11 @@ from hypothesis import strategies as st
 
 from kernels.batch import FeedbackBatch, ScoreBatch, apply
 from kernels.derive import derive
-from kernels.layout import FB_LAG, LAG_PANES, N_DEC, N_FB, PAIR_AUDIT_OVERRIDES, PAIR_CHANNEL_OVERRIDES, W_CAP, StateLayout
+from kernels.layout import (FB_LAG, LAG_PANES, N_DEC, N_FB, PAIR_AUDIT_OVERRIDES, PAIR_CHANNEL_OVERRIDES, W_CAP,
+                            WY_CAP, StateLayout)
 from kernels.params import StatsParams
 from streams.operators.aggregate import WindowResult
-from streams.operators.triggers import TriggerConfig, TriggerEvaluator
+from streams.operators.triggers import KeyState, TriggerConfig, TriggerEvaluator
 
 KEY = ("credit", "eu")
 LAYOUT = StateLayout()
@@ -297,3 +298,64 @@ def test_advice_for_many_keys_at_once_is_what_each_key_alone_gets(keys):
     together = evaluator().evaluate(window(names, each))
     alone = [t for name, h in zip(names, each) for t in evaluator().evaluate(window([name], [h]))]
     assert together == alone
+
+
+
+def _tumbling_history(ev: TriggerEvaluator, key, panes: int, overrides: int) -> None:
+    """Final panes 0 .. panes - 1 of `key`, each with `overrides` in 100 labels."""
+    for pane in range(panes):
+        state = row(overrides, 100 - overrides)
+        ev.evaluate(WindowResult("tumbling", pane * 300.0, (pane + 1) * 300.0, [key], state,
+                                 derive(state, LAYOUT, PARAMS), pane))
+
+
+def _snapshot(items: list) -> WindowResult:
+    """An early snapshot of (key, (pane, row)) items, in their order."""
+    state = np.concatenate([r for _, (_, r) in items])
+    panes = np.array([pane for _, (pane, _) in items], np.int64)
+    return WindowResult("early", 0.0, 300.0, [key for key, _ in items], state, derive(state, LAYOUT, PARAMS), 0,
+                        panes=panes)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 12), st.integers(0, 100), st.lists(
+    st.tuples(st.integers(-3, 16), st.integers(0, 60), st.integers(0, 60)), min_size=1, max_size=4)),
+    min_size=1, max_size=8), st.randoms(use_true_random=False))
+def test_a_snapshot_looks_at_many_keys_at_once_as_each_key_alone(keys, rnd):
+    """An early snapshot's rollback looks run in one kernel call for all its keys: every key's
+    trigger, to the last bit of its evidence, is the one a snapshot of that key alone gives,
+    whatever the key's history (final panes taken, rollbacks fired) and with its rows in any
+    order, panes already taken included; a fired look's log R is the pure-Python detector's."""
+    from kernels.reference.sequential import MixtureSR as Reference
+
+    names = [("p", f"s{i}") for i in range(len(keys))]
+    items = list({(name, pane): (name, (pane, row(ov, lk))) for name, (_, _, looks) in zip(names, keys)
+                  for pane, ov, lk in looks}.values())  # a snapshot holds one row per key and pane
+    rnd.shuffle(items)
+    together = evaluator()
+    for name, (panes, overrides, _) in zip(names, keys):
+        _tumbling_history(together, name, panes, overrides)
+    before = {}
+    for name in names:  # a key with no final pane yet has no memory: a fresh detector, nothing taken
+        det, st_ = together.detectors.get(name, together.new_detectors()), together.state.get(name, KeyState())
+        before[name] = (det.rollback.log_r, max(st_.last_pane, st_.rollback_through), st_.rollback_after)
+    got = together.evaluate(_snapshot(items))
+
+    order = list(dict.fromkeys(key for key, _ in items))  # keys in order of first appearance
+    alone, expected = [], []
+    for name in order:
+        ev = evaluator()
+        panes, overrides, _ = keys[names.index(name)]
+        _tumbling_history(ev, name, panes, overrides)
+        alone += ev.evaluate(_snapshot([item for item in items if item[0] == name]))
+        log_r, taken, after = before[name]
+        reference = Reference(together.config.l_hard, 0.0)
+        reference.log_r = log_r
+        looks = sorted((pane, float(r[0, WY_CAP]), float(r[0, W_CAP])) for key, (pane, r) in items
+                       if key == name and pane > taken)
+        value = reference.peek([(x, n) for _, x, n in looks])
+        if looks and value >= together.thresholds["rollback"] and looks[-1][0] >= after:
+            expected.append((name, looks[-1][0], value))
+    assert got == alone
+    assert [((t["policy_id"], t["segment"]), t["window"]["start"] / 300.0, t["evidence"]["log_r"]) for t in got] \
+        == expected

@@ -25,7 +25,7 @@ import numpy as np
 
 from kernels.derive import held_out_saving
 from kernels.derive import tau_star as tau_star_of
-from kernels.detector import MixtureSR
+from kernels.detector import MixtureSR, peek_each
 from kernels.layout import FB_LAG, LAG_PANES, LIKE, N_DEC, N_FB, OVERRIDE, PAIR_B, PAIR_C, W_CAP, WY_CAP, StateLayout
 from kernels.params import StatsParams
 from kernels.reference.coverage import DecisionPaneCoverage
@@ -297,24 +297,29 @@ class TriggerEvaluator:
                             kind="tumbling", start=pane * self.pane_s, end=(pane + 1) * self.pane_s, log_r=log_r)]
 
     def _early(self, res: WindowResult) -> list[dict]:
-        """Mid-window looks: the rollback statistic continued over each key's open panes."""
-        rows_of: dict = {}
-        for i, key in enumerate(res.keys):
-            rows_of.setdefault(key, []).append(i)
-        out, wy, w = [], np.ascontiguousarray(res.rows[:, WY_CAP]), np.ascontiguousarray(res.rows[:, W_CAP])
-        for key, idx in rows_of.items():
-            st = self._key(key)
-            det = self.detectors[key]
-            idx = sorted((i for i in idx if int(res.panes[i]) > max(st.last_pane, st.rollback_through)),
-                         key=lambda i: int(res.panes[i]))
-            if not idx:
-                continue
-            log_r = det.rollback.peek_rows(wy, w, np.array(idx, dtype=np.int64))
-            if log_r >= det.rollback.log_threshold:
-                fired = self._rollback(res, idx[-1], key, st, int(res.panes[idx[-1]]))
-                for trig in fired:
-                    trig["evidence"]["log_r"] = log_r
-                out.extend(fired)
+        """Mid-window looks: the rollback statistic continued over each key's open panes after
+        the last it took, in pane order, for all keys of the snapshot in one kernel call."""
+        group_of: dict = {}
+        group = np.array([group_of.setdefault(key, len(group_of)) for key in res.keys], dtype=np.int64)
+        keys = list(group_of)
+        states = list(map(self._key, keys))
+        panes = np.asarray(res.panes, dtype=np.int64)
+        taken = np.array([max(st.last_pane, st.rollback_through) for st in states], dtype=np.int64)
+        rows = np.flatnonzero(panes > taken[group]) if len(keys) else np.empty(0, np.int64)
+        if not len(rows):
+            return []
+        rows = rows[np.lexsort((panes[rows], group[rows]))]  # by key, then pane; stable
+        looked, starts = np.unique(group[rows], return_index=True)
+        bounds = np.append(starts, len(rows))  # key looked[j]'s rows: rows[bounds[j]:bounds[j + 1]]
+        detectors = [self.detectors[keys[g]].rollback for g in looked.tolist()]
+        log_r = peek_each(detectors, res.rows[:, WY_CAP], res.rows[:, W_CAP], rows, bounds)
+        out = []
+        for j in np.flatnonzero(log_r >= self.thresholds["rollback"]).tolist():
+            g, last = int(looked[j]), int(rows[bounds[j + 1] - 1])
+            fired = self._rollback(res, last, keys[g], states[g], int(panes[last]))
+            for trig in fired:
+                trig["evidence"]["log_r"] = float(log_r[j])
+            out.extend(fired)
         return out
 
     def _degraded(self, res: WindowResult, i: int, key, st: KeyState) -> list[dict]:
