@@ -128,6 +128,7 @@ class Settings:
     envelope_max_events: int = 1000
     envelope_format: str = DEFAULT_ENVELOPE_FORMAT  # what the shipped producer sends: columnar (msgpack) or json envelopes
     linger_ms: float = 20.0
+    partials_format: int = 2  # what the partials topic gets: 2 (a round's parts in one message) or 1 (one a message)
     # client properties passed through as they are (their secrets masked in the repr)
     kafka_extra: dict = field(default_factory=dict, hash=False)  # librdkafka name -> value
     aiokafka_extra: dict = field(default_factory=dict, hash=False)  # aiokafka keyword -> value
@@ -161,6 +162,8 @@ class Settings:
             raise ValueError("envelope_max_events must be in [1, 10000]")
         if self.envelope_format not in ENVELOPE_FORMATS:
             raise ValueError(f"envelope_format must be one of {ENVELOPE_FORMATS}")
+        if self.partials_format not in (1, 2):
+            raise ValueError("partials_format must be 1 or 2")
         if not 0 <= self.merge_idle_ms <= 60_000:
             raise ValueError("merge_idle_ms must be in [0, 60000]")
         if not 0 < self.partition_idle_ms <= 86_400_000:

@@ -4,6 +4,7 @@ already final counts as late, in the cumulative view only."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from streams.config import MonitorConfig
 from streams.demo.runner import encode_messages, run_partitioned
@@ -69,12 +70,13 @@ def test_without_the_note_the_silent_partition_holds_every_window():
     assert [r.kind for r in monitor.add(1, [_idle_note()]).results].count("tumbling") > 0
 
 
-def test_an_idleness_note_travels_unnumbered_and_a_note_with_rows_is_refused():
-    import pytest
-
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_idleness_note_travels_unnumbered_and_a_note_with_rows_is_refused(version):
     from streams.worker import partials as codec
-    p, seq, got = codec.decode(codec.encode(_idle_note(), 3, 0), CONFIG.layout.width)
+    width = CONFIG.layout.width
+    p, seq, (got,) = codec.decode(codec.idleness_note(3, width, version), width)
     assert (p, seq, got.idle, len(got.keys)) == (3, 0, True, 0)
     bad = Partials([("a", "b")], np.array([1]), CONFIG.layout.zeros(1), closed_through=2, idle=True)
-    with pytest.raises(ValueError):
-        codec.decode(codec.encode(bad, 3, 0), CONFIG.layout.width)
+    unit = (bad, np.array([0]), 2)
+    with pytest.raises(ValueError, match="idleness note"):
+        codec.decode(codec.encode([unit], 3, 0, width) if version == 2 else codec.encode_v1(unit, 3, 0, width), width)

@@ -9,6 +9,8 @@ import msgspec
 import numpy as np
 import pytest
 from aiokafka import TopicPartition
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import schemas
 from kernels.layout import PAIR_B, PAIR_N, StateLayout
@@ -30,25 +32,65 @@ def test_partials_round_trip_and_row_selection():
     width = StateLayout().width
     rows = np.arange(3 * width, dtype=float).reshape(3, width)
     p = Partials([("a", "x"), ("b", "y"), ("c", "z")], np.array([5, 5, -1]), rows, closed_through=6)
-    inp, seq, back = codec.decode(codec.encode(p, 2, 99, np.array([0, 2])), width)
-    assert (inp, seq, back.closed_through, back.early) == (2, 99, 6, False)
-    assert back.keys == [("a", "x"), ("c", "z")]
-    assert back.panes.tolist() == [5, -1]
-    assert np.array_equal(back.rows, rows[[0, 2]])
-    _, _, empty = codec.decode(codec.encode(p, 2, 100, np.array([], dtype=np.int64)), width)
-    assert empty.keys == [] and empty.rows.shape == (0, width) and empty.closed_through == 6
+    early = Partials([("b", "y")], np.array([7]), rows[[1]], early=True, closed_through=6)
+    units = [(p, np.array([0, 2]), 6), (p, np.array([], dtype=np.int64), 6), (early, np.array([0]), 6)]
+    inp, first, back = codec.decode(codec.encode(units, 2, 99, width), width)
+    assert (inp, first, len(back)) == (2, 99, 3)
+    assert (back[0].closed_through, back[0].early, back[0].keys) == (6, False, [("a", "x"), ("c", "z")])
+    assert back[0].panes.tolist() == [5, -1] and np.array_equal(back[0].rows, rows[[0, 2]])
+    assert back[1].keys == [] and back[1].rows.shape == (0, width) and back[1].closed_through == 6
+    assert back[2].early and back[2].keys == [("b", "y")] and np.array_equal(back[2].rows, rows[[1]])
+    inp, first, (one,) = codec.decode(codec.encode_v1(units[0], 2, 99, width), width)  # version 1: one part
+    assert (inp, first, one.keys, one.panes.tolist()) == (2, 99, back[0].keys, [5, -1])
+    assert np.array_equal(one.rows, back[0].rows)
 
 
-@pytest.mark.parametrize("data", [b"", b"\x93\x01", b"not msgpack at all"])
+@pytest.mark.parametrize("data", [b"", b"\x93\x01", b"not msgpack at all", b"\x95\x03\x00\x01\x53\x90", None])
 def test_malformed_partials_are_rejected(data):
     with pytest.raises(ValueError):
         codec.decode(data, StateLayout().width)
 
 
+@pytest.mark.parametrize("first, parts, match", [
+    (1, [], "numbered 1 with 0 parts"),
+    (-1, [(("a", "x"), 1, False)], "numbered -1"),
+    (3, [(("a", "x"), 1, True)], "idleness note"),  # an idle part with a number
+    (0, [(("a", "x"), 1, False)], "idleness note"),  # a number 0 that is no note
+    (0, [], "numbered 0 with 0 parts"),
+])
+def test_partials_messages_numbered_wrongly_are_rejected(first, parts, match):
+    width = StateLayout().width
+    units = [(Partials([key], np.array([pane]), np.zeros((1, width)), closed_through=2, idle=idle),
+              np.array([0]), 2) for key, pane, idle in parts]
+    with pytest.raises(ValueError, match=match):
+        codec.decode(codec.encode(units, 0, first, width), width)
+
+
+def test_the_partials_format_is_a_setting_and_an_unknown_one_is_refused():
+    from streams.settings import Settings, load
+    from streams.worker.outputs import PartialsRouter
+
+    assert load(env={}).partials_format == 2 and load(env={"NPO_PARTIALS_FORMAT": "1"}).partials_format == 1
+    with pytest.raises(ValueError, match="partials_format must be 1 or 2"):
+        Settings(partials_format=3)
+    with pytest.raises(ValueError, match="partials version"):
+        PartialsRouter("partials", 83, version=3)
+
+
+def test_an_idleness_note_that_says_it_is_an_early_snapshot_is_rejected():
+    width = StateLayout().width
+    note = Partials.empty(width, 0, idle=True)
+    note.early = True
+    with pytest.raises(ValueError, match="no early snapshot"):
+        codec.decode(codec.encode([(note, np.empty(0, np.int64), 0)], 0, 0, width), width)
+
+
 def test_partials_with_wrong_width_are_rejected():
     p = Partials([("a", "x")], np.array([1]), np.zeros((1, 10)), closed_through=2)
+    with pytest.raises(ValueError, match="width"):
+        codec.decode(codec.encode([(p, np.array([0]), 2)], 0, 1, 10), StateLayout().width)
     with pytest.raises(ValueError, match="shape"):
-        codec.decode(codec.encode(p, 0, 1), StateLayout().width)
+        codec.decode(codec.encode([(p, np.array([0]), 2)], 0, 1, StateLayout().width), StateLayout().width)
 
 
 def test_merge_orders_by_timestamp_and_waits_for_the_other_topic():
@@ -184,33 +226,105 @@ def _many_keys_stage_partials(config, partition: int, keys: range) -> list[Parti
     return out
 
 
-def test_partials_split_into_bounded_messages_give_the_same_windows(monkeypatch):
+@pytest.mark.parametrize("version", [1, 2])
+def test_partials_split_into_bounded_messages_give_the_same_windows(monkeypatch, version):
     """A pane closing with more keys than a message holds goes out in several messages; only
     the last reports progress, so another partition's progress cannot finalise the pane
     before all its rows have arrived."""
     from streams.pipeline import Monitor
+    from streams.worker.outputs import PartialsRouter
 
     config = MonitorConfig()
-    monkeypatch.setattr(codec, "ROWS_PER_MESSAGE", 7)
+    monkeypatch.setattr(codec, "ROWS_PER_PART", 7)
     parts = {p: _many_keys_stage_partials(config, p, range(p, 60, 2)) for p in (0, 1)}
     assert max(len(x.keys) for x in parts[0]) > 3 * 7
 
     whole = Monitor(config, partitions=2)
     want = [r for p in (1, 0) for r in whole.add(p, parts[p]).windows]
     split = Monitor(config, partitions=2)
-    got, seq = [], 0
+    router, got = PartialsRouter("partials", config.layout.width, partitions=1, version=version), []
     for p in (1, 0):  # partition 1 far ahead: a chunk reporting progress too early would cut panes short
-        for part in parts[p]:
-            for rows, closed_through in codec.chunks(part, np.arange(len(part.keys))):
-                seq += 1
-                _, _, back = codec.decode(codec.encode(part, p, seq, rows, closed_through), config.layout.width)
-                assert len(back.keys) <= 7
-                got += split.add(p, [back]).windows
+        for i in range(0, len(parts[p]), 5):  # rounds of five parts
+            for _, value, _, _ in router.messages(p, parts[p][i:i + 5]):
+                _, _, back = codec.decode(value, config.layout.width)
+                assert max(len(b.keys) for b in back) <= 7 and (version == 2 or len(back) == 1)
+                got += split.add(p, back).windows
 
     def table(results):
         return sorted((r.kind, r.start, key, tuple(r.rows[i])) for r in results for i, key in enumerate(r.keys))
 
     assert len(table(want)) > 500 and table(got) == table(want)
+
+
+@pytest.mark.parametrize("char", ["k", "\u00e9", "\U0001f600"])
+def test_a_round_s_parts_go_in_messages_under_the_byte_budget_whatever_the_keys(char):
+    """Keys of the longest ids (256 characters of 1, 2 or 4 bytes of UTF-8): each message stays
+    within MESSAGE_BYTES unless it holds a single part, and every part arrives once, in order."""
+    from streams.worker.outputs import PartialsRouter
+
+    width = StateLayout().width
+    rng = np.random.default_rng(7)
+    parts = []
+    for pane in range(40):
+        n = int(rng.integers(0, 1200))
+        keys = [(f"{k:04d}" + char * 252, char * 256) for k in range(n)]
+        parts.append(Partials(keys, np.full(n, pane), rng.random((n, width)), closed_through=pane + 1))
+    router = PartialsRouter("partials", width, partitions=1)
+    got, numbers = [], []
+    for _, value, _, _ in router.messages(0, parts):
+        _, first, back = codec.decode(value, width)
+        assert len(value) <= codec.MESSAGE_BYTES or len(back) == 1
+        numbers += range(first, first + len(back))
+        got += back
+    assert numbers == list(range(1, len(got) + 1)) and router.numbers(0) == [[0, len(got)]]
+    assert [k for g in got for k in g.keys] == [k for p in parts for k in p.keys]
+    assert np.array_equal(np.concatenate([g.rows for g in got]), np.concatenate([p.rows for p in parts]))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(1, 12), min_size=1, max_size=10), st.lists(st.integers(1, 12), min_size=1, max_size=10),
+       st.integers(0, 40), st.sampled_from([(2, 2), (1, 2), (2, 1)]))
+def test_a_replay_that_cuts_its_rounds_differently_gives_the_same_windows(cuts, replay_cuts, crash, versions):
+    """An input partition's router numbers its parts as it sends them, so a replay from a
+    checkpoint, whose rounds (and so messages) are cut differently, and of either message
+    version, repeats each number with the same part: the monitor, applying each number once,
+    gets every part once, in order (the windows of the run without a crash)."""
+    from streams.pipeline import Monitor
+    from streams.worker.outputs import PartialsRouter
+    from streams.worker.sequencer import PartialsSequencer
+
+    config = MonitorConfig()
+    parts = _many_keys_stage_partials(config, 0, range(0, 12))
+    want = Monitor(config).add(0, parts).windows
+
+    def rounds(router, todo, sizes):
+        """(partials partition, message) of `todo` sent in rounds of `sizes` parts (cycled)."""
+        out, i, k = [], 0, 0
+        while i < len(todo):
+            out += [(q, value) for _, value, _, q in router.messages(0, todo[i:i + sizes[k % len(sizes)]])]
+            i, k = i + sizes[k % len(sizes)], k + 1
+        return out
+
+    first = PartialsRouter("partials", config.layout.width, partitions=2, version=versions[0])
+    checkpoint_at = sum(cuts[: len(cuts) // 2])  # a round boundary: parts before it are checkpointed
+    log = rounds(first, parts[:checkpoint_at], cuts)
+    numbers = first.numbers(0)
+    log += rounds(first, parts[checkpoint_at:], cuts)[:crash]  # crashed after sending some of the rest
+    again = PartialsRouter("partials", config.layout.width, partitions=2, version=versions[1])
+    again.restore(0, numbers)
+    log += rounds(again, parts[checkpoint_at:], replay_cuts)
+
+    monitors = {q: Monitor(config) for q in (0, 1)}
+    got, sequencers = [], {q: PartialsSequencer() for q in (0, 1)}
+    for offset, (q, value) in enumerate(log):
+        inp, n, back = codec.decode(value, config.layout.width)
+        ready = sequencers[q].accept(inp, n, offset, back)
+        got += monitors[q].add(inp, ready).windows if ready else []
+
+    def table(results):
+        return sorted((r.kind, r.start, key, tuple(r.rows[i])) for r in results for i, key in enumerate(r.keys))
+
+    assert len(table(want)) > 50 and table(got) == table(want)
 
 
 def _worker(**overrides):

@@ -38,7 +38,8 @@ class PipelineHost:
         self.metrics = metrics or Metrics()
         self.counters: Counter = Counter()
         self.topics = {name: settings.topic(name) for name in TOPICS}
-        self.router = PartialsRouter(self.topics["partials"], self.config.layout.width)
+        self.router = PartialsRouter(self.topics["partials"], self.config.layout.width,
+                                     version=settings.partials_format)
         self.stages = Stages(self.config, settings.state_dir, self.topics, self.router, self.counters, self.metrics,
                              settings.join_memtable_mb, settings.partition_idle_ms, settings.join_block_cache_mb)
         self.monitors = Monitors(self.config, Publisher(self.topics, self.config.version, sink), self.counters,

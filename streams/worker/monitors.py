@@ -78,11 +78,12 @@ class Monitors:
             self.offsets[q] = r.offset + 1
             self.dirty.add(q)
             try:
-                inp, seq, part = partials_codec.decode(r.value, self.config.layout.width)
+                inp, first, parts = partials_codec.decode(r.value, self.config.layout.width)
             except ValueError:
                 log.exception("skipping a malformed partials message", extra={"offset": r.offset})
                 continue
-            for ready in sequencer.accept(inp, seq, r.offset, part):
+            ready = sequencer.accept(inp, first, r.offset, parts)
+            if ready:
                 sends += self._apply(q, inp, ready)
         self.metrics.partials_held.labels(str(q)).set(sequencer.held)
         return sends
@@ -92,13 +93,13 @@ class Monitors:
         (from offset `at`; `end`: the log's end offset when that was found): the records
         before, then what the deleted ones held back, then the rest; the messages they produce."""
         sends = self.add(q, [r for r in records if r.offset < at])
-        for inp, part in self.sequencers[q].give_up(end):
-            sends += self._apply(q, inp, part)
+        for inp, parts in self.sequencers[q].give_up(end):
+            sends += self._apply(q, inp, parts)
         self.dirty.add(q)
         return sends + self.add(q, [r for r in records if r.offset >= at])
 
-    def _apply(self, q: int, inp: int, part) -> list[tuple]:
-        out = self.monitors[q].add(inp, [part])
+    def _apply(self, q: int, inp: int, parts: list) -> list[tuple]:
+        out = self.monitors[q].add(inp, parts)
         return self.publisher.windows(out.windows) + self.publisher.triggers(out.triggers)
 
     def early(self) -> list[tuple]:

@@ -1,7 +1,7 @@
 """What the worker writes, and how it gets written.
 
 Window statistics (schema `window_stats`) and triggers as events with their Kafka keys;
-partials as numbered messages to the partials partition of their key; and delivery,
+partials, numbered, in messages to the partials partition of their key; and delivery,
 which retries whatever the broker refused until all of it is acknowledged.
 A message is a (topic, value, key, partition) tuple.
 """
@@ -96,13 +96,16 @@ class Publisher:
 
 
 class PartialsRouter:
-    """Partials of the input partitions as messages to the partials partition of each key,
-    numbered 1, 2, ... per (input partition, partials partition), so the receiving side can
-    apply them in order and once. The numbers are part of an input partition's checkpoint:
-    a replay from it repeats them."""
+    """Partials of the input partitions to the partials partition of each key. Each input
+    partition numbers the parts it sends to each partials partition 1, 2, ... (the numbers are
+    part of its checkpoint: a replay from it repeats them, however its rounds cut the input),
+    so the receiving side applies them in order and once. A round's parts for one partials
+    partition go in one message (`version` 2), or one a message (`version` 1)."""
 
-    def __init__(self, topic: str, width: int, partitions: int = 0) -> None:
-        self.topic, self.width, self.partitions = topic, width, partitions
+    def __init__(self, topic: str, width: int, partitions: int = 0, version: int = 2) -> None:
+        if version not in partials_codec.VERSIONS:
+            raise ValueError(f"partials version must be one of {partials_codec.VERSIONS}")
+        self.topic, self.width, self.partitions, self.version = topic, width, partitions, version
         self._seq: dict[int, dict[int, int]] = {}  # input partition -> partials partition -> last number
         self._route: dict[tuple[str, str], int] = {}  # key -> partials partition
 
@@ -114,27 +117,35 @@ class PartialsRouter:
         """Go on from the `numbers` of a checkpoint (none: from the start)."""
         self._seq[p] = {int(q): int(n) for q, n in numbers}
 
-    def messages(self, p: int, part: Partials) -> list[tuple]:
+    def messages(self, p: int, parts: list[Partials]) -> list[tuple]:
         """Rows to the partials partition of their key, in messages of bounded size; progress to
         every partials partition."""
-        by_partition: dict[int, list[int]] = {}
+        if not parts:
+            return []
+        units: dict[int, list] = {q: [] for q in range(self.partitions)}
         route = self._route
-        for i, key in enumerate(part.keys):
-            q = route.get(key)
-            if q is None:  # murmur2 in Python is slow; keys are few, so remember each key's partition
-                q = route[key] = partition_for(stats_key(*key), self.partitions)
-            by_partition.setdefault(q, []).append(i)
+        for part in parts:
+            by_partition: dict[int, list[int]] = {}
+            for i, key in enumerate(part.keys):
+                q = route.get(key)
+                if q is None:  # murmur2 in Python is slow; keys are few, so remember each key's partition
+                    q = route[key] = partition_for(stats_key(*key), self.partitions)
+                by_partition.setdefault(q, []).append(i)
+            for q in range(self.partitions):
+                units[q] += partials_codec.chunks(part, np.array(by_partition.get(q, []), dtype=np.int64))
         seq, out = self._seq.setdefault(p, {}), []
-        for q in range(self.partitions):
-            select = np.array(by_partition.get(q, []), dtype=np.int64)
-            for rows, closed_through in partials_codec.chunks(part, select):
-                n = seq[q] = seq.get(q, 0) + 1
-                out.append((self.topic, partials_codec.encode(part, p, n, rows, closed_through), None, q))
+        for q, todo in units.items():
+            for batch in partials_codec.batches(todo, self.width) if self.version == 2 else [[unit] for unit in todo]:
+                first = seq.get(q, 0) + 1
+                seq[q] = first + len(batch) - 1
+                value = (partials_codec.encode(batch, p, first, self.width) if self.version == 2
+                         else partials_codec.encode_v1(batch[0], p, first, self.width))
+                out.append((self.topic, value, None, q))
         return out
 
     def idleness_note(self, p: int) -> list[tuple]:
         """An unnumbered note to every partials partition that input partition `p` is idle."""
-        note = partials_codec.encode(Partials.empty(self.width, 0, idle=True), p, 0)
+        note = partials_codec.idleness_note(p, self.width, self.version)
         return [(self.topic, note, None, q) for q in range(self.partitions)]
 
 

@@ -1,25 +1,48 @@
-"""Wire format of the internal `partials` topic: one partition's closed panes for some keys.
+"""Wire format of the internal `partials` topic: closed panes, late rows and early snapshots of
+one input partition, for the keys of one partials partition.
 
-msgpack through msgspec's typed decoder (never pickle); rows travel as raw
-little-endian float64 and are checked against the declared shape.
+An input partition numbers the parts it sends to each partials partition 1, 2, 3, ... (a
+`Partials`, or a chunk of one with many keys: see `chunks`), the same way on every replay.
+A message carries consecutive parts and the number of its first:
+
+- version 2 (written by default): msgpack array ``[2, input_partition, first, width, parts]``,
+  each part ``[closed_through, early, keys, panes, rows, idle]``; a round's parts for one
+  partials partition travel together, up to about `MESSAGE_BYTES`;
+- version 1: one part a message, ``[input_partition, seq, closed_through, early, keys, panes,
+  width, rows, idle]``, written with ``NPO_PARTIALS_FORMAT=1`` for workers that read no other.
+
+Both are read. An idleness note is number 0: one part with `idle` set and no rows. Decoding is
+msgspec's typed msgpack (never pickle); rows travel as raw little-endian float64 and are
+checked against the declared shape.
 """
 from __future__ import annotations
+
+from typing import Literal
 
 import msgspec
 import numpy as np
 
 from streams.operators.windows import Partials
 
+VERSIONS = (1, 2)
 MAX_ROWS = 1_000_000
 """A message holding more rows is refused as malformed."""
-ROWS_PER_MESSAGE = 1_000
-"""Rows of one message at most (83 float64 each: about 660 KB), under the 1 MB that Kafka
-clients and brokers accept by default, however many keys close a pane together."""
+ROWS_PER_PART = 1_000
+"""Rows of one part at most (83 float64 each: about 660 KB), under the 1 MB that Kafka clients
+and brokers accept by default, however many keys close a pane together. Part of the
+numbering: a replay must cut its `Partials` into the same parts."""
+MESSAGE_BYTES = 900_000
+"""What `batches` puts in one message at most, by its estimate (a larger part goes alone)."""
+
+Unit = tuple[Partials, np.ndarray, int]
+"""A part to send: rows `select` of a `Partials`, reporting `closed_through`."""
 
 
-class PartialMessage(msgspec.Struct, array_like=True, gc=False):
+class PartV1(msgspec.Struct, array_like=True, gc=False):
+    """A version 1 message: one part."""
+
     input_partition: int
-    seq: int  # 1, 2, ... per (input partition, partials partition); replays repeat it. 0: an idleness note
+    seq: int
     closed_through: int
     early: bool
     keys: list[tuple[str, str]]
@@ -29,45 +52,119 @@ class PartialMessage(msgspec.Struct, array_like=True, gc=False):
     idle: bool = False
 
 
-_decoder = msgspec.msgpack.Decoder(PartialMessage)
+class WirePart(msgspec.Struct, array_like=True, gc=False):
+    """A part of a version 2 message."""
+
+    closed_through: int
+    early: bool
+    keys: list[tuple[str, str]]
+    panes: list[int]
+    rows: bytes
+    idle: bool = False
+
+
+class PartsV2(msgspec.Struct, array_like=True, gc=False):
+    """A version 2 message: parts first, first + 1, ... of one input partition."""
+
+    version: Literal[2]
+    input_partition: int
+    first: int
+    width: int
+    parts: list[WirePart]
+
+
+_V2 = b"\x95"  # a msgpack array of five: version 1 arrays have eight or nine
+_decode_v1 = msgspec.msgpack.Decoder(PartV1).decode
+_decode_v2 = msgspec.msgpack.Decoder(PartsV2).decode
 _encoder = msgspec.msgpack.Encoder()
 
 
-def chunks(p: Partials, select: np.ndarray) -> list[tuple[np.ndarray, int]]:
-    """(rows, closed_through) of each message that carries rows `select` of `p`, at most
-    ROWS_PER_MESSAGE rows each. Only the last reports `p`'s progress: the others of a closed
-    pane report that pane as still open, so it is not taken for final before all its rows
-    have arrived (late rows and early snapshots report no progress of their own)."""
-    parts = [select[i:i + ROWS_PER_MESSAGE] for i in range(0, len(select), ROWS_PER_MESSAGE)] or [select]
+def chunks(p: Partials, select: np.ndarray) -> list[Unit]:
+    """The units that carry rows `select` of `p`, at most ROWS_PER_PART rows each. Only the
+    last reports `p`'s progress: the others of a closed pane report that pane as still open, so
+    it is not taken for final before all its rows have arrived (late rows and early snapshots
+    report no progress of their own)."""
+    pieces = [select[i:i + ROWS_PER_PART] for i in range(0, len(select), ROWS_PER_PART)] or [select]
     on_time = not p.early and len(p.panes) and int(p.panes.min()) >= 0
     before = int(p.panes.min()) if on_time else p.closed_through
-    return [(part, p.closed_through if i == len(parts) - 1 else before) for i, part in enumerate(parts)]
+    return [(p, piece, p.closed_through if i == len(pieces) - 1 else before) for i, piece in enumerate(pieces)]
 
 
-def encode(p: Partials, input_partition: int, seq: int, select: np.ndarray | None = None,
-           closed_through: int | None = None) -> bytes:
-    """One message with the rows `select` (all by default) of `p`, reporting `closed_through`
-    (by default `p`'s)."""
-    idx = np.arange(len(p.keys)) if select is None else select
-    rows = np.ascontiguousarray(p.rows[idx], dtype="<f8")
-    progress = p.closed_through if closed_through is None else closed_through
-    return _encoder.encode(PartialMessage(input_partition, seq, progress, p.early,
-                                          [p.keys[i] for i in idx], p.panes[idx].tolist(),
-                                          p.rows.shape[1], rows.tobytes(), p.idle))
+def batches(units: list[Unit], width: int) -> list[list[Unit]]:
+    """`units` in order, cut into messages of at most MESSAGE_BYTES by a generous estimate
+    (every character of a key taken as four bytes of UTF-8); a unit larger than that alone."""
+    out: list[list[Unit]] = []
+    size = MESSAGE_BYTES + 1
+    for unit in units:
+        p, select, _ = unit
+        keys = p.keys
+        grow = 64 + (8 * width + 24) * len(select) + 4 * sum(len(keys[i][0]) + len(keys[i][1]) for i in select)
+        if size + grow > MESSAGE_BYTES:
+            out.append([])
+            size = 0
+        out[-1].append(unit)
+        size += grow
+    return out
 
 
-def decode(data: bytes, width: int) -> tuple[int, int, Partials]:
-    """(input partition, seq, partials); ValueError if the message is malformed."""
+def _part(p: Partials, select: np.ndarray, closed_through: int) -> WirePart:
+    rows = np.ascontiguousarray(p.rows[select], dtype="<f8")
+    return WirePart(closed_through, p.early, [p.keys[i] for i in select], p.panes[select].tolist(), rows.tobytes(),
+                    p.idle)
+
+
+def encode(units: list[Unit], input_partition: int, first: int, width: int) -> bytes:
+    """A version 2 message of `units`, numbered from `first` (0: an idleness note)."""
+    return _encoder.encode(PartsV2(2, input_partition, first, width, [_part(*unit) for unit in units]))
+
+
+def encode_v1(unit: Unit, input_partition: int, seq: int, width: int) -> bytes:
+    """A version 1 message of one unit, numbered `seq`."""
+    part = _part(*unit)
+    return _encoder.encode(PartV1(input_partition, seq, part.closed_through, part.early, part.keys, part.panes,
+                                  width, part.rows, part.idle))
+
+
+def idleness_note(input_partition: int, width: int, version: int = 2) -> bytes:
+    """The unnumbered note that `input_partition` is idle."""
+    unit = (Partials.empty(width, 0, idle=True), np.empty(0, np.int64), 0)
+    return encode([unit], input_partition, 0, width) if version == 2 else encode_v1(unit, input_partition, 0, width)
+
+
+def decode(data: bytes, width: int) -> tuple[int, int, list[Partials]]:
+    """(input partition, number of the first part, the parts) of a message of either version;
+    ValueError if it is malformed."""
+    if not isinstance(data, bytes):
+        raise ValueError(f"a partials message is bytes, not {type(data).__name__}")
     try:
-        m = _decoder.decode(data)
+        if data[:1] == _V2:
+            m = _decode_v2(data)
+            inp, first, got_width, parts = m.input_partition, m.first, m.width, m.parts
+        else:
+            m = _decode_v1(data)
+            inp, first, got_width = m.input_partition, m.seq, m.width
+            parts = [WirePart(m.closed_through, m.early, m.keys, m.panes, m.rows, m.idle)]
     except msgspec.DecodeError as e:
         raise ValueError(f"undecodable partials message: {e}") from e
-    n = len(m.keys)
-    if m.width != width or len(m.panes) != n or len(m.rows) != 8 * n * width or n > MAX_ROWS:
-        raise ValueError(f"partials message shape mismatch: {n} keys, width {m.width} (expected {width})")
-    rows = np.frombuffer(m.rows, dtype="<f8").reshape(n, width).astype(np.float64)
-    keys = [tuple(k) for k in m.keys]
-    if m.idle and (n or m.seq != 0):
-        raise ValueError("partials message: an idleness note carries no rows and no number")
-    return m.input_partition, m.seq, Partials(keys, np.array(m.panes, dtype=np.int64), rows, early=m.early,
-                                              closed_through=m.closed_through, idle=m.idle)
+    if got_width != width:
+        raise ValueError(f"partials message of width {got_width} (expected {width})")
+    if first < 0 or not parts:
+        raise ValueError(f"partials message numbered {first} with {len(parts)} parts")
+    if sum(len(part.keys) for part in parts) > MAX_ROWS:
+        raise ValueError(f"partials message of more than {MAX_ROWS} rows")
+    if (first == 0 or any(part.idle for part in parts)) and not (
+            first == 0 and len(parts) == 1 and parts[0].idle and not parts[0].keys):
+        raise ValueError("partials message: an idleness note is one part, with no rows and no number")
+    return inp, first, [_partials(part, width) for part in parts]
+
+
+def _partials(part: WirePart, width: int) -> Partials:
+    n = len(part.keys)
+    if part.idle and part.early:
+        raise ValueError("partials message: an idleness note is no early snapshot")
+    if len(part.panes) != n or len(part.rows) != 8 * n * width:
+        raise ValueError(f"partials message shape mismatch: {n} keys, {len(part.panes)} panes, "
+                         f"{len(part.rows)} bytes of rows of width {width}")
+    rows = np.frombuffer(part.rows, dtype="<f8").reshape(n, width).astype(np.float64)
+    return Partials([tuple(k) for k in part.keys], np.array(part.panes, dtype=np.int64), rows, early=part.early,
+                    closed_through=part.closed_through, idle=part.idle)

@@ -4,7 +4,7 @@ consumer then goes on at the log's first offset (it reads with
 ``auto_offset_reset=earliest``) without a word; this makes the gap loud: an error log naming
 the partition and the offsets, and a counter (``lost_to_retention`` by topic,
 ``npo_records_lost_to_retention_total``). For partials, the host then has the aggregate stop
-waiting for the numbers it lost (`Monitors.give_up`).
+waiting for the numbers it lost (`Monitors.add_across_gap`).
 
 Checked in two places. When an input partition's state is loaded, from the offsets its
 checkpoint resumes at (every worker stayed down longer than the topic's retention): the state

@@ -165,8 +165,7 @@ class Stages:
         out = self.stages[p].process(values, sources=lambda i: (records[i].topic, records[i].offset))
         self.metrics.kernel_seconds.observe(time.perf_counter() - started)
         sends = [(self.topics["deadletters"], codec.encode(dl), None, None) for dl in out.dead_letters]
-        for part in out.partials:
-            sends.extend(self.router.messages(p, part))
+        sends += self.router.messages(p, out.partials)
         for topic in (self.topics["scores"], self.topics["feedback"]):
             # records of a topic come in offset order: its last is its highest
             last = next((r for r in reversed(records) if r.topic == topic), None)

@@ -138,15 +138,14 @@ def test_records_deleted_while_a_running_worker_had_not_read_them_are_counted_on
 
 
 def _partials_messages(settings) -> list[bytes]:
-    """The partials messages input partition 0 sends for simulated traffic, numbered 1, 2, ...,
-    made as a worker's ingest makes them."""
+    """The partials messages input partition 0 sends for simulated traffic, their parts
+    numbered 1, 2, ..., made as a worker's ingest makes them."""
     stage = PartitionStage(CONFIG)
     router = PartialsRouter(settings.topic("partials"), CONFIG.layout.width, partitions=1)
     messages = []
     try:
         for batch in encode_messages(simulate(SimConfig(seed=4, n_windows=12, decisions_per_window=60)).events, 150):
-            for part in stage.process([batch]).partials:
-                messages += [value for _, value, _, _ in router.messages(0, part)]
+            messages += [value for _, value, _, _ in router.messages(0, stage.process([batch]).partials)]
     finally:
         stage.close()
     return messages
