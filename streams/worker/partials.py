@@ -38,7 +38,7 @@ Unit = tuple[Partials, np.ndarray, int]
 """A part to send: rows `select` of a `Partials`, reporting `closed_through`."""
 
 
-class PartV1(msgspec.Struct, array_like=True, gc=False):
+class MessageV1(msgspec.Struct, array_like=True, gc=False):
     """A version 1 message: one part."""
 
     input_partition: int
@@ -63,7 +63,7 @@ class WirePart(msgspec.Struct, array_like=True, gc=False):
     idle: bool = False
 
 
-class PartsV2(msgspec.Struct, array_like=True, gc=False):
+class MessageV2(msgspec.Struct, array_like=True, gc=False):
     """A version 2 message: parts first, first + 1, ... of one input partition."""
 
     version: Literal[2]
@@ -74,8 +74,8 @@ class PartsV2(msgspec.Struct, array_like=True, gc=False):
 
 
 _V2 = b"\x95"  # a msgpack array of five: version 1 arrays have eight or nine
-_decode_v1 = msgspec.msgpack.Decoder(PartV1).decode
-_decode_v2 = msgspec.msgpack.Decoder(PartsV2).decode
+_decode_v1 = msgspec.msgpack.Decoder(MessageV1).decode
+_decode_v2 = msgspec.msgpack.Decoder(MessageV2).decode
 _encoder = msgspec.msgpack.Encoder()
 
 
@@ -115,13 +115,13 @@ def _part(p: Partials, select: np.ndarray, closed_through: int) -> WirePart:
 
 def encode(units: list[Unit], input_partition: int, first: int, width: int) -> bytes:
     """A version 2 message of `units`, numbered from `first` (0: an idleness note)."""
-    return _encoder.encode(PartsV2(2, input_partition, first, width, [_part(*unit) for unit in units]))
+    return _encoder.encode(MessageV2(2, input_partition, first, width, [_part(*unit) for unit in units]))
 
 
 def encode_v1(unit: Unit, input_partition: int, seq: int, width: int) -> bytes:
     """A version 1 message of one unit, numbered `seq`."""
     part = _part(*unit)
-    return _encoder.encode(PartV1(input_partition, seq, part.closed_through, part.early, part.keys, part.panes,
+    return _encoder.encode(MessageV1(input_partition, seq, part.closed_through, part.early, part.keys, part.panes,
                                   width, part.rows, part.idle))
 
 
