@@ -79,4 +79,4 @@ def test_an_idleness_note_travels_unnumbered_and_a_note_with_rows_is_refused(ver
     bad = Partials([("a", "b")], np.array([1]), CONFIG.layout.zeros(1), closed_through=2, idle=True)
     unit = (bad, np.array([0]), 2)
     with pytest.raises(ValueError, match="idleness note"):
-        codec.decode(codec.encode([unit], 3, 0, width) if version == 2 else codec.encode_v1(unit, 3, 0, width), width)
+        codec.decode(codec.encode([unit], 3, 0, width, version), width)

@@ -40,7 +40,7 @@ def test_partials_round_trip_and_row_selection():
     assert back[0].panes.tolist() == [5, -1] and np.array_equal(back[0].rows, rows[[0, 2]])
     assert back[1].keys == [] and back[1].rows.shape == (0, width) and back[1].closed_through == 6
     assert back[2].early and back[2].keys == [("b", "y")] and np.array_equal(back[2].rows, rows[[1]])
-    inp, first, (one,) = codec.decode(codec.encode_v1(units[0], 2, 99, width), width)  # version 1: one part
+    inp, first, (one,) = codec.decode(codec.encode(units[:1], 2, 99, width, version=1), width)  # version 1: one part
     assert (inp, first, one.keys, one.panes.tolist()) == (2, 99, back[0].keys, [5, -1])
     assert np.array_equal(one.rows, back[0].rows)
 

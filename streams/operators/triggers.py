@@ -305,7 +305,7 @@ class TriggerEvaluator:
         states = list(map(self._key, keys))
         panes = np.asarray(res.panes, dtype=np.int64)
         taken = np.array([max(st.last_pane, st.rollback_through) for st in states], dtype=np.int64)
-        rows = np.flatnonzero(panes > taken[group]) if len(keys) else np.empty(0, np.int64)
+        rows = np.flatnonzero(panes > taken[group])
         if not len(rows):
             return []
         rows = rows[np.lexsort((panes[rows], group[rows]))]  # by key, then pane; stable

@@ -135,12 +135,10 @@ class PartialsRouter:
                 units[q] += partials_codec.chunks(part, np.array(by_partition.get(q, []), dtype=np.int64))
         seq, out = self._seq.setdefault(p, {}), []
         for q, todo in units.items():
-            for batch in partials_codec.batches(todo, self.width) if self.version == 2 else [[unit] for unit in todo]:
+            for batch in partials_codec.batches(todo, self.width, self.version):
                 first = seq.get(q, 0) + 1
                 seq[q] = first + len(batch) - 1
-                value = (partials_codec.encode(batch, p, first, self.width) if self.version == 2
-                         else partials_codec.encode_v1(batch[0], p, first, self.width))
-                out.append((self.topic, value, None, q))
+                out.append((self.topic, partials_codec.encode(batch, p, first, self.width, self.version), None, q))
         return out
 
     def idleness_note(self, p: int) -> list[tuple]:

@@ -90,9 +90,12 @@ def chunks(p: Partials, select: np.ndarray) -> list[Unit]:
     return [(p, piece, p.closed_through if i == len(pieces) - 1 else before) for i, piece in enumerate(pieces)]
 
 
-def batches(units: list[Unit], width: int) -> list[list[Unit]]:
-    """`units` in order, cut into messages of at most MESSAGE_BYTES by a generous estimate
-    (every character of a key taken as four bytes of UTF-8); a unit larger than that alone."""
+def batches(units: list[Unit], width: int, version: int = 2) -> list[list[Unit]]:
+    """`units` in order, cut into messages: of at most MESSAGE_BYTES by a generous estimate
+    (every character of a key taken as four bytes of UTF-8), a unit larger than that alone;
+    in version 1, one a message."""
+    if version == 1:
+        return [[unit] for unit in units]
     out: list[list[Unit]] = []
     size = MESSAGE_BYTES + 1
     for unit in units:
@@ -113,22 +116,19 @@ def _part(p: Partials, select: np.ndarray, closed_through: int) -> WirePart:
                     p.idle)
 
 
-def encode(units: list[Unit], input_partition: int, first: int, width: int) -> bytes:
-    """A version 2 message of `units`, numbered from `first` (0: an idleness note)."""
-    return _encoder.encode(MessageV2(2, input_partition, first, width, [_part(*unit) for unit in units]))
-
-
-def encode_v1(unit: Unit, input_partition: int, seq: int, width: int) -> bytes:
-    """A version 1 message of one unit, numbered `seq`."""
-    part = _part(*unit)
-    return _encoder.encode(MessageV1(input_partition, seq, part.closed_through, part.early, part.keys, part.panes,
-                                  width, part.rows, part.idle))
+def encode(units: list[Unit], input_partition: int, first: int, width: int, version: int = 2) -> bytes:
+    """A message of `units`, numbered from `first` (0: an idleness note); version 1 holds one."""
+    parts = [_part(*unit) for unit in units]
+    if version == 2:
+        return _encoder.encode(MessageV2(2, input_partition, first, width, parts))
+    (part,) = parts
+    return _encoder.encode(MessageV1(input_partition, first, part.closed_through, part.early, part.keys, part.panes,
+                                     width, part.rows, part.idle))
 
 
 def idleness_note(input_partition: int, width: int, version: int = 2) -> bytes:
     """The unnumbered note that `input_partition` is idle."""
-    unit = (Partials.empty(width, 0, idle=True), np.empty(0, np.int64), 0)
-    return encode([unit], input_partition, 0, width) if version == 2 else encode_v1(unit, input_partition, 0, width)
+    return encode([(Partials.empty(width, 0, idle=True), np.empty(0, np.int64), 0)], input_partition, 0, width, version)
 
 
 def decode(data: bytes, width: int) -> tuple[int, int, list[Partials]]:
